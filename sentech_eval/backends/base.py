@@ -1,0 +1,59 @@
+"""The Backend protocol and the registry of backends keyed by their config ``kind``.
+
+A backend turns one list of chat messages plus sampling parameters into a ``Completion``.
+It never raises for a failed request (that is a ``Completion`` with ``status="error"``);
+it raises ``BackendError`` only when it cannot be set up. Concurrency lives in the runner:
+backends never spawn tasks of their own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol, runtime_checkable
+
+from sentech_eval.errors import ConfigError
+from sentech_eval.types import Completion, Sampling
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the runner needs from a backend."""
+
+    kind: str  # "remote" | "local" | ...: goes into the ``backend`` column
+    model: str  # goes into the ``model`` column
+
+    async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
+        """Run one chat completion; failures come back as ``status="error"``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release sessions, processes and models."""
+        ...
+
+    def metadata(self) -> dict[str, Any]:
+        """Facts about the backend for the results' Parquet metadata (never secrets)."""
+        ...
+
+
+# kind -> "module:ClassName"; imported lazily so optional dependencies load only when chosen.
+BACKENDS: dict[str, str] = {
+    "remote": "sentech_eval.backends.remote:RemoteBackend",
+    "local": "sentech_eval.backends.local:LocalBackend",
+}
+
+
+def backend_class(kind: str) -> type:
+    """The class registered for ``kind``; ConfigError naming the known kinds otherwise."""
+    try:
+        target = BACKENDS[kind]
+    except KeyError:
+        known = ", ".join(sorted(BACKENDS))
+        raise ConfigError(f"Unknown backend kind {kind!r}; choose one of: {known}.") from None
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def create_backend(backend_cfg: Any, concurrency: int) -> Backend:
+    """Build the backend described by the ``backend`` config node."""
+    cls = backend_class(str(backend_cfg.kind))
+    return cls.from_config(backend_cfg, concurrency=concurrency)

@@ -1,0 +1,65 @@
+"""The ``sentech-eval`` command: a thin dispatcher to one module per subcommand.
+
+Each subcommand is ``module:function`` taking ``argv`` (the arguments after the subcommand)
+and returning an exit code. Modules are imported lazily so ``--help`` stays fast. User errors
+(``SentechEvalError``) are printed as one line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from sentech_eval.errors import SentechEvalError
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("sentech_eval.app:main", "evaluate a dataset (Hydra app: overrides, -m sweeps, --cfg job, --help)"),
+    "serve": ("sentech_eval.server.cli:main", "run the Sentech-compatible server (echo or llama engine)"),
+    "score": ("sentech_eval.scorers.cli:main", "add or replace score columns in existing results, no requests"),
+    "report": ("sentech_eval.report:main", "summary.parquet, report.html and a markdown summary of results"),
+    "compare": ("sentech_eval.compare:main", "paired comparison of two runs (e.g. remote vs local)"),
+    "check": ("sentech_eval.compare:check_main", "CI regression gate: exit 1 when a threshold regresses"),
+    "fetch-model": ("sentech_eval.model_files:main", "put the embedded default GGUF model in place"),
+}
+
+
+def usage() -> str:
+    """The top-level help text listing every subcommand."""
+    lines = [
+        "usage: sentech-eval <command> [args...]",
+        "",
+        "Batch evaluation and benchmarking of chat-completion models.",
+        "",
+        "commands:",
+    ]
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        lines.append(f"  {name:<12} {help_text}")
+    lines += ["", "Run `sentech-eval <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in SUBCOMMANDS:
+        print(f"sentech-eval: unknown command {command!r}; run `sentech-eval --help` for the list.", file=sys.stderr)
+        return 2
+    module_name, func_name = SUBCOMMANDS[command][0].split(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        code = func(rest, prog=f"sentech-eval {command}")
+    except SentechEvalError as exc:
+        print(f"sentech-eval {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sentech-eval {command}: interrupted.", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

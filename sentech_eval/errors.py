@@ -1,0 +1,35 @@
+"""The exception tree of sentech-eval.
+
+    SentechEvalError            a user-facing problem: one clear sentence, no traceback
+    ├── ConfigError             bad or out-of-range configuration, refused before any request
+    ├── DatasetError            a dataset that breaks the input schema (names file, column, row)
+    ├── BackendError            a backend that cannot start (missing key, model file, library)
+    │   └── AuthenticationError the server rejected the API key (401/403): the run stops
+    └── ResultsError            results that cannot be read or combined
+
+Request failures are *not* exceptions: they become rows with ``status="error"``.
+"""
+
+
+class SentechEvalError(Exception):
+    """Base class: the message is shown to the user as one sentence, without a traceback."""
+
+
+class ConfigError(SentechEvalError):
+    """Configuration is invalid; raised before any request is sent."""
+
+
+class DatasetError(SentechEvalError):
+    """A dataset file breaks the input schema."""
+
+
+class BackendError(SentechEvalError):
+    """A backend cannot be set up (no key, missing model, missing optional dependency)."""
+
+
+class AuthenticationError(BackendError):
+    """The server refused the API key; every further request would fail too."""
+
+
+class ResultsError(SentechEvalError):
+    """A results file or directory cannot be read."""

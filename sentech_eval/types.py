@@ -1,0 +1,74 @@
+"""Plain data records that flow through sentech-eval.
+
+Frozen dataclasses with no logic beyond tiny conversions; this module imports nothing of ours.
+
+- ``Sampling``   the sampling parameters of one configuration (None = not sent).
+- ``Prompt``     one dataset row turned into chat messages.
+- ``Completion`` the outcome of one request; every field has a default so a failed
+                 request is still a complete record (``status="error"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling parameters; a value left ``None`` is not sent to the backend."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+
+    def request_fields(self) -> dict[str, Any]:
+        """The Sentech body fields that are set (seed excluded: it is not part of the contract)."""
+        out = {}
+        for name in SAMPLING_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def with_seed(self, seed: int | None) -> "Sampling":
+        """A copy with another seed (used for repeats: ``seed + repeat``)."""
+        return Sampling(
+            self.temperature, self.top_p, self.top_k, self.frequency_penalty,
+            self.presence_penalty, self.max_tokens, seed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One dataset row: its id, chat messages, optional reference and carried-over columns."""
+
+    id: str | int
+    messages: tuple[dict[str, str], ...]
+    reference: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Completion:
+    """The result of one request, ok or not. Times are seconds from ``time.perf_counter``."""
+
+    output: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    status: str = "ok"  # "ok" | "error"
+    http_status: int | None = None
+    error: str | None = None
+    attempts: int = 1
+    retry_after_s: float | None = None  # a server's Retry-After, for the runner's backoff
+    retryable: bool = False  # whether the runner may try this request again
