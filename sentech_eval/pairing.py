@@ -1,0 +1,143 @@
+"""Pair the rows of two results (A and B) for paired statistics.
+
+Rows pair on ``prompt_id`` and ``repeat``; also on ``dataset`` when either side holds several
+datasets, and on a sampling column when *both* sides vary it (two sweeps over the same grid).
+Rows without a partner are counted and reported, never silently dropped. A key that matches
+several rows on one side (two runs of the same configuration in one directory, or a sweep
+against a single run) is refused with one sentence, because such pairs would be arbitrary.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from sentech_eval.errors import ResultsError
+from sentech_eval.types import SAMPLING_FIELDS
+
+BASE_KEYS = ("prompt_id", "repeat")
+
+# score_<name> columns that are bookkeeping of a scorer (e.g. the LLM judge's own cost), not scores.
+_NOT_A_SCORE = re.compile(r"_(detail|latency_s|latency|ttft_s|tokens|prompt_tokens|completion_tokens|"
+                          r"total_tokens|error|status|raw|cost)$")
+
+
+@dataclass
+class PairedResults:
+    """Two results joined row by row: columns of A end in ``_a``, columns of B in ``_b``."""
+
+    pairs: pd.DataFrame
+    keys: list[str]
+    a: pd.DataFrame
+    b: pd.DataFrame
+    unpaired_a: int
+    unpaired_b: int
+    scores: list[str]  # score columns present on both sides, e.g. ["score_exact_match"]
+    only_in_a: list[str] = field(default_factory=list)  # score columns of A that B lacks
+    only_in_b: list[str] = field(default_factory=list)
+    label_a: str = "A"
+    label_b: str = "B"
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.pairs)
+
+
+def read_results(path: str | Path, role: str) -> pd.DataFrame:
+    """Load one side (file, run dir or sweep dir); ResultsError naming ``role`` if it is unusable."""
+    p = Path(path)
+    if not p.exists():
+        raise ResultsError(f"The {role} results {str(p)!r} do not exist; pass a results.parquet file, a run dir or a sweep dir.")
+    from sentech_eval import load_results
+
+    df = load_results(p)
+    if df is None or len(df) == 0:
+        raise ResultsError(f"The {role} results {str(p)!r} contain no rows; point at a finished run.")
+    missing = [k for k in BASE_KEYS if k not in df.columns]
+    if missing:
+        raise ResultsError(
+            f"The {role} results {str(p)!r} lack the column(s) {', '.join(missing)}; they are not sentech-eval results."
+        )
+    df = df.copy()
+    df["prompt_id"] = df["prompt_id"].astype(str)
+    df["repeat"] = pd.to_numeric(df["repeat"], errors="coerce").fillna(0).astype("int64")
+    return df
+
+
+def score_columns(df: pd.DataFrame) -> list[str]:
+    """The ``score_<name>`` columns that hold scores (numeric; not details or judge bookkeeping)."""
+    out = []
+    for col in df.columns:
+        if not col.startswith("score_") or _NOT_A_SCORE.search(col):
+            continue
+        if pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+            out.append(col)
+    return out
+
+
+def pairing_keys(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """The columns rows are paired on (see the module docstring)."""
+    keys = list(BASE_KEYS)
+    if "dataset" in a.columns and "dataset" in b.columns:
+        if a["dataset"].nunique(dropna=False) > 1 or b["dataset"].nunique(dropna=False) > 1:
+            keys.insert(0, "dataset")
+    for name in SAMPLING_FIELDS:
+        if name in a.columns and name in b.columns:
+            if a[name].nunique(dropna=False) > 1 and b[name].nunique(dropna=False) > 1:
+                keys.append(name)
+    return keys
+
+
+def _refuse_duplicates(df: pd.DataFrame, keys: list[str], role: str, path: str | Path) -> None:
+    dup = df.duplicated(subset=keys, keep=False)
+    if not dup.any():
+        return
+    first = df.loc[dup, keys].iloc[0].to_dict()
+    runs = sorted(df.loc[dup, "run_id"].astype(str).unique()) if "run_id" in df.columns else []
+    hint = f" (runs {', '.join(runs[:4])})" if len(runs) > 1 else ""
+    raise ResultsError(
+        f"The {role} results {str(path)!r} hold {int(dup.sum())} rows sharing a pairing key such as {first}{hint}; "
+        f"compare one run or one sweep point per side (pairing on {', '.join(keys)})."
+    )
+
+
+def pair_results(a_path: str | Path, b_path: str | Path, role_a: str = "A", role_b: str = "B") -> PairedResults:
+    """Load both sides and join them; ResultsError when nothing pairs."""
+    a = read_results(a_path, role_a)
+    b = read_results(b_path, role_b)
+    return pair_frames(a, b, role_a, role_b, a_path, b_path)
+
+
+def pair_frames(a: pd.DataFrame, b: pd.DataFrame, role_a: str = "A", role_b: str = "B",
+                a_path: str | Path = "A", b_path: str | Path = "B") -> PairedResults:
+    """Join two loaded results frames on the pairing keys."""
+    keys = pairing_keys(a, b)
+    _refuse_duplicates(a, keys, role_a, a_path)
+    _refuse_duplicates(b, keys, role_b, b_path)
+    merged = a.merge(b, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
+    pairs = merged[merged["_merge"] == "both"].drop(columns="_merge").reset_index(drop=True)
+    unpaired_a = int((merged["_merge"] == "left_only").sum())
+    unpaired_b = int((merged["_merge"] == "right_only").sum())
+    if pairs.empty:
+        raise ResultsError(
+            f"No rows of {role_a} {str(a_path)!r} pair with {role_b} {str(b_path)!r} on {', '.join(keys)} "
+            f"({len(a)} vs {len(b)} rows); compare runs of the same dataset."
+        )
+    # Columns that exist on only one side keep their bare name after the merge; give them a suffix.
+    for col in list(pairs.columns):
+        if col in keys or col.endswith(("_a", "_b")):
+            continue
+        if col in a.columns and col not in b.columns:
+            pairs = pairs.rename(columns={col: f"{col}_a"})
+        elif col in b.columns and col not in a.columns:
+            pairs = pairs.rename(columns={col: f"{col}_b"})
+    sa, sb = score_columns(a), score_columns(b)
+    common = [c for c in sa if c in sb]
+    return PairedResults(
+        pairs=pairs, keys=keys, a=a, b=b, unpaired_a=unpaired_a, unpaired_b=unpaired_b,
+        scores=common, only_in_a=[c for c in sa if c not in sb], only_in_b=[c for c in sb if c not in sa],
+        label_a=role_a, label_b=role_b,
+    )
