@@ -1,0 +1,134 @@
+"""``sentech-eval run``: the Hydra app. The task function stays tiny; the work is in ``evaluate``.
+
+Every Hydra flag works (``-m``, ``--cfg job``, ``--help``, ``hydra.run.dir=…``). A user error
+stops the run with one sentence; in a multirun the failed job is recorded and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from sentech_eval.errors import ConfigError, SentechEvalError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+# A command-line override that tries to carry a credential (it would be saved in .hydra/).
+SECRET_OVERRIDE = re.compile(r"^[+~]*[\w.]*(api_?key|token|secret|password|authorization|bearer)\s*=", re.IGNORECASE)
+
+
+def _register_resolvers() -> None:
+    from sentech_eval.model_files import default_models_dir
+
+    if not OmegaConf.has_resolver("models_dir"):
+        OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
+    if not OmegaConf.has_resolver("repo_root"):
+        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+
+
+def refuse_secret_overrides(argv: list[str]) -> None:
+    """Refuse ``backend.api_key=…``-style overrides before Hydra writes them to .hydra/overrides.yaml."""
+    for arg in argv:
+        if SECRET_OVERRIDE.match(arg) and not arg.split("=", 1)[0].endswith("api_key_env"):
+            name = arg.split("=", 1)[0].lstrip("+~")
+            raise ConfigError(
+                f"Refusing the override '{name}=…': keys never go on the command line or in config (Hydra would save it); "
+                "export the key in the environment variable named by backend.api_key_env (default SENTECH_API_KEY)."
+            )
+
+
+def git_commit() -> str | None:
+    """The repo's current commit, if this is a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("sentech-eval", "pyarrow", "pandas", "aiohttp", "hydra-core", "llama-cpp-python"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def output_dir() -> Path:
+    """This job's Hydra output dir (run dir, or the job's subdir in a multirun)."""
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Validate, build the backend, run the dataset, write results.parquet; returns a summary dict."""
+    import asyncio
+
+    from sentech_eval.evaluation import run_evaluation
+
+    return asyncio.run(run_evaluation(cfg, out_dir))
+
+
+def _record_job_status(out_dir: Path, status: str, error: str | None, summary: dict[str, Any] | None) -> None:
+    record = {"status": status, "error": error, "summary": summary}
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+        record["overrides"] = overrides
+    except ValueError:
+        pass
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "job_status.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def task(cfg: DictConfig) -> float | None:
+    """The Hydra task function: one run of one configuration."""
+    out_dir = output_dir()
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        summary = evaluate(cfg, out_dir)
+    except SentechEvalError as exc:
+        print(f"sentech-eval run: error: {exc}", file=sys.stderr)
+        _record_job_status(out_dir, "failed", str(exc), None)
+        if multirun:
+            return None
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _record_job_status(out_dir, "interrupted", "interrupted", None)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a multirun must go on; a single run shows the traceback
+        if not multirun:
+            raise
+        print(f"sentech-eval run: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _record_job_status(out_dir, "failed", f"{type(exc).__name__}: {exc}", None)
+        return None
+    _record_job_status(out_dir, "interrupted" if summary.get("interrupted") else "ok", None, summary)
+    if summary.get("interrupted"):
+        if not multirun:
+            sys.exit(130)
+        return None
+    return summary.get("objective")
+
+
+def main(argv: list[str], prog: str = "sentech-eval run") -> int:
+    """Entry for ``sentech-eval run``: hand the arguments to Hydra."""
+    refuse_secret_overrides(argv)
+    _register_resolvers()
+    sys.argv = [prog.replace(" ", "-")] + list(argv)
+    task()
+    return 0

@@ -1,0 +1,116 @@
+"""One evaluation job: config → dataset → backend → runner → results.parquet.
+
+Everything that can be wrong with the input is checked before the first request; a re-run into
+the same output dir resumes (rows already ``ok`` for this configuration are skipped, errors retried).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from omegaconf import DictConfig
+
+from sentech_eval.backends.base import create_backend
+from sentech_eval.config import config_id, redacted_config, validate
+from sentech_eval.datasets import ParquetDataset
+from sentech_eval.results import KEY_COLUMNS, PARTS_DIR, RESULTS_FILE, ResultsWriter, read_run_table, results_schema
+from sentech_eval.runner import RunIdentity, Runner
+
+
+def _done_keys(out_dir: Path, cfg_id: str) -> tuple[set[tuple[str, int]], bool]:
+    """(prompt_id, repeat) pairs already ``ok`` for this configuration, and whether any rows exist."""
+    table = read_run_table(out_dir)
+    if table is None or table.num_rows == 0:
+        return set(), False
+    mask = pc.and_(pc.equal(table.column("config_id"), cfg_id), pc.equal(table.column("status"), "ok"))
+    done = table.filter(mask).select(["prompt_id", "repeat"]).to_pydict()
+    return set(zip(done["prompt_id"], done["repeat"])), True
+
+
+def keep_latest_per_key(table: pa.Table) -> pa.Table:
+    """One row per (config_id, prompt_id, repeat): the last one written wins (a retry beats its error)."""
+    indexed = table.append_column("__row", pa.array(range(table.num_rows), pa.int64()))
+    latest = indexed.group_by(list(KEY_COLUMNS)).aggregate([("__row", "max")])
+    rows = pc.sort_indices(latest.column("__row_max"))
+    return table.take(pc.take(latest.column("__row_max"), rows))
+
+
+def _build_scorers(cfg: DictConfig) -> list[Any]:
+    scorers_cfg = cfg.get("scorers")
+    if not scorers_cfg:
+        return []
+    from sentech_eval.scorers import build_scorers
+
+    return build_scorers(scorers_cfg)
+
+
+async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run one configuration into ``out_dir``; returns counts, score means and the objective."""
+    from sentech_eval.app import git_commit, package_versions
+
+    sampling, dataset_cfg, runner_cfg = validate(cfg)
+    dataset = ParquetDataset(dataset_cfg.path, limit=dataset_cfg.limit, num_shards=dataset_cfg.num_shards,
+                             shard_index=dataset_cfg.shard_index, batch_size=dataset_cfg.batch_size)
+    info = dataset.info()
+    scorers = _build_scorers(cfg)
+    backend = create_backend(cfg.backend, concurrency=runner_cfg.concurrency)
+    try:
+        if runner_cfg.timeout_s is not None and hasattr(backend, "set_timeout"):
+            backend.set_timeout(runner_cfg.timeout_s)
+        cfg_id = config_id(backend.kind, backend.model, sampling)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not runner_cfg.resume:
+            (out_dir / RESULTS_FILE).unlink(missing_ok=True)
+            shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
+        done, resuming = _done_keys(out_dir, cfg_id)
+        if done:
+            print(f"sentech-eval run: resuming in {out_dir}: {len(done)} rows already done are skipped.", file=sys.stderr)
+        run_id = uuid.uuid4().hex[:12]
+        score_fields = [pa.field(name, dtype) for scorer in scorers for name, dtype in scorer.columns().items()]
+        schema = results_schema(info.extra_fields, score_fields)
+        metadata = {
+            "run_id": run_id, "config_id": cfg_id, "config": redacted_config(cfg),
+            "backend": backend.metadata(), "versions": package_versions(), "git_commit": git_commit(),
+            "dataset": {"name": dataset_cfg.name, "path": str(dataset_cfg.path), "rows": info.num_rows},
+            "created_at": datetime.now(timezone.utc).isoformat(),
+        }
+        writer = ResultsWriter(out_dir, schema, metadata)
+        identity = RunIdentity(run_id, cfg_id, backend.kind, backend.model, dataset_cfg.name)
+        env_name = cfg.backend.get("api_key_env") if backend.kind == "remote" else None
+        runner = Runner(backend, sampling, identity, writer, runner_cfg, scorers=scorers, done_keys=done,
+                        total=info.num_rows * runner_cfg.repeats,
+                        auth_hint=f"; check the key in the environment variable {env_name}" if env_name else "")
+        try:
+            summary = await runner.run(dataset.iter_prompt_batches())
+        finally:
+            path = writer.close(keep=keep_latest_per_key if resuming else None)
+    finally:
+        await backend.aclose()
+        for scorer in scorers:
+            await scorer.aclose()
+    means = summary.score_means()
+    result = {
+        "results": str(path), "rows": summary.total, "ok": summary.ok, "errors": summary.errors,
+        "skipped": summary.skipped, "retries": summary.retries, "elapsed_s": round(summary.elapsed_s, 3),
+        "interrupted": summary.interrupted, "scores": means,
+    }
+    objective_key = cfg.get("objective")
+    if objective_key:
+        result["objective"] = means.get(str(objective_key))
+    line = f"sentech-eval run: {summary.ok} ok, {summary.errors} errors"
+    if summary.skipped:
+        line += f", {summary.skipped} skipped (already done)"
+    line += f" in {summary.elapsed_s:.1f} s -> {path}"
+    if means:
+        line += "  " + " ".join(f"{k}={v:.3f}" for k, v in sorted(means.items()))
+    print(line, file=sys.stderr)
+    if summary.interrupted:
+        print(f"sentech-eval run: interrupted; resume with the same command plus hydra.run.dir={out_dir}", file=sys.stderr)
+    return result

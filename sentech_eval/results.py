@@ -1,0 +1,204 @@
+"""The results table: its Parquet schema, the incremental writer, and ``load_results``.
+
+A run dir holds ``results.parquet``. While a run is going, rows are flushed as small complete
+Parquet files under ``results.parts/`` (so a crash, even ``kill -9``, loses at most the rows not
+yet flushed); when the run ends they are merged, batch by batch, into ``results.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sentech_eval.errors import ResultsError
+
+RESULTS_FILE = "results.parquet"
+PARTS_DIR = "results.parts"
+METADATA_KEY = b"sentech_eval"
+
+CORE_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("run_id", pa.string()),
+    pa.field("config_id", pa.string()),
+    pa.field("backend", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("dataset", pa.string()),
+    pa.field("prompt_id", pa.string()),
+    pa.field("repeat", pa.int32()),
+    pa.field("temperature", pa.float64()),
+    pa.field("top_p", pa.float64()),
+    pa.field("top_k", pa.int64()),
+    pa.field("frequency_penalty", pa.float64()),
+    pa.field("presence_penalty", pa.float64()),
+    pa.field("max_tokens", pa.int64()),
+    pa.field("seed", pa.int64()),
+    pa.field("output", pa.string()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("completion_tokens", pa.int64()),
+    pa.field("total_tokens", pa.int64()),
+    pa.field("latency_s", pa.float64()),
+    pa.field("ttft_s", pa.float64()),
+    pa.field("status", pa.string()),
+    pa.field("http_status", pa.int32()),
+    pa.field("error", pa.string()),
+    pa.field("attempts", pa.int32()),
+    pa.field("started_at", pa.timestamp("us", tz="UTC")),
+    pa.field("queue_s", pa.float64()),
+    pa.field("prompt", pa.string()),
+    pa.field("reference", pa.string()),
+)
+CORE_NAMES = tuple(f.name for f in CORE_FIELDS)
+KEY_COLUMNS = ("config_id", "prompt_id", "repeat")
+
+
+def results_schema(extra_fields: Iterable[pa.Field] = (), score_fields: Iterable[pa.Field] = ()) -> pa.Schema:
+    """Core columns, then the dataset's carried-over columns, then scorer columns."""
+    fields = list(CORE_FIELDS)
+    taken = set(CORE_NAMES)
+    for field in list(extra_fields) + list(score_fields):
+        if field.name not in taken:
+            fields.append(field)
+            taken.add(field.name)
+    return pa.schema(fields)
+
+
+class ResultsWriter:
+    """Buffers rows and flushes them as Parquet part files; ``close()`` merges into results.parquet."""
+
+    def __init__(self, run_dir: str | Path, schema: pa.Schema, metadata: dict[str, Any]) -> None:
+        self.run_dir = Path(run_dir)
+        self.parts_dir = self.run_dir / PARTS_DIR
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self.schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
+        self._columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        self._buffered = 0
+        self.rows_written = 0
+        existing = sorted(self.parts_dir.glob("part-*.parquet"))
+        self._next_part = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Buffer one row (missing columns become null)."""
+        for name, values in self._columns.items():
+            values.append(row.get(name))
+        self._buffered += 1
+
+    @property
+    def buffered(self) -> int:
+        """Rows waiting to be flushed."""
+        return self._buffered
+
+    def flush(self) -> None:
+        """Write the buffered rows as one complete part file (atomic rename)."""
+        if not self._buffered:
+            return
+        batch = pa.RecordBatch.from_pydict(self._columns, schema=self.schema)
+        final = self.parts_dir / f"part-{self._next_part:06d}.parquet"
+        tmp = final.with_suffix(".tmp")
+        pq.write_table(pa.Table.from_batches([batch]), tmp)
+        os.replace(tmp, final)
+        self._next_part += 1
+        self.rows_written += self._buffered
+        self._columns = {name: [] for name in self.schema.names}
+        self._buffered = 0
+
+    def close(self, keep: "callable | None" = None) -> Path:
+        """Flush, then merge results.parquet and every part into a new results.parquet.
+
+        ``keep`` optionally filters the merged table (resume uses it to keep one row per key).
+        """
+        self.flush()
+        return merge_parts(self.run_dir, self.schema, keep=keep)
+
+
+def _readable_parts(run_dir: Path) -> list[Path]:
+    files = []
+    if (run_dir / RESULTS_FILE).exists():
+        files.append(run_dir / RESULTS_FILE)
+    files.extend(sorted((run_dir / PARTS_DIR).glob("part-*.parquet")))
+    return files
+
+
+def merge_parts(run_dir: Path, schema: pa.Schema, keep=None) -> Path:
+    """Combine results.parquet and results.parts/* into results.parquet, then remove the parts."""
+    files = _readable_parts(run_dir)
+    target = run_dir / RESULTS_FILE
+    tmp = run_dir / (RESULTS_FILE + ".tmp")
+    if keep is not None:
+        table = pa.concat_tables([_conform(pq.read_table(f), schema) for f in files]) if files else schema.empty_table()
+        table = keep(table)
+        pq.write_table(table.replace_schema_metadata(schema.metadata), tmp)
+    else:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for f in files:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=65536):
+                    writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
+            if not files:
+                writer.write_table(schema.empty_table())
+    os.replace(tmp, target)
+    parts = run_dir / PARTS_DIR
+    for f in parts.glob("part-*.parquet"):
+        f.unlink()
+    if parts.exists():
+        try:
+            parts.rmdir()
+        except OSError:
+            pass
+    return target
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast a table to ``schema`` (adding null columns it lacks), keeping only schema columns."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema.remove_metadata())
+
+
+def read_run_table(run_dir: str | Path) -> pa.Table | None:
+    """Every row of one run dir (merged file plus unmerged parts), or None if it has none."""
+    files = _readable_parts(Path(run_dir))
+    if not files:
+        return None
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``sentech_eval`` key-value metadata of a results file."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def _find_result_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob(RESULTS_FILE) if PARTS_DIR not in p.parts)
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """One DataFrame from a results file, a run dir (with results.parquet) or a directory of runs."""
+    path = Path(path)
+    if not path.exists():
+        raise ResultsError(f"Results path {path} does not exist; pass a results.parquet file or a run/sweep dir.")
+    if path.is_file():
+        try:
+            return pq.read_table(path).to_pandas()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ResultsError(f"Results file {path} is not readable Parquet ({exc}).") from None
+    if (path / RESULTS_FILE).exists() or (path / PARTS_DIR).exists():
+        table = read_run_table(path)
+        return table.to_pandas() if table is not None else pd.DataFrame(columns=list(CORE_NAMES))
+    files = _find_result_files(path)
+    if not files:
+        raise ResultsError(f"No {RESULTS_FILE} found under {path}; point at a run dir or a results file.")
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()

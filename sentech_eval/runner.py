@@ -1,0 +1,280 @@
+"""The async runner: the only place with concurrency.
+
+A fixed pool of ``concurrency`` worker coroutines pulls (prompt, repeat) items from the dataset
+iterator, so memory stays flat however large the dataset is. Each item is paced (rpm/tpm token
+buckets, adaptive concurrency on 429s), sent, retried with backoff when that can help, scored,
+and buffered into the ``ResultsWriter``, which flushes part files as the run goes.
+``latency_s`` is the request itself (from when it was sent); time spent waiting inside the runner
+is ``queue_s``, so there is no coordinated omission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from tqdm import tqdm
+
+from sentech_eval.config import RunnerConfig
+from sentech_eval.errors import AuthenticationError
+from sentech_eval.pacing import AdaptiveConcurrency, TokenBucket, backoff_delay
+from sentech_eval.results import ResultsWriter
+from sentech_eval.types import Completion, Prompt, Sampling
+
+
+@dataclass
+class RunSummary:
+    """Counts of one run, printed at the end and returned to Hydra."""
+
+    total: int = 0
+    ok: int = 0
+    errors: int = 0
+    skipped: int = 0
+    retries: int = 0
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+    first_request_s: float | None = None  # start-up: from run() to the first request sent
+    score_sums: dict[str, float] = field(default_factory=dict)
+    score_counts: dict[str, int] = field(default_factory=dict)
+
+    def score_means(self) -> dict[str, float]:
+        """Mean of each score column over ok rows."""
+        return {k: self.score_sums[k] / self.score_counts[k] for k in self.score_sums if self.score_counts[k]}
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Columns that are the same on every row of a run."""
+
+    run_id: str
+    config_id: str
+    backend: str
+    model: str
+    dataset: str
+
+
+def _last_user_text(messages: tuple[dict[str, str], ...]) -> str:
+    for message in reversed(messages):
+        if message["role"] == "user":
+            return message["content"]
+    return messages[-1]["content"]
+
+
+def _estimate_tokens(messages: tuple[dict[str, str], ...], max_tokens: int | None) -> float:
+    return sum(len(m["content"]) for m in messages) / 4 + (max_tokens or 256)
+
+
+class Runner:
+    """Runs every (prompt, repeat) of a dataset through one backend and one sampling config."""
+
+    def __init__(self, backend: Any, sampling: Sampling, identity: RunIdentity, writer: ResultsWriter,
+                 config: RunnerConfig, *, scorers: list[Any] | None = None,
+                 done_keys: set[tuple[str, int]] | None = None, total: int | None = None,
+                 auth_hint: str = "") -> None:
+        self.backend = backend
+        self.sampling = sampling
+        self.identity = identity
+        self.writer = writer
+        self.config = config
+        self.scorers = scorers or []
+        self.done_keys = done_keys or set()
+        self.total = total
+        self.auth_hint = auth_hint
+        self.summary = RunSummary()
+        self._stopping = False
+        self._rng = random.Random(0 if sampling.seed is None else sampling.seed)
+        self._gate = AdaptiveConcurrency(config.concurrency)
+        self._rpm = TokenBucket(config.rpm) if config.rpm else None
+        self._tpm = TokenBucket(config.tpm) if config.tpm else None
+        self._last_flush = time.monotonic()
+        self._backoff_now = 0.0
+        self._auth_error: AuthenticationError | None = None
+        self._seed_cache: dict[int, Sampling] = {}
+        self._start = 0.0
+        self._bar: tqdm | None = None
+        self._last_postfix = 0.0
+
+    # ---- items ------------------------------------------------------------------------------
+    def _items(self, batches: Iterator[list[Prompt]]) -> Iterator[tuple[Prompt, int]]:
+        for batch in batches:
+            for repeat in range(self.config.repeats):
+                for prompt in batch:
+                    if (str(prompt.id), repeat) in self.done_keys:
+                        self.summary.skipped += 1
+                        if self._bar is not None:
+                            self._bar.update(1)
+                        continue
+                    yield prompt, repeat
+
+    def _sampling_for(self, repeat: int) -> Sampling:
+        cached = self._seed_cache.get(repeat)
+        if cached is None:
+            seed = None if self.sampling.seed is None else self.sampling.seed + repeat
+            cached = self._seed_cache[repeat] = self.sampling.with_seed(seed)
+        return cached
+
+    # ---- one item ---------------------------------------------------------------------------
+    async def _send_with_retries(self, prompt: Prompt, sampling: Sampling) -> tuple[Completion, float, datetime]:
+        messages = list(prompt.messages)
+        queued = time.perf_counter()
+        estimate = _estimate_tokens(prompt.messages, sampling.max_tokens) if self._tpm else 0.0
+        attempts = 0
+        queue_s = 0.0
+        while True:
+            attempts += 1
+            wait_start = time.perf_counter()
+            if self._rpm is not None:
+                await self._rpm.acquire(1)
+            if self._tpm is not None:
+                await self._tpm.acquire(estimate)
+            await self._gate.acquire()
+            if attempts == 1:
+                queue_s = time.perf_counter() - queued
+                started_at = datetime.now(timezone.utc)
+                if self.summary.first_request_s is None:
+                    self.summary.first_request_s = time.perf_counter() - self._start
+            else:
+                queue_s += time.perf_counter() - wait_start
+            try:
+                completion = await self.backend.complete(messages, sampling)
+            finally:
+                self._gate.release()
+            if self._tpm is not None and completion.total_tokens is not None:
+                self._tpm.adjust(completion.total_tokens - estimate)
+            if completion.http_status in (401, 403):
+                self._auth_error = AuthenticationError(
+                    f"The server rejected the API key ({completion.error}); every further request would fail, "
+                    f"so the run stopped{self.auth_hint}."
+                )
+                self._stopping = True
+            if completion.http_status == 429:
+                self._gate.on_rate_limited()
+            elif completion.status == "ok":
+                self._gate.on_success()
+            if completion.status == "ok" or not completion.retryable or attempts > self.config.max_retries or self._stopping:
+                completion.attempts = attempts
+                return completion, queue_s, started_at
+            delay = backoff_delay(attempts, base_s=self.config.backoff_base_s, max_s=self.config.backoff_max_s,
+                                  retry_after_s=completion.retry_after_s, rng=self._rng)
+            self.summary.retries += 1
+            self._backoff_now = delay
+            await asyncio.sleep(delay)
+            self._backoff_now = 0.0
+
+    async def _process(self, prompt: Prompt, repeat: int) -> None:
+        sampling = self._sampling_for(repeat)
+        completion, queue_s, started_at = await self._send_with_retries(prompt, sampling)
+        if self._auth_error is not None and completion.http_status in (401, 403):
+            return  # not a result: the run stops and the key must be fixed
+        ident = self.identity
+        row: dict[str, Any] = {
+            "run_id": ident.run_id, "config_id": ident.config_id, "backend": ident.backend,
+            "model": ident.model, "dataset": ident.dataset, "prompt_id": str(prompt.id), "repeat": repeat,
+            "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+            "frequency_penalty": sampling.frequency_penalty, "presence_penalty": sampling.presence_penalty,
+            "max_tokens": sampling.max_tokens, "seed": sampling.seed,
+            "output": completion.output, "finish_reason": completion.finish_reason,
+            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.total_tokens, "latency_s": completion.latency_s,
+            "ttft_s": completion.ttft_s, "status": completion.status, "http_status": completion.http_status,
+            "error": completion.error, "attempts": completion.attempts, "started_at": started_at,
+            "queue_s": queue_s, "prompt": _last_user_text(prompt.messages), "reference": prompt.reference,
+        }
+        if prompt.extra:
+            row.update(prompt.extra)
+        summary = self.summary
+        if completion.status == "ok":
+            summary.ok += 1
+            for scorer in self.scorers:
+                scores = await scorer.score(row)
+                row.update(scores)
+                for key, value in scores.items():
+                    if key.startswith("score_") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        summary.score_sums[key] = summary.score_sums.get(key, 0.0) + value
+                        summary.score_counts[key] = summary.score_counts.get(key, 0) + 1
+        else:
+            summary.errors += 1
+        summary.total += 1
+        self.writer.add(row)
+        if self.writer.buffered >= self.config.flush_rows or time.monotonic() - self._last_flush >= self.config.flush_s:
+            self.writer.flush()
+            self._last_flush = time.monotonic()
+
+    # ---- the loop ---------------------------------------------------------------------------
+    async def _worker(self, items: Iterator[tuple[Prompt, int]]) -> None:
+        bar = self._bar
+        for prompt, repeat in items:
+            if self._stopping:
+                return
+            await self._process(prompt, repeat)
+            if bar is not None:
+                bar.update(1)
+                now = time.monotonic()
+                if now - self._last_postfix >= 0.5:
+                    self._last_postfix = now
+                    bar.set_postfix_str(self._postfix(), refresh=False)
+
+    def _postfix(self) -> str:
+        s = self.summary
+        text = f"errors={s.errors} retries={s.retries}"
+        if self._gate.limit < self._gate.max_limit:
+            text += f" concurrency={self._gate.limit}/{self._gate.max_limit}"
+        if self._backoff_now:
+            text += f" backoff={self._backoff_now:.1f}s"
+        return text
+
+    def request_stop(self) -> None:
+        """Stop sending new requests (Ctrl-C / SIGTERM); in-flight ones finish and are saved."""
+        if not self._stopping:
+            self._stopping = True
+            self.summary.interrupted = True
+            print("\nsentech-eval: stopping — finishing in-flight requests and saving results "
+                  "(press Ctrl-C again to abandon them)...", file=sys.stderr)
+
+    async def run(self, batches: Iterator[list[Prompt]]) -> RunSummary:
+        """Run every item; returns the summary. Raises AuthenticationError on a rejected key."""
+        self._start = time.perf_counter()
+        self._last_postfix = 0.0
+        self._bar = tqdm(total=self.total, unit="req", desc=self.identity.model[:30], dynamic_ncols=True,
+                         mininterval=0.5, disable=not self.config.progress, file=sys.stderr)
+        items = self._items(batches)
+        loop = asyncio.get_running_loop()
+        workers = [asyncio.ensure_future(self._worker(items)) for _ in range(self.config.concurrency)]
+        installed = self._install_signal_handlers(loop, workers)
+        try:
+            await asyncio.gather(*workers)
+        except asyncio.CancelledError:
+            self.summary.interrupted = True
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            self._bar.close()
+            self.summary.elapsed_s = time.perf_counter() - self._start
+        if self._auth_error is not None:
+            raise self._auth_error
+        return self.summary
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop, workers: list[asyncio.Future]) -> list[int]:
+        installed = []
+
+        def on_signal() -> None:
+            if self._stopping:
+                for task in workers:
+                    task.cancel()
+            else:
+                self.request_stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        return installed
