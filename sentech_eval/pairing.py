@@ -73,7 +73,8 @@ def score_columns(df: pd.DataFrame) -> list[str]:
     for col in df.columns:
         if not col.startswith("score_") or _NOT_A_SCORE.search(col):
             continue
-        if pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+        # An all-null column is a score whose rows all errored (Parquet may store it with the null type).
+        if pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]) or df[col].isna().all():
             out.append(col)
     return out
 

@@ -1,0 +1,148 @@
+"""Paired comparison: pairing rules, paired statistics, outputs (parquet, HTML, markdown)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binomtest
+from synthetic_results import make_results, write_run
+
+from sentech_eval.cli import main as cli
+from sentech_eval.compare import compare, disagreements, normalise_output
+from sentech_eval.errors import ResultsError
+from sentech_eval.pairing import pair_frames, pair_results
+
+
+def metric(df: pd.DataFrame, name: str, column: str | None = None) -> pd.Series:
+    rows = df[(df["metric"] == name) & ((df["column"] == column) if column else True)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_score_statistics_are_paired_b_minus_a() -> None:
+    a = make_results(wrong_ids={0, 1, 2, 3})  # 36/40 right
+    b = make_results(wrong_ids={2, 3, 10, 11, 12, 13, 14, 15}, backend="local")  # 32/40, 2 fixed, 6 broken
+    paired = pair_frames(a, b)
+    m = compare(paired)
+    s = metric(m, "score", "score_exact_match")
+    assert s["value_a"] == pytest.approx(0.9) and s["value_b"] == pytest.approx(0.8)
+    assert s["diff"] == pytest.approx(-0.1)
+    assert (s["wins"], s["ties"], s["losses"]) == (2, 32, 6)
+    assert s["ci_low"] < s["diff"] < s["ci_high"]
+    assert s["p_value"] == pytest.approx(binomtest(2, 8, 0.5).pvalue)
+    assert s["n_pairs"] == 40
+
+
+def test_non_binary_scores_get_no_mcnemar() -> None:
+    a = make_results()
+    b = make_results()
+    rng = np.random.default_rng(3)
+    a["score_similarity"] = rng.uniform(size=len(a))
+    b["score_similarity"] = a["score_similarity"] + 0.1
+    s = metric(compare(pair_frames(a, b)), "score", "score_similarity")
+    assert pd.isna(s["p_value"])
+    assert s["diff"] == pytest.approx(0.1) and s["ci_low"] == pytest.approx(0.1) and s["ci_high"] == pytest.approx(0.1)
+
+
+def test_unpaired_rows_are_counted_not_dropped() -> None:
+    a = make_results(n=40)
+    b = make_results(n=35, backend="local")
+    b = pd.concat([b, make_results(n=3, prompt_ids=["new-1", "new-2", "new-3"])], ignore_index=True)
+    paired = pair_frames(a, b)
+    assert (paired.n_pairs, paired.unpaired_a, paired.unpaired_b) == (35, 5, 3)
+    m = compare(paired)
+    assert metric(m, "unpaired_a")["value"] == 5 and metric(m, "unpaired_b")["value"] == 3
+    assert metric(m, "pairs")["n_pairs"] == 35
+
+
+def test_repeats_pair_on_repeat_and_cluster_by_prompt() -> None:
+    a = make_results(n=20, repeats=3, wrong_ids={0})
+    b = make_results(n=20, repeats=3, wrong_ids={0, 1, 2, 3, 4, 5})
+    paired = pair_frames(a, b)
+    assert paired.n_pairs == 60 and paired.keys == ["prompt_id", "repeat"]
+    s = metric(compare(paired), "score", "score_exact_match")
+    assert s["losses"] == 15 and s["diff"] == pytest.approx(-0.25)
+    # Clustered: each resample moves whole prompts, so the CI is a multiple of 1/20 wide steps.
+    assert s["ci_high"] < 0
+
+
+def test_sweeps_pair_on_the_sampling_columns_both_vary() -> None:
+    a = pd.concat([make_results(temperature=t, seed=i) for i, t in enumerate((0.0, 0.7))], ignore_index=True)
+    b = pd.concat([make_results(temperature=t, seed=9 + i, backend="local") for i, t in enumerate((0.0, 0.7))],
+                  ignore_index=True)
+    paired = pair_frames(a, b)
+    assert paired.keys == ["prompt_id", "repeat", "temperature"]
+    assert paired.n_pairs == 80
+
+
+def test_sweep_against_single_run_is_refused_in_one_sentence() -> None:
+    a = pd.concat([make_results(temperature=t) for t in (0.0, 0.7)], ignore_index=True)
+    with pytest.raises(ResultsError, match="rows sharing a pairing key"):
+        pair_frames(a, make_results())
+
+
+def test_missing_path_names_the_side(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="The B results .* do not exist"):
+        pair_results(write_run(make_results(), tmp_path / "a"), tmp_path / "missing")
+
+
+def test_performance_ratios_and_error_rates() -> None:
+    a = make_results(latency_s=0.1)
+    b = make_results(latency_s=0.3, error_ids={0, 1, 2, 3})
+    m = compare(pair_frames(a, b))
+    assert metric(m, "latency_p50")["ratio"] == pytest.approx(3.0, rel=0.1)
+    assert metric(m, "ttft_p95")["ratio"] == pytest.approx(3.0, rel=0.15)
+    assert metric(m, "latency_p50")["n_pairs"] == 36
+    err = metric(m, "error_rate")
+    assert (err["value_a"], err["value_b"]) == (0.0, pytest.approx(0.1))
+    assert metric(m, "completion_tokens_mean")["n_pairs"] == 36
+
+
+def test_output_agreement_ignores_case_whitespace_and_punctuation() -> None:
+    assert normalise_output("  The capital is PARIS!\n") == normalise_output("the capital, is paris")
+    assert normalise_output(None) is None
+    a = make_results(wrong_ids=set())
+    b = a.copy()
+    b["output"] = b["output"].str.upper().str.rstrip(".")  # same answers, other form
+    b.loc[:9, "output"] = "I don't know"
+    row = metric(compare(pair_frames(a, b)), "output_agreement")
+    assert row["value"] == pytest.approx(0.75) and row["n_pairs"] == 40
+    assert "0 byte-identical" in row["note"]
+
+
+def test_disagreements_rank_score_gaps_first() -> None:
+    a = make_results(wrong_ids={5})
+    b = make_results(wrong_ids={7})
+    b.loc[20, "output"] = "Paris!!"  # same score, different text
+    ex = disagreements(pair_frames(a, b), limit=10)
+    assert list(ex["prompt_id"]) == ["cap-005", "cap-007", "cap-020"]
+
+
+def test_compare_cli_writes_parquet_html_and_markdown(tmp_path: Path, capsys) -> None:
+    a_df = make_results(wrong_ids={0, 1})
+    b_df = make_results(wrong_ids={1, 2, 3}, backend="local", model="smollm2", latency_s=0.5)
+    b_df.loc[b_df["prompt_id"] == "cap-003", "output"] = "<script>alert('x')</script>"
+    a = write_run(a_df, tmp_path / "remote")
+    b = write_run(b_df, tmp_path / "local")
+    out = tmp_path / "cmp"
+    assert cli(["compare", str(a), str(b), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "## sentech-eval compare: remote/sentech-small (A) vs local/smollm2 (B)" in stdout
+    assert "| score_exact_match | 0.95 | 0.925 | -0.025 |" in stdout
+    m = pd.read_parquet(out / "compare.parquet")
+    assert {"metric", "column", "value_a", "value_b", "diff", "ci_low", "ci_high", "p_value", "n_pairs"} <= set(m.columns)
+    assert set(m["metric"]) >= {"score", "latency_p50", "latency_p95", "ttft_p50", "error_rate", "output_agreement"}
+    page = (out / "compare.html").read_text()
+    assert "<script>alert" not in page and html.escape("<script>alert('x')</script>") in page
+    assert "data:image/png;base64," in page and "cap-003" in page
+
+
+def test_compare_cli_no_paired_rows_exits_2(tmp_path: Path, capsys) -> None:
+    a = write_run(make_results(), tmp_path / "a")
+    b = write_run(make_results(prompt_ids=[f"x{i}" for i in range(40)]), tmp_path / "b")
+    assert cli(["compare", str(a), str(b), "--out", str(tmp_path / "o")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
