@@ -1,0 +1,372 @@
+"""The Sentech contract as an aiohttp application: routing, auth, validation, JSON and SSE.
+
+``POST /v1/chat/completions`` with ``Authorization: Bearer KEY`` and the seed's body answers
+
+    {"id": "chatcmpl-…", "object": "chat.completion", "created", "model",
+     "usage": {"prompt_tokens", "completion_tokens", "total_tokens"},
+     "choices": [{"index": 0, "message": {"role": "assistant", "content"}, "finish_reason"}]}
+
+or, with ``"stream": true``, OpenAI-style ``chat.completion.chunk`` Server-Sent Events ending in
+``data: [DONE]``. Errors keep the seed's shapes: ``401 {"message": "Invalid API key."}``,
+``400 {"message": "Messages must be a non-empty array."}``, any other bad request ``400
+{"message": <one sentence>}``, too large ``413``, and ``500 {"message": "Internal server error",
+"error": …}``. A bad request is never a 500. Faults (``faults.py``) are injected after auth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from sentech_eval.server.engines import ChatRequest, Engine, Generation
+from sentech_eval.server.faults import NO_FAULT, FaultConfig, FaultInjector
+
+log = logging.getLogger("sentech_eval.server")
+
+CHAT_PATH = "/v1/chat/completions"
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB
+
+INVALID_KEY = "Invalid API key."
+EMPTY_MESSAGES = "Messages must be a non-empty array."
+ROLES = frozenset(("system", "user", "assistant"))
+
+_JSON = "application/json"
+_JSON_HEADERS = {"Content-Type": _JSON}
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class BadRequest(ValueError):
+    """A client error; its message goes back as ``{"message": …}`` with status 400."""
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response serialized with orjson."""
+    return web.Response(status=status, body=orjson.dumps(payload), headers=headers or _JSON_HEADERS)
+
+
+def _message_response(status: int, message: str, **extra: str) -> web.Response:
+    return json_response(status, {"message": message, **extra})
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _describe(value: Any) -> str:
+    """How a JSON value reads in an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 30 else value[:27] + "..."
+        return f"the string {shown!r}"
+    if isinstance(value, (int, float)):
+        return f"{value!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _number(body: dict, name: str, lo: float, hi: float, lo_open: bool = False) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is not float and kind is not int:
+        raise BadRequest(f"{name} must be a number, got {_describe(value)}.")
+    if value > hi or value < lo or (lo_open and value == lo):
+        low = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
+        raise BadRequest(f"{name} must be {low} and at most {hi:g}, got {value!r}.")
+    return value
+
+
+def _integer(body: dict, name: str, lo: int | None = None, hi: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is float and value.is_integer():
+        value = int(value)
+    elif kind is not int:
+        raise BadRequest(f"{name} must be an integer, got {_describe(value)}.")
+    if lo is not None and value < lo:
+        raise BadRequest(f"{name} must be at least {lo}, got {value}.")
+    if hi is not None and value > hi:
+        raise BadRequest(f"{name} must be at most {hi}, got {value}.")
+    return value
+
+
+def parse_request(body: Any) -> ChatRequest:
+    """Validate a decoded body into a ``ChatRequest``; ``BadRequest`` names the first problem."""
+    if type(body) is not dict:
+        raise BadRequest(f"The request body must be a JSON object, got {_describe(body)}.")
+    messages = body.get("messages")
+    if type(messages) is not list or not messages:
+        raise BadRequest(EMPTY_MESSAGES)
+    for i, message in enumerate(messages):
+        if type(message) is not dict:
+            raise BadRequest(f"messages[{i}] must be an object with role and content, got {_describe(message)}.")
+        role = message.get("role")
+        if type(role) is not str or role not in ROLES:
+            raise BadRequest(f"messages[{i}].role must be one of system, user, assistant, got {_describe(role)}.")
+        if type(message.get("content")) is not str:
+            raise BadRequest(f"messages[{i}].content must be a string, got {_describe(message.get('content'))}.")
+    model = body.get("model")
+    if model is not None and type(model) is not str:
+        raise BadRequest(f"model must be a string, got {_describe(model)}.")
+    stream = body.get("stream")
+    if stream is not None and type(stream) is not bool:
+        raise BadRequest(f"stream must be a boolean, got {_describe(stream)}.")
+    return ChatRequest(
+        messages=messages,
+        model=model,
+        temperature=_number(body, "temperature", 0.0, 2.0),
+        top_p=_number(body, "top_p", 0.0, 1.0, lo_open=True),
+        top_k=_integer(body, "top_k", lo=0, hi=2**31 - 1),
+        frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0),
+        presence_penalty=_number(body, "presence_penalty", -2.0, 2.0),
+        max_tokens=_integer(body, "max_tokens", lo=1, hi=2**31 - 1),
+        seed=_integer(body, "seed", lo=-(2**63), hi=2**64 - 1),
+        stream=bool(stream),
+    )
+
+
+# ----------------------------------------------------------------------------------------- the app
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the app behaves besides its engine."""
+
+    api_keys: tuple[str, ...] = ()
+    no_auth: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+
+class ChatServer:
+    """Request handlers bound to one engine, its keys and its fault injector."""
+
+    def __init__(self, engine: Engine, options: ServerOptions) -> None:
+        self.engine = engine
+        self.options = options
+        self._keys = tuple(k.encode() for k in options.api_keys)
+        self._auth = not options.no_auth
+        self._max_body = options.max_body_bytes
+        self._faults = FaultInjector(options.faults) if options.faults.active else None
+        self._too_large = f"The request body is larger than the limit of {self._max_body} bytes."
+
+    # -- helpers
+    def authorized(self, header: str | None) -> bool:
+        """Whether an Authorization header carries an accepted key (constant-time compare)."""
+        if not header or header[:7].lower() != "bearer ":
+            return False
+        token = header[7:].strip().encode("utf-8", "surrogateescape")
+        ok = False
+        for key in self._keys:  # no early exit: every key is compared
+            ok |= hmac.compare_digest(token, key)
+        return ok
+
+    def _error_response(self, status: int) -> web.Response:
+        if status == 500:
+            return _message_response(500, "Internal server error", error="Injected fault (--error-rate).")
+        headers = dict(_JSON_HEADERS)
+        retry_after = self.options.faults.retry_after_s
+        if retry_after is not None:
+            headers["Retry-After"] = f"{retry_after:g}"
+        message = "Rate limit exceeded; retry later." if status == 429 else "Service temporarily unavailable; retry later."
+        return json_response(status, {"message": message}, headers)
+
+    # -- handlers
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/chat/completions``."""
+        if self._auth and not self.authorized(request.headers.get("Authorization")):
+            return _message_response(401, INVALID_KEY)
+        fault = self._faults.next() if self._faults is not None else NO_FAULT
+        if fault.drop:
+            if fault.delay_s:
+                await asyncio.sleep(fault.delay_s)
+            return _drop_connection(request)
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            return _message_response(413, self._too_large)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _message_response(413, self._too_large)
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        if fault.error_status is not None:
+            return self._error_response(fault.error_status)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            reason = "the body is empty" if not raw.strip() else str(exc).split(":")[0].lower()
+            return _message_response(400, f"The request body must be valid JSON ({reason}).")
+        try:
+            chat = parse_request(body)
+        except BadRequest as exc:
+            return _message_response(400, str(exc))
+        model = chat.model or self.engine.model
+        if chat.stream:
+            return await self._stream(request, chat, model)
+        try:
+            gen = await self.engine.complete(chat)
+        except Exception as exc:  # an engine failure is the server's fault: 500 in the seed's shape
+            log.exception("engine %s failed", self.engine.name)
+            return _message_response(500, "Internal server error", error=f"{type(exc).__name__}: {exc}")
+        return web.Response(
+            body=orjson.dumps(
+                {
+                    "id": "chatcmpl-" + os.urandom(12).hex(),
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "usage": _usage(gen),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": gen.text},
+                            "finish_reason": gen.finish_reason,
+                        }
+                    ],
+                }
+            ),
+            headers=_JSON_HEADERS,
+        )
+
+    async def _stream(self, request: web.Request, chat: ChatRequest, model: str) -> web.StreamResponse:
+        head = {
+            "id": "chatcmpl-" + os.urandom(12).hex(),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+        def event(delta: dict, finish_reason: str | None = None, usage: dict | None = None) -> bytes:
+            chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            if usage is not None:
+                chunk["usage"] = usage
+            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+        events = self.engine.stream(chat)
+        try:
+            first = await anext(events)
+        except Exception as exc:  # nothing sent yet: a proper 500
+            log.exception("engine %s failed", self.engine.name)
+            return _message_response(500, "Internal server error", error=f"{type(exc).__name__}: {exc}")
+        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        await response.prepare(request)
+        await response.write(event({"role": "assistant"}))
+        item: str | Generation = first
+        try:
+            while True:
+                if isinstance(item, Generation):
+                    await response.write(event({}, item.finish_reason, _usage(item)))
+                    await response.write(b"data: [DONE]\n\n")
+                    break
+                await response.write(event({"content": item}))
+                item = await anext(events)
+        except (ConnectionResetError, asyncio.CancelledError):
+            await events.aclose()
+            raise
+        except Exception as exc:  # headers are gone: report in-band and end without [DONE]
+            log.exception("engine %s failed mid-stream", self.engine.name)
+            payload = {"message": "Internal server error", "error": f"{type(exc).__name__}: {exc}"}
+            await response.write(b"data: " + orjson.dumps(payload) + b"\n\n")
+        await response.write_eof()
+        return response
+
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``: the engine's model, OpenAI-style."""
+        if self._auth and not self.authorized(request.headers.get("Authorization")):
+            return _message_response(401, INVALID_KEY)
+        return json_response(
+            200, {"object": "list", "data": [{"id": self.engine.model, "object": "model", "owned_by": "sentech-eval"}]}
+        )
+
+    async def health(self, request: web.Request) -> web.Response:
+        """``GET /health``: liveness without auth."""
+        return json_response(200, {"status": "ok", "engine": self.engine.name, "model": self.engine.model})
+
+    async def fallback(self, request: web.Request) -> web.Response:
+        """Unknown routes (404) and wrong methods on known ones (405), always JSON."""
+        if request.path == CHAT_PATH:
+            return json_response(405, {"message": f"Use POST for {CHAT_PATH}."}, {**_JSON_HEADERS, "Allow": "POST"})
+        return _message_response(404, f"Not found: {request.method} {request.path}; the API is POST {CHAT_PATH}.")
+
+
+def _usage(gen: Generation) -> dict[str, int]:
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+    }
+
+
+def _drop_connection(request: web.Request) -> web.Response:
+    """Close the connection without answering (simulates a network failure).
+
+    The returned response is never sent: aiohttp's write fails on the aborted transport with a
+    ConnectionError, which it treats as a client that went away (no traceback in the log).
+    """
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return web.Response(status=499)
+
+
+CHAT_SERVER = web.AppKey("chat_server", ChatServer)
+
+
+def create_app(engine: Engine, options: ServerOptions | None = None) -> web.Application:
+    """The aiohttp application: routes, body-size limit, engine start/stop hooks."""
+    options = options or ServerOptions()
+    server = ChatServer(engine, options)
+    app = web.Application(client_max_size=options.max_body_bytes)
+    app[CHAT_SERVER] = server
+    app.router.add_post(CHAT_PATH, server.chat_completions)
+    app.router.add_get("/v1/models", server.models)
+    app.router.add_get("/health", server.health)
+    app.router.add_route("*", "/{tail:.*}", server.fallback)
+
+    async def start_engine(_: web.Application) -> None:
+        await engine.start()
+
+    async def close_engine(_: web.Application) -> None:
+        await engine.close()
+
+    app.on_startup.append(start_engine)
+    app.on_cleanup.append(close_engine)
+    return app
+
+
+async def start_site(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Start serving ``app`` on host:port (0 = a free port); returns the runner and the real port."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, bound_port(site)
+
+
+def bound_port(site: web.TCPSite) -> int:
+    """The port a started site listens on."""
+    server = site._server  # noqa: SLF001 - aiohttp exposes no public accessor for the real port
+    sockets: Iterable = server.sockets if server is not None else ()
+    for sock in sockets:
+        return int(sock.getsockname()[1])
+    raise RuntimeError("the site is not listening")

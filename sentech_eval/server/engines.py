@@ -1,0 +1,398 @@
+"""Engines behind ``sentech-eval serve``: what actually produces an answer.
+
+- ``EchoEngine``  deterministic, no model. Answers prompts of the shipped datasets with their
+                  reference (so scorers can be exercised end to end) and echoes anything else.
+                  Tokens are whitespace-separated words, so usage counts are honest for it.
+- ``LlamaEngine`` a GGUF model through llama-cpp-python, every sampling parameter explicit,
+                  one call at a time in a worker thread so the event loop never blocks.
+
+An engine gets a validated ``ChatRequest`` and returns a ``Generation``; ``stream`` yields text
+deltas and ends with the ``Generation`` (whose ``text`` is the full answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import threading
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sentech_eval.errors import BackendError, ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATASETS_DIR = REPO_ROOT / "datasets"
+DEFAULT_GGUF = REPO_ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# A whitespace token together with the whitespace before it: joining pieces restores the text.
+_PIECE = re.compile(r"\s*\S+")
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated request body (None = the client did not send the field)."""
+
+    messages: list[dict[str, str]]
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class Generation:
+    """One finished answer with its token counts."""
+
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Engine(Protocol):
+    """What the server needs from an engine."""
+
+    name: str  # "echo" | "llama"
+    model: str  # reported when a request names no model
+
+    async def start(self) -> None:
+        """Load what is needed before the server accepts requests."""
+        ...
+
+    async def complete(self, request: ChatRequest) -> Generation:
+        """The whole answer at once."""
+        ...
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[str | Generation]:
+        """Text deltas as they are produced, then the final ``Generation``."""
+        ...
+
+    async def close(self) -> None:
+        """Release the model."""
+        ...
+
+
+def last_user_text(messages: list[dict[str, str]]) -> str:
+    """Content of the last user message (of the last message if there is no user message)."""
+    for message in reversed(messages):
+        if message["role"] == "user":
+            return message["content"]
+    return messages[-1]["content"]
+
+
+def load_references(paths: list[Path]) -> dict[str, str]:
+    """Map prompt text -> reference from dataset Parquet files (``prompt`` or ``messages`` column)."""
+    import pyarrow.parquet as pq
+
+    table: dict[str, str] = {}
+    for path in paths:
+        try:
+            names = set(pq.read_schema(path).names)
+        except Exception:  # not our business to judge other files here: skip what we cannot read
+            continue
+        if "reference" not in names or not ({"prompt", "messages"} & names):
+            continue
+        key_column = "prompt" if "prompt" in names else "messages"
+        data = pq.read_table(path, columns=[key_column, "reference"]).to_pydict()
+        for key, reference in zip(data[key_column], data["reference"]):
+            if reference is None or key is None:
+                continue
+            if key_column == "messages":
+                if not key:
+                    continue
+                key = last_user_text([{"role": m.get("role"), "content": m.get("content") or ""} for m in key])
+            table.setdefault(str(key).strip(), str(reference))
+    return table
+
+
+class EchoEngine:
+    """Deterministic model-free engine with simulated latency and generation speed."""
+
+    name = "echo"
+    model = "sentech-eval/echo"
+
+    # Phrasings used at temperature > 0: all contain the reference, most are the bare answer
+    # (the datasets ask for it), one in four is a sentence, so strict and lenient scorers differ.
+    REFERENCE_PHRASINGS = ("{}", "{}.", "{}", "The answer is {}.")
+    ECHO_PHRASINGS = ("{}", "You said: {}", "Echo: {}")
+
+    def __init__(
+        self,
+        *,
+        latency_ms: float = 0.0,
+        tokens_per_s: float | None = None,
+        seed: int = 0,
+        datasets_dir: Path | None = DEFAULT_DATASETS_DIR,
+    ) -> None:
+        self.latency_s = max(0.0, latency_ms) / 1000.0
+        self.tokens_per_s = tokens_per_s if tokens_per_s and tokens_per_s > 0 else None
+        self.datasets_dir = datasets_dir
+        self.references: dict[str, str] = {}
+        self._rng = random.Random(seed)  # for requests at temperature > 0 without their own seed
+
+    async def start(self) -> None:
+        """Load prompt -> reference from ``datasets/*.parquet`` (if any) in a worker thread."""
+        if self.datasets_dir is not None and self.datasets_dir.is_dir():
+            paths = sorted(self.datasets_dir.glob("*.parquet"))
+            if paths:
+                self.references = await asyncio.to_thread(load_references, paths)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def answer(self, request: ChatRequest) -> str:
+        """The full (untruncated) answer text for a request."""
+        prompt = last_user_text(request.messages)
+        reference = self.references.get(prompt.strip()) if self.references else None
+        temperature = request.temperature
+        if not temperature:  # None or 0: stable
+            return prompt if reference is None else reference
+        seed = request.seed if request.seed is not None else self._rng.getrandbits(32)
+        pick = zlib.crc32(f"{seed}\0{prompt}".encode("utf-8", "surrogatepass"))
+        if reference is None:
+            return self.ECHO_PHRASINGS[pick % len(self.ECHO_PHRASINGS)].format(prompt)
+        return self.REFERENCE_PHRASINGS[pick % len(self.REFERENCE_PHRASINGS)].format(reference)
+
+    @staticmethod
+    def prompt_tokens(messages: list[dict[str, str]]) -> int:
+        """Whitespace tokens over all message contents."""
+        return sum(len(m["content"].split()) for m in messages)
+
+    def _generate(self, request: ChatRequest) -> tuple[list[str] | None, Generation]:
+        """The answer, its pieces when needed (truncation or streaming) and its usage."""
+        text = self.answer(request)
+        prompt_tokens = self.prompt_tokens(request.messages)
+        max_tokens = request.max_tokens
+        if not request.stream:
+            n = len(text.split())
+            if max_tokens is None or n <= max_tokens:
+                return None, Generation(text, "stop", prompt_tokens, n)
+        pieces = _PIECE.findall(text)
+        finish = "stop"
+        if max_tokens is not None and len(pieces) > max_tokens:
+            pieces = pieces[:max_tokens]
+            finish = "length"
+        if pieces:
+            pieces[0] = pieces[0].lstrip()
+        return pieces, Generation("".join(pieces), finish, prompt_tokens, len(pieces))
+
+    async def complete(self, request: ChatRequest) -> Generation:
+        """Answer after ``latency`` plus ``completion_tokens / tokens_per_s`` seconds."""
+        _, generation = self._generate(request)
+        delay = self.latency_s
+        if self.tokens_per_s:
+            delay += generation.completion_tokens / self.tokens_per_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return generation
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Generation]:
+        """Yield one piece per token, paced at ``tokens_per_s`` after the fixed latency."""
+        pieces, generation = self._generate(request)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+        for i, piece in enumerate(pieces or ()):
+            if self.tokens_per_s:
+                wait = start + self.latency_s + (i + 1) / self.tokens_per_s - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            yield piece
+        yield generation
+
+
+class LlamaEngine:
+    """A GGUF model served through llama-cpp-python; one generation at a time."""
+
+    name = "llama"
+
+    # Used for parameters the client did not send (an API's defaults, not llama-cpp-python's).
+    DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
+
+    def __init__(
+        self,
+        model_path: Path | str | None = None,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        chat_format: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.model_path = Path(model_path) if model_path else DEFAULT_GGUF
+        self.model = self.model_path.name
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.chat_format = chat_format
+        self._seed_rng = random.Random(seed)  # seeds for requests that send none
+        self._llm: Any = None
+        self._lock: asyncio.Lock | None = None
+
+    def _load(self) -> Any:
+        self.check()
+        import llama_cpp
+
+        kwargs: dict[str, Any] = {"model_path": str(self.model_path), "n_ctx": self.n_ctx, "verbose": False}
+        if self.n_threads:
+            kwargs["n_threads"] = self.n_threads
+        if self.chat_format:
+            kwargs["chat_format"] = self.chat_format
+        try:
+            return llama_cpp.Llama(**kwargs)
+        except Exception as exc:  # llama.cpp reports a bad file as ValueError/RuntimeError
+            raise BackendError(f"llama.cpp could not load the model {self.model_path}: {exc}") from exc
+
+    def check(self) -> None:
+        """Cheap start-up checks (library importable, model file present), one sentence each."""
+        if not self.model_path.is_file():
+            raise ConfigError(
+                f"The model file {self.model_path} does not exist; run `sentech-eval fetch-model` "
+                "to put the embedded default in place, or pass --model PATH to a GGUF file."
+            )
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError as exc:
+            raise BackendError(
+                "The llama engine needs llama-cpp-python, which is not installed; "
+                "install it with `pip install -e '.[local]'`."
+            ) from exc
+
+    async def start(self) -> None:
+        """Load the model in a worker thread."""
+        self._lock = asyncio.Lock()
+        if self._llm is None:
+            self._llm = await asyncio.to_thread(self._load)
+
+    async def close(self) -> None:
+        """Free the model."""
+        llm, self._llm = self._llm, None
+        if llm is not None and hasattr(llm, "close"):
+            llm.close()
+
+    def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        d = self.DEFAULTS
+        seed = request.seed if request.seed is not None else self._seed_rng.getrandbits(32)
+        return {
+            "messages": request.messages,
+            "temperature": d["temperature"] if request.temperature is None else request.temperature,
+            "top_p": d["top_p"] if request.top_p is None else request.top_p,
+            "top_k": d["top_k"] if request.top_k is None else request.top_k,
+            "frequency_penalty": d["frequency_penalty"] if request.frequency_penalty is None else request.frequency_penalty,
+            "presence_penalty": d["presence_penalty"] if request.presence_penalty is None else request.presence_penalty,
+            "max_tokens": request.max_tokens,
+            "seed": seed % (2**32),
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
+        }
+
+    def _complete_sync(self, request: ChatRequest) -> Generation:
+        out = self._llm.create_chat_completion(**self._kwargs(request))
+        choice = out["choices"][0]
+        usage = out["usage"]
+        return Generation(
+            choice["message"].get("content") or "",
+            choice.get("finish_reason") or "stop",
+            int(usage["prompt_tokens"]),
+            int(usage["completion_tokens"]),
+        )
+
+    def _count_tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def _prompt_tokens(self, request: ChatRequest) -> int:
+        """Prompt length in model tokens as the chat handler formats it (for streamed answers)."""
+        llm = self._llm
+        handler = llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
+        formatter = getattr(handler, "__self__", None)
+        try:
+            from llama_cpp import llama_chat_format
+
+            chat_formatter = None
+            template = llm.metadata.get("tokenizer.chat_template")
+            if llm.chat_format == "chat_template.default" and template:
+                eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
+                bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
+                chat_formatter = llama_chat_format.Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+            else:
+                chat_formatter = llama_chat_format.get_chat_completion_handler  # unsupported below
+                chat_formatter = None
+            if chat_formatter is not None:
+                prompt = chat_formatter(messages=request.messages).prompt
+                return len(llm.tokenize(prompt.encode("utf-8"), add_bos=not prompt.startswith(bos) if bos else True, special=True))
+        except Exception:
+            pass
+        del handler, formatter
+        return sum(self._count_tokens(m["content"]) for m in request.messages)
+
+    async def complete(self, request: ChatRequest) -> Generation:
+        """One generation in the worker thread, under the model lock."""
+        assert self._lock is not None, "start() first"
+        async with self._lock:
+            return await asyncio.to_thread(self._complete_sync, request)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Generation]:
+        """Stream deltas from a producer thread; token counts use the model's tokenizer."""
+        assert self._lock is not None, "start() first"
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                finish = "stop"
+                for chunk in self._llm.create_chat_completion(stream=True, **self._kwargs(request)):
+                    if stop.is_set():
+                        break
+                    choice = chunk["choices"][0]
+                    content = choice.get("delta", {}).get("content")
+                    if content:
+                        loop.call_soon_threadsafe(queue.put_nowait, ("delta", content))
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", finish))
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop side
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+        async with self._lock:
+            worker = loop.run_in_executor(None, produce)
+            parts: list[str] = []
+            try:
+                while True:
+                    kind, value = await queue.get()
+                    if kind == "delta":
+                        parts.append(value)
+                        yield value
+                    elif kind == "error":
+                        raise value
+                    else:
+                        text = "".join(parts)
+                        counts = await asyncio.to_thread(
+                            lambda: (self._prompt_tokens(request), self._count_tokens(text))
+                        )
+                        yield Generation(text, value, counts[0], counts[1])
+                        break
+            finally:
+                stop.set()
+                await worker
+
+
+def build_engine(name: str, **options: Any) -> Engine:
+    """The engine called ``name`` with the options that apply to it."""
+    if name == "echo":
+        keys = ("latency_ms", "tokens_per_s", "seed", "datasets_dir")
+        return EchoEngine(**{k: v for k, v in options.items() if k in keys and v is not None})
+    if name == "llama":
+        keys = ("model_path", "n_ctx", "n_threads", "chat_format", "seed")
+        return LlamaEngine(**{k: v for k, v in options.items() if k in keys and v is not None})
+    raise ConfigError(f"Unknown engine {name!r}; choose echo or llama.")

@@ -1,0 +1,98 @@
+"""`sentech-eval serve` as a real subprocess: start-up line, refusal without a key, flag errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from server_helpers import SEED_CURL_DATA, post
+
+from sentech_eval.server.cli import build_parser
+from sentech_eval.server.testing import running_server
+
+SCRIPT = Path(sys.executable).parent / "sentech-eval"
+CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sentech_eval.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
+    return subprocess.run([*CLI, "serve", *args], capture_output=True, text=True, env={**base, **(env or {})},
+                          timeout=timeout)
+
+
+def test_console_script_serves_the_seed_curl_example():
+    env = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
+    env["SENTECH_API_KEY"] = "cli-key"
+    proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--engine", "echo"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        match = re.fullmatch(r"sentech-eval serve: listening on (http://127\.0\.0\.1:(\d+)/v1) \(engine echo\)\n", line)
+        assert match, line
+        assert int(match.group(2)) > 0
+        reply = post(match.group(1), raw=SEED_CURL_DATA.encode(), key="cli-key")
+        assert reply.status == 200
+        assert reply.json()["object"] == "chat.completion"
+        assert post(match.group(1), raw=SEED_CURL_DATA.encode(), key="nope").status == 401
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_refuses_to_start_without_a_key():
+    result = run_cli("--port", "0")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "SENTECH_API_KEY" in lines[0] and "--no-auth" in lines[0]
+    assert result.stdout == ""
+
+
+def test_custom_key_variable_is_named_in_the_refusal():
+    result = run_cli("--port", "0", "--api-key-env", "MY_SERVER_KEYS", env={"MY_SERVER_KEYS": " , "})
+    assert result.returncode == 2
+    assert "MY_SERVER_KEYS" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--error-rate", "1.5"], "--error-rate must be between 0 and 1"),
+        (["--drop-rate", "-0.1"], "--drop-rate must be between 0 and 1"),
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--tokens-per-s", "0"], "--tokens-per-s must be > 0"),
+    ],
+)
+def test_bad_flags_are_one_sentence(args, needle):
+    result = run_cli("--no-auth", "--port", "0", *args)
+    assert result.returncode == 2
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_model_file_is_one_sentence(tmp_path):
+    missing = tmp_path / "nowhere.gguf"
+    result = run_cli("--no-auth", "--port", "0", "--engine", "llama", "--model", str(missing))
+    assert result.returncode == 2
+    assert str(missing) in result.stderr and "sentech-eval fetch-model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_explains_every_flag():
+    text = build_parser("sentech-eval serve").format_help()
+    for flag in ["--host", "--port", "--engine", "--model", "--api-key-env", "--no-auth", "--latency-ms",
+                 "--tokens-per-s", "--seed", "--error-rate", "--error-status", "--retry-after", "--drop-rate",
+                 "--slow-rate", "--slow-ms", "--max-body-bytes", "--workers"]:
+        assert flag in text
+    for action in build_parser("x")._actions:
+        assert action.help, action.option_strings
+
+
+def test_running_server_subprocess_mode():
+    with running_server(api_key="sub", subprocess=True, latency_ms=1) as url:
+        assert post(url, raw=SEED_CURL_DATA.encode(), key="sub").status == 200
