@@ -1,0 +1,31 @@
+"""Shared fixtures: run the real `sentech-eval` CLI in a subprocess, and a real echo server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_KEY = "test-key-7f3a9c"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `sentech-eval ARGS…` as a user would (a fresh process), capturing stdout and stderr."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("SENTECH_API_KEY", None) if env is not None and "SENTECH_API_KEY" not in env else None
+    return subprocess.run([sys.executable, "-m", "sentech_eval.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd or REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def echo_server() -> Iterator[str]:
+    """A real `sentech-eval serve --engine echo` on a free loopback port; yields the base URL (key TEST_KEY)."""
+    from sentech_eval.server.testing import running_server
+
+    with running_server(engine="echo", api_key=TEST_KEY) as base_url:
+        yield base_url
