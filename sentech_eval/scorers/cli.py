@@ -1,0 +1,210 @@
+"""``sentech-eval score PATH scorers=[...]``: add or replace score columns in existing results.
+
+No model is queried (only the judge scorer sends requests, to its own backend). Every
+``results.parquet`` under PATH is rewritten atomically: the new table goes to a temporary file
+in the same directory, which then replaces the old one with ``os.replace``; a crash at any
+point leaves the old file as it was. The Parquet key-value metadata is kept, and the scorer
+config used is added under the ``sentech_eval_scoring`` key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sentech_eval.errors import ConfigError, ResultsError
+from sentech_eval.scorers.base import Scorer, build_scorers, close_scorers, null_scores, score_row, score_schema
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO_ROOT / "conf"
+RESULTS_FILE = "results.parquet"
+SCORING_METADATA_KEY = b"sentech_eval_scoring"
+ROW_CHUNK = 1024
+
+EPILOG = """\
+overrides are Hydra overrides on the same config as `sentech-eval run`, for example:
+  scorers=[exact_match,contains]            choose scorers (conf/scorers/*.yaml)
+  scorers=[numeric] scorers.numeric.tolerance=0.01
+  scorers=[regex] scorers.regex.pattern='answer:\\s*(\\w+)'
+  +scorers.mine._target_=my_pkg.my_module.my_function   your own f(output, reference, row)
+  scorers=[judge] backend=remote backend.base_url=http://127.0.0.1:8000/v1 backend.model=grader
+
+PATH is a results.parquet file, a run dir or a sweep dir (every results.parquet below it).
+Existing columns of the chosen scorers are replaced; other score columns are kept.
+Rows with status "error" get null scores. Each file is replaced atomically.
+"""
+
+
+def compose_scorers_config(overrides: list[str], config_dir: Path = CONF_DIR) -> Any:
+    """The ``scorers`` node that ``sentech-eval run`` would get for these overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not (config_dir / "config.yaml").exists():
+        raise ConfigError(f"The config directory {config_dir} has no config.yaml; reinstall sentech-eval from its repository.")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+    except MissingConfigException as exc:
+        known = ", ".join(sorted(p.stem for p in (config_dir / "scorers").glob("*.yaml")))
+        found = re.search(r"'scorers/([^']+)'", str(exc))
+        if found:
+            raise ConfigError(f"Unknown scorer {found.group(1)!r}; known scorers are: {known} "
+                              "(or add your own with +scorers.NAME._target_=module.function).") from None
+        message = " ".join(str(exc).split("\n")[0].split())
+        raise ConfigError(f"{message.rstrip('.')}.") from None
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"Bad override: {message.rstrip('.')}.") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg.get("scorers")
+
+
+def find_results_files(path: str | Path) -> list[Path]:
+    """The results files at PATH: the file itself, ``PATH/results.parquet`` or every one below PATH."""
+    path = Path(path)
+    if not path.exists():
+        raise ResultsError(f"Results path {path} does not exist; pass a results.parquet file or a run/sweep dir.")
+    if path.is_file():
+        return [path]
+    if (path / RESULTS_FILE).exists():
+        return [path / RESULTS_FILE]
+    files = sorted(p for p in path.rglob(RESULTS_FILE) if "results.parts" not in p.parts)
+    if not files:
+        raise ResultsError(f"No {RESULTS_FILE} found under {path}; point at a run dir or a results file.")
+    return files
+
+
+async def score_table(table: pa.Table, scorers: list[Scorer], concurrency: int = 16) -> dict[str, pa.Array]:
+    """The score columns for every row of ``table`` (nulls for rows whose status is not "ok")."""
+    schema = score_schema(scorers)
+    values: dict[str, list[Any]] = {col: [] for col in schema}
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    has_status = "status" in table.column_names
+
+    async def one(row: dict[str, Any]) -> dict[str, Any]:
+        if has_status and row.get("status") != "ok":
+            return null_scores(scorers)
+        async with semaphore:
+            return await score_row(scorers, row)
+
+    for batch in table.to_batches(max_chunksize=ROW_CHUNK):
+        rows = batch.to_pylist()
+        results = await asyncio.gather(*(one(r) for r in rows))
+        for result in results:
+            for col in schema:
+                values[col].append(result.get(col))
+    arrays = {}
+    for col, typ in schema.items():
+        try:
+            arrays[col] = pa.array(values[col], type=typ)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ConfigError(f"Column {col!r} got values that are not {typ} ({exc}); fix the scorer that writes it.") from None
+    return arrays
+
+
+def replace_columns(table: pa.Table, arrays: dict[str, pa.Array]) -> pa.Table:
+    """``table`` with ``arrays`` replacing same-named columns or appended; metadata kept."""
+    metadata = table.schema.metadata
+    for col, array in arrays.items():
+        field = pa.field(col, array.type)
+        index = table.schema.get_field_index(col)
+        table = table.set_column(index, field, array) if index >= 0 else table.append_column(field, array)
+    return table.replace_schema_metadata(metadata)
+
+
+def write_atomic(table: pa.Table, target: Path) -> None:
+    """Write ``table`` to a temp file beside ``target``, then ``os.replace`` it into place."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+async def rescore_file(path: Path, scorers: list[Scorer], scorer_config: Any = None, concurrency: int = 16) -> pa.Table:
+    """Score every ok row of one results file and replace the file atomically; returns the new table."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ResultsError(f"Results file {path} is not readable Parquet ({exc}).") from None
+    if "output" not in table.column_names:
+        raise ResultsError(f"Results file {path} has no 'output' column; is it a sentech-eval results file?")
+    arrays = await score_table(table, scorers, concurrency=concurrency)
+    new = replace_columns(table, arrays)
+    metadata = dict(new.schema.metadata or {})
+    metadata[SCORING_METADATA_KEY] = json.dumps(
+        {"scored_at": datetime.now(timezone.utc).isoformat(), "scorers": scorer_config}, default=str
+    ).encode()
+    new = new.replace_schema_metadata(metadata)
+    write_atomic(new, path)
+    return new
+
+
+def _summary_line(path: Path, table: pa.Table, scorers: list[Scorer]) -> str:
+    import pyarrow.compute as pc
+
+    status = table.column("status") if "status" in table.column_names else None
+    ok = table.num_rows if status is None else pc.sum(pc.equal(status, "ok")).as_py() or 0
+    parts = [f"{path}: {table.num_rows} rows, {ok} ok"]
+    for scorer in scorers:
+        for col, typ in scorer.columns().items():
+            if col.endswith("_detail") or not pa.types.is_floating(typ):
+                continue
+            mean = pc.mean(table.column(col)).as_py()
+            parts.append(f"{col} mean={'n/a' if mean is None else f'{mean:.4f}'}")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None, prog: str = "sentech-eval score") -> int:
+    """Entry point of ``sentech-eval score``."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Add or replace score columns in existing results without querying the model again.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("path", help="a results.parquet file, a run dir or a sweep dir")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, at least scorers=[...]")
+    parser.add_argument("--concurrency", type=int, default=16, help="rows scored at once (matters for the judge; default 16)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency={args.concurrency} must be at least 1.")
+    files = find_results_files(args.path)
+    scorers_cfg = compose_scorers_config(args.overrides)
+    if not scorers_cfg:
+        raise ConfigError("No scorers chosen; pass for example scorers=[exact_match,contains] (see --help).")
+    from omegaconf import OmegaConf
+
+    scorer_config = OmegaConf.to_container(scorers_cfg, resolve=False)
+    return asyncio.run(_run(files, scorers_cfg, scorer_config, args.concurrency))
+
+
+async def _run(files: list[Path], scorers_cfg: Any, scorer_config: Any, concurrency: int) -> int:
+    scorers = build_scorers(scorers_cfg)
+    try:
+        for path in files:
+            table = await rescore_file(path, scorers, scorer_config, concurrency=concurrency)
+            print(_summary_line(path, table, scorers))
+    finally:
+        await close_scorers(scorers)
+    return 0
