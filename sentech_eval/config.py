@@ -173,10 +173,6 @@ def runner_from_config(cfg: DictConfig) -> RunnerConfig:
 
 def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:
     """All checks that must pass before the first request."""
-    top = set(cfg.keys())
-    unknown = sorted(top - TOP_LEVEL_KEYS)
-    if unknown:
-        raise ConfigError(f"Unknown config key '{unknown[0]}'; top-level keys are: {', '.join(sorted(TOP_LEVEL_KEYS - {'hydra'}))}.")
     container = OmegaConf.to_container(cfg, resolve=False)
     secret_keys = find_secret_keys(container)
     if secret_keys:
@@ -184,6 +180,9 @@ def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:
             f"Config key '{secret_keys[0]}' looks like a credential; keys never go in config — "
             "export it in the environment variable named by backend.api_key_env (default SENTECH_API_KEY)."
         )
+    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"Unknown config key '{unknown[0]}'; top-level keys are: {', '.join(sorted(TOP_LEVEL_KEYS - {'hydra'}))}.")
     backend = cfg.get("backend")
     if not isinstance(backend, DictConfig) or not backend.get("kind"):
         raise ConfigError("backend.kind is not set; choose backend=remote or backend=local.")

@@ -1,0 +1,104 @@
+"""datasets.py: schema checks name file, column and row; batched reading, limit and shards."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sentech_eval.datasets import ParquetDataset
+from sentech_eval.errors import DatasetError
+from tests.conftest import REPO_ROOT
+
+
+def write(tmp_path, frame: pd.DataFrame, name="d.parquet"):
+    path = tmp_path / name
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def test_prompt_form_builds_system_and_user_messages(tmp_path):
+    path = write(tmp_path, pd.DataFrame({"id": [1, 2], "prompt": ["a?", "b?"], "system": ["S", None],
+                                         "reference": ["A", "B"], "topic": ["x", "y"]}))
+    prompts = list(ParquetDataset(path))
+    assert prompts[0].messages == ({"role": "system", "content": "S"}, {"role": "user", "content": "a?"})
+    assert prompts[1].messages == ({"role": "user", "content": "b?"},)
+    assert prompts[0].reference == "A" and prompts[1].extra == {"topic": "y"}
+
+
+def test_messages_form_is_read_as_is(tmp_path):
+    msgs = [[{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]]
+    path = write(tmp_path, pd.DataFrame({"id": ["x"], "messages": msgs}))
+    (prompt,) = list(ParquetDataset(path))
+    assert prompt.messages == ({"role": "system", "content": "s"}, {"role": "user", "content": "hi"})
+    assert prompt.reference is None
+
+
+def test_limit_and_shards_partition_the_rows_exactly_once(tmp_path):
+    path = write(tmp_path, pd.DataFrame({"id": range(103), "prompt": [f"q{i}" for i in range(103)]}))
+    limited = [p.id for p in ParquetDataset(path, limit=50, batch_size=7)]
+    assert limited == list(range(50))
+    shards = [[p.id for p in ParquetDataset(path, limit=50, num_shards=4, shard_index=i, batch_size=7)] for i in range(4)]
+    assert sorted(sum(shards, [])) == list(range(50))
+    assert [ParquetDataset(path, limit=50, num_shards=4, shard_index=i).info().num_rows for i in range(4)] == [len(s) for s in shards]
+
+
+def test_batches_do_not_load_everything_at_once(tmp_path):
+    path = write(tmp_path, pd.DataFrame({"id": range(1000), "prompt": ["q"] * 1000}))
+    batches = list(ParquetDataset(path, batch_size=100).iter_prompt_batches())
+    assert len(batches) == 10 and all(len(b) == 100 for b in batches)
+
+
+@pytest.mark.parametrize("frame,fragment", [
+    (pd.DataFrame({"prompt": ["a"]}), "column 'id', the schema: missing"),
+    (pd.DataFrame({"id": [1.5], "prompt": ["a"]}), "column 'id', the schema: has type double"),
+    (pd.DataFrame({"id": [1]}), "column 'messages', the schema: missing"),
+    (pd.DataFrame({"id": [1], "prompt": [3]}), "column 'prompt', the schema: has type int64"),
+    (pd.DataFrame({"id": [1, 2, 1], "prompt": ["a", "b", "c"]}), "column 'id', row 2: duplicate id 1"),
+    (pd.DataFrame({"id": [1, 2], "prompt": ["a", "  "]}), "column 'prompt', row 1: is empty"),
+    (pd.DataFrame({"id": [1, 2], "prompt": ["a", None]}), "column 'prompt', row 1: is empty"),
+    (pd.DataFrame({"id": [1], "messages": [[{"role": "robot", "content": "x"}]]}), "column 'messages', row 0: has role 'robot'"),
+    (pd.DataFrame({"id": [1, 2], "messages": [[{"role": "user", "content": "x"}], [{"role": "user", "content": ""}]]}),
+     "column 'messages', row 1: has a message with empty content"),
+    (pd.DataFrame({"id": [1, 2], "messages": [[{"role": "user", "content": "x"}], []]}), "row 1: is an empty list"),
+])
+def test_bad_datasets_name_file_column_and_row(tmp_path, frame, fragment):
+    path = write(tmp_path, frame)
+    with pytest.raises(DatasetError) as info:
+        ParquetDataset(path)
+    message = str(info.value)
+    assert str(path) in message and fragment in message
+    assert "\n" not in message
+
+
+def test_empty_missing_and_non_parquet_files(tmp_path):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()), "prompt": pa.array([], pa.string())}), empty)
+    with pytest.raises(DatasetError, match="has no rows"):
+        ParquetDataset(empty)
+    with pytest.raises(DatasetError, match="does not exist"):
+        ParquetDataset(tmp_path / "nope.parquet")
+    text = tmp_path / "data.parquet"
+    text.write_text("id,prompt\n1,hi\n")
+    with pytest.raises(DatasetError, match="not a readable Parquet file"):
+        ParquetDataset(text)
+
+
+def test_shipped_datasets_are_valid_and_regenerate_identically(tmp_path):
+    capitals = ParquetDataset(REPO_ROOT / "datasets" / "capitals.parquet")
+    arithmetic = ParquetDataset(REPO_ROOT / "datasets" / "arithmetic.parquet")
+    assert capitals.info().num_rows >= 100 and arithmetic.info().num_rows >= 100
+    france = [p for p in capitals if p.messages[-1]["content"] == "What is the capital of France?"]
+    assert france and france[0].reference == "Paris"
+    for p in arithmetic:
+        a, op, b = p.messages[-1]["content"].removeprefix("What is ").removesuffix("?").split()
+        assert str(eval(f"{a}{op}{b}")) == p.reference  # noqa: S307 - our own generated digits
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_datasets", REPO_ROOT / "scripts" / "make_datasets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pd.testing.assert_frame_equal(module.capitals(), pd.read_parquet(REPO_ROOT / "datasets" / "capitals.parquet"),
+                                  check_dtype=False)
+    pd.testing.assert_frame_equal(module.arithmetic(), pd.read_parquet(REPO_ROOT / "datasets" / "arithmetic.parquet"),
+                                  check_dtype=False)

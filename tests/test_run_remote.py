@@ -1,0 +1,125 @@
+"""End to end: `sentech-eval run backend=remote` against the real echo server on a loopback port."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from sentech_eval import load_results
+from sentech_eval.results import CORE_NAMES, read_metadata
+from tests.conftest import REPO_ROOT, TEST_KEY, run_cli
+
+COLUMNS = ("run_id config_id backend model dataset prompt_id repeat temperature top_p top_k frequency_penalty "
+           "presence_penalty max_tokens seed output finish_reason prompt_tokens completion_tokens total_tokens "
+           "latency_s ttft_s status http_status error attempts started_at").split()
+
+
+def remote_args(base_url, run_dir, *extra):
+    return ["run", "backend=remote", f"backend.base_url={base_url}", f"hydra.run.dir={run_dir}", *extra]
+
+
+def test_capitals_run_writes_one_ok_row_per_dataset_row(echo_server, tmp_path):
+    run_dir = tmp_path / "D"
+    proc = run_cli(*remote_args(echo_server, run_dir, "dataset=capitals"), env={"SENTECH_API_KEY": TEST_KEY})
+    assert proc.returncode == 0, proc.stderr
+    frame = load_results(run_dir)
+    dataset = pd.read_parquet(REPO_ROOT / "datasets" / "capitals.parquet")
+    assert len(frame) == len(dataset)
+    for column in COLUMNS + ["reference", "country"]:
+        assert column in frame.columns, column
+    assert list(frame.columns[: len(CORE_NAMES)]) == list(CORE_NAMES)
+    assert set(frame["status"]) == {"ok"}
+    assert sorted(frame["prompt_id"]) == sorted(dataset["id"])
+    merged = frame.merge(dataset, left_on="prompt_id", right_on="id", suffixes=("", "_ds"))
+    assert (merged["reference"] == merged["reference_ds"]).all()
+    assert (merged["prompt"] == merged["prompt_ds"]).all()
+    # The echo server answers shipped prompts from their references, with whitespace token counts.
+    france = frame[frame["prompt"] == "What is the capital of France?"].iloc[0]
+    assert "Paris" in france["output"]
+    assert france["completion_tokens"] == len(france["output"].split())
+    assert (frame["total_tokens"] == frame["prompt_tokens"] + frame["completion_tokens"]).all()
+    assert (frame["latency_s"] > 0).all() and (frame["latency_s"] < 10).all()
+    assert (frame["http_status"] == 200).all() and (frame["attempts"] == 1).all()
+    assert frame["ttft_s"].isna().all()  # not streamed
+    assert frame["backend"].unique().tolist() == ["remote"]
+    assert frame["model"].unique().tolist() == ["meta-llama/Meta-Llama-3.1-8B-Instruct"]
+    assert frame["config_id"].nunique() == 1 and frame["run_id"].nunique() == 1
+    assert set(frame["temperature"]) == {0.7} and set(frame["seed"]) == {0}
+    meta = read_metadata(run_dir / "results.parquet")
+    assert meta["config"]["backend"]["base_url"] == echo_server
+    assert meta["versions"]["pyarrow"] and meta["git_commit"]
+    assert TEST_KEY not in json.dumps(meta)
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+
+
+def test_streaming_records_ttft_before_latency_and_repeats_use_seed_plus_repeat(echo_server, tmp_path):
+    run_dir = tmp_path / "S"
+    proc = run_cli(*remote_args(echo_server, run_dir, "dataset=arithmetic", "dataset.limit=10", "backend.stream=true",
+                                "runner.repeats=3", "sampling.seed=40"), env={"SENTECH_API_KEY": TEST_KEY})
+    assert proc.returncode == 0, proc.stderr
+    frame = load_results(run_dir)
+    assert len(frame) == 30
+    assert sorted(frame.groupby("repeat")["seed"].unique().map(list).sum()) == [40, 41, 42]
+    assert frame.groupby(["prompt_id", "repeat"]).size().max() == 1
+    assert (frame["ttft_s"] > 0).all() and (frame["ttft_s"] <= frame["latency_s"]).all()
+    assert (frame["completion_tokens"] > 0).all()
+
+
+def test_null_sampling_values_are_not_sent_and_limit_takes_first_rows(echo_server, tmp_path):
+    run_dir = tmp_path / "N"
+    proc = run_cli(*remote_args(echo_server, run_dir, "dataset=capitals", "dataset.limit=7", "sampling.top_k=null",
+                                "sampling.max_tokens=2"), env={"SENTECH_API_KEY": TEST_KEY})
+    assert proc.returncode == 0, proc.stderr
+    frame = load_results(run_dir)
+    assert list(frame["prompt_id"]) == [f"capital-{i:03d}" for i in range(7)]
+    assert frame["top_k"].isna().all()
+    assert (frame["completion_tokens"] <= 2).all()
+    truncated = frame[frame["finish_reason"] == "length"]
+    assert len(truncated) > 0 and (truncated["completion_tokens"] == 2).all()
+    assert set(frame["finish_reason"]) <= {"length", "stop"}
+
+
+def test_missing_key_names_the_variable_and_suggests_alternatives(tmp_path):
+    proc = run_cli(*remote_args("http://127.0.0.1:9/v1", tmp_path / "K", "dataset=capitals"), env={})
+    assert proc.returncode == 2
+    assert "SENTECH_API_KEY" in proc.stderr and "backend=local" in proc.stderr and "sentech-eval serve" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "K" / "results.parquet").exists()
+
+
+def test_wrong_key_stops_the_run_with_one_sentence(echo_server, tmp_path):
+    proc = run_cli(*remote_args(echo_server, tmp_path / "W", "dataset=capitals"), env={"SENTECH_API_KEY": "wrong"})
+    assert proc.returncode == 2
+    assert "Invalid API key." in proc.stderr and "Traceback" not in proc.stderr
+    assert len(load_results(tmp_path / "W")) == 0  # no thousands of error rows
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--help"], "Powered by Hydra"),
+    (["--cfg", "job", "backend=remote"], "base_url: https://api.sentech.ai/v1"),
+])
+def test_hydra_flags_work(args, expect):
+    proc = run_cli("run", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert expect in proc.stdout
+
+
+def test_multirun_flag_runs_one_job_per_value(echo_server, tmp_path):
+    proc = run_cli("run", "-m", "backend=remote", f"backend.base_url={echo_server}", "dataset=capitals",
+                   "dataset.limit=5", "sampling.temperature=0,0.5", f"hydra.sweep.dir={tmp_path / 'M'}",
+                   env={"SENTECH_API_KEY": TEST_KEY})
+    assert proc.returncode == 0, proc.stderr
+    frame = load_results(tmp_path / "M")
+    assert sorted(frame["temperature"].unique()) == [0.0, 0.5]
+    assert len(frame) == 10
+
+
+def test_top_level_help_lists_subcommands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for command in ("run", "serve", "score", "report", "compare", "check"):
+        assert f"  {command}" in proc.stdout
+    bad = run_cli("frobnicate")
+    assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
