@@ -55,6 +55,10 @@ def compose_scorers_config(overrides: list[str], config_dir: Path = CONF_DIR) ->
 
     if not (config_dir / "config.yaml").exists():
         raise ConfigError(f"The config directory {config_dir} has no config.yaml; reinstall sentech-eval from its repository.")
+    from sentech_eval.app import _register_resolvers, refuse_secret_overrides
+
+    refuse_secret_overrides(list(overrides))
+    _register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):

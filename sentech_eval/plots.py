@@ -1,0 +1,160 @@
+"""Plots for the HTML report, as base64 PNG data URIs (matplotlib Agg backend, no display).
+
+Each function takes the summary and/or results frames and returns a ``data:image/png;base64,…``
+string, or None when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+DPI = 80
+MAX_LINES = 12
+
+
+def to_data_uri(fig: "plt.Figure") -> str:
+    """Render ``fig`` as a PNG data URI and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _pretty(col: str) -> str:
+    return col.removeprefix("score_")
+
+
+def _numeric(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values.dropna().infer_objects())
+
+
+def score_vs_param(summary: pd.DataFrame, score: str, param: str, others: Sequence[str]) -> str | None:
+    """Mean ``score`` (with its CI as error bars) against swept ``param``; one line per setting of ``others``."""
+    mean, low, high = f"{score}_mean", f"{score}_ci_low", f"{score}_ci_high"
+    if mean not in summary or summary[mean].notna().sum() == 0:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    groups = summary.groupby(list(others), dropna=False, sort=True) if others else [((), summary)]
+    numeric = _numeric(summary[param])
+    for i, (key, part) in enumerate(groups):
+        if i >= MAX_LINES:
+            break
+        part = part.sort_values(param)
+        x = part[param].to_numpy(dtype=float) if numeric else np.arange(len(part))
+        y = part[mean].to_numpy(dtype=float)
+        err = np.vstack([y - part[low].to_numpy(dtype=float), part[high].to_numpy(dtype=float) - y])
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{o}={k}" for o, k in zip(others, key)) or None
+        ax.errorbar(x, y, yerr=np.clip(err, 0, None), marker="o", capsize=4, label=label)
+        if not numeric:
+            ax.set_xticks(x, [str(v) for v in part[param]])
+    ax.set_xlabel(param)
+    ax.set_ylabel(f"{_pretty(score)} (mean, 95% CI)")
+    ax.set_title(f"{_pretty(score)} vs {param}")
+    ax.grid(alpha=0.3)
+    if others:
+        ax.legend(fontsize=8)
+    return to_data_uri(fig)
+
+
+def heatmap(summary: pd.DataFrame, score: str, row_param: str, col_param: str) -> str | None:
+    """Mean ``score`` over two swept parameters (averaged over any other swept parameter)."""
+    mean = f"{score}_mean"
+    if mean not in summary or summary[mean].notna().sum() == 0:
+        return None
+    table = summary.pivot_table(index=row_param, columns=col_param, values=mean, aggfunc="mean", dropna=False)
+    fig, ax = plt.subplots(figsize=(1.2 * table.shape[1] + 2.5, 0.6 * table.shape[0] + 1.8))
+    data = table.to_numpy(dtype=float)
+    image = ax.imshow(data, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
+    ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
+    ax.set_xlabel(col_param)
+    ax.set_ylabel(row_param)
+    finite = data[np.isfinite(data)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for (r, c), value in np.ndenumerate(data):
+        if np.isfinite(value):
+            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if value > middle else "white")
+    fig.colorbar(image, ax=ax, label=_pretty(score))
+    ax.set_title(f"{_pretty(score)} by {row_param} × {col_param}")
+    return to_data_uri(fig)
+
+
+def score_bars(summary: pd.DataFrame, scores: Sequence[str], labels: Sequence[str]) -> str | None:
+    """Every score's mean with CI, one group of bars per configuration (used when nothing is swept)."""
+    scores = [s for s in scores if f"{s}_mean" in summary and summary[f"{s}_mean"].notna().any()]
+    if not scores:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(scores) * len(summary) + 1.5), 3.4))
+    width = 0.8 / max(1, len(summary))
+    x = np.arange(len(scores))
+    for i, (_, row) in enumerate(summary.iterrows()):
+        if i >= MAX_LINES:
+            break
+        y = np.array([row[f"{s}_mean"] for s in scores], dtype=float)
+        lo = np.array([row[f"{s}_ci_low"] for s in scores], dtype=float)
+        hi = np.array([row[f"{s}_ci_high"] for s in scores], dtype=float)
+        ax.bar(x + i * width, y, width, yerr=np.clip(np.vstack([y - lo, hi - y]), 0, None), capsize=4, label=labels[i])
+    ax.set_xticks(x + width * (min(len(summary), MAX_LINES) - 1) / 2, [_pretty(s) for s in scores])
+    ax.set_ylabel("mean (95% CI)")
+    ax.set_title("Scores")
+    ax.grid(alpha=0.3, axis="y")
+    if len(summary) > 1:
+        ax.legend(fontsize=8)
+    return to_data_uri(fig)
+
+
+def latency_cdf(results: pd.DataFrame, label_of: dict, key: str = "_config") -> str | None:
+    """Empirical CDF of ``latency_s`` of ok rows, one line per configuration."""
+    ok = results[(results["status"] == "ok") & results["latency_s"].notna()]
+    if ok.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for i, (cfg, part) in enumerate(ok.groupby(key, sort=False)):
+        if i >= MAX_LINES:
+            break
+        x = np.sort(part["latency_s"].to_numpy(dtype=float))
+        y = np.arange(1, x.size + 1) / x.size
+        ax.step(x, y, where="post", label=label_of.get(cfg, str(cfg)))
+    ax.set_xlabel("latency (s)")
+    ax.set_ylabel("fraction of requests ≤ x")
+    ax.set_title("Latency CDF")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return to_data_uri(fig)
+
+
+def token_histograms(results: pd.DataFrame, label_of: dict, key: str = "_config") -> str | None:
+    """Histograms of prompt and completion tokens of ok rows, one outline per configuration."""
+    ok = results[results["status"] == "ok"]
+    columns = [c for c in ("prompt_tokens", "completion_tokens") if c in ok and ok[c].notna().any()]
+    if not columns:
+        return None
+    fig, axes = plt.subplots(1, len(columns), figsize=(5.0 * len(columns), 3.2), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        values = ok[col].dropna().to_numpy(dtype=float)
+        bins = np.histogram_bin_edges(values, bins=min(30, max(1, np.unique(values).size)))
+        if bins[0] == bins[-1]:
+            bins = np.array([bins[0] - 0.5, bins[0] + 0.5])
+        for i, (cfg, part) in enumerate(ok.groupby(key, sort=False)):
+            if i >= MAX_LINES:
+                break
+            ax.hist(part[col].dropna().to_numpy(dtype=float), bins=bins, histtype="step", linewidth=1.5,
+                    label=label_of.get(cfg, str(cfg)))
+        ax.set_xlabel(col.replace("_", " "))
+        ax.set_ylabel("rows")
+        ax.set_title(col.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    return to_data_uri(fig)
