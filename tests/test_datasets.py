@@ -9,7 +9,7 @@ import pytest
 
 from sentech_eval.datasets import ParquetDataset
 from sentech_eval.errors import DatasetError
-from tests.conftest import REPO_ROOT
+from cli_helpers import REPO_ROOT
 
 
 def write(tmp_path, frame: pd.DataFrame, name="d.parquet"):

@@ -9,7 +9,7 @@ import pytest
 
 from sentech_eval import load_results
 from sentech_eval.results import CORE_NAMES, read_metadata
-from tests.conftest import REPO_ROOT, TEST_KEY, run_cli
+from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
 
 COLUMNS = ("run_id config_id backend model dataset prompt_id repeat temperature top_p top_k frequency_penalty "
            "presence_penalty max_tokens seed output finish_reason prompt_tokens completion_tokens total_tokens "
