@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sentech_eval.server.engines import ChatRequest, Engine, Generation
+from sentech_eval.server.engines import BadRequest, ChatRequest, Engine, Generation
 from sentech_eval.server.faults import NO_FAULT, FaultConfig, FaultInjector
 
 log = logging.getLogger("sentech_eval.server")
@@ -42,10 +42,6 @@ ROLES = frozenset(("system", "user", "assistant"))
 _JSON = "application/json"
 _JSON_HEADERS = {"Content-Type": _JSON}
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-class BadRequest(ValueError):
-    """A client error; its message goes back as ``{"message": …}`` with status 400."""
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -161,6 +157,7 @@ class ChatServer:
         self._auth = not options.no_auth
         self._max_body = options.max_body_bytes
         self._faults = FaultInjector(options.faults) if options.faults.active else None
+        self._echo_model = getattr(engine, "answers_as_requested_model", False)
         self._too_large = f"The request body is larger than the limit of {self._max_body} bytes."
 
     # -- helpers
@@ -214,11 +211,14 @@ class ChatServer:
             chat = parse_request(body)
         except BadRequest as exc:
             return _message_response(400, str(exc))
-        model = chat.model or self.engine.model
+        # echo plays whatever model was asked for; a real engine names the model it actually ran
+        model = (chat.model or self.engine.model) if self._echo_model else self.engine.model
         if chat.stream:
             return await self._stream(request, chat, model)
         try:
             gen = await self.engine.complete(chat)
+        except BadRequest as exc:
+            return _message_response(400, str(exc))
         except Exception as exc:  # an engine failure is the server's fault: 500 in the seed's shape
             log.exception("engine %s failed", self.engine.name)
             return _message_response(500, "Internal server error", error=f"{type(exc).__name__}: {exc}")
@@ -259,6 +259,8 @@ class ChatServer:
         events = self.engine.stream(chat)
         try:
             first = await anext(events)
+        except BadRequest as exc:
+            return _message_response(400, str(exc))
         except Exception as exc:  # nothing sent yet: a proper 500
             log.exception("engine %s failed", self.engine.name)
             return _message_response(500, "Internal server error", error=f"{type(exc).__name__}: {exc}")

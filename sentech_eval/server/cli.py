@@ -26,6 +26,7 @@ class ServeConfig:
     engine: str = "echo"
     model_path: str | None = None
     n_ctx: int = 2048
+    n_threads: int | None = None
     datasets_dir: str | None = None
     options: ServerOptions = field(default_factory=ServerOptions)
     latency_ms: float = 0.0
@@ -43,6 +44,7 @@ class ServeConfig:
             datasets_dir=Path(self.datasets_dir) if self.datasets_dir else DEFAULT_DATASETS_DIR,
             model_path=self.model_path,
             n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
         )
 
 
@@ -78,6 +80,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--engine", choices=("echo", "llama"), default="echo", help="what produces the answers")
     g.add_argument("--model", metavar="PATH", help=f"GGUF file for --engine llama (default: {DEFAULT_GGUF})")
     g.add_argument("--n-ctx", type=int, default=2048, help="context length for --engine llama")
+    g.add_argument(
+        "--n-threads", type=int, default=None, help="CPU threads for --engine llama (default: llama-cpp-python's choice)"
+    )
     g.add_argument(
         "--datasets-dir",
         metavar="DIR",
@@ -147,6 +152,7 @@ def parse_config(argv: list[str], prog: str = "sentech-eval serve") -> ServeConf
         engine=args.engine,
         model_path=args.model,
         n_ctx=args.n_ctx,
+        n_threads=args.n_threads,
         datasets_dir=args.datasets_dir,
         options=ServerOptions(api_keys=keys, no_auth=args.no_auth, max_body_bytes=args.max_body_bytes, faults=faults),
         latency_ms=args.latency_ms,

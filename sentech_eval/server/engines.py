@@ -13,6 +13,7 @@ deltas and ends with the ``Generation`` (whose ``text`` is the full answer).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import threading
@@ -30,6 +31,10 @@ DEFAULT_GGUF = REPO_ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # A whitespace token together with the whitespace before it: joining pieces restores the text.
 _PIECE = re.compile(r"\s*\S+")
+
+
+class BadRequest(ValueError):
+    """A client error found by validation or by an engine; answered 400 ``{"message": …}``."""
 
 
 @dataclass(slots=True)
@@ -119,6 +124,7 @@ class EchoEngine:
 
     name = "echo"
     model = "sentech-eval/echo"
+    answers_as_requested_model = True  # the response's "model" is the one the client named
 
     # Phrasings used at temperature > 0: all contain the reference, most are the bare answer
     # (the datasets ask for it), one in four is a sentence, so strict and lenient scorers differ.
@@ -212,7 +218,11 @@ class EchoEngine:
 
 
 class LlamaEngine:
-    """A GGUF model served through llama-cpp-python; one generation at a time."""
+    """A GGUF model served through llama-cpp-python; one generation at a time.
+
+    Loading, sampling defaults and token counting are shared with the local backend
+    (``sentech_eval.backends.local_worker``), so a served model and ``backend=local`` agree.
+    """
 
     name = "llama"
 
@@ -231,28 +241,14 @@ class LlamaEngine:
         self.model_path = Path(model_path) if model_path else DEFAULT_GGUF
         self.model = self.model_path.name
         self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        self.n_threads = n_threads or os.cpu_count() or 1
         self.chat_format = chat_format
         self._seed_rng = random.Random(seed)  # seeds for requests that send none
         self._llm: Any = None
         self._lock: asyncio.Lock | None = None
 
-    def _load(self) -> Any:
-        self.check()
-        import llama_cpp
-
-        kwargs: dict[str, Any] = {"model_path": str(self.model_path), "n_ctx": self.n_ctx, "verbose": False}
-        if self.n_threads:
-            kwargs["n_threads"] = self.n_threads
-        if self.chat_format:
-            kwargs["chat_format"] = self.chat_format
-        try:
-            return llama_cpp.Llama(**kwargs)
-        except Exception as exc:  # llama.cpp reports a bad file as ValueError/RuntimeError
-            raise BackendError(f"llama.cpp could not load the model {self.model_path}: {exc}") from exc
-
     def check(self) -> None:
-        """Cheap start-up checks (library importable, model file present), one sentence each."""
+        """Cheap start-up checks (model file present, library importable), one sentence each."""
         if not self.model_path.is_file():
             raise ConfigError(
                 f"The model file {self.model_path} does not exist; run `sentech-eval fetch-model` "
@@ -266,6 +262,22 @@ class LlamaEngine:
                 "install it with `pip install -e '.[local]'`."
             ) from exc
 
+    def _load(self) -> Any:
+        self.check()
+        from sentech_eval.backends.local_worker import EngineSettings, cpu_has_amx, load_llama
+
+        settings = EngineSettings(
+            model_path=str(self.model_path),
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            chat_format=self.chat_format,
+            repack=not cpu_has_amx(),  # llama.cpp's AMX kernels crash under some hypervisors
+        )
+        try:
+            return load_llama(settings)
+        except Exception as exc:  # llama.cpp reports a bad file as ValueError/RuntimeError
+            raise BackendError(f"llama.cpp could not load the model {self.model_path}: {exc}") from exc
+
     async def start(self) -> None:
         """Load the model in a worker thread."""
         self._lock = asyncio.Lock()
@@ -275,14 +287,14 @@ class LlamaEngine:
     async def close(self) -> None:
         """Free the model."""
         llm, self._llm = self._llm, None
-        if llm is not None and hasattr(llm, "close"):
+        if llm is not None:
             llm.close()
 
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         d = self.DEFAULTS
-        seed = request.seed if request.seed is not None else self._seed_rng.getrandbits(32)
+        seed = request.seed if request.seed is not None else self._seed_rng.getrandbits(31)
         return {
-            "messages": request.messages,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
             "temperature": d["temperature"] if request.temperature is None else request.temperature,
             "top_p": d["top_p"] if request.top_p is None else request.top_p,
             "top_k": d["top_k"] if request.top_k is None else request.top_k,
@@ -292,10 +304,22 @@ class LlamaEngine:
             "seed": seed % (2**32),
             "min_p": 0.0,
             "repeat_penalty": 1.0,
+            "typical_p": 1.0,
+            "tfs_z": 1.0,
+            "mirostat_mode": 0,
         }
 
+    def _create(self, request: ChatRequest, stream: bool) -> Any:
+        self._llm.reset()  # each request starts clean: no KV prefix reuse flattering TTFT
+        try:
+            return self._llm.create_chat_completion(stream=stream, **self._kwargs(request))
+        except ValueError as exc:  # "Requested tokens (…) exceed context window of …"
+            if "context window" in str(exc):
+                raise BadRequest(f"The prompt is too long for this model ({exc}).") from exc
+            raise
+
     def _complete_sync(self, request: ChatRequest) -> Generation:
-        out = self._llm.create_chat_completion(**self._kwargs(request))
+        out = self._create(request, stream=False)
         choice = out["choices"][0]
         usage = out["usage"]
         return Generation(
@@ -305,64 +329,50 @@ class LlamaEngine:
             int(usage["completion_tokens"]),
         )
 
-    def _count_tokens(self, text: str) -> int:
-        if not text:
-            return 0
-        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+    def _stream_sync(self, request: ChatRequest, emit: Any, stop: threading.Event) -> None:
+        """Run a streamed generation, calling ``emit(kind, value)`` per delta and at the end.
 
-    def _prompt_tokens(self, request: ChatRequest) -> int:
-        """Prompt length in model tokens as the chat handler formats it (for streamed answers)."""
-        llm = self._llm
-        handler = llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
-        formatter = getattr(handler, "__self__", None)
+        llama-cpp-python streams no usage; ``CountingLlama`` counts exactly what the same call
+        would report without streaming.
+        """
+        finish = "stop"
+        chunks = self._create(request, stream=True)
         try:
-            from llama_cpp import llama_chat_format
-
-            chat_formatter = None
-            template = llm.metadata.get("tokenizer.chat_template")
-            if llm.chat_format == "chat_template.default" and template:
-                eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
-                bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
-                chat_formatter = llama_chat_format.Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-            else:
-                chat_formatter = llama_chat_format.get_chat_completion_handler  # unsupported below
-                chat_formatter = None
-            if chat_formatter is not None:
-                prompt = chat_formatter(messages=request.messages).prompt
-                return len(llm.tokenize(prompt.encode("utf-8"), add_bos=not prompt.startswith(bos) if bos else True, special=True))
-        except Exception:
-            pass
-        del handler, formatter
-        return sum(self._count_tokens(m["content"]) for m in request.messages)
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                content = choice.get("delta", {}).get("content")
+                if content:
+                    emit("delta", content)
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                if stop.is_set():
+                    return
+        finally:
+            chunks.close()
+        llm = self._llm
+        emit("end", Generation("", finish, llm.last_prompt_tokens, llm.last_completion_tokens))
 
     async def complete(self, request: ChatRequest) -> Generation:
-        """One generation in the worker thread, under the model lock."""
+        """One generation in a worker thread, under the model lock."""
         assert self._lock is not None, "start() first"
         async with self._lock:
             return await asyncio.to_thread(self._complete_sync, request)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Generation]:
-        """Stream deltas from a producer thread; token counts use the model's tokenizer."""
+        """Deltas from a producer thread as llama.cpp makes them, then the ``Generation``."""
         assert self._lock is not None, "start() first"
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         stop = threading.Event()
 
+        def emit(kind: str, value: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
         def produce() -> None:
             try:
-                finish = "stop"
-                for chunk in self._llm.create_chat_completion(stream=True, **self._kwargs(request)):
-                    if stop.is_set():
-                        break
-                    choice = chunk["choices"][0]
-                    content = choice.get("delta", {}).get("content")
-                    if content:
-                        loop.call_soon_threadsafe(queue.put_nowait, ("delta", content))
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", finish))
-            except BaseException as exc:  # noqa: BLE001 - handed to the event loop side
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+                self._stream_sync(request, emit, stop)
+            except BaseException as exc:  # noqa: BLE001 - handed over to the event loop side
+                emit("error", exc)
 
         async with self._lock:
             worker = loop.run_in_executor(None, produce)
@@ -376,14 +386,11 @@ class LlamaEngine:
                     elif kind == "error":
                         raise value
                     else:
-                        text = "".join(parts)
-                        counts = await asyncio.to_thread(
-                            lambda: (self._prompt_tokens(request), self._count_tokens(text))
-                        )
-                        yield Generation(text, value, counts[0], counts[1])
+                        value.text = "".join(parts)
+                        yield value
                         break
             finally:
-                stop.set()
+                stop.set()  # a client that went away stops the generation at the next token
                 await worker
 
 

@@ -47,6 +47,7 @@ _FLAGS = {
     "workers": "--workers",
     "model": "--model",
     "n_ctx": "--n-ctx",
+    "n_threads": "--n-threads",
     "datasets_dir": "--datasets-dir",
 }
 
@@ -76,6 +77,7 @@ def make_config(engine: str = "echo", api_key: str | None = "k", **options: Any)
         engine=engine,
         model_path=str(options["model"]) if options.get("model") else None,
         n_ctx=int(options.get("n_ctx", 2048)),
+        n_threads=options.get("n_threads"),
         datasets_dir=str(options["datasets_dir"]) if options.get("datasets_dir") else None,
         options=ServerOptions(
             api_keys=keys,
@@ -98,7 +100,7 @@ def running_server(
 
     ``api_key`` may hold several comma-separated keys; ``None`` or ``""`` serves without auth.
     Options: latency_ms, tokens_per_s, seed, error_rate, error_status, retry_after, drop_rate,
-    slow_rate, slow_ms, max_body_bytes, workers, model, n_ctx, datasets_dir.
+    slow_rate, slow_ms, max_body_bytes, workers, model, n_ctx, n_threads, datasets_dir.
     """
     config = make_config(engine, api_key, **options)
     if subprocess or config.workers > 1:
