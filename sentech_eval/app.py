@@ -48,6 +48,27 @@ def refuse_secret_overrides(argv: list[str]) -> None:
             )
 
 
+GROUP_CHOICE = re.compile(r"^(?P<group>backend|sampling|dataset|runner|scorers|sweep)=(?P<value>.*)$")
+
+
+def _choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Refuse an unknown config-group choice (``backend=nope``) with one sentence listing the options."""
+    for arg in argv:
+        match = GROUP_CHOICE.match(arg.lstrip("+"))
+        if not match or "," in match["value"] and not match["value"].startswith("["):
+            continue  # sweeps over groups (backend=remote,local) are Hydra's to expand
+        group, value = match["group"], match["value"].strip()
+        values = [v.strip() for v in value.strip("[]").split(",") if v.strip()] if value.startswith("[") else [value]
+        known = _choices(group)
+        for name in values:
+            if name not in known and name != "null":
+                raise ConfigError(f"Unknown {group.removesuffix('s')} {name!r}; choose one of: {', '.join(known)} (files in conf/{group}/).")
+
+
 def git_commit() -> str | None:
     """The repo's current commit, if this is a git checkout."""
     try:
@@ -128,6 +149,7 @@ def task(cfg: DictConfig) -> float | None:
 def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     """Entry for ``sentech-eval run``: hand the arguments to Hydra."""
     refuse_secret_overrides(argv)
+    check_group_choices(argv)
     _register_resolvers()
     sys.argv = [prog.replace(" ", "-")] + list(argv)
     task()
