@@ -307,12 +307,15 @@ def main(argv: list[str], prog: str = "sentech-eval compare") -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics.to_parquet(out / "compare.parquet", index=False)
+    if judgements is not None:
+        judgements.to_parquet(out / "judge.parquet", index=False)
     from sentech_eval.compare_html import render_html
 
     html = render_html(paired, metrics, disagreements(paired, args.examples), judgements)
     (out / "compare.html").write_text(html, encoding="utf-8")
     sys.stdout.write(markdown_summary(metrics, paired.label_a, paired.label_b))
-    sys.stdout.write(f"\nWrote {out / 'compare.parquet'} and {out / 'compare.html'}.\n")
+    written = ["compare.parquet", "compare.html"] + (["judge.parquet"] if judgements is not None else [])
+    sys.stdout.write(f"\nWrote {', '.join(str(out / name) for name in written)}.\n")
     return 0
 
 

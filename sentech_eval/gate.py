@@ -217,6 +217,10 @@ def markdown_report(results: list[CheckResult], paired: PairedResults, threshold
         lines.append(f"| {r.name} | {r.threshold} | {base} | {cand} | {r.observed} | {'pass' if r.passed else '**FAIL**'} |")
     if failed:
         lines += ["", "Regressions:"] + [f"- {r.name}: {r.message}" for r in failed]
+    tolerated = [r for r in results if r.passed and "not significant" in r.message]
+    if tolerated:
+        lines += ["", "Drops beyond the threshold that are not significant (tolerated):"]
+        lines += [f"- {r.name}: {r.message}" for r in tolerated]
     return "\n".join(lines) + "\n"
 
 

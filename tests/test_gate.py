@@ -100,7 +100,8 @@ def test_require_significance_ignores_a_drop_whose_ci_includes_zero(baseline: Pa
     assert run_check(baseline, cand, "--max-score-drop", "exact_match=0.02") == 1
     capsys.readouterr()
     assert run_check(baseline, cand, "--max-score-drop", "exact_match=0.02", "--require-significance") == 0
-    assert "not significant" not in capsys.readouterr().out  # passing rows list no regression
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "includes 0: not significant" in out
     # A large drop is significant and still fails with the flag.
     bad = write_run(make_results(accuracy=0.5), tmp_path / "bad")
     assert run_check(baseline, bad, "--max-score-drop", "exact_match=0.02", "--require-significance") == 1

@@ -1,0 +1,195 @@
+"""Pairwise LLM judge for ``compare --judge``: which of two outputs to the same prompt is better?
+
+Every pair where both sides succeeded is judged twice, once as (A, B) and once as (B, A), so a
+judge that favours the first (or second) position cancels out. Each verdict gives B 1, 0.5 (tie)
+or 0; a pair's preference is the mean of its usable verdicts, and the reported rate is the mean
+over pairs with a bootstrap CI (clustered by prompt when there are repeats). Pairs whose outputs
+are identical after normalisation count as ties without asking. A failed request or a reply
+without a verdict is recorded as a judge error and that verdict is left out; it never stops
+the comparison.
+
+The judge backend is built from the repo's ``conf/`` with Hydra's compose API, so
+``--judge backend=local`` or ``--judge backend=remote backend.base_url=http://…`` work as in
+``sentech-eval run``; ``sampling=greedy`` with ``max_tokens=256`` is used unless overridden.
+Every verdict is kept in ``judge.parquet`` next to ``compare.parquet``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pandas as pd
+
+from sentech_eval.compare import normalise_output
+from sentech_eval.errors import ConfigError
+from sentech_eval.pairing import PairedResults
+
+PROMPT = """You are comparing two answers to the same question.
+
+Question:
+{prompt}
+{reference}
+Answer 1:
+{first}
+
+Answer 2:
+{second}
+
+Which answer is better: more correct, complete and helpful? Reply with one line: "Winner: 1", "Winner: 2" or "Winner: tie"."""
+
+VERDICT = re.compile(r"winner\s*[:=]?\s*\**\s*(1|2|tie)\b", re.IGNORECASE)
+MAX_ATTEMPTS = 3
+
+
+def judge_config(overrides: list[str]) -> Any:
+    """The composed run config for the judge (``sampling=greedy`` unless overridden)."""
+    from hydra import compose, initialize_config_dir
+
+    from sentech_eval.app import CONF_DIR, _register_resolvers, refuse_secret_overrides
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(
+            f"--judge takes Hydra overrides such as backend=local, got {bad[0]!r}; put A and B before --judge."
+        )
+    refuse_secret_overrides(overrides)
+    _register_resolvers()
+    names = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    defaults = []
+    if "sampling" not in names:
+        defaults.append("sampling=greedy")
+    if "sampling.max_tokens" not in names:
+        defaults.append("sampling.max_tokens=256")  # room for a judge that reasons before its verdict
+    overrides = [*defaults, *overrides]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="compare_judge"):
+            return compose(config_name="config", overrides=list(overrides))
+    except Exception as exc:  # Hydra's own errors: unknown group option, bad override syntax
+        if isinstance(exc, ConfigError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--judge {' '.join(overrides)}: {first}") from None
+
+
+def parse_verdict(text: str | None) -> str | None:
+    """'1', '2' or 'tie' from the judge's reply (the last 'Winner: …' line), None if there is none."""
+    matches = VERDICT.findall(text or "")
+    return matches[-1].lower() if matches else None
+
+
+def _messages(row: pd.Series, first: str, second: str) -> list[dict[str, str]]:
+    prompt = row.get("prompt_a") if isinstance(row.get("prompt_a"), str) else row.get("prompt_b", "")
+    reference = row.get("reference_a")
+    ref_text = f"\nReference answer:\n{reference}\n" if isinstance(reference, str) and reference else ""
+    content = PROMPT.format(prompt=prompt or "", reference=ref_text, first=first, second=second)
+    return [{"role": "user", "content": content}]
+
+
+async def _ask(backend: Any, sampling: Any, messages: list[dict[str, str]]) -> Any:
+    completion = None
+    for attempt in range(MAX_ATTEMPTS):
+        completion = await backend.complete(messages, sampling)
+        if completion.status == "ok" or not completion.retryable or attempt + 1 == MAX_ATTEMPTS:
+            break
+        delay = completion.retry_after_s if completion.retry_after_s is not None else 0.5 * 2**attempt
+        await asyncio.sleep(min(delay, 30.0))
+    return completion
+
+
+async def _judge_all(backend: Any, sampling: Any, pairs: pd.DataFrame, concurrency: int) -> list[dict]:
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(row: pd.Series, order: str) -> dict:
+        a, b = str(row["output_a"]), str(row["output_b"])
+        first, second = (a, b) if order == "AB" else (b, a)
+        async with semaphore:
+            completion = await _ask(backend, sampling, _messages(row, first, second))
+        record = {"prompt_id": row["prompt_id"], "repeat": int(row["repeat"]), "order": order,
+                  "verdict": None, "prefers": None, "error": None, "latency_s": completion.latency_s}
+        if completion.status != "ok":
+            record["error"] = f"request failed (HTTP {completion.http_status}): {completion.error}"
+            return record
+        verdict = parse_verdict(completion.output)
+        record["verdict"] = " ".join(str(completion.output or "").split())[:200]
+        if verdict is None:
+            record["error"] = "no 'Winner: 1|2|tie' in the reply"
+        elif verdict == "tie":
+            record["prefers"] = "tie"
+        else:
+            first_side, second_side = ("A", "B") if order == "AB" else ("B", "A")
+            record["prefers"] = first_side if verdict == "1" else second_side
+        return record
+
+    tasks = [one(row, order) for _, row in pairs.iterrows() for order in ("AB", "BA")]
+    return list(await asyncio.gather(*tasks))
+
+
+def judge_pairs(paired: PairedResults, overrides: list[str], limit: int | None = None) -> pd.DataFrame:
+    """One row per judge verdict (two per judged pair; identical outputs are ties, not asked)."""
+    from sentech_eval.backends.base import create_backend
+    from sentech_eval.config import sampling_from_config
+
+    cfg = judge_config(overrides)
+    sampling = sampling_from_config(cfg)
+    concurrency = int(cfg.runner.concurrency) if "runner" in cfg else 4
+    pairs = paired.pairs
+    ok = pd.Series(True, index=pairs.index)
+    for side in ("a", "b"):
+        if f"status_{side}" in pairs.columns:
+            ok &= pairs[f"status_{side}"].astype(str).eq("ok")
+    pairs = pairs[ok & pairs["output_a"].notna() & pairs["output_b"].notna()]
+    if limit is not None:
+        pairs = pairs.head(limit)
+    same = pairs["output_a"].map(normalise_output) == pairs["output_b"].map(normalise_output)
+    records = [
+        {"prompt_id": r["prompt_id"], "repeat": int(r["repeat"]), "order": order, "verdict": "identical outputs",
+         "prefers": "tie", "error": None, "latency_s": None}
+        for _, r in pairs[same].iterrows() for order in ("AB", "BA")
+    ]
+    to_ask = pairs[~same]
+    if len(to_ask):
+        backend = create_backend(cfg.backend, concurrency)
+
+        async def run() -> list[dict]:
+            try:
+                return await _judge_all(backend, sampling, to_ask, concurrency)
+            finally:
+                await backend.aclose()
+
+        records += asyncio.run(run())
+    columns = ["prompt_id", "repeat", "order", "verdict", "prefers", "error", "latency_s"]
+    return pd.DataFrame(records, columns=columns).sort_values(["prompt_id", "repeat", "order"], ignore_index=True)
+
+
+def judge_rows(judgements: pd.DataFrame, confidence: float = 0.95, seed: int = 0) -> list[dict]:
+    """compare.parquet rows: B's preference rate with CI, position consistency, judge errors."""
+    from sentech_eval import stats
+    from sentech_eval.compare import _row
+
+    value = judgements["prefers"].map({"B": 1.0, "A": 0.0, "tie": 0.5})
+    per_pair = value.groupby([judgements["prompt_id"], judgements["repeat"]]).mean().dropna()
+    errors = int(judgements["error"].notna().sum())
+    requests = int((judgements["verdict"] != "identical outputs").sum())
+    rows = []
+    if len(per_pair):
+        clusters = per_pair.index.get_level_values(0).to_numpy()
+        rate, low, high = stats.bootstrap_ci(per_pair.to_numpy(), clusters=clusters, confidence=confidence, seed=seed)
+    else:
+        rate = low = high = None
+    both = judgements.dropna(subset=["prefers"]).groupby(["prompt_id", "repeat"])["prefers"]
+    consistent = both.agg(lambda s: len(s) == 2 and s.nunique() == 1)
+    counted = both.size() == 2
+    rows.append(_row(
+        "judge_preference_b", "output", value=rate, ci_low=low, ci_high=high, n_pairs=len(per_pair),
+        wins=int((per_pair > 0.5).sum()), ties=int((per_pair == 0.5).sum()), losses=int((per_pair < 0.5).sum()),
+        note=f"B preferred = 1, tie = 0.5, A = 0; both orders asked; {errors} judge errors in {requests} requests",
+    ))
+    rows.append(_row(
+        "judge_position_consistency", "output", value=float(consistent[counted].mean()) if counted.any() else None,
+        n_pairs=int(counted.sum()), note="share of pairs whose two verdicts (order swapped) name the same winner",
+    ))
+    rows.append(_row("judge_errors", "output", value=float(errors), n_pairs=requests,
+                     note="failed judge requests or replies without a verdict (left out of the rate)"))
+    return rows
