@@ -62,7 +62,7 @@ def score_vs_param(summary: pd.DataFrame, score: str, param: str, others: Sequen
     ax.set_title(f"{_pretty(score)} vs {param}")
     ax.grid(alpha=0.3)
     if others:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return to_data_uri(fig)
 
 
@@ -110,7 +110,7 @@ def score_bars(summary: pd.DataFrame, scores: Sequence[str], labels: Sequence[st
     ax.set_title("Scores")
     ax.grid(alpha=0.3, axis="y")
     if len(summary) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return to_data_uri(fig)
 
 
@@ -131,7 +131,7 @@ def latency_cdf(results: pd.DataFrame, label_of: dict, key: str = "_config") -> 
     ax.set_title("Latency CDF")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return to_data_uri(fig)
 
 
@@ -156,5 +156,5 @@ def token_histograms(results: pd.DataFrame, label_of: dict, key: str = "_config"
         ax.set_ylabel("rows")
         ax.set_title(col.replace("_", " "))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return to_data_uri(fig)

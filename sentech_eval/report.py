@@ -210,30 +210,51 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 h1{font-size:22px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .scroll{overflow-x:auto} table{border-collapse:collapse;font-size:12px}
 th,td{border:1px solid #ddd;padding:4px 6px;text-align:right;vertical-align:top} th{background:#f3f3f3}
-td.text{text-align:left;max-width:420px} pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:12px}
+td.text,th.text{text-align:left} td.text{max-width:420px}
+details{margin-top:8px} summary{cursor:pointer;color:#555} pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:12px}
 .plots img{margin:6px;border:1px solid #eee;max-width:100%} .muted{color:#777}
 """
 
 
+TEXT_COLUMNS = ("configuration", "config_id", "backend", "model", "dataset")
+
+
+def _cell(col: str, v) -> str:
+    if col == "error_rate":
+        text = f"{100 * float(v):.1f}%"
+    elif isinstance(v, (float, np.floating)):
+        text = _fmt_num(v, 4)
+    else:
+        text = "–" if v is None else str(v)
+    cls = ' class="text"' if col in TEXT_COLUMNS else ""
+    return f"<td{cls}>{html.escape(text)}</td>"
+
+
+def _table(frame: pd.DataFrame, table_id: str) -> str:
+    head = "".join(f'<th{" class=text" if c in TEXT_COLUMNS else ""}>{html.escape(str(c))}</th>' for c in frame.columns)
+    body = "".join("<tr>" + "".join(_cell(c, row[c]) for c in frame.columns) + "</tr>" for _, row in frame.iterrows())
+    return f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
 def _summary_table_html(summary: pd.DataFrame, labels: Sequence[str]) -> str:
-    table = summary.copy()
-    table.insert(0, "configuration", labels)
-    cells = []
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    for _, row in table.iterrows():
-        tds = []
-        for c in table.columns:
-            v = row[c]
-            if c == "error_rate":
-                text = f"{100 * float(v):.1f}%"
-            elif isinstance(v, (float, np.floating)):
-                text = _fmt_num(v, 4)
-            else:
-                text = "–" if v is None else str(v)
-            cls = ' class="text"' if c in ("configuration", "config_id", "backend", "model", "dataset") else ""
-            tds.append(f"<td{cls}>{html.escape(text)}</td>")
-        cells.append("<tr>" + "".join(tds) + "</tr>")
-    return f'<div class="scroll"><table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(cells)}</tbody></table></div>'
+    """A compact table (scores with CI, latency, throughput) plus every summary column in a <details>."""
+    scores = [c[: -len("_mean")] for c in summary.columns if c.startswith("score_") and c.endswith("_mean")]
+    compact = pd.DataFrame({"configuration": list(labels), "n": summary["n"].to_numpy(),
+                            "error_rate": summary["error_rate"].to_numpy()})
+    for s in scores:
+        compact[s.removeprefix("score_") + " (95% CI)"] = [
+            f"{_fmt_num(m)} [{_fmt_num(lo)}, {_fmt_num(hi)}]"
+            for m, lo, hi in zip(summary[f"{s}_mean"], summary[f"{s}_ci_low"], summary[f"{s}_ci_high"])
+        ]
+    compact["latency p50 / p95 (s)"] = [f"{_fmt_num(a)} / {_fmt_num(b)}" for a, b in zip(summary["latency_s_p50"], summary["latency_s_p95"])]
+    if "ttft_s_p50" in summary:
+        compact["ttft p50 (s)"] = [_fmt_num(v) for v in summary["ttft_s_p50"]]
+    compact["tokens/s"] = [_fmt_num(v, 1) for v in summary["tokens_per_s"]]
+    full = summary.loc[:, [c for c in summary.columns if summary[c].notna().any()]].copy()
+    full.insert(0, "configuration", list(labels))
+    return (_table(compact, "summary")
+            + "<details><summary>All summary columns (as in summary.parquet; empty columns hidden)</summary>"
+            + _table(full, "summary-full") + "</details>")
 
 
 def _short(text, limit: int = TEXT_LIMIT) -> str:
@@ -263,15 +284,16 @@ def _examples_html(examples: pd.DataFrame, scores: Sequence[str], label_of: dict
     for _, r in examples.iterrows():
         cells = [html.escape(label_of.get(r["_config"], "")), html.escape(str(r.get("prompt_id", ""))),
                  html.escape(str(r.get("repeat", "")))]
+        first = f'<td class="text">{cells.pop(0)}</td>'
         for s in scores:
             detail = r.get(f"{s}_detail")
             title = f' title="{html.escape(str(detail), quote=True)}"' if isinstance(detail, str) else ""
             cells.append(f"<span{title}>{html.escape(_fmt_num(r[s]))}</span>")
-        tds = "".join(f"<td>{c}</td>" for c in cells)
+        tds = first + "".join(f"<td>{c}</td>" for c in cells)
         for col in ("prompt", "reference", "output"):
             tds += f'<td class="text"><pre>{html.escape(_short(r.get(col)))}</pre></td>'
         rows.append(f"<tr>{tds}</tr>")
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    th = "".join(f'<th{" class=text" if h in ("configuration", "prompt", "reference", "output") else ""}>{html.escape(h)}</th>' for h in head)
     return f'<div class="scroll"><table id="worst"><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
@@ -285,7 +307,7 @@ def _errors_html(df: pd.DataFrame, label_of: dict) -> str:
         f'<tr><td class="text">{html.escape(label_of.get(cfg, ""))}</td><td class="text"><pre>{html.escape(_short(err, 500))}</pre></td><td>{n}</td></tr>'
         for (cfg, err), n in counts.items()
     )
-    return f'<table id="errors"><thead><tr><th>configuration</th><th>error</th><th>rows</th></tr></thead><tbody>{rows}</tbody></table>'
+    return f'<table id="errors"><thead><tr><th class="text">configuration</th><th class="text">error</th><th>rows</th></tr></thead><tbody>{rows}</tbody></table>'
 
 
 def _img(uri: str | None, alt: str) -> str:

@@ -66,7 +66,7 @@ def test_missing_target_module_is_a_config_error():
 
 
 def test_user_function_from_config_with_options():
-    cfg = OmegaConf.create({"starts": {"_target_": "tests.scorers.plugins.starts_with_reference", "case_sensitive": True}})
+    cfg = OmegaConf.create({"starts": {"_target_": "scorers.plugins.starts_with_reference", "case_sensitive": True}})
     [scorer] = build_scorers(cfg)
     assert isinstance(scorer, FunctionScorer) and scorer.name == "starts"
     assert scorer.columns() == {"score_starts": pa.float64(), "score_starts_detail": pa.string()}
@@ -76,28 +76,28 @@ def test_user_function_from_config_with_options():
 
 
 def test_user_function_returning_dict_and_async_function():
-    [words, length] = build_scorers({"short": {"_target_": "tests.scorers.plugins.word_count"},
-                                     "chars": {"_target_": "tests.scorers.plugins.async_len"}})
+    [words, length] = build_scorers({"short": {"_target_": "scorers.plugins.word_count"},
+                                     "chars": {"_target_": "scorers.plugins.async_len"}})
     assert run(words.score(ROW)) == {"score_short": 0.0, "score_short_detail": "4 words"}
     assert run(length.score(ROW))["score_chars"] == float(len(ROW["output"]))
 
 
 def test_user_function_exception_is_recorded_not_raised():
-    [scorer] = build_scorers({"bad": {"_target_": "tests.scorers.plugins.explode"}})
+    [scorer] = build_scorers({"bad": {"_target_": "scorers.plugins.explode"}})
     out = run(scorer.score(ROW))
     assert out == {"score_bad": None, "score_bad_detail": "error: ValueError: boom on p1"}
 
 
 def test_user_class_from_config():
-    [scorer] = build_scorers({"plen": {"_target_": "tests.scorers.plugins.PromptLength", "unit": "words"}})
+    [scorer] = build_scorers({"plen": {"_target_": "scorers.plugins.PromptLength", "unit": "words"}})
     assert scorer.name == "plen"
     assert run(scorer.score(ROW)) == {"score_plen": 3.0}
 
 
 def test_duplicate_columns_are_refused():
     with pytest.raises(ConfigError, match="both write column 'score_x'"):
-        build_scorers({"x": {"_target_": "tests.scorers.plugins.async_len"},
-                       "y": {"_target_": "tests.scorers.plugins.PromptLength", "name": "x"}})
+        build_scorers({"x": {"_target_": "scorers.plugins.async_len"},
+                       "y": {"_target_": "scorers.plugins.PromptLength", "name": "x"}})
 
 
 def test_score_row_and_null_scores_cover_every_column():
