@@ -6,6 +6,7 @@ the same output dir resumes (rows already ``ok`` for this configuration are skip
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 import uuid
@@ -112,5 +113,18 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         line += "  " + " ".join(f"{k}={v:.3f}" for k, v in sorted(means.items()))
     print(line, file=sys.stderr)
     if summary.interrupted:
-        print(f"sentech-eval run: interrupted; resume with the same command plus hydra.run.dir={out_dir}", file=sys.stderr)
+        print(f"sentech-eval run: interrupted; {summary.ok + summary.errors} rows are saved in {path}. "
+              f"Resume (rows already ok are skipped, errors retried) with:\n  {resume_command(out_dir)}", file=sys.stderr)
     return result
+
+
+def resume_command(out_dir: Path) -> str:
+    """The command that resumes this run: the same overrides, with ``hydra.run.dir`` pinned to ``out_dir``."""
+    overrides: list[str] = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+    except (ValueError, ImportError):  # not inside a Hydra job
+        pass
+    return shlex.join(["sentech-eval", "run", *overrides, f"hydra.run.dir={out_dir}"])

@@ -9,14 +9,22 @@ import asyncio
 import random
 import time
 
+# A Retry-After longer than this is not believed (a broken header must not stall a run for hours).
+RETRY_AFTER_CEILING_S = 600.0
+
 
 def backoff_delay(attempt: int, *, base_s: float, max_s: float, retry_after_s: float | None,
                   rng: random.Random) -> float:
-    """Seconds to wait before attempt ``attempt + 1``: full-jitter exponential, or Retry-After if larger."""
+    """Seconds to wait before attempt ``attempt + 1``.
+
+    Exponential backoff ``base_s * 2**(attempt-1)`` capped at ``max_s``, with jitter (a uniform draw
+    from the upper half, so retries of concurrent requests spread out). A server's ``Retry-After``
+    is a floor: the delay is never shorter than it (up to ``RETRY_AFTER_CEILING_S``).
+    """
     exponential = min(max_s, base_s * (2 ** (attempt - 1)))
     delay = rng.uniform(exponential / 2, exponential)
     if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, max_s * 4))
+        delay = max(delay, min(retry_after_s, RETRY_AFTER_CEILING_S))
     return delay
 
 
@@ -59,14 +67,27 @@ class TokenBucket:
 
 
 class AdaptiveConcurrency:
-    """A semaphore whose size halves on rate-limit answers and grows back by one after sustained success."""
+    """A semaphore whose size halves on rate-limit answers and grows back by one after sustained success.
 
-    def __init__(self, limit: int) -> None:
+    Like TCP congestion control, one burst of 429s counts once: a 429 for a request sent before the
+    last decrease does not halve the limit again.
+    """
+
+    def __init__(self, limit: int, *, clock=time.monotonic) -> None:
         self.max_limit = limit
         self.limit = limit
         self.active = 0
         self._successes = 0
+        self._clock = clock
+        self._last_decrease = float("-inf")
         self._cond = asyncio.Condition()
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free right now."""
+        if self.active < self.limit:
+            self.active += 1
+            return True
+        return False
 
     async def acquire(self) -> None:
         """Take a slot, waiting while ``limit`` requests are in flight."""
@@ -87,10 +108,17 @@ class AdaptiveConcurrency:
         async with self._cond:
             self._cond.notify_all()
 
-    def on_rate_limited(self) -> None:
-        """A 429: halve the concurrency (at least 1)."""
-        self.limit = max(1, self.limit // 2)
+    def now(self) -> float:
+        """The clock used for ``sent_at`` values."""
+        return self._clock()
+
+    def on_rate_limited(self, sent_at: float | None = None) -> None:
+        """A 429 for a request sent at ``sent_at`` (this object's clock): halve the concurrency (at least 1)."""
         self._successes = 0
+        if sent_at is not None and sent_at < self._last_decrease:
+            return  # already reacted to this burst
+        self.limit = max(1, self.limit // 2)
+        self._last_decrease = self._clock()
 
     def on_success(self) -> None:
         """After ``2 × limit`` successes in a row, allow one more request in flight."""

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from sentech_eval.config import RunnerConfig
 from sentech_eval.errors import AuthenticationError
-from sentech_eval.pacing import AdaptiveConcurrency, TokenBucket, backoff_delay
+from sentech_eval.pacing import RETRY_AFTER_CEILING_S, AdaptiveConcurrency, TokenBucket, backoff_delay
 from sentech_eval.results import ResultsWriter
 from sentech_eval.types import Completion, Prompt, Sampling
 
@@ -95,6 +95,8 @@ class Runner:
         self._tpm = TokenBucket(config.tpm) if config.tpm else None
         self._last_flush = time.monotonic()
         self._backoff_now = 0.0
+        self._resume_at = 0.0  # monotonic time before which nothing is sent (a server's Retry-After)
+        self._stop_event = asyncio.Event()
         self._auth_error: AuthenticationError | None = None
         self._seed_cache: dict[int, Sampling] = {}
         self._start = 0.0
@@ -121,20 +123,73 @@ class Runner:
         return cached
 
     # ---- one item ---------------------------------------------------------------------------
-    async def _send_with_retries(self, prompt: Prompt, sampling: Sampling) -> tuple[Completion, float, datetime]:
+    async def _sleep_unless_stopping(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, waking early when the run is asked to stop."""
+        if delay <= 0 or self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _acquire_pacing(self, estimate: float) -> None:
+        if self._rpm is not None:
+            await self._rpm.acquire(1)
+        if self._tpm is not None:
+            await self._tpm.acquire(estimate)
+        await self._gate.acquire()
+
+    async def _wait_for_pacing(self, estimate: float) -> bool:
+        """Wait for a server-imposed pause (Retry-After), the rpm/tpm buckets and a concurrency slot.
+
+        True once a slot is held (the caller releases it); False if the run stopped first.
+        """
+        while True:
+            pause = self._resume_at - time.monotonic()
+            if pause <= 0 or self._stopping:
+                break
+            self._backoff_now = pause
+            await self._sleep_unless_stopping(pause)
+        self._backoff_now = 0.0
+        if self._stopping:
+            return False
+        if self._rpm is None and self._tpm is None and self._gate.try_acquire():
+            return True  # fast path: a free slot and no rate limit
+        acquire = asyncio.ensure_future(self._acquire_pacing(estimate))
+        stop = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not acquire.done():
+                acquire.cancel()
+            try:
+                await acquire
+                acquired = True
+            except asyncio.CancelledError:
+                acquired = False
+        if acquired and self._stopping:
+            self._gate.release()
+            return False
+        return acquired
+
+    async def _send_with_retries(self, prompt: Prompt, sampling: Sampling) -> tuple[Completion, float, datetime] | None:
+        """Send one item, retrying what can be retried; None if the run stopped before it was sent."""
         messages = list(prompt.messages)
         queued = time.perf_counter()
         estimate = _estimate_tokens(prompt.messages, sampling.max_tokens) if self._tpm else 0.0
         attempts = 0
         queue_s = 0.0
+        completion: Completion | None = None
+        started_at: datetime | None = None
         while True:
-            attempts += 1
             wait_start = time.perf_counter()
-            if self._rpm is not None:
-                await self._rpm.acquire(1)
-            if self._tpm is not None:
-                await self._tpm.acquire(estimate)
-            await self._gate.acquire()
+            if not await self._wait_for_pacing(estimate):  # the run is stopping: nothing new goes out
+                if completion is None or started_at is None:
+                    return None
+                completion.attempts = attempts
+                return completion, queue_s, started_at
+            attempts += 1
             if attempts == 1:
                 queue_s = time.perf_counter() - queued
                 started_at = datetime.now(timezone.utc)
@@ -142,6 +197,7 @@ class Runner:
                     self.summary.first_request_s = time.perf_counter() - self._start
             else:
                 queue_s += time.perf_counter() - wait_start
+            sent_at = self._gate.now()
             try:
                 completion = await self.backend.complete(messages, sampling)
             finally:
@@ -149,28 +205,37 @@ class Runner:
             if self._tpm is not None and completion.total_tokens is not None:
                 self._tpm.adjust(completion.total_tokens - estimate)
             if completion.http_status in (401, 403):
-                self._auth_error = AuthenticationError(
-                    f"The server rejected the API key ({completion.error}); every further request would fail, "
-                    f"so the run stopped{self.auth_hint}."
-                )
-                self._stopping = True
+                if self._auth_error is None:
+                    self._auth_error = AuthenticationError(
+                        f"The server rejected the API key ({completion.error}); every further request would fail, "
+                        f"so the run stopped{self.auth_hint}."
+                    )
+                self._stop()
             if completion.http_status == 429:
-                self._gate.on_rate_limited()
+                self._gate.on_rate_limited(sent_at)
             elif completion.status == "ok":
                 self._gate.on_success()
-            if completion.status == "ok" or not completion.retryable or attempts > self.config.max_retries or self._stopping:
+            if completion.retry_after_s is not None:
+                # The server asked every request of this client to wait, not just this one.
+                self._resume_at = max(self._resume_at, time.monotonic() + min(completion.retry_after_s, RETRY_AFTER_CEILING_S))
+            assert started_at is not None
+            if (completion.status == "ok" or not completion.retryable or attempts > self.config.max_retries
+                    or self._stopping):
                 completion.attempts = attempts
                 return completion, queue_s, started_at
             delay = backoff_delay(attempts, base_s=self.config.backoff_base_s, max_s=self.config.backoff_max_s,
                                   retry_after_s=completion.retry_after_s, rng=self._rng)
             self.summary.retries += 1
             self._backoff_now = delay
-            await asyncio.sleep(delay)
+            await self._sleep_unless_stopping(delay)
             self._backoff_now = 0.0
 
     async def _process(self, prompt: Prompt, repeat: int) -> None:
         sampling = self._sampling_for(repeat)
-        completion, queue_s, started_at = await self._send_with_retries(prompt, sampling)
+        sent = await self._send_with_retries(prompt, sampling)
+        if sent is None:
+            return  # never sent (the run is stopping): a resume will send it
+        completion, queue_s, started_at = sent
         if self._auth_error is not None and completion.http_status in (401, 403):
             return  # not a result: the run stops and the key must be fixed
         ident = self.identity
@@ -230,10 +295,14 @@ class Runner:
             text += f" backoff={self._backoff_now:.1f}s"
         return text
 
+    def _stop(self) -> None:
+        self._stopping = True
+        self._stop_event.set()
+
     def request_stop(self) -> None:
         """Stop sending new requests (Ctrl-C / SIGTERM); in-flight ones finish and are saved."""
         if not self._stopping:
-            self._stopping = True
+            self._stop()
             self.summary.interrupted = True
             print("\nsentech-eval: stopping — finishing in-flight requests and saving results "
                   "(press Ctrl-C again to abandon them)...", file=sys.stderr)

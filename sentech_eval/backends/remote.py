@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
+import re
 import time
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import orjson
@@ -26,13 +28,41 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 SNIPPET = 160
 
 
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_SECRET_QUERY = re.compile(r"(api_?key|key|token|secret|password|auth)", re.IGNORECASE)
+
+
 def _snippet(raw: bytes) -> str:
     text = raw[:SNIPPET].decode("utf-8", "replace").replace("\n", " ").strip()
     return text + ("…" if len(raw) > SNIPPET else "")
 
 
+def _is_html(raw: bytes) -> bool:
+    head = raw[:512].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head
+
+
+def _html_title(raw: bytes) -> str:
+    match = _TITLE.search(raw[:4096])
+    title = match.group(1).decode("utf-8", "replace").strip() if match else ""
+    return " ".join(title.split()) or _snippet(raw)
+
+
+def _json_problem(exc: Exception) -> str:
+    """orjson's reason without the position noise, e.g. 'unexpected end of data: line 1 column 40 (char 39)'."""
+    return str(exc).strip() or type(exc).__name__
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
 def error_message(status: int, raw: bytes) -> str:
     """The server's own error text, from the Sentech, OpenAI or ``detail`` error shapes."""
+    if not raw.strip():
+        return f"HTTP {status}: empty error body"
+    if _is_html(raw):
+        return f"HTTP {status}: an HTML error page ({_html_title(raw)!r}) instead of a JSON error"
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -65,35 +95,77 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def parse_completion_body(raw: bytes, content_type: str) -> Completion:
     """Turn a 200 body into a Completion; anything malformed becomes a precise error."""
+    if _is_html(raw):
+        return Completion(status="error", error=f"response is an HTML page ({_html_title(raw)!r}, content-type "
+                                                f"{content_type or 'none'}), not a JSON chat completion")
+    if not _is_json_type(content_type):
+        return Completion(status="error", error=f"response has content-type {content_type or 'none'!r}, "
+                                                f"not application/json: {_snippet(raw)!r}")
+    if not raw.strip():
+        return Completion(status="error", error="response body is empty")
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        kind = "an HTML page" if b"<html" in raw[:512].lower() else "not JSON"
-        return Completion(status="error", error=f"response body is {kind} (content-type {content_type or 'none'}): {_snippet(raw)!r}")
+    except orjson.JSONDecodeError as exc:
+        return Completion(status="error", error=f"response body is not valid JSON ({_json_problem(exc)}): {_snippet(raw)!r}")
     if not isinstance(body, dict):
         return Completion(status="error", error=f"response body is a JSON {type(body).__name__}, not an object")
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
-        return Completion(status="error", error="response has no 'choices'")
-    choice = choices[0] if isinstance(choices[0], dict) else {}
+        if "choices" not in body and ("message" in body or "error" in body):
+            return Completion(status="error", error="response has no 'choices' but an error: " + error_message(200, raw))
+        return Completion(status="error", error="response has no 'choices'" if "choices" not in body
+                          else f"response 'choices' is {_describe(choices)}, not a non-empty list")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        return Completion(status="error", error=f"response choices[0] is {_describe(choice)}, not an object")
     message = choice.get("message")
     content = message.get("content") if isinstance(message, dict) else None
+    finish_reason = choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None
+    if not isinstance(message, dict):
+        return Completion(status="error", error="response choices[0] has no 'message' object")
     if not isinstance(content, str):
-        return Completion(status="error", error="response choices[0].message.content is missing or not a string")
-    if content == "":
-        return Completion(status="error", error="response content is empty", finish_reason=choice.get("finish_reason"))
+        return Completion(status="error", error=f"response choices[0].message.content is {_describe(content)}, not a string")
+    if not content.strip():
+        return Completion(status="error", error="response content is empty", finish_reason=finish_reason)
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     return Completion(
         output=content,
-        finish_reason=choice.get("finish_reason"),
+        finish_reason=finish_reason,
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
         completion_tokens=_int_or_none(usage.get("completion_tokens")),
         total_tokens=_int_or_none(usage.get("total_tokens")),
     )
 
 
+def _describe(value: Any) -> str:
+    if value is None:
+        return "missing or null"
+    if isinstance(value, list):
+        return "an empty list" if not value else "a list"
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    return f"a {type(value).__name__}"
+
+
+def _exc_text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_base_url(base_url: str) -> None:
+    """Refuse a URL that is not http(s), or that carries a credential (user:password@ or ?api_key=)."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        shown = base_url if not (parts.username or parts.password) else "(a URL with credentials)"
+        raise ConfigError(f"backend.base_url={shown!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1).")
+    if parts.username or parts.password or any(_SECRET_QUERY.search(name) for name, _ in parse_qsl(parts.query)):
+        raise ConfigError(
+            "backend.base_url carries a credential (user:password@ or a key in the query string); keys never go in "
+            "config — export the key in the environment variable named by backend.api_key_env (default SENTECH_API_KEY)."
+        )
 
 
 class RemoteBackend:
@@ -110,6 +182,7 @@ class RemoteBackend:
         self.send_seed = send_seed
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self._api_key = api_key
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
 
@@ -120,8 +193,7 @@ class RemoteBackend:
         if unknown:
             raise ConfigError(f"Unknown config key 'backend.{unknown[0]}' for backend=remote; known keys are: {', '.join(sorted(CONFIG_KEYS))}.")
         base_url = str(cfg.get("base_url") or "")
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"backend.base_url={base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1).")
+        check_base_url(base_url)
         env_name = str(cfg.get("api_key_env") or "SENTECH_API_KEY")
         api_key = os.environ.get(env_name, "").strip()
         if not api_key:
@@ -157,7 +229,13 @@ class RemoteBackend:
         return body
 
     async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
-        """One request; never raises for a request failure."""
+        """One request; never raises for a request failure (the key never appears in ``error``)."""
+        result = await self._complete(messages, sampling)
+        if result.error and self._api_key in result.error:
+            result.error = result.error.replace(self._api_key, "[redacted]")
+        return result
+
+    async def _complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         session = self._get_session()
         data = orjson.dumps(self.request_body(messages, sampling))
         start = time.perf_counter()
@@ -185,13 +263,20 @@ class RemoteBackend:
             return Completion(status="error", error=f"timed out after {self.timeout.total:g} s",
                               latency_s=time.perf_counter() - start, retryable=True)
         except aiohttp.ClientPayloadError as exc:
-            return Completion(status="error", error=f"response body was cut off: {exc}",
+            return Completion(status="error", error=f"response body was cut off before its end ({_exc_text(exc)})",
+                              latency_s=time.perf_counter() - start, retryable=True)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return Completion(status="error", error=f"TLS certificate verification failed for {self.base_url} "
+                                                    f"({_exc_text(exc)}); the server needs a valid certificate",
+                              latency_s=time.perf_counter() - start, retryable=False)
+        except aiohttp.ServerDisconnectedError as exc:
+            return Completion(status="error", error=f"the server closed the connection without answering ({_exc_text(exc)})",
                               latency_s=time.perf_counter() - start, retryable=True)
         except aiohttp.ClientConnectionError as exc:
-            return Completion(status="error", error=f"connection error: {type(exc).__name__}: {exc}",
+            return Completion(status="error", error=f"connection error: {type(exc).__name__}: {_exc_text(exc)}",
                               latency_s=time.perf_counter() - start, retryable=True)
         except aiohttp.ClientError as exc:
-            return Completion(status="error", error=f"request failed: {type(exc).__name__}: {exc}",
+            return Completion(status="error", error=f"request failed: {type(exc).__name__}: {_exc_text(exc)}",
                               latency_s=time.perf_counter() - start, retryable=False)
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, start: float) -> Completion:
@@ -201,34 +286,48 @@ class RemoteBackend:
         finish_reason = None
         usage: dict[str, Any] = {}
         done = False
-        async for line in resp.content:
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                done = True
-                break
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                return Completion(status="error", error=f"stream chunk is not JSON: {_snippet(payload)!r}")
-            if isinstance(chunk.get("usage"), dict):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices") or []:
-                delta = choice.get("delta") or {}
-                content = delta.get("content")
-                if content:
-                    if ttft is None:
-                        ttft = time.perf_counter() - start
-                    pieces.append(content)
-                if choice.get("finish_reason"):
-                    finish_reason = choice["finish_reason"]
+        try:
+            async for line in resp.content:
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = orjson.loads(payload)
+                except orjson.JSONDecodeError as exc:
+                    return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft,
+                                      error=f"stream chunk is not valid JSON ({_json_problem(exc)}): {_snippet(payload)!r}")
+                if not isinstance(chunk, dict):
+                    return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft,
+                                      error=f"stream chunk is a JSON {type(chunk).__name__}, not an object")
+                if "choices" not in chunk and ("message" in chunk or "error" in chunk):
+                    return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft, retryable=True,
+                                      error="the stream reported an error mid-way: " + error_message(200, payload)[10:])
+                if isinstance(chunk.get("usage"), dict):
+                    usage = chunk["usage"]
+                choices = chunk.get("choices")
+                for choice in choices if isinstance(choices, list) else ():
+                    if not isinstance(choice, dict):
+                        continue
+                    delta = choice.get("delta")
+                    content = delta.get("content") if isinstance(delta, dict) else None
+                    if isinstance(content, str) and content:
+                        if ttft is None:
+                            ttft = time.perf_counter() - start
+                        pieces.append(content)
+                    if isinstance(choice.get("finish_reason"), str):
+                        finish_reason = choice["finish_reason"]
+        except ValueError as exc:  # aiohttp: a line longer than its buffer
+            return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft,
+                              error=f"stream line could not be read ({exc})")
         output = "".join(pieces)
         if not done:
-            return Completion(status="error", output=output or None, ttft_s=ttft,
-                              error="stream ended before 'data: [DONE]' (cut mid-way)", retryable=True)
-        if not output:
+            return Completion(status="error", output=output or None, ttft_s=ttft, retryable=True,
+                              error=f"the stream was cut mid-way (ended before 'data: [DONE]' after {len(output)} characters)")
+        if not output.strip():
             return Completion(status="error", error="stream finished with empty content", finish_reason=finish_reason)
         return Completion(
             output=output, finish_reason=finish_reason, ttft_s=ttft,

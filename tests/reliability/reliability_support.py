@@ -1,0 +1,74 @@
+"""Helpers for the reliability suite: run the real `sentech-eval run` CLI against a real server.
+
+Each run is a fresh process (as a user runs it), pointed at a server on a loopback port, with a
+small backoff so retries do not slow the suite down. Results are read back from the run dir.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from sentech_eval.results import KEY_COLUMNS, load_results
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FAST_BACKOFF = ("runner.backoff_base_s=0.01", "runner.backoff_max_s=0.2")
+
+
+def new_key() -> str:
+    """A distinctive random API key (easy to grep for, impossible to hit by accident)."""
+    return "sk-rel-" + secrets.token_hex(16)
+
+
+def cli_env(key: str | None) -> dict[str, str]:
+    """The environment of a CLI run: the caller's, with SENTECH_API_KEY set to ``key`` (or unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
+    env["PYTHONUNBUFFERED"] = "1"
+    if key is not None:
+        env["SENTECH_API_KEY"] = key
+    return env
+
+
+def cli_command(*args: str) -> list[str]:
+    """`sentech-eval ARGS…` through the current interpreter."""
+    return [sys.executable, "-m", "sentech_eval.cli", *args]
+
+
+def run_cli(*args: str, key: str | None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the CLI to completion, capturing stdout and stderr."""
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, env=cli_env(key), timeout=timeout,
+                          cwd=REPO_ROOT)
+
+
+def remote_run_args(base_url: str, run_dir: Path, *overrides: str, dataset: str = "arithmetic") -> list[str]:
+    """Overrides of a remote run into ``run_dir`` (no progress bar, fast backoff), plus ``overrides``."""
+    return ["run", "backend=remote", f"backend.base_url={base_url}", f"dataset={dataset}", "runner.progress=false",
+            f"hydra.run.dir={run_dir}", *FAST_BACKOFF, *overrides]
+
+
+def rows(run_dir: Path) -> pd.DataFrame:
+    """Every row of a run dir."""
+    return load_results(run_dir)
+
+
+def assert_one_row_per_key(df: pd.DataFrame) -> None:
+    """Exactly one row per (config_id, prompt_id, repeat)."""
+    dup = df[df.duplicated(list(KEY_COLUMNS), keep=False)]
+    assert dup.empty, f"duplicated keys:\n{dup[list(KEY_COLUMNS) + ['status', 'run_id']].head(10)}"
+
+
+def assert_one_sentence(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, no traceback, and one error line on stderr containing every fragment; returns the line."""
+    assert result.returncode == 2, f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    return line
