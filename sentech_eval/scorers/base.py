@@ -180,6 +180,16 @@ def _as_scorer(name: str, obj: Any) -> Scorer:
             obj.aclose = _noop_aclose
         return obj
     if callable(obj):
+        if isinstance(obj, functools.partial):
+            try:
+                inspect.signature(obj.func).bind(None, None, None, *obj.args, **obj.keywords)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"Scorer {name!r}: {getattr(obj.func, '__qualname__', obj.func)} cannot be called as "
+                    f"f(output, reference, row, **options) with these options ({exc})."
+                ) from None
+            except ValueError:  # builtins without a signature: nothing to check
+                pass
         return FunctionScorer(name, obj)
     raise ConfigError(
         f"Scorer {name!r}: its _target_ built a {type(obj).__name__}, which is neither a Scorer "

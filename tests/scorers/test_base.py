@@ -82,6 +82,11 @@ def test_user_function_returning_dict_and_async_function():
     assert run(length.score(ROW))["score_chars"] == float(len(ROW["output"]))
 
 
+def test_user_function_with_unknown_option_is_refused_at_build_time():
+    with pytest.raises(ConfigError, match="Scorer 'w'.*word_count cannot be called.*bogus"):
+        build_scorers({"w": {"_target_": "scorers.plugins.word_count", "bogus": 1}})
+
+
 def test_user_function_exception_is_recorded_not_raised():
     [scorer] = build_scorers({"bad": {"_target_": "scorers.plugins.explode"}})
     out = run(scorer.score(ROW))
