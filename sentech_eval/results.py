@@ -181,7 +181,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def _find_result_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob(RESULTS_FILE) if PARTS_DIR not in p.parts)
+    found = sorted(p for p in root.rglob(RESULTS_FILE) if PARTS_DIR not in p.parts)
+    # A sweep dir's combined results.parquet already holds its jobs' rows: skip the nested ones.
+    dirs = {p.parent for p in found}
+    return [p for p in found if not any(a in dirs for a in p.parent.parents)]
 
 
 def load_results(path: str | Path) -> pd.DataFrame:

@@ -1,0 +1,384 @@
+"""One table per sweep: combine a Hydra multirun's job results into its sweep dir.
+
+A sweep dir (``hydra.sweep.dir``) holds one job dir per job (``0/``, ``1/`` …), each with its own
+``results.parquet``, ``job_status.json`` and ``.hydra/``. ``combine(sweep_dir)`` writes, next to them:
+
+- ``results.parquet``: every job's rows, one table, plus the columns ``job`` (job number) and
+  ``overrides`` (the job's Hydra overrides, space-separated). Jobs whose columns differ (other
+  scorers, other datasets) are unified; a column a job lacks is null.
+- ``trials.parquet``: one row per job: status, row counts, the objective, score means and one
+  column per override key (``sampling.temperature`` …) with its value.
+- ``sweep.json``: per job its overrides, status and error, plus Optuna's best parameters when
+  ``optimization_results.yaml`` exists.
+
+``CombineSweepResults`` is the Hydra callback (``hydra.callbacks`` in conf/config.yaml) that calls
+``combine`` when the multirun ends. Hydra skips ``on_multirun_end`` when a job raised or the sweep
+was interrupted, so the callback also registers an ``atexit`` fallback at ``on_multirun_start``:
+whatever ended the process short of a kill, the finished jobs' rows are combined (``sweep.json``
+then says ``"status": "incomplete"``). After a ``kill -9``, run ``python -m sentech_eval.sweep DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from sentech_eval.errors import ResultsError
+from sentech_eval.results import CORE_FIELDS, METADATA_KEY, PARTS_DIR, RESULTS_FILE
+
+SWEEP_JSON = "sweep.json"
+TRIALS_FILE = "trials.parquet"
+JOB_STATUS_FILE = "job_status.json"
+OPTUNA_RESULTS_FILE = "optimization_results.yaml"
+SWEEP_FIELDS = (pa.field("job", pa.int32()), pa.field("overrides", pa.string()))
+BATCH_ROWS = 65536
+
+
+# ---------------------------------------------------------------------------------------- jobs
+def find_job_dirs(sweep_dir: Path) -> list[Path]:
+    """Job dirs under ``sweep_dir``: those with a ``.hydra/`` dir, a job_status.json or results."""
+    found: set[Path] = set()
+    for marker in (".hydra", JOB_STATUS_FILE, RESULTS_FILE, PARTS_DIR):
+        for path in sweep_dir.rglob(marker):
+            parent = path.parent
+            if parent != sweep_dir and PARTS_DIR not in parent.parts and ".hydra" not in parent.parts:
+                found.add(parent)
+    # A dir nested inside another job dir is not a job of its own.
+    return sorted(d for d in found if not any(a in found for a in d.parents))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _job_number(job_dir: Path, fallback: int) -> int:
+    hydra_cfg = _read_yaml(job_dir / ".hydra" / "hydra.yaml")
+    try:
+        return int(hydra_cfg["hydra"]["job"]["num"])
+    except (TypeError, KeyError, ValueError):
+        pass
+    try:
+        return int(job_dir.name)
+    except ValueError:
+        return fallback
+
+
+def _result_files(job_dir: Path) -> list[Path]:
+    files = [job_dir / RESULTS_FILE] if (job_dir / RESULTS_FILE).exists() else []
+    files.extend(sorted((job_dir / PARTS_DIR).glob("part-*.parquet")))
+    return files
+
+
+def describe_job(job_dir: Path, sweep_dir: Path, fallback_num: int) -> dict[str, Any]:
+    """What one job dir says about its job: number, overrides, status, error, summary, files."""
+    status_record = _read_json(job_dir / JOB_STATUS_FILE) or {}
+    overrides = status_record.get("overrides")
+    if overrides is None:
+        overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml") or []
+    files = _result_files(job_dir)
+    status = status_record.get("status")
+    if status is None:
+        # No record: the job was killed, or is still running.
+        status = "incomplete" if files else "missing"
+    return {
+        "job": _job_number(job_dir, fallback_num),
+        "dir": str(job_dir.relative_to(sweep_dir)),
+        "status": status,
+        "error": status_record.get("error"),
+        "overrides": [str(o) for o in overrides],
+        "summary": status_record.get("summary") or {},
+        "files": files,
+    }
+
+
+# ---------------------------------------------------------------------------------------- tables
+def _readable_schema(path: Path) -> pa.Schema | None:
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError):
+        return None
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    columns = []
+    for field in schema:
+        index = batch.schema.get_field_index(field.name)
+        if index >= 0:
+            columns.append(batch.column(index).cast(field.type))
+        else:
+            columns.append(pa.nulls(batch.num_rows, field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _write_combined(jobs: list[dict[str, Any]], target: Path, metadata: dict[str, Any]) -> int:
+    """Stream every job's rows into ``target`` (atomic rename); returns the row count."""
+    sources: list[tuple[dict[str, Any], Path, pa.Schema]] = []
+    for job in jobs:
+        for path in job["files"]:
+            schema = _readable_schema(path)
+            if schema is None:
+                job["unreadable"] = job.get("unreadable", []) + [path.name]
+                continue
+            sources.append((job, path, schema.remove_metadata()))
+    if sources:
+        unified = pa.unify_schemas([s for _, _, s in sources], promote_options="permissive")
+    else:
+        unified = pa.schema(list(CORE_FIELDS))
+    for field in SWEEP_FIELDS:
+        if field.name in unified.names:
+            unified = unified.remove(unified.get_field_index(field.name))
+        unified = unified.append(field)
+    unified = unified.with_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
+    data_schema = unified.remove_metadata()
+
+    tmp = target.with_name(target.name + ".tmp")
+    rows = 0
+    with pq.ParquetWriter(tmp, unified) as writer:
+        for job, path, _ in sources:
+            job_rows = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+                n = batch.num_rows
+                batch = batch.drop_columns([f.name for f in SWEEP_FIELDS if f.name in batch.schema.names])
+                batch = batch.append_column("job", pa.array([job["job"]] * n, pa.int32()))
+                batch = batch.append_column("overrides", pa.array([" ".join(job["overrides"])] * n, pa.string()))
+                writer.write_batch(_conform(batch, data_schema))
+                job_rows += n
+            job["rows"] = job.get("rows", 0) + job_rows
+            rows += job_rows
+        if not sources:
+            writer.write_table(data_schema.empty_table())
+    os.replace(tmp, target)
+    return rows
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` → (key, typed value), with Hydra's own override parser."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        override = OverridesParser.create().parse_overrides([text])[0]
+        value = override.value()
+        if not isinstance(value, (str, int, float, bool)) and value is not None:
+            value = override.get_value_element_as_str()
+        return override.get_key_element().lstrip("+~"), value
+    except Exception:  # noqa: BLE001 - an odd override is still shown, as text
+        key, _, value = text.partition("=")
+        return key.lstrip("+~"), value
+
+
+def _trials_table(jobs: list[dict[str, Any]]) -> pa.Table:
+    """One row per job: status, counts, objective, score means, and the override values."""
+    records: list[dict[str, Any]] = []
+    param_keys: list[str] = []
+    score_keys: list[str] = []
+    for job in jobs:
+        summary = job["summary"]
+        record: dict[str, Any] = {
+            "job": job["job"], "dir": job["dir"], "status": job["status"], "error": job["error"],
+            "overrides": " ".join(job["overrides"]), "rows": job.get("rows", 0),
+            "ok": summary.get("ok"), "errors": summary.get("errors"), "elapsed_s": summary.get("elapsed_s"),
+            "objective": summary.get("objective"),
+        }
+        for name, value in (summary.get("scores") or {}).items():
+            record[name] = value
+            if name not in score_keys:
+                score_keys.append(name)
+        for text in job["overrides"]:
+            key, value = parse_override(text)
+            record[f"param:{key}"] = value
+            if key not in param_keys:
+                param_keys.append(key)
+        records.append(record)
+
+    columns: dict[str, pa.Array] = {}
+    fixed = {"job": pa.int32(), "dir": pa.string(), "status": pa.string(), "error": pa.string(),
+             "overrides": pa.string(), "rows": pa.int64(), "ok": pa.int64(), "errors": pa.int64(),
+             "elapsed_s": pa.float64(), "objective": pa.float64()}
+    for name, dtype in fixed.items():
+        columns[name] = pa.array([r.get(name) for r in records], dtype)
+    for name in score_keys:
+        columns[name] = pa.array([_float_or_none(r.get(name)) for r in records], pa.float64())
+    for key in param_keys:
+        values = [r.get(f"param:{key}") for r in records]
+        present = [v for v in values if v is not None]
+        if present and all(isinstance(v, bool) for v in present):
+            array = pa.array(values, pa.bool_())
+        elif present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+            array = pa.array(values, pa.int64())
+        elif present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            array = pa.array([None if v is None else float(v) for v in values], pa.float64())
+        else:
+            array = pa.array([None if v is None else str(v) for v in values], pa.string())
+        columns[key] = array
+    return pa.table(columns)
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------- combine
+def combine(sweep_dir: str | Path, status: str | None = None) -> dict[str, Any]:
+    """Combine a sweep dir's job results into ``results.parquet``, ``trials.parquet`` and ``sweep.json``.
+
+    Failed or unfinished jobs are recorded, never fatal; jobs killed mid-run contribute the rows
+    they flushed. ``status`` (``"complete"``/``"incomplete"``) goes into sweep.json; by default it
+    is "complete" when every job has a status record. Returns the sweep.json content.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ResultsError(f"Sweep dir {sweep_dir} does not exist; pass the hydra.sweep.dir of a multirun.")
+    jobs = [describe_job(d, sweep_dir, i) for i, d in enumerate(find_job_dirs(sweep_dir))]
+    jobs.sort(key=lambda j: (j["job"], j["dir"]))
+    if status is None:
+        status = "complete" if all(j["status"] not in ("incomplete", "missing") for j in jobs) else "incomplete"
+    combined_at = datetime.now(timezone.utc).isoformat()
+    job_records = lambda: [  # noqa: E731
+        {"job": j["job"], "dir": j["dir"], "status": j["status"], "error": j["error"],
+         "overrides": j["overrides"], "rows": j.get("rows", 0),
+         "objective": j["summary"].get("objective"), "scores": j["summary"].get("scores") or {},
+         **({"unreadable": j["unreadable"]} if j.get("unreadable") else {})}
+        for j in jobs
+    ]
+    metadata = {"sweep": {"dir": str(sweep_dir.resolve()), "combined_at": combined_at, "status": status,
+                          "jobs": [{"job": j["job"], "dir": j["dir"], "status": j["status"],
+                                    "overrides": j["overrides"]} for j in jobs]}}
+    first_meta = _first_job_metadata(jobs)
+    if first_meta:
+        metadata.update({k: v for k, v in first_meta.items() if k in ("versions", "git_commit", "dataset")})
+    rows = _write_combined(jobs, sweep_dir / RESULTS_FILE, metadata)
+
+    trials_tmp = sweep_dir / (TRIALS_FILE + ".tmp")
+    pq.write_table(_trials_table(jobs), trials_tmp)
+    os.replace(trials_tmp, sweep_dir / TRIALS_FILE)
+
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job["status"]] = counts.get(job["status"], 0) + 1
+    record: dict[str, Any] = {
+        "sweep_dir": str(sweep_dir.resolve()), "status": status, "combined_at": combined_at,
+        "results": RESULTS_FILE, "trials": TRIALS_FILE, "rows": rows, "jobs_total": len(jobs),
+        "job_counts": counts, "jobs": job_records(),
+    }
+    previous = _read_json(sweep_dir / SWEEP_JSON) or {}
+    for key in ("started_at", "command_overrides", "sweeper", "launcher"):
+        if key in previous:
+            record[key] = previous[key]
+    optuna = _read_yaml(sweep_dir / OPTUNA_RESULTS_FILE)
+    if isinstance(optuna, dict):
+        record["optimization"] = optuna
+    _write_json(sweep_dir / SWEEP_JSON, record)
+    return record
+
+
+def _first_job_metadata(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    for job in jobs:
+        for path in job["files"]:
+            schema = _readable_schema(path)
+            raw = (schema.metadata or {}).get(METADATA_KEY) if schema is not None else None
+            if raw:
+                try:
+                    return json.loads(raw)
+                except ValueError:
+                    pass
+    return {}
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------- Hydra
+class CombineSweepResults(Callback):
+    """Hydra callback: combine the sweep's results when the multirun ends (or the process exits)."""
+
+    def __init__(self) -> None:
+        self._sweep_dir: Path | None = None
+        self._combined = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Note the sweep dir (resolving it now fixes its timestamp) and arm the exit fallback."""
+        self._sweep_dir = Path(str(config.hydra.sweep.dir))
+        self._combined = False
+        self._sweep_dir.mkdir(parents=True, exist_ok=True)
+        previous = _read_json(self._sweep_dir / SWEEP_JSON) or {}
+        _write_json(self._sweep_dir / SWEEP_JSON, {
+            **previous,
+            "sweep_dir": str(self._sweep_dir.resolve()), "status": "running",
+            "started_at": datetime.now(timezone.utc).isoformat(),
+            "command_overrides": list(config.hydra.overrides.task),
+            "sweeper": str(config.hydra.sweeper.get("_target_", "")),
+            "launcher": str(config.hydra.launcher.get("_target_", "")),
+        })
+        atexit.register(self._combine_at_exit)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Every job has returned: combine their results."""
+        sweep_dir = self._sweep_dir or Path(str(config.hydra.sweep.dir))
+        self._combined = True
+        self._report(combine(sweep_dir))
+
+    def _combine_at_exit(self) -> None:
+        if self._combined or self._sweep_dir is None or not self._sweep_dir.is_dir():
+            return
+        self._combined = True
+        try:
+            self._report(combine(self._sweep_dir, status="incomplete"))
+        except Exception as exc:  # noqa: BLE001 - at exit, say what failed and how to retry
+            print(f"sentech-eval sweep: could not combine {self._sweep_dir} ({exc}); "
+                  f"retry with: python -m sentech_eval.sweep {self._sweep_dir}", file=sys.stderr)
+
+    @staticmethod
+    def _report(record: dict[str, Any]) -> None:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(record["job_counts"].items())) or "no jobs"
+        line = f"sentech-eval sweep: {record['rows']} rows from {record['jobs_total']} jobs ({counts}) -> " \
+               f"{Path(record['sweep_dir']) / RESULTS_FILE}"
+        best = record.get("optimization") or {}
+        if "best_params" in best:
+            line += f"; best {best.get('best_value')} at {best['best_params']}"
+        print(line, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m sentech_eval.sweep") -> int:
+    """Combine (again) the results of the sweep dirs given on the command line."""
+    parser = argparse.ArgumentParser(prog=prog, description=combine.__doc__.splitlines()[0])
+    parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")
+    args = parser.parse_args(argv)
+    try:
+        for sweep_dir in args.sweep_dirs:
+            CombineSweepResults._report(combine(sweep_dir))
+    except ResultsError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
