@@ -193,3 +193,42 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # the embedded PNGs decode and draw: coloured plot lines appear, and vanish without the data: URIs
     with_plots, without = colourful_share(html_path), colourful_share(stripped)
     assert with_plots > 0.001 and with_plots > 20 * without, (with_plots, without)
+
+
+def test_done_when_sweep_against_echo_server_then_report_then_rescore(tmp_path):
+    """The issue's acceptance path with the real CLI and a real server: run -m, report, score."""
+    from cli_helpers import TEST_KEY
+
+    from sentech_eval.server.testing import running_server
+
+    sweep_dir = tmp_path / "D"
+    with running_server(engine="echo", api_key=TEST_KEY) as url:
+        run = run_cli("run", "-m", "backend=remote", f"backend.base_url={url}", "backend.stream=true",
+                      "dataset=capitals", "dataset.limit=10", "runner.repeats=2", "sampling.seed=3",
+                      "sampling.temperature=0,0.7,1.4", "scorers=[exact_match,contains]", f"hydra.sweep.dir={sweep_dir}",
+                      env={"SENTECH_API_KEY": TEST_KEY})
+    assert run.returncode == 0, run.stderr
+    done = run_cli("report", str(sweep_dir))
+    assert done.returncode == 0, done.stderr
+    summary = pd.read_parquet(sweep_dir / "summary.parquet")
+    assert summary["temperature"].tolist() == [0.0, 0.7, 1.4]
+    assert summary["n"].tolist() == [20, 20, 20]  # the sweep's combined file is not counted twice
+    for col in ("score_exact_match_mean", "score_exact_match_ci_low", "score_exact_match_ci_high", "score_contains_mean",
+                "latency_s_p50", "latency_s_p99", "ttft_s_p50", "ttft_s_p95", "tokens_per_s", "error_rate"):
+        assert summary[col].notna().all(), col
+    assert summary.loc[0, "score_exact_match_mean"] == 1.0  # echo answers shipped prompts with the reference at T=0
+    assert (summary["score_contains_mean"] == 1.0).all()
+    assert (summary["ttft_s_p50"] <= summary["latency_s_p50"]).all()
+    page = (sweep_dir / "report.html").read_text()
+    assert len(_pngs(page)) == 4 and "exact_match vs temperature" in page
+    assert done.stdout.count("| temperature=") == 3
+
+    # the server is gone: re-scoring must not need it
+    files = sorted(sweep_dir.rglob("results.parquet"))
+    before = {f: pd.read_parquet(f) for f in files}
+    rescored = run_cli("score", str(sweep_dir), "scorers=[exact_match,token_f1]", "backend=remote", f"backend.base_url={url}")
+    assert rescored.returncode == 0, rescored.stderr
+    for f in files:
+        after = pd.read_parquet(f)
+        assert after["score_exact_match"].equals(before[f]["score_exact_match"])
+        assert after["score_token_f1"].notna().sum() == (after["status"] == "ok").sum()

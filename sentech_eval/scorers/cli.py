@@ -40,7 +40,8 @@ overrides are Hydra overrides on the same config as `sentech-eval run`, for exam
   +scorers.mine._target_=my_pkg.my_module.my_function   your own f(output, reference, row)
   scorers=[judge] backend=remote backend.base_url=http://127.0.0.1:8000/v1 backend.model=grader
 
-PATH is a results.parquet file, a run dir or a sweep dir (every results.parquet below it).
+PATH is a results.parquet file, a run dir or a sweep dir (every results.parquet below it,
+including a sweep's combined one).
 Existing columns of the chosen scorers are replaced; other score columns are kept.
 Rows with status "error" get null scores. Each file is replaced atomically.
 """
@@ -86,8 +87,7 @@ def find_results_files(path: str | Path) -> list[Path]:
         raise ResultsError(f"Results path {path} does not exist; pass a results.parquet file or a run/sweep dir.")
     if path.is_file():
         return [path]
-    if (path / RESULTS_FILE).exists():
-        return [path / RESULTS_FILE]
+    # a run dir holds one; a sweep dir holds one per job plus the combined one: score them all
     files = sorted(p for p in path.rglob(RESULTS_FILE) if "results.parts" not in p.parts)
     if not files:
         raise ResultsError(f"No {RESULTS_FILE} found under {path}; point at a run dir or a results file.")
