@@ -42,7 +42,7 @@ class Reply:
 
 
 def post(base_url: str, body=None, *, key: str | None = KEY, raw: bytes | None = None, path="/chat/completions",
-         method="POST", headers: dict[str, str] | None = None) -> Reply:
+         method="POST", headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
     """POST (or another method) with urllib; HTTP errors come back as replies, not exceptions."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
@@ -50,7 +50,7 @@ def post(base_url: str, body=None, *, key: str | None = KEY, raw: bytes | None =
         hdrs["Authorization"] = f"Bearer {key}"
     req = urllib.request.Request(base_url + path, data=data, headers=hdrs, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return Reply(r.status, r.read().decode(), dict(r.headers))
     except urllib.error.HTTPError as e:
         return Reply(e.code, e.read().decode(), dict(e.headers))
