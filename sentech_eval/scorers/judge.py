@@ -65,6 +65,12 @@ def _short(text: str | None, limit: int = DETAIL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _tail(text: str | None, limit: int = DETAIL_CHARS) -> str:
+    """The end of a reply (where a grade is expected), whitespace collapsed."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+
+
 class JudgeScorer:
     """Grades each output with a judge model; see the module docstring for the columns."""
 
@@ -132,11 +138,11 @@ class JudgeScorer:
         """(normalised score, detail) from the judge's reply; score None when it cannot be used."""
         matches = list(self.grade_regex.finditer(text or ""))
         if not matches:
-            return None, f"judge error: no grade found in reply: {_short(text)!r}"
+            return None, f"judge error: no grade found in reply: {_tail(text)!r}"
         raw = matches[-1].group(1)
         grade = float(raw)
         if not self.grade_min <= grade <= self.grade_max:
-            return None, f"judge error: grade {raw} is outside [{_fmt(self.grade_min)}, {_fmt(self.grade_max)}]: {_short(text)!r}"
+            return None, f"judge error: grade {raw} is outside [{_fmt(self.grade_min)}, {_fmt(self.grade_max)}]: {_tail(text)!r}"
         score = (grade - self.grade_min) / (self.grade_max - self.grade_min)
         return score, f"grade {raw}/{_fmt(self.grade_max)}: {_short(text)}"
 

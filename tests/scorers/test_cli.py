@@ -103,9 +103,9 @@ def test_judge_through_the_cli_against_a_real_server(tmp_path):
     path = write_results(tmp_path / "results.parquet", df)
     env = {"JUDGE_KEY_FOR_TEST": "jk-55"}
     with running_server(engine="echo", api_key="jk-55") as url:
-        done = run_cli("score", str(path), "scorers=[judge]", "backend=remote", f"backend.base_url={url}",
-                       "backend.model=grader", "backend.api_key_env=JUDGE_KEY_FOR_TEST", "scorers.judge.rubric='{output}'",
-                       env=env)
+        done = run_cli("score", str(path), "scorers=[judge]", f"scorers.judge.backend.base_url={url}",
+                       "scorers.judge.backend.model=grader", "scorers.judge.backend.api_key_env=JUDGE_KEY_FOR_TEST",
+                       "scorers.judge.rubric='{output}'", env=env)
     assert done.returncode == 0, done.stderr
     out = pd.read_parquet(path)
     assert out["score_judge"].tolist()[:3] == [1.0, 0.5, 0.0]
@@ -116,6 +116,17 @@ def test_judge_through_the_cli_against_a_real_server(tmp_path):
     assert (out["score_judge_latency_s"].iloc[:5] > 0).all() and out["score_judge_latency_s"].iloc[5:].isna().all()
     assert out["score_judge_completion_tokens"].iloc[:5].ge(1).all()
     assert "jk-55" not in path.read_bytes().decode("latin-1")
+
+
+def test_judge_backend_is_its_own_config_node():
+    from sentech_eval.scorers.cli import compose_scorers_config
+    from omegaconf import OmegaConf
+
+    cfg = compose_scorers_config(["backend=local", "scorers=[judge]", "scorers.judge.backend.model=grader"])
+    judge = OmegaConf.to_container(cfg.judge, resolve=False)
+    assert judge["backend"]["kind"] == "remote" and judge["backend"]["model"] == "grader"  # not the run's backend
+    cfg = compose_scorers_config(["scorers=[judge]", "backend@scorers.judge.backend=local"])
+    assert cfg.judge.backend.kind == "local"
 
 
 @pytest.mark.parametrize("args,message", [

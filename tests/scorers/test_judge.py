@@ -80,7 +80,7 @@ def test_default_rubric_reaches_the_judge_and_echo_reply_has_no_grade(judge_url)
     # the echo judge repeats the default rubric, whose last line is "Grade: <number>": no usable grade
     _, [out] = judge_rows({"backend": backend(judge_url)}, [row("Paris")])
     assert out["score_judge"] is None and "no grade found" in out["score_judge_detail"]
-    assert "Reference answer: Paris" in out["score_judge_detail"]
+    assert out["score_judge_detail"].endswith("End your reply with one line of the form Grade: <number>'")  # the reply's end
 
 
 def test_judge_request_failures_are_recorded_not_raised():
