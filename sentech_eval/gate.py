@@ -3,7 +3,10 @@
 Thresholds (command line or a YAML file; the command line wins):
 
 - ``max_score_drop``: per score, the largest allowed absolute drop of the mean (baseline − candidate).
-- ``max_latency_increase``: the largest allowed relative increase of latency p50 and of p95.
+- ``max_latency_increase``: the largest allowed relative increase of latency p50 and of p95;
+  ``latency_slack_ms`` adds an absolute allowance on top (for millisecond latencies, where
+  scheduling noise alone changes them by whole multiples): fail when
+  ``candidate > baseline × (1 + max_latency_increase) + slack``.
 - ``max_error_rate``: the largest allowed share of candidate rows with ``status="error"``.
 - ``require_significance``: a score drop beyond its threshold counts only when the paired-bootstrap
   CI of (candidate − baseline) lies entirely below zero.
@@ -26,7 +29,7 @@ from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.pairing import PairedResults, pair_results
 
 ALL_SCORES = "*"
-_YAML_KEYS = {"max_score_drop", "max_latency_increase", "max_error_rate", "require_significance"}
+_YAML_KEYS = {"max_score_drop", "max_latency_increase", "latency_slack_ms", "max_error_rate", "require_significance"}
 _EPS = 1e-12  # float round-off allowance when comparing an observed change with its threshold
 
 
@@ -36,6 +39,7 @@ class Thresholds:
 
     max_score_drop: dict[str, float] = field(default_factory=dict)  # score name or "*" -> absolute drop
     max_latency_increase: float | None = None  # relative, e.g. 0.10 = +10%
+    latency_slack_ms: float = 0.0  # absolute allowance added to the latency limit
     max_error_rate: float | None = None  # share of candidate rows
     require_significance: bool = False
 
@@ -109,6 +113,8 @@ def load_thresholds_file(path: str | Path) -> Thresholds:
         t.max_score_drop[ALL_SCORES] = _number(drops, f"max_score_drop in {str(p)!r}")
     if data.get("max_latency_increase") is not None:
         t.max_latency_increase = _number(data["max_latency_increase"], f"max_latency_increase in {str(p)!r}")
+    if data.get("latency_slack_ms") is not None:
+        t.latency_slack_ms = _number(data["latency_slack_ms"], f"latency_slack_ms in {str(p)!r}")
     if data.get("max_error_rate") is not None:
         t.max_error_rate = _number(data["max_error_rate"], f"max_error_rate in {str(p)!r}")
         if t.max_error_rate > 1:
@@ -172,15 +178,19 @@ def evaluate(paired: PairedResults, metrics: pd.DataFrame, thresholds: Threshold
         ))
     if thresholds.max_latency_increase is not None:
         limit = thresholds.max_latency_increase
+        slack_s = thresholds.latency_slack_ms / 1000.0
+        slack = f" + {thresholds.latency_slack_ms:g} ms" if slack_s else ""
         for q in ("p50", "p95"):
             r = by_metric.get((f"latency_{q}", "latency_s"))
             if r is None:
                 raise ResultsError("--max-latency-increase needs latency_s on both sides for pairs where both succeeded; none found.")
             a, b = float(r["value_a"]), float(r["value_b"])
             ratio = b / a if a > 0 else (1.0 if b <= 0 else float("inf"))
-            failed = ratio > 1 + limit + _EPS
-            msg = f"latency {q} {a * 1000:.1f} ms → {b * 1000:.1f} ms (×{ratio:.2f}; allowed ×{1 + limit:.2f})"
-            results.append(CheckResult(f"latency_{q}_increase", f"increase ≤ {limit:.0%}", a, b,
+            allowed = a * (1 + limit) + slack_s
+            failed = b > allowed + _EPS
+            msg = (f"latency {q} {a * 1000:.1f} ms → {b * 1000:.1f} ms (×{ratio:.2f}; allowed up to "
+                   f"{allowed * 1000:.1f} ms = ×{1 + limit:.2f}{slack})")
+            results.append(CheckResult(f"latency_{q}_increase", f"increase ≤ {limit:.0%}{slack}", a, b,
                                        f"{ratio - 1:+.1%}", not failed, msg))
     if thresholds.max_error_rate is not None:
         r = by_metric[("error_rate", "status")]
@@ -257,6 +267,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                              "(repeatable; a bare number applies to every score)")
     parser.add_argument("--max-latency-increase", type=float, metavar="REL",
                         help="largest allowed relative increase of latency p50 and p95, e.g. 0.10")
+    parser.add_argument("--latency-slack-ms", type=float, metavar="MS",
+                        help="absolute allowance added to the latency limit (default: 0)")
     parser.add_argument("--max-error-rate", type=float, metavar="SHARE",
                         help="largest allowed share of candidate rows with status 'error', e.g. 0.01")
     parser.add_argument("--require-significance", action="store_true", default=None,
@@ -277,6 +289,8 @@ def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
         t.max_score_drop[name] = value
     if args.max_latency_increase is not None:
         t.max_latency_increase = _number(args.max_latency_increase, "--max-latency-increase")
+    if args.latency_slack_ms is not None:
+        t.latency_slack_ms = _number(args.latency_slack_ms, "--latency-slack-ms")
     if args.max_error_rate is not None:
         t.max_error_rate = _number(args.max_error_rate, "--max-error-rate")
         if t.max_error_rate > 1:

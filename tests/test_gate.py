@@ -144,3 +144,12 @@ def test_summary_file_is_appended(baseline: Path, tmp_path: Path) -> None:
     assert run_check(baseline, baseline, "--max-score-drop", "0.0", "--summary", str(summary)) == 0
     text = summary.read_text()
     assert text.startswith("# earlier step\n") and "sentech-eval check: ✅ PASSED" in text
+
+
+def test_latency_slack_absorbs_small_absolute_increases(tmp_path: Path) -> None:
+    fast = write_run(make_results(latency_s=0.002), tmp_path / "fast")
+    noisy = write_run(make_results(latency_s=0.008), tmp_path / "noisy")  # x4, but only +6 ms
+    assert run_check(fast, noisy, "--max-latency-increase", "1.0") == 1
+    assert run_check(fast, noisy, "--max-latency-increase", "1.0", "--latency-slack-ms", "20") == 0
+    slow = write_run(make_results(latency_s=0.2), tmp_path / "slow")
+    assert run_check(fast, slow, "--max-latency-increase", "1.0", "--latency-slack-ms", "20") == 1
