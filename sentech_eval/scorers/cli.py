@@ -38,7 +38,8 @@ overrides are Hydra overrides on the same config as `sentech-eval run`, for exam
   scorers=[numeric] scorers.numeric.tolerance=0.01
   scorers=[regex] scorers.regex.pattern='answer:\\s*(\\w+)'
   +scorers.mine._target_=my_pkg.my_module.my_function   your own f(output, reference, row)
-  scorers=[judge] backend=remote backend.base_url=http://127.0.0.1:8000/v1 backend.model=grader
+  scorers=[judge] scorers.judge.backend.base_url=http://127.0.0.1:8000/v1 scorers.judge.backend.model=grader
+  scorers=[judge] backend@scorers.judge.backend=local     the embedded GGUF model as judge
 
 PATH is a results.parquet file, a run dir or a sweep dir (every results.parquet below it,
 including a sweep's combined one).
