@@ -101,7 +101,10 @@ class AdaptiveConcurrency:
     def release(self) -> None:
         """Give a slot back."""
         self.active -= 1
-        if self._cond._waiters:  # type: ignore[attr-defined]
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._cond._waiters:  # type: ignore[attr-defined]  # only then is a loop running and waiting
             asyncio.ensure_future(self._notify())
 
     async def _notify(self) -> None:
@@ -128,4 +131,4 @@ class AdaptiveConcurrency:
         if self._successes >= 2 * self.limit:
             self.limit += 1
             self._successes = 0
-            asyncio.ensure_future(self._notify())
+            self._wake()

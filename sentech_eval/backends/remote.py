@@ -147,6 +147,19 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _payload_reason(exc: BaseException) -> str:
+    """The innermost readable reason of an aiohttp payload error (e.g. 'Not enough data to satisfy ...')."""
+    seen = exc
+    while seen is not None:
+        message = getattr(seen, "message", None)
+        if isinstance(message, str) and message:
+            return message
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    inner = re.search(r"message='([^']+)'", text)
+    return inner.group(1) if inner else (text or type(exc).__name__)
+
+
 def _exc_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -263,7 +276,7 @@ class RemoteBackend:
             return Completion(status="error", error=f"timed out after {self.timeout.total:g} s",
                               latency_s=time.perf_counter() - start, retryable=True)
         except aiohttp.ClientPayloadError as exc:
-            return Completion(status="error", error=f"response body was cut off before its end ({_exc_text(exc)})",
+            return Completion(status="error", error=f"response body was cut off before its end ({_payload_reason(exc)})",
                               latency_s=time.perf_counter() - start, retryable=True)
         except aiohttp.ClientConnectorCertificateError as exc:
             return Completion(status="error", error=f"TLS certificate verification failed for {self.base_url} "
@@ -320,6 +333,11 @@ class RemoteBackend:
                         pieces.append(content)
                     if isinstance(choice.get("finish_reason"), str):
                         finish_reason = choice["finish_reason"]
+        except aiohttp.ClientPayloadError as exc:
+            output = "".join(pieces)
+            return Completion(status="error", output=output or None, ttft_s=ttft, retryable=True,
+                              error=f"the stream was cut mid-way (the connection closed before 'data: [DONE]' after "
+                                    f"{len(output)} characters: {_payload_reason(exc)})")
         except ValueError as exc:  # aiohttp: a line longer than its buffer
             return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft,
                               error=f"stream line could not be read ({exc})")
