@@ -6,7 +6,7 @@ or 0; a pair's preference is the mean of its usable verdicts, and the reported r
 over pairs with a bootstrap CI (clustered by prompt when there are repeats). Pairs whose outputs
 are identical after normalisation count as ties without asking. A failed request or a reply
 without a verdict is recorded as a judge error and that verdict is left out; it never stops
-the comparison.
+the comparison. Only a rejected API key (401/403) stops it, as it stops a run.
 
 The judge backend is built from the repo's ``conf/`` with Hydra's compose API, so
 ``--judge backend=local`` or ``--judge backend=remote backend.base_url=http://…`` work as in
@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from sentech_eval.compare import normalise_output
-from sentech_eval.errors import ConfigError
+from sentech_eval.errors import AuthenticationError, ConfigError
 from sentech_eval.pairing import PairedResults
 
 PROMPT = """You are comparing two answers to the same question.
@@ -108,6 +108,12 @@ async def _judge_all(backend: Any, sampling: Any, pairs: pd.DataFrame, concurren
             completion = await _ask(backend, sampling, _messages(row, first, second))
         record = {"prompt_id": row["prompt_id"], "repeat": int(row["repeat"]), "order": order,
                   "verdict": None, "prefers": None, "error": None, "latency_s": completion.latency_s}
+        if completion.http_status in (401, 403):
+            # A rejected key is a set-up failure, not a verdict: every further request would fail too.
+            raise AuthenticationError(
+                f"The judge backend rejected the API key (HTTP {completion.http_status}); export the right key "
+                f"in the variable named by backend.api_key_env for --judge."
+            )
         if completion.status != "ok":
             record["error"] = f"request failed (HTTP {completion.http_status}): {completion.error}"
             return record
