@@ -1,0 +1,255 @@
+"""The local backend: a GGUF model run in-process by llama.cpp (llama-cpp-python).
+
+``backend=local`` (the embedded SmolLM2-135M) and ``backend=llama31_8b`` both build a
+``LocalBackend``. The model never runs on the event loop:
+
+- ``workers=1``: one dedicated thread owns one ``Llama`` (a ``Llama`` is not thread-safe);
+- ``workers=N>1``: N spawned processes, each with its own ``Llama`` and ``n_threads ≈ cores/N``,
+  each answering one request at a time; a request goes to whichever worker is free.
+
+Setup problems (missing file, missing llama_cpp, a file llama.cpp cannot load) raise
+``BackendError`` before the first request; a failed generation is a ``Completion`` with
+``status="error"``. Semantics of sampling, timing and token counts: see ``local_worker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import importlib.util
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+from sentech_eval.errors import BackendError, ConfigError
+from sentech_eval.types import Completion, Sampling
+
+N_CTX_PAD = 256  # llama.cpp rounds n_ctx up to a multiple of this
+INSTALL_HINT = (
+    "install it with `pip install -e '.[local]'` (llama-cpp-python builds from source, ~5 min; "
+    "for a GPU build see docs/local.md)"
+)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def missing_model_message(path: Path, cfg: Any) -> str:
+    """One sentence: which file is missing and how to obtain it."""
+    from sentech_eval.model_files import EMBEDDED_MODEL
+
+    if path.name == EMBEDDED_MODEL.file_name:
+        how = "run `sentech-eval fetch-model` to put the embedded default model there"
+        if path.parent.resolve() != _default_models_dir().resolve():
+            how = f"run `sentech-eval fetch-model --dest {path.parent}` to put the embedded default model there"
+    elif _get(cfg, "hf_repo") and _get(cfg, "hf_file"):
+        repo, name = _get(cfg, "hf_repo"), _get(cfg, "hf_file")
+        how = (
+            f"download {name} from the Hugging Face repo {repo} "
+            f"(`huggingface-cli download {repo} {name} --local-dir {path.parent}`), "
+            "or set backend.download=true with huggingface_hub installed"
+        )
+    else:
+        how = "set backend.model_path to an existing GGUF file"
+    return f"Model file {path} does not exist; {how} (or point backend.model_path at your copy)."
+
+
+def _default_models_dir() -> Path:
+    from sentech_eval.model_files import default_models_dir
+
+    return default_models_dir()
+
+
+def _download_from_hub(path: Path, cfg: Any) -> None:
+    """Fetch ``hf_repo``/``hf_file`` into ``path``'s directory with huggingface_hub."""
+    repo, name = _get(cfg, "hf_repo"), _get(cfg, "hf_file")
+    if not (repo and name):
+        raise ConfigError("backend.download=true needs backend.hf_repo and backend.hf_file to be set.")
+    if importlib.util.find_spec("huggingface_hub") is None:
+        raise BackendError(
+            f"backend.download=true needs huggingface_hub to fetch {repo}/{name}; "
+            "install it with `pip install huggingface_hub` or download the file yourself."
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        got = Path(hf_hub_download(repo_id=repo, filename=name, local_dir=str(path.parent)))
+    except Exception as exc:  # network, auth, missing file: all setup failures
+        raise BackendError(f"Could not download {name} from the Hugging Face repo {repo} ({exc}).") from exc
+    if got.resolve() != path.resolve():
+        os.replace(got, path)
+
+
+def settings_from_config(cfg: Any, workers: int) -> Any:
+    """Validate the backend config node and turn it into ``EngineSettings`` (after the file check)."""
+    from sentech_eval.backends.local_worker import EngineSettings, cpu_has_amx
+
+    n_ctx = int(_get(cfg, "n_ctx", 2048))
+    n_batch = int(_get(cfg, "n_batch", 512))
+    if n_ctx < 1:
+        raise ConfigError(f"backend.n_ctx must be at least 1 (got {n_ctx}).")
+    # llama.cpp pads the context to a multiple of 256 but llama-cpp-python sizes its token
+    # buffer by the requested value; a mismatch overflows that buffer, so ask for the padded size.
+    n_ctx = -(-n_ctx // N_CTX_PAD) * N_CTX_PAD
+    if n_batch < 1:
+        raise ConfigError(f"backend.n_batch must be at least 1 (got {n_batch}).")
+    n_threads = _get(cfg, "n_threads")
+    n_threads = int(n_threads) if n_threads is not None else max(1, available_cores() // workers)
+    if n_threads < 1:
+        raise ConfigError(f"backend.n_threads must be at least 1 or null (got {n_threads}).")
+    repack = _get(cfg, "repack", "auto")
+    if isinstance(repack, str):
+        if repack != "auto":
+            raise ConfigError(f"backend.repack must be true, false or auto (got {repack!r}).")
+        repack = not cpu_has_amx()
+    return EngineSettings(
+        model_path=str(_get(cfg, "model_path")),
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_batch=n_batch,
+        n_gpu_layers=int(_get(cfg, "n_gpu_layers", 0)),
+        chat_format=_get(cfg, "chat_format"),
+        reuse_prompt_cache=bool(_get(cfg, "reuse_prompt_cache", False)),
+        stream=bool(_get(cfg, "stream", True)),
+        repack=bool(repack),
+        verbose=bool(_get(cfg, "verbose", False)),
+    )
+
+
+class LocalBackend:
+    """GGUF chat completions through llama.cpp, in a worker thread or worker processes."""
+
+    kind = "local"
+
+    def __init__(self, settings: Any, workers: int = 1):
+        self.settings = settings
+        self.workers = workers
+        self.model = Path(settings.model_path).name
+        self._engine = None
+        self._closed = False
+        try:
+            if workers == 1:
+                self._start_thread()
+            else:
+                self._start_processes()
+        except BackendError:
+            self._shutdown()
+            raise
+        except Exception as exc:  # llama.cpp could not load the file
+            self._shutdown()
+            raise BackendError(
+                f"llama.cpp could not load the model {settings.model_path} ({type(exc).__name__}: {exc}); "
+                "check that it is a GGUF file this llama-cpp-python version supports."
+            ) from exc
+
+    @classmethod
+    def from_config(cls, cfg: Any, concurrency: int = 1) -> "LocalBackend":
+        """Build from the ``backend`` config node; BackendError if the model or llama_cpp is missing."""
+        model_path = _get(cfg, "model_path")
+        if not model_path:
+            raise ConfigError("backend.model_path is not set; give the path of a GGUF model file.")
+        path = Path(str(model_path)).expanduser()
+        if not path.is_file():
+            if bool(_get(cfg, "download", False)):
+                _download_from_hub(path, cfg)
+            else:
+                raise BackendError(missing_model_message(path, cfg))
+        try:
+            import llama_cpp  # noqa: F401 - only checking that it can be imported
+        except ImportError as exc:
+            raise BackendError(
+                f"The local backend needs llama-cpp-python, which cannot be imported ({exc}); {INSTALL_HINT}."
+            ) from exc
+        workers = int(_get(cfg, "workers", 1))
+        if workers < 1:
+            raise ConfigError(f"backend.workers must be at least 1 (got {workers}).")
+        settings = settings_from_config(cfg, workers)
+        settings = dataclasses.replace(settings, model_path=str(path))
+        return cls(settings, workers=workers)
+
+    # --- workers
+    def _start_thread(self) -> None:
+        from sentech_eval.backends.local_worker import LocalEngine
+
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        # The model is created (and later used and freed) only on the worker thread.
+        self._engine = self._executor.submit(LocalEngine, self.settings).result()
+        self._describe = self._engine.describe
+        self._generate = self._engine.generate
+        self._metadata = self._executor.submit(self._engine.describe).result()
+
+    def _start_processes(self) -> None:
+        from sentech_eval.backends import local_worker
+
+        self._executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=local_worker.init_process,
+            initargs=(self.settings,),
+        )
+        self._generate = local_worker.generate_in_process
+        try:
+            # Wait until the workers have loaded their models, so a bad file fails here.
+            futures = [self._executor.submit(local_worker.describe_in_process) for _ in range(self.workers)]
+            described = [f.result() for f in futures]
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            raise BackendError(
+                f"The local backend's worker processes died while loading {self.settings.model_path}; "
+                "run with backend.workers=1 to see llama.cpp's error."
+            ) from exc
+        self._metadata = {k: v for k, v in described[0].items() if k != "pid"}
+
+    # --- Backend protocol
+    def metadata(self) -> dict[str, Any]:
+        """The GGUF's architecture and quantization, llama.cpp build, and the worker set-up."""
+        return {
+            **self._metadata,
+            "workers": self.workers,
+            "reuse_prompt_cache": self.settings.reuse_prompt_cache,
+            "stream": self.settings.stream,
+        }
+
+    async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
+        """Run one chat completion on a free worker; failures come back as ``status="error"``."""
+        if self._closed:
+            return Completion(status="error", error="The local backend is closed.")
+        params = {f.name: getattr(sampling, f.name) for f in dataclasses.fields(Sampling)}
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._generate, list(messages), params)
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            return Completion(status="error", error=f"A local worker process died ({exc}).")
+        except RuntimeError as exc:  # executor shut down under us
+            return Completion(status="error", error=f"The local backend could not run the request ({exc}).")
+
+    async def aclose(self) -> None:
+        """Stop the workers and free the model(s)."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        executor = getattr(self, "_executor", None)
+        if executor is None:
+            return
+        if self._engine is not None:
+            try:
+                executor.submit(self._engine.close).result()
+            except Exception:  # already broken: nothing left to free
+                pass
+            self._engine = None
+        executor.shutdown(wait=True, cancel_futures=True)
+        self._executor = None

@@ -1,0 +1,264 @@
+"""The local backend against the real embedded GGUF through the real llama.cpp (no mocks).
+
+The model (SmolLM2-135M-Instruct Q4_1) is loaded once per module. Prompts carry the capitals
+dataset's system message: with only the GGUF's default system prompt the 135M model's greedy
+first token for the bare France question is a near tie ("L" -1.88 vs "The" -1.97 log-prob).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from sentech_eval.errors import BackendError, ConfigError
+from sentech_eval.model_files import EMBEDDED_MODEL, default_models_dir
+from sentech_eval.types import Sampling
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[local]')")
+
+from sentech_eval.backends.local import LocalBackend  # noqa: E402
+from sentech_eval.backends.local_worker import EngineSettings, LocalEngine  # noqa: E402
+
+pytestmark = pytest.mark.local_model
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = default_models_dir() / EMBEDDED_MODEL.file_name
+SYSTEM = "You are a helpful assistant. Answer with the name of the city only."
+
+
+def chat(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+FRANCE = chat("What is the capital of France?")
+STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def local_cfg(**overrides):
+    # One thread: llama.cpp's OpenMP threads spin at barriers and crawl on a busy shared machine.
+    cfg = {"kind": "local", "model_path": str(MODEL), "n_ctx": 1024, "n_threads": 1}
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _model_present():
+    if not MODEL.is_file():
+        pytest.skip(f"{MODEL} is missing; run `sentech-eval fetch-model`")
+
+
+@pytest.fixture(scope="module")
+def streamed():
+    backend = LocalBackend.from_config(local_cfg(stream=True))
+    yield backend
+    run(backend.aclose())
+
+
+@pytest.fixture(scope="module")
+def whole():
+    backend = LocalBackend.from_config(local_cfg(stream=False))
+    yield backend
+    run(backend.aclose())
+
+
+def test_greedy_answers_paris(streamed):
+    out = run(streamed.complete(FRANCE, Sampling(temperature=0)))
+    assert out.status == "ok", out.error
+    assert "Paris" in out.output
+    assert out.finish_reason == "stop"
+    assert streamed.kind == "local" and streamed.model == EMBEDDED_MODEL.file_name
+
+
+def test_same_seed_same_output(streamed):
+    sampling = Sampling(temperature=1.2, seed=1234, max_tokens=16)
+    first = run(streamed.complete(STORY, sampling))
+    second = run(streamed.complete(STORY, sampling))
+    assert first.status == second.status == "ok"
+    assert first.output == second.output
+    assert first.completion_tokens == second.completion_tokens
+
+
+def test_different_seeds_differ(streamed):
+    outputs = [run(streamed.complete(STORY, Sampling(temperature=1.2, seed=s, max_tokens=12))).output for s in range(4)]
+    assert len(set(outputs)) >= 3, outputs
+
+
+def test_max_tokens_stops_with_length(streamed, whole):
+    for backend in (streamed, whole):
+        out = run(backend.complete(STORY, Sampling(temperature=0, max_tokens=5)))
+        assert out.status == "ok", out.error
+        assert out.completion_tokens <= 5
+        assert out.finish_reason == "length"
+
+
+def test_ttft_is_measured_and_below_latency(streamed, whole):
+    out = run(streamed.complete(STORY, Sampling(temperature=0, max_tokens=16)))
+    assert out.ttft_s is not None and out.latency_s is not None
+    assert 0 < out.ttft_s < out.latency_s
+    not_streamed = run(whole.complete(STORY, Sampling(temperature=0, max_tokens=16)))
+    assert not_streamed.ttft_s is None and not_streamed.latency_s > 0
+
+
+@pytest.mark.parametrize(
+    ("messages", "sampling"),
+    [
+        (FRANCE, Sampling(temperature=0)),  # ends on the end-of-turn token: finish "stop"
+        (STORY, Sampling(temperature=0, max_tokens=12)),  # cut by max_tokens: finish "length"
+        (STORY, Sampling(temperature=0.9, top_p=0.95, top_k=50, seed=7, max_tokens=40)),
+        (chat("Quelle est la capitale de l'Allemagne ? Réponds en français, avec des accents."),
+         Sampling(temperature=0.7, seed=3, max_tokens=30)),
+    ],
+)
+def test_streamed_token_counts_equal_the_models_usage(streamed, whole, messages, sampling):
+    a = run(streamed.complete(messages, sampling))
+    b = run(whole.complete(messages, sampling))  # the non-streamed call: llama-cpp-python's own usage
+    assert a.status == b.status == "ok"
+    assert a.output == b.output
+    assert a.finish_reason == b.finish_reason
+    assert (a.prompt_tokens, a.completion_tokens, a.total_tokens) == (b.prompt_tokens, b.completion_tokens, b.total_tokens)
+    assert a.prompt_tokens > 0 and a.completion_tokens > 0
+
+
+def test_every_sampling_parameter_is_applied(streamed):
+    """top_k=1 is greedy whatever the temperature, so it must reach the sampler."""
+    greedy = run(streamed.complete(STORY, Sampling(temperature=0, max_tokens=20))).output
+    top1 = [run(streamed.complete(STORY, Sampling(temperature=1.5, top_k=1, seed=s, max_tokens=20))).output for s in (1, 2)]
+    assert top1 == [greedy, greedy]
+    penalised = run(streamed.complete(STORY, Sampling(temperature=0, presence_penalty=2.0, frequency_penalty=2.0, max_tokens=20)))
+    assert penalised.output != greedy
+
+
+def test_scripted_clock_skips_the_role_only_chunk():
+    ticks = itertools.count()
+    engine = LocalEngine(EngineSettings(model_path=str(MODEL), n_ctx=512, n_threads=1, repack=False),
+                         clock=lambda: float(next(ticks)))
+    try:
+        out = engine.generate(FRANCE, {"temperature": 0, "max_tokens": 4})
+    finally:
+        engine.close()
+    # clock: 0 at start, 1 at the role-only chunk, 2 at the first content chunk, ... , then the end.
+    assert out.ttft_s == 2.0
+    assert out.latency_s == out.completion_tokens + 3  # role chunk + one per token + final chunk + end
+
+
+def test_prompt_cache_is_cleared_unless_reuse_is_asked():
+    for reuse, expect_cached in ((False, False), (True, True)):
+        engine = LocalEngine(EngineSettings(model_path=str(MODEL), n_ctx=512, n_threads=1, repack=False,
+                                            reuse_prompt_cache=reuse))
+        try:
+            first = engine.generate(FRANCE, {"temperature": 0})
+            second = engine.generate(FRANCE, {"temperature": 0})
+            assert first.output == second.output
+            assert (engine.llm.last_cached_tokens > 0) is expect_cached
+        finally:
+            engine.close()
+
+
+def test_generation_failure_is_an_error_row():
+    backend = LocalBackend.from_config(local_cfg(n_ctx=100))  # rounded up to 256, as llama.cpp does
+    try:
+        assert backend.metadata()["n_ctx"] == 256
+        out = run(backend.complete(chat("word " * 300), Sampling(temperature=0)))
+    finally:
+        run(backend.aclose())
+    assert out.status == "error"
+    assert "context window" in out.error
+    assert run(backend.complete(FRANCE, Sampling(temperature=0))).status == "error"  # closed: still no raise
+
+
+def test_metadata_names_the_gguf(streamed):
+    meta = streamed.metadata()
+    assert meta["architecture"] == "llama"
+    assert meta["quantization"] == "Q4_1"
+    assert meta["model_file"] == EMBEDDED_MODEL.file_name
+    assert meta["llama_cpp_python_version"]
+    assert meta["workers"] == 1 and meta["reuse_prompt_cache"] is False
+
+
+def test_two_worker_processes_give_the_same_outputs(streamed):
+    prompts = [FRANCE, chat("What is the capital of Italy?"), chat("What is the capital of Japan?"), STORY]
+    sampling = Sampling(temperature=0, max_tokens=24)
+    one = [run(streamed.complete(p, sampling)) for p in prompts]
+    pool = LocalBackend.from_config(local_cfg(workers=2))
+
+    async def all_at_once():
+        return await asyncio.gather(*(pool.complete(p, sampling) for p in prompts))
+
+    try:
+        two = run(all_at_once())
+        assert pool.metadata()["workers"] == 2 and pool.metadata()["n_threads"] >= 1
+    finally:
+        run(pool.aclose())
+    assert [c.status for c in two] == ["ok"] * len(prompts)
+    assert [c.output for c in two] == [c.output for c in one]
+    assert [(c.prompt_tokens, c.completion_tokens) for c in two] == [(c.prompt_tokens, c.completion_tokens) for c in one]
+    assert all(c.ttft_s is not None and c.ttft_s < c.latency_s for c in two)
+
+
+# --- set-up errors: one sentence naming the file and the fix
+def test_missing_embedded_model_names_path_and_fetch_command(tmp_path):
+    missing = tmp_path / EMBEDDED_MODEL.file_name
+    with pytest.raises(BackendError) as err:
+        LocalBackend.from_config(local_cfg(model_path=str(missing)))
+    assert str(missing) in str(err.value)
+    assert "sentech-eval fetch-model" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_llama31_8b_names_path_and_download(tmp_path):
+    if not OmegaConf.has_resolver("models_dir"):
+        OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
+    cfg = OmegaConf.load(REPO / "conf" / "backend" / "llama31_8b.yaml")
+    cfg.model_path = str(tmp_path / "Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf")
+    with pytest.raises(BackendError) as err:
+        LocalBackend.from_config(cfg)
+    message = str(err.value)
+    assert cfg.model_path in message
+    assert "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF" in message and "huggingface-cli download" in message
+    assert "\n" not in message
+
+
+def test_shipped_configs_point_at_the_models_dir():
+    if not OmegaConf.has_resolver("models_dir"):
+        OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
+    local = OmegaConf.load(REPO / "conf" / "backend" / "local.yaml")
+    assert Path(local.model_path) == MODEL
+    assert local.kind == "local" and local.workers == 1 and local.reuse_prompt_cache is False
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="backend.workers"):
+        LocalBackend.from_config(local_cfg(workers=0))
+    with pytest.raises(ConfigError, match="backend.repack"):
+        LocalBackend.from_config(local_cfg(repack="sometimes"))
+    with pytest.raises(ConfigError, match="backend.model_path"):
+        LocalBackend.from_config({"kind": "local", "model_path": None})
+
+
+def test_not_a_gguf_is_a_backend_error(tmp_path):
+    bogus = tmp_path / "not-a-model.gguf"
+    bogus.write_bytes(b"this is not a GGUF file" * 100)
+    with pytest.raises(BackendError, match="could not load"):
+        LocalBackend.from_config(local_cfg(model_path=str(bogus)))
+
+
+def test_missing_llama_cpp_gives_the_install_hint():
+    code = (
+        "import sys; sys.modules['llama_cpp'] = None\n"
+        "from sentech_eval.backends.local import LocalBackend\n"
+        "from sentech_eval.errors import BackendError\n"
+        f"try:\n    LocalBackend.from_config({{'kind': 'local', 'model_path': {str(MODEL)!r}}})\n"
+        "except BackendError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "llama-cpp-python" in out.stdout and "pip install" in out.stdout, out.stdout + out.stderr
