@@ -219,7 +219,20 @@ def disagreements(paired: PairedResults, limit: int = 10) -> pd.DataFrame:
     return ranked.head(limit).drop(columns=["_score_gap", "_differ"])
 
 
-def markdown_summary(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "B") -> str:
+def comparison_warnings(paired: PairedResults) -> list[str]:
+    """Things a reader must know before trusting the numbers: differing sampling, one-sided scores."""
+    out = []
+    if paired.sampling_differences:
+        out.append("A and B used different sampling (" + "; ".join(paired.sampling_differences)
+                   + "): differences mix the systems with their settings.")
+    one_sided = paired.only_in_a + paired.only_in_b
+    if one_sided:
+        out.append(f"Scores on one side only, not compared: {', '.join(one_sided)}.")
+    return out
+
+
+def markdown_summary(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "B",
+                     warnings: list[str] | None = None) -> str:
     """A markdown summary of the metrics, fit for a terminal or a pull-request comment."""
     from sentech_eval.compare_html import fmt
 
@@ -230,6 +243,8 @@ def markdown_summary(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "
         f"{int(pairs['n_pairs'])} pairs ({pairs['note']}); unpaired: {int(m.loc['unpaired_a', 'value'])} of A, "
         f"{int(m.loc['unpaired_b', 'value'])} of B."
     )
+    for warning in warnings or []:
+        lines.append(f"⚠️ {warning}")
     scores = metrics[metrics["metric"] == "score"]
     if len(scores):
         lines += ["", "| score | A | B | B − A | 95% CI | W/T/L (B) | McNemar p | pairs |",
@@ -313,7 +328,7 @@ def main(argv: list[str], prog: str = "sentech-eval compare") -> int:
 
     html = render_html(paired, metrics, disagreements(paired, args.examples), judgements)
     (out / "compare.html").write_text(html, encoding="utf-8")
-    sys.stdout.write(markdown_summary(metrics, paired.label_a, paired.label_b))
+    sys.stdout.write(markdown_summary(metrics, paired.label_a, paired.label_b, comparison_warnings(paired)))
     written = ["compare.parquet", "compare.html"] + (["judge.parquet"] if judgements is not None else [])
     sys.stdout.write(f"\nWrote {', '.join(str(out / name) for name in written)}.\n")
     return 0

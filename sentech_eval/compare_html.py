@@ -146,12 +146,9 @@ def render_html(paired: PairedResults, metrics: pd.DataFrame, examples: pd.DataF
     other = metrics[~metrics.index.isin(scores.index) & ~metrics.index.isin(perf.index)]
     png = difference_plot(paired, metrics)
     plot = f'<img alt="paired differences" src="data:image/png;base64,{png}">' if png else "<p>Nothing to plot.</p>"
-    notes = []
-    if paired.only_in_a or paired.only_in_b:
-        notes.append(
-            "Scores on one side only (not compared): "
-            + html.escape(", ".join(paired.only_in_a + paired.only_in_b))
-        )
+    from sentech_eval.compare import comparison_warnings
+
+    notes = [html.escape(w) for w in comparison_warnings(paired)]
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>sentech-eval compare: {a} vs {b}</title><style>{_CSS}</style></head><body>"

@@ -218,6 +218,9 @@ def markdown_report(results: list[CheckResult], paired: PairedResults, threshold
             f"⚠️ Unpaired rows (not in the score checks): {paired.unpaired_a} of the baseline, "
             f"{paired.unpaired_b} of the candidate."
         )
+    from sentech_eval.compare import comparison_warnings
+
+    lines += [f"⚠️ {w}" for w in comparison_warnings(paired)]
     if thresholds.require_significance:
         lines.append("Score drops count only when the paired 95% CI of the difference excludes zero.")
     lines += ["", "| check | threshold | baseline | candidate | change | result |", "|---|---|---:|---:|---:|---|"]

@@ -40,6 +40,7 @@ class PairedResults:
     only_in_b: list[str] = field(default_factory=list)
     label_a: str = "A"
     label_b: str = "B"
+    sampling_differences: list[str] = field(default_factory=list)  # e.g. ["temperature: 0.0 vs 0.7"]
 
     @property
     def n_pairs(self) -> int:
@@ -135,10 +136,23 @@ def pair_frames(a: pd.DataFrame, b: pd.DataFrame, role_a: str = "A", role_b: str
             pairs = pairs.rename(columns={col: f"{col}_a"})
         elif col in b.columns and col not in a.columns:
             pairs = pairs.rename(columns={col: f"{col}_b"})
+    differences = []
+    for name in SAMPLING_FIELDS:
+        if name in keys or name not in a.columns or name not in b.columns:
+            continue
+        va, vb = sorted(a[name].dropna().unique().tolist()), sorted(b[name].dropna().unique().tolist())
+        if va != vb:
+            differences.append(f"{name}: {_values(va)} vs {_values(vb)}")
     sa, sb = score_columns(a), score_columns(b)
     common = [c for c in sa if c in sb]
     return PairedResults(
         pairs=pairs, keys=keys, a=a, b=b, unpaired_a=unpaired_a, unpaired_b=unpaired_b,
         scores=common, only_in_a=[c for c in sa if c not in sb], only_in_b=[c for c in sb if c not in sa],
-        label_a=role_a, label_b=role_b,
+        label_a=role_a, label_b=role_b, sampling_differences=differences,
     )
+
+
+def _values(values: list) -> str:
+    if not values:
+        return "unset"
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)

@@ -146,3 +146,10 @@ def test_compare_cli_no_paired_rows_exits_2(tmp_path: Path, capsys) -> None:
     b = write_run(make_results(prompt_ids=[f"x{i}" for i in range(40)]), tmp_path / "b")
     assert cli(["compare", str(a), str(b), "--out", str(tmp_path / "o")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_differing_sampling_is_reported(tmp_path: Path, capsys) -> None:
+    a = write_run(make_results(temperature=0.0), tmp_path / "a")
+    b = write_run(make_results(temperature=0.7), tmp_path / "b")
+    assert cli(["compare", str(a), str(b), "--out", str(tmp_path / "o")]) == 0
+    assert "different sampling (temperature: 0 vs 0.7)" in capsys.readouterr().out
