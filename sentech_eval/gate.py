@@ -58,6 +58,7 @@ class CheckResult:
     observed: str
     passed: bool
     message: str
+    unit: str = ""  # shown after the baseline and candidate values
 
 
 def _number(value: object, what: str, minimum: float = 0.0) -> float:
@@ -190,8 +191,8 @@ def evaluate(paired: PairedResults, metrics: pd.DataFrame, thresholds: Threshold
             failed = b > allowed + _EPS
             msg = (f"latency {q} {a * 1000:.1f} ms → {b * 1000:.1f} ms (×{ratio:.2f}; allowed up to "
                    f"{allowed * 1000:.1f} ms = ×{1 + limit:.2f}{slack})")
-            results.append(CheckResult(f"latency_{q}_increase", f"increase ≤ {limit:.0%}{slack}", a, b,
-                                       f"{ratio - 1:+.1%}", not failed, msg))
+            results.append(CheckResult(f"latency_{q}_increase", f"increase ≤ {limit:.0%}{slack}", a * 1000, b * 1000,
+                                       f"{ratio - 1:+.1%}", not failed, msg, unit=" ms"))
     if thresholds.max_error_rate is not None:
         r = by_metric[("error_rate", "status")]
         rate = float(r["value_b"])
@@ -225,8 +226,8 @@ def markdown_report(results: list[CheckResult], paired: PairedResults, threshold
         lines.append("Score drops count only when the paired 95% CI of the difference excludes zero.")
     lines += ["", "| check | threshold | baseline | candidate | change | result |", "|---|---|---:|---:|---:|---|"]
     for r in results:
-        base = "" if r.baseline is None else f"{r.baseline:.4g}"
-        cand = "" if r.candidate is None else f"{r.candidate:.4g}"
+        base = "" if r.baseline is None else f"{r.baseline:.4g}{r.unit}"
+        cand = "" if r.candidate is None else f"{r.candidate:.4g}{r.unit}"
         lines.append(f"| {r.name} | {r.threshold} | {base} | {cand} | {r.observed} | {'pass' if r.passed else '**FAIL**'} |")
     if failed:
         lines += ["", "Regressions:"] + [f"- {r.name}: {r.message}" for r in failed]
