@@ -26,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 # A command-line override that tries to carry a credential (it would be saved in .hydra/).
 SECRET_OVERRIDE = re.compile(r"^[+~]*[\w.]*(api_?key|token|secret|password|authorization|bearer)\s*=", re.IGNORECASE)
+# A URL value carrying a credential: user:password@host, or ?api_key=… in the query string.
+URL_CREDENTIAL = re.compile(r"://[^/@\s]*@|[?&][\w.-]*(api_?key|key|token|secret|password)=", re.IGNORECASE)
 
 
 def _register_resolvers() -> None:
@@ -45,6 +47,13 @@ def refuse_secret_overrides(argv: list[str]) -> None:
             raise ConfigError(
                 f"Refusing the override '{name}=…': keys never go on the command line or in config (Hydra would save it); "
                 "export the key in the environment variable named by backend.api_key_env (default SENTECH_API_KEY)."
+            )
+        if "=" in arg and URL_CREDENTIAL.search(arg.split("=", 1)[1]):
+            name = arg.split("=", 1)[0].lstrip("+~")
+            raise ConfigError(
+                f"Refusing the override '{name}=…': the URL carries a credential (user:password@ or a key in the query "
+                "string) and Hydra would save it; export the key in the environment variable named by "
+                "backend.api_key_env (default SENTECH_API_KEY)."
             )
 
 
@@ -140,9 +149,7 @@ def task(cfg: DictConfig) -> float | None:
         return None
     _record_job_status(out_dir, "interrupted" if summary.get("interrupted") else "ok", None, summary)
     if summary.get("interrupted"):
-        if not multirun:
-            sys.exit(130)
-        return None
+        sys.exit(130)  # one Ctrl-C stops a whole sweep too; the sweep's exit hook still combines results
     return summary.get("objective")
 
 
