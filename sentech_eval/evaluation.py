@@ -16,10 +16,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sentech_eval.backends.base import create_backend
-from sentech_eval.config import config_id, redacted_config, validate
+from sentech_eval.config import ALLOWED_SECRETISH_KEYS, SECRET_KEY_PATTERN, config_id, redacted_config, validate
+from sentech_eval.errors import ConfigError
 from sentech_eval.datasets import ParquetDataset
 from sentech_eval.results import KEY_COLUMNS, PARTS_DIR, RESULTS_FILE, ResultsWriter, read_run_table, results_schema
 from sentech_eval.runner import RunIdentity, Runner
@@ -52,11 +53,36 @@ def _build_scorers(cfg: DictConfig) -> list[Any]:
     return build_scorers(scorers_cfg)
 
 
+def _redact_secrets(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: "[redacted]" if str(k) not in ALLOWED_SECRETISH_KEYS and SECRET_KEY_PATTERN.search(str(k))
+                else _redact_secrets(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact_secrets(v) for v in node]
+    return node
+
+
+def scrub_saved_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Hydra saved the composed config to ``.hydra/config.yaml`` before the job ran: if a config file
+    carried a credential-looking key (which ``validate`` refuses), overwrite that copy without its value."""
+    saved = out_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        return
+    container = OmegaConf.to_container(cfg, resolve=False)
+    redacted = _redact_secrets(container)
+    if redacted != container:
+        saved.write_text(OmegaConf.to_yaml(OmegaConf.create(redacted)))
+
+
 async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run one configuration into ``out_dir``; returns counts, score means and the objective."""
     from sentech_eval.app import git_commit, package_versions
 
-    sampling, dataset_cfg, runner_cfg = validate(cfg)
+    try:
+        sampling, dataset_cfg, runner_cfg = validate(cfg)
+    except ConfigError:
+        scrub_saved_config(cfg, out_dir)
+        raise
     dataset = ParquetDataset(dataset_cfg.path, limit=dataset_cfg.limit, num_shards=dataset_cfg.num_shards,
                              shard_index=dataset_cfg.shard_index, batch_size=dataset_cfg.batch_size)
     info = dataset.info()

@@ -39,10 +39,11 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "sentech_eval.cli", *args]
 
 
-def run_cli(*args: str, key: str | None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(*args: str, key: str | None, timeout: float = 120,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the CLI to completion, capturing stdout and stderr."""
-    return subprocess.run(cli_command(*args), capture_output=True, text=True, env=cli_env(key), timeout=timeout,
-                          cwd=REPO_ROOT)
+    env = {**cli_env(key), **(extra_env or {})}
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
 
 
 def remote_run_args(base_url: str, run_dir: Path, *overrides: str, dataset: str = "arithmetic") -> list[str]:

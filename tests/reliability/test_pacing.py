@@ -19,7 +19,7 @@ from sentech_eval.server.testing import running_server
 
 def test_rpm_is_enforced_across_concurrent_requests(tmp_path):
     key = new_key()
-    rpm, n = 600, 30
+    rpm, n = 600, 20
     with running_server(engine="echo", api_key=key) as url:
         result = run_cli(*remote_run_args(url, tmp_path / "run", f"dataset.limit={n}", f"runner.rpm={rpm}",
                                           "runner.concurrency=16"), key=key)
@@ -38,7 +38,7 @@ def test_rpm_is_enforced_across_concurrent_requests(tmp_path):
 
 def test_tpm_is_enforced(tmp_path):
     key = new_key()
-    tpm, n = 2400, 10
+    tpm, n = 4800, 10
     with running_server(engine="echo", api_key=key) as url:
         result = run_cli(*remote_run_args(url, tmp_path / "run", f"dataset.limit={n}", f"runner.tpm={tpm}",
                                           "sampling.max_tokens=8", "runner.concurrency=16"), key=key)
@@ -52,7 +52,7 @@ def test_tpm_is_enforced(tmp_path):
     # Every token but the first bucketful (and the last request's own) had to be refilled first.
     expected = (tokens - rate - df["total_tokens"].max()) / rate
     print(f"tpm={tpm}: {tokens} tokens in {n} requests started over {span:.2f} s (bound {expected:.2f} s)")
-    assert expected > 1.0  # the test is meaningful: without the limit this takes milliseconds
+    assert expected > 0.5  # the test is meaningful: without the limit this takes milliseconds
     assert span >= expected * 0.8
 
 
