@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import os
 import time
@@ -72,40 +73,47 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _number(body: dict, name: str, lo: float, hi: float, lo_open: bool = False) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    kind = type(value)
-    if kind is not float and kind is not int:
-        raise BadRequest(f"{name} must be a number, got {_describe(value)}.")
-    if value > hi or value < lo or (lo_open and value == lo):
-        low = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
-        raise BadRequest(f"{name} must be {low} and at most {hi:g}, got {value!r}.")
-    return value
+# (name, low, high, low bound excluded)
+_NUMBER_FIELDS = (
+    ("temperature", 0.0, 2.0, False),
+    ("top_p", 0.0, 1.0, True),
+    ("frequency_penalty", -2.0, 2.0, False),
+    ("presence_penalty", -2.0, 2.0, False),
+)
+# (name, low, high)
+_INTEGER_FIELDS = (("top_k", 0, 2**31 - 1), ("max_tokens", 1, 2**31 - 1), ("seed", -(2**63), 2**64 - 1))
 
 
-def _integer(body: dict, name: str, lo: int | None = None, hi: int | None = None) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
+def _number_problem(name: str, value: Any, lo: float, hi: float, lo_open: bool) -> BadRequest:
+    if type(value) not in (int, float):
+        return BadRequest(f"{name} must be a number, got {_describe(value)}.")
+    low = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
+    return BadRequest(f"{name} must be {low} and at most {hi:g}, got {value!r}.")
+
+
+def _integer_value(name: str, value: Any, lo: int, hi: int) -> int:
     kind = type(value)
     if kind is float and value.is_integer():
         value = int(value)
     elif kind is not int:
         raise BadRequest(f"{name} must be an integer, got {_describe(value)}.")
-    if lo is not None and value < lo:
+    if value < lo:
         raise BadRequest(f"{name} must be at least {lo}, got {value}.")
-    if hi is not None and value > hi:
+    if value > hi:
         raise BadRequest(f"{name} must be at most {hi}, got {value}.")
     return value
 
 
 def parse_request(body: Any) -> ChatRequest:
-    """Validate a decoded body into a ``ChatRequest``; ``BadRequest`` names the first problem."""
+    """Validate a decoded body into a ``ChatRequest``; ``BadRequest`` names the first problem.
+
+    This runs on every request, so the checks are plain type/range comparisons over
+    precomputed field tables (no schema library, no regex).
+    """
     if type(body) is not dict:
         raise BadRequest(f"The request body must be a JSON object, got {_describe(body)}.")
-    messages = body.get("messages")
+    get = body.get
+    messages = get("messages")
     if type(messages) is not list or not messages:
         raise BadRequest(EMPTY_MESSAGES)
     for i, message in enumerate(messages):
@@ -116,23 +124,31 @@ def parse_request(body: Any) -> ChatRequest:
             raise BadRequest(f"messages[{i}].role must be one of system, user, assistant, got {_describe(role)}.")
         if type(message.get("content")) is not str:
             raise BadRequest(f"messages[{i}].content must be a string, got {_describe(message.get('content'))}.")
-    model = body.get("model")
+    model = get("model")
     if model is not None and type(model) is not str:
         raise BadRequest(f"model must be a string, got {_describe(model)}.")
-    stream = body.get("stream")
+    stream = get("stream")
     if stream is not None and type(stream) is not bool:
         raise BadRequest(f"stream must be a boolean, got {_describe(stream)}.")
+    numbers = []
+    for name, lo, hi, lo_open in _NUMBER_FIELDS:
+        value = get(name)
+        if value is not None:
+            kind = type(value)
+            if (kind is not float and kind is not int) or value > hi or value < lo or (lo_open and value == lo):
+                raise _number_problem(name, value, lo, hi, lo_open)
+        numbers.append(value)
+    integers = []
+    for name, lo, hi in _INTEGER_FIELDS:
+        value = get(name)
+        if value is not None and (type(value) is not int or value < lo or value > hi):
+            value = _integer_value(name, value, lo, hi)
+        integers.append(value)
+    temperature, top_p, frequency_penalty, presence_penalty = numbers
+    top_k, max_tokens, seed = integers
     return ChatRequest(
-        messages=messages,
-        model=model,
-        temperature=_number(body, "temperature", 0.0, 2.0),
-        top_p=_number(body, "top_p", 0.0, 1.0, lo_open=True),
-        top_k=_integer(body, "top_k", lo=0, hi=2**31 - 1),
-        frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0),
-        presence_penalty=_number(body, "presence_penalty", -2.0, 2.0),
-        max_tokens=_integer(body, "max_tokens", lo=1, hi=2**31 - 1),
-        seed=_integer(body, "seed", lo=-(2**63), hi=2**64 - 1),
-        stream=bool(stream),
+        messages, model, temperature, top_p, top_k, frequency_penalty, presence_penalty, max_tokens, seed,
+        stream is True,
     )
 
 
@@ -158,6 +174,9 @@ class ChatServer:
         self._max_body = options.max_body_bytes
         self._faults = FaultInjector(options.faults) if options.faults.active else None
         self._echo_model = getattr(engine, "answers_as_requested_model", False)
+        # ids: a random per-process prefix plus a counter (unique, and cheaper than urandom per request)
+        prefix, counter = "chatcmpl-" + os.urandom(6).hex(), itertools.count(1)
+        self._next_id = lambda: f"{prefix}{next(counter):012x}"
         self._too_large = f"The request body is larger than the limit of {self._max_body} bytes."
 
     # -- helpers
@@ -225,7 +244,7 @@ class ChatServer:
         return web.Response(
             body=orjson.dumps(
                 {
-                    "id": "chatcmpl-" + os.urandom(12).hex(),
+                    "id": self._next_id(),
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": model,
@@ -244,7 +263,7 @@ class ChatServer:
 
     async def _stream(self, request: web.Request, chat: ChatRequest, model: str) -> web.StreamResponse:
         head = {
-            "id": "chatcmpl-" + os.urandom(12).hex(),
+            "id": self._next_id(),
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -188,6 +189,13 @@ async def _serve(config: ServeConfig, port: int, *, reuse_port: bool, announce: 
         await runner.cleanup()
 
 
+def worker_config(config: ServeConfig, index: int) -> ServeConfig:
+    """Worker ``index``'s config: its own seed, so workers do not inject the same fault sequence."""
+    seed = config.seed + 1_000_003 * index
+    faults = dataclasses.replace(config.options.faults, seed=seed)
+    return dataclasses.replace(config, seed=seed, options=dataclasses.replace(config.options, faults=faults))
+
+
 def _reserve_port(host: str, port: int) -> socket.socket:
     """A bound (not listening) SO_REUSEPORT socket that fixes the port the workers will share."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -206,14 +214,16 @@ def _serve_workers(config: ServeConfig) -> int:
     port = reserved.getsockname()[1]
     read_fd, write_fd = os.pipe()
     children: list[int] = []
-    for _ in range(config.workers):
+    for index in range(config.workers):
         pid = os.fork()
         if pid == 0:  # child
             os.close(read_fd)
             reserved.close()
             code = 0
             try:
-                asyncio.run(_serve(config, port, reuse_port=True, announce=False, ready_fd=write_fd))
+                _die_with_parent()
+                mine = worker_config(config, index)
+                asyncio.run(_serve(mine, port, reuse_port=True, announce=False, ready_fd=write_fd))
             except BaseException as exc:  # noqa: BLE001 - a child must never return into the parent's code
                 print(f"sentech-eval serve: worker {os.getpid()} failed: {exc}", file=sys.stderr, flush=True)
                 code = 1
@@ -247,6 +257,17 @@ def _serve_workers(config: ServeConfig) -> int:
         _, status = os.waitpid(pid, 0)
         code = code or os.waitstatus_to_exitcode(status)
     return 0 if code in (0, -signal.SIGTERM) else 1
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM to this worker if the parent dies (even by kill -9)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop_children(children: list[int]) -> None:

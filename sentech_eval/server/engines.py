@@ -144,6 +144,7 @@ class EchoEngine:
         self.datasets_dir = datasets_dir
         self.references: dict[str, str] = {}
         self._rng = random.Random(seed)  # for requests at temperature > 0 without their own seed
+        self._token_counts: dict[str, int] = {}
 
     async def start(self) -> None:
         """Load prompt -> reference from ``datasets/*.parquet`` (if any) in a worker thread."""
@@ -168,10 +169,19 @@ class EchoEngine:
             return self.ECHO_PHRASINGS[pick % len(self.ECHO_PHRASINGS)].format(prompt)
         return self.REFERENCE_PHRASINGS[pick % len(self.REFERENCE_PHRASINGS)].format(reference)
 
-    @staticmethod
-    def prompt_tokens(messages: list[dict[str, str]]) -> int:
-        """Whitespace tokens over all message contents."""
-        return sum(len(m["content"].split()) for m in messages)
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Whitespace tokens over all message contents (memoized: datasets repeat system prompts)."""
+        cache = self._token_counts
+        total = 0
+        for message in messages:
+            content = message["content"]
+            n = cache.get(content)
+            if n is None:
+                n = len(content.split())
+                if len(cache) < 100_000:
+                    cache[content] = n
+            total += n
+        return total
 
     def _generate(self, request: ChatRequest) -> tuple[list[str] | None, Generation]:
         """The answer, its pieces when needed (truncation or streaming) and its usage."""

@@ -96,3 +96,22 @@ def test_help_explains_every_flag():
 def test_running_server_subprocess_mode():
     with running_server(api_key="sub", subprocess=True, latency_ms=1) as url:
         assert post(url, raw=SEED_CURL_DATA.encode(), key="sub").status == 200
+
+
+def test_workers_share_one_port_and_stop_together():
+    import asyncio
+
+    import aiohttp
+
+    async def burst(url):
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer w"}) as session:
+            async def one(i):
+                body = {"messages": [{"role": "user", "content": f"request {i}"}], "temperature": 0}
+                async with session.post(url + "/chat/completions", json=body) as resp:
+                    return resp.status, (await resp.json())["choices"][0]["message"]["content"]
+            return await asyncio.gather(*[one(i) for i in range(200)])
+
+    with running_server(api_key="w", workers=2) as url:
+        results = asyncio.run(burst(url))
+    assert all(status == 200 for status, _ in results)
+    assert [content for _, content in results] == [f"request {i}" for i in range(200)]
