@@ -204,6 +204,12 @@ def evaluate(paired: PairedResults, metrics: pd.DataFrame, thresholds: Threshold
     return results
 
 
+def _value_text(value: float | None, unit: str) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.1f}{unit}" if unit == " ms" else f"{value:.4g}{unit}"
+
+
 def markdown_report(results: list[CheckResult], paired: PairedResults, thresholds: Thresholds) -> str:
     """The gate's verdict as markdown (fit for a PR comment or $GITHUB_STEP_SUMMARY)."""
     failed = [r for r in results if not r.passed]
@@ -226,8 +232,7 @@ def markdown_report(results: list[CheckResult], paired: PairedResults, threshold
         lines.append("Score drops count only when the paired 95% CI of the difference excludes zero.")
     lines += ["", "| check | threshold | baseline | candidate | change | result |", "|---|---|---:|---:|---:|---|"]
     for r in results:
-        base = "" if r.baseline is None else f"{r.baseline:.4g}{r.unit}"
-        cand = "" if r.candidate is None else f"{r.candidate:.4g}{r.unit}"
+        base, cand = _value_text(r.baseline, r.unit), _value_text(r.candidate, r.unit)
         lines.append(f"| {r.name} | {r.threshold} | {base} | {cand} | {r.observed} | {'pass' if r.passed else '**FAIL**'} |")
     if failed:
         lines += ["", "Regressions:"] + [f"- {r.name}: {r.message}" for r in failed]
