@@ -295,7 +295,10 @@ class ChatServer:
                     break
                 await response.write(event({"content": item}))
                 item = await anext(events)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the client went away: stop generating, nothing to report
+            await events.aclose()
+            return response
+        except asyncio.CancelledError:
             await events.aclose()
             raise
         except Exception as exc:  # headers are gone: report in-band and end without [DONE]

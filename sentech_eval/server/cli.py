@@ -190,10 +190,14 @@ async def _serve(config: ServeConfig, port: int, *, reuse_port: bool, announce: 
 
 
 def worker_config(config: ServeConfig, index: int) -> ServeConfig:
-    """Worker ``index``'s config: its own seed, so workers do not inject the same fault sequence."""
+    """Worker ``index``'s config: its own seed (workers must not inject the same fault sequence)."""
     seed = config.seed + 1_000_003 * index
     faults = dataclasses.replace(config.options.faults, seed=seed)
-    return dataclasses.replace(config, seed=seed, options=dataclasses.replace(config.options, faults=faults))
+    # a llama worker gets its share of the cores unless --n-threads says otherwise
+    n_threads = config.n_threads or max(1, (os.cpu_count() or 1) // config.workers)
+    return dataclasses.replace(
+        config, seed=seed, n_threads=n_threads, options=dataclasses.replace(config.options, faults=faults)
+    )
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:

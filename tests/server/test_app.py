@@ -221,3 +221,23 @@ def test_stream_and_plain_agree(server):
     assert streamed == plain["choices"][0]["message"]["content"] == "alpha  beta\ngamma"
     assert chunks[-1]["usage"] == plain["usage"]
     assert chunks[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"] == "length"
+
+
+def test_client_leaving_mid_stream_is_not_an_error(caplog):
+    import logging
+    import socket
+    import time
+
+    caplog.set_level(logging.ERROR)
+    with running_server(api_key=KEY, tokens_per_s=20) as url:
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        body = json.dumps({"messages": [{"role": "user", "content": " ".join(["w"] * 40)}], "stream": True}).encode()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        time.sleep(0.5)  # the server tries to write the next chunks into the closed connection
+        assert post(url, SEED_BODY).status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
