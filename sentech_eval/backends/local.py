@@ -136,6 +136,9 @@ class LocalBackend:
     def __init__(self, settings: Any, workers: int = 1):
         self.settings = settings
         self.workers = workers
+        # More requests in flight than workers only wait in the executor's queue, a wait that
+        # latency_s (timed on the worker) does not see; a runner may cap its concurrency here.
+        self.max_concurrency = workers
         self.model = Path(settings.model_path).name
         self._engine = None
         self._closed = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,27 @@ def test_missing_llama_cpp_gives_the_install_hint():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "llama-cpp-python" in out.stdout and "pip install" in out.stdout, out.stdout + out.stderr
+
+
+def test_sentech_eval_run_on_the_local_backend(tmp_path):
+    """`sentech-eval run backend=local dataset.path=X.parquet sampling.temperature=0` answers Paris."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    capitals = pq.read_table(REPO / "datasets" / "capitals.parquet")
+    france = capitals.filter(pc.equal(capitals.column("country"), "France"))
+    dataset = tmp_path / "france.parquet"
+    pq.write_table(france, dataset)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sentech_eval.cli", "run", "backend=local", "backend.n_threads=1",
+           f"dataset.path={dataset}", "sampling.temperature=0", "runner.progress=false", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = pq.read_table(run_dir / "results.parquet").to_pylist()[0]
+    assert row["backend"] == "local" and row["model"] == EMBEDDED_MODEL.file_name
+    assert row["status"] == "ok" and "Paris" in row["output"]
+    assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+    assert row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"]
+    assert 0 < row["ttft_s"] < row["latency_s"]
+    meta = json.loads(pq.read_schema(run_dir / "results.parquet").metadata[b"sentech_eval"])
+    assert meta["backend"]["architecture"] == "llama" and meta["backend"]["quantization"] == "Q4_1"
