@@ -125,7 +125,8 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     means = summary.score_means()
     result = {
         "results": str(path), "rows": summary.total, "ok": summary.ok, "errors": summary.errors,
-        "skipped": summary.skipped, "retries": summary.retries, "elapsed_s": round(summary.elapsed_s, 3),
+        "skipped": summary.skipped, "retries": summary.retries, "lowest_concurrency": summary.lowest_concurrency,
+        "elapsed_s": round(summary.elapsed_s, 3),
         "interrupted": summary.interrupted, "scores": means,
     }
     objective_key = cfg.get("objective")
@@ -134,6 +135,10 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     line = f"sentech-eval run: {summary.ok} ok, {summary.errors} errors"
     if summary.skipped:
         line += f", {summary.skipped} skipped (already done)"
+    if summary.retries:
+        line += f", {summary.retries} retries"
+    if summary.lowest_concurrency is not None:
+        line += f" (429s lowered the concurrency to as low as {summary.lowest_concurrency} of {runner_cfg.concurrency})"
     line += f" in {summary.elapsed_s:.1f} s -> {path}"
     if means:
         line += "  " + " ".join(f"{k}={v:.3f}" for k, v in sorted(means.items()))

@@ -38,6 +38,7 @@ class RunSummary:
     errors: int = 0
     skipped: int = 0
     retries: int = 0
+    lowest_concurrency: int | None = None  # set when 429s made the runner lower its concurrency
     interrupted: bool = False
     elapsed_s: float = 0.0
     first_request_s: float | None = None  # start-up: from run() to the first request sent
@@ -213,6 +214,9 @@ class Runner:
                 self._stop()
             if completion.http_status == 429:
                 self._gate.on_rate_limited(sent_at)
+                if self._gate.limit < self._gate.max_limit:
+                    low = self.summary.lowest_concurrency
+                    self.summary.lowest_concurrency = self._gate.limit if low is None else min(low, self._gate.limit)
             elif completion.status == "ok":
                 self._gate.on_success()
             if completion.retry_after_s is not None:
@@ -286,6 +290,14 @@ class Runner:
                     self._last_postfix = now
                     bar.set_postfix_str(self._postfix(), refresh=False)
 
+    async def _tick(self) -> None:
+        """Refresh the bar's postfix while nothing completes (e.g. during a Retry-After pause)."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self._bar is not None and time.monotonic() - self._last_postfix >= 1.0:
+                self._last_postfix = time.monotonic()
+                self._bar.set_postfix_str(self._postfix(), refresh=True)
+
     def _postfix(self) -> str:
         s = self.summary
         text = f"errors={s.errors} retries={s.retries}"
@@ -317,11 +329,14 @@ class Runner:
         loop = asyncio.get_running_loop()
         workers = [asyncio.ensure_future(self._worker(items)) for _ in range(self.config.concurrency)]
         installed = self._install_signal_handlers(loop, workers)
+        ticker = asyncio.ensure_future(self._tick()) if self.config.progress else None
         try:
             await asyncio.gather(*workers)
         except asyncio.CancelledError:
             self.summary.interrupted = True
         finally:
+            if ticker is not None:
+                ticker.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             self._bar.close()

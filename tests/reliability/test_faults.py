@@ -7,6 +7,8 @@ by trying again (400, 413; 403/404/422 in test_server_answers) is tried once; a 
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from reliability_support import assert_one_row_per_key, assert_one_sentence, new_key, remote_run_args, rows, run_cli
@@ -95,6 +97,18 @@ def test_429_with_retry_after_is_obeyed(tmp_path):
             waits = df.at[i, "attempts"] - 1
             # backoff_max_s is 0.02, so only the header can explain waits of retry_after each
             assert gaps[i] >= waits * retry_after * 0.98, (i, df.at[i, "attempts"], gaps[i])
+
+
+def test_429s_lower_the_concurrency(tmp_path):
+    key = new_key()
+    with running_server(engine="echo", api_key=key, seed=4, error_rate=0.5, error_status=429) as url:
+        result = run_cli(*remote_run_args(url, tmp_path / "run", "dataset.limit=100", "runner.concurrency=16",
+                                          "runner.max_retries=12"), key=key)
+    assert result.returncode == 0, result.stderr
+    assert (rows(tmp_path / "run")["status"] == "ok").all()
+    match = re.search(r"429s lowered the concurrency to as low as (\d+) of 16", result.stderr)
+    assert match, result.stderr
+    assert int(match.group(1)) <= 8
 
 
 @pytest.mark.parametrize(("overrides", "server_options", "status", "fragment"), [
