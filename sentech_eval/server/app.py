@@ -184,7 +184,10 @@ class ChatServer:
         """Whether an Authorization header carries an accepted key (constant-time compare)."""
         if not header or header[:7].lower() != "bearer ":
             return False
-        token = header[7:].strip().encode("utf-8", "surrogateescape")
+        try:
+            token = header[7:].strip().encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return False
         ok = False
         for key in self._keys:  # no early exit: every key is compared
             ok |= hmac.compare_digest(token, key)

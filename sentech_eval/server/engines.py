@@ -158,8 +158,8 @@ class EchoEngine:
 
     def answer(self, request: ChatRequest) -> str:
         """The full (untruncated) answer text for a request."""
-        prompt = last_user_text(request.messages)
-        reference = self.references.get(prompt.strip()) if self.references else None
+        prompt = last_user_text(request.messages).strip()  # stripped: streamed pieces cannot carry edges
+        reference = self.references.get(prompt) if self.references else None
         temperature = request.temperature
         if not temperature:  # None or 0: stable
             return prompt if reference is None else reference

@@ -122,3 +122,14 @@ def test_engine_direct_stream_and_complete_agree():
     final = pieces[-1]
     assert pieces[:-1] == ["x", "  y", "\tz"]
     assert final.text == "x  y\tz" and final.finish_reason == "length" and final.completion_tokens == 3
+
+
+@pytest.mark.parametrize("content", ["  padded  ", "\nline one\n\nline two\t", "tabs\tand  spaces ", "   "])
+def test_stream_and_plain_answers_are_identical(echo, content):
+    body = {**SEED_BODY, "temperature": 0, "messages": [{"role": "user", "content": content}]}
+    plain = post(echo, body, key=KEY).json()
+    stream = post(echo, {**body, "stream": True}, key=KEY).text
+    chunks = [json.loads(b[6:]) for b in stream.split("\n\n") if b.startswith("data: {")]
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert streamed == plain["choices"][0]["message"]["content"] == content.strip()
+    assert chunks[-1]["usage"] == plain["usage"]
