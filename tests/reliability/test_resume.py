@@ -55,6 +55,7 @@ def test_signal_stops_sending_saves_rows_and_prints_how_to_resume(tmp_path, sig)
     with running_server(engine="echo", api_key=key, latency_ms=30) as url:
         proc = _start(remote_run_args(url, run_dir, *SLOW_RUN), key)
         _wait_for_parts(run_dir, 1, proc)
+        signalled = time.time()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
@@ -62,6 +63,8 @@ def test_signal_stops_sending_saves_rows_and_prints_how_to_resume(tmp_path, sig)
         assert "stopping" in err and "Resume" in err
         saved = rows(run_dir)
         assert 0 < len(saved) < 200 and (saved["status"] == "ok").all()
+        last_sent = saved["started_at"].max().timestamp()
+        assert last_sent <= signalled + 0.5, "requests were sent after the signal"
         assert not (run_dir / PARTS_DIR).exists()  # merged into results.parquet on the way out
         assert f"{len(saved)} rows are saved" in err
         if sig != signal.SIGINT:
