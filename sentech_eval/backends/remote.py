@@ -95,18 +95,25 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def parse_completion_body(raw: bytes, content_type: str) -> Completion:
     """Turn a 200 body into a Completion; anything malformed becomes a precise error."""
-    if _is_html(raw):
-        return Completion(status="error", error=f"response is an HTML page ({_html_title(raw)!r}, content-type "
-                                                f"{content_type or 'none'}), not a JSON chat completion")
-    if not _is_json_type(content_type):
-        return Completion(status="error", error=f"response has content-type {content_type or 'none'!r}, "
-                                                f"not application/json: {_snippet(raw)!r}")
-    if not raw.strip():
-        return Completion(status="error", error="response body is empty")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Completion(status="error", error=f"response body is not valid JSON ({_json_problem(exc)}): {_snippet(raw)!r}")
+    # Hot path first: a JSON content type and a body that parses (an HTML page or an empty body
+    # never does, and an answer that merely mentions "<html" is not an HTML page).
+    body = problem = None
+    if _is_json_type(content_type):
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            problem = exc
+    if body is None:
+        if _is_html(raw):
+            return Completion(status="error", error=f"response is an HTML page ({_html_title(raw)!r}, content-type "
+                                                    f"{content_type or 'none'}), not a JSON chat completion")
+        if not _is_json_type(content_type):
+            return Completion(status="error", error=f"response has content-type {content_type or 'none'!r}, "
+                                                    f"not application/json: {_snippet(raw)!r}")
+        if not raw.strip():
+            return Completion(status="error", error="response body is empty")
+        if problem is not None:
+            return Completion(status="error", error=f"response body is not valid JSON ({_json_problem(problem)}): {_snippet(raw)!r}")
     if not isinstance(body, dict):
         return Completion(status="error", error=f"response body is a JSON {type(body).__name__}, not an object")
     choices = body.get("choices")
@@ -208,6 +215,9 @@ class RemoteBackend:
         base_url = str(cfg.get("base_url") or "")
         check_base_url(base_url)
         env_name = str(cfg.get("api_key_env") or "SENTECH_API_KEY")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):
+            raise ConfigError("backend.api_key_env must be the NAME of an environment variable (like SENTECH_API_KEY), "
+                              "not the key itself; export the key in that variable.")
         api_key = os.environ.get(env_name, "").strip()
         if not api_key:
             raise BackendError(

@@ -74,6 +74,7 @@ def test_a_rejected_key_is_not_repeated_in_the_error(tmp_path):
     "++backend.headers.Authorization=Bearer {key}",
     "backend.base_url=https://user:{key}@api.example.com/v1",
     "backend.base_url='https://api.example.com/v1?api_key={key}'",
+    "backend.api_key_env={key}",
 ])
 def test_an_override_carrying_a_key_is_refused_before_hydra_saves_it(tmp_path, override, capsys, monkeypatch):
     """In-process `sentech-eval run OVERRIDE` (the refusal happens before Hydra starts, so no process is needed)."""
