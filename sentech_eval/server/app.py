@@ -379,7 +379,14 @@ async def start_site(
     app: web.Application, host: str, port: int, *, reuse_port: bool = False
 ) -> tuple[web.AppRunner, int]:
     """Start serving ``app`` on host:port (0 = a free port); returns the runner and the real port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    engine = app[CHAT_SERVER].engine
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        # stop work for clients that left (a model generation); the echo engine has nothing to stop
+        handler_cancellation=getattr(engine, "cancel_on_disconnect", False),
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
     try:

@@ -235,6 +235,7 @@ class LlamaEngine:
     """
 
     name = "llama"
+    cancel_on_disconnect = True  # the server cancels a handler whose client went away
 
     # Used for parameters the client did not send (an API's defaults, not llama-cpp-python's).
     DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
@@ -319,34 +320,16 @@ class LlamaEngine:
             "mirostat_mode": 0,
         }
 
-    def _create(self, request: ChatRequest, stream: bool) -> Any:
-        self._llm.reset()  # each request starts clean: no KV prefix reuse flattering TTFT
-        try:
-            return self._llm.create_chat_completion(stream=stream, **self._kwargs(request))
-        except ValueError as exc:  # "Requested tokens (…) exceed context window of …"
-            if "context window" in str(exc):
-                raise BadRequest(f"The prompt is too long for this model ({exc}).") from exc
-            raise
-
-    def _complete_sync(self, request: ChatRequest) -> Generation:
-        out = self._create(request, stream=False)
-        choice = out["choices"][0]
-        usage = out["usage"]
-        return Generation(
-            choice["message"].get("content") or "",
-            choice.get("finish_reason") or "stop",
-            int(usage["prompt_tokens"]),
-            int(usage["completion_tokens"]),
-        )
-
     def _stream_sync(self, request: ChatRequest, emit: Any, stop: threading.Event) -> None:
         """Run a streamed generation, calling ``emit(kind, value)`` per delta and at the end.
 
         llama-cpp-python streams no usage; ``CountingLlama`` counts exactly what the same call
-        would report without streaming.
+        would report without streaming. ``stop`` (set when the client left) ends it early.
         """
+        llm = self._llm
+        llm.reset()  # each request starts clean: no KV prefix reuse flattering TTFT
         finish = "stop"
-        chunks = self._create(request, stream=True)
+        chunks = llm.create_chat_completion(stream=True, **self._kwargs(request))
         try:
             for chunk in chunks:
                 choice = chunk["choices"][0]
@@ -357,16 +340,24 @@ class LlamaEngine:
                     finish = choice["finish_reason"]
                 if stop.is_set():
                     return
+        except ValueError as exc:  # "Requested tokens (…) exceed context window of …"
+            if "context window" in str(exc):
+                raise BadRequest(f"The prompt is too long for this model ({exc}).") from exc
+            raise
         finally:
             chunks.close()
-        llm = self._llm
         emit("end", Generation("", finish, llm.last_prompt_tokens, llm.last_completion_tokens))
 
     async def complete(self, request: ChatRequest) -> Generation:
-        """One generation in a worker thread, under the model lock."""
-        assert self._lock is not None, "start() first"
-        async with self._lock:
-            return await asyncio.to_thread(self._complete_sync, request)
+        """The streamed generation, collected: same text and usage as a non-streamed call, but a
+        client that disconnects (the handler is cancelled) stops the model at the next token
+        instead of holding the lock until the answer is complete."""
+        final: Generation | None = None
+        async for item in self.stream(request):
+            if isinstance(item, Generation):
+                final = item
+        assert final is not None
+        return final
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Generation]:
         """Deltas from a producer thread as llama.cpp makes them, then the ``Generation``."""

@@ -90,3 +90,29 @@ def test_llama_serve_cli_answers(tmp_path):
     with running_server(engine="llama", api_key=KEY, subprocess=True, n_threads=1) as url:
         body = chat(url, temperature=0).json()
     assert "Paris" in body["choices"][0]["message"]["content"]
+
+
+def test_a_client_that_leaves_frees_the_model(llama):
+    """The model stops at the next token when its client disconnects, instead of finishing."""
+    import socket
+    import time
+
+    long_body = {"messages": [{"role": "user", "content": "Write a 1000-word essay on the history of Rome."}],
+                 "temperature": 0, "max_tokens": 300}
+    start = time.perf_counter()
+    full = chat(llama, **long_body).json()
+    full_s = time.perf_counter() - start
+    assert full["choices"][0]["finish_reason"] == "length"  # a long generation, or the check below proves nothing
+
+    host, port = llama.split("//")[1].split("/")[0].split(":")
+    raw = json.dumps({**SEED_BODY, **long_body}).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(raw) + raw)
+        time.sleep(0.1 * full_s)
+    start = time.perf_counter()
+    follow_up = chat(llama, temperature=0, max_tokens=8).json()
+    waited_s = time.perf_counter() - start
+    assert follow_up["usage"]["completion_tokens"] <= 8
+    # Without cancellation the follow-up would queue behind ~90% of the long generation.
+    assert waited_s < 0.6 * full_s, (waited_s, full_s)
