@@ -59,55 +59,54 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             "the `llama` engine serves a GGUF model through llama-cpp-python. Seeded fault injection "
             "simulates a flaky API."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("listening and auth")
-    g.add_argument("--host", default="127.0.0.1", help="interface to bind")
-    g.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free port (printed on start)")
+    g.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    g.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free port, printed on start (default: %(default)s)")
     g.add_argument(
         "--api-key-env",
         default="SENTECH_API_KEY",
         metavar="VAR",
-        help="environment variable holding the accepted API key(s), comma-separated",
+        help="environment variable holding the accepted API key(s), comma-separated (default: %(default)s)",
     )
     g.add_argument("--no-auth", action="store_true", help="accept requests without an API key")
     g.add_argument(
-        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413"
+        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413 (default: %(default)s)"
     )
     g.add_argument(
-        "--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT); each loads its own engine"
+        "--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT); each loads its own engine (default: %(default)s)"
     )
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=("echo", "llama"), default="echo", help="what produces the answers")
+    g.add_argument("--engine", choices=("echo", "llama"), default="echo", help="what produces the answers (default: %(default)s)")
     g.add_argument("--model", metavar="PATH", help=f"GGUF file for --engine llama (default: {DEFAULT_GGUF})")
-    g.add_argument("--n-ctx", type=int, default=2048, help="context length for --engine llama")
+    g.add_argument("--n-ctx", type=int, default=2048, help="context length for --engine llama (default: %(default)s)")
     g.add_argument(
-        "--n-threads", type=int, default=None, help="CPU threads for --engine llama (default: llama-cpp-python's choice)"
+        "--n-threads", type=int, default=None, help="CPU threads for --engine llama (default: all cores, split between --workers)"
     )
     g.add_argument(
         "--datasets-dir",
         metavar="DIR",
         help=f"echo engine: answer prompts found in DIR/*.parquet with their reference (default: {DEFAULT_DATASETS_DIR})",
     )
-    g.add_argument("--latency-ms", type=float, default=0.0, help="echo engine: fixed delay before each answer")
+    g.add_argument("--latency-ms", type=float, default=0.0, help="echo engine: fixed delay before each answer (default: %(default)s)")
     g.add_argument(
         "--tokens-per-s",
         type=float,
         default=None,
-        help="echo engine: simulated generation speed (adds completion_tokens/rate; paces streamed chunks)",
+        help="echo engine: simulated generation speed in tokens/s (adds completion_tokens/rate; paces streamed chunks; default: off)",
     )
     g.add_argument(
-        "--seed", type=int, default=0, help="seeds fault injection and answers to requests that send no seed"
+        "--seed", type=int, default=0, help="seeds fault injection and answers to requests that send no seed (default: %(default)s)"
     )
     g = p.add_argument_group("fault injection (seeded by --seed, deterministic in request order)")
-    g.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered with --error-status")
-    g.add_argument("--error-status", type=int, choices=ERROR_STATUSES, default=500, help="status of injected errors")
+    g.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered with --error-status (default: %(default)s)")
+    g.add_argument("--error-status", type=int, choices=ERROR_STATUSES, default=500, help="status of injected errors (default: %(default)s)")
     g.add_argument(
-        "--retry-after", type=float, default=None, metavar="S", help="Retry-After seconds sent with injected 429/503"
+        "--retry-after", type=float, default=None, metavar="S", help="Retry-After seconds sent with injected 429/503 (default: none)"
     )
-    g.add_argument("--drop-rate", type=float, default=0.0, help="fraction of requests whose connection is closed unanswered")
-    g.add_argument("--slow-rate", type=float, default=0.0, help="fraction of requests delayed by --slow-ms")
-    g.add_argument("--slow-ms", type=float, default=0.0, help="delay of slow requests, in milliseconds")
+    g.add_argument("--drop-rate", type=float, default=0.0, help="fraction of requests whose connection is closed unanswered (default: %(default)s)")
+    g.add_argument("--slow-rate", type=float, default=0.0, help="fraction of requests delayed by --slow-ms (default: %(default)s)")
+    g.add_argument("--slow-ms", type=float, default=0.0, help="delay of slow requests, in milliseconds (default: %(default)s)")
     return p
 
 
