@@ -72,7 +72,12 @@ def _choices(group: str) -> list[str]:
 
 
 def check_group_choices(argv: list[str]) -> None:
-    """Refuse an unknown config-group choice (``backend=nope``) with one sentence listing the options."""
+    """Refuse an unknown config-group choice (``backend=nope``) with one sentence listing the options.
+
+    Skipped when the user adds config dirs of their own (--config-dir, hydra.searchpath): Hydra checks then.
+    """
+    if any(arg.startswith(("--config-dir", "-cd", "--config-path", "-cp")) or "hydra.searchpath" in arg for arg in argv):
+        return
     for arg in argv:
         match = GROUP_CHOICE.match(arg.lstrip("+"))
         if not match or "," in match["value"] and not match["value"].startswith("["):
