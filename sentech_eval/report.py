@@ -20,11 +20,10 @@ import pandas as pd
 
 from sentech_eval import stats
 from sentech_eval.errors import ResultsError
+from sentech_eval.results import is_quality_score
 
 SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens", "seed")
 CONFIG_COLUMNS = ("backend", "model", "dataset") + SAMPLING_COLUMNS
-# score_* columns that are facts about a scorer (the judge's cost), not a quality score.
-AUX_SUFFIXES = ("_detail", "_latency_s", "_prompt_tokens", "_completion_tokens")
 LATENCY_QS = (50, 90, 95, 99)
 TTFT_QS = (50, 95)
 SUMMARY_FILE = "summary.parquet"
@@ -59,7 +58,7 @@ def score_columns(df: pd.DataFrame) -> list[str]:
     """The quality score columns: numeric ``score_*`` columns that are not details or judge costs."""
     cols = []
     for col in df.columns:
-        if not col.startswith("score_") or col.endswith(AUX_SUFFIXES):
+        if not is_quality_score(col):
             continue
         if pd.api.types.is_numeric_dtype(df[col]) or df[col].isna().all():
             cols.append(col)

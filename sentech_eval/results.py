@@ -56,6 +56,13 @@ CORE_FIELDS: tuple[pa.Field, ...] = (
 )
 CORE_NAMES = tuple(f.name for f in CORE_FIELDS)
 KEY_COLUMNS = ("config_id", "prompt_id", "repeat")
+# score_* columns that are facts about a scorer (details, the judge's cost), not a quality score.
+SCORE_AUX_SUFFIXES = ("_detail", "_latency_s", "_prompt_tokens", "_completion_tokens")
+
+
+def is_quality_score(column: str) -> bool:
+    """True for ``score_<name>`` columns that hold a score (not a detail or a judge's latency/tokens)."""
+    return column.startswith("score_") and not column.endswith(SCORE_AUX_SUFFIXES)
 
 
 def results_schema(extra_fields: Iterable[pa.Field] = (), score_fields: Iterable[pa.Field] = ()) -> pa.Schema:
@@ -77,36 +84,35 @@ class ResultsWriter:
         self.parts_dir = self.run_dir / PARTS_DIR
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self.schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
-        self._columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
-        self._buffered = 0
+        self._rows: list[dict[str, Any]] = []
         self.rows_written = 0
         existing = sorted(self.parts_dir.glob("part-*.parquet"))
         self._next_part = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 0
 
     def add(self, row: dict[str, Any]) -> None:
-        """Buffer one row (missing columns become null)."""
-        for name, values in self._columns.items():
-            values.append(row.get(name))
-        self._buffered += 1
+        """Buffer one row (missing columns become null); the row must not change after this."""
+        self._rows.append(row)  # columns are gathered at flush time: one pass per column is cheaper
 
     @property
     def buffered(self) -> int:
         """Rows waiting to be flushed."""
-        return self._buffered
+        return len(self._rows)
 
     def flush(self) -> None:
         """Write the buffered rows as one complete part file (atomic rename)."""
-        if not self._buffered:
+        rows = self._rows
+        if not rows:
             return
-        batch = pa.RecordBatch.from_pydict(self._columns, schema=self.schema)
+        columns = {name: [row.get(name) for row in rows] for name in self.schema.names}
+        batch = pa.RecordBatch.from_pydict(columns, schema=self.schema)
         final = self.parts_dir / f"part-{self._next_part:06d}.parquet"
         tmp = final.with_suffix(".tmp")
-        pq.write_table(pa.Table.from_batches([batch]), tmp)
+        # Parts are short-lived (merged at close): no dictionary pages or statistics to compute.
+        pq.write_table(pa.Table.from_batches([batch]), tmp, use_dictionary=False, write_statistics=False)
         os.replace(tmp, final)
         self._next_part += 1
-        self.rows_written += self._buffered
-        self._columns = {name: [] for name in self.schema.names}
-        self._buffered = 0
+        self.rows_written += len(rows)
+        self._rows = []
 
     def close(self, keep: "callable | None" = None) -> Path:
         """Flush, then merge results.parquet and every part into a new results.parquet.

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from sentech_eval.config import RunnerConfig
 from sentech_eval.errors import AuthenticationError
 from sentech_eval.pacing import RETRY_AFTER_CEILING_S, AdaptiveConcurrency, TokenBucket, backoff_delay
-from sentech_eval.results import ResultsWriter
+from sentech_eval.results import ResultsWriter, is_quality_score
 from sentech_eval.types import Completion, Prompt, Sampling
 
 
@@ -265,7 +265,7 @@ class Runner:
                 scores = await scorer.score(row)
                 row.update(scores)
                 for key, value in scores.items():
-                    if key.startswith("score_") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if is_quality_score(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
                         summary.score_sums[key] = summary.score_sums.get(key, 0.0) + value
                         summary.score_counts[key] = summary.score_counts.get(key, 0) + 1
         else:
