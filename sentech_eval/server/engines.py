@@ -145,6 +145,7 @@ class EchoEngine:
         self.references: dict[str, str] = {}
         self._rng = random.Random(seed)  # for requests at temperature > 0 without their own seed
         self._token_counts: dict[str, int] = {}
+        self._variants: dict[str, tuple[str, int, tuple[str, ...]]] = {}
 
     async def start(self) -> None:
         """Load prompt -> reference from ``datasets/*.parquet`` (if any) in a worker thread."""
@@ -159,15 +160,29 @@ class EchoEngine:
     def answer(self, request: ChatRequest) -> str:
         """The full (untruncated) answer text for a request."""
         prompt = last_user_text(request.messages).strip()  # stripped: streamed pieces cannot carry edges
-        reference = self.references.get(prompt) if self.references else None
+        variants = self._variants.get(prompt)
+        if variants is None:
+            variants = self._make_variants(prompt)
         temperature = request.temperature
         if not temperature:  # None or 0: stable
-            return prompt if reference is None else reference
+            return variants[0]
         seed = request.seed if request.seed is not None else self._rng.getrandbits(32)
-        pick = zlib.crc32(f"{seed}\0{prompt}".encode("utf-8", "surrogatepass"))
+        # a seeded, prompt-dependent pick among the phrasings (variants[1] is the prompt's crc32)
+        pick = ((seed * 2654435761) ^ variants[1]) & 0xFFFFFFFF
+        phrasings = variants[2]
+        return phrasings[pick % len(phrasings)]
+
+    def _make_variants(self, prompt: str) -> tuple[str, int, tuple[str, ...]]:
+        """(stable answer, crc32 of the prompt, phrasings) for a prompt, memoized."""
+        reference = self.references.get(prompt) if self.references else None
         if reference is None:
-            return self.ECHO_PHRASINGS[pick % len(self.ECHO_PHRASINGS)].format(prompt)
-        return self.REFERENCE_PHRASINGS[pick % len(self.REFERENCE_PHRASINGS)].format(reference)
+            stable, phrasings = prompt, tuple(p.format(prompt) for p in self.ECHO_PHRASINGS)
+        else:
+            stable, phrasings = reference, tuple(p.format(reference) for p in self.REFERENCE_PHRASINGS)
+        variants = (stable, zlib.crc32(prompt.encode("utf-8", "surrogatepass")), phrasings)
+        if len(self._variants) < 100_000:
+            self._variants[prompt] = variants
+        return variants
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Whitespace tokens over all message contents (memoized: datasets repeat system prompts)."""
