@@ -51,19 +51,17 @@ def missing_model_message(path: Path, cfg: Any) -> str:
     from sentech_eval.model_files import EMBEDDED_MODEL
 
     if path.name == EMBEDDED_MODEL.file_name:
-        how = "run `sentech-eval fetch-model` to put the embedded default model there"
-        if path.parent.resolve() != _default_models_dir().resolve():
-            how = f"run `sentech-eval fetch-model --dest {path.parent}` to put the embedded default model there"
+        dest = "" if path.parent.resolve() == _default_models_dir().resolve() else f" --dest {path.parent}"
+        how = f"run `sentech-eval fetch-model{dest}` to put the embedded default model there"
     elif _get(cfg, "hf_repo") and _get(cfg, "hf_file"):
         repo, name = _get(cfg, "hf_repo"), _get(cfg, "hf_file")
         how = (
-            f"download {name} from the Hugging Face repo {repo} "
-            f"(`huggingface-cli download {repo} {name} --local-dir {path.parent}`), "
-            "or set backend.download=true with huggingface_hub installed"
+            f"download it with `huggingface-cli download {repo} {name} --local-dir {path.parent}` "
+            "or set backend.download=true (needs huggingface_hub)"
         )
     else:
-        how = "set backend.model_path to an existing GGUF file"
-    return f"Model file {path} does not exist; {how} (or point backend.model_path at your copy)."
+        how = "check the path"
+    return f"Model file {path} does not exist; {how}, or point backend.model_path at your GGUF file."
 
 
 def _default_models_dir() -> Path:
