@@ -22,7 +22,9 @@ from sentech_eval.backends.base import create_backend
 from sentech_eval.config import ALLOWED_SECRETISH_KEYS, SECRET_KEY_PATTERN, config_id, redacted_config, validate
 from sentech_eval.errors import ConfigError
 from sentech_eval.datasets import ParquetDataset
-from sentech_eval.results import KEY_COLUMNS, PARTS_DIR, RESULTS_FILE, ResultsWriter, read_run_table, results_schema
+from sentech_eval.results import (
+    PARTS_DIR, RESULTS_FILE, ResultsWriter, keep_latest_per_key, read_run_table, results_schema,
+)
 from sentech_eval.runner import RunIdentity, Runner
 
 
@@ -34,14 +36,6 @@ def _done_keys(out_dir: Path, cfg_id: str) -> tuple[set[tuple[str, int]], bool]:
     mask = pc.and_(pc.equal(table.column("config_id"), cfg_id), pc.equal(table.column("status"), "ok"))
     done = table.filter(mask).select(["prompt_id", "repeat"]).to_pydict()
     return set(zip(done["prompt_id"], done["repeat"])), True
-
-
-def keep_latest_per_key(table: pa.Table) -> pa.Table:
-    """One row per (config_id, prompt_id, repeat): the last one written wins (a retry beats its error)."""
-    indexed = table.append_column("__row", pa.array(range(table.num_rows), pa.int64()))
-    latest = indexed.group_by(list(KEY_COLUMNS)).aggregate([("__row", "max")])
-    rows = pc.sort_indices(latest.column("__row_max"))
-    return table.take(pc.take(latest.column("__row_max"), rows))
 
 
 def _build_scorers(cfg: DictConfig) -> list[Any]:

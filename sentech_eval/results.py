@@ -11,16 +11,20 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sentech_eval.errors import ResultsError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 RESULTS_FILE = "results.parquet"
 PARTS_DIR = "results.parts"
+ROW_GROUP_ROWS = 65536
 METADATA_KEY = b"sentech_eval"
 
 CORE_FIELDS: tuple[pa.Field, ...] = (
@@ -86,6 +90,8 @@ class ResultsWriter:
         self.schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
         self._rows: list[dict[str, Any]] = []
         self.rows_written = 0
+        for leftover in self.parts_dir.glob("part-*.tmp"):  # a flush cut short by a crash
+            leftover.unlink(missing_ok=True)
         existing = sorted(self.parts_dir.glob("part-*.parquet"))
         self._next_part = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 0
 
@@ -142,11 +148,17 @@ def merge_parts(run_dir: Path, schema: pa.Schema, keep=None) -> Path:
         pq.write_table(table.replace_schema_metadata(schema.metadata), tmp)
     else:
         with pq.ParquetWriter(tmp, schema) as writer:
+            pending: list[pa.Table] = []
+            pending_rows = 0
             for f in files:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=65536):
-                    writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
-            if not files:
-                writer.write_table(schema.empty_table())
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=ROW_GROUP_ROWS):
+                    pending.append(_conform(pa.Table.from_batches([batch]), schema))
+                    pending_rows += batch.num_rows
+                    if pending_rows >= ROW_GROUP_ROWS:  # one row group per ~64k rows, not per flush
+                        writer.write_table(pa.concat_tables(pending))
+                        pending, pending_rows = [], 0
+            if pending or not files:
+                writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table())
     os.replace(tmp, target)
     parts = run_dir / PARTS_DIR
     for f in parts.glob("part-*.parquet"):
@@ -175,8 +187,21 @@ def read_run_table(run_dir: str | Path) -> pa.Table | None:
     files = _readable_parts(Path(run_dir))
     if not files:
         return None
-    tables = [pq.read_table(f) for f in files]
-    return pa.concat_tables(tables, promote_options="permissive")
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    if len(files) > 1 and files[0].name == RESULTS_FILE:
+        # A crash between writing the merged file and deleting the parts leaves rows twice.
+        table = keep_latest_per_key(table)
+    return table
+
+
+def keep_latest_per_key(table: pa.Table) -> pa.Table:
+    """One row per (config_id, prompt_id, repeat): the last one written wins (a retry beats its error)."""
+    if table.num_rows == 0:
+        return table
+    indexed = table.append_column("__row", pa.array(range(table.num_rows), pa.int64()))
+    latest = indexed.group_by(list(KEY_COLUMNS)).aggregate([("__row", "max")])
+    order = pc.sort_indices(latest.column("__row_max"))
+    return table.take(pc.take(latest.column("__row_max"), order))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -193,7 +218,7 @@ def _find_result_files(root: Path) -> list[Path]:
     return [p for p in found if not any(a in dirs for a in p.parent.parents)]
 
 
-def load_results(path: str | Path) -> pd.DataFrame:
+def load_results(path: str | Path) -> "pd.DataFrame":
     """One DataFrame from a results file, a run dir (with results.parquet) or a directory of runs."""
     path = Path(path)
     if not path.exists():
@@ -205,7 +230,11 @@ def load_results(path: str | Path) -> pd.DataFrame:
             raise ResultsError(f"Results file {path} is not readable Parquet ({exc}).") from None
     if (path / RESULTS_FILE).exists() or (path / PARTS_DIR).exists():
         table = read_run_table(path)
-        return table.to_pandas() if table is not None else pd.DataFrame(columns=list(CORE_NAMES))
+        if table is None:
+            import pandas as pd  # imported here: `sentech-eval run` starts faster without pandas
+
+            return pd.DataFrame(columns=list(CORE_NAMES))
+        return table.to_pandas()
     files = _find_result_files(path)
     if not files:
         raise ResultsError(f"No {RESULTS_FILE} found under {path}; point at a run dir or a results file.")

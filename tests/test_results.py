@@ -6,7 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sentech_eval.errors import ResultsError
-from sentech_eval.results import CORE_NAMES, PARTS_DIR, ResultsWriter, load_results, read_metadata, results_schema
+from sentech_eval.results import (
+    CORE_NAMES, PARTS_DIR, ResultsWriter, keep_latest_per_key, load_results, read_metadata, results_schema,
+)
 
 
 def rows(n, start=0):
@@ -57,3 +59,32 @@ def test_load_results_reads_file_run_dir_and_directory_of_runs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ResultsError, match="No results.parquet found"):
         load_results(tmp_path / "empty")
+
+
+def test_a_crash_after_merging_but_before_cleanup_does_not_duplicate_rows(tmp_path):
+    writer = ResultsWriter(tmp_path, results_schema(), {})
+    for row in rows(6):
+        writer.add(row)
+    writer.flush()
+    part = next((tmp_path / PARTS_DIR).glob("part-*.parquet"))
+    saved = part.read_bytes()
+    writer.close()
+    part.parent.mkdir(exist_ok=True)
+    part.write_bytes(saved)  # as if killed between os.replace and deleting the parts
+    (tmp_path / PARTS_DIR / "part-000009.tmp").write_bytes(b"half a flush")
+    assert sorted(load_results(tmp_path)["prompt_id"].astype(int)) == list(range(6))
+    again = ResultsWriter(tmp_path, results_schema(), {})  # a resume cleans the half-written flush
+    assert not list((tmp_path / PARTS_DIR).glob("*.tmp"))
+    merged = pq.read_table(again.close(keep=keep_latest_per_key))
+    assert sorted(merged.column("prompt_id").to_pylist(), key=int) == [str(i) for i in range(6)]
+
+
+def test_merge_writes_few_row_groups_however_often_it_flushed(tmp_path):
+    writer = ResultsWriter(tmp_path, results_schema(), {})
+    for i, row in enumerate(rows(300)):
+        writer.add(row)
+        if i % 10 == 9:
+            writer.flush()
+    path = writer.close()
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    assert pq.read_table(path).num_rows == 300
