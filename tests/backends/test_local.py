@@ -229,6 +229,18 @@ def test_missing_llama31_8b_names_path_and_download(tmp_path):
     assert "\n" not in message
 
 
+def test_download_without_huggingface_hub_says_how(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("huggingface_hub") is not None:
+        pytest.skip("huggingface_hub is installed: download=true would go to the network")
+    cfg = local_cfg(model_path=str(tmp_path / "m.gguf"), download=True, hf_repo="org/repo", hf_file="m.gguf")
+    with pytest.raises(BackendError, match="pip install huggingface_hub"):
+        LocalBackend.from_config(cfg)
+    with pytest.raises(ConfigError, match="hf_repo"):
+        LocalBackend.from_config(local_cfg(model_path=str(tmp_path / "m.gguf"), download=True))
+
+
 def test_shipped_configs_point_at_the_models_dir():
     if not OmegaConf.has_resolver("models_dir"):
         OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
