@@ -6,6 +6,7 @@ the same output dir resumes (rows already ``ok`` for this configuration are skip
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import shutil
 import sys
@@ -82,6 +83,11 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     info = dataset.info()
     scorers = _build_scorers(cfg)
     backend = create_backend(cfg.backend, concurrency=runner_cfg.concurrency)
+    max_concurrency = getattr(backend, "max_concurrency", None)
+    if max_concurrency is not None and max_concurrency < runner_cfg.concurrency:
+        # More requests in flight than the backend can serve would only queue invisibly inside it;
+        # queueing in the runner instead is recorded in queue_s.
+        runner_cfg = dataclasses.replace(runner_cfg, concurrency=max_concurrency)
     try:
         if runner_cfg.timeout_s is not None and hasattr(backend, "set_timeout"):
             backend.set_timeout(runner_cfg.timeout_s)
