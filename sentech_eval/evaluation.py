@@ -139,7 +139,7 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         line += f", {summary.retries} retries"
     if summary.lowest_concurrency is not None:
         line += f" (429s lowered the concurrency to as low as {summary.lowest_concurrency} of {runner_cfg.concurrency})"
-    line += f" in {summary.elapsed_s:.1f} s -> {path}"
+    line += f" in {summary.elapsed_s:.2f} s -> {path}"
     if means:
         line += "  " + " ".join(f"{k}={v:.3f}" for k, v in sorted(means.items()))
     print(line, file=sys.stderr)
