@@ -323,7 +323,7 @@ class Runner:
         """Run every item; returns the summary. Raises AuthenticationError on a rejected key."""
         self._start = time.perf_counter()
         self._last_postfix = 0.0
-        self._bar = tqdm(total=self.total, unit="req", desc=self.identity.model[:30], dynamic_ncols=True,
+        self._bar = tqdm(total=self.total, unit="req", desc=f"{self.identity.dataset} on {self.identity.backend}", dynamic_ncols=True,
                          mininterval=0.5, disable=not self.config.progress, file=sys.stderr)
         items = self._items(batches)
         loop = asyncio.get_running_loop()
