@@ -205,6 +205,11 @@ class RemoteBackend:
         self._api_key = api_key
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
+        # Per-attempt timeouts are enforced by one watchdog task, not by a timer per request:
+        # aiohttp's per-request timeout costs ~10-15 us of CPU a request (benchmarks/README.md).
+        self._deadlines: dict[asyncio.Task, float] = {}
+        self._expired: set[asyncio.Task] = set()
+        self._watchdog: asyncio.Task | None = None
 
     @classmethod
     def from_config(cls, cfg: Any, concurrency: int) -> "RemoteBackend":
@@ -239,8 +244,22 @@ class RemoteBackend:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers,
+                                                  timeout=aiohttp.ClientTimeout(total=None))
+            self._watchdog = asyncio.ensure_future(self._watch())
         return self._session
+
+    async def _watch(self) -> None:
+        """Cancel requests past their deadline (checked every tenth of the timeout, at most 0.25 s)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            total = self.timeout.total or 60.0
+            await asyncio.sleep(max(0.01, min(0.25, total / 10)))
+            now = loop.time()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
 
     def request_body(self, messages: list[dict[str, str]], sampling: Sampling) -> dict[str, Any]:
         """Exactly the contract's fields (null sampling values are not sent)."""
@@ -261,9 +280,12 @@ class RemoteBackend:
     async def _complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         session = self._get_session()
         data = orjson.dumps(self.request_body(messages, sampling))
+        task = asyncio.current_task()
+        if self.timeout.total is not None and task is not None:
+            self._deadlines[task] = asyncio.get_running_loop().time() + self.timeout.total
         start = time.perf_counter()
         try:
-            async with session.post(self.url, data=data, timeout=self.timeout) as resp:
+            async with session.post(self.url, data=data) as resp:
                 if resp.status != 200:
                     raw = await resp.read()
                     return Completion(
@@ -282,6 +304,13 @@ class RemoteBackend:
                 if self.stream and result.status == "ok" and result.ttft_s is None:
                     result.ttft_s = result.latency_s  # a non-streamed answer: the first token came with the whole body
                 return result
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise  # the run is being stopped: not ours to swallow
+            self._expired.discard(task)
+            task.uncancel()
+            return Completion(status="error", error=f"timed out after {self.timeout.total:g} s",
+                              latency_s=time.perf_counter() - start, retryable=True)
         except asyncio.TimeoutError:
             return Completion(status="error", error=f"timed out after {self.timeout.total:g} s",
                               latency_s=time.perf_counter() - start, retryable=True)
@@ -301,6 +330,12 @@ class RemoteBackend:
         except aiohttp.ClientError as exc:
             return Completion(status="error", error=f"request failed: {type(exc).__name__}: {_exc_text(exc)}",
                               latency_s=time.perf_counter() - start, retryable=False)
+        finally:
+            if task is not None:
+                self._deadlines.pop(task, None)
+                if task in self._expired:  # our cancel surfaced as another error: keep the task's count straight
+                    self._expired.discard(task)
+                    task.uncancel()
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, start: float) -> Completion:
         """Read OpenAI-style SSE chunks; ttft_s at the first chunk with non-empty content."""
@@ -366,6 +401,9 @@ class RemoteBackend:
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._session is not None:
             await self._session.close()
             self._session = None
