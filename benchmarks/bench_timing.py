@@ -29,7 +29,7 @@ LATENCY_TOLERANCE_MS = 2.0
 
 def main() -> None:
     args = arg_parser(__doc__.splitlines()[0]).parse_args()
-    rows, pairs = (CONCURRENCY * 4, 1) if args.quick else (CONCURRENCY * 60, 3)
+    rows, pairs = (CONCURRENCY * 4, 1) if args.quick else (CONCURRENCY * 60, 5)
     runs, bare_medians = [], []
     with tempfile.TemporaryDirectory(prefix="bench-timing-") as tmp:
         dataset = make_prompt_dataset(Path(tmp) / "prompts.parquet", rows)
