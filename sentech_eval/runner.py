@@ -25,7 +25,7 @@ from tqdm import tqdm
 from sentech_eval.config import RunnerConfig
 from sentech_eval.errors import AuthenticationError
 from sentech_eval.pacing import RETRY_AFTER_CEILING_S, AdaptiveConcurrency, TokenBucket, backoff_delay
-from sentech_eval.results import ResultsWriter, is_quality_score
+from sentech_eval.results import CORE_NAMES, ResultsWriter, is_quality_score
 from sentech_eval.types import Completion, Prompt, Sampling
 
 
@@ -97,12 +97,14 @@ class Runner:
         self._last_flush = time.monotonic()
         self._backoff_now = 0.0
         self._resume_at = 0.0  # monotonic time before which nothing is sent (a server's Retry-After)
+        self._unpaced = self._rpm is None and self._tpm is None  # no token bucket to wait for
         self._stop_event = asyncio.Event()
         self._auth_error: AuthenticationError | None = None
         self._seed_cache: dict[int, Sampling] = {}
+        # Columns after the core ones: the dataset's extra columns, then score columns.
+        self._tail_names = writer.column_names[len(CORE_NAMES):]
         self._start = 0.0
         self._bar: tqdm | None = None
-        self._last_postfix = 0.0
 
     # ---- items ------------------------------------------------------------------------------
     def _items(self, batches: Iterator[list[Prompt]]) -> Iterator[tuple[Prompt, int]]:
@@ -111,8 +113,6 @@ class Runner:
                 for prompt in batch:
                     if (str(prompt.id), repeat) in self.done_keys:
                         self.summary.skipped += 1
-                        if self._bar is not None:
-                            self._bar.update(1)
                         continue
                     yield prompt, repeat
 
@@ -174,7 +174,7 @@ class Runner:
             return False
         return acquired
 
-    async def _send_with_retries(self, prompt: Prompt, sampling: Sampling) -> tuple[Completion, float, datetime] | None:
+    async def _send_with_retries(self, prompt: Prompt, sampling: Sampling) -> tuple[Completion, float, float] | None:
         """Send one item, retrying what can be retried; None if the run stopped before it was sent."""
         messages = list(prompt.messages)
         queued = time.perf_counter()
@@ -182,10 +182,12 @@ class Runner:
         attempts = 0
         queue_s = 0.0
         completion: Completion | None = None
-        started_at: datetime | None = None
+        started_at: float | None = None
         while True:
             wait_start = time.perf_counter()
-            if not await self._wait_for_pacing(estimate):  # the run is stopping: nothing new goes out
+            if self._unpaced and not self._stopping and self._resume_at <= time.monotonic() and self._gate.try_acquire():
+                pass  # fast path: no rate limit, no server-imposed pause, a free slot
+            elif not await self._wait_for_pacing(estimate):  # the run is stopping: nothing new goes out
                 if completion is None or started_at is None:
                     return None
                 completion.attempts = attempts
@@ -193,7 +195,7 @@ class Runner:
             attempts += 1
             if attempts == 1:
                 queue_s = time.perf_counter() - queued
-                started_at = datetime.now(timezone.utc)
+                started_at = time.time()  # POSIX seconds; the writer stores it as a UTC timestamp
                 if self.summary.first_request_s is None:
                     self.summary.first_request_s = time.perf_counter() - self._start
             else:
@@ -243,24 +245,31 @@ class Runner:
         if self._auth_error is not None and completion.http_status in (401, 403):
             return  # not a result: the run stops and the key must be fixed
         ident = self.identity
-        row: dict[str, Any] = {
-            "run_id": ident.run_id, "config_id": ident.config_id, "backend": ident.backend,
-            "model": ident.model, "dataset": ident.dataset, "prompt_id": str(prompt.id), "repeat": repeat,
-            "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
-            "frequency_penalty": sampling.frequency_penalty, "presence_penalty": sampling.presence_penalty,
-            "max_tokens": sampling.max_tokens, "seed": sampling.seed,
-            "output": completion.output, "finish_reason": completion.finish_reason,
-            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.total_tokens, "latency_s": completion.latency_s,
-            "ttft_s": completion.ttft_s, "status": completion.status, "http_status": completion.http_status,
-            "error": completion.error, "attempts": completion.attempts, "started_at": started_at,
-            "queue_s": queue_s, "prompt": _last_user_text(prompt.messages), "reference": prompt.reference,
-        }
-        if prompt.extra:
-            row.update(prompt.extra)
+        # Values in the results schema's column order (see results.CORE_FIELDS): no dict per row.
+        values = [
+            ident.run_id, ident.config_id, ident.backend, ident.model, ident.dataset, str(prompt.id), repeat,
+            sampling.temperature, sampling.top_p, sampling.top_k, sampling.frequency_penalty,
+            sampling.presence_penalty, sampling.max_tokens, sampling.seed,
+            completion.output, completion.finish_reason, completion.prompt_tokens, completion.completion_tokens,
+            completion.total_tokens, completion.latency_s, completion.ttft_s, completion.status,
+            completion.http_status, completion.error, completion.attempts, started_at, queue_s,
+            _last_user_text(prompt.messages), prompt.reference,
+        ]
+        if self._tail_names:
+            extra = prompt.extra
+            values.extend([extra.get(name) for name in self._tail_names])
         summary = self.summary
-        if completion.status == "ok":
+        summary.total += 1
+        if completion.status != "ok":
+            summary.errors += 1
+            self.writer.add_values(values)
+        elif not self.scorers:
             summary.ok += 1
+            self.writer.add_values(values)
+        else:
+            summary.ok += 1
+            row = dict(zip(self.writer.column_names, values))
+            row["started_at"] = datetime.fromtimestamp(started_at, timezone.utc)
             for scorer in self.scorers:
                 scores = await scorer.score(row)
                 row.update(scores)
@@ -268,35 +277,37 @@ class Runner:
                     if is_quality_score(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
                         summary.score_sums[key] = summary.score_sums.get(key, 0.0) + value
                         summary.score_counts[key] = summary.score_counts.get(key, 0) + 1
-        else:
-            summary.errors += 1
-        summary.total += 1
-        self.writer.add(row)
-        if self.writer.buffered >= self.config.flush_rows or time.monotonic() - self._last_flush >= self.config.flush_s:
+            self.writer.add(row)
+        if self.writer.buffered >= self.config.flush_rows:  # time-based flushes happen in _tick
             self.writer.flush()
             self._last_flush = time.monotonic()
 
     # ---- the loop ---------------------------------------------------------------------------
     async def _worker(self, items: Iterator[tuple[Prompt, int]]) -> None:
-        bar = self._bar
         for prompt, repeat in items:
             if self._stopping:
                 return
             await self._process(prompt, repeat)
-            if bar is not None:
-                bar.update(1)
-                now = time.monotonic()
-                if now - self._last_postfix >= 0.5:
-                    self._last_postfix = now
-                    bar.set_postfix_str(self._postfix(), refresh=False)
+
+    def _update_bar(self, *, refresh: bool) -> None:
+        bar = self._bar
+        if bar is None:
+            return
+        done = self.summary.total + self.summary.skipped
+        bar.set_postfix_str(self._postfix(), refresh=False)
+        if done > bar.n:
+            bar.update(done - bar.n)  # tqdm decides when to redraw (mininterval)
+        elif refresh:
+            bar.refresh()
 
     async def _tick(self) -> None:
-        """Refresh the bar's postfix while nothing completes (e.g. during a Retry-After pause)."""
+        """Progress and time-based flushing, off the per-request path: every quarter second."""
         while True:
-            await asyncio.sleep(1.0)
-            if self._bar is not None and time.monotonic() - self._last_postfix >= 1.0:
-                self._last_postfix = time.monotonic()
-                self._bar.set_postfix_str(self._postfix(), refresh=True)
+            await asyncio.sleep(0.25)
+            self._update_bar(refresh=True)
+            if self.writer.buffered and time.monotonic() - self._last_flush >= self.config.flush_s:
+                self.writer.flush()
+                self._last_flush = time.monotonic()
 
     def _postfix(self) -> str:
         s = self.summary
@@ -322,23 +333,22 @@ class Runner:
     async def run(self, batches: Iterator[list[Prompt]]) -> RunSummary:
         """Run every item; returns the summary. Raises AuthenticationError on a rejected key."""
         self._start = time.perf_counter()
-        self._last_postfix = 0.0
         self._bar = tqdm(total=self.total, unit="req", desc=f"{self.identity.dataset} on {self.identity.backend}", dynamic_ncols=True,
                          mininterval=0.5, disable=not self.config.progress, file=sys.stderr)
         items = self._items(batches)
         loop = asyncio.get_running_loop()
         workers = [asyncio.ensure_future(self._worker(items)) for _ in range(self.config.concurrency)]
         installed = self._install_signal_handlers(loop, workers)
-        ticker = asyncio.ensure_future(self._tick()) if self.config.progress else None
+        ticker = asyncio.ensure_future(self._tick())
         try:
             await asyncio.gather(*workers)
         except asyncio.CancelledError:
             self.summary.interrupted = True
         finally:
-            if ticker is not None:
-                ticker.cancel()
+            ticker.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            self._update_bar(refresh=False)
             self._bar.close()
             self.summary.elapsed_s = time.perf_counter() - self._start
         if self._auth_error is not None:

@@ -205,6 +205,8 @@ class RemoteBackend:
         self._api_key = api_key
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
+        self._body_for: Sampling | None = None
+        self._body_fields: dict[str, Any] = {}
         # Per-attempt timeouts are enforced by one watchdog task, not by a timer per request:
         # aiohttp's per-request timeout costs ~10-15 us of CPU a request (benchmarks/README.md).
         self._deadlines: dict[asyncio.Task, float] = {}
@@ -272,14 +274,19 @@ class RemoteBackend:
 
     async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         """One request; never raises for a request failure (the key never appears in ``error``)."""
-        result = await self._complete(messages, sampling)
-        if result.error and self._api_key in result.error:
+        result = await self._send(messages, sampling)
+        if result.error is not None and self._api_key in result.error:
             result.error = result.error.replace(self._api_key, "[redacted]")
         return result
 
-    async def _complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
+    def _encode(self, messages: list[dict[str, str]], sampling: Sampling) -> bytes:
+        if sampling is not self._body_for:  # the runner reuses one Sampling object per repeat
+            self._body_for, self._body_fields = sampling, self.request_body([], sampling)
+        return orjson.dumps({**self._body_fields, "messages": messages})
+
+    async def _send(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         session = self._get_session()
-        data = orjson.dumps(self.request_body(messages, sampling))
+        data = self._encode(messages, sampling)
         task = asyncio.current_task()
         if self.timeout.total is not None and task is not None:
             self._deadlines[task] = asyncio.get_running_loop().time() + self.timeout.total
