@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval report") -> in
         prog=prog,
         description=(
             "Summarise results: writes summary.parquet (one row per configuration: n, error_rate, "
-            "<score>_mean/_ci_low/_ci_high with 95%% bootstrap CIs clustered over prompts, latency and "
+            "<score>_mean/_ci_low/_ci_high with 95% bootstrap CIs clustered over prompts, latency and "
             "TTFT percentiles, token counts, tokens_per_s) and a self-contained report.html next to PATH, "
             "and prints a markdown summary on stdout."
         ),
