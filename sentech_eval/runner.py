@@ -108,10 +108,11 @@ class Runner:
 
     # ---- items ------------------------------------------------------------------------------
     def _items(self, batches: Iterator[list[Prompt]]) -> Iterator[tuple[Prompt, int]]:
+        done = self.done_keys
         for batch in batches:
             for repeat in range(self.config.repeats):
                 for prompt in batch:
-                    if (str(prompt.id), repeat) in self.done_keys:
+                    if done and (str(prompt.id), repeat) in done:
                         self.summary.skipped += 1
                         continue
                     yield prompt, repeat

@@ -95,6 +95,26 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def parse_completion_body(raw: bytes, content_type: str) -> Completion:
     """Turn a 200 body into a Completion; anything malformed becomes a precise error."""
+    try:  # the hot path: a well-formed answer, checked with as few Python steps as possible
+        body = orjson.loads(raw)
+        choice = body["choices"][0]
+        content = choice["message"]["content"]
+        usage = body["usage"]
+        prompt_tokens, completion_tokens, total_tokens = (
+            usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+        finish_reason = choice.get("finish_reason")
+        if (type(content) is str and content and not content.isspace() and type(prompt_tokens) is int
+                and type(completion_tokens) is int and type(total_tokens) is int
+                and (finish_reason is None or type(finish_reason) is str) and _is_json_type(content_type)):
+            return Completion(output=content, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+                              completion_tokens=completion_tokens, total_tokens=total_tokens)
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        pass
+    return _parse_completion_body_checked(raw, content_type)
+
+
+def _parse_completion_body_checked(raw: bytes, content_type: str) -> Completion:
+    """The slow path: find exactly what is wrong with a body (or accept an unusual but valid one)."""
     # Hot path first: a JSON content type and a body that parses (an HTML page or an empty body
     # never does, and an answer that merely mentions "<html" is not an HTML page).
     body = problem = None
