@@ -7,11 +7,9 @@ stops the run with one sentence; in a multirun the failed job is recorded and th
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
