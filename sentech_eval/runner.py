@@ -185,7 +185,7 @@ class Runner:
         completion: Completion | None = None
         started_at: float | None = None
         while True:
-            wait_start = time.perf_counter()
+            wait_start = time.perf_counter() if attempts else queued
             if self._unpaced and not self._stopping and self._resume_at <= time.monotonic() and self._gate.try_acquire():
                 pass  # fast path: no rate limit, no server-imposed pause, a free slot
             elif not await self._wait_for_pacing(estimate):  # the run is stopping: nothing new goes out
