@@ -16,8 +16,6 @@ import argparse
 import json
 import math
 import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +35,6 @@ if str(REPO_ROOT) not in sys.path:
 
 BENCH_KEY = "bench-key-5d1e"  # the throwaway key the benchmark servers accept
 CONCURRENCY = 64
-LISTENING = re.compile(r"listening on (http://\S+/v1)")
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -158,36 +155,10 @@ def minimal_server() -> Iterator[Server]:
 
 @contextmanager
 def _listening_process(cmd: list[str], env: dict[str, str] | None = None, timeout_s: float = 120) -> Iterator[Server]:
-    with tempfile.TemporaryFile(mode="w+") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO_ROOT, env=env)
-        try:
-            found: list[str] = []
+    from sentech_eval.server.testing import listening_process
 
-            def read() -> None:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    match = LISTENING.search(line)
-                    if match:
-                        found.append(match.group(1))
-                        return
-
-            reader = threading.Thread(target=read, daemon=True)
-            reader.start()
-            reader.join(timeout_s)
-            if not found:
-                stderr.seek(0)
-                raise RuntimeError(f"{' '.join(cmd)} did not start: {stderr.read().strip()}")
-            yield Server(found[0], proc.pid)
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+    with listening_process(cmd, env=env, timeout_s=timeout_s) as (url, proc):
+        yield Server(url, proc.pid)
 
 
 def process_tree_cpu_s(pid: int) -> float:

@@ -176,7 +176,15 @@ def _subprocess_server(engine: str, api_key: str | None, options: dict[str, Any]
     env = dict(os.environ)
     env[KEY_ENV] = api_key or ""
     env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = serve_command(engine, options, no_auth=not api_key)
+    with listening_process(serve_command(engine, options, no_auth=not api_key), env=env, timeout_s=timeout_s) as (url, _):
+        yield url
+
+
+@contextmanager
+def listening_process(cmd: list[str], *, env: dict[str, str] | None = None,
+                      timeout_s: float = 300) -> Iterator[tuple[str, sp.Popen]]:
+    """Start ``cmd`` in the repo root, wait for its ``listening on http://…/v1`` line and yield
+    ``(base_url, process)``; afterwards SIGTERM it (SIGKILL if it has not exited within 15 s)."""
     with tempfile.TemporaryFile(mode="w+") as stderr:
         proc = sp.Popen(cmd, stdout=sp.PIPE, stderr=stderr, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
         try:
@@ -185,8 +193,8 @@ def _subprocess_server(engine: str, api_key: str | None, options: dict[str, Any]
                 proc.kill()
                 proc.wait()
                 stderr.seek(0)
-                raise RuntimeError(f"`{' '.join(cmd[2:])}` did not start (exit {proc.returncode}): {stderr.read().strip()}")
-            yield url
+                raise RuntimeError(f"`{' '.join(cmd)}` did not start (exit {proc.returncode}): {stderr.read().strip()}")
+            yield url, proc
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
