@@ -22,12 +22,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sentech_eval.server.app import DEFAULT_MAX_BODY_BYTES, ServerOptions, create_app, start_site
-from sentech_eval.server.cli import ServeConfig
-from sentech_eval.server.faults import FaultConfig
+from sentech_eval.server.app import create_app, start_site
+from sentech_eval.server.cli import ServeConfig, parse_config
 
 LISTENING = re.compile(r"listening on (http://\S+/v1)")
 KEY_ENV = "SENTECH_EVAL_TEST_SERVER_KEY"
@@ -52,44 +52,27 @@ _FLAGS = {
 }
 
 
-def make_config(engine: str = "echo", api_key: str | None = "k", **options: Any) -> ServeConfig:
-    """A ``ServeConfig`` on 127.0.0.1 port 0 from keyword options named like the CLI flags."""
+def serve_args(engine: str, options: dict[str, Any]) -> list[str]:
+    """The `sentech-eval serve` flags for keyword options named like the CLI flags, on a free loopback port."""
     unknown = set(options) - set(_FLAGS)
     if unknown:
         raise TypeError(f"unknown server option(s): {', '.join(sorted(unknown))}; known: {', '.join(_FLAGS)}")
-    seed = int(options.get("seed", 0))
-    faults = FaultConfig(
-        seed=seed,
-        error_rate=float(options.get("error_rate", 0.0)),
-        error_status=int(options.get("error_status", 500)),
-        retry_after_s=options.get("retry_after"),
-        drop_rate=float(options.get("drop_rate", 0.0)),
-        slow_rate=float(options.get("slow_rate", 0.0)),
-        slow_ms=float(options.get("slow_ms", 0.0)),
-    )
-    problems = faults.problems()
-    if problems:
-        raise ValueError("; ".join(problems))
+    args = ["--host", "127.0.0.1", "--port", "0", "--engine", engine]
+    for name, value in options.items():
+        if value is not None:
+            args += [_FLAGS[name], str(value)]
+    return args
+
+
+def make_config(engine: str = "echo", api_key: str | None = "k", **options: Any) -> ServeConfig:
+    """A ``ServeConfig`` on 127.0.0.1 port 0, parsed and checked exactly as the CLI does it.
+
+    ``api_key`` may hold several comma-separated keys; ``None`` or ``""`` serves without auth.
+    """
+    config = parse_config(serve_args(engine, options) + ["--no-auth"])
     keys = tuple(k.strip() for k in api_key.split(",") if k.strip()) if api_key else ()
-    return ServeConfig(
-        host="127.0.0.1",
-        port=0,
-        engine=engine,
-        model_path=str(options["model"]) if options.get("model") else None,
-        n_ctx=int(options.get("n_ctx", 2048)),
-        n_threads=options.get("n_threads"),
-        datasets_dir=str(options["datasets_dir"]) if options.get("datasets_dir") else None,
-        options=ServerOptions(
-            api_keys=keys,
-            no_auth=not keys,
-            max_body_bytes=int(options.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
-            faults=faults,
-        ),
-        latency_ms=float(options.get("latency_ms", 0.0)),
-        tokens_per_s=options.get("tokens_per_s"),
-        seed=seed,
-        workers=int(options.get("workers", 1)),
-    )
+    config.options = replace(config.options, api_keys=keys, no_auth=not keys)
+    return config
 
 
 @contextmanager
@@ -163,12 +146,8 @@ class _ThreadServer:
 
 def serve_command(engine: str, options: dict[str, Any], *, api_key_env: str = KEY_ENV, no_auth: bool = False) -> list[str]:
     """The argv of `sentech-eval serve` on a free loopback port for these options."""
-    cmd = [sys.executable, "-m", "sentech_eval.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--engine", engine]
-    cmd += ["--no-auth"] if no_auth else ["--api-key-env", api_key_env]
-    for name, value in options.items():
-        if value is not None:
-            cmd += [_FLAGS[name], str(value)]
-    return cmd
+    cmd = [sys.executable, "-m", "sentech_eval.cli", "serve", *serve_args(engine, options)]
+    return cmd + (["--no-auth"] if no_auth else ["--api-key-env", api_key_env])
 
 
 @contextmanager
