@@ -80,6 +80,15 @@ def results_schema(extra_fields: Iterable[pa.Field] = (), score_fields: Iterable
     return pa.schema(fields)
 
 
+def _to_micros(value: Any) -> int | None:
+    """A timestamp as UTC microseconds: POSIX seconds (float) or an aware datetime."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return round(value * 1_000_000)
+    return round(value.timestamp() * 1_000_000)
+
+
 class ResultsWriter:
     """Buffers rows and flushes them as Parquet part files; ``close()`` merges into results.parquet."""
 
@@ -122,10 +131,8 @@ class ResultsWriter:
         return len(self._rows)
 
     def _column(self, field: pa.Field, values: tuple[Any, ...]) -> pa.Array:
-        if pa.types.is_timestamp(field.type) and any(isinstance(v, float) for v in values):
-            micros = [None if v is None else int(v * 1_000_000) if isinstance(v, float) else v for v in values]
-            return pa.array(micros, pa.int64()).cast(field.type) if all(
-                v is None or isinstance(v, int) for v in micros) else pa.array(values, field.type)
+        if pa.types.is_timestamp(field.type):
+            return pa.array([_to_micros(v) for v in values], pa.int64()).cast(field.type)
         return pa.array(values, field.type)
 
     def flush(self) -> None:

@@ -88,3 +88,17 @@ def test_merge_writes_few_row_groups_however_often_it_flushed(tmp_path):
     path = writer.close()
     assert pq.ParquetFile(path).metadata.num_row_groups == 1
     assert pq.read_table(path).num_rows == 300
+
+
+def test_started_at_may_mix_posix_seconds_and_datetimes_in_one_flush(tmp_path):
+    """The runner adds error rows as POSIX seconds and scored rows as datetimes: both must land right."""
+    import datetime
+
+    when = datetime.datetime(2026, 11, 25, 12, 0, 0, 250000, tzinfo=datetime.timezone.utc)
+    writer = ResultsWriter(tmp_path, results_schema(), {})
+    values = [None] * len(writer.column_names)
+    values[writer.column_names.index("started_at")] = when.timestamp()
+    writer.add_values(values)
+    writer.add({"prompt_id": "b", "started_at": when})
+    writer.close()
+    assert [t.to_pydatetime() for t in load_results(tmp_path)["started_at"]] == [when, when]
