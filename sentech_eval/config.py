@@ -15,9 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sentech_eval.errors import ConfigError
-from sentech_eval.types import Sampling
+from sentech_eval.types import SAMPLING_PARAMS, Sampling
 
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens", "seed")
+SAMPLING_KEYS = SAMPLING_PARAMS
 TOP_LEVEL_KEYS = {"experiment", "backend", "sampling", "dataset", "runner", "scorers", "sweep", "hydra", "objective"}
 DATASET_KEYS = {"name", "path", "limit", "num_shards", "shard_index", "batch_size"}
 RUNNER_KEYS = {

@@ -21,8 +21,9 @@ import pandas as pd
 from sentech_eval import stats
 from sentech_eval.errors import ResultsError
 from sentech_eval.results import is_quality_score
+from sentech_eval.types import SAMPLING_PARAMS
 
-SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens", "seed")
+SAMPLING_COLUMNS = SAMPLING_PARAMS
 CONFIG_COLUMNS = ("backend", "model", "dataset") + SAMPLING_COLUMNS
 LATENCY_QS = (50, 90, 95, 99)
 TTFT_QS = (50, 95)

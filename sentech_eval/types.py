@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
+# Every sampling parameter of a configuration: the request fields plus the seed.
+SAMPLING_PARAMS = SAMPLING_FIELDS + ("seed",)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import inspect
 import json
 import math
@@ -121,8 +120,6 @@ class FunctionScorer:
     def __init__(self, name: str, func: Callable[..., Any]) -> None:
         self.name = name
         self.func = func
-        target = func.func if isinstance(func, functools.partial) else func
-        self._is_async = inspect.iscoroutinefunction(target)
 
     def columns(self) -> dict[str, pa.DataType]:
         return {score_column(self.name): pa.float64(), detail_column(self.name): pa.string()}
@@ -156,11 +153,6 @@ def _coerce(value: Any) -> tuple[float | None, str | None]:
             detail = json.dumps(rest, default=str)
         return (None if score is None else float(score)), (None if detail is None else str(detail))
     raise TypeError(f"a scorer function must return a number, a dict or None, not {type(value).__name__}")
-
-
-def _import_target(path: str) -> Any:
-    module_name, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
 
 
 def _as_scorer(name: str, obj: Any) -> Scorer:
