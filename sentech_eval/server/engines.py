@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sentech_eval.errors import BackendError, ConfigError
+from sentech_eval.types import SAMPLING_PARAMS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATASETS_DIR = REPO_ROOT / "datasets"
@@ -252,9 +253,6 @@ class LlamaEngine:
     name = "llama"
     cancel_on_disconnect = True  # the server cancels a handler whose client went away
 
-    # Used for parameters the client did not send (an API's defaults, not llama-cpp-python's).
-    DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
-
     def __init__(
         self,
         model_path: Path | str | None = None,
@@ -317,23 +315,15 @@ class LlamaEngine:
             llm.close()
 
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
-        d = self.DEFAULTS
-        seed = request.seed if request.seed is not None else self._seed_rng.getrandbits(31)
-        return {
-            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
-            "temperature": d["temperature"] if request.temperature is None else request.temperature,
-            "top_p": d["top_p"] if request.top_p is None else request.top_p,
-            "top_k": d["top_k"] if request.top_k is None else request.top_k,
-            "frequency_penalty": d["frequency_penalty"] if request.frequency_penalty is None else request.frequency_penalty,
-            "presence_penalty": d["presence_penalty"] if request.presence_penalty is None else request.presence_penalty,
-            "max_tokens": request.max_tokens,
-            "seed": seed % (2**32),
-            "min_p": 0.0,
-            "repeat_penalty": 1.0,
-            "typical_p": 1.0,
-            "tfs_z": 1.0,
-            "mirostat_mode": 0,
-        }
+        from sentech_eval.backends.local_worker import sampling_arguments
+
+        sampling = {name: getattr(request, name) for name in SAMPLING_PARAMS}
+        if sampling["seed"] is None:
+            sampling["seed"] = self._seed_rng.getrandbits(31)  # seeded server: reproducible in request order
+        args = sampling_arguments(sampling)  # the local backend's defaults and fixed parameters
+        args["max_tokens"] = request.max_tokens  # unset: the context window bounds the answer
+        args["seed"] %= 2**32
+        return {"messages": [{"role": m["role"], "content": m["content"]} for m in request.messages], **args}
 
     def _stream_sync(self, request: ChatRequest, emit: Any, stop: threading.Event) -> None:
         """Run a streamed generation, calling ``emit(kind, value)`` per delta and at the end.
