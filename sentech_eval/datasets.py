@@ -8,16 +8,18 @@ Every problem raises ``DatasetError`` naming the file, the column and the row, b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sentech_eval.errors import DatasetError
-from sentech_eval.types import Prompt
+from sentech_eval.types import NO_EXTRA, Prompt
 
 ROLES = ("system", "user", "assistant")
 INPUT_COLUMNS = ("id", "messages", "prompt", "system", "reference")
@@ -209,7 +211,7 @@ class ParquetDataset:
 
     def iter_prompt_batches(self) -> Iterator[list[Prompt]]:
         """Lists of Prompts, one per Parquet batch (the unit the runner reads ahead)."""
-        names = self._file.schema_arrow.names
+        extra_names = [f.name for f in self.extra_fields]
         for start, batch in self._batches(None):  # type: ignore[arg-type]
             mask = _selected_mask(batch.num_rows, start, self.limit, self.num_shards, self.shard_index)
             if mask is not None:
@@ -218,21 +220,16 @@ class ParquetDataset:
                 continue
             cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
             ids = cols["id"]
-            refs = cols.get("reference") or [None] * len(ids)
-            extras = [f.name for f in self.extra_fields]
+            refs = cols.get("reference") or itertools.repeat(None)
             if self.form == "messages":
                 message_lists = [tuple({"role": m["role"], "content": m["content"]} for m in ms) for ms in cols["messages"]]
+            elif "system" in cols:
+                message_lists = [({"role": "system", "content": system}, {"role": "user", "content": text}) if system
+                                 else ({"role": "user", "content": text},)
+                                 for system, text in zip(cols["system"], cols["prompt"])]
             else:
-                systems = cols.get("system") if "system" in names else None
-                message_lists = []
-                for i, text in enumerate(cols["prompt"]):
-                    msgs = []
-                    if systems is not None and systems[i]:
-                        msgs.append({"role": "system", "content": systems[i]})
-                    msgs.append({"role": "user", "content": text})
-                    message_lists.append(tuple(msgs))
-            yield [
-                Prompt(id=ids[i], messages=message_lists[i], reference=refs[i],
-                       extra={name: cols[name][i] for name in extras})
-                for i in range(len(ids))
-            ]
+                message_lists = [({"role": "user", "content": text},) for text in cols["prompt"]]
+            extras: Iterable[Any] = itertools.repeat(NO_EXTRA)
+            if extra_names:
+                extras = [dict(zip(extra_names, values)) for values in zip(*(cols[name] for name in extra_names))]
+            yield list(map(Prompt, ids, message_lists, refs, extras))

@@ -89,6 +89,16 @@ def _to_micros(value: Any) -> int | None:
     return round(value.timestamp() * 1_000_000)
 
 
+def _timestamp_column(values: tuple[Any, ...], type_: pa.DataType) -> pa.Array:
+    """A timestamp column from POSIX seconds (the runner's rows: converted in one vectorised step)
+    or, when a flush mixes in datetimes (scored rows), value by value."""
+    try:
+        seconds = pa.array(values, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([_to_micros(v) for v in values], pa.int64()).cast(type_)
+    return pc.round(pc.multiply(seconds, 1_000_000)).cast(pa.int64()).cast(type_)
+
+
 class ResultsWriter:
     """Buffers rows and flushes them as Parquet part files; ``close()`` merges into results.parquet."""
 
@@ -132,7 +142,7 @@ class ResultsWriter:
 
     def _column(self, field: pa.Field, values: tuple[Any, ...]) -> pa.Array:
         if pa.types.is_timestamp(field.type):
-            return pa.array([_to_micros(v) for v in values], pa.int64()).cast(field.type)
+            return _timestamp_column(values, field.type)
         return pa.array(values, field.type)
 
     def flush(self) -> None:

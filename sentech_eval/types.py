@@ -1,6 +1,8 @@
 """Plain data records that flow through sentech-eval.
 
-Frozen dataclasses with no logic beyond tiny conversions; this module imports nothing of ours.
+Immutable records (frozen dataclasses, and a named tuple for ``Prompt``, which is built once per
+dataset row) with no logic beyond tiny conversions; ``Completion`` is the one mutable record.
+This module imports nothing of ours.
 
 - ``Sampling``   the sampling parameters of one configuration (None = not sent).
 - ``Prompt``     one dataset row turned into chat messages.
@@ -10,8 +12,10 @@ Frozen dataclasses with no logic beyond tiny conversions; this module imports no
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
 # Every sampling parameter of a configuration: the request fields plus the seed.
@@ -47,14 +51,20 @@ class Sampling:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Prompt:
-    """One dataset row: its id, chat messages, optional reference and carried-over columns."""
+NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
+class Prompt(NamedTuple):
+    """One dataset row: its id, chat messages, optional reference and carried-over columns.
+
+    A named tuple, not a dataclass: one is built per dataset row on the runner's hot path, and a
+    tuple is the cheapest immutable record Python builds.
+    """
 
     id: str | int
     messages: tuple[dict[str, str], ...]
     reference: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = NO_EXTRA
 
 
 @dataclass(slots=True)

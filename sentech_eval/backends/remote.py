@@ -14,6 +14,9 @@ import email.utils
 import os
 import re
 import time
+from asyncio import current_task
+from collections.abc import Sequence
+from time import monotonic, perf_counter
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -273,17 +276,16 @@ class RemoteBackend:
 
     async def _watch(self) -> None:
         """Cancel requests past their deadline (checked every tenth of the timeout, at most 0.25 s)."""
-        loop = asyncio.get_running_loop()
         while True:
             total = self.timeout.total or 60.0
             await asyncio.sleep(max(0.01, min(0.25, total / 10)))
-            now = loop.time()
+            now = monotonic()
             for task, deadline in list(self._deadlines.items()):
                 if deadline <= now and task not in self._expired:
                     self._expired.add(task)
                     task.cancel()
 
-    def request_body(self, messages: list[dict[str, str]], sampling: Sampling) -> dict[str, Any]:
+    def request_body(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> dict[str, Any]:
         """Exactly the contract's fields (null sampling values are not sent)."""
         body: dict[str, Any] = {"model": self.model, "messages": messages, **sampling.request_fields()}
         if self.send_seed and sampling.seed is not None:
@@ -292,77 +294,73 @@ class RemoteBackend:
             body["stream"] = True
         return body
 
-    async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
+    async def complete(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> Completion:
         """One request; never raises for a request failure (the key never appears in ``error``)."""
-        result = await self._send(messages, sampling)
-        if result.error is not None and self._api_key in result.error:
-            result.error = result.error.replace(self._api_key, "[redacted]")
-        return result
-
-    def _encode(self, messages: list[dict[str, str]], sampling: Sampling) -> bytes:
-        if sampling is not self._body_for:  # the runner reuses one Sampling object per repeat
-            self._body_for, self._body_fields = sampling, self.request_body([], sampling)
-        return orjson.dumps({**self._body_fields, "messages": messages})
-
-    async def _send(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
-        session = self._get_session()
+        session = self._session or self._get_session()
         data = self._encode(messages, sampling)
-        task = asyncio.current_task()
-        if self.timeout.total is not None and task is not None:
-            self._deadlines[task] = asyncio.get_running_loop().time() + self.timeout.total
-        start = time.perf_counter()
+        task = current_task()
+        timeout_s = self.timeout.total
+        if timeout_s is not None and task is not None:
+            self._deadlines[task] = monotonic() + timeout_s
+        start = perf_counter()
         try:
             async with session.post(self.url, data=data) as resp:
-                if resp.status != 200:
+                status = resp.status
+                if status != 200:
                     raw = await resp.read()
-                    return Completion(
-                        status="error", http_status=resp.status, error=error_message(resp.status, raw),
-                        latency_s=time.perf_counter() - start,
-                        retryable=resp.status in RETRYABLE_STATUS,
+                    result = Completion(
+                        status="error", http_status=status, error=error_message(status, raw),
+                        latency_s=perf_counter() - start, retryable=status in RETRYABLE_STATUS,
                         retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
                     )
-                if self.stream and resp.content_type == "text/event-stream":
-                    result = await self._read_stream(resp, start)
                 else:
-                    raw = await resp.read()
-                    result = parse_completion_body(raw, resp.content_type)
-                result.latency_s = time.perf_counter() - start
-                result.http_status = resp.status
-                if self.stream and result.status == "ok" and result.ttft_s is None:
-                    result.ttft_s = result.latency_s  # a non-streamed answer: the first token came with the whole body
-                return result
+                    if self.stream and resp.content_type == "text/event-stream":
+                        result = await self._read_stream(resp, start)
+                    else:
+                        result = parse_completion_body(await resp.read(), resp.content_type)
+                    result.latency_s = perf_counter() - start
+                    result.http_status = 200
+                    if self.stream and result.status == "ok" and result.ttft_s is None:
+                        result.ttft_s = result.latency_s  # a non-streamed answer: the first token came with the whole body
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise  # the run is being stopped: not ours to swallow
             self._expired.discard(task)
             task.uncancel()
-            return Completion(status="error", error=f"timed out after {self.timeout.total:g} s",
-                              latency_s=time.perf_counter() - start, retryable=True)
+            result = self._failure(f"timed out after {timeout_s:g} s", start, retryable=True)
         except asyncio.TimeoutError:
-            return Completion(status="error", error=f"timed out after {self.timeout.total:g} s",
-                              latency_s=time.perf_counter() - start, retryable=True)
+            result = self._failure(f"timed out after {timeout_s:g} s", start, retryable=True)
         except aiohttp.ClientPayloadError as exc:
-            return Completion(status="error", error=f"response body was cut off before its end ({_payload_reason(exc)})",
-                              latency_s=time.perf_counter() - start, retryable=True)
+            result = self._failure(f"response body was cut off before its end ({_payload_reason(exc)})", start,
+                                   retryable=True)
         except aiohttp.ClientConnectorCertificateError as exc:
-            return Completion(status="error", error=f"TLS certificate verification failed for {self.base_url} "
-                                                    f"({_exc_text(exc)}); the server needs a valid certificate",
-                              latency_s=time.perf_counter() - start, retryable=False)
+            result = self._failure(f"TLS certificate verification failed for {self.base_url} ({_exc_text(exc)}); "
+                                   "the server needs a valid certificate", start, retryable=False)
         except aiohttp.ServerDisconnectedError as exc:
-            return Completion(status="error", error=f"the server closed the connection without answering ({_exc_text(exc)})",
-                              latency_s=time.perf_counter() - start, retryable=True)
+            result = self._failure(f"the server closed the connection without answering ({_exc_text(exc)})", start,
+                                   retryable=True)
         except aiohttp.ClientConnectionError as exc:
-            return Completion(status="error", error=f"connection error: {type(exc).__name__}: {_exc_text(exc)}",
-                              latency_s=time.perf_counter() - start, retryable=True)
+            result = self._failure(f"connection error: {type(exc).__name__}: {_exc_text(exc)}", start, retryable=True)
         except aiohttp.ClientError as exc:
-            return Completion(status="error", error=f"request failed: {type(exc).__name__}: {_exc_text(exc)}",
-                              latency_s=time.perf_counter() - start, retryable=False)
+            result = self._failure(f"request failed: {type(exc).__name__}: {_exc_text(exc)}", start, retryable=False)
         finally:
             if task is not None:
                 self._deadlines.pop(task, None)
-                if task in self._expired:  # our cancel surfaced as another error: keep the task's count straight
+                if self._expired and task in self._expired:  # our cancel surfaced as another error
                     self._expired.discard(task)
                     task.uncancel()
+        if result.error is not None and self._api_key in result.error:
+            result.error = result.error.replace(self._api_key, "[redacted]")
+        return result
+
+    @staticmethod
+    def _failure(error: str, start: float, *, retryable: bool) -> Completion:
+        return Completion(status="error", error=error, latency_s=perf_counter() - start, retryable=retryable)
+
+    def _encode(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> bytes:
+        if sampling is not self._body_for:  # the runner reuses one Sampling object per repeat
+            self._body_for, self._body_fields = sampling, self.request_body([], sampling)
+        return orjson.dumps({**self._body_fields, "messages": messages})
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, start: float) -> Completion:
         """Read OpenAI-style SSE chunks; ttft_s at the first chunk with non-empty content."""
