@@ -101,7 +101,8 @@ class AdaptiveConcurrency:
     def release(self) -> None:
         """Give a slot back."""
         self.active -= 1
-        self._wake()
+        if self._cond._waiters:  # type: ignore[attr-defined]  # (_wake, inlined: this runs once per request)
+            asyncio.ensure_future(self._notify())
 
     def _wake(self) -> None:
         if self._cond._waiters:  # type: ignore[attr-defined]  # only then is a loop running and waiting

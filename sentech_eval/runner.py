@@ -197,20 +197,20 @@ class Runner:
         if self._tpm is not None and completion.total_tokens is not None:
             self._tpm.adjust(completion.total_tokens - estimate)
         status = completion.http_status
-        if status == 401 or status == 403:
+        if completion.status == "ok":
+            self._gate.on_success()
+        elif status == 401 or status == 403:
             if self._auth_error is None:
                 self._auth_error = AuthenticationError(
                     f"The server rejected the API key ({completion.error}); every further request would fail, "
                     f"so the run stopped{self.auth_hint}."
                 )
             self._stop()
-        if status == 429:
+        elif status == 429:
             self._gate.on_rate_limited(sent_at)
             if self._gate.limit < self._gate.max_limit:
                 low = self.summary.lowest_concurrency
                 self.summary.lowest_concurrency = self._gate.limit if low is None else min(low, self._gate.limit)
-        elif completion.status == "ok":
-            self._gate.on_success()
         if completion.retry_after_s is not None:
             # The server asked every request of this client to wait, not just this one.
             self._resume_at = max(self._resume_at, time.monotonic() + min(completion.retry_after_s, RETRY_AFTER_CEILING_S))
@@ -317,7 +317,7 @@ class Runner:
                     gate.release()
                 self._settle(completion, sent_at, 0.0)
                 sent = (completion, queue_s, started_at)
-                if not self._is_final(completion, 1):
+                if completion.status != "ok" and not self._is_final(completion, 1):
                     sent = await self._send_with_retries(prompt, sampling, queued, first=sent)
             else:
                 sent = await self._send_with_retries(prompt, sampling, queued)

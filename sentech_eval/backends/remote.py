@@ -56,6 +56,14 @@ def _json_problem(exc: Exception) -> str:
     return str(exc).strip() or type(exc).__name__
 
 
+def media_type(header: str) -> str:
+    """A Content-Type header's media type: 'application/json; charset=utf-8' -> 'application/json'.
+
+    (aiohttp's ``resp.content_type`` parses the whole header with the email package: dearer.)
+    """
+    return header.partition(";")[0].strip().lower()
+
+
 def _is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
@@ -317,7 +325,7 @@ class RemoteBackend:
                     if self.stream and resp.content_type == "text/event-stream":
                         result = await self._read_stream(resp, start)
                     else:
-                        result = parse_completion_body(await resp.read(), resp.content_type)
+                        result = parse_completion_body(await resp.read(), media_type(resp.headers.get("Content-Type", "")))
                     result.latency_s = perf_counter() - start
                     result.http_status = 200
                     if self.stream and result.status == "ok" and result.ttft_s is None:
