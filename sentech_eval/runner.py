@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from time import monotonic, perf_counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -303,11 +302,11 @@ class Runner:
             if self._stopping:
                 return
             sampling = self._sampling_for(repeat)
-            queued = perf_counter()
-            if self._unpaced and self._resume_at <= monotonic() and gate.try_acquire():
+            queued = time.perf_counter()
+            if self._unpaced and self._resume_at <= time.monotonic() and gate.try_acquire():
                 # The common case, without a coroutine per item: no rate limit, no pause, a free slot.
                 started_at = time.time()  # POSIX seconds; the writer stores it as a UTC timestamp
-                queue_s = perf_counter() - queued
+                queue_s = time.perf_counter() - queued
                 if summary.first_request_s is None:
                     self._note_first_request()
                 sent_at = gate.now()

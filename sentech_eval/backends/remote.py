@@ -14,9 +14,7 @@ import email.utils
 import os
 import re
 import time
-from asyncio import current_task
 from collections.abc import Sequence
-from time import monotonic, perf_counter
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -287,7 +285,7 @@ class RemoteBackend:
         while True:
             total = self.timeout.total or 60.0
             await asyncio.sleep(max(0.01, min(0.25, total / 10)))
-            now = monotonic()
+            now = time.monotonic()
             for task, deadline in list(self._deadlines.items()):
                 if deadline <= now and task not in self._expired:
                     self._expired.add(task)
@@ -306,11 +304,11 @@ class RemoteBackend:
         """One request; never raises for a request failure (the key never appears in ``error``)."""
         session = self._session or self._get_session()
         data = self._encode(messages, sampling)
-        task = current_task()
+        task = asyncio.current_task()
         timeout_s = self.timeout.total
         if timeout_s is not None and task is not None:
-            self._deadlines[task] = monotonic() + timeout_s
-        start = perf_counter()
+            self._deadlines[task] = time.monotonic() + timeout_s
+        start = time.perf_counter()
         try:
             async with session.post(self.url, data=data) as resp:
                 status = resp.status
@@ -318,7 +316,7 @@ class RemoteBackend:
                     raw = await resp.read()
                     result = Completion(
                         status="error", http_status=status, error=error_message(status, raw),
-                        latency_s=perf_counter() - start, retryable=status in RETRYABLE_STATUS,
+                        latency_s=time.perf_counter() - start, retryable=status in RETRYABLE_STATUS,
                         retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
                     )
                 else:
@@ -326,7 +324,7 @@ class RemoteBackend:
                         result = await self._read_stream(resp, start)
                     else:
                         result = parse_completion_body(await resp.read(), media_type(resp.headers.get("Content-Type", "")))
-                    result.latency_s = perf_counter() - start
+                    result.latency_s = time.perf_counter() - start
                     result.http_status = 200
                     if self.stream and result.status == "ok" and result.ttft_s is None:
                         result.ttft_s = result.latency_s  # a non-streamed answer: the first token came with the whole body
@@ -363,7 +361,7 @@ class RemoteBackend:
 
     @staticmethod
     def _failure(error: str, start: float, *, retryable: bool) -> Completion:
-        return Completion(status="error", error=error, latency_s=perf_counter() - start, retryable=retryable)
+        return Completion(status="error", error=error, latency_s=time.perf_counter() - start, retryable=retryable)
 
     def _encode(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> bytes:
         if sampling is not self._body_for:  # the runner reuses one Sampling object per repeat
