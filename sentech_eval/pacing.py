@@ -101,8 +101,7 @@ class AdaptiveConcurrency:
     def release(self) -> None:
         """Give a slot back."""
         self.active -= 1
-        if self._cond._waiters:  # type: ignore[attr-defined]  # (_wake, inlined: this runs once per request)
-            asyncio.ensure_future(self._notify())
+        self._wake()
 
     def _wake(self) -> None:
         if self._cond._waiters:  # type: ignore[attr-defined]  # only then is a loop running and waiting

@@ -109,9 +109,10 @@ class Runner:
         self._unpaced = self._rpm is None and self._tpm is None  # no token bucket to wait for
         self._stop_event = asyncio.Event()
         self._auth_error: AuthenticationError | None = None
-        self._seed_cache: dict[int, Sampling] = {}
-        # Per repeat: the row's identity columns and sampling columns (the same on every row of it).
-        self._row_constants: dict[int, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
+        # Per repeat: its Sampling (seed + repeat) and that Sampling's column values, built once.
+        self._repeats: dict[int, tuple[Sampling, tuple[Any, ...]]] = {}
+        # The identity columns, the same on every row.
+        self._identity_values = (identity.run_id, identity.config_id, identity.backend, identity.model, identity.dataset)
         # Columns after the core ones: the dataset's extra columns, then score columns.
         self._tail_names = writer.column_names[len(CORE_NAMES):]
         self._start = 0.0
@@ -128,16 +129,13 @@ class Runner:
                         continue
                     yield prompt, repeat
 
-    def _sampling_for(self, repeat: int) -> Sampling:
-        cached = self._seed_cache.get(repeat)
+    def _for_repeat(self, repeat: int) -> tuple[Sampling, tuple[Any, ...]]:
+        """The Sampling of one repeat (seed + repeat) and its sampling column values."""
+        cached = self._repeats.get(repeat)
         if cached is None:
             seed = None if self.sampling.seed is None else self.sampling.seed + repeat
-            cached = self._seed_cache[repeat] = self.sampling.with_seed(seed)
-            ident = self.identity
-            self._row_constants[repeat] = (
-                (ident.run_id, ident.config_id, ident.backend, ident.model, ident.dataset),
-                tuple(getattr(cached, name) for name in SAMPLING_PARAMS),
-            )
+            sampling = self.sampling.with_seed(seed)
+            cached = self._repeats[repeat] = (sampling, tuple(getattr(sampling, name) for name in SAMPLING_PARAMS))
         return cached
 
     # ---- one item ---------------------------------------------------------------------------
@@ -265,13 +263,12 @@ class Runner:
         if self.summary.first_request_s is None:
             self.summary.first_request_s = time.perf_counter() - self._start
 
-    def _row_values(self, prompt: Prompt, repeat: int, completion: Completion, queue_s: float,
-                    started_at: float) -> list[Any]:
+    def _row_values(self, prompt: Prompt, repeat: int, sampled: tuple[Any, ...], completion: Completion,
+                    queue_s: float, started_at: float) -> list[Any]:
         """One result row as values in the results schema's column order (see results.CORE_FIELDS)."""
-        ident, sampled = self._row_constants[repeat]
         c = completion
         values = [
-            *ident, str(prompt.id), repeat, *sampled,
+            *self._identity_values, str(prompt.id), repeat, *sampled,
             c.output, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.total_tokens, c.latency_s, c.ttft_s,
             c.status, c.http_status, c.error, c.attempts, started_at, queue_s,
             _last_user_text(prompt.messages), prompt.reference,
@@ -301,14 +298,13 @@ class Runner:
         for prompt, repeat in items:
             if self._stopping:
                 return
-            sampling = self._sampling_for(repeat)
+            sampling, sampled = self._for_repeat(repeat)
             queued = time.perf_counter()
             if self._unpaced and self._resume_at <= time.monotonic() and gate.try_acquire():
                 # The common case, without a coroutine per item: no rate limit, no pause, a free slot.
                 started_at = time.time()  # POSIX seconds; the writer stores it as a UTC timestamp
                 queue_s = time.perf_counter() - queued
-                if summary.first_request_s is None:
-                    self._note_first_request()
+                self._note_first_request()
                 sent_at = gate.now()
                 try:
                     completion = await complete(prompt.messages, sampling)
@@ -316,7 +312,7 @@ class Runner:
                     gate.release()
                 self._settle(completion, sent_at, 0.0)
                 sent = (completion, queue_s, started_at)
-                if completion.status != "ok" and not self._is_final(completion, 1):
+                if not self._is_final(completion, 1):
                     sent = await self._send_with_retries(prompt, sampling, queued, first=sent)
             else:
                 sent = await self._send_with_retries(prompt, sampling, queued)
@@ -325,7 +321,7 @@ class Runner:
             completion = sent[0]
             if self._auth_error is not None and completion.http_status in (401, 403):
                 continue  # not a result: the run stops and the key must be fixed
-            values = self._row_values(prompt, repeat, *sent)
+            values = self._row_values(prompt, repeat, sampled, *sent)
             summary.total += 1
             if completion.status != "ok":
                 summary.errors += 1

@@ -320,10 +320,11 @@ class RemoteBackend:
                         retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
                     )
                 else:
-                    if self.stream and resp.content_type == "text/event-stream":
+                    content_type = media_type(resp.headers.get("Content-Type", ""))
+                    if self.stream and content_type == "text/event-stream":
                         result = await self._read_stream(resp, start)
                     else:
-                        result = parse_completion_body(await resp.read(), media_type(resp.headers.get("Content-Type", "")))
+                        result = parse_completion_body(await resp.read(), content_type)
                     result.latency_s = time.perf_counter() - start
                     result.http_status = 200
                     if self.stream and result.status == "ok" and result.ttft_s is None:
