@@ -34,7 +34,8 @@ from common import REPO_ROOT, CpuSampler, arg_parser, emit, log, machine, median
 
 from sentech_eval.backends.local import LocalBackend, available_cores
 from sentech_eval.backends.local_worker import _model_params, cpu_has_amx, sampling_arguments
-from sentech_eval.model_files import EMBEDDED_MODEL, default_models_dir
+from sentech_eval.backends.model_files import EMBEDDED_MODEL
+from sentech_eval.paths import default_models_dir
 from sentech_eval.types import Sampling
 
 RATIO_TARGET = 0.95

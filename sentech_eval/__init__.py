@@ -9,6 +9,6 @@ __all__ = ["load_results", "__version__"]
 
 def load_results(path):
     """One pandas DataFrame from a results file, a run dir, a sweep dir or a directory of runs."""
-    from sentech_eval.results import load_results as _load
+    from sentech_eval.engine.results import load_results as _load
 
     return _load(path)

@@ -13,13 +13,13 @@ import sys
 from sentech_eval.errors import SentechEvalError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("sentech_eval.app:main", "evaluate a dataset (Hydra app: overrides, -m sweeps, --cfg job, --help)"),
-    "serve": ("sentech_eval.server.cli:main", "run the Sentech-compatible server (echo or llama engine)"),
-    "score": ("sentech_eval.scorers.cli:main", "add or replace score columns in existing results, no requests"),
-    "report": ("sentech_eval.report:main", "summary.parquet, report.html and a markdown summary of results"),
-    "compare": ("sentech_eval.compare:main", "paired comparison of two runs (e.g. remote vs local)"),
-    "check": ("sentech_eval.compare:check_main", "CI regression gate: exit 1 when a threshold regresses"),
-    "fetch-model": ("sentech_eval.model_files:main", "put the embedded default GGUF model in place"),
+    "run": ("sentech_eval.commands.run:main", "evaluate a dataset (Hydra app: overrides, -m sweeps, --cfg job, --help)"),
+    "serve": ("sentech_eval.commands.serve:main", "run the Sentech-compatible server (echo or llama engine)"),
+    "score": ("sentech_eval.commands.score:main", "add or replace score columns in existing results, no requests"),
+    "report": ("sentech_eval.commands.report:main", "summary.parquet, report.html and a markdown summary of results"),
+    "compare": ("sentech_eval.commands.compare:main", "paired comparison of two runs (e.g. remote vs local)"),
+    "check": ("sentech_eval.commands.check:main", "CI regression gate: exit 1 when a threshold regresses"),
+    "fetch-model": ("sentech_eval.commands.fetch_model:main", "put the embedded default GGUF model in place"),
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sentech_eval.errors import ConfigError
+from sentech_eval.paths import REPO_ROOT, default_models_dir
 from sentech_eval.types import SAMPLING_PARAMS, Sampling
 
 SAMPLING_KEYS = SAMPLING_PARAMS
@@ -200,3 +201,11 @@ def redacted_config(cfg: DictConfig) -> dict[str, Any]:
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     container.pop("hydra", None)  # type: ignore[union-attr]
     return container  # type: ignore[return-value]
+
+
+def register_resolvers() -> None:
+    """The ``${models_dir:}`` and ``${repo_root:}`` interpolations used in ``conf/`` (idempotent)."""
+    if not OmegaConf.has_resolver("models_dir"):
+        OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
+    if not OmegaConf.has_resolver("repo_root"):
+        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))

@@ -1,29 +1,25 @@
-"""``sentech-eval compare A B``: paired comparison of two results (e.g. remote vs local).
+"""The metrics of a paired comparison of two results (e.g. remote vs local).
 
 For every score present on both sides: mean A, mean B, difference B − A with a paired-bootstrap
 95% CI (clustered by prompt when there are repeats), wins/ties/losses from B's side and an exact
 McNemar p-value when both sides are pass/fail (0/1). For performance: latency and TTFT p50/p95
 ratios B/A, completion-token ratio and error rates. Output agreement: the share of pairs whose
 outputs are identical after normalisation (case, whitespace, punctuation). With ``--judge`` a
-backend also says which output it prefers (see ``pairwise_judge``).
+backend also says which output it prefers (see ``analysis.judge``).
 
-Writes ``compare.parquet`` (one row per metric) and ``compare.html`` into ``--out`` (default: the
-current directory) and prints a markdown summary. ``check_main`` (the CI gate) lives in ``gate``.
+Every metric is one row built with ``metric_row`` (the ``compare.parquet`` schema, ``METRIC_COLUMNS``).
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 import unicodedata
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sentech_eval.errors import ConfigError
-from sentech_eval.pairing import PairedResults, pair_results
+from sentech_eval.analysis import stats
+from sentech_eval.analysis.pairing import PairedResults
 
 METRIC_COLUMNS = [
     "metric", "column", "value", "value_a", "value_b", "diff", "ratio", "ci_low", "ci_high", "p_value",
@@ -55,7 +51,8 @@ def _is_binary(values: np.ndarray) -> bool:
     return values.size > 0 and bool(np.isin(values, (0.0, 1.0)).all())
 
 
-def _row(metric: str, column: str | None = None, **values) -> dict:
+def metric_row(metric: str, column: str | None = None, **values) -> dict:
+    """One compare.parquet row: every metric column present, None where it does not apply."""
     row = {name: None for name in METRIC_COLUMNS}
     row.update(metric=metric, column=column, **values)
     return row
@@ -63,8 +60,6 @@ def _row(metric: str, column: str | None = None, **values) -> dict:
 
 def score_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0) -> list[dict]:
     """One row per common score: means, paired-bootstrap CI of B − A, wins/ties/losses, McNemar."""
-    from sentech_eval import stats
-
     rows = []
     pairs = paired.pairs
     clusters = pairs["prompt_id"].to_numpy() if pairs["repeat"].nunique() > 1 else None
@@ -77,7 +72,7 @@ def score_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0) -
         skipped = len(both) - n
         note = f"{skipped} pairs without this score on one side" if skipped else ""
         if n == 0:
-            rows.append(_row("score", score, n_pairs=0, note=note or "no pair has this score on both sides"))
+            rows.append(metric_row("score", score, n_pairs=0, note=note or "no pair has this score on both sides"))
             continue
         cl = clusters[both] if clusters is not None else None
         # stats.paired_bootstrap_ci returns mean(first - second): pass B first for B − A.
@@ -85,7 +80,7 @@ def score_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0) -
         p_value = None
         if _is_binary(a) and _is_binary(b):
             p_value = float(stats.mcnemar_exact(a.astype(bool), b.astype(bool)))
-        rows.append(_row(
+        rows.append(metric_row(
             "score", score, value_a=float(a.mean()), value_b=float(b.mean()), diff=float(diff),
             ci_low=float(low), ci_high=float(high), p_value=p_value, n_pairs=n,
             wins=int((b > a).sum()), ties=int((b == a).sum()), losses=int((b < a).sum()), note=note,
@@ -94,8 +89,6 @@ def score_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0) -
 
 
 def _percentile_rows(pairs: pd.DataFrame, column: str, name: str) -> list[dict]:
-    from sentech_eval import stats
-
     col_a, col_b = f"{column}_a", f"{column}_b"
     if col_a not in pairs.columns or col_b not in pairs.columns:
         return []
@@ -110,7 +103,7 @@ def _percentile_rows(pairs: pd.DataFrame, column: str, name: str) -> list[dict]:
     pct_a, pct_b = stats.percentiles(a, (50, 95)), stats.percentiles(b, (50, 95))
     for q in (50, 95):
         pa, pb = pct_a[q], pct_b[q]
-        rows.append(_row(
+        rows.append(metric_row(
             f"{name}_p{q}", column, value_a=pa, value_b=pb, diff=pb - pa,
             ratio=(pb / pa) if pa > 0 else None, n_pairs=int(both.sum()),
             note="pairs where both requests succeeded",
@@ -129,14 +122,14 @@ def performance_rows(paired: PairedResults) -> list[dict]:
         both = a.notna() & b.notna()
         if both.any():
             ma, mb = float(a[both].mean()), float(b[both].mean())
-            rows.append(_row(
+            rows.append(metric_row(
                 "completion_tokens_mean", "completion_tokens", value_a=ma, value_b=mb, diff=mb - ma,
                 ratio=(mb / ma) if ma > 0 else None, n_pairs=int(both.sum()),
                 note="pairs where both requests succeeded",
             ))
     ea = _error_rate(paired.a)
     eb = _error_rate(paired.b)
-    rows.append(_row(
+    rows.append(metric_row(
         "error_rate", "status", value_a=ea, value_b=eb, diff=eb - ea, n_a=len(paired.a), n_b=len(paired.b),
         note="share of all rows (paired or not) with status 'error'",
     ))
@@ -154,12 +147,12 @@ def agreement_row(paired: PairedResults) -> dict:
     pairs = paired.pairs
     ok = _ok(pairs, "a") & _ok(pairs, "b")
     if "output_a" not in pairs.columns or "output_b" not in pairs.columns or not ok.any():
-        return _row("output_agreement", "output", n_pairs=0, note="no pair with two successful outputs")
+        return metric_row("output_agreement", "output", n_pairs=0, note="no pair with two successful outputs")
     na = pairs.loc[ok, "output_a"].map(normalise_output)
     nb = pairs.loc[ok, "output_b"].map(normalise_output)
     same = (na == nb) & na.notna()
     exact = pairs.loc[ok, "output_a"].astype(str) == pairs.loc[ok, "output_b"].astype(str)
-    return _row(
+    return metric_row(
         "output_agreement", "output", value=float(same.mean()), n_pairs=int(ok.sum()),
         note=f"{int(same.sum())} of {int(ok.sum())} identical after normalising case, whitespace and punctuation "
              f"({int(exact.sum())} byte-identical)",
@@ -170,10 +163,10 @@ def pairing_rows(paired: PairedResults) -> list[dict]:
     """How many rows paired, and how many of each side did not (never silently dropped)."""
     keys = ", ".join(paired.keys)
     return [
-        _row("pairs", None, value=float(paired.n_pairs), n_pairs=paired.n_pairs, n_a=len(paired.a), n_b=len(paired.b), note=f"paired on {keys}"),
-        _row("unpaired_a", None, value=float(paired.unpaired_a), n_a=len(paired.a),
+        metric_row("pairs", None, value=float(paired.n_pairs), n_pairs=paired.n_pairs, n_a=len(paired.a), n_b=len(paired.b), note=f"paired on {keys}"),
+        metric_row("unpaired_a", None, value=float(paired.unpaired_a), n_a=len(paired.a),
              note="rows of A without a partner in B"),
-        _row("unpaired_b", None, value=float(paired.unpaired_b), n_b=len(paired.b),
+        metric_row("unpaired_b", None, value=float(paired.unpaired_b), n_b=len(paired.b),
              note="rows of B without a partner in A"),
     ]
 
@@ -231,69 +224,6 @@ def comparison_warnings(paired: PairedResults) -> list[str]:
     return out
 
 
-def markdown_summary(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "B",
-                     warnings: list[str] | None = None) -> str:
-    """A markdown summary of the metrics, fit for a terminal or a pull-request comment."""
-    from sentech_eval.compare_html import fmt
-
-    m = metrics.set_index("metric", drop=False)
-    lines = [f"## sentech-eval compare: {label_a} (A) vs {label_b} (B)", ""]
-    pairs = m.loc["pairs"]
-    lines.append(
-        f"{int(pairs['n_pairs'])} pairs ({pairs['note']}); unpaired: {int(m.loc['unpaired_a', 'value'])} of A, "
-        f"{int(m.loc['unpaired_b', 'value'])} of B."
-    )
-    for warning in warnings or []:
-        lines.append(f"⚠️ {warning}")
-    scores = metrics[metrics["metric"] == "score"]
-    if len(scores):
-        lines += ["", "| score | A | B | B − A | 95% CI | W/T/L (B) | McNemar p | pairs |",
-                  "|---|---:|---:|---:|---|---:|---:|---:|"]
-        for _, r in scores.iterrows():
-            lines.append(
-                f"| {r['column']} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['diff'], signed=True)} | "
-                f"[{fmt(r['ci_low'], signed=True)}, {fmt(r['ci_high'], signed=True)}] | "
-                f"{fmt(r['wins'])}/{fmt(r['ties'])}/{fmt(r['losses'])} | {fmt(r['p_value'])} | {fmt(r['n_pairs'])} |"
-            )
-    perf = metrics[metrics["metric"].str.match(r"^(latency|ttft|completion_tokens|error_rate)")]
-    if len(perf):
-        lines += ["", "| performance | A | B | B/A |", "|---|---:|---:|---:|"]
-        for _, r in perf.iterrows():
-            lines.append(f"| {r['metric']} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['ratio'])} |")
-    agree = m.loc["output_agreement"]
-    lines += ["", f"Output agreement: {fmt(agree['value'])} ({agree['note']})."]
-    if "judge_preference_b" in m.index:
-        j = m.loc["judge_preference_b"]
-        lines.append(
-            f"Judge prefers B in {fmt(j['value'])} of {fmt(j['n_pairs'])} judged pairs "
-            f"(95% CI [{fmt(j['ci_low'])}, {fmt(j['ci_high'])}]; {j['note']})."
-        )
-    return "\n".join(lines) + "\n"
-
-
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Paired comparison of two results (files, run dirs or sweep dirs): scores with paired-bootstrap "
-                    "CIs and McNemar p-values, latency/TTFT/token ratios, error rates and output agreement.",
-        epilog="Writes compare.parquet and compare.html into --out (default: the current directory) and prints a "
-               "markdown summary. Put --judge last: every argument after it is a Hydra override.",
-    )
-    parser.add_argument("a", help="results A (the reference, e.g. the remote run)")
-    parser.add_argument("b", help="results B (e.g. the local run); differences are B − A")
-    parser.add_argument("--out", default=".", help="directory for compare.parquet and compare.html (default: .)")
-    parser.add_argument("--examples", type=int, default=10, help="disagreeing pairs shown in the HTML (default: 10)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="CI level (default: 0.95)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    parser.add_argument("--label-a", default=None, help="name for A in the outputs (default: its backend/model)")
-    parser.add_argument("--label-b", default=None, help="name for B in the outputs")
-    parser.add_argument("--judge", nargs="+", metavar="OVERRIDE", default=None,
-                        help="pairwise LLM judge: Hydra overrides such as backend=local or backend=remote "
-                             "backend.base_url=... (asks twice, order swapped)")
-    parser.add_argument("--judge-limit", type=int, default=None, help="judge at most this many pairs")
-    return parser
-
-
 def default_label(df: pd.DataFrame, fallback: str) -> str:
     """``backend/model`` of a results frame when it has a single one, else ``fallback``."""
     parts = []
@@ -301,41 +231,3 @@ def default_label(df: pd.DataFrame, fallback: str) -> str:
         if col in df.columns and df[col].nunique() == 1:
             parts.append(str(df[col].iloc[0]))
     return "/".join(parts) or fallback
-
-
-def main(argv: list[str], prog: str = "sentech-eval compare") -> int:
-    """Compare two results and write compare.parquet, compare.html and a markdown summary."""
-    args = build_parser(prog).parse_args(argv)
-    if not 0 < args.confidence < 1:
-        raise ConfigError(f"--confidence must be between 0 and 1, got {args.confidence}.")
-    paired = pair_results(args.a, args.b, "A", "B")
-    paired.label_a = args.label_a or default_label(paired.a, "A")
-    paired.label_b = args.label_b or default_label(paired.b, "B")
-    metrics = compare(paired, args.confidence, args.seed)
-    judgements = None
-    if args.judge:
-        from sentech_eval.pairwise_judge import judge_pairs, judge_rows
-
-        judgements = judge_pairs(paired, args.judge, limit=args.judge_limit)
-        metrics = pd.concat([metrics, metrics_frame(judge_rows(judgements, args.confidence, args.seed))],
-                            ignore_index=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics.to_parquet(out / "compare.parquet", index=False)
-    if judgements is not None:
-        judgements.to_parquet(out / "judge.parquet", index=False)
-    from sentech_eval.compare_html import render_html
-
-    html = render_html(paired, metrics, disagreements(paired, args.examples), judgements)
-    (out / "compare.html").write_text(html, encoding="utf-8")
-    sys.stdout.write(markdown_summary(metrics, paired.label_a, paired.label_b, comparison_warnings(paired)))
-    written = ["compare.parquet", "compare.html"] + (["judge.parquet"] if judgements is not None else [])
-    sys.stdout.write(f"\nWrote {', '.join(str(out / name) for name in written)}.\n")
-    return 0
-
-
-def check_main(argv: list[str], prog: str = "sentech-eval check") -> int:
-    """The CI regression gate (see ``sentech_eval.gate``)."""
-    from sentech_eval.gate import main as gate_main
-
-    return gate_main(argv, prog)

@@ -1,4 +1,4 @@
-"""``sentech-eval check``: the CI regression gate over a paired comparison.
+"""The CI regression gate over a paired comparison (``sentech-eval check``).
 
 Thresholds (command line or a YAML file; the command line wins):
 
@@ -11,22 +11,18 @@ Thresholds (command line or a YAML file; the command line wins):
 - ``require_significance``: a score drop beyond its threshold counts only when the paired-bootstrap
   CI of (candidate − baseline) lies entirely below zero.
 
-Exit codes: 0 every threshold holds, 1 at least one regressed, 2 unusable input (raised as a
-``SentechEvalError`` and printed as one sentence by the CLI).
+``evaluate`` gives one ``CheckResult`` per threshold; ``commands.check`` turns them into exit codes.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from sentech_eval.errors import ConfigError, ResultsError
-from sentech_eval.pairing import PairedResults, pair_results
+from sentech_eval.analysis.pairing import PairedResults
 
 ALL_SCORES = "*"
 _YAML_KEYS = {"max_score_drop", "max_latency_increase", "latency_slack_ms", "max_error_rate", "require_significance"}
@@ -61,7 +57,8 @@ class CheckResult:
     unit: str = ""  # shown after the baseline and candidate values
 
 
-def _number(value: object, what: str, minimum: float = 0.0) -> float:
+def number(value: object, what: str, minimum: float = 0.0) -> float:
+    """``value`` as a float of at least ``minimum``, or a ConfigError naming ``what``."""
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -82,7 +79,7 @@ def parse_score_drop(spec: str) -> tuple[str, float]:
         name, value = ALL_SCORES, spec
     if name in ("all", "*"):
         name = ALL_SCORES
-    return name, _number(value, f"The max score drop for {name!r}")
+    return name, number(value, f"The max score drop for {name!r}")
 
 
 def load_thresholds_file(path: str | Path) -> Thresholds:
@@ -109,15 +106,15 @@ def load_thresholds_file(path: str | Path) -> Thresholds:
     if isinstance(drops, dict):
         for name, value in drops.items():
             key = ALL_SCORES if str(name) in ("all", "*") else str(name)
-            t.max_score_drop[key] = _number(value, f"max_score_drop.{name} in {str(p)!r}")
+            t.max_score_drop[key] = number(value, f"max_score_drop.{name} in {str(p)!r}")
     elif drops is not None:
-        t.max_score_drop[ALL_SCORES] = _number(drops, f"max_score_drop in {str(p)!r}")
+        t.max_score_drop[ALL_SCORES] = number(drops, f"max_score_drop in {str(p)!r}")
     if data.get("max_latency_increase") is not None:
-        t.max_latency_increase = _number(data["max_latency_increase"], f"max_latency_increase in {str(p)!r}")
+        t.max_latency_increase = number(data["max_latency_increase"], f"max_latency_increase in {str(p)!r}")
     if data.get("latency_slack_ms") is not None:
-        t.latency_slack_ms = _number(data["latency_slack_ms"], f"latency_slack_ms in {str(p)!r}")
+        t.latency_slack_ms = number(data["latency_slack_ms"], f"latency_slack_ms in {str(p)!r}")
     if data.get("max_error_rate") is not None:
-        t.max_error_rate = _number(data["max_error_rate"], f"max_error_rate in {str(p)!r}")
+        t.max_error_rate = number(data["max_error_rate"], f"max_error_rate in {str(p)!r}")
         if t.max_error_rate > 1:
             raise ConfigError(f"max_error_rate in {str(p)!r} is a share between 0 and 1, got {t.max_error_rate}.")
     t.require_significance = bool(data.get("require_significance", False))
@@ -202,140 +199,3 @@ def evaluate(paired: PairedResults, metrics: pd.DataFrame, thresholds: Threshold
         results.append(CheckResult("error_rate", f"≤ {thresholds.max_error_rate:.2%}", float(r["value_a"]), rate,
                                    f"{rate:.2%}", not failed, msg))
     return results
-
-
-def _value_text(value: float | None, unit: str) -> str:
-    if value is None:
-        return ""
-    return f"{value:,.1f}{unit}" if unit == " ms" else f"{value:.4g}{unit}"
-
-
-def markdown_report(results: list[CheckResult], paired: PairedResults, thresholds: Thresholds) -> str:
-    """The gate's verdict as markdown (fit for a PR comment or $GITHUB_STEP_SUMMARY)."""
-    failed = [r for r in results if not r.passed]
-    verdict = "❌ FAILED" if failed else "✅ PASSED"
-    lines = [
-        f"## sentech-eval check: {verdict}",
-        "",
-        f"{len(results) - len(failed)} of {len(results)} thresholds hold. Baseline: {paired.label_a}; "
-        f"candidate: {paired.label_b}; {paired.n_pairs} pairs on {', '.join(paired.keys)}.",
-    ]
-    if paired.unpaired_a or paired.unpaired_b:
-        lines.append(
-            f"⚠️ Unpaired rows (not in the score checks): {paired.unpaired_a} of the baseline, "
-            f"{paired.unpaired_b} of the candidate."
-        )
-    from sentech_eval.compare import comparison_warnings
-
-    lines += [f"⚠️ {w}" for w in comparison_warnings(paired)]
-    if thresholds.require_significance:
-        lines.append("Score drops count only when the paired 95% CI of the difference excludes zero.")
-    lines += ["", "| check | threshold | baseline | candidate | change | result |", "|---|---|---:|---:|---:|---|"]
-    for r in results:
-        base, cand = _value_text(r.baseline, r.unit), _value_text(r.candidate, r.unit)
-        lines.append(f"| {r.name} | {r.threshold} | {base} | {cand} | {r.observed} | {'pass' if r.passed else '**FAIL**'} |")
-    if failed:
-        lines += ["", "Regressions:"] + [f"- {r.name}: {r.message}" for r in failed]
-    tolerated = [r for r in results if r.passed and "not significant" in r.message]
-    if tolerated:
-        lines += ["", "Drops beyond the threshold that are not significant (tolerated):"]
-        lines += [f"- {r.name}: {r.message}" for r in tolerated]
-    return "\n".join(lines) + "\n"
-
-
-def junit_xml(results: list[CheckResult], summary: str) -> ET.ElementTree:
-    """JUnit XML: one testcase per threshold, a <failure> for each regression."""
-    failures = sum(not r.passed for r in results)
-    suites = ET.Element("testsuites", name="sentech-eval check", tests=str(len(results)), failures=str(failures))
-    suite = ET.SubElement(suites, "testsuite", name="sentech-eval check", tests=str(len(results)),
-                          failures=str(failures), errors="0", skipped="0")
-    for r in results:
-        case = ET.SubElement(suite, "testcase", classname="sentech_eval.check", name=r.name)
-        if r.passed:
-            ET.SubElement(case, "system-out").text = r.message
-        else:
-            failure = ET.SubElement(case, "failure", message=r.message, type="regression")
-            failure.text = f"{r.name}: {r.message} (threshold {r.threshold})"
-    ET.SubElement(suite, "system-out").text = summary
-    tree = ET.ElementTree(suites)
-    ET.indent(tree)
-    return tree
-
-
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="CI regression gate: compare a candidate run with a baseline run (paired rows) and exit 1 "
-                    "when a threshold regresses, 2 when the input is unusable, 0 otherwise.",
-    )
-    parser.add_argument("--baseline", required=True, help="baseline results (file, run dir or sweep dir)")
-    parser.add_argument("--candidate", required=True, help="candidate results (file, run dir or sweep dir)")
-    parser.add_argument("--thresholds", metavar="FILE", help="YAML file with thresholds (the command line wins)")
-    parser.add_argument("--max-score-drop", action="append", default=[], metavar="SCORE=DROP",
-                        help="largest allowed absolute drop of a score's mean, e.g. exact_match=0.02 "
-                             "(repeatable; a bare number applies to every score)")
-    parser.add_argument("--max-latency-increase", type=float, metavar="REL",
-                        help="largest allowed relative increase of latency p50 and p95, e.g. 0.10")
-    parser.add_argument("--latency-slack-ms", type=float, metavar="MS",
-                        help="absolute allowance added to the latency limit (default: 0)")
-    parser.add_argument("--max-error-rate", type=float, metavar="SHARE",
-                        help="largest allowed share of candidate rows with status 'error', e.g. 0.01")
-    parser.add_argument("--require-significance", action="store_true", default=None,
-                        help="a score drop counts only when its paired 95%% CI excludes zero")
-    parser.add_argument("--junit", metavar="PATH", help="write JUnit XML (one testcase per threshold)")
-    parser.add_argument("--summary", metavar="PATH", help="also append the markdown summary to PATH "
-                        "(e.g. $GITHUB_STEP_SUMMARY)")
-    parser.add_argument("--out", metavar="DIR", help="also write compare.parquet and compare.html into DIR")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    return parser
-
-
-def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
-    """Thresholds from --thresholds FILE overlaid with the command-line options."""
-    t = load_thresholds_file(args.thresholds) if args.thresholds else Thresholds()
-    for spec in args.max_score_drop:
-        name, value = parse_score_drop(spec)
-        t.max_score_drop[name] = value
-    if args.max_latency_increase is not None:
-        t.max_latency_increase = _number(args.max_latency_increase, "--max-latency-increase")
-    if args.latency_slack_ms is not None:
-        t.latency_slack_ms = _number(args.latency_slack_ms, "--latency-slack-ms")
-    if args.max_error_rate is not None:
-        t.max_error_rate = _number(args.max_error_rate, "--max-error-rate")
-        if t.max_error_rate > 1:
-            raise ConfigError(f"--max-error-rate is a share between 0 and 1, got {t.max_error_rate}.")
-    if args.require_significance:
-        t.require_significance = True
-    if t.is_empty():
-        raise ConfigError("No thresholds given; pass --max-score-drop, --max-latency-increase, --max-error-rate "
-                          "or --thresholds FILE.")
-    return t
-
-
-def main(argv: list[str], prog: str = "sentech-eval check") -> int:
-    """Run the gate; 0 pass, 1 regression (2 comes from SentechEvalError via the CLI)."""
-    from sentech_eval.compare import compare, default_label, disagreements
-
-    args = build_parser(prog).parse_args(argv)
-    thresholds = thresholds_from_args(args)
-    paired = pair_results(args.baseline, args.candidate, "baseline", "candidate")
-    paired.label_a = f"{default_label(paired.a, 'baseline')} ({args.baseline})"
-    paired.label_b = f"{default_label(paired.b, 'candidate')} ({args.candidate})"
-    metrics = compare(paired, seed=args.seed)
-    results = evaluate(paired, metrics, thresholds)
-    summary = markdown_report(results, paired, thresholds)
-    sys.stdout.write(summary)
-    if args.summary:
-        with open(args.summary, "a", encoding="utf-8") as fh:
-            fh.write(summary + "\n")
-    if args.junit:
-        Path(args.junit).parent.mkdir(parents=True, exist_ok=True)
-        junit_xml(results, summary).write(args.junit, encoding="utf-8", xml_declaration=True)
-    if args.out:
-        from sentech_eval.compare_html import render_html
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        metrics.to_parquet(out / "compare.parquet", index=False)
-        (out / "compare.html").write_text(render_html(paired, metrics, disagreements(paired)), encoding="utf-8")
-    return 1 if any(not r.passed for r in results) else 0

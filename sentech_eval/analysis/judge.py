@@ -22,9 +22,14 @@ from typing import Any
 
 import pandas as pd
 
-from sentech_eval.compare import normalise_output
+from sentech_eval.analysis import stats
+from sentech_eval.analysis.compare import metric_row, normalise_output
+from sentech_eval.analysis.pairing import PairedResults
+from sentech_eval.backends.base import create_backend
+from sentech_eval.config import register_resolvers, sampling_from_config
 from sentech_eval.errors import AuthenticationError, ConfigError
-from sentech_eval.pairing import PairedResults
+from sentech_eval.paths import CONF_DIR
+from sentech_eval.secrets import refuse_secret_overrides
 
 PROMPT = """You are comparing two answers to the same question.
 
@@ -47,7 +52,6 @@ def judge_config(overrides: list[str]) -> Any:
     """The composed run config for the judge (``sampling=greedy`` unless overridden)."""
     from hydra import compose, initialize_config_dir
 
-    from sentech_eval.app import CONF_DIR, _register_resolvers, refuse_secret_overrides
 
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -55,7 +59,7 @@ def judge_config(overrides: list[str]) -> Any:
             f"--judge takes Hydra overrides such as backend=local, got {bad[0]!r}; put A and B before --judge."
         )
     refuse_secret_overrides(overrides)
-    _register_resolvers()
+    register_resolvers()
     names = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
     defaults = []
     if "sampling" not in names:
@@ -134,9 +138,6 @@ async def _judge_all(backend: Any, sampling: Any, pairs: pd.DataFrame, concurren
 
 def judge_pairs(paired: PairedResults, overrides: list[str], limit: int | None = None) -> pd.DataFrame:
     """One row per judge verdict (two per judged pair; identical outputs are ties, not asked)."""
-    from sentech_eval.backends.base import create_backend
-    from sentech_eval.config import sampling_from_config
-
     cfg = judge_config(overrides)
     sampling = sampling_from_config(cfg)
     concurrency = int(cfg.runner.concurrency) if "runner" in cfg else 4
@@ -171,9 +172,6 @@ def judge_pairs(paired: PairedResults, overrides: list[str], limit: int | None =
 
 def judge_rows(judgements: pd.DataFrame, confidence: float = 0.95, seed: int = 0) -> list[dict]:
     """compare.parquet rows: B's preference rate with CI, position consistency, judge errors."""
-    from sentech_eval import stats
-    from sentech_eval.compare import _row
-
     value = judgements["prefers"].map({"B": 1.0, "A": 0.0, "tie": 0.5})
     per_pair = value.groupby([judgements["prompt_id"], judgements["repeat"]]).mean().dropna()
     errors = int(judgements["error"].notna().sum())
@@ -187,15 +185,15 @@ def judge_rows(judgements: pd.DataFrame, confidence: float = 0.95, seed: int = 0
     both = judgements.dropna(subset=["prefers"]).groupby(["prompt_id", "repeat"])["prefers"]
     consistent = both.agg(lambda s: len(s) == 2 and s.nunique() == 1)
     counted = both.size() == 2
-    rows.append(_row(
+    rows.append(metric_row(
         "judge_preference_b", "output", value=rate, ci_low=low, ci_high=high, n_pairs=len(per_pair),
         wins=int((per_pair > 0.5).sum()), ties=int((per_pair == 0.5).sum()), losses=int((per_pair < 0.5).sum()),
         note=f"B preferred = 1, tie = 0.5, A = 0; both orders asked; {errors} judge errors in {requests} requests",
     ))
-    rows.append(_row(
+    rows.append(metric_row(
         "judge_position_consistency", "output", value=float(consistent[counted].mean()) if counted.any() else None,
         n_pairs=int(counted.sum()), note="share of pairs whose two verdicts (order swapped) name the same winner",
     ))
-    rows.append(_row("judge_errors", "output", value=float(errors), n_pairs=requests,
+    rows.append(metric_row("judge_errors", "output", value=float(errors), n_pairs=requests,
                      note="failed judge requests or replies without a verdict (left out of the rate)"))
     return rows

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sentech_eval.engine.results import load_results
 from sentech_eval.errors import ResultsError
 from sentech_eval.types import SAMPLING_FIELDS
 
@@ -52,8 +53,6 @@ def read_results(path: str | Path, role: str) -> pd.DataFrame:
     p = Path(path)
     if not p.exists():
         raise ResultsError(f"The {role} results {str(p)!r} do not exist; pass a results.parquet file, a run dir or a sweep dir.")
-    from sentech_eval import load_results
-
     df = load_results(p)
     if df is None or len(df) == 0:
         raise ResultsError(f"The {role} results {str(p)!r} contain no rows; point at a finished run.")

@@ -23,7 +23,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sentech_eval.backends.model_files import EMBEDDED_MODEL
 from sentech_eval.errors import BackendError, ConfigError
+from sentech_eval.paths import default_models_dir
 from sentech_eval.types import Completion, Sampling
 
 N_CTX_PAD = 256  # llama.cpp rounds n_ctx up to a multiple of this
@@ -48,10 +50,8 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 
 def missing_model_message(path: Path, cfg: Any) -> str:
     """One sentence: which file is missing and how to obtain it."""
-    from sentech_eval.model_files import EMBEDDED_MODEL
-
     if path.name == EMBEDDED_MODEL.file_name:
-        dest = "" if path.parent.resolve() == _default_models_dir().resolve() else f" --dest {path.parent}"
+        dest = "" if path.parent.resolve() == default_models_dir().resolve() else f" --dest {path.parent}"
         how = f"run `sentech-eval fetch-model{dest}` to put the embedded default model there"
     elif _get(cfg, "hf_repo") and _get(cfg, "hf_file"):
         repo, name = _get(cfg, "hf_repo"), _get(cfg, "hf_file")
@@ -62,12 +62,6 @@ def missing_model_message(path: Path, cfg: Any) -> str:
     else:
         how = "check the path"
     return f"Model file {path} does not exist; {how}, or point backend.model_path at your GGUF file."
-
-
-def _default_models_dir() -> Path:
-    from sentech_eval.model_files import default_models_dir
-
-    return default_models_dir()
 
 
 def _download_from_hub(path: Path, cfg: Any) -> None:

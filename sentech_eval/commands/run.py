@@ -6,9 +6,9 @@ stops the run with one sentence; in a multirun the failed job is recorded and th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,51 +16,13 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from sentech_eval.config import register_resolvers
+from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.errors import ConfigError, SentechEvalError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
-# A command-line override that tries to carry a credential (it would be saved in .hydra/).
-SECRET_OVERRIDE = re.compile(r"^[+~]*[\w.]*(api_?key|token|secret|password|authorization|bearer)\s*=", re.IGNORECASE)
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# A URL value carrying a credential: user:password@host, or ?api_key=… in the query string.
-URL_CREDENTIAL = re.compile(r"://[^/@\s]*@|[?&][\w.-]*(api_?key|key|token|secret|password)=", re.IGNORECASE)
-
-
-def _register_resolvers() -> None:
-    from sentech_eval.model_files import default_models_dir
-
-    if not OmegaConf.has_resolver("models_dir"):
-        OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
-    if not OmegaConf.has_resolver("repo_root"):
-        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
-
-
-def refuse_secret_overrides(argv: list[str]) -> None:
-    """Refuse ``backend.api_key=…``-style overrides before Hydra writes them to .hydra/overrides.yaml."""
-    for arg in argv:
-        if SECRET_OVERRIDE.match(arg) and not arg.split("=", 1)[0].endswith("api_key_env"):
-            name = arg.split("=", 1)[0].lstrip("+~")
-            raise ConfigError(
-                f"Refusing the override '{name}=…': keys never go on the command line or in config (Hydra would save it); "
-                "export the key in the environment variable named by backend.api_key_env (default SENTECH_API_KEY)."
-            )
-        name, _, value = arg.partition("=")
-        if name.endswith("api_key_env") and value and not ENV_NAME.match(value.strip("'\"")):
-            raise ConfigError(
-                f"Refusing the override '{name.lstrip('+~')}=…': it must be the NAME of an environment variable "
-                "(like SENTECH_API_KEY), not the key itself; export the key in that variable."
-            )
-        if "=" in arg and URL_CREDENTIAL.search(arg.split("=", 1)[1]):
-            name = arg.split("=", 1)[0].lstrip("+~")
-            raise ConfigError(
-                f"Refusing the override '{name}=…': the URL carries a credential (user:password@ or a key in the query "
-                "string) and Hydra would save it; export the key in the environment variable named by "
-                "backend.api_key_env (default SENTECH_API_KEY)."
-            )
-
+from sentech_eval.paths import CONF_DIR
+from sentech_eval.secrets import refuse_secret_overrides
 
 GROUP_CHOICE = re.compile(r"^(?P<group>backend|sampling|dataset|runner|scorers|sweep)=(?P<value>.*)$")
 
@@ -88,28 +50,6 @@ def check_group_choices(argv: list[str]) -> None:
                 raise ConfigError(f"Unknown {group.removesuffix('s')} {name!r}; choose one of: {', '.join(known)} (files in conf/{group}/).")
 
 
-def git_commit() -> str | None:
-    """The repo's current commit, if this is a git checkout."""
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape the numbers."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for name in ("sentech-eval", "pyarrow", "pandas", "aiohttp", "hydra-core", "llama-cpp-python"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def output_dir() -> Path:
     """This job's Hydra output dir (run dir, or the job's subdir in a multirun)."""
     return Path(HydraConfig.get().runtime.output_dir)
@@ -117,10 +57,6 @@ def output_dir() -> Path:
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Validate, build the backend, run the dataset, write results.parquet; returns a summary dict."""
-    import asyncio
-
-    from sentech_eval.evaluation import run_evaluation
-
     return asyncio.run(run_evaluation(cfg, out_dir))
 
 
@@ -167,7 +103,7 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     """Entry for ``sentech-eval run``: hand the arguments to Hydra."""
     refuse_secret_overrides(argv)
     check_group_choices(argv)
-    _register_resolvers()
+    register_resolvers()
     sys.argv = [prog.replace(" ", "-")] + list(argv)
     task()
     return 0

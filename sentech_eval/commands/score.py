@@ -23,12 +23,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sentech_eval.config import register_resolvers
+from sentech_eval.engine.results import RESULTS_FILE
 from sentech_eval.errors import ConfigError, ResultsError
+from sentech_eval.paths import CONF_DIR
 from sentech_eval.scorers.base import Scorer, build_scorers, close_scorers, null_scores, score_row, score_schema
+from sentech_eval.secrets import refuse_secret_overrides
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO_ROOT / "conf"
-RESULTS_FILE = "results.parquet"
 SCORING_METADATA_KEY = b"sentech_eval_scoring"
 ROW_CHUNK = 1024
 
@@ -57,10 +58,8 @@ def compose_scorers_config(overrides: list[str], config_dir: Path = CONF_DIR) ->
 
     if not (config_dir / "config.yaml").exists():
         raise ConfigError(f"The config directory {config_dir} has no config.yaml; reinstall sentech-eval from its repository.")
-    from sentech_eval.app import _register_resolvers, refuse_secret_overrides
-
     refuse_secret_overrides(list(overrides))
-    _register_resolvers()
+    register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):

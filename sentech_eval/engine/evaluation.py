@@ -22,11 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from sentech_eval.backends.base import create_backend
 from sentech_eval.config import ALLOWED_SECRETISH_KEYS, SECRET_KEY_PATTERN, config_id, redacted_config, validate
 from sentech_eval.errors import ConfigError
-from sentech_eval.datasets import ParquetDataset
-from sentech_eval.results import (
+from sentech_eval.engine.datasets import ParquetDataset
+from sentech_eval.engine.results import (
     PARTS_DIR, RESULTS_FILE, ResultsWriter, keep_latest_per_key, read_run_table, results_schema,
 )
-from sentech_eval.runner import RunIdentity, Runner
+from sentech_eval.engine.runner import RunIdentity, Runner
+from sentech_eval.provenance import git_commit, package_versions
+from sentech_eval.scorers import build_scorers
 
 
 def _done_keys(out_dir: Path, cfg_id: str) -> tuple[set[tuple[str, int]], bool]:
@@ -43,8 +45,6 @@ def _build_scorers(cfg: DictConfig) -> list[Any]:
     scorers_cfg = cfg.get("scorers")
     if not scorers_cfg:
         return []
-    from sentech_eval.scorers import build_scorers
-
     return build_scorers(scorers_cfg)
 
 
@@ -71,8 +71,6 @@ def scrub_saved_config(cfg: DictConfig, out_dir: Path) -> None:
 
 async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run one configuration into ``out_dir``; returns counts, score means and the objective."""
-    from sentech_eval.app import git_commit, package_versions
-
     try:
         sampling, dataset_cfg, runner_cfg = validate(cfg)
     except ConfigError:

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from sentech_eval.config import RunnerConfig
 from sentech_eval.errors import AuthenticationError
-from sentech_eval.pacing import RETRY_AFTER_CEILING_S, AdaptiveConcurrency, TokenBucket, backoff_delay
-from sentech_eval.results import CORE_NAMES, ResultsWriter, is_quality_score
+from sentech_eval.engine.pacing import RETRY_AFTER_CEILING_S, AdaptiveConcurrency, TokenBucket, backoff_delay
+from sentech_eval.engine.results import CORE_NAMES, ResultsWriter, is_quality_score
 from sentech_eval.types import SAMPLING_PARAMS, Completion, Prompt, Sampling
 
 

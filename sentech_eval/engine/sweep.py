@@ -15,7 +15,7 @@ A sweep dir (``hydra.sweep.dir``) holds one job dir per job (``0/``, ``1/`` …)
 ``combine`` when the multirun ends. Hydra skips ``on_multirun_end`` when a job raised or the sweep
 was interrupted, so the callback also registers an ``atexit`` fallback at ``on_multirun_start``:
 whatever ended the process short of a kill, the finished jobs' rows are combined (``sweep.json``
-then says ``"status": "incomplete"``). After a ``kill -9``, run ``python -m sentech_eval.sweep DIR``.
+then says ``"status": "incomplete"``). After a ``kill -9``, run ``python -m sentech_eval.engine.sweep DIR``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sentech_eval.errors import ResultsError
-from sentech_eval.results import CORE_FIELDS, METADATA_KEY, PARTS_DIR, RESULTS_FILE
+from sentech_eval.engine.results import CORE_FIELDS, METADATA_KEY, PARTS_DIR, RESULTS_FILE
 
 SWEEP_JSON = "sweep.json"
 TRIALS_FILE = "trials.parquet"
@@ -353,7 +353,7 @@ class CombineSweepResults(Callback):
             self._report(combine(self._sweep_dir, status="incomplete"))
         except Exception as exc:  # noqa: BLE001 - at exit, say what failed and how to retry
             print(f"sentech-eval sweep: could not combine {self._sweep_dir} ({exc}); "
-                  f"retry with: python -m sentech_eval.sweep {self._sweep_dir}", file=sys.stderr)
+                  f"retry with: python -m sentech_eval.engine.sweep {self._sweep_dir}", file=sys.stderr)
 
     @staticmethod
     def _report(record: dict[str, Any]) -> None:
@@ -366,7 +366,7 @@ class CombineSweepResults(Callback):
         print(line, file=sys.stderr)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m sentech_eval.sweep") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m sentech_eval.engine.sweep") -> int:
     """Combine (again) the results of the sweep dirs given on the command line."""
     parser = argparse.ArgumentParser(prog=prog, description=combine.__doc__.splitlines()[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")

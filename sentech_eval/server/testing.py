@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sentech_eval.server.app import create_app, start_site
-from sentech_eval.server.cli import ServeConfig, parse_config
+from sentech_eval.server.serving import ServeConfig, parse_config
 
 LISTENING = re.compile(r"listening on (http://\S+/v1)")
 KEY_ENV = "SENTECH_EVAL_TEST_SERVER_KEY"

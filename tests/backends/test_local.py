@@ -18,7 +18,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from sentech_eval.errors import BackendError, ConfigError
-from sentech_eval.model_files import EMBEDDED_MODEL, default_models_dir
+from sentech_eval.backends.model_files import EMBEDDED_MODEL
+from sentech_eval.paths import default_models_dir
 from sentech_eval.types import Sampling
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[local]')")

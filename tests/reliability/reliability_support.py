@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sentech_eval.results import KEY_COLUMNS, load_results
+from sentech_eval.engine.results import KEY_COLUMNS, load_results
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST_BACKOFF = ("runner.backoff_base_s=0.01", "runner.backoff_max_s=0.2")

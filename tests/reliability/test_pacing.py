@@ -13,7 +13,7 @@ import random
 import pytest
 from reliability_support import new_key, remote_run_args, rows, run_cli
 
-from sentech_eval.pacing import RETRY_AFTER_CEILING_S, AdaptiveConcurrency, TokenBucket, backoff_delay
+from sentech_eval.engine.pacing import RETRY_AFTER_CEILING_S, AdaptiveConcurrency, TokenBucket, backoff_delay
 from sentech_eval.server.testing import running_server
 
 

@@ -16,7 +16,7 @@ import pytest
 from reliability_support import (REPO_ROOT, assert_one_row_per_key, cli_command, cli_env, new_key, remote_run_args,
                                  rows, run_cli)
 
-from sentech_eval.results import PARTS_DIR
+from sentech_eval.engine.results import PARTS_DIR
 from sentech_eval.server.testing import running_server
 
 SLOW_RUN = ("runner.concurrency=4", "runner.flush_s=0.1")

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from reliability_support import assert_one_sentence, new_key, remote_run_args, rows, run_cli
 
-from sentech_eval.results import read_metadata
+from sentech_eval.engine.results import read_metadata
 from sentech_eval.server.app import create_app
 from sentech_eval.server.testing import make_config, running_server
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from sentech_eval.errors import ConfigError
 from sentech_eval.scorers import FunctionScorer, Scorer, build_scorers, null_scores, score_row, score_schema
 from sentech_eval.scorers.base import SCORERS
-from sentech_eval.scorers.cli import CONF_DIR, compose_scorers_config
+from sentech_eval.commands.score import CONF_DIR, compose_scorers_config
 
 ROW = {"output": "Paris is the capital.", "reference": "Paris", "prompt": "Capital of France?",
        "prompt_id": "p1", "completion_tokens": 4, "status": "ok"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from server_helpers import SEED_CURL_DATA, post
 
-from sentech_eval.server.cli import build_parser
+from sentech_eval.server.serving import build_parser
 from sentech_eval.server.testing import running_server
 
 SCRIPT = Path(sys.executable).parent / "sentech-eval"

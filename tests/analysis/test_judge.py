@@ -8,8 +8,8 @@ from cli_helpers import TEST_KEY
 from synthetic_results import make_results
 
 from sentech_eval.errors import AuthenticationError, ConfigError
-from sentech_eval.pairing import pair_frames
-from sentech_eval.pairwise_judge import judge_config, judge_pairs, judge_rows, parse_verdict
+from sentech_eval.analysis.pairing import pair_frames
+from sentech_eval.analysis.judge import judge_config, judge_pairs, judge_rows, parse_verdict
 
 
 @pytest.mark.parametrize(("reply", "verdict"), [

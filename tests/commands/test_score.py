@@ -118,7 +118,7 @@ def test_judge_through_the_cli_against_a_real_server(tmp_path):
 
 
 def test_judge_backend_is_its_own_config_node():
-    from sentech_eval.scorers.cli import compose_scorers_config
+    from sentech_eval.commands.score import compose_scorers_config
     from omegaconf import OmegaConf
 
     cfg = compose_scorers_config(["backend=local", "scorers=[judge]", "scorers.judge.backend.model=grader"])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from sentech_eval import load_results
-from sentech_eval.results import CORE_NAMES, read_metadata
+from sentech_eval.engine.results import CORE_NAMES, read_metadata
 from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
 
 COLUMNS = ("run_id config_id backend model dataset prompt_id repeat temperature top_p top_k frequency_penalty "

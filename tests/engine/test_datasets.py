@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sentech_eval.datasets import ParquetDataset
+from sentech_eval.engine.datasets import ParquetDataset
 from sentech_eval.errors import DatasetError
 from cli_helpers import REPO_ROOT
 

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sentech_eval import stats
+from sentech_eval.analysis import stats
 from sentech_eval.errors import ResultsError
-from sentech_eval.report import markdown_summary, summarize, swept_parameters, write_report
+from sentech_eval.analysis.summary import summarize, swept_parameters
+from sentech_eval.commands.report import write_report
+from sentech_eval.render.markdown import report_markdown
 from cli_helpers import run_cli
 from synthetic_results import make_results, write_run
 
@@ -140,7 +142,7 @@ def test_single_run_report_next_to_a_results_file(tmp_path):
 
 def test_markdown_summary_is_a_table_with_one_line_per_configuration(tmp_path):
     df = pd.concat([pd.read_parquet(p) for p in sorted(sweep(tmp_path).glob("*/results.parquet"))], ignore_index=True)
-    text = markdown_summary(summarize(df), "sweep")
+    text = report_markdown(summarize(df), "sweep")
     lines = text.strip().splitlines()
     assert lines[0] == "## sentech-eval report: sweep"
     assert lines[2].startswith("| configuration | n | errors | exact_match (95% CI) | contains (95% CI) |")

@@ -1,4 +1,4 @@
-"""``sentech-eval serve``: flags → engine + app → listening socket(s) until Ctrl-C / SIGTERM."""
+"""How `sentech-eval serve` runs: its flags → ServeConfig, then engine + app → listening socket(s) until Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
@@ -297,6 +297,3 @@ def serve(config: ServeConfig) -> int:
     return 0
 
 
-def main(argv: list[str], prog: str = "sentech-eval serve") -> int:
-    """Entry point of `sentech-eval serve`."""
-    return serve(parse_config(argv, prog))

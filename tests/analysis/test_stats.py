@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from sentech_eval import stats
+from sentech_eval.analysis import stats
 
 
 def test_percentiles_equal_numpy():

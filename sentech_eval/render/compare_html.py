@@ -13,7 +13,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from sentech_eval.pairing import PairedResults
+from sentech_eval.analysis.compare import comparison_warnings
+from sentech_eval.analysis.pairing import PairedResults
+from sentech_eval.render.markdown import fmt
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#222;max-width:1200px}
@@ -22,22 +24,6 @@ th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numer
 .worse{color:#b00020}.better{color:#1b7f3b}pre{white-space:pre-wrap;word-break:break-word;margin:0;max-height:18em;overflow:auto}
 .small{color:#666;font-size:.9em}
 """
-
-
-def fmt(value, signed: bool = False, digits: int = 4) -> str:
-    """A number for a table: '' for missing, integers as such, floats to ``digits`` significant places."""
-    if value is None or value is pd.NA:
-        return ""
-    try:
-        if isinstance(value, float) and math.isnan(value):
-            return ""
-    except TypeError:
-        return str(value)
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return f"{int(value):+d}" if signed else str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):+.{digits}g}" if signed else f"{float(value):.{digits}g}"
-    return str(value)
 
 
 def _table(df: pd.DataFrame, columns: list[str]) -> str:
@@ -146,7 +132,6 @@ def render_html(paired: PairedResults, metrics: pd.DataFrame, examples: pd.DataF
     other = metrics[~metrics.index.isin(scores.index) & ~metrics.index.isin(perf.index)]
     png = difference_plot(paired, metrics)
     plot = f'<img alt="paired differences" src="data:image/png;base64,{png}">' if png else "<p>Nothing to plot.</p>"
-    from sentech_eval.compare import comparison_warnings
 
     notes = [html.escape(w) for w in comparison_warnings(paired)]
     return (

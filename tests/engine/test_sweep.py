@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from sentech_eval import load_results
-from sentech_eval.results import PARTS_DIR, read_metadata
-from sentech_eval.sweep import combine, main as sweep_main
+from sentech_eval.engine.results import PARTS_DIR, read_metadata
+from sentech_eval.engine.sweep import combine, main as sweep_main
 from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
 
 KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sentech_eval.errors import ResultsError
-from sentech_eval.results import (
+from sentech_eval.engine.results import (
     CORE_NAMES, PARTS_DIR, ResultsWriter, keep_latest_per_key, load_results, read_metadata, results_schema,
 )
 

@@ -12,9 +12,9 @@ from scipy.stats import binomtest
 from synthetic_results import make_results, write_run
 
 from sentech_eval.cli import main as cli
-from sentech_eval.compare import compare, disagreements, normalise_output
+from sentech_eval.analysis.compare import compare, disagreements, normalise_output
 from sentech_eval.errors import ResultsError
-from sentech_eval.pairing import pair_frames, pair_results
+from sentech_eval.analysis.pairing import pair_frames, pair_results
 
 
 def metric(df: pd.DataFrame, name: str, column: str | None = None) -> pd.Series:

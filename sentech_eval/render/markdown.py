@@ -1,0 +1,135 @@
+"""Markdown for terminals, pull-request comments and CI job summaries: the report table, the
+paired comparison and the gate's verdict; plus the two number formatters the HTML pages share.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from sentech_eval.analysis.compare import comparison_warnings
+from sentech_eval.analysis.gate import CheckResult, Thresholds
+from sentech_eval.analysis.pairing import PairedResults
+from sentech_eval.analysis.summary import config_labels
+
+
+def fmt(value, signed: bool = False, digits: int = 4) -> str:
+    """A number for a table: '' for missing, integers as such, floats to ``digits`` significant places."""
+    if value is None or value is pd.NA:
+        return ""
+    try:
+        if isinstance(value, float) and math.isnan(value):
+            return ""
+    except TypeError:
+        return str(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{int(value):+d}" if signed else str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):+.{digits}g}" if signed else f"{float(value):.{digits}g}"
+    return str(value)
+
+
+
+def fmt_fixed(v, digits: int = 3) -> str:
+    """A number to ``digits`` decimals, "–" for missing (the report's tables)."""
+    if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+        return "–"
+    return f"{float(v):.{digits}f}"
+
+
+
+def report_markdown(summary: pd.DataFrame, title: str) -> str:
+    """A GitHub-flavoured markdown table of the summary (for stdout / a CI job summary)."""
+    scores = [c[: -len("_mean")] for c in summary.columns if c.startswith("score_") and c.endswith("_mean")]
+    labels = config_labels(summary)
+    header = ["configuration", "n", "errors"] + [s.removeprefix("score_") + " (95% CI)" for s in scores]
+    header += ["latency p50 / p95 (s)", "tokens/s"]
+    lines = [f"## sentech-eval report: {title}", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    for label, (_, row) in zip(labels, summary.iterrows()):
+        cells = [label.replace("|", "\\|"), str(int(row["n"])), f"{100 * row['error_rate']:.1f}%"]
+        for s in scores:
+            cells.append(f"{fmt_fixed(row[f'{s}_mean'])} [{fmt_fixed(row[f'{s}_ci_low'])}, {fmt_fixed(row[f'{s}_ci_high'])}]")
+        cells.append(f"{fmt_fixed(row['latency_s_p50'])} / {fmt_fixed(row['latency_s_p95'])}")
+        cells.append(fmt_fixed(row["tokens_per_s"], 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+
+def compare_markdown(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "B",
+                     warnings: list[str] | None = None) -> str:
+    """A markdown summary of the metrics, fit for a terminal or a pull-request comment."""
+    m = metrics.set_index("metric", drop=False)
+    lines = [f"## sentech-eval compare: {label_a} (A) vs {label_b} (B)", ""]
+    pairs = m.loc["pairs"]
+    lines.append(
+        f"{int(pairs['n_pairs'])} pairs ({pairs['note']}); unpaired: {int(m.loc['unpaired_a', 'value'])} of A, "
+        f"{int(m.loc['unpaired_b', 'value'])} of B."
+    )
+    for warning in warnings or []:
+        lines.append(f"⚠️ {warning}")
+    scores = metrics[metrics["metric"] == "score"]
+    if len(scores):
+        lines += ["", "| score | A | B | B − A | 95% CI | W/T/L (B) | McNemar p | pairs |",
+                  "|---|---:|---:|---:|---|---:|---:|---:|"]
+        for _, r in scores.iterrows():
+            lines.append(
+                f"| {r['column']} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['diff'], signed=True)} | "
+                f"[{fmt(r['ci_low'], signed=True)}, {fmt(r['ci_high'], signed=True)}] | "
+                f"{fmt(r['wins'])}/{fmt(r['ties'])}/{fmt(r['losses'])} | {fmt(r['p_value'])} | {fmt(r['n_pairs'])} |"
+            )
+    perf = metrics[metrics["metric"].str.match(r"^(latency|ttft|completion_tokens|error_rate)")]
+    if len(perf):
+        lines += ["", "| performance | A | B | B/A |", "|---|---:|---:|---:|"]
+        for _, r in perf.iterrows():
+            lines.append(f"| {r['metric']} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['ratio'])} |")
+    agree = m.loc["output_agreement"]
+    lines += ["", f"Output agreement: {fmt(agree['value'])} ({agree['note']})."]
+    if "judge_preference_b" in m.index:
+        j = m.loc["judge_preference_b"]
+        lines.append(
+            f"Judge prefers B in {fmt(j['value'])} of {fmt(j['n_pairs'])} judged pairs "
+            f"(95% CI [{fmt(j['ci_low'])}, {fmt(j['ci_high'])}]; {j['note']})."
+        )
+    return "\n".join(lines) + "\n"
+
+
+
+def _value_text(value: float | None, unit: str) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.1f}{unit}" if unit == " ms" else f"{value:.4g}{unit}"
+
+
+def check_markdown(results: list[CheckResult], paired: PairedResults, thresholds: Thresholds) -> str:
+    """The gate's verdict as markdown (fit for a PR comment or $GITHUB_STEP_SUMMARY)."""
+    failed = [r for r in results if not r.passed]
+    verdict = "❌ FAILED" if failed else "✅ PASSED"
+    lines = [
+        f"## sentech-eval check: {verdict}",
+        "",
+        f"{len(results) - len(failed)} of {len(results)} thresholds hold. Baseline: {paired.label_a}; "
+        f"candidate: {paired.label_b}; {paired.n_pairs} pairs on {', '.join(paired.keys)}.",
+    ]
+    if paired.unpaired_a or paired.unpaired_b:
+        lines.append(
+            f"⚠️ Unpaired rows (not in the score checks): {paired.unpaired_a} of the baseline, "
+            f"{paired.unpaired_b} of the candidate."
+        )
+    lines += [f"⚠️ {w}" for w in comparison_warnings(paired)]
+    if thresholds.require_significance:
+        lines.append("Score drops count only when the paired 95% CI of the difference excludes zero.")
+    lines += ["", "| check | threshold | baseline | candidate | change | result |", "|---|---|---:|---:|---:|---|"]
+    for r in results:
+        base, cand = _value_text(r.baseline, r.unit), _value_text(r.candidate, r.unit)
+        lines.append(f"| {r.name} | {r.threshold} | {base} | {cand} | {r.observed} | {'pass' if r.passed else '**FAIL**'} |")
+    if failed:
+        lines += ["", "Regressions:"] + [f"- {r.name}: {r.message}" for r in failed]
+    tolerated = [r for r in results if r.passed and "not significant" in r.message]
+    if tolerated:
+        lines += ["", "Drops beyond the threshold that are not significant (tolerated):"]
+        lines += [f"- {r.name}: {r.message}" for r in tolerated]
+    return "\n".join(lines) + "\n"

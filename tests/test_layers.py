@@ -1,0 +1,191 @@
+"""The package's floors, read from the source with ``ast`` (every import counts, also one inside a function).
+
+Imports run one way: commands → analysis, render, engine, server → backends, scorers → core.
+A module may import its own floor and the floors listed for it in ``ALLOWED``; no import cycle
+between modules; no ``from x import _name`` of another module's private name.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "sentech_eval"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+# The core: modules at the top of the package that import nothing of ours but each other.
+CORE_MODULES = {"types", "errors", "config", "secrets", "paths", "provenance"}
+
+# floor -> the floors it may import (besides itself).
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "backends": {"core"},
+    "scorers": {"core", "backends"},  # the LLM judge scorer asks a backend
+    "engine": {"core", "backends", "scorers"},
+    "server": {"core", "backends"},  # the llama engine reuses the local backend's llama.cpp set-up
+    "analysis": {"core", "backends", "engine"},  # the pairwise judge asks a backend; results are read with engine.results
+    "render": {"core", "analysis"},
+    "commands": {"core", "backends", "scorers", "engine", "server", "analysis", "render"},
+    # The package facade (sentech_eval.load_results) and the CLI dispatcher sit on the top floor.
+    "top": {"core", "backends", "scorers", "engine", "server", "analysis", "render", "commands"},
+}
+SUBPACKAGES = {"backends", "scorers", "engine", "server", "analysis", "render", "commands"}
+TOP_MODULES = {"__init__", "cli"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def floor_of(module: str) -> str:
+    parts = module.split(".")[1:]
+    if not parts:
+        return "top"
+    if parts[0] in SUBPACKAGES:
+        return parts[0]
+    if parts[0] in CORE_MODULES:
+        return "core"
+    if parts[0] in TOP_MODULES:
+        return "top"
+    raise AssertionError(f"{module} is on no floor: put it in a subpackage or add it to CORE_MODULES in {__file__}")
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+
+
+def imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, list[str], int]]:
+    """(imported module, imported names, line) for every import of ours in ``path``."""
+    is_package = path.name == "__init__.py"
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, [], node.lineno) for a in node.names if a.name.split(".")[0] == PACKAGE]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".") if is_package else module.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != PACKAGE:
+                continue
+            names = [a.name for a in node.names]
+            # ``from pkg import mod`` imports the module pkg.mod
+            submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in known]
+            if submodules:
+                out += [(m, [], node.lineno) for m in submodules]
+                names = [n for n in names if f"{target}.{n}" not in known]
+            if names or not submodules:
+                out.append((target, names, node.lineno))
+    return out
+
+
+def graph() -> dict[str, list[tuple[str, list[str], int]]]:
+    mods = modules()
+    known = set(mods)
+    return {m: imports_of(m, p, known) for m, p in mods.items()}
+
+
+def test_every_module_is_on_a_floor():
+    for module in modules():
+        floor_of(module)
+
+
+def test_no_upward_or_sideways_import():
+    bad = []
+    for module, imports in graph().items():
+        floor = floor_of(module)
+        for target, _, line in imports:
+            other = floor_of(target)
+            if other != floor and other not in ALLOWED[floor]:
+                bad.append(f"{module}:{line} ({floor}) imports {target} ({other})")
+    assert not bad, "imports against the floors:\n" + "\n".join(bad)
+
+
+def test_core_imports_only_core():
+    for module, imports in graph().items():
+        if floor_of(module) == "core":
+            assert all(floor_of(t) == "core" for t, _, _ in imports), module
+
+
+def test_no_private_name_imported_from_another_module():
+    bad = []
+    for module, imports in graph().items():
+        for target, names, line in imports:
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if target != module and private:
+                bad.append(f"{module}:{line} imports {', '.join(private)} from {target}")
+            if any(part.startswith("_") and part != "__init__" for part in target.split(".")):
+                bad.append(f"{module}:{line} imports the private module {target}")
+    assert not bad, "\n".join(bad)
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the directed graph, or None (iterative DFS, white/grey/black)."""
+    state: dict[str, int] = {}
+    for start in sorted(edges):
+        if state.get(start):
+            continue
+        stack = [(start, iter(sorted(edges[start])))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(child) == 1:
+                return path[path.index(child):] + [child]
+            elif not state.get(child):
+                state[child] = 1
+                stack.append((child, iter(sorted(edges.get(child, ())))))
+                path.append(child)
+    return None
+
+
+def test_no_import_cycle():
+    g = graph()
+    edges = {m: {t for t, _, _ in imps if t in g and t != m} for m, imps in g.items()}
+    # a package's __init__ runs before any of its modules: importing the parent package is not an edge
+    for m in edges:
+        edges[m] = {t for t in edges[m] if not m.startswith(t + ".")}
+    cycle = find_cycle(edges)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("edges, cyclic", [
+    ({"a": {"b"}, "b": {"c"}, "c": set()}, False),
+    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, True),
+    ({"a": {"a2"}, "a2": set(), "b": {"b"}}, True),
+])
+def test_cycle_finder_sees_cycles(edges, cyclic):
+    assert (find_cycle(edges) is not None) == cyclic
+
+
+def test_floor_rules_see_a_bad_import(tmp_path):
+    """The checker itself fails on an upward import and on a private name (it is not vacuous)."""
+    fake = tmp_path / "scorers" / "bad.py"
+    fake.parent.mkdir()
+    fake.write_text("from sentech_eval.engine.runner import _hidden\nfrom sentech_eval.commands import run\n")
+    known = {"sentech_eval.commands.run", "sentech_eval.engine.runner"}
+    imports = imports_of("sentech_eval.scorers.bad", fake, known)
+    assert ("sentech_eval.engine.runner", ["_hidden"], 1) in imports
+    assert ("sentech_eval.commands.run", [], 2) in imports
+    assert "engine" not in ALLOWED["scorers"] and "commands" not in ALLOWED["scorers"]
+
+
+def test_readme_layout_lists_every_module():
+    """The README's layout section names every module of the package (one line each)."""
+    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.find("\n## ", 5)] if "\n## " in layout[5:] else layout
+    missing = [m for m, p in modules().items() if p.name != "__init__.py" and f" {p.name} " not in layout]
+    assert not missing, f"add one line per module to the README's layout section: {', '.join(missing)}"
