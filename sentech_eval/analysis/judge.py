@@ -25,11 +25,13 @@ import pandas as pd
 from sentech_eval.analysis import stats
 from sentech_eval.analysis.compare import metric_row, normalise_output
 from sentech_eval.analysis.pairing import PairedResults
-from sentech_eval.backends.base import create_backend
+from sentech_eval.backends.base import Backend, create_backend
+from sentech_eval.backends.retry import complete_with_retries
 from sentech_eval.config import register_resolvers, sampling_from_config
 from sentech_eval.errors import AuthenticationError, ConfigError
 from sentech_eval.paths import CONF_DIR
 from sentech_eval.secrets import refuse_secret_overrides
+from sentech_eval.types import Sampling
 
 PROMPT = """You are comparing two answers to the same question.
 
@@ -91,25 +93,15 @@ def _messages(row: pd.Series, first: str, second: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": content}]
 
 
-async def _ask(backend: Any, sampling: Any, messages: list[dict[str, str]]) -> Any:
-    completion = None
-    for attempt in range(MAX_ATTEMPTS):
-        completion = await backend.complete(messages, sampling)
-        if completion.status == "ok" or not completion.retryable or attempt + 1 == MAX_ATTEMPTS:
-            break
-        delay = completion.retry_after_s if completion.retry_after_s is not None else 0.5 * 2**attempt
-        await asyncio.sleep(min(delay, 30.0))
-    return completion
-
-
-async def _judge_all(backend: Any, sampling: Any, pairs: pd.DataFrame, concurrency: int) -> list[dict]:
+async def _judge_all(backend: Backend, sampling: Sampling, pairs: pd.DataFrame, concurrency: int) -> list[dict]:
     semaphore = asyncio.Semaphore(max(1, concurrency))
 
     async def one(row: pd.Series, order: str) -> dict:
         a, b = str(row["output_a"]), str(row["output_b"])
         first, second = (a, b) if order == "AB" else (b, a)
         async with semaphore:
-            completion = await _ask(backend, sampling, _messages(row, first, second))
+            completion = await complete_with_retries(backend, _messages(row, first, second), sampling,
+                                                     max_attempts=MAX_ATTEMPTS)
         record = {"prompt_id": row["prompt_id"], "repeat": int(row["repeat"]), "order": order,
                   "verdict": None, "prefers": None, "error": None, "latency_s": completion.latency_s}
         if completion.http_status in (401, 403):

@@ -17,10 +17,26 @@ from sentech_eval.types import Completion, Sampling
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the runner needs from a backend."""
+    """What the runner needs from a backend; subclass it to inherit the defaults of the optional parts.
+
+    Required: ``kind``, ``model``, ``from_config``, ``complete``, ``aclose``. Optional, with
+    defaults here: ``max_concurrency`` (None: no limit of its own), ``auth_hint`` (appended to the
+    sentence that stops a run on a rejected key), ``set_timeout`` (a per-attempt timeout; ignored
+    by default), ``metadata`` (``kind`` and ``model``).
+    """
 
     kind: str  # "remote" | "local" | ...: goes into the ``backend`` column
     model: str  # goes into the ``model`` column
+    # Most requests the backend serves at once; the runner lowers its concurrency to it (more would
+    # only queue inside the backend, unseen by ``queue_s``). None: no limit of its own.
+    max_concurrency: int | None = None
+    # Appended to "The server rejected the API key (...); ... so the run stopped" — where to fix it.
+    auth_hint: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: Any, concurrency: int) -> "Backend":
+        """Build from the ``backend`` config node for a run of ``concurrency`` requests in flight."""
+        raise NotImplementedError
 
     async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         """Run one chat completion; failures come back as ``status="error"``."""
@@ -30,9 +46,13 @@ class Backend(Protocol):
         """Release sessions, processes and models."""
         ...
 
+    def set_timeout(self, timeout_s: float) -> None:
+        """Per-attempt timeout in seconds (``runner.timeout_s``); backends without one ignore it."""
+        return None
+
     def metadata(self) -> dict[str, Any]:
         """Facts about the backend for the results' Parquet metadata (never secrets)."""
-        ...
+        return {"kind": self.kind, "model": self.model}
 
 
 # kind -> "module:ClassName"; imported lazily so optional dependencies load only when chosen.

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sentech_eval.backends.base import Backend
 from sentech_eval.backends.model_files import EMBEDDED_MODEL
 from sentech_eval.errors import BackendError, ConfigError
 from sentech_eval.paths import default_models_dir
@@ -120,7 +121,7 @@ def settings_from_config(cfg: Any, workers: int) -> Any:
     )
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """GGUF chat completions through llama.cpp, in a worker thread or worker processes."""
 
     kind = "local"

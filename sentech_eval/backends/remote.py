@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 import orjson
 
+from sentech_eval.backends.base import Backend
 from sentech_eval.errors import BackendError, ConfigError
 from sentech_eval.types import Completion, Sampling
 
@@ -217,7 +218,7 @@ def check_base_url(base_url: str) -> None:
         )
 
 
-class RemoteBackend:
+class RemoteBackend(Backend):
     """POSTs to ``{base_url}/chat/completions`` with a Bearer key; optional SSE streaming."""
 
     kind = "remote"
@@ -261,8 +262,10 @@ class RemoteBackend:
                 "or use backend=local (embedded model, no key), or start `sentech-eval serve` and point backend.base_url at it."
             )
         timeout_s = float(cfg.get("timeout_s") or 60.0)
-        return cls(base_url, str(cfg.model), api_key, timeout_s=timeout_s, stream=bool(cfg.get("stream")),
-                   send_seed=bool(cfg.get("send_seed")), concurrency=concurrency)
+        backend = cls(base_url, str(cfg.model), api_key, timeout_s=timeout_s, stream=bool(cfg.get("stream")),
+                      send_seed=bool(cfg.get("send_seed")), concurrency=concurrency)
+        backend.auth_hint = f"; check the key in the environment variable {env_name}"
+        return backend
 
     def metadata(self) -> dict[str, Any]:
         """Endpoint and model (never the key)."""

@@ -12,6 +12,7 @@ import shutil
 import sys
 import uuid
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ from sentech_eval.engine.datasets import ParquetDataset
 from sentech_eval.engine.results import (
     PARTS_DIR, RESULTS_FILE, ResultsWriter, keep_latest_per_key, read_run_table, results_schema,
 )
+from sentech_eval.engine.hooks import RunHook
 from sentech_eval.engine.runner import RunIdentity, Runner
 from sentech_eval.provenance import git_commit, package_versions
-from sentech_eval.scorers import build_scorers
+from sentech_eval.scorers import Scorer, build_scorers
 
 
 def _done_keys(out_dir: Path, cfg_id: str) -> tuple[set[tuple[str, int]], bool]:
@@ -41,7 +43,7 @@ def _done_keys(out_dir: Path, cfg_id: str) -> tuple[set[tuple[str, int]], bool]:
     return set(zip(done["prompt_id"], done["repeat"])), True
 
 
-def _build_scorers(cfg: DictConfig) -> list[Any]:
+def _build_scorers(cfg: DictConfig) -> list[Scorer]:
     scorers_cfg = cfg.get("scorers")
     if not scorers_cfg:
         return []
@@ -69,8 +71,11 @@ def scrub_saved_config(cfg: DictConfig, out_dir: Path) -> None:
         saved.write_text(OmegaConf.to_yaml(OmegaConf.create(redacted)))
 
 
-async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run one configuration into ``out_dir``; returns counts, score means and the objective."""
+async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook] = ()) -> dict[str, Any]:
+    """Run one configuration into ``out_dir``; returns counts, score means and the objective.
+
+    ``hooks`` plug into the runner (``engine.hooks``); their columns join the results schema.
+    """
     try:
         sampling, dataset_cfg, runner_cfg = validate(cfg)
     except ConfigError:
@@ -81,13 +86,12 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     info = dataset.info()
     scorers = _build_scorers(cfg)
     backend = create_backend(cfg.backend, concurrency=runner_cfg.concurrency)
-    max_concurrency = getattr(backend, "max_concurrency", None)
-    if max_concurrency is not None and max_concurrency < runner_cfg.concurrency:
+    if backend.max_concurrency is not None and backend.max_concurrency < runner_cfg.concurrency:
         # More requests in flight than the backend can serve would only queue invisibly inside it;
         # queueing in the runner instead is recorded in queue_s.
-        runner_cfg = dataclasses.replace(runner_cfg, concurrency=max_concurrency)
+        runner_cfg = dataclasses.replace(runner_cfg, concurrency=backend.max_concurrency)
     try:
-        if runner_cfg.timeout_s is not None and hasattr(backend, "set_timeout"):
+        if runner_cfg.timeout_s is not None:
             backend.set_timeout(runner_cfg.timeout_s)
         cfg_id = config_id(backend.kind, backend.model, sampling)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,8 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             print(f"sentech-eval run: resuming in {out_dir}: {len(done)} rows already done are skipped.", file=sys.stderr)
         run_id = uuid.uuid4().hex[:12]
         score_fields = [pa.field(name, dtype) for scorer in scorers for name, dtype in scorer.columns().items()]
-        schema = results_schema(info.extra_fields, score_fields)
+        hook_fields = [pa.field(name, dtype) for hook in hooks for name, dtype in hook.columns().items()]
+        schema = results_schema(info.extra_fields, score_fields + hook_fields)
         metadata = {
             "run_id": run_id, "config_id": cfg_id, "config": redacted_config(cfg),
             "backend": backend.metadata(), "versions": package_versions(), "git_commit": git_commit(),
@@ -108,10 +113,8 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         }
         writer = ResultsWriter(out_dir, schema, metadata)
         identity = RunIdentity(run_id, cfg_id, backend.kind, backend.model, dataset_cfg.name)
-        env_name = cfg.backend.get("api_key_env") if backend.kind == "remote" else None
-        runner = Runner(backend, sampling, identity, writer, runner_cfg, scorers=scorers, done_keys=done,
-                        total=info.num_rows * runner_cfg.repeats,
-                        auth_hint=f"; check the key in the environment variable {env_name}" if env_name else "")
+        runner = Runner(backend, sampling, identity, writer, runner_cfg, scorers=scorers, hooks=hooks, done_keys=done,
+                        total=info.num_rows * runner_cfg.repeats)
         try:
             summary = await runner.run(dataset.iter_prompt_batches())
         finally:
@@ -125,7 +128,7 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "results": str(path), "rows": summary.total, "ok": summary.ok, "errors": summary.errors,
         "skipped": summary.skipped, "retries": summary.retries, "lowest_concurrency": summary.lowest_concurrency,
         "elapsed_s": round(summary.elapsed_s, 3),
-        "interrupted": summary.interrupted, "scores": means,
+        "interrupted": summary.interrupted, "stop_reason": summary.stop_reason, "scores": means,
     }
     objective_key = cfg.get("objective")
     if objective_key:
@@ -141,6 +144,8 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if means:
         line += "  " + " ".join(f"{k}={v:.3f}" for k, v in sorted(means.items()))
     print(line, file=sys.stderr)
+    if summary.stop_reason:
+        print(f"sentech-eval run: stopped early: {summary.stop_reason}", file=sys.stderr)
     if summary.interrupted:
         print(f"sentech-eval run: interrupted; {summary.ok + summary.errors} rows are saved in {path}. "
               f"Resume (rows already ok are skipped, errors retried) with:\n  {resume_command(out_dir)}", file=sys.stderr)

@@ -1,6 +1,10 @@
-"""Pacing primitives for the runner: retry backoff, token buckets (rpm/tpm), adaptive concurrency.
+"""Pacing for the runner: when may the next request go out?
 
-All are single-event-loop objects (no threads); the runner owns one of each per run.
+``Pacer`` owns everything that delays a send: the rpm/tpm token buckets, the adaptive
+concurrency gate (halved on 429s, grown back on success), a server's Retry-After pause (shared
+by every worker: the server asked this client, not one request, to wait), retry backoff and the
+stop signal that cuts every wait short. The building blocks (``TokenBucket``,
+``AdaptiveConcurrency``) are single-event-loop objects (no threads).
 """
 
 from __future__ import annotations
@@ -9,23 +13,10 @@ import asyncio
 import random
 import time
 
-# A Retry-After longer than this is not believed (a broken header must not stall a run for hours).
-RETRY_AFTER_CEILING_S = 600.0
+from sentech_eval.backends.retry import RETRY_AFTER_CEILING_S, backoff_delay
+from sentech_eval.types import Completion
 
-
-def backoff_delay(attempt: int, *, base_s: float, max_s: float, retry_after_s: float | None,
-                  rng: random.Random) -> float:
-    """Seconds to wait before attempt ``attempt + 1``.
-
-    Exponential backoff ``base_s * 2**(attempt-1)`` capped at ``max_s``, with jitter (a uniform draw
-    from the upper half, so retries of concurrent requests spread out). A server's ``Retry-After``
-    is a floor: the delay is never shorter than it (up to ``RETRY_AFTER_CEILING_S``).
-    """
-    exponential = min(max_s, base_s * (2 ** (attempt - 1)))
-    delay = rng.uniform(exponential / 2, exponential)
-    if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, RETRY_AFTER_CEILING_S))
-    return delay
+__all__ = ["RETRY_AFTER_CEILING_S", "AdaptiveConcurrency", "Pacer", "TokenBucket", "backoff_delay"]
 
 
 class TokenBucket:
@@ -81,6 +72,7 @@ class AdaptiveConcurrency:
         self._clock = clock
         self._last_decrease = float("-inf")
         self._cond = asyncio.Condition()
+        self._waiting = 0  # coroutines inside acquire() waiting for a slot
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free right now."""
@@ -94,9 +86,13 @@ class AdaptiveConcurrency:
         if self.active < self.limit:
             self.active += 1
             return
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.active < self.limit)
-            self.active += 1
+        self._waiting += 1
+        try:
+            async with self._cond:
+                await self._cond.wait_for(lambda: self.active < self.limit)
+                self.active += 1
+        finally:
+            self._waiting -= 1
 
     def release(self) -> None:
         """Give a slot back."""
@@ -104,7 +100,7 @@ class AdaptiveConcurrency:
         self._wake()
 
     def _wake(self) -> None:
-        if self._cond._waiters:  # type: ignore[attr-defined]  # only then is a loop running and waiting
+        if self._waiting:  # only then is a loop running and someone waiting
             asyncio.ensure_future(self._notify())
 
     async def _notify(self) -> None:
@@ -132,3 +128,134 @@ class AdaptiveConcurrency:
             self.limit += 1
             self._successes = 0
             self._wake()
+
+
+class Pacer:
+    """Everything that decides when a request may go out, for one run.
+
+    The runner asks ``try_fast()`` first (no rate limit, no pause, a free slot: take it without
+    waiting); otherwise ``wait()`` (Retry-After pause, then the buckets, then a slot). Either way it
+    ``release()``\\ s the slot after the request and reports the answer to ``settle()``. ``backoff()``
+    waits before a retry. ``stop()`` cuts every wait short; nothing new is sent after it.
+    """
+
+    def __init__(self, concurrency: int, *, rpm: float | None = None, tpm: float | None = None,
+                 backoff_base_s: float = 0.5, backoff_max_s: float = 30.0, seed: int | None = None) -> None:
+        self.gate = AdaptiveConcurrency(concurrency)
+        self.rpm = TokenBucket(rpm) if rpm else None
+        self.tpm = TokenBucket(tpm) if tpm else None
+        self.unpaced = self.rpm is None and self.tpm is None  # no token bucket to wait for
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.resume_at = 0.0  # monotonic time before which nothing is sent (a server's Retry-After)
+        self.backoff_now = 0.0  # the wait in progress, for the progress bar
+        self.lowest_concurrency: int | None = None  # set when 429s lowered the concurrency
+        self.stopping = False
+        self._stop_event = asyncio.Event()
+        self._rng = random.Random(0 if seed is None else seed)
+
+    def estimate(self, messages: tuple[dict[str, str], ...], max_tokens: int | None) -> float:
+        """Tokens one request is expected to use (the tpm bucket's advance); 0 without a tpm limit."""
+        if self.tpm is None:
+            return 0.0
+        return sum(len(m["content"]) for m in messages) / 4 + (max_tokens or 256)
+
+    def try_fast(self) -> bool:
+        """Take a slot now if no rate limit applies, no pause is on and a slot is free."""
+        return self.unpaced and self.resume_at <= time.monotonic() and self.gate.try_acquire()
+
+    async def sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, waking early when the run stops."""
+        if delay <= 0 or self.stopping:
+            return
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _acquire(self, estimate: float) -> None:
+        if self.rpm is not None:
+            await self.rpm.acquire(1)
+        if self.tpm is not None:
+            await self.tpm.acquire(estimate)
+        await self.gate.acquire()
+
+    async def wait(self, estimate: float) -> bool:
+        """Wait for a Retry-After pause, the rpm/tpm buckets and a concurrency slot.
+
+        True once a slot is held (the caller releases it); False if the run stopped first.
+        """
+        while True:
+            pause = self.resume_at - time.monotonic()
+            if pause <= 0 or self.stopping:
+                break
+            self.backoff_now = pause
+            await self.sleep(pause)
+        self.backoff_now = 0.0
+        if self.stopping:
+            return False
+        if self.unpaced and self.gate.try_acquire():
+            return True
+        acquire = asyncio.ensure_future(self._acquire(estimate))
+        stop = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not acquire.done():
+                acquire.cancel()
+            try:
+                await acquire
+                acquired = True
+            except asyncio.CancelledError:
+                acquired = False
+        if acquired and self.stopping:
+            self.gate.release()
+            return False
+        return acquired
+
+    def release(self) -> None:
+        """Give the slot of a finished request back."""
+        self.gate.release()
+
+    def now(self) -> float:
+        """The send time to pass to ``settle`` (the gate's clock)."""
+        return self.gate.now()
+
+    def settle(self, completion: Completion, sent_at: float, estimate: float) -> None:
+        """Learn from one answer: the true token count, a success or a 429, a Retry-After pause."""
+        if self.tpm is not None and completion.total_tokens is not None:
+            self.tpm.adjust(completion.total_tokens - estimate)
+        if completion.status == "ok":
+            self.gate.on_success()
+        elif completion.http_status == 429:
+            gate = self.gate
+            gate.on_rate_limited(sent_at)
+            if gate.limit < gate.max_limit:
+                low = self.lowest_concurrency
+                self.lowest_concurrency = gate.limit if low is None else min(low, gate.limit)
+        if completion.retry_after_s is not None:
+            # The server asked every request of this client to wait, not just this one.
+            self.resume_at = max(self.resume_at, time.monotonic() + min(completion.retry_after_s, RETRY_AFTER_CEILING_S))
+
+    async def backoff(self, attempts: int, completion: Completion) -> None:
+        """Wait before retrying an item that has been tried ``attempts`` times (cut short by ``stop``)."""
+        delay = backoff_delay(attempts, base_s=self.backoff_base_s, max_s=self.backoff_max_s,
+                              retry_after_s=completion.retry_after_s, rng=self._rng)
+        self.backoff_now = delay
+        await self.sleep(delay)
+        self.backoff_now = 0.0
+
+    def stop(self) -> None:
+        """Send nothing new; every wait returns now."""
+        self.stopping = True
+        self._stop_event.set()
+
+    def status(self) -> str:
+        """What slows the run down right now, for the progress bar ('' when nothing does)."""
+        gate, text = self.gate, ""
+        if gate.limit < gate.max_limit:
+            text += f" concurrency={gate.limit}/{gate.max_limit}"
+        if self.backoff_now:
+            text += f" backoff={self.backoff_now:.1f}s"
+        return text

@@ -23,6 +23,8 @@ from typing import Any
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
+from sentech_eval.backends.base import create_backend
+from sentech_eval.backends.retry import complete_with_retries
 from sentech_eval.errors import ConfigError
 from sentech_eval.scorers.base import detail_column, score_column
 from sentech_eval.types import SAMPLING_FIELDS, Sampling
@@ -108,9 +110,6 @@ class JudgeScorer:
         self.max_attempts = int(max_attempts)
         self.backoff_s = float(backoff_s)
         self._semaphore = asyncio.Semaphore(int(concurrency))
-
-        from sentech_eval.backends.base import create_backend
-
         backend_cfg = backend if isinstance(backend, DictConfig) else OmegaConf.create(dict(backend))
         self.backend = create_backend(backend_cfg, int(concurrency))
 
@@ -150,13 +149,8 @@ class JudgeScorer:
         base = score_column(self.name)
         msgs = self.messages(row)
         async with self._semaphore:
-            completion = None
-            for attempt in range(self.max_attempts):
-                completion = await self.backend.complete(msgs, self.sampling)
-                if completion.status == "ok" or not completion.retryable or attempt + 1 == self.max_attempts:
-                    break
-                delay = completion.retry_after_s if completion.retry_after_s is not None else self.backoff_s * 2**attempt
-                await asyncio.sleep(min(delay, 30.0))
+            completion = await complete_with_retries(self.backend, msgs, self.sampling, max_attempts=self.max_attempts,
+                                                     base_s=self.backoff_s)
         out = {
             f"{base}_latency_s": completion.latency_s,
             f"{base}_prompt_tokens": completion.prompt_tokens,
