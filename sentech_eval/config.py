@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentech_eval.errors import ConfigError
 from sentech_eval.paths import REPO_ROOT, default_models_dir
-from sentech_eval.types import SAMPLING_PARAMS, Sampling
+from sentech_eval.types import SAMPLING_PARAMS, SAMPLING_RANGES, Sampling
 
 SAMPLING_KEYS = SAMPLING_PARAMS
 TOP_LEVEL_KEYS = {"experiment", "backend", "sampling", "dataset", "runner", "scorers", "sweep", "hydra", "objective"}
@@ -101,26 +101,14 @@ def find_secret_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def sampling_from_config(cfg: DictConfig) -> Sampling:
-    """Check every sampling value's type and range; the ranges match the Sentech API."""
+    """Check every sampling value's type and range (``types.SAMPLING_RANGES``, the Sentech API's)."""
     values = _section(cfg, "sampling")
     _check_keys("sampling", values, SAMPLING_KEYS)
     s = {k: values.get(k) for k in SAMPLING_KEYS}
-    for key in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
-        s[key] = _number("sampling", key, s[key])
-    for key in ("top_k", "max_tokens", "seed"):
-        s[key] = _number("sampling", key, s[key], integer=True)
-    checks = [
-        ("temperature", lambda v: 0 <= v <= 2, "between 0 and 2"),
-        ("top_p", lambda v: 0 < v <= 1, "greater than 0 and at most 1"),
-        ("top_k", lambda v: v >= 0, "0 or more (0 disables top-k)"),
-        ("frequency_penalty", lambda v: -2 <= v <= 2, "between -2 and 2"),
-        ("presence_penalty", lambda v: -2 <= v <= 2, "between -2 and 2"),
-        ("max_tokens", lambda v: v >= 1, "at least 1"),
-        ("seed", lambda v: v >= 0, "0 or more"),
-    ]
-    for key, ok, expected in checks:
-        if s[key] is not None and not ok(s[key]):
-            raise ConfigError(f"sampling.{key}={s[key]} is out of range; it must be {expected}.")
+    for key, valid in SAMPLING_RANGES.items():
+        s[key] = _number("sampling", key, s[key], integer=valid.integer)
+        if s[key] is not None and not valid.contains(s[key]):
+            raise ConfigError(f"sampling.{key}={s[key]} is out of range; it must be {valid.describe()}.")
     return Sampling(**s)
 
 

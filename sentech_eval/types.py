@@ -4,7 +4,8 @@ Immutable records (frozen dataclasses, and a named tuple for ``Prompt``, which i
 dataset row) with no logic beyond tiny conversions; ``Completion`` is the one mutable record.
 This module imports nothing of ours.
 
-- ``Sampling``   the sampling parameters of one configuration (None = not sent).
+- ``Sampling``   the sampling parameters of one configuration (None = not sent);
+                 ``SAMPLING_RANGES`` their valid ranges (the config check and the server use these).
 - ``Prompt``     one dataset row turned into chat messages.
 - ``Completion`` the outcome of one request; every field has a default so a failed
                  request is still a complete record (``status="error"``).
@@ -20,6 +21,47 @@ from typing import Any, NamedTuple
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
 # Every sampling parameter of a configuration: the request fields plus the seed.
 SAMPLING_PARAMS = SAMPLING_FIELDS + ("seed",)
+
+
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The valid values of one sampling parameter."""
+
+    low: float
+    high: float
+    low_open: bool = False  # low itself is not allowed
+    integer: bool = False
+    note: str = ""  # shown after the range, e.g. "0 disables top-k"
+
+    def contains(self, value: float) -> bool:
+        """True when ``value`` lies in the range (the type is the caller's check)."""
+        return (value > self.low if self.low_open else value >= self.low) and value <= self.high
+
+    def describe(self) -> str:
+        """The range in words: "between 0 and 2", "greater than 0 and at most 1", "at least 1"."""
+        low, high = f"{self.low:g}", f"{self.high:g}"
+        if self.high >= INT32_MAX:  # bounded only by the wire format: say the lower bound
+            text = f"greater than {low}" if self.low_open else f"{low} or more" if self.low == 0 else f"at least {low}"
+        elif self.low_open:
+            text = f"greater than {low} and at most {high}"
+        else:
+            text = f"between {low} and {high}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+# The Sentech API's ranges, checked once in the config (before a run) and by `sentech-eval serve`.
+SAMPLING_RANGES: Mapping[str, Range] = MappingProxyType({
+    "temperature": Range(0.0, 2.0),
+    "top_p": Range(0.0, 1.0, low_open=True),
+    "top_k": Range(0, INT32_MAX, integer=True, note="0 disables top-k"),
+    "frequency_penalty": Range(-2.0, 2.0),
+    "presence_penalty": Range(-2.0, 2.0),
+    "max_tokens": Range(1, INT32_MAX, integer=True),
+    "seed": Range(0, 2**64 - 1, integer=True),
+})
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ For every score present on both sides: mean A, mean B, difference B − A with a
 95% CI (clustered by prompt when there are repeats), wins/ties/losses from B's side and an exact
 McNemar p-value when both sides are pass/fail (0/1). For performance: latency and TTFT p50/p95
 ratios B/A, completion-token ratio and error rates. Output agreement: the share of pairs whose
-outputs are identical after normalisation (case, whitespace, punctuation). With ``--judge`` a
+outputs are identical after normalisation (``normalize_text``: case, whitespace, punctuation, symbols). With ``--judge`` a
 backend also says which output it prefers (see ``analysis.judge``).
 
 Every metric is one row built with ``metric_row`` (the ``compare.parquet`` schema, ``METRIC_COLUMNS``).
@@ -12,14 +12,12 @@ Every metric is one row built with ``metric_row`` (the ``compare.parquet`` schem
 
 from __future__ import annotations
 
-import re
-import unicodedata
-
 import numpy as np
 import pandas as pd
 
 from sentech_eval.analysis import stats
 from sentech_eval.analysis.pairing import PairedResults
+from sentech_eval.normalize import normalize_text
 
 METRIC_COLUMNS = [
     "metric", "column", "value", "value_a", "value_b", "diff", "ratio", "ci_low", "ci_high", "p_value",
@@ -28,16 +26,11 @@ METRIC_COLUMNS = [
 _INT_COLUMNS = ("n_pairs", "wins", "ties", "losses", "n_a", "n_b")
 _FLOAT_COLUMNS = ("value", "value_a", "value_b", "diff", "ratio", "ci_low", "ci_high", "p_value")
 
-_WS = re.compile(r"\s+")
-
-
 def normalise_output(text: object) -> str | None:
-    """Case-folded text without punctuation and with single spaces; None for a missing output."""
+    """An output as ``exact_match`` sees it (``normalize_text``); None for a missing output."""
     if text is None or (isinstance(text, float) and np.isnan(text)):
         return None
-    s = unicodedata.normalize("NFKC", str(text)).casefold()
-    s = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in s)
-    return _WS.sub(" ", s).strip()
+    return normalize_text(text)
 
 
 def _ok(pairs: pd.DataFrame, side: str) -> pd.Series:
@@ -154,7 +147,7 @@ def agreement_row(paired: PairedResults) -> dict:
     exact = pairs.loc[ok, "output_a"].astype(str) == pairs.loc[ok, "output_b"].astype(str)
     return metric_row(
         "output_agreement", "output", value=float(same.mean()), n_pairs=int(ok.sum()),
-        note=f"{int(same.sum())} of {int(ok.sum())} identical after normalising case, whitespace and punctuation "
+        note=f"{int(same.sum())} of {int(ok.sum())} identical after normalising case, whitespace, punctuation and symbols "
              f"({int(exact.sum())} byte-identical)",
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from sentech_eval.errors import ConfigError
 from sentech_eval.scorers.base import BaseScorer, references
-from sentech_eval.scorers.text import normalize
+from sentech_eval import normalize
 
 
 class RegexMatch(BaseScorer):
@@ -50,5 +50,5 @@ class RegexMatch(BaseScorer):
         refs = references(row)
         if not refs:
             return self.result(1.0, captured)
-        norm = normalize if self.normalize_text else (lambda s: str(s).strip())
+        norm = normalize.normalize_text if self.normalize_text else (lambda s: str(s).strip())
         return self.result(1.0 if any(norm(captured) == norm(r) for r in refs) else 0.0, captured)

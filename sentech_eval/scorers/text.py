@@ -1,33 +1,21 @@
 """Text-matching scorers on normalised text: ``exact_match``, ``contains`` and ``token_f1``.
 
-Normalisation (``normalize``): Unicode NFKC, lower case, punctuation replaced by spaces,
-whitespace collapsed. A list reference counts as several acceptable answers (best one wins).
+Text is compared after ``sentech_eval.normalize.normalize_text`` (case, punctuation, symbols and
+spacing do not count). A list reference counts as several acceptable answers (best one wins).
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections import Counter
 from typing import Any
 
+from sentech_eval.normalize import normalize_text
 from sentech_eval.scorers.base import BaseScorer, references
-
-_SPACE = re.compile(r"\s+")
-
-
-def normalize(text: Any) -> str:
-    """Lower-case, punctuation-free, single-spaced text (``None`` -> ``""``)."""
-    if text is None:
-        return ""
-    text = unicodedata.normalize("NFKC", str(text)).lower()
-    text = "".join(" " if unicodedata.category(ch).startswith(("P", "S")) else ch for ch in text)
-    return _SPACE.sub(" ", text).strip()
 
 
 def tokens(text: Any) -> list[str]:
     """The normalised words of ``text``."""
-    norm = normalize(text)
+    norm = normalize_text(text)
     return norm.split(" ") if norm else []
 
 
@@ -40,8 +28,8 @@ class ExactMatch(BaseScorer):
         refs = references(row)
         if not refs:
             return self.result(None, "no reference")
-        out = normalize(row.get("output"))
-        return self.result(1.0 if any(out == normalize(r) for r in refs) else 0.0)
+        out = normalize_text(row.get("output"))
+        return self.result(1.0 if any(out == normalize_text(r) for r in refs) else 0.0)
 
 
 class Contains(BaseScorer):
@@ -57,11 +45,11 @@ class Contains(BaseScorer):
         self.whole_words = bool(whole_words)
 
     def score_sync(self, row: dict[str, Any]) -> dict[str, Any]:
-        refs = [normalize(r) for r in references(row)]
+        refs = [normalize_text(r) for r in references(row)]
         refs = [r for r in refs if r]
         if not refs:
             return self.result(None, "no reference")
-        out = normalize(row.get("output"))
+        out = normalize_text(row.get("output"))
         if self.whole_words:
             hit = any(f" {r} " in f" {out} " for r in refs)
         else:

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from sentech_eval.server.engines import BadRequest, ChatRequest, Engine, Generation
 from sentech_eval.server.faults import NO_FAULT, FaultConfig, FaultInjector
+from sentech_eval.types import SAMPLING_RANGES, Sampling
 
 log = logging.getLogger("sentech_eval.server")
 
@@ -73,22 +74,16 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-# (name, low, high, low bound excluded)
-_NUMBER_FIELDS = (
-    ("temperature", 0.0, 2.0, False),
-    ("top_p", 0.0, 1.0, True),
-    ("frequency_penalty", -2.0, 2.0, False),
-    ("presence_penalty", -2.0, 2.0, False),
-)
-# (name, low, high)
-_INTEGER_FIELDS = (("top_k", 0, 2**31 - 1), ("max_tokens", 1, 2**31 - 1), ("seed", -(2**63), 2**64 - 1))
+# The sampling fields in request order with their ranges (types.SAMPLING_RANGES), as flat tuples
+# for the per-request check: (name, low, high, low bound excluded) and (name, low, high).
+_NUMBER_FIELDS = tuple((name, r.low, r.high, r.low_open) for name, r in SAMPLING_RANGES.items() if not r.integer)
+_INTEGER_FIELDS = tuple((name, int(r.low), int(r.high)) for name, r in SAMPLING_RANGES.items() if r.integer)
 
 
-def _number_problem(name: str, value: Any, lo: float, hi: float, lo_open: bool) -> BadRequest:
+def _number_problem(name: str, value: Any) -> BadRequest:
     if type(value) not in (int, float):
         return BadRequest(f"{name} must be a number, got {_describe(value)}.")
-    low = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
-    return BadRequest(f"{name} must be {low} and at most {hi:g}, got {value!r}.")
+    return BadRequest(f"{name} must be {SAMPLING_RANGES[name].describe()}, got {value!r}.")
 
 
 def _integer_value(name: str, value: Any, lo: int, hi: int) -> int:
@@ -136,7 +131,7 @@ def parse_request(body: Any) -> ChatRequest:
         if value is not None:
             kind = type(value)
             if (kind is not float and kind is not int) or value > hi or value < lo or (lo_open and value == lo):
-                raise _number_problem(name, value, lo, hi, lo_open)
+                raise _number_problem(name, value)
         numbers.append(value)
     integers = []
     for name, lo, hi in _INTEGER_FIELDS:
@@ -146,10 +141,8 @@ def parse_request(body: Any) -> ChatRequest:
         integers.append(value)
     temperature, top_p, frequency_penalty, presence_penalty = numbers
     top_k, max_tokens, seed = integers
-    return ChatRequest(
-        messages, model, temperature, top_p, top_k, frequency_penalty, presence_penalty, max_tokens, seed,
-        stream is True,
-    )
+    sampling = Sampling(temperature, top_p, top_k, frequency_penalty, presence_penalty, max_tokens, seed)
+    return ChatRequest(messages, model, sampling, stream is True)
 
 
 # ----------------------------------------------------------------------------------------- the app

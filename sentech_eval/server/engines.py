@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sentech_eval.errors import BackendError, ConfigError
-from sentech_eval.types import SAMPLING_PARAMS
+from sentech_eval.types import SAMPLING_PARAMS, Sampling
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATASETS_DIR = REPO_ROOT / "datasets"
@@ -44,13 +44,7 @@ class ChatRequest:
 
     messages: list[dict[str, str]]
     model: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
+    sampling: Sampling = Sampling()  # frozen: one shared default is safe
     stream: bool = False
 
 
@@ -164,10 +158,10 @@ class EchoEngine:
         variants = self._variants.get(prompt)
         if variants is None:
             variants = self._make_variants(prompt)
-        temperature = request.temperature
+        temperature = request.sampling.temperature
         if not temperature:  # None or 0: stable
             return variants[0]
-        seed = request.seed if request.seed is not None else self._rng.getrandbits(32)
+        seed = request.sampling.seed if request.sampling.seed is not None else self._rng.getrandbits(32)
         # a seeded, prompt-dependent pick among the phrasings (variants[1] is the prompt's crc32)
         pick = ((seed * 2654435761) ^ variants[1]) & 0xFFFFFFFF
         phrasings = variants[2]
@@ -203,7 +197,7 @@ class EchoEngine:
         """The answer, its pieces when needed (truncation or streaming) and its usage."""
         text = self.answer(request)
         prompt_tokens = self.prompt_tokens(request.messages)
-        max_tokens = request.max_tokens
+        max_tokens = request.sampling.max_tokens
         if not request.stream:
             n = len(text.split())
             if max_tokens is None or n <= max_tokens:
@@ -317,11 +311,11 @@ class LlamaEngine:
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         from sentech_eval.backends.local_worker import sampling_arguments
 
-        sampling = {name: getattr(request, name) for name in SAMPLING_PARAMS}
+        sampling = {name: getattr(request.sampling, name) for name in SAMPLING_PARAMS}
         if sampling["seed"] is None:
             sampling["seed"] = self._seed_rng.getrandbits(31)  # seeded server: reproducible in request order
         args = sampling_arguments(sampling)  # the local backend's defaults and fixed parameters
-        args["max_tokens"] = request.max_tokens  # unset: the context window bounds the answer
+        args["max_tokens"] = request.sampling.max_tokens  # unset: the context window bounds the answer
         args["seed"] %= 2**32
         return {"messages": [{"role": m["role"], "content": m["content"]} for m in request.messages], **args}
 

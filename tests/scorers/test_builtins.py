@@ -10,7 +10,8 @@ import pytest
 from sentech_eval.errors import ConfigError
 from sentech_eval.scorers import build_scorer
 from sentech_eval.scorers.numeric import last_number
-from sentech_eval.scorers.text import normalize, token_f1
+from sentech_eval.normalize import normalize_text
+from sentech_eval.scorers.text import token_f1
 
 
 def score(name, output, reference=None, **options):
@@ -19,9 +20,9 @@ def score(name, output, reference=None, **options):
 
 
 def test_normalize_drops_case_punctuation_and_extra_space():
-    assert normalize("  The  Capital: PARIS!! ") == "the capital paris"
-    assert normalize(None) == ""
-    assert normalize("Ｐａｒｉｓ") == "paris"  # NFKC folds full-width letters
+    assert normalize_text("  The  Capital: PARIS!! ") == "the capital paris"
+    assert normalize_text(None) == ""
+    assert normalize_text("Ｐａｒｉｓ") == "paris"  # NFKC folds full-width letters
 
 
 @pytest.mark.parametrize("output,reference,expected", [

@@ -11,6 +11,7 @@ from server_helpers import SEED_BODY, post
 
 from sentech_eval.server.engines import ChatRequest, EchoEngine
 from sentech_eval.server.testing import running_server
+from sentech_eval.types import Sampling
 
 KEY = "engine-key"
 
@@ -112,7 +113,7 @@ def test_engine_direct_stream_and_complete_agree():
     import asyncio
 
     engine = EchoEngine(datasets_dir=None)
-    request = ChatRequest(messages=[{"role": "user", "content": "x  y\tz w"}], max_tokens=3, stream=True)
+    request = ChatRequest(messages=[{"role": "user", "content": "x  y\tz w"}], sampling=Sampling(max_tokens=3), stream=True)
 
     async def go():
         pieces = [p async for p in engine.stream(request)]

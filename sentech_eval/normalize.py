@@ -1,0 +1,25 @@
+"""The one text normaliser: what "the same answer" means for ``exact_match``, ``contains``,
+``token_f1``, ``regex`` and for output agreement in ``compare``.
+
+Unicode NFKC, case-folded, punctuation *and symbols* replaced by spaces, whitespace collapsed.
+Symbols are not part of an answer: "$5", "5 $" and "5" are the same answer, as are "Paris!" and
+"paris". (Before there was one normaliser, ``compare`` kept symbols and ``exact_match`` did not,
+so they disagreed on "$5" vs "5".)
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: Any) -> str:
+    """Case-folded text without punctuation or symbols, single-spaced (``None`` -> ``""``)."""
+    if text is None:
+        return ""
+    text = unicodedata.normalize("NFKC", str(text)).casefold()
+    text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
+    return _SPACE.sub(" ", text).strip()
