@@ -1,57 +1,65 @@
-"""Typed views of the Hydra config and the checks OmegaConf cannot do (ranges, unknown keys, secrets).
+"""The config's schemas (Hydra ConfigStore) and the checks a schema cannot express (ranges, secrets).
 
-``validate(cfg)`` runs before any request; it raises ``ConfigError`` with one sentence naming the
-key and the fix. The YAML under conf/ is the public interface; these dataclasses mirror it.
+``SamplingConfig``, ``RunnerConfig`` and ``DatasetConfig`` are structured-config schemas: each is
+registered in Hydra's ConfigStore (``register_configs``) as ``base_sampling`` / ``base_runner`` /
+``base_dataset``, and the YAML files of its group extend it (``defaults: [base_runner, _self_]``),
+so key names, types and defaults live in one place. OmegaConf checks keys and types; its errors
+come out as one ``ConfigError`` sentence naming the key (``config_error``). ``validate(cfg)``
+adds the range checks and runs before any request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
+import typing
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from sentech_eval.errors import ConfigError
 from sentech_eval.paths import REPO_ROOT, default_models_dir
 from sentech_eval.types import SAMPLING_PARAMS, SAMPLING_RANGES, Sampling
 
-SAMPLING_KEYS = SAMPLING_PARAMS
 TOP_LEVEL_KEYS = {"experiment", "backend", "sampling", "dataset", "runner", "scorers", "sweep", "hydra", "objective"}
-DATASET_KEYS = {"name", "path", "limit", "num_shards", "shard_index", "batch_size"}
-RUNNER_KEYS = {
-    "concurrency", "repeats", "max_retries", "timeout_s", "rpm", "tpm", "resume",
-    "flush_rows", "flush_s", "progress", "backoff_base_s", "backoff_max_s",
-}
 # A key whose name looks like it carries a credential. `api_key_env` names a variable, so it is fine.
 SECRET_KEY_PATTERN = re.compile(r"(^|_)(api_?key|key|token|secret|password|authorization|bearer)$", re.IGNORECASE)
 ALLOWED_SECRETISH_KEYS = {"api_key_env", "max_tokens", "top_k"}
 
+# The sampling schema: Sampling's fields, every one optional (None = not sent), no default of its own.
+SamplingConfig = dataclasses.make_dataclass(
+    "SamplingConfig",
+    [(name, Optional[typing.get_args(hint)[0]], None) for name, hint in typing.get_type_hints(Sampling).items()],
+)
+SamplingConfig.__doc__ = "Sampling parameters; null = not sent (the server's default applies)."
 
-@dataclass(frozen=True)
+
+@dataclass
 class DatasetConfig:
     """Where the prompts come from and which part of them to run."""
 
-    name: str
-    path: str
-    limit: int | None = None
+    name: Optional[str] = None  # default: the file name without .parquet
+    path: Optional[str] = None
+    limit: Optional[int] = None
     num_shards: int = 1
     shard_index: int = 0
     batch_size: int = 4096
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunnerConfig:
     """How requests are sent: concurrency, repeats, retries, rate limits, flushing, resume."""
 
     concurrency: int = 16
     repeats: int = 1
     max_retries: int = 5
-    timeout_s: float | None = None
-    rpm: float | None = None
-    tpm: float | None = None
+    timeout_s: Optional[float] = None
+    rpm: Optional[float] = None
+    tpm: Optional[float] = None
     resume: bool = True
     flush_rows: int = 2000
     flush_s: float = 2.0
@@ -60,29 +68,68 @@ class RunnerConfig:
     backoff_max_s: float = 30.0
 
 
+# group -> (schema, its name in the ConfigStore)
+SCHEMAS: dict[str, tuple[type, str]] = {
+    "sampling": (SamplingConfig, "base_sampling"),
+    "runner": (RunnerConfig, "base_runner"),
+    "dataset": (DatasetConfig, "base_dataset"),
+}
+_KINDS = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "String": "a string"}
+
+
+def register_configs() -> None:
+    """The schemas in Hydra's ConfigStore and the ``${models_dir:}`` / ``${repo_root:}`` resolvers (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group, (schema, name) in SCHEMAS.items():
+        store.store(group=group, name=name, node=schema)
+    if not OmegaConf.has_resolver("models_dir"):
+        OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
+    if not OmegaConf.has_resolver("repo_root"):
+        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+
+
+def config_error(exc: BaseException, section: str = "") -> ConfigError:
+    """Hydra's or OmegaConf's error (or its cause) as one sentence naming the key and what it must be."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return ConfigError(f"{first.rstrip('.')}.")
+    key = str(getattr(cause, "full_key", "") or getattr(cause, "key", "") or "")
+    key = f"{section}.{key}" if section and key and not key.startswith(section + ".") else key or section
+    schema = getattr(cause, "object_type", None)
+    if isinstance(cause, ConfigKeyError) and dataclasses.is_dataclass(schema):
+        known = ", ".join(sorted(f.name for f in dataclasses.fields(schema)))
+        return ConfigError(f"Unknown config key '{key}'; known keys are: {known}.")
+    message = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
+    converted = re.search(r"could not be converted to (\w+)", message)
+    if isinstance(cause, ValidationError) and converted:
+        kind = _KINDS.get(converted.group(1), converted.group(1))
+        group, _, name = key.partition(".")
+        fields = {f.name: f for f in dataclasses.fields(SCHEMAS[group][0])} if group in SCHEMAS else {}
+        nullable = name not in fields or type(None) in typing.get_args(fields[name].type)
+        return ConfigError(f"Config key '{key}' must be {kind}{' or null' if nullable else ''}, "
+                           f"got {getattr(cause, 'value', None)!r}.")
+    return ConfigError(f"Config key '{key}': {message.rstrip('.')}." if key else f"{message.rstrip('.')}.")
+
+
 def _section(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """The ``name`` section checked against its schema (keys and types), as plain data."""
     node = cfg.get(name)
     if node is None:
-        return {}
-    if not isinstance(node, DictConfig):
+        node = {}
+    elif not isinstance(node, DictConfig):
         raise ConfigError(f"Config key '{name}' must be a mapping, got {type(node).__name__}.")
-    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-
-
-def _check_keys(section: str, values: dict[str, Any], known: set[str] | tuple[str, ...]) -> None:
-    for key in values:
-        if key not in known:
-            listing = ", ".join(sorted(known))
-            raise ConfigError(f"Unknown config key '{section}.{key}'; known keys are: {listing}.")
-
-
-def _number(section: str, key: str, value: Any, *, integer: bool = False) -> float | int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"Config key '{section}.{key}' must be {kind} or null, got {value!r}.")
-    return value
+    try:
+        # as plain data first: a node Hydra typed with the schema already may carry keys added with +
+        plain = OmegaConf.to_container(node, resolve=True)
+        checked = OmegaConf.merge(OmegaConf.structured(SCHEMAS[name][0]), plain)
+        return OmegaConf.to_container(checked, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise config_error(exc, name) from None
 
 
 def find_secret_keys(node: Any, prefix: str = "") -> list[str]:
@@ -101,63 +148,46 @@ def find_secret_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def sampling_from_config(cfg: DictConfig) -> Sampling:
-    """Check every sampling value's type and range (``types.SAMPLING_RANGES``, the Sentech API's)."""
+    """The sampling section: keys and types by its schema, ranges by ``types.SAMPLING_RANGES`` (the Sentech API's)."""
     values = _section(cfg, "sampling")
-    _check_keys("sampling", values, SAMPLING_KEYS)
-    s = {k: values.get(k) for k in SAMPLING_KEYS}
     for key, valid in SAMPLING_RANGES.items():
-        s[key] = _number("sampling", key, s[key], integer=valid.integer)
-        if s[key] is not None and not valid.contains(s[key]):
-            raise ConfigError(f"sampling.{key}={s[key]} is out of range; it must be {valid.describe()}.")
-    return Sampling(**s)
+        value = values[key]
+        if value is not None and not valid.contains(value):
+            raise ConfigError(f"sampling.{key}={value} is out of range; it must be {valid.describe()}.")
+    return Sampling(**{key: values[key] for key in SAMPLING_PARAMS})
 
 
 def dataset_from_config(cfg: DictConfig) -> DatasetConfig:
-    """The dataset section, checked."""
+    """The dataset section, checked; ``name`` defaults to the file name."""
     values = _section(cfg, "dataset")
-    _check_keys("dataset", values, DATASET_KEYS)
-    if not values.get("path"):
+    if not values["path"]:
         raise ConfigError("dataset.path is not set; pick a shipped dataset (dataset=capitals) or set dataset.path=FILE.parquet.")
-    for key in ("limit", "num_shards", "shard_index", "batch_size"):
-        _number("dataset", key, values.get(key), integer=True)
-    limit = values.get("limit")
+    limit, num_shards, shard_index = values["limit"], values["num_shards"], values["shard_index"]
     if limit is not None and limit < 1:
         raise ConfigError(f"dataset.limit={limit} must be at least 1 (or null for every row).")
-    num_shards = values.get("num_shards") or 1
-    shard_index = values.get("shard_index") or 0
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ConfigError(
             f"dataset.shard_index={shard_index} must be between 0 and dataset.num_shards-1 ({num_shards - 1})."
         )
-    batch_size = values.get("batch_size") or 4096
-    if batch_size < 1:
-        raise ConfigError(f"dataset.batch_size={batch_size} must be at least 1.")
-    name = values.get("name") or str(values["path"]).rsplit("/", 1)[-1].removesuffix(".parquet")
-    return DatasetConfig(name=name, path=str(values["path"]), limit=limit, num_shards=num_shards,
-                         shard_index=shard_index, batch_size=batch_size)
+    if values["batch_size"] < 1:
+        raise ConfigError(f"dataset.batch_size={values['batch_size']} must be at least 1.")
+    values["name"] = values["name"] or str(values["path"]).rsplit("/", 1)[-1].removesuffix(".parquet")
+    values["path"] = str(values["path"])
+    return DatasetConfig(**values)
 
 
 def runner_from_config(cfg: DictConfig) -> RunnerConfig:
-    """The runner section, checked."""
+    """The runner section: keys, types and defaults by its schema; the ranges checked here."""
     values = _section(cfg, "runner")
-    _check_keys("runner", values, RUNNER_KEYS)
-    merged = {**asdict(RunnerConfig()), **{k: v for k, v in values.items() if v is not None or k in ("timeout_s", "rpm", "tpm")}}
-    for key in ("concurrency", "repeats", "max_retries", "flush_rows"):
-        _number("runner", key, merged[key], integer=True)
-    for key in ("timeout_s", "rpm", "tpm", "flush_s", "backoff_base_s", "backoff_max_s"):
-        _number("runner", key, merged[key])
-    if merged["concurrency"] < 1:
-        raise ConfigError(f"runner.concurrency={merged['concurrency']} must be at least 1.")
-    if merged["repeats"] < 1:
-        raise ConfigError(f"runner.repeats={merged['repeats']} must be at least 1.")
-    if merged["max_retries"] < 0:
-        raise ConfigError(f"runner.max_retries={merged['max_retries']} must be 0 or more.")
+    for key in ("concurrency", "repeats", "flush_rows"):
+        if values[key] < 1:
+            raise ConfigError(f"runner.{key}={values[key]} must be at least 1.")
+    if values["max_retries"] < 0:
+        raise ConfigError(f"runner.max_retries={values['max_retries']} must be 0 or more.")
     for key in ("timeout_s", "rpm", "tpm"):
-        if merged[key] is not None and merged[key] <= 0:
-            raise ConfigError(f"runner.{key}={merged[key]} must be positive (or null for no limit).")
-    if merged["flush_rows"] < 1:
-        raise ConfigError(f"runner.flush_rows={merged['flush_rows']} must be at least 1.")
-    return RunnerConfig(**merged)
+        if values[key] is not None and values[key] <= 0:
+            raise ConfigError(f"runner.{key}={values[key]} must be positive (or null for no limit).")
+    return RunnerConfig(**values)
 
 
 def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:
@@ -191,9 +221,3 @@ def redacted_config(cfg: DictConfig) -> dict[str, Any]:
     return container  # type: ignore[return-value]
 
 
-def register_resolvers() -> None:
-    """The ``${models_dir:}`` and ``${repo_root:}`` interpolations used in ``conf/`` (idempotent)."""
-    if not OmegaConf.has_resolver("models_dir"):
-        OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
-    if not OmegaConf.has_resolver("repo_root"):
-        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))

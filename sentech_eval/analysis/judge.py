@@ -27,7 +27,7 @@ from sentech_eval.analysis.compare import metric_row, normalise_output
 from sentech_eval.analysis.pairing import PairedResults
 from sentech_eval.backends.base import Backend, create_backend
 from sentech_eval.backends.retry import complete_with_retries
-from sentech_eval.config import register_resolvers, sampling_from_config
+from sentech_eval.config import register_configs, sampling_from_config
 from sentech_eval.errors import AuthenticationError, ConfigError
 from sentech_eval.paths import CONF_DIR
 from sentech_eval.secrets import refuse_secret_overrides
@@ -61,7 +61,7 @@ def judge_config(overrides: list[str]) -> Any:
             f"--judge takes Hydra overrides such as backend=local, got {bad[0]!r}; put A and B before --judge."
         )
     refuse_secret_overrides(overrides)
-    register_resolvers()
+    register_configs()
     names = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
     defaults = []
     if "sampling" not in names:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -15,10 +16,12 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from sentech_eval.config import register_resolvers
+from sentech_eval.config import config_error, register_configs
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.errors import ConfigError, SentechEvalError
 from sentech_eval.paths import CONF_DIR
@@ -103,7 +106,19 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     """Entry for ``sentech-eval run``: hand the arguments to Hydra."""
     refuse_secret_overrides(argv)
     check_group_choices(argv)
-    register_resolvers()
+    register_configs()
     sys.argv = [prog.replace(" ", "-")] + list(argv)
-    task()
+    # Hydra raises its composition errors (a value of the wrong type for its schema) instead of
+    # printing them, so they come out as one ConfigError sentence with exit code 2.
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        task()
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise config_error(exc) from None
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
     return 0

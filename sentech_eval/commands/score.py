@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sentech_eval.config import register_resolvers
+from sentech_eval.config import register_configs
 from sentech_eval.engine.results import RESULTS_FILE
 from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.paths import CONF_DIR
@@ -59,7 +59,7 @@ def compose_scorers_config(overrides: list[str], config_dir: Path = CONF_DIR) ->
     if not (config_dir / "config.yaml").exists():
         raise ConfigError(f"The config directory {config_dir} has no config.yaml; reinstall sentech-eval from its repository.")
     refuse_secret_overrides(list(overrides))
-    register_resolvers()
+    register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
