@@ -153,7 +153,8 @@ def sampling_from_config(cfg: DictConfig) -> Sampling:
     for key, valid in SAMPLING_RANGES.items():
         value = values[key]
         if value is not None and not valid.contains(value):
-            raise ConfigError(f"sampling.{key}={value} is out of range; it must be {valid.describe()}.")
+            shown = f"{value:g}" if isinstance(value, float) else value  # as typed: 3, not 3.0
+            raise ConfigError(f"sampling.{key}={shown} is out of range; it must be {valid.describe()}.")
     return Sampling(**{key: values[key] for key in SAMPLING_PARAMS})
 
 
