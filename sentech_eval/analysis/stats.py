@@ -1,18 +1,35 @@
-"""Statistics for summaries and comparisons: percentiles, (paired) bootstrap CIs, McNemar.
+"""Statistics for summaries and comparisons: percentiles, intervals for means, paired tests.
 
-All bootstraps are percentile bootstraps, vectorised with a seeded ``numpy.random.default_rng``,
-and may be *clustered*: when ``clusters`` (e.g. the prompt ids) is given, whole clusters are
-resampled with replacement, so repeats of the same prompt are not counted as independent
-evidence. The statistic is the mean over all rows of the resampled clusters.
-NaN values (missing scores, errored rows) are dropped before anything is computed.
+The unit of evidence is the *cluster* (the prompt, or a column the user names): rows of one
+prompt (repeats, sweep points, temperatures) are never counted as independent. Which method is
+used depends on the data, and every interval and test says which one it is:
+
+- 0/1 scores (proportions): the **Wilson** score interval when every cluster holds one row; the
+  **cluster-adjusted Wilson** interval otherwise (Wilson at the effective sample size
+  n / design effect, the design effect estimated from the prompt-level residuals and kept within
+  [1, Σm²/n]). Neither can collapse to a point, not even for 30/30.
+- other scores: the percentile bootstrap, resampling whole clusters.
+- paired 0/1 scores (compare, check): the difference B − A gets **Newcombe's hybrid score
+  interval** (method 10: Wilson intervals of each side combined with their correlation, MOVER);
+  with clusters the two Wilson intervals are cluster-adjusted and the correlation is the
+  cluster-robust correlation of the two means. The test is the **exact McNemar** test when every
+  cluster holds one pair and the **clustered McNemar** test otherwise: an exact sign-flip
+  (permutation) test of the per-prompt sums of B − A, which is the exact McNemar test when every
+  prompt has one pair. Paired other scores: the clustered percentile bootstrap, no test.
+
+Everything is vectorised with numpy (the simulation suite in benchmarks/ calls the same
+``*_from_totals`` functions on thousands of simulated data sets at once); bootstraps use a seeded
+``numpy.random.default_rng``. NaN values (missing scores, errored rows) are dropped first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import signal as _scipy_signal
 from scipy import stats as _scipy_stats
 
 DEFAULT_RESAMPLES = 2000
@@ -120,6 +137,274 @@ def mcnemar_exact(a_pass: Any, b_pass: Any) -> float:
     if n == 0:
         return 1.0
     return float(_scipy_stats.binomtest(min(n01, n10), n, 0.5, alternative="two-sided").pvalue)
+
+
+# ------------------------------------------------------------------------------ methods, by name
+WILSON = "wilson"
+WILSON_CLUSTERED = "wilson_clustered"
+BOOTSTRAP = "bootstrap"
+BOOTSTRAP_CLUSTERED = "bootstrap_clustered"
+NEWCOMBE = "newcombe"
+NEWCOMBE_CLUSTERED = "newcombe_clustered"
+MCNEMAR_EXACT = "mcnemar_exact"
+MCNEMAR_CLUSTERED = "mcnemar_clustered"
+
+METHOD_DESCRIPTIONS = {
+    WILSON: "Wilson score interval (0/1 score, one row per prompt)",
+    WILSON_CLUSTERED: "cluster-adjusted Wilson interval (0/1 score, several rows per prompt: effective n = n / design effect)",
+    BOOTSTRAP: "percentile bootstrap over rows (one row per prompt)",
+    BOOTSTRAP_CLUSTERED: "percentile bootstrap resampling prompts (several rows per prompt)",
+    NEWCOMBE: "Newcombe hybrid score interval for paired proportions (one pair per prompt)",
+    NEWCOMBE_CLUSTERED: "Newcombe interval from cluster-adjusted Wilson intervals and their cluster-robust correlation",
+    MCNEMAR_EXACT: "exact McNemar test (one pair per prompt)",
+    MCNEMAR_CLUSTERED: "clustered McNemar test: exact sign-flip test of the per-prompt sums of B − A",
+}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its interval, the method that made it and what it rests on."""
+
+    estimate: float
+    low: float
+    high: float
+    method: str  # one of the METHOD_DESCRIPTIONS keys ("" when there is no value)
+    n: int  # rows
+    n_clusters: int  # prompts (or user clusters)
+    design_effect: float = 1.0  # variance inflation from clustering (1.0 without clusters)
+
+
+def _z(confidence: float) -> float:
+    return float(_scipy_stats.norm.ppf(0.5 + confidence / 2.0))
+
+
+def wilson_interval(successes: Any, n: Any, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for ``successes`` out of ``n`` (arrays; ``n`` may be an effective, non-integer n).
+
+    With ``n = 0`` the interval is [0, 1]. It never has zero width for ``n`` > 0.
+    """
+    k = np.asarray(successes, dtype=float)
+    n = np.asarray(n, dtype=float)
+    z2 = _z(confidence) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(n > 0, k / np.where(n > 0, n, 1.0), 0.5)
+        nn = np.where(n > 0, n, 1.0)
+        denom = 1.0 + z2 / nn
+        centre = (p + z2 / (2.0 * nn)) / denom
+        half = np.sqrt(z2) * np.sqrt(p * (1.0 - p) / nn + z2 / (4.0 * nn * nn)) / denom
+    low = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), 0.0)
+    high = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), 1.0)
+    # Exact 0 and n: the bounds are exactly 0 and 1 (round-off would leave 1e-17).
+    low = np.where(k <= 0, 0.0, low)
+    high = np.where(k >= n, 1.0, high)
+    return low, high
+
+
+def _cluster_variance(y: np.ndarray, m: np.ndarray, est: np.ndarray, rows: np.ndarray,
+                      k: np.ndarray) -> np.ndarray:
+    """Cluster-robust (ratio-estimator) variance of ``est = Σy / Σm``; along the last axis, m = 0 pads."""
+    resid = y - est[..., None] * m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = np.where(k > 1, k / np.maximum(k - 1, 1), np.nan)
+        return factor * np.sum(resid * resid, axis=-1) / (rows * rows)
+
+
+def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95) -> dict[str, np.ndarray]:
+    """Cluster-adjusted Wilson interval from per-cluster successes ``y`` and rows ``m`` (last axis).
+
+    Leading axes are independent data sets (the simulation suite passes thousands at once);
+    clusters with ``m = 0`` are padding. The design effect is the cluster-robust variance of the
+    proportion over the binomial one, kept within [1, Σm²/Σm] (its value if every prompt's rows
+    were identical); when the proportion is 0 or 1 it cannot be estimated and its upper bound is
+    used (every prompt counts once). With clusters the effective n is further scaled by
+    (z / t_{k−1})² for the k − 1 degrees of freedom of the variance estimate (Korn & Graubard
+    1998). With one row per cluster the design effect is 1: the plain Wilson interval.
+    Returns arrays: estimate, low, high, n_eff, design_effect, rows, clusters.
+    """
+    y = np.asarray(y, dtype=float)
+    m = np.asarray(m, dtype=float)
+    m = np.broadcast_to(m, y.shape)
+    rows = m.sum(axis=-1)
+    k = (m > 0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        est = y.sum(axis=-1) / rows
+        deff_max = np.sum(m * m, axis=-1) / rows
+        var_cl = _cluster_variance(y, m, est, rows, k)
+        var_srs = est * (1.0 - est) / rows
+        deff = np.where((var_srs > 0) & np.isfinite(var_cl), var_cl / np.where(var_srs > 0, var_srs, 1.0), deff_max)
+    deff = np.clip(deff, 1.0, np.maximum(deff_max, 1.0))
+    n_eff = rows / deff
+    # Korn & Graubard's degrees-of-freedom adjustment: a variance estimated from k clusters
+    # has k − 1 degrees of freedom, so the normal quantile becomes Student's t (only when the
+    # design effect was estimated, i.e. some cluster holds several rows).
+    clustered = deff_max > 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = _scipy_stats.t.ppf(0.5 + confidence / 2.0, np.maximum(k - 1, 1))
+    n_eff = np.where(clustered, n_eff * (_z(confidence) / t) ** 2, n_eff)
+    low, high = wilson_interval(est * n_eff, n_eff, confidence)
+    return {"estimate": est, "low": low, "high": high, "n_eff": n_eff, "design_effect": deff,
+            "rows": rows, "clusters": k}
+
+
+def _codes(clusters: Any | None, size: int) -> np.ndarray:
+    if clusters is None:
+        return np.arange(size)
+    _, codes = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
+    return codes.ravel()
+
+
+def is_binary(values: Any) -> bool:
+    """True when every non-NaN value is 0 or 1 (and there is at least one)."""
+    arr = _as_float(values)
+    arr = arr[~np.isnan(arr)]
+    return arr.size > 0 and bool(np.isin(arr, (0.0, 1.0)).all())
+
+
+def proportion_ci(values: Any, clusters: Any | None = None, confidence: float = 0.95) -> Interval:
+    """Interval of the mean of a 0/1 score: Wilson, or cluster-adjusted Wilson when clusters hold several rows."""
+    arr, cl = _clean(values, clusters)
+    if arr.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), "", 0, 0)
+    codes = _codes(cl, arr.size)
+    y = np.bincount(codes, weights=arr)
+    m = np.bincount(codes).astype(float)
+    r = clustered_wilson_from_totals(y, m, confidence)
+    method = WILSON if m.max() <= 1 else WILSON_CLUSTERED
+    return Interval(float(r["estimate"]), float(r["low"]), float(r["high"]), method, int(arr.size), int(y.size),
+                    float(r["design_effect"]))
+
+
+def mean_ci(values: Any, clusters: Any | None = None, confidence: float = 0.95,
+            n_resamples: int = DEFAULT_RESAMPLES, seed: int | None = 0) -> Interval:
+    """Interval of a score's mean, method chosen by the data (see the module docstring).
+
+    0/1 scores get ``proportion_ci``; other scores the percentile bootstrap resampling clusters.
+    """
+    arr, cl = _clean(values, clusters)
+    if arr.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), "", 0, 0)
+    if is_binary(arr):
+        return proportion_ci(arr, cl, confidence)
+    codes = _codes(cl, arr.size)
+    n_clusters = int(codes.max()) + 1
+    clustered = n_clusters < arr.size
+    mean, low, high = bootstrap_ci(arr, clusters=codes if clustered else None, confidence=confidence,
+                                   n_resamples=n_resamples, seed=seed)
+    return Interval(mean, low, high, BOOTSTRAP_CLUSTERED if clustered else BOOTSTRAP, int(arr.size), n_clusters)
+
+
+def newcombe_from_totals(ya: Any, yb: Any, m: Any, confidence: float = 0.95) -> dict[str, np.ndarray]:
+    """Interval of p_B − p_A for paired 0/1 scores from per-cluster sums (last axis; m = 0 pads).
+
+    Newcombe's hybrid score interval (method 10, a MOVER combination of the two Wilson
+    intervals with the correlation of the two means). With one pair per cluster the Wilson
+    intervals are the plain ones and the correlation is the phi coefficient with Newcombe's
+    continuity adjustment: Newcombe's method 10 exactly. With clusters both Wilson intervals are cluster-adjusted and the
+    correlation is the cluster-robust correlation of the two means. Never of zero width.
+    """
+    ya = np.asarray(ya, dtype=float)
+    yb = np.asarray(yb, dtype=float)
+    m = np.broadcast_to(np.asarray(m, dtype=float), ya.shape)
+    a = clustered_wilson_from_totals(ya, m, confidence)
+    b = clustered_wilson_from_totals(yb, m, confidence)
+    rows, k = a["rows"], a["clusters"]
+    pa, pb = a["estimate"], b["estimate"]
+    ra = ya - pa[..., None] * m
+    rb = yb - pb[..., None] * m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = np.sum(ra * rb, axis=-1)
+        # Newcombe's continuity adjustment of phi: a positive cross-product loses n/2 in count
+        # units (0.5 here), which only ever widens the interval.
+        cov = np.where(cov > 0.5, cov - 0.5, np.where(cov > 0, 0.0, cov))
+        denom = np.sqrt(np.sum(ra * ra, axis=-1) * np.sum(rb * rb, axis=-1))
+        corr = np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0)
+    corr = np.clip(corr, -1.0, 1.0)
+    diff = pb - pa
+    d_low_b, d_high_a = pb - b["low"], a["high"] - pa
+    d_high_b, d_low_a = b["high"] - pb, pa - a["low"]
+    low = diff - np.sqrt(np.maximum(d_low_b ** 2 - 2 * corr * d_low_b * d_high_a + d_high_a ** 2, 0.0))
+    high = diff + np.sqrt(np.maximum(d_high_b ** 2 - 2 * corr * d_high_b * d_low_a + d_low_a ** 2, 0.0))
+    return {"estimate": diff, "low": np.maximum(low, -1.0), "high": np.minimum(high, 1.0), "corr": corr,
+            "rows": rows, "clusters": k,
+            "design_effect": np.maximum(a["design_effect"], b["design_effect"])}
+
+
+def paired_difference_ci(a: Any, b: Any, clusters: Any | None = None, confidence: float = 0.95,
+                         n_resamples: int = DEFAULT_RESAMPLES, seed: int | None = 0) -> Interval:
+    """Interval of mean(b − a) over the pairs where both are present, method chosen by the data.
+
+    0/1 scores on both sides: the Newcombe interval (cluster-adjusted when clusters hold several
+    pairs); other scores: the percentile bootstrap of the differences resampling clusters.
+    """
+    a_arr, b_arr = _as_float(a), _as_float(b)
+    if a_arr.size != b_arr.size:
+        raise ValueError(f"paired samples differ in length: {a_arr.size} vs {b_arr.size}")
+    keep = ~(np.isnan(a_arr) | np.isnan(b_arr))
+    cl = None
+    if clusters is not None:
+        cl = np.asarray(clusters, dtype=object).ravel()
+        if cl.size != a_arr.size:
+            raise ValueError(f"clusters has {cl.size} entries but values has {a_arr.size}")
+        cl = cl[keep]
+    a_arr, b_arr = a_arr[keep], b_arr[keep]
+    if a_arr.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), "", 0, 0)
+    codes = _codes(cl, a_arr.size)
+    n_clusters = int(codes.max()) + 1
+    clustered = n_clusters < a_arr.size
+    if is_binary(a_arr) and is_binary(b_arr):
+        m = np.bincount(codes).astype(float)
+        r = newcombe_from_totals(np.bincount(codes, weights=a_arr), np.bincount(codes, weights=b_arr), m, confidence)
+        return Interval(float(r["estimate"]), float(r["low"]), float(r["high"]),
+                        NEWCOMBE_CLUSTERED if clustered else NEWCOMBE, int(a_arr.size), n_clusters,
+                        float(r["design_effect"]))
+    diff, low, high = bootstrap_ci(b_arr - a_arr, clusters=codes if clustered else None, confidence=confidence,
+                                   n_resamples=n_resamples, seed=seed)
+    return Interval(diff, low, high, BOOTSTRAP_CLUSTERED if clustered else BOOTSTRAP, int(a_arr.size), n_clusters)
+
+
+def sign_flip_pvalue(cluster_sums: Any) -> float:
+    """Two-sided exact sign-flip (permutation) p-value for integer per-cluster sums of B − A.
+
+    Under the null each prompt's sum is as likely to be +d as −d; the p-value is
+    P(|Σ ±d_i| ≥ |Σ d_i|) over all 2^k sign patterns, computed exactly by convolution. With
+    one pair per prompt (d_i ∈ {−1, 0, 1}) this is the exact McNemar test.
+    """
+    d = np.rint(np.abs(_as_float(cluster_sums))).astype(np.int64)
+    observed = abs(int(np.rint(np.sum(_as_float(cluster_sums)))))
+    d = d[d > 0]
+    if d.size == 0:
+        return 1.0
+    # Distribution of Σ s_i d_i on the grid −S..S (S = Σ d_i): one binomial per distinct |d|.
+    pmf = np.ones(1)
+    for value, count in zip(*np.unique(d, return_counts=True)):
+        # value × (2X − count), X ~ Binomial(count, 1/2): support spaced by 2·value.
+        binom = _scipy_stats.binom.pmf(np.arange(count + 1), count, 0.5)
+        spread = np.zeros(2 * value * count + 1)
+        spread[:: 2 * value] = binom
+        pmf = _scipy_signal.convolve(pmf, spread) if pmf.size > 1 else spread
+    pmf = np.clip(pmf, 0.0, None)
+    total = (pmf.size - 1) // 2
+    grid = np.abs(np.arange(-total, total + 1))
+    p = float(pmf[grid >= observed].sum() / pmf.sum())
+    return min(1.0, p)
+
+
+def paired_test(a_pass: Any, b_pass: Any, clusters: Any | None = None) -> tuple[float, str]:
+    """(p, method): exact McNemar with one pair per cluster, the clustered McNemar (sign-flip) test otherwise.
+
+    Pairs with a NaN are dropped; both sides must be 0/1.
+    """
+    a_arr, b_arr = _as_float(a_pass), _as_float(b_pass)
+    if a_arr.size != b_arr.size:
+        raise ValueError(f"paired samples differ in length: {a_arr.size} vs {b_arr.size}")
+    keep = ~(np.isnan(a_arr) | np.isnan(b_arr))
+    codes = _codes(None if clusters is None else np.asarray(clusters, dtype=object).ravel()[keep], int(keep.sum()))
+    a_arr, b_arr = a_arr[keep], b_arr[keep]
+    if codes.size and int(codes.max()) + 1 < codes.size:
+        sums = np.bincount(codes, weights=(b_arr >= 0.5).astype(float) - (a_arr >= 0.5).astype(float))
+        return sign_flip_pvalue(sums), MCNEMAR_CLUSTERED
+    return mcnemar_exact(a_arr, b_arr), MCNEMAR_EXACT
 
 
 def error_rate(status: Any) -> float:

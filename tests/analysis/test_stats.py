@@ -110,3 +110,98 @@ def test_errors_are_excluded_from_quality_but_counted_in_error_rate():
     assert stats.bootstrap_ci(values)[0] == pytest.approx(2 / 3)
     assert stats.error_rate(status) == pytest.approx(0.4)
     assert np.isnan(stats.error_rate([]))
+
+
+# ------------------------------------------------------------------ intervals that hold at the edges
+@pytest.mark.parametrize("k,n", [(0, 20), (1, 20), (19, 20), (30, 30), (7, 50), (500, 1000)])
+def test_wilson_interval_equals_scipy(k, n):
+    expected = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = stats.wilson_interval(k, n)
+    assert (float(low), float(high)) == pytest.approx((expected.low, expected.high), abs=1e-12)
+
+
+@pytest.mark.parametrize("values", [np.ones(30), np.zeros(30), np.ones(1), np.array([1.0, 1.0, 0.0])])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_proportion_intervals_never_collapse(values, clustered):
+    clusters = np.arange(values.size) // 3 if clustered else None
+    ci = stats.mean_ci(values, clusters=clusters)
+    assert ci.high - ci.low > 0.01
+    assert ci.low <= ci.estimate <= ci.high
+    if values.size == 30 and values.all() and not clustered:  # 30/30: Wilson [0.886, 1], not [1, 1]
+        assert (ci.low, ci.high) == pytest.approx((0.8864866, 1.0), abs=1e-6)
+        assert ci.method == stats.WILSON
+
+
+def test_one_row_per_cluster_is_plain_wilson_and_repeats_widen_the_interval():
+    rng = np.random.default_rng(5)
+    per_prompt = (rng.random(40) < 0.6).astype(float)
+    plain = stats.proportion_ci(per_prompt)
+    same = stats.proportion_ci(per_prompt, clusters=np.arange(40))
+    assert (same.low, same.high, same.method) == (plain.low, plain.high, stats.WILSON)
+    # Five identical repeats of each prompt are no more evidence than one: the clustered interval
+    # is as wide as the prompt-level one (up to the t-quantile), far wider than rows-as-independent.
+    rows = np.repeat(per_prompt, 5)
+    clustered = stats.proportion_ci(rows, clusters=np.repeat(np.arange(40), 5))
+    naive = stats.proportion_ci(rows)
+    assert clustered.method == stats.WILSON_CLUSTERED and clustered.design_effect == pytest.approx(5.0)
+    assert clustered.high - clustered.low >= plain.high - plain.low
+    assert clustered.high - clustered.low > 1.8 * (naive.high - naive.low)
+
+
+def test_non_binary_scores_keep_the_clustered_bootstrap():
+    values = np.array([0.2, 0.4, 0.5, 0.9, 0.1, 0.7])
+    assert stats.mean_ci(values).method == stats.BOOTSTRAP
+    assert stats.mean_ci(values, clusters=[0, 0, 1, 1, 2, 2]).method == stats.BOOTSTRAP_CLUSTERED
+
+
+def test_newcombe_paired_interval_matches_the_published_example():
+    # Newcombe (1998) method 10 on the paired table [[59, 6], [16, 80]]: -0.0621 (-0.1186 to -0.0046),
+    # as printed by the R package contingencytables (Fagerland, Lydersen & Laake).
+    first = np.array([1] * 59 + [1] * 6 + [0] * 16 + [0] * 80, dtype=float)
+    second = np.array([1] * 59 + [0] * 6 + [1] * 16 + [0] * 80, dtype=float)
+    ci = stats.paired_difference_ci(second, first)  # mean(first − second)
+    assert (round(ci.estimate, 4), round(ci.low, 4), round(ci.high, 4)) == (-0.0621, -0.1186, -0.0046)
+    assert ci.method == stats.NEWCOMBE
+    ties = stats.paired_difference_ci(np.ones(30), np.ones(30))  # no discordant pair: still not [0, 0]
+    assert ties.low < -0.05 and ties.high > 0.05
+
+
+def test_sign_flip_test_is_exact_mcnemar_with_one_pair_per_prompt_and_counts_prompts_with_repeats():
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        a, b = (rng.random(60) < 0.5).astype(float), (rng.random(60) < 0.6).astype(float)
+        p, method = stats.paired_test(a, b)
+        assert method == stats.MCNEMAR_EXACT
+        assert stats.sign_flip_pvalue(b - a) == pytest.approx(stats.mcnemar_exact(a, b), abs=1e-12)
+        assert p == stats.mcnemar_exact(a, b)
+        # The same pairs repeated five times per prompt carry the prompts' evidence, not five times it.
+        p5, method5 = stats.paired_test(np.repeat(a, 5), np.repeat(b, 5), clusters=np.repeat(np.arange(60), 5))
+        assert method5 == stats.MCNEMAR_CLUSTERED
+        assert p5 == pytest.approx(p, abs=1e-9)
+        assert stats.mcnemar_exact(np.repeat(a, 5), np.repeat(b, 5)) <= p  # the row-level test overstates
+
+
+def test_simulation_suite_small_version_holds_its_targets():
+    """A small run of benchmarks/bench_stats.py: coverage, zero width, type-I error, power."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_stats.py"
+    spec = importlib.util.spec_from_file_location("bench_stats", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    results = {r["name"]: r for r in bench.run(quick=True, seed=7)}
+    for name, r in results.items():
+        if name.startswith("stats.zero_width"):
+            assert r["pass"], r
+        elif name.startswith("stats.coverage"):
+            assert r["value"] >= 0.90, r  # Wilson's worst point on the small grid is 91.1% (p=0.99, n=50)
+            assert r["max"] <= 0.99, r
+        elif name.startswith("stats.type1_check"):
+            assert r["value"] <= 0.025 + 0.01 + 2 * r["monte_carlo_se"], r
+        elif name.startswith("stats.type1_mcnemar"):
+            assert r["value"] <= 0.05 + 0.01 + 2 * r["monte_carlo_se"], r
+    assert results["stats.power_check_drop_0.05_n500"]["value"] > 0.8
+    assert {k.split("_")[1] for k in results if k.startswith("stats.type1")} == {"check", "mcnemar"}

@@ -1,0 +1,261 @@
+"""Simulation suite for the statistics: do the intervals cover, do the tests hold their level?
+
+Everything is checked against a known truth, through the same functions the product calls
+(``sentech_eval.stats``; its ``*_from_totals`` functions take thousands of simulated data sets
+at once, so the suite is vectorised numpy and runs in a few minutes on 2 cores):
+
+1. **Coverage of the summary CI of a 0/1 score** for p ∈ {0.02, 0.3, 0.7, 0.95, 0.98, 0.99},
+   n ∈ {20, 30, 50, 200, 1000} prompts:
+   - one row per prompt (Wilson): *exact* coverage, by enumerating every possible count
+     k = 0..n with its binomial probability (no Monte-Carlo error);
+   - 5 repeats per prompt with intra-prompt correlation (cluster-adjusted Wilson): each prompt's
+     success probability is drawn from a Beta distribution with mean p and intra-class
+     correlation ICC (0.3, and 0.8 for a second, harsher table), then 5 Bernoulli draws.
+   Target 93–97 % in every setting and never a zero-width interval.
+2. **Type-I error under the null** of ``check --require-significance`` (a drop counts only when
+   the paired CI of candidate − baseline lies below 0: one-sided, nominal 2.5 %) and of the
+   McNemar p-value (two-sided, nominal 5 %), for (a) 100 prompts × 5 repeats, exchangeable;
+   (b) sweep vs sweep: 100 prompts × 5 temperatures, one repeat, strong prompt effects;
+   (c) 500 independent prompts. Target ≤ nominal + 1 %; the Monte-Carlo standard error is printed.
+3. **Power** for a 0.05 drop at n = 500 prompts (one row each), beside the normal-theory power of
+   McNemar's test for the same discordance.
+
+    python benchmarks/bench_stats.py            # the full suite (JSON lines + tables on stderr)
+    python benchmarks/bench_stats.py --quick    # small sizes: checks that everything runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats as sps
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sentech_eval import stats  # noqa: E402
+
+PS = (0.02, 0.3, 0.7, 0.95, 0.98, 0.99)
+NS = (20, 30, 50, 200, 1000)
+REPEATS = 5
+ICCS = (0.3, 0.8)
+COVERAGE_TARGET = (0.93, 0.97)
+CONFIDENCE = 0.95
+GATE_ALPHA = 0.025  # one-sided: the CI's upper bound below zero
+MCNEMAR_ALPHA = 0.05
+SLACK = 0.01  # type-I error may exceed its nominal level by at most this much
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def emit(name: str, value: float | None, target: str, passed: bool | None, **extra) -> None:
+    import json
+
+    record = {"name": name, "value": None if value is None else round(float(value), 6), "target": target,
+              "pass": passed}
+    record.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in extra.items()})
+    print(json.dumps(record), flush=True)
+
+
+# ------------------------------------------------------------------------------------- coverage
+def exact_coverage_one_row(p: float, n: int) -> tuple[float, float]:
+    """(coverage, narrowest width) of the summary interval with one row per prompt, by enumeration."""
+    k = np.arange(n + 1)
+    # Every possible data set: k ones among n prompts of one row each, as per-cluster totals.
+    y = (np.arange(n)[None, :] < k[:, None]).astype(float)
+    r = stats.clustered_wilson_from_totals(y, np.ones(n), CONFIDENCE)
+    covered = (r["low"] <= p) & (p <= r["high"])
+    weight = sps.binom.pmf(k, n, p)
+    return float(np.sum(weight[covered])), float(np.min(r["high"] - r["low"]))
+
+
+def beta_params(p: float, icc: float) -> tuple[float, float]:
+    """Beta(a, b) with mean p whose beta-binomial has intra-class correlation icc."""
+    total = 1.0 / icc - 1.0
+    return p * total, (1.0 - p) * total
+
+
+def simulated_coverage_repeats(p: float, n: int, icc: float, sims: int, rng: np.random.Generator,
+                               repeats: int = REPEATS) -> tuple[float, float]:
+    """(coverage, narrowest width) of the cluster-adjusted interval: n prompts × repeats rows."""
+    a, b = beta_params(p, icc)
+    hits, narrowest = 0, np.inf
+    block = max(1, 2_000_000 // n)
+    for start in range(0, sims, block):
+        size = min(block, sims - start)
+        prompt_p = rng.beta(a, b, size=(size, n))
+        y = rng.binomial(repeats, prompt_p).astype(float)
+        r = stats.clustered_wilson_from_totals(y, np.full(n, float(repeats)), CONFIDENCE)
+        hits += int(np.sum((r["low"] <= p) & (p <= r["high"])))
+        narrowest = min(narrowest, float(np.min(r["high"] - r["low"])))
+    return hits / sims, narrowest
+
+
+# ------------------------------------------------------------------------------- null and power
+@dataclass
+class PairedSims:
+    """Simulated paired 0/1 outcomes as per-prompt totals: shape (sims, prompts)."""
+
+    ya: np.ndarray  # baseline successes per prompt
+    yb: np.ndarray  # candidate successes per prompt
+    m: np.ndarray  # rows per prompt (prompts,)
+    label: str
+
+
+def null_repeats(sims: int, prompts: int, rng: np.random.Generator, repeats: int = REPEATS,
+                 p: float = 0.7, icc: float = 0.3) -> PairedSims:
+    """Exchangeable null: each prompt has its own pass rate, both systems draw from it, R repeats."""
+    a, b = beta_params(p, icc)
+    prompt_p = rng.beta(a, b, size=(sims, prompts))
+    return PairedSims(rng.binomial(repeats, prompt_p).astype(float), rng.binomial(repeats, prompt_p).astype(float),
+                      np.full(prompts, float(repeats)), f"{prompts} prompts × {repeats} repeats (ICC {icc})")
+
+
+def null_sweep(sims: int, prompts: int, rng: np.random.Generator, temperatures: int = 5) -> PairedSims:
+    """Sweep vs sweep: prompt × temperature pairs, one repeat, strong prompt effects, same law for A and B."""
+    u = rng.normal(0.4, 1.5, size=(sims, prompts, 1))  # prompt difficulty (logit)
+    beta = np.linspace(-0.5, 0.5, temperatures)[None, None, :]  # temperature effect
+    cell_p = 1.0 / (1.0 + np.exp(-(u + beta)))
+    ya = (rng.random(cell_p.shape) < cell_p).sum(axis=-1).astype(float)
+    yb = (rng.random(cell_p.shape) < cell_p).sum(axis=-1).astype(float)
+    return PairedSims(ya, yb, np.full(prompts, float(temperatures)),
+                      f"sweep vs sweep: {prompts} prompts × {temperatures} temperatures")
+
+
+def paired_independent(sims: int, prompts: int, rng: np.random.Generator, p: float = 0.7,
+                       drop: float = 0.0, flip_up: float = 0.10) -> tuple[PairedSims, float]:
+    """One row per prompt; the candidate loses ``drop`` of the pass rate (0 = the null).
+
+    The baseline passes with probability p; the candidate keeps a pass with probability 1 − f
+    and turns a fail into a pass with probability ``flip_up``, f chosen so that its pass rate is
+    p − drop. Returns the data and the discordance probability (for the theoretical power).
+    """
+    f = (drop + (1.0 - p) * flip_up) / p
+    a_pass = rng.random((sims, prompts)) < p
+    u = rng.random((sims, prompts))
+    b_pass = np.where(a_pass, u >= f, u < flip_up)
+    discordance = p * f + (1.0 - p) * flip_up
+    label = f"{prompts} independent prompts" + (f", drop {drop:g}" if drop else "")
+    return PairedSims(a_pass.astype(float), b_pass.astype(float), np.ones(prompts), label), discordance
+
+
+def gate_and_mcnemar(sims: PairedSims) -> dict[str, float]:
+    """Rejection rates of the gate (CI upper bound < 0) and of the McNemar-type test (p < 0.05)."""
+    ci = stats.newcombe_from_totals(sims.ya, sims.yb, sims.m, CONFIDENCE)
+    gate = ci["high"] < 0
+    clustered = bool(np.max(sims.m) > 1)
+    pvals = np.empty(sims.ya.shape[0])
+    for i in range(sims.ya.shape[0]):
+        diffs = sims.yb[i] - sims.ya[i]
+        if clustered:
+            pvals[i] = stats.sign_flip_pvalue(diffs)
+        else:
+            pvals[i] = stats.mcnemar_exact(sims.ya[i], sims.yb[i])
+    reject = pvals < MCNEMAR_ALPHA
+    excludes = (ci["low"] > 0) | (ci["high"] < 0)
+    return {"gate": float(gate.mean()), "mcnemar": float(reject.mean()),
+            "disagree": float(np.mean(excludes != reject)), "zero_width": int(np.sum(ci["high"] - ci["low"] <= 0))}
+
+
+def mc_se(rate: float, sims: int) -> float:
+    return math.sqrt(max(rate * (1.0 - rate), 1e-12) / sims)
+
+
+def mcnemar_theory_power(drop: float, discordance: float, n: int, alpha: float = MCNEMAR_ALPHA) -> float:
+    """Normal-theory power of McNemar's test (Connor 1987) for a drop with this discordance."""
+    z = sps.norm.ppf(1 - alpha / 2)
+    return float(sps.norm.cdf((abs(drop) * math.sqrt(n) - z * math.sqrt(discordance))
+                              / math.sqrt(discordance - drop * drop)))
+
+
+# ------------------------------------------------------------------------------------------ main
+def run(quick: bool, seed: int = 20261126) -> list[dict]:
+    """Run the suite; returns one dict per printed measurement."""
+    rng = np.random.default_rng(seed)
+    results: list[dict] = []
+    ns = (20, 50) if quick else NS
+    ps = (0.02, 0.7, 0.99) if quick else PS
+    cover_sims = 400 if quick else 4000
+    null_sims = 600 if quick else 4000
+    lo, hi = COVERAGE_TARGET
+
+    def record(name, value, target, passed, **extra):
+        results.append({"name": name, "value": value, "target": target, "pass": passed, **extra})
+        emit(name, value, target, passed, **extra)
+
+    # 1. coverage --------------------------------------------------------------------------------
+    tables = {}
+    t0 = time.perf_counter()
+    cov1 = {(p, n): exact_coverage_one_row(p, n) for p in ps for n in ns}
+    tables["1 row per prompt (Wilson, exact)"] = cov1
+    for icc in ICCS if not quick else ICCS[:1]:
+        tables[f"{REPEATS} repeats, ICC {icc} (cluster-adjusted Wilson, {cover_sims} sims)"] = {
+            (p, n): simulated_coverage_repeats(p, n, icc, cover_sims, rng) for p in ps for n in ns}
+    log(f"[stats] coverage computed in {time.perf_counter() - t0:.1f} s")
+    for title, table in tables.items():
+        log(f"\ncoverage of the 95% summary CI, {title}")
+        log("p \\ n  " + "".join(f"{n:>8d}" for n in ns))
+        for p in ps:
+            log(f"{p:<6g} " + "".join(f"{100 * table[(p, n)][0]:7.1f}%" for n in ns))
+    se_cover = mc_se(0.95, cover_sims)
+    for title, table in tables.items():
+        values = [v[0] for v in table.values()]
+        widths = [v[1] for v in table.values()]
+        inside = sum(lo <= v <= hi for v in values)
+        key = "one_row" if "1 row" in title else title.split(",")[1].strip().replace(" ", "_").lower()
+        record(f"stats.coverage_{key}_min", min(values), f"{lo:.0%}–{hi:.0%} in every setting",
+               all(lo <= v <= hi for v in values), max=max(values), settings_in_target=inside,
+               settings=len(values), monte_carlo_se=0.0 if "exact" in title else se_cover, title=title)
+        record(f"stats.zero_width_intervals_{key}", float(min(widths)), "narrowest width > 0", min(widths) > 0)
+
+    # 2. type-I error ---------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    prompts = 100
+    scenarios = [null_repeats(null_sims, prompts, rng), null_sweep(null_sims, prompts, rng),
+                 paired_independent(null_sims, 100 if quick else 500, rng)[0]]
+    for sims in scenarios:
+        rates = gate_and_mcnemar(sims)
+        key = sims.label.split(":")[0].split(" ")[0] if sims.label.startswith("sweep") else (
+            "repeats" if "repeats" in sims.label else "independent")
+        log(f"\nnull, {sims.label}: check --require-significance flags {100 * rates['gate']:.2f}% "
+            f"(nominal 2.5%), McNemar p < 0.05 in {100 * rates['mcnemar']:.2f}% (nominal 5%), "
+            f"CI and p disagree in {100 * rates['disagree']:.2f}%")
+        record(f"stats.type1_check_{key}", rates["gate"], f"<= {GATE_ALPHA + SLACK:.3f}",
+               rates["gate"] <= GATE_ALPHA + SLACK, monte_carlo_se=mc_se(rates["gate"], null_sims),
+               sims=null_sims, scenario=sims.label)
+        record(f"stats.type1_mcnemar_{key}", rates["mcnemar"], f"<= {MCNEMAR_ALPHA + SLACK:.3f}",
+               rates["mcnemar"] <= MCNEMAR_ALPHA + SLACK, monte_carlo_se=mc_se(rates["mcnemar"], null_sims),
+               sims=null_sims, scenario=sims.label, ci_p_disagreement=rates["disagree"])
+    # 3. power ----------------------------------------------------------------------------------
+    n_power = 500
+    sims, discordance = paired_independent(null_sims, n_power, rng, drop=0.05)
+    rates = gate_and_mcnemar(sims)
+    theory = mcnemar_theory_power(0.05, discordance, n_power)
+    log(f"\npower, {sims.label} (p 0.70 → 0.65, discordance {discordance:.3f}): gate {100 * rates['gate']:.1f}%, "
+        f"McNemar {100 * rates['mcnemar']:.1f}% (theory {100 * theory:.1f}%)")
+    record("stats.power_check_drop_0.05_n500", rates["gate"], "reported (theory beside)", None,
+           mcnemar=rates["mcnemar"], theory_mcnemar=theory, monte_carlo_se=mc_se(rates["gate"], null_sims))
+    log(f"[stats] tests computed in {time.perf_counter() - t0:.1f} s")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (checks that everything runs)")
+    parser.add_argument("--seed", type=int, default=20261126)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    run(args.quick, args.seed)
+    log(f"[stats] done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
