@@ -1,7 +1,7 @@
 """Simulation suite for the statistics: do the intervals cover, do the tests hold their level?
 
 Everything is checked against a known truth, through the same functions the product calls
-(``sentech_eval.stats``; its ``*_from_totals`` functions take thousands of simulated data sets
+(``sentech_eval.analysis.stats``; its ``*_from_totals`` functions take thousands of simulated data sets
 at once, so the suite is vectorised numpy and runs in a few minutes on 2 cores):
 
 1. **Coverage of the summary CI of a 0/1 score** for p ∈ {0.02, 0.3, 0.7, 0.95, 0.98, 0.99},
@@ -38,7 +38,7 @@ from scipy import stats as sps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sentech_eval import stats  # noqa: E402
+from sentech_eval.analysis import stats  # noqa: E402
 
 PS = (0.02, 0.3, 0.7, 0.95, 0.98, 0.99)
 NS = (20, 30, 50, 200, 1000)

@@ -1,11 +1,15 @@
 """The metrics of a paired comparison of two results (e.g. remote vs local).
 
-For every score present on both sides: mean A, mean B, difference B − A with a paired-bootstrap
-95% CI (clustered by prompt when there are repeats), wins/ties/losses from B's side and an exact
-McNemar p-value when both sides are pass/fail (0/1). For performance: latency and TTFT p50/p95
-ratios B/A, completion-token ratio and error rates. Output agreement: the share of pairs whose
-outputs are identical after normalisation (``normalize_text``: case, whitespace, punctuation, symbols). With ``--judge`` a
-backend also says which output it prefers (see ``analysis.judge``).
+For every score present on both sides: mean A, mean B, difference B − A with a 95% CI, and for
+pass/fail (0/1) scores a McNemar-type p-value, wins/ties/losses from B's side. The prompt is the
+unit of evidence (``pairing.cluster_ids``): with one pair per prompt the CI is Newcombe's and
+the test the exact McNemar; with several (repeats, sweep points) both are cluster-adjusted (the
+clustered McNemar is an exact sign-flip test over prompts); see ``analysis.stats``. When the
+p-value and the CI disagree on significance the row's note says so. For performance: latency and
+TTFT p50/p95 ratios B/A, completion-token ratio and error rates. Output agreement: the share of
+pairs whose outputs are identical after normalisation (``normalize_text``: case, whitespace,
+punctuation, symbols). With ``--judge`` a backend also says which output it prefers (see
+``analysis.judge``).
 
 Every metric is one row built with ``metric_row`` (the ``compare.parquet`` schema, ``METRIC_COLUMNS``).
 """
@@ -16,15 +20,16 @@ import numpy as np
 import pandas as pd
 
 from sentech_eval.analysis import stats
-from sentech_eval.analysis.pairing import PairedResults
+from sentech_eval.analysis.pairing import PairedResults, cluster_ids
 from sentech_eval.normalize import normalize_text
 
 METRIC_COLUMNS = [
     "metric", "column", "value", "value_a", "value_b", "diff", "ratio", "ci_low", "ci_high", "p_value",
-    "n_pairs", "wins", "ties", "losses", "n_a", "n_b", "note",
+    "n_pairs", "wins", "ties", "losses", "n_a", "n_b", "note", "ci_method", "test", "n_clusters",
 ]
-_INT_COLUMNS = ("n_pairs", "wins", "ties", "losses", "n_a", "n_b")
+_INT_COLUMNS = ("n_pairs", "wins", "ties", "losses", "n_a", "n_b", "n_clusters")
 _FLOAT_COLUMNS = ("value", "value_a", "value_b", "diff", "ratio", "ci_low", "ci_high", "p_value")
+
 
 def normalise_output(text: object) -> str | None:
     """An output as ``exact_match`` sees it (``normalize_text``); None for a missing output."""
@@ -40,10 +45,6 @@ def _ok(pairs: pd.DataFrame, side: str) -> pd.Series:
     return pairs[col].astype(str).eq("ok")
 
 
-def _is_binary(values: np.ndarray) -> bool:
-    return values.size > 0 and bool(np.isin(values, (0.0, 1.0)).all())
-
-
 def metric_row(metric: str, column: str | None = None, **values) -> dict:
     """One compare.parquet row: every metric column present, None where it does not apply."""
     row = {name: None for name in METRIC_COLUMNS}
@@ -51,11 +52,15 @@ def metric_row(metric: str, column: str | None = None, **values) -> dict:
     return row
 
 
-def score_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0) -> list[dict]:
-    """One row per common score: means, paired-bootstrap CI of B − A, wins/ties/losses, McNemar."""
+def score_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0,
+               cluster: str | None = None) -> list[dict]:
+    """One row per common score: means, CI of B − A, wins/ties/losses, McNemar-type test (0/1 scores).
+
+    ``cluster`` names the column whose pairs form one unit of evidence (default: the prompt).
+    """
     rows = []
     pairs = paired.pairs
-    clusters = pairs["prompt_id"].to_numpy() if pairs["repeat"].nunique() > 1 else None
+    clusters = cluster_ids(paired, cluster)
     for score in paired.scores:
         a = pd.to_numeric(pairs[f"{score}_a"], errors="coerce").to_numpy(dtype=float)
         b = pd.to_numeric(pairs[f"{score}_b"], errors="coerce").to_numpy(dtype=float)
@@ -63,22 +68,39 @@ def score_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0) -
         a, b = a[both], b[both]
         n = int(both.sum())
         skipped = len(both) - n
-        note = f"{skipped} pairs without this score on one side" if skipped else ""
+        notes = [f"{skipped} pairs without this score on one side"] if skipped else []
         if n == 0:
-            rows.append(metric_row("score", score, n_pairs=0, note=note or "no pair has this score on both sides"))
+            rows.append(metric_row("score", score, n_pairs=0, note=notes[0] if notes else "no pair has this score on both sides"))
             continue
-        cl = clusters[both] if clusters is not None else None
-        # stats.paired_bootstrap_ci returns mean(first - second): pass B first for B − A.
-        diff, low, high = stats.paired_bootstrap_ci(b, a, clusters=cl, confidence=confidence, seed=seed)
-        p_value = None
-        if _is_binary(a) and _is_binary(b):
-            p_value = float(stats.mcnemar_exact(a.astype(bool), b.astype(bool)))
+        cl = clusters[both]
+        ci = stats.paired_difference_ci(a, b, clusters=cl, confidence=confidence, seed=seed)
+        p_value, test = None, None
+        if stats.is_binary(a) and stats.is_binary(b):
+            p_value, test = stats.paired_test(a, b, clusters=cl)
+            disagreement = significance_disagreement(p_value, ci, confidence)
+            if disagreement:
+                notes.append(disagreement)
         rows.append(metric_row(
-            "score", score, value_a=float(a.mean()), value_b=float(b.mean()), diff=float(diff),
-            ci_low=float(low), ci_high=float(high), p_value=p_value, n_pairs=n,
-            wins=int((b > a).sum()), ties=int((b == a).sum()), losses=int((b < a).sum()), note=note,
+            "score", score, value_a=float(a.mean()), value_b=float(b.mean()), diff=ci.estimate,
+            ci_low=ci.low, ci_high=ci.high, p_value=p_value, n_pairs=n,
+            wins=int((b > a).sum()), ties=int((b == a).sum()), losses=int((b < a).sum()), note="; ".join(notes),
+            ci_method=ci.method, test=test, n_clusters=ci.n_clusters,
         ))
     return rows
+
+
+def significance_disagreement(p_value: float, ci: stats.Interval, confidence: float = 0.95) -> str:
+    """A sentence when the test and the CI disagree on significance at 1 − confidence, else ""."""
+    by_test = p_value < 1.0 - confidence
+    by_ci = ci.low > 0 or ci.high < 0
+    if by_test == by_ci:
+        return ""
+    level = f"{1.0 - confidence:.0%}"
+    if by_ci:
+        return (f"the CI excludes 0 but p = {p_value:.3g} ≥ {level}: the interval and the test are different methods "
+                "and disagree near the boundary, so treat the difference as borderline (the gate decides by the CI)")
+    return (f"p = {p_value:.3g} < {level} but the CI includes 0: the interval and the test are different methods "
+            "and disagree near the boundary, so treat the difference as borderline (the gate decides by the CI)")
 
 
 def _percentile_rows(pairs: pd.DataFrame, column: str, name: str) -> list[dict]:
@@ -171,15 +193,16 @@ def metrics_frame(rows: list[dict]) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for col in _INT_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in ("metric", "column", "note"):
+    for col in ("metric", "column", "note", "ci_method", "test"):
         df[col] = df[col].astype("string")
     df["note"] = df["note"].fillna("")
     return df
 
 
-def compare(paired: PairedResults, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """All paired metrics of A vs B (without the judge) as one DataFrame."""
-    rows = pairing_rows(paired) + score_rows(paired, confidence, seed) + performance_rows(paired)
+def compare(paired: PairedResults, confidence: float = 0.95, seed: int = 0,
+            cluster: str | None = None) -> pd.DataFrame:
+    """All paired metrics of A vs B (without the judge) as one DataFrame (``cluster``: see ``score_rows``)."""
+    rows = pairing_rows(paired) + score_rows(paired, confidence, seed, cluster) + performance_rows(paired)
     rows.append(agreement_row(paired))
     return metrics_frame(rows)
 

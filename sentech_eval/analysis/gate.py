@@ -8,8 +8,11 @@ Thresholds (command line or a YAML file; the command line wins):
   scheduling noise alone changes them by whole multiples): fail when
   ``candidate > baseline × (1 + max_latency_increase) + slack``.
 - ``max_error_rate``: the largest allowed share of candidate rows with ``status="error"``.
-- ``require_significance``: a score drop beyond its threshold counts only when the paired-bootstrap
-  CI of (candidate − baseline) lies entirely below zero.
+- ``require_significance``: a score drop beyond its threshold counts only when the paired 95% CI
+  of (candidate − baseline) lies entirely below zero (``analysis.compare``'s CI: Newcombe for 0/1
+  scores, cluster-adjusted when a prompt has several pairs; the clustered bootstrap otherwise).
+  Each score's message names the interval and, for 0/1 scores, the McNemar-type p-value, and
+  says so when the two disagree.
 
 ``evaluate`` gives one ``CheckResult`` per threshold; ``commands.check`` turns them into exit codes.
 """
@@ -145,6 +148,21 @@ def resolve_scores(requested: dict[str, float], paired: PairedResults) -> dict[s
     return out
 
 
+def _evidence(r: pd.Series) -> str:
+    """`` (newcombe_clustered over 100 prompts; mcnemar_clustered p = 0.21)`` and any disagreement note."""
+    parts = []
+    if isinstance(r.get("ci_method"), str) and r["ci_method"]:
+        prompts = f" over {int(r['n_clusters'])} prompts" if not pd.isna(r.get("n_clusters")) else ""
+        parts.append(f"{r['ci_method']}{prompts}")
+    if isinstance(r.get("test"), str) and r["test"] and not pd.isna(r.get("p_value")):
+        parts.append(f"{r['test']} p = {float(r['p_value']):.3g}")
+    text = f" ({'; '.join(parts)})" if parts else ""
+    disagreement = [part for part in str(r.get("note") or "").split("; ") if "disagree" in part]
+    if disagreement:
+        text += f"; {disagreement[0]}"
+    return text
+
+
 def evaluate(paired: PairedResults, metrics: pd.DataFrame, thresholds: Thresholds) -> list[CheckResult]:
     """Apply every threshold to the comparison metrics; one CheckResult per threshold."""
     results: list[CheckResult] = []
@@ -163,7 +181,7 @@ def evaluate(paired: PairedResults, metrics: pd.DataFrame, thresholds: Threshold
         beyond = drop > max_drop + _EPS
         significant = float(r["ci_high"]) < 0
         failed = beyond and (significant or not thresholds.require_significance)
-        ci = f"CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+        ci = f"CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]" + _evidence(r)
         if failed:
             msg = f"{col} dropped by {drop:.4f} (> {max_drop:g}), {ci}"
         elif beyond:

@@ -3,7 +3,8 @@
 Every pair where both sides succeeded is judged twice, once as (A, B) and once as (B, A), so a
 judge that favours the first (or second) position cancels out. Each verdict gives B 1, 0.5 (tie)
 or 0; a pair's preference is the mean of its usable verdicts, and the reported rate is the mean
-over pairs with a bootstrap CI (clustered by prompt when there are repeats). Pairs whose outputs
+over pairs with a CI clustered by prompt (``stats.mean_ci``: the bootstrap resampling prompts, or
+Wilson when every preference is 0 or 1). Pairs whose outputs
 are identical after normalisation count as ties without asking. A failed request or a reply
 without a verdict is recorded as a judge error and that verdict is left out; it never stops
 the comparison. Only a rejected API key (401/403) stops it, as it stops a run.
@@ -171,14 +172,15 @@ def judge_rows(judgements: pd.DataFrame, confidence: float = 0.95, seed: int = 0
     rows = []
     if len(per_pair):
         clusters = per_pair.index.get_level_values(0).to_numpy()
-        rate, low, high = stats.bootstrap_ci(per_pair.to_numpy(), clusters=clusters, confidence=confidence, seed=seed)
+        ci = stats.mean_ci(per_pair.to_numpy(), clusters=clusters, confidence=confidence, seed=seed)
+        rate, low, high, method = ci.estimate, ci.low, ci.high, ci.method
     else:
-        rate = low = high = None
+        rate = low = high = method = None
     both = judgements.dropna(subset=["prefers"]).groupby(["prompt_id", "repeat"])["prefers"]
     consistent = both.agg(lambda s: len(s) == 2 and s.nunique() == 1)
     counted = both.size() == 2
     rows.append(metric_row(
-        "judge_preference_b", "output", value=rate, ci_low=low, ci_high=high, n_pairs=len(per_pair),
+        "judge_preference_b", "output", value=rate, ci_low=low, ci_high=high, n_pairs=len(per_pair), ci_method=method,
         wins=int((per_pair > 0.5).sum()), ties=int((per_pair == 0.5).sum()), losses=int((per_pair < 0.5).sum()),
         note=f"B preferred = 1, tie = 0.5, A = 0; both orders asked; {errors} judge errors in {requests} requests",
     ))

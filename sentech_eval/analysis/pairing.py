@@ -13,10 +13,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from sentech_eval.engine.results import load_results
-from sentech_eval.errors import ResultsError
+from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.types import SAMPLING_FIELDS
 
 BASE_KEYS = ("prompt_id", "repeat")
@@ -155,3 +156,23 @@ def _values(values: list) -> str:
     if not values:
         return "unset"
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def cluster_ids(paired: PairedResults, column: str | None = None) -> np.ndarray:
+    """For each pair, the cluster it belongs to: one unit of evidence for the paired statistics.
+
+    By default the prompt (``prompt_id``, within its ``dataset`` when pairing is per dataset), so
+    repeats and sweep points of one prompt are never counted as independent pairs. ``column``
+    clusters on another column instead (a pairing key, or a column of A's rows, e.g. a topic).
+    """
+    pairs = paired.pairs
+    if column is None:
+        parts = [c for c in ("dataset", "prompt_id") if c in paired.keys]
+        ids = pairs[parts].astype(str).agg("\x1f".join, axis=1) if len(parts) > 1 else pairs["prompt_id"].astype(str)
+        return ids.to_numpy()
+    if column in pairs.columns:
+        return pairs[column].astype(str).to_numpy()
+    if f"{column}_a" in pairs.columns:
+        return pairs[f"{column}_a"].astype(str).to_numpy()
+    known = sorted({c.removesuffix("_a").removesuffix("_b") for c in pairs.columns if not c.startswith("score_")})
+    raise ConfigError(f"--cluster {column!r} is not a column of the results; pick one of: {', '.join(known)}.")

@@ -2,9 +2,12 @@
 
 ``summarize(results)`` gives one row per configuration (backend, model, dataset, every sampling
 parameter) with ``n``, ``error_rate``, for each score ``<score>_mean`` / ``_ci_low`` / ``_ci_high``
-(95% bootstrap clustered over prompts: repeats of one prompt are resampled together), latency
-and TTFT percentiles, token counts and ``tokens_per_s``. Errored rows count in ``error_rate``
-but never in a quality mean or a latency percentile.
+/ ``_ci_method`` / ``_n`` / ``_n_clusters`` (a 95% interval clustered over prompts, or over the
+column passed as ``cluster``: Wilson or cluster-adjusted Wilson for 0/1 scores, the clustered
+bootstrap otherwise; see ``analysis.stats``), latency and TTFT percentiles, token counts,
+``output_tokens_per_s`` (throughput: all completion tokens over the wall-clock span) and
+``decode_tokens_per_s_p50`` (the median per-request decode speed of streamed rows). Errored rows
+count in ``error_rate`` but never in a quality mean or a latency percentile.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from sentech_eval.analysis import stats
-from sentech_eval.errors import ResultsError
+from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.engine.results import is_quality_score, load_results
 from sentech_eval.types import SAMPLING_PARAMS
 
@@ -78,13 +81,40 @@ def _wall_seconds(part: pd.DataFrame) -> float | None:
     return wall if wall > 0 else None
 
 
+def cluster_column(df: pd.DataFrame, cluster: str | None = None) -> str | None:
+    """The column whose rows form one cluster: ``cluster`` if given (it must exist), else ``prompt_id``."""
+    if cluster is None:
+        return "prompt_id" if "prompt_id" in df.columns else None
+    if cluster not in df.columns:
+        known = ", ".join(c for c in df.columns if not c.startswith("score_"))
+        raise ConfigError(f"--cluster {cluster!r} is not a column of the results; pick one of: {known}.")
+    return cluster
+
+
+def decode_tokens_per_s(ok: pd.DataFrame) -> np.ndarray:
+    """Per-request decode speed of streamed ok rows: (completion_tokens − 1) / (latency_s − ttft_s).
+
+    The first token arrives at TTFT; the remaining ones over the rest of the request. Rows
+    without a TTFT, with fewer than two tokens or without time after the first token are left out.
+    """
+    if not {"ttft_s", "latency_s", "completion_tokens"} <= set(ok.columns):
+        return np.array([])
+    tokens = ok["completion_tokens"].to_numpy(dtype=float, na_value=np.nan)
+    decode_s = ok["latency_s"].to_numpy(dtype=float, na_value=np.nan) - ok["ttft_s"].to_numpy(dtype=float, na_value=np.nan)
+    usable = (tokens > 1) & (decode_s > 0)
+    return (tokens[usable] - 1.0) / decode_s[usable]
+
+
 def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = stats.DEFAULT_RESAMPLES,
-              seed: int = 0) -> pd.DataFrame:
-    """One row per configuration; see the module docstring for the columns."""
+              seed: int = 0, cluster: str | None = None) -> pd.DataFrame:
+    """One row per configuration; see the module docstring for the columns.
+
+    ``cluster`` names the column whose rows are one unit of evidence (default ``prompt_id``).
+    """
     keys = config_keys(df)
     scores = score_columns(df)
     has_ttft = "ttft_s" in df.columns and df["ttft_s"].notna().any()
-    clusters_col = "prompt_id" if "prompt_id" in df.columns else None
+    clusters_col = cluster_column(df, cluster)
     rows = []
     groups = df.groupby(keys, dropna=False, sort=False) if keys else [((), df)]
     for _, part in groups:
@@ -102,10 +132,11 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
         status = part["status"].to_numpy()
         for col in scores:
             values = stats.quality_values(part[col].to_numpy(dtype=float, na_value=np.nan), status)
-            mean, low, high = stats.bootstrap_ci(values, clusters=clusters, confidence=confidence,
-                                                 n_resamples=n_resamples, seed=seed)
-            row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = mean, low, high
-            row[f"{col}_n"] = int(np.sum(~np.isnan(values)))
+            ci = stats.mean_ci(values, clusters=clusters, confidence=confidence, n_resamples=n_resamples, seed=seed)
+            row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = ci.estimate, ci.low, ci.high
+            row[f"{col}_ci_method"] = ci.method
+            row[f"{col}_n"] = ci.n
+            row[f"{col}_n_clusters"] = ci.n_clusters
         latency = ok["latency_s"].to_numpy(dtype=float, na_value=np.nan) if "latency_s" in ok else np.array([])
         row["latency_s_mean"] = float(np.nanmean(latency)) if np.any(~np.isnan(latency)) else np.nan
         for q, v in stats.percentiles(latency, LATENCY_QS).items():
@@ -124,7 +155,9 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
             busy = float(np.nansum(latency))
             wall = busy if busy > 0 else None
         row["wall_s"] = wall if wall is not None else np.nan
-        row["tokens_per_s"] = row["completion_tokens_sum"] / wall if wall else np.nan
+        row["output_tokens_per_s"] = row["completion_tokens_sum"] / wall if wall else np.nan
+        decode = decode_tokens_per_s(ok)
+        row["decode_tokens_per_s_p50"] = float(np.median(decode)) if decode.size else np.nan
         row["requests_per_s"] = len(part) / wall if wall else np.nan
         rows.append(row)
     summary = pd.DataFrame(rows)
@@ -132,6 +165,19 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
     if sort_cols:
         summary = summary.sort_values(sort_cols, na_position="first", kind="stable").reset_index(drop=True)
     return summary
+
+
+def interval_notes(summary: pd.DataFrame) -> list[str]:
+    """One sentence per score naming the method(s) behind its interval, e.g. for under a table."""
+    notes = []
+    for col in summary.columns:
+        if not (col.startswith("score_") and col.endswith("_ci_method")):
+            continue
+        methods = [m for m in dict.fromkeys(summary[col].dropna().astype(str)) if m]
+        if methods:
+            name = col[: -len("_ci_method")].removeprefix("score_")
+            notes.append(f"{name}: " + "; ".join(stats.METHOD_DESCRIPTIONS.get(m, m) for m in methods))
+    return notes
 
 
 def swept_parameters(summary: pd.DataFrame) -> list[str]:

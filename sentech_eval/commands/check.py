@@ -37,12 +37,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--max-error-rate", type=float, metavar="SHARE",
                         help="largest allowed share of candidate rows with status 'error', e.g. 0.01")
     parser.add_argument("--require-significance", action="store_true", default=None,
-                        help="a score drop counts only when its paired 95%% CI excludes zero")
+                        help="a score drop counts only when its paired 95%% CI excludes zero (Newcombe for 0/1 "
+                             "scores, cluster-adjusted when a prompt has several pairs; the clustered bootstrap "
+                             "otherwise)")
     parser.add_argument("--junit", metavar="PATH", help="write JUnit XML (one testcase per threshold)")
     parser.add_argument("--summary", metavar="PATH", help="also append the markdown summary to PATH "
                         "(e.g. $GITHUB_STEP_SUMMARY)")
     parser.add_argument("--out", metavar="DIR", help="also write compare.parquet and compare.html into DIR")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--cluster", metavar="COLUMN", default=None,
+                        help="column whose pairs are one unit of evidence for the CIs (default: prompt_id)")
     return parser
 
 
@@ -75,7 +79,7 @@ def main(argv: list[str], prog: str = "sentech-eval check") -> int:
     paired = pair_results(args.baseline, args.candidate, "baseline", "candidate")
     paired.label_a = f"{default_label(paired.a, 'baseline')} ({args.baseline})"
     paired.label_b = f"{default_label(paired.b, 'candidate')} ({args.candidate})"
-    metrics = compare(paired, seed=args.seed)
+    metrics = compare(paired, seed=args.seed, cluster=args.cluster)
     results = evaluate(paired, metrics, thresholds)
     summary = check_markdown(results, paired, thresholds)
     sys.stdout.write(summary)

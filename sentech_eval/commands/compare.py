@@ -24,8 +24,11 @@ from sentech_eval.render.markdown import compare_markdown
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Paired comparison of two results (files, run dirs or sweep dirs): scores with paired-bootstrap "
-                    "CIs and McNemar p-values, latency/TTFT/token ratios, error rates and output agreement.",
+        description="Paired comparison of two results (files, run dirs or sweep dirs): scores with paired 95% CIs "
+                    "(Newcombe for 0/1 scores, the bootstrap otherwise) and McNemar-type p-values (exact McNemar with "
+                    "one pair per prompt, the clustered McNemar with several), latency/TTFT/token ratios, error rates "
+                    "and output agreement. The prompt is the unit of evidence: repeats and sweep points of one prompt "
+                    "are never counted as independent pairs.",
         epilog="Writes compare.parquet and compare.html into --out (default: the current directory) and prints a "
                "markdown summary. Put --judge last: every argument after it is a Hydra override.",
     )
@@ -35,6 +38,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--examples", type=int, default=10, help="disagreeing pairs shown in the HTML (default: 10)")
     parser.add_argument("--confidence", type=float, default=0.95, help="CI level (default: 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--cluster", metavar="COLUMN", default=None,
+                        help="column whose pairs are one unit of evidence (default: prompt_id)")
     parser.add_argument("--label-a", default=None, help="name for A in the outputs (default: its backend/model)")
     parser.add_argument("--label-b", default=None, help="name for B in the outputs")
     parser.add_argument("--judge", nargs="+", metavar="OVERRIDE", default=None,
@@ -52,7 +57,7 @@ def main(argv: list[str], prog: str = "sentech-eval compare") -> int:
     paired = pair_results(args.a, args.b, "A", "B")
     paired.label_a = args.label_a or default_label(paired.a, "A")
     paired.label_b = args.label_b or default_label(paired.b, "B")
-    metrics = compare(paired, args.confidence, args.seed)
+    metrics = compare(paired, args.confidence, args.seed, cluster=args.cluster)
     judgements = None
     if args.judge:
         judgements = judge_pairs(paired, args.judge, limit=args.judge_limit)

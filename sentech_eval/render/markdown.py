@@ -12,7 +12,8 @@ import pandas as pd
 from sentech_eval.analysis.compare import comparison_warnings
 from sentech_eval.analysis.gate import CheckResult, Thresholds
 from sentech_eval.analysis.pairing import PairedResults
-from sentech_eval.analysis.summary import config_labels
+from sentech_eval.analysis.stats import METHOD_DESCRIPTIONS
+from sentech_eval.analysis.summary import config_labels, interval_notes
 
 
 def fmt(value, signed: bool = False, digits: int = 4) -> str:
@@ -45,7 +46,7 @@ def report_markdown(summary: pd.DataFrame, title: str) -> str:
     scores = [c[: -len("_mean")] for c in summary.columns if c.startswith("score_") and c.endswith("_mean")]
     labels = config_labels(summary)
     header = ["configuration", "n", "errors"] + [s.removeprefix("score_") + " (95% CI)" for s in scores]
-    header += ["latency p50 / p95 (s)", "tokens/s"]
+    header += ["latency p50 / p95 (s)", "output tok/s (all requests)", "decode tok/s p50 (per request)"]
     lines = [f"## sentech-eval report: {title}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
     for label, (_, row) in zip(labels, summary.iterrows()):
@@ -53,8 +54,12 @@ def report_markdown(summary: pd.DataFrame, title: str) -> str:
         for s in scores:
             cells.append(f"{fmt_fixed(row[f'{s}_mean'])} [{fmt_fixed(row[f'{s}_ci_low'])}, {fmt_fixed(row[f'{s}_ci_high'])}]")
         cells.append(f"{fmt_fixed(row['latency_s_p50'])} / {fmt_fixed(row['latency_s_p95'])}")
-        cells.append(fmt_fixed(row["tokens_per_s"], 1))
+        cells.append(fmt_fixed(row["output_tokens_per_s"], 1))
+        cells.append(fmt_fixed(row.get("decode_tokens_per_s_p50"), 1))
         lines.append("| " + " | ".join(cells) + " |")
+    notes = interval_notes(summary)
+    if notes:
+        lines += ["", "95% CIs, clustered over prompts: " + " · ".join(notes) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -73,14 +78,16 @@ def compare_markdown(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "
         lines.append(f"⚠️ {warning}")
     scores = metrics[metrics["metric"] == "score"]
     if len(scores):
-        lines += ["", "| score | A | B | B − A | 95% CI | W/T/L (B) | McNemar p | pairs |",
+        lines += ["", "| score | A | B | B − A | 95% CI | W/T/L (B) | p | pairs (prompts) |",
                   "|---|---:|---:|---:|---|---:|---:|---:|"]
         for _, r in scores.iterrows():
             lines.append(
                 f"| {r['column']} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['diff'], signed=True)} | "
                 f"[{fmt(r['ci_low'], signed=True)}, {fmt(r['ci_high'], signed=True)}] | "
-                f"{fmt(r['wins'])}/{fmt(r['ties'])}/{fmt(r['losses'])} | {fmt(r['p_value'])} | {fmt(r['n_pairs'])} |"
+                f"{fmt(r['wins'])}/{fmt(r['ties'])}/{fmt(r['losses'])} | {fmt(r['p_value'])} | "
+                f"{fmt(r['n_pairs'])} ({fmt(r['n_clusters'])}) |"
             )
+        lines += [""] + method_lines(scores)
     perf = metrics[metrics["metric"].str.match(r"^(latency|ttft|completion_tokens|error_rate)")]
     if len(perf):
         lines += ["", "| performance | A | B | B/A |", "|---|---:|---:|---:|"]
@@ -96,6 +103,20 @@ def compare_markdown(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "
         )
     return "\n".join(lines) + "\n"
 
+
+
+def method_lines(scores: pd.DataFrame) -> list[str]:
+    """Which interval and which test each score row used, and any disagreement between them."""
+    lines = []
+    for kind, column in (("CI", "ci_method"), ("p", "test")):
+        used = [m for m in dict.fromkeys(scores[column].dropna().astype(str)) if m] if column in scores else []
+        if used:
+            lines.append(f"{kind}: " + "; ".join(METHOD_DESCRIPTIONS.get(m, m) for m in used) + ".")
+    for _, r in scores.iterrows():
+        note = str(r.get("note") or "")
+        if "disagree" in note:
+            lines.append(f"⚠️ {r['column']}: {note}.")
+    return lines
 
 
 def _value_text(value: float | None, unit: str) -> str:
@@ -121,7 +142,8 @@ def check_markdown(results: list[CheckResult], paired: PairedResults, thresholds
         )
     lines += [f"⚠️ {w}" for w in comparison_warnings(paired)]
     if thresholds.require_significance:
-        lines.append("Score drops count only when the paired 95% CI of the difference excludes zero.")
+        lines.append("Score drops count only when the paired 95% CI of the difference excludes zero "
+                     "(the prompt is the unit of evidence; each score names its interval and test).")
     lines += ["", "| check | threshold | baseline | candidate | change | result |", "|---|---|---:|---:|---:|---|"]
     for r in results:
         base, cand = _value_text(r.baseline, r.unit), _value_text(r.candidate, r.unit)

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from sentech_eval.analysis.summary import config_keys, config_labels, score_columns, swept_parameters, worst_examples
+from sentech_eval.analysis.summary import (
+    config_keys, config_labels, interval_notes, score_columns, swept_parameters, worst_examples,
+)
 from sentech_eval.render import plots
 from sentech_eval.render.markdown import fmt_fixed
 
@@ -59,7 +61,9 @@ def _summary_table_html(summary: pd.DataFrame, labels: Sequence[str]) -> str:
     compact["latency p50 / p95 (s)"] = [f"{fmt_fixed(a)} / {fmt_fixed(b)}" for a, b in zip(summary["latency_s_p50"], summary["latency_s_p95"])]
     if "ttft_s_p50" in summary:
         compact["ttft p50 (s)"] = [fmt_fixed(v) for v in summary["ttft_s_p50"]]
-    compact["tokens/s"] = [fmt_fixed(v, 1) for v in summary["tokens_per_s"]]
+    compact["output tok/s (all requests)"] = [fmt_fixed(v, 1) for v in summary["output_tokens_per_s"]]
+    if "decode_tokens_per_s_p50" in summary and summary["decode_tokens_per_s_p50"].notna().any():
+        compact["decode tok/s p50 (per request)"] = [fmt_fixed(v, 1) for v in summary["decode_tokens_per_s_p50"]]
     full = summary.loc[:, [c for c in summary.columns if summary[c].notna().any()]].copy()
     full.insert(0, "configuration", list(labels))
     return (_table(compact, "summary")
@@ -124,8 +128,10 @@ def build_html(df: pd.DataFrame, summary: pd.DataFrame, title: str, top: int = 1
     sections = [f"<h1>sentech-eval report</h1><p class=\"muted\">{html.escape(title)} — {len(df)} rows, "
                 f"{len(summary)} configuration(s), scores: {html.escape(', '.join(s.removeprefix('score_') for s in scores) or 'none')}</p>"]
     sections.append("<h2>Summary</h2>" + _summary_table_html(summary, labels)
-                    + '<p class="muted">CI columns: 95% percentile bootstrap of the mean, resampling prompts '
-                    "(repeats of one prompt stay together). Errored rows count in error_rate only.</p>")
+                    + '<p class="muted">95% CIs with the prompt as the unit (rows of one prompt are never counted as '
+                    "independent): " + html.escape(" · ".join(interval_notes(summary)) or "no scores")
+                    + ". Errored rows count in error_rate only. output tok/s is throughput over all requests in "
+                    "flight; decode tok/s is the median per-request speed after the first token.</p>")
     score_imgs = []
     if swept:
         for score in scores:

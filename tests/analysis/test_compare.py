@@ -153,3 +153,59 @@ def test_differing_sampling_is_reported(tmp_path: Path, capsys) -> None:
     b = write_run(make_results(temperature=0.7), tmp_path / "b")
     assert cli(["compare", str(a), str(b), "--out", str(tmp_path / "o")]) == 0
     assert "different sampling (temperature: 0 vs 0.7)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------- the prompt is the unit of evidence
+def _two_temperatures(wrong_ids: set[int], backend: str) -> pd.DataFrame:
+    return pd.concat([make_results(temperature=t, wrong_ids=wrong_ids, backend=backend, seed=i)
+                      for i, t in enumerate((0.0, 0.7))], ignore_index=True)
+
+
+def test_sweep_vs_sweep_clusters_by_prompt_with_the_clustered_mcnemar() -> None:
+    # Six prompts lost by B at both temperatures: six prompts of evidence, not twelve pairs.
+    a = _two_temperatures({0, 1, 2, 3}, "remote")
+    b = _two_temperatures({0, 1, 2, 3, 10, 11, 12, 13, 14, 15}, "local")
+    s = metric(compare(pair_frames(a, b)), "score", "score_exact_match")
+    assert (s["n_pairs"], s["n_clusters"]) == (80, 40)
+    assert (s["ci_method"], s["test"]) == ("newcombe_clustered", "mcnemar_clustered")
+    assert s["p_value"] == pytest.approx(binomtest(0, 6, 0.5).pvalue)  # 0.031, the prompt-level test
+    assert binomtest(0, 12, 0.5).pvalue < 0.001  # what counting rows as independent would claim
+    assert s["diff"] == pytest.approx(-0.15) and s["ci_low"] < s["diff"] < s["ci_high"]
+
+
+def test_one_pair_per_prompt_keeps_the_exact_mcnemar_and_newcombe() -> None:
+    s = metric(compare(pair_frames(make_results(wrong_ids={0}), make_results(wrong_ids={0, 5, 6}))),
+               "score", "score_exact_match")
+    assert (s["ci_method"], s["test"], s["n_clusters"]) == ("newcombe", "mcnemar_exact", 40)
+    assert s["p_value"] == pytest.approx(binomtest(0, 2, 0.5).pvalue)
+
+
+def test_all_ties_give_an_interval_not_a_point() -> None:
+    s = metric(compare(pair_frames(make_results(n=30, accuracy=1.0), make_results(n=30, accuracy=1.0))),
+               "score", "score_exact_match")
+    assert s["diff"] == 0 and s["ci_low"] < -0.1 and s["ci_high"] > 0.1 and s["p_value"] == 1.0
+
+
+def test_a_p_value_and_ci_that_disagree_are_explained(tmp_path: Path, capsys) -> None:
+    # 20 prompts all passed by A, 5 lost by B: Newcombe's CI excludes 0, the exact McNemar p is 0.0625.
+    a, b = make_results(n=20, accuracy=1.0), make_results(n=20, wrong_ids={0, 1, 2, 3, 4})
+    s = metric(compare(pair_frames(a, b)), "score", "score_exact_match")
+    assert s["ci_high"] < 0 and s["p_value"] == pytest.approx(0.0625)
+    assert "the CI excludes 0 but p = 0.0625" in s["note"]
+    code = cli(["compare", str(write_run(a, tmp_path / "a")), str(write_run(b, tmp_path / "b")), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "⚠️ score_exact_match: the CI excludes 0 but p = 0.0625" in out
+    assert "CI: Newcombe hybrid score interval" in out and "p: exact McNemar test" in out
+
+
+def test_cluster_option_groups_pairs_by_a_column_and_refuses_an_unknown_one(tmp_path: Path, capsys) -> None:
+    a, b = make_results(wrong_ids={0}), make_results(wrong_ids={0, 5, 6, 7, 8})
+    for df in (a, b):
+        df["topic"] = [f"t{i // 4}" for i in range(len(df))]  # ten topics of four prompts
+    s = metric(compare(pair_frames(a, b), cluster="topic"), "score", "score_exact_match")
+    assert (s["n_clusters"], s["test"], s["ci_method"]) == (10, "mcnemar_clustered", "newcombe_clustered")
+    code = cli(["compare", str(write_run(a, tmp_path / "a")), str(write_run(b, tmp_path / "b")),
+                "--out", str(tmp_path), "--cluster", "nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--cluster 'nope' is not a column of the results" in err and err.count("\n") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from synthetic_results import make_results, write_run
 
@@ -153,3 +154,19 @@ def test_latency_slack_absorbs_small_absolute_increases(tmp_path: Path) -> None:
     assert run_check(fast, noisy, "--max-latency-increase", "1.0", "--latency-slack-ms", "20") == 0
     slow = write_run(make_results(latency_s=0.2), tmp_path / "slow")
     assert run_check(fast, slow, "--max-latency-increase", "1.0", "--latency-slack-ms", "20") == 1
+
+
+def test_require_significance_counts_prompts_not_sweep_points(tmp_path: Path, capsys) -> None:
+    # Two sweeps over the same two temperatures: B loses prompts 10-13 at both. Counted as eight
+    # independent pairs, the drop would look significant (row-level McNemar p = 0.008); it is four
+    # prompts of evidence (p = 0.125), and the clustered CI includes 0.
+    def sweep(wrong: set[int], backend: str) -> pd.DataFrame:
+        return pd.concat([make_results(temperature=t, wrong_ids=wrong, backend=backend, seed=i)
+                          for i, t in enumerate((0.0, 0.7))], ignore_index=True)
+
+    base = write_run(sweep({0, 1, 2, 3}, "remote"), tmp_path / "base")
+    cand = write_run(sweep({0, 1, 2, 3, 10, 11, 12, 13}, "local"), tmp_path / "cand")
+    code = run_check(base, cand, "--max-score-drop", "exact_match=0", "--require-significance")
+    out = capsys.readouterr().out
+    assert code == 0 and "not significant" in out
+    assert "newcombe_clustered over 40 prompts; mcnemar_clustered p = 0.125" in out

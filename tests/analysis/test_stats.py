@@ -187,7 +187,7 @@ def test_simulation_suite_small_version_holds_its_targets():
     import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_stats.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_stats.py"
     spec = importlib.util.spec_from_file_location("bench_stats", path)
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench  # dataclasses look their module up there

@@ -18,7 +18,7 @@ from sentech_eval.errors import ResultsError
 from sentech_eval.analysis.summary import summarize, swept_parameters
 from sentech_eval.commands.report import write_report
 from sentech_eval.render.markdown import report_markdown
-from cli_helpers import run_cli
+from cli_helpers import TEST_KEY, run_cli
 from synthetic_results import make_results, write_run
 
 TEMPERATURES = (0.0, 0.5, 1.0)
@@ -49,9 +49,9 @@ def test_summary_has_one_row_per_temperature_and_every_column(tmp_path):
     expected = {"backend", "model", "dataset", "temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty",
                 "max_tokens", "seed", "n", "error_rate", "latency_s_p50", "latency_s_p90", "latency_s_p95", "latency_s_p99",
                 "ttft_s_p50", "ttft_s_p95", "completion_tokens_mean", "prompt_tokens_sum", "completion_tokens_sum",
-                "tokens_per_s"}
+                "output_tokens_per_s", "decode_tokens_per_s_p50"}
     for score in ("score_exact_match", "score_contains"):
-        expected |= {f"{score}_mean", f"{score}_ci_low", f"{score}_ci_high"}
+        expected |= {f"{score}_mean", f"{score}_ci_low", f"{score}_ci_high", f"{score}_ci_method", f"{score}_n_clusters"}
     assert expected <= set(summary.columns)
     assert not any(c.startswith("score_exact_match_detail") for c in summary.columns)
     assert swept_parameters(summary) == ["temperature"]
@@ -61,9 +61,11 @@ def test_summary_has_one_row_per_temperature_and_every_column(tmp_path):
         ok = part[part["status"] == "ok"]
         assert row.n == 120 and row.error_rate == pytest.approx(6 / 120)  # 2 prompts x 3 repeats errored
         assert row.score_exact_match_mean == pytest.approx(ok["score_exact_match"].mean())
-        mean, low, high = stats.bootstrap_ci(ok["score_exact_match"], clusters=ok["prompt_id"])
-        assert (row.score_exact_match_ci_low, row.score_exact_match_ci_high) == pytest.approx((low, high))
-        assert low < mean < high
+        # 0/1 score, three repeats per prompt: the cluster-adjusted Wilson interval over 38 prompts
+        ci = stats.mean_ci(ok["score_exact_match"], clusters=ok["prompt_id"])
+        assert ci.method == row.score_exact_match_ci_method == stats.WILSON_CLUSTERED
+        assert (row.score_exact_match_ci_low, row.score_exact_match_ci_high) == pytest.approx((ci.low, ci.high))
+        assert ci.low < ci.estimate < ci.high and row.score_exact_match_n_clusters == 38
         for q in (50, 90, 95, 99):
             assert getattr(row, f"latency_s_p{q}") == pytest.approx(np.percentile(ok["latency_s"], q))
         assert row.ttft_s_p95 == pytest.approx(np.percentile(ok["ttft_s"], 95))
@@ -71,7 +73,9 @@ def test_summary_has_one_row_per_temperature_and_every_column(tmp_path):
         assert row.prompt_tokens_sum == ok["prompt_tokens"].sum()
         assert row.completion_tokens_mean == pytest.approx(ok["completion_tokens"].mean())
         assert row.seed == 1234  # the base seed, not seed + repeat
-        assert row.tokens_per_s > 0
+        assert row.output_tokens_per_s > 0
+        decode = (ok["completion_tokens"] - 1) / (ok["latency_s"] - ok["ttft_s"])
+        assert row.decode_tokens_per_s_p50 == pytest.approx(decode.median())
     # accuracy falls with temperature and the report sees it
     assert summary["score_exact_match_mean"].is_monotonic_decreasing
 
@@ -216,7 +220,7 @@ def test_done_when_sweep_against_echo_server_then_report_then_rescore(tmp_path):
     assert summary["temperature"].tolist() == [0.0, 0.7, 1.4]
     assert summary["n"].tolist() == [20, 20, 20]  # the sweep's combined file is not counted twice
     for col in ("score_exact_match_mean", "score_exact_match_ci_low", "score_exact_match_ci_high", "score_contains_mean",
-                "latency_s_p50", "latency_s_p99", "ttft_s_p50", "ttft_s_p95", "tokens_per_s", "error_rate"):
+                "latency_s_p50", "latency_s_p99", "ttft_s_p50", "ttft_s_p95", "output_tokens_per_s", "error_rate"):
         assert summary[col].notna().all(), col
     assert summary.loc[0, "score_exact_match_mean"] == 1.0  # echo answers shipped prompts with the reference at T=0
     assert (summary["score_contains_mean"] == 1.0).all()
@@ -234,3 +238,49 @@ def test_done_when_sweep_against_echo_server_then_report_then_rescore(tmp_path):
         after = pd.read_parquet(f)
         assert after["score_exact_match"].equals(before[f]["score_exact_match"])
         assert after["score_token_f1"].notna().sum() == (after["status"] == "ok").sum()
+
+
+def test_output_throughput_and_per_request_decode_speed_are_told_apart(tmp_path):
+    """A server pacing 40 tok/s per stream, 16 streams at once: decode p50 ≈ 40, throughput many times that."""
+    from sentech_eval.server.testing import running_server
+
+    words = " ".join(f"w{i}" for i in range(21))  # echoed back: 21 tokens per answer
+    data = tmp_path / "long.parquet"
+    pd.DataFrame({"id": [f"p{i}" for i in range(16)], "prompt": [f"{words} {i}" for i in range(16)],
+                  "reference": ["x"] * 16}).to_parquet(data)
+    run_dir = tmp_path / "run"
+    with running_server(engine="echo", api_key=TEST_KEY, tokens_per_s=40) as url:
+        run = run_cli("run", "backend=remote", f"backend.base_url={url}", "backend.stream=true", "dataset=capitals",
+                      f"dataset.path={data}", "dataset.name=long", "runner.concurrency=16", "sampling.max_tokens=64",
+                      f"hydra.run.dir={run_dir}", env={"SENTECH_API_KEY": TEST_KEY})
+    assert run.returncode == 0, run.stderr
+    summary, _, _ = write_report(run_dir)
+    row = summary.iloc[0]
+    assert 30 <= row["decode_tokens_per_s_p50"] <= 41  # (22 − 1) tokens after the first, paced at 40/s
+    assert row["output_tokens_per_s"] > 3 * row["decode_tokens_per_s_p50"]  # 16 streams in flight
+    text = report_markdown(summary, "paced")
+    assert "output tok/s (all requests)" in text and "decode tok/s p50 (per request)" in text
+
+
+def test_thirty_of_thirty_is_not_certainty_and_the_method_is_named(tmp_path):
+    summary = summarize(make_results(n=30, accuracy=1.0))
+    assert (summary.loc[0, "score_exact_match_ci_low"], summary.loc[0, "score_exact_match_ci_high"]) == pytest.approx(
+        (0.8865, 1.0), abs=1e-4)
+    text = report_markdown(summary, "all right")
+    assert "1.000 [0.886, 1.000]" in text
+    assert "exact_match: Wilson score interval (0/1 score, one row per prompt)" in text
+
+
+def test_cluster_option_takes_a_column_and_refuses_an_unknown_one(tmp_path):
+    df = make_results(n=40, accuracy=0.5)
+    df["topic"] = [f"t{i % 4}" for i in range(len(df))]  # four topics
+    by_topic = summarize(df, cluster="topic")
+    by_prompt = summarize(df)
+    assert by_topic.loc[0, "score_exact_match_n_clusters"] == 4 and by_prompt.loc[0, "score_exact_match_n_clusters"] == 40
+    assert by_topic.loc[0, "score_exact_match_ci_method"] == "wilson_clustered"
+    run = write_run(df, tmp_path / "run")
+    bad = run_cli("report", str(run), "--cluster", "topc")
+    assert bad.returncode == 2 and "--cluster 'topc' is not a column of the results" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+    good = run_cli("report", str(run), "--cluster", "topic")
+    assert good.returncode == 0, good.stderr
