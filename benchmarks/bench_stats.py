@@ -14,9 +14,11 @@ at once, so the suite is vectorised numpy and runs in a few minutes on 2 cores):
    Target 93–97 % in every setting and never a zero-width interval.
 2. **Type-I error under the null** of ``check --require-significance`` (a drop counts only when
    the paired CI of candidate − baseline lies below 0: one-sided, nominal 2.5 %) and of the
-   McNemar p-value (two-sided, nominal 5 %), for (a) 100 prompts × 5 repeats, exchangeable;
-   (b) sweep vs sweep: 100 prompts × 5 temperatures, one repeat, strong prompt effects;
-   (c) 500 independent prompts. Target ≤ nominal + 1 %; the Monte-Carlo standard error is printed.
+   McNemar p-value (two-sided, nominal 5 %), for (a) 100 and 30 prompts × 5 repeats and (b) sweep
+   vs sweep (100 prompts × 5 temperatures, one repeat), both with prompt effects and a prompt ×
+   system effect that is zero on average (exchangeable: on a given prompt one system is better on
+   every row), and (c) 500 independent prompts. Target ≤ nominal + 1 %; the Monte-Carlo standard
+   error is printed, and beside it what the row-level exact McNemar would have rejected.
 3. **Power** for a 0.05 drop at n = 500 prompts (one row each), beside the normal-theory power of
    McNemar's test for the same discordance.
 
@@ -107,26 +109,57 @@ class PairedSims:
     yb: np.ndarray  # candidate successes per prompt
     m: np.ndarray  # rows per prompt (prompts,)
     label: str
+    discordant: tuple[np.ndarray, np.ndarray] | None = None  # row-level (A only, B only) counts per data set
+
+
+def _row_level(a_rows: np.ndarray, b_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-level discordant counts (A passed and B failed; the reverse) per data set."""
+    axes = tuple(range(1, a_rows.ndim))
+    return np.sum(a_rows & ~b_rows, axis=axes), np.sum(~a_rows & b_rows, axis=axes)
+
+
+def row_level_mcnemar_rejections(discordant: tuple[np.ndarray, np.ndarray], alpha: float = MCNEMAR_ALPHA) -> float:
+    """How often the exact McNemar test on rows (every row counted as an independent pair) rejects."""
+    n10, n01 = discordant
+    n = n10 + n01
+    p = np.where(n > 0, np.minimum(1.0, 2.0 * sps.binom.cdf(np.minimum(n10, n01), np.maximum(n, 1), 0.5)), 1.0)
+    return float(np.mean(p < alpha))
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def null_repeats(sims: int, prompts: int, rng: np.random.Generator, repeats: int = REPEATS,
-                 p: float = 0.7, icc: float = 0.3) -> PairedSims:
-    """Exchangeable null: each prompt has its own pass rate, both systems draw from it, R repeats."""
-    a, b = beta_params(p, icc)
-    prompt_p = rng.beta(a, b, size=(sims, prompts))
-    return PairedSims(rng.binomial(repeats, prompt_p).astype(float), rng.binomial(repeats, prompt_p).astype(float),
-                      np.full(prompts, float(repeats)), f"{prompts} prompts × {repeats} repeats (ICC {icc})")
+                 interaction: float = 1.0) -> PairedSims:
+    """Exchangeable null with repeats: each prompt has a difficulty u and a system effect ±v.
+
+    logit P(pass) = u + v for A and u − v for B, v ~ N(0, interaction²) symmetric: neither system
+    is better on average, but on a given prompt one of them is, on every repeat. Rows of one
+    prompt are therefore correlated in the direction of their disagreement (what a row-level test
+    mistakes for evidence).
+    """
+    u = rng.normal(0.9, 1.0, size=(sims, prompts, 1))
+    v = rng.normal(0.0, interaction, size=(sims, prompts, 1))
+    a_rows = rng.random((sims, prompts, repeats)) < _expit(u + v)
+    b_rows = rng.random((sims, prompts, repeats)) < _expit(u - v)
+    return PairedSims(a_rows.sum(axis=-1).astype(float), b_rows.sum(axis=-1).astype(float),
+                      np.full(prompts, float(repeats)),
+                      f"{prompts} prompts × {repeats} repeats (prompt × system effect sd {interaction:g})",
+                      _row_level(a_rows, b_rows))
 
 
-def null_sweep(sims: int, prompts: int, rng: np.random.Generator, temperatures: int = 5) -> PairedSims:
-    """Sweep vs sweep: prompt × temperature pairs, one repeat, strong prompt effects, same law for A and B."""
+def null_sweep(sims: int, prompts: int, rng: np.random.Generator, temperatures: int = 5,
+               interaction: float = 1.0) -> PairedSims:
+    """Sweep vs sweep: prompt × temperature pairs, one repeat, prompt and prompt × system effects."""
     u = rng.normal(0.4, 1.5, size=(sims, prompts, 1))  # prompt difficulty (logit)
+    v = rng.normal(0.0, interaction, size=(sims, prompts, 1))  # which system this prompt favours
     beta = np.linspace(-0.5, 0.5, temperatures)[None, None, :]  # temperature effect
-    cell_p = 1.0 / (1.0 + np.exp(-(u + beta)))
-    ya = (rng.random(cell_p.shape) < cell_p).sum(axis=-1).astype(float)
-    yb = (rng.random(cell_p.shape) < cell_p).sum(axis=-1).astype(float)
-    return PairedSims(ya, yb, np.full(prompts, float(temperatures)),
-                      f"sweep vs sweep: {prompts} prompts × {temperatures} temperatures")
+    a_rows = rng.random((sims, prompts, temperatures)) < _expit(u + beta + v)
+    b_rows = rng.random((sims, prompts, temperatures)) < _expit(u + beta - v)
+    return PairedSims(a_rows.sum(axis=-1).astype(float), b_rows.sum(axis=-1).astype(float),
+                      np.full(prompts, float(temperatures)),
+                      f"sweep vs sweep: {prompts} prompts × {temperatures} temperatures", _row_level(a_rows, b_rows))
 
 
 def paired_independent(sims: int, prompts: int, rng: np.random.Generator, p: float = 0.7,
@@ -194,22 +227,21 @@ def run(quick: bool, seed: int = 20261126) -> list[dict]:
     tables = {}
     t0 = time.perf_counter()
     cov1 = {(p, n): exact_coverage_one_row(p, n) for p in ps for n in ns}
-    tables["1 row per prompt (Wilson, exact)"] = cov1
+    tables[("one_row", "1 row per prompt (Wilson, exact)")] = cov1
     for icc in ICCS if not quick else ICCS[:1]:
-        tables[f"{REPEATS} repeats, ICC {icc} (cluster-adjusted Wilson, {cover_sims} sims)"] = {
+        tables[(f"repeats_icc_{icc:g}", f"{REPEATS} repeats, ICC {icc} (cluster-adjusted Wilson, {cover_sims} sims)")] = {
             (p, n): simulated_coverage_repeats(p, n, icc, cover_sims, rng) for p in ps for n in ns}
     log(f"[stats] coverage computed in {time.perf_counter() - t0:.1f} s")
-    for title, table in tables.items():
+    for (_, title), table in tables.items():
         log(f"\ncoverage of the 95% summary CI, {title}")
         log("p \\ n  " + "".join(f"{n:>8d}" for n in ns))
         for p in ps:
             log(f"{p:<6g} " + "".join(f"{100 * table[(p, n)][0]:7.1f}%" for n in ns))
     se_cover = mc_se(0.95, cover_sims)
-    for title, table in tables.items():
+    for (key, title), table in tables.items():
         values = [v[0] for v in table.values()]
         widths = [v[1] for v in table.values()]
         inside = sum(lo <= v <= hi for v in values)
-        key = "one_row" if "1 row" in title else title.split(",")[1].strip().replace(" ", "_").lower()
         record(f"stats.coverage_{key}_min", min(values), f"{lo:.0%}–{hi:.0%} in every setting",
                all(lo <= v <= hi for v in values), max=max(values), settings_in_target=inside,
                settings=len(values), monte_carlo_se=0.0 if "exact" in title else se_cover, title=title)
@@ -218,21 +250,26 @@ def run(quick: bool, seed: int = 20261126) -> list[dict]:
     # 2. type-I error ---------------------------------------------------------------------------
     t0 = time.perf_counter()
     prompts = 100
-    scenarios = [null_repeats(null_sims, prompts, rng), null_sweep(null_sims, prompts, rng),
-                 paired_independent(null_sims, 100 if quick else 500, rng)[0]]
-    for sims in scenarios:
+    scenarios = [("repeats", null_repeats(null_sims, prompts, rng)),
+                 ("sweep", null_sweep(null_sims, prompts, rng)),
+                 ("independent", paired_independent(null_sims, 100 if quick else 500, rng)[0])]
+    if not quick:  # few prompts: the clustered interval's degrees of freedom matter
+        scenarios.insert(1, ("repeats_30_prompts", null_repeats(null_sims, 30, rng)))
+    for key, sims in scenarios:
         rates = gate_and_mcnemar(sims)
-        key = sims.label.split(":")[0].split(" ")[0] if sims.label.startswith("sweep") else (
-            "repeats" if "repeats" in sims.label else "independent")
+        before = row_level_mcnemar_rejections(sims.discordant) if sims.discordant is not None else None
         log(f"\nnull, {sims.label}: check --require-significance flags {100 * rates['gate']:.2f}% "
             f"(nominal 2.5%), McNemar p < 0.05 in {100 * rates['mcnemar']:.2f}% (nominal 5%), "
-            f"CI and p disagree in {100 * rates['disagree']:.2f}%")
+            f"CI and p disagree in {100 * rates['disagree']:.2f}%"
+            + (f"; the row-level exact McNemar (rows as independent pairs) would reject in {100 * before:.2f}%"
+               if before is not None else ""))
         record(f"stats.type1_check_{key}", rates["gate"], f"<= {GATE_ALPHA + SLACK:.3f}",
                rates["gate"] <= GATE_ALPHA + SLACK, monte_carlo_se=mc_se(rates["gate"], null_sims),
                sims=null_sims, scenario=sims.label)
         record(f"stats.type1_mcnemar_{key}", rates["mcnemar"], f"<= {MCNEMAR_ALPHA + SLACK:.3f}",
                rates["mcnemar"] <= MCNEMAR_ALPHA + SLACK, monte_carlo_se=mc_se(rates["mcnemar"], null_sims),
-               sims=null_sims, scenario=sims.label, ci_p_disagreement=rates["disagree"])
+               sims=null_sims, scenario=sims.label, ci_p_disagreement=rates["disagree"],
+               row_level_mcnemar_type1=before)
     # 3. power ----------------------------------------------------------------------------------
     n_power = 500
     sims, discordance = paired_independent(null_sims, n_power, rng, drop=0.05)

@@ -72,7 +72,7 @@ def difference_plot(paired: PairedResults, metrics: pd.DataFrame) -> str | None:
         ax.axvline(0, color="#888", linewidth=1, linestyle="--")
         ax.set_yticks(y, scores["column"].astype(str).str.removeprefix("score_").tolist())
         ax.invert_yaxis()
-        ax.set_xlabel("mean score difference B − A (95% paired-bootstrap CI)")
+        ax.set_xlabel("mean score difference B − A (95% paired CI, prompts as the unit)")
         ax.set_title("Scores")
     if lat is not None:
         ax = axes.pop(0)
@@ -144,7 +144,7 @@ def render_html(paired: PairedResults, metrics: pd.DataFrame, examples: pd.DataF
         + "".join(f"<p class='small'>{n}</p>" for n in notes)
         + "<h2>Scores</h2>"
         + _table(scores, ["column", "value_a", "value_b", "diff", "ci_low", "ci_high", "wins", "ties", "losses",
-                          "p_value", "n_pairs", "note"])
+                          "p_value", "test", "ci_method", "n_pairs", "n_clusters", "note"])
         + "<h2>Paired differences</h2>" + plot
         + "<h2>Performance</h2>"
         + _table(perf, ["metric", "value_a", "value_b", "ratio", "diff", "n_pairs", "note"])
