@@ -3,8 +3,7 @@
 
 Unicode NFKC, case-folded, punctuation *and symbols* replaced by spaces, whitespace collapsed.
 Symbols are not part of an answer: "$5", "5 $" and "5" are the same answer, as are "Paris!" and
-"paris". (Before there was one normaliser, ``compare`` kept symbols and ``exact_match`` did not,
-so they disagreed on "$5" vs "5".)
+"paris". Every comparison of answers goes through this one function.
 """
 
 from __future__ import annotations
