@@ -8,6 +8,7 @@ first token for the bare France question is a near tie ("L" -1.88 vs "The" -1.97
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -21,6 +22,7 @@ from sentech_eval.errors import BackendError, ConfigError
 from sentech_eval.backends.model_files import EMBEDDED_MODEL
 from sentech_eval.paths import default_models_dir
 from sentech_eval.types import Sampling
+from llama_reference import direct_answer, load_reference
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[local]')")
 
@@ -73,12 +75,32 @@ def whole():
     run(backend.aclose())
 
 
-def test_greedy_answers_paris(streamed):
-    out = run(streamed.complete(FRANCE, Sampling(temperature=0)))
+@pytest.fixture(scope="module")
+def reference_llm():
+    """llama-cpp-python's own ``Llama``, loaded like the backend's (same file, n_ctx, threads)."""
+    llm = load_reference(str(MODEL), n_ctx=1024, n_threads=1)
+    yield llm
+    llm.close()
+
+
+@pytest.mark.parametrize("sampling", [
+    Sampling(temperature=0, seed=0),
+    Sampling(temperature=0.8, top_p=0.9, top_k=40, seed=5),
+    Sampling(temperature=0, max_tokens=4, seed=0),
+], ids=["greedy", "seeded", "length"])
+@pytest.mark.parametrize("backend", ["streamed", "whole"])
+def test_answer_equals_llama_cpp_pythons_own_answer(request, reference_llm, backend, sampling):
+    """Not "contains Paris" (that depends on this CPU's kernels): the exact answer llama-cpp-python gives."""
+    out = run(request.getfixturevalue(backend).complete(FRANCE, sampling))
+    args = {k: v for k, v in dataclasses.asdict(sampling).items() if v is not None}
+    direct = direct_answer(reference_llm, FRANCE, **args)
     assert out.status == "ok", out.error
-    assert "Paris" in out.output
-    assert out.finish_reason == "stop"
-    assert streamed.kind == "local" and streamed.model == EMBEDDED_MODEL.file_name
+    assert out.output == direct["choices"][0]["message"]["content"]
+    assert out.finish_reason == direct["choices"][0]["finish_reason"]
+    usage = direct["usage"]
+    assert (out.prompt_tokens, out.completion_tokens, out.total_tokens) == (
+        usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+    assert request.getfixturevalue(backend).model == EMBEDDED_MODEL.file_name
 
 
 def test_same_seed_same_output(streamed):
@@ -278,8 +300,9 @@ def test_missing_llama_cpp_gives_the_install_hint():
     assert "llama-cpp-python" in out.stdout and "pip install" in out.stdout, out.stdout + out.stderr
 
 
-def test_sentech_eval_run_on_the_local_backend(tmp_path):
-    """`sentech-eval run backend=local dataset.path=X.parquet sampling.temperature=0` answers Paris."""
+def test_sentech_eval_run_on_the_local_backend(tmp_path, reference_llm):
+    """`sentech-eval run backend=local dataset.path=X.parquet sampling.temperature=0` answers what
+    llama-cpp-python answers to the same messages on this machine."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -288,13 +311,16 @@ def test_sentech_eval_run_on_the_local_backend(tmp_path):
     dataset = tmp_path / "france.parquet"
     pq.write_table(france, dataset)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "sentech_eval.cli", "run", "backend=local", "backend.n_threads=1",
+    cmd = [sys.executable, "-m", "sentech_eval.cli", "run", "backend=local", "backend.n_threads=1", "backend.n_ctx=1024",
            f"dataset.path={dataset}", "sampling.temperature=0", "runner.progress=false", f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = pq.read_table(run_dir / "results.parquet").to_pylist()[0]
     assert row["backend"] == "local" and row["model"] == EMBEDDED_MODEL.file_name
-    assert row["status"] == "ok" and "Paris" in row["output"]
+    direct = direct_answer(reference_llm, list(france.column("messages")[0].as_py()), temperature=0,
+                           top_p=0.9, top_k=40, seed=0, max_tokens=256)
+    assert row["status"] == "ok" and row["output"] == direct["choices"][0]["message"]["content"]
+    assert row["completion_tokens"] == direct["usage"]["completion_tokens"]
     assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
     assert row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"]
     assert 0 < row["ttft_s"] < row["latency_s"]
