@@ -8,6 +8,7 @@ and returning an exit code. Modules are imported lazily so ``--help`` stays fast
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from sentech_eval.errors import SentechEvalError
@@ -40,6 +41,18 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
+    try:
+        code = dispatch(argv)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is not an error
+    except BrokenPipeError:
+        # Python would report the pipe again when it flushes stdout at exit: point stdout at devnull.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command cut off by `| head`
+    return code
+
+
+def dispatch(argv: list[str] | None = None) -> int:
+    """Run the subcommand named in ``argv``; user errors become one line on stderr and exit 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())

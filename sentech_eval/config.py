@@ -16,13 +16,14 @@ import json
 import re
 import typing
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from sentech_eval.errors import ConfigError
-from sentech_eval.paths import REPO_ROOT, default_models_dir
+from sentech_eval.paths import CONF_PACKAGE, conf_dir, conf_search_path, datasets_dir, default_models_dir
 from sentech_eval.types import SAMPLING_PARAMS, SAMPLING_RANGES, Sampling
 
 TOP_LEVEL_KEYS = {"experiment", "backend", "sampling", "dataset", "runner", "scorers", "sweep", "hydra", "objective"}
@@ -48,6 +49,7 @@ class DatasetConfig:
     num_shards: int = 1
     shard_index: int = 0
     batch_size: int = 4096
+    columns: Optional[dict[str, Optional[str]]] = None  # dataset column -> the file's column (prompt: question)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class RunnerConfig:
     progress: bool = True
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    max_error_rate: Optional[float] = None  # the run exits 1 when a larger share of rows are errors
 
 
 # group -> (schema, its name in the ConfigStore)
@@ -78,7 +81,7 @@ _KINDS = {"Float": "a number", "Integer": "an integer", "Boolean": "true or fals
 
 
 def register_configs() -> None:
-    """The schemas in Hydra's ConfigStore and the ``${models_dir:}`` / ``${repo_root:}`` resolvers (idempotent)."""
+    """The schemas in Hydra's ConfigStore and the ``${models_dir:}`` / ``${datasets_dir:}`` resolvers (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
@@ -86,8 +89,8 @@ def register_configs() -> None:
         store.store(group=group, name=name, node=schema)
     if not OmegaConf.has_resolver("models_dir"):
         OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
-    if not OmegaConf.has_resolver("repo_root"):
-        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("datasets_dir"):
+        OmegaConf.register_new_resolver("datasets_dir", lambda: str(datasets_dir()))
 
 
 def config_error(exc: BaseException, section: str = "") -> ConfigError:
@@ -162,7 +165,8 @@ def dataset_from_config(cfg: DictConfig) -> DatasetConfig:
     """The dataset section, checked; ``name`` defaults to the file name."""
     values = _section(cfg, "dataset")
     if not values["path"]:
-        raise ConfigError("dataset.path is not set; pick a shipped dataset (dataset=capitals) or set dataset.path=FILE.parquet.")
+        raise ConfigError("dataset.path is not set; pick a shipped dataset (dataset=capitals) or set "
+                          "dataset.path=FILE (.parquet, .jsonl or .csv).")
     limit, num_shards, shard_index = values["limit"], values["num_shards"], values["shard_index"]
     if limit is not None and limit < 1:
         raise ConfigError(f"dataset.limit={limit} must be at least 1 (or null for every row).")
@@ -172,7 +176,12 @@ def dataset_from_config(cfg: DictConfig) -> DatasetConfig:
         )
     if values["batch_size"] < 1:
         raise ConfigError(f"dataset.batch_size={values['batch_size']} must be at least 1.")
-    values["name"] = values["name"] or str(values["path"]).rsplit("/", 1)[-1].removesuffix(".parquet")
+    columns = {str(k): v for k, v in (values.get("columns") or {}).items() if v is not None} or None
+    if columns is not None and not all(isinstance(v, str) and v for v in columns.values()):
+        raise ConfigError("dataset.columns must map dataset columns to the file's column names, "
+                          "e.g. dataset.columns.prompt=question dataset.columns.reference=answer.")
+    values["columns"] = columns
+    values["name"] = values["name"] or Path(str(values["path"])).stem
     values["path"] = str(values["path"])
     return DatasetConfig(**values)
 
@@ -185,6 +194,9 @@ def runner_from_config(cfg: DictConfig) -> RunnerConfig:
             raise ConfigError(f"runner.{key}={values[key]} must be at least 1.")
     if values["max_retries"] < 0:
         raise ConfigError(f"runner.max_retries={values['max_retries']} must be 0 or more.")
+    if values["max_error_rate"] is not None and not 0 <= values["max_error_rate"] <= 1:
+        raise ConfigError(f"runner.max_error_rate={values['max_error_rate']:g} must be between 0 and 1 (or null: "
+                          "only a run whose every row failed exits non-zero).")
     for key in ("timeout_s", "rpm", "tpm"):
         if values[key] is not None and values[key] <= 0:
             raise ConfigError(f"runner.{key}={values[key]} must be positive (or null for no limit).")
@@ -222,3 +234,44 @@ def redacted_config(cfg: DictConfig) -> dict[str, Any]:
     return container  # type: ignore[return-value]
 
 
+def group_choices(group: str) -> list[str]:
+    """The shipped options of a config group (``backend`` -> local, llama31_8b, remote)."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def unknown_choice_message(group: str, name: str) -> str:
+    """One sentence for ``group=name`` that names no shipped config."""
+    extra = " (or add your own with +scorers.NAME._target_=module.function)" if group == "scorers" else ""
+    return (f"Unknown {group.removesuffix('s')} {name!r}; choose one of: {', '.join(group_choices(group))}{extra}, "
+            f"or add {group}/{name}.yaml to a config dir of your own (--config-dir DIR).")
+
+
+def compose_config(overrides: list[str], *, job_name: str = "sentech-eval") -> DictConfig:
+    """The config ``sentech-eval run OVERRIDES`` composes (Hydra's compose API, shipped ``conf/``).
+
+    The one place outside the ``run`` app where the run config is composed (``score``, the pairwise
+    judge of ``compare``). Hydra's errors become one ``ConfigError`` sentence.
+    """
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    if conf_search_path().startswith("pkg://"):
+        init = initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3", job_name=job_name)
+    else:
+        init = initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=job_name)
+    try:
+        with init:
+            return compose(config_name="config", overrides=list(overrides))
+    except MissingConfigException as exc:
+        found = re.search(r"'(\w+)/([^']+)'", str(exc))
+        if found:
+            raise ConfigError(unknown_choice_message(found.group(1), found.group(2))) from None
+        raise ConfigError(" ".join(str(exc).split("\n")[0].split()).rstrip(".") + ".") from None
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"Bad override: {' '.join(str(exc).split()).rstrip('.')}.") from None
+    finally:
+        GlobalHydra.instance().clear()

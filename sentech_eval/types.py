@@ -115,6 +115,7 @@ class Completion:
 
     output: str | None = None
     finish_reason: str | None = None
+    response_model: str | None = None  # the model the server says answered (not the one requested)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None

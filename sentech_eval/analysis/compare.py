@@ -228,9 +228,49 @@ def disagreements(paired: PairedResults, limit: int = 10) -> pd.DataFrame:
     return ranked.head(limit).drop(columns=["_score_gap", "_differ"])
 
 
+# A side whose requests overlapped at least this much (sum of latencies / wall span) and whose
+# median seconds per completion token are at least this many times its fastest (5th percentile) is
+# measuring a queue: a server that answers fewer requests at a time than were sent.
+QUEUE_OVERLAP = 2.0
+QUEUE_SLOWDOWN = 3.0
+
+
+def queueing_factor(df: pd.DataFrame) -> tuple[float, float] | None:
+    """(overlap, slowdown) of one side's ok rows, or None when its latency is not queue-dominated."""
+    needed = {"status", "latency_s", "started_at", "completion_tokens"}
+    if not needed <= set(df.columns):
+        return None
+    ok = df[(df["status"] == "ok") & df["latency_s"].notna() & df["started_at"].notna()]
+    if len(ok) < 4:
+        return None
+    start = pd.to_datetime(ok["started_at"], utc=True)
+    end = start + pd.to_timedelta(ok["latency_s"].astype(float), unit="s")
+    span = (end.max() - start.min()).total_seconds()
+    if span <= 0:
+        return None
+    overlap = float(ok["latency_s"].sum()) / span
+    per_token = ok["latency_s"].astype(float) / ok["completion_tokens"].fillna(0).clip(lower=1).astype(float)
+    fastest = float(per_token.quantile(0.05))
+    slowdown = float(per_token.median()) / fastest if fastest > 0 else 0.0
+    if overlap >= QUEUE_OVERLAP and slowdown >= QUEUE_SLOWDOWN:
+        return overlap, slowdown
+    return None
+
+
 def comparison_warnings(paired: PairedResults) -> list[str]:
-    """Things a reader must know before trusting the numbers: differing sampling, one-sided scores."""
+    """Things a reader must know before trusting the numbers: differing sampling, one-sided scores,
+    latency that measures a server's queue rather than its model."""
     out = []
+    for side, label in (("a", paired.label_a), ("b", paired.label_b)):
+        queued = queueing_factor(getattr(paired, side))
+        if queued:
+            overlap, slowdown = queued
+            out.append(
+                f"{label}: latency is dominated by queueing — {overlap:.1f} requests were in flight on average and "
+                f"the median time per token is {slowdown:.1f}× the fastest, so the server answered fewer requests at "
+                "a time than were sent. Re-run it with runner.concurrency equal to the server's capacity "
+                "(1 for `sentech-eval serve --engine llama`) to compare models, not queues."
+            )
     if paired.sampling_differences:
         out.append("A and B used different sampling (" + "; ".join(paired.sampling_differences)
                    + "): differences mix the systems with their settings.")
@@ -241,9 +281,14 @@ def comparison_warnings(paired: PairedResults) -> list[str]:
 
 
 def default_label(df: pd.DataFrame, fallback: str) -> str:
-    """``backend/model`` of a results frame when it has a single one, else ``fallback``."""
+    """``backend/model`` of a results frame when it has a single one, else ``fallback``.
+
+    The model is the one that answered (``response_model``, what the server said) when the rows
+    record it, not the one requested: a server may answer for another name.
+    """
     parts = []
-    for col in ("backend", "model"):
-        if col in df.columns and df[col].nunique() == 1:
-            parts.append(str(df[col].iloc[0]))
+    model_col = "response_model" if "response_model" in df.columns and df["response_model"].notna().any() else "model"
+    for col in ("backend", model_col):
+        if col in df.columns and df[col].dropna().nunique() == 1:
+            parts.append(str(df[col].dropna().iloc[0]))
     return "/".join(parts) or fallback

@@ -28,9 +28,8 @@ from sentech_eval.analysis.compare import metric_row, normalise_output
 from sentech_eval.analysis.pairing import PairedResults
 from sentech_eval.backends.base import Backend, create_backend
 from sentech_eval.backends.retry import complete_with_retries
-from sentech_eval.config import register_configs, sampling_from_config
+from sentech_eval.config import compose_config, sampling_from_config
 from sentech_eval.errors import AuthenticationError, ConfigError
-from sentech_eval.paths import CONF_DIR
 from sentech_eval.secrets import refuse_secret_overrides
 from sentech_eval.types import Sampling
 
@@ -53,8 +52,6 @@ MAX_ATTEMPTS = 3
 
 def judge_config(overrides: list[str]) -> Any:
     """The composed run config for the judge (``sampling=greedy`` unless overridden)."""
-    from hydra import compose, initialize_config_dir
-
 
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -62,7 +59,6 @@ def judge_config(overrides: list[str]) -> Any:
             f"--judge takes Hydra overrides such as backend=local, got {bad[0]!r}; put A and B before --judge."
         )
     refuse_secret_overrides(overrides)
-    register_configs()
     names = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
     defaults = []
     if "sampling" not in names:
@@ -71,13 +67,9 @@ def judge_config(overrides: list[str]) -> Any:
         defaults.append("sampling.max_tokens=256")  # room for a judge that reasons before its verdict
     overrides = [*defaults, *overrides]
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="compare_judge"):
-            return compose(config_name="config", overrides=list(overrides))
-    except Exception as exc:  # Hydra's own errors: unknown group option, bad override syntax
-        if isinstance(exc, ConfigError):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"--judge {' '.join(overrides)}: {first}") from None
+        return compose_config(overrides, job_name="compare_judge")
+    except ConfigError as exc:
+        raise ConfigError(f"--judge {' '.join(overrides)}: {exc}") from None
 
 
 def parse_verdict(text: str | None) -> str | None:

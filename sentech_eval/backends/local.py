@@ -44,6 +44,25 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_n_threads(workers: int = 1) -> tuple[int, str]:
+    """llama.cpp threads per worker when the config leaves ``n_threads`` null, and why.
+
+    llama.cpp's threads spin-wait at every barrier: when one of them cannot get a core (another
+    process is busy), each token waits for it and generation slows 10-fold (measured on a busy
+    2-core machine: 108-150 s for 20 prompts with 2 threads, 13 s with 1, same outputs). So the
+    default counts only the cores idle right now (available cores minus the 1-minute load
+    average), split between the workers, at least 1. See benchmarks/bench_threads.py.
+    """
+    cores = available_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # not available on this platform
+        load = 0.0
+    idle = max(1, int(cores - load + 0.5))
+    n = max(1, min(cores, idle) // workers)
+    return n, f"auto: {cores} cores, load average {load:.2f}, {workers} worker(s) -> {n} thread(s) each"
+
+
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
     value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
     return default if value is None else value
@@ -99,14 +118,19 @@ def settings_from_config(cfg: Any, workers: int) -> Any:
     if n_batch < 1:
         raise ConfigError(f"backend.n_batch must be at least 1 (got {n_batch}).")
     n_threads = _get(cfg, "n_threads")
-    n_threads = int(n_threads) if n_threads is not None else max(1, available_cores() // workers)
+    if n_threads is not None:
+        n_threads, threads_reason = int(n_threads), "backend.n_threads"
+    else:
+        n_threads, threads_reason = default_n_threads(workers)
     if n_threads < 1:
         raise ConfigError(f"backend.n_threads must be at least 1 or null (got {n_threads}).")
     repack = _get(cfg, "repack", "auto")
+    repack_reason = "backend.repack"
     if isinstance(repack, str):
         if repack != "auto":
             raise ConfigError(f"backend.repack must be true, false or auto (got {repack!r}).")
         repack = not cpu_has_amx()
+        repack_reason = "auto: " + ("off, the CPU has AMX" if not repack else "on, the CPU has no AMX")
     return EngineSettings(
         model_path=str(_get(cfg, "model_path")),
         n_ctx=n_ctx,
@@ -118,6 +142,8 @@ def settings_from_config(cfg: Any, workers: int) -> Any:
         stream=bool(_get(cfg, "stream", True)),
         repack=bool(repack),
         verbose=bool(_get(cfg, "verbose", False)),
+        n_threads_reason=threads_reason,
+        repack_reason=repack_reason,
     )
 
 

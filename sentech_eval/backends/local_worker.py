@@ -59,6 +59,8 @@ class EngineSettings:
     stream: bool = True
     repack: bool = True  # llama.cpp "extra buffer types" (CPU weight repacking, AMX)
     verbose: bool = False
+    n_threads_reason: str = "set"  # how n_threads was chosen (recorded in the results' metadata)
+    repack_reason: str = "set"  # how repack was chosen
 
 
 def cpu_has_amx() -> bool:
@@ -71,6 +73,18 @@ def cpu_has_amx() -> bool:
     except OSError:
         pass
     return False
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux; None elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 _PARAMS_LOCK = threading.Lock()
@@ -170,6 +184,7 @@ class LocalEngine:
     def __init__(self, settings: EngineSettings, clock: Callable[[], float] = time.perf_counter):
         self.settings = settings
         self.clock = clock
+        self.model_name = Path(settings.model_path).name  # what a local answer records as response_model
         self.llm = load_llama(settings)
 
     def describe(self) -> dict[str, Any]:
@@ -194,6 +209,10 @@ class LocalEngine:
             "chat_format": self.llm.chat_format,
             "n_ctx": self.llm.n_ctx(),
             "n_threads": self.settings.n_threads,
+            "n_threads_reason": self.settings.n_threads_reason,
+            "cpu_model": cpu_model(),
+            "cpu_amx": cpu_has_amx(),
+            "repack_reason": self.settings.repack_reason,
             "n_batch": self.settings.n_batch,
             "n_gpu_layers": self.settings.n_gpu_layers,
             "repack": self.settings.repack,
@@ -235,7 +254,7 @@ class LocalEngine:
         prompt_tokens = self.llm.last_prompt_tokens
         completion_tokens = self.llm.last_completion_tokens
         return Completion(
-            output="".join(parts), finish_reason=finish_reason,
+            output="".join(parts), finish_reason=finish_reason, response_model=self.model_name,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens, latency_s=latency, ttft_s=ttft,
         )
@@ -247,6 +266,7 @@ class LocalEngine:
         usage = response.get("usage") or {}
         return Completion(
             output=choice["message"].get("content") or "", finish_reason=choice.get("finish_reason"),
+            response_model=self.model_name,
             prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
             total_tokens=usage.get("total_tokens"), latency_s=latency, ttft_s=None,
         )

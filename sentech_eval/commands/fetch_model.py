@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval fetch-model") 
     )
     parser.add_argument(
         "--dest", metavar="DIR", default=None,
-        help=f"directory for the model (default: ${MODELS_DIR_ENV} or <repo>/models; now {default_models_dir()})",
+        help=f"directory for the model (default: ${MODELS_DIR_ENV} or ~/.cache/sentech-eval/models; now {default_models_dir()})",
     )
     args = parser.parse_args(argv)
     already = is_valid_embedded_model(embedded_model_path(Path(args.dest).expanduser() if args.dest else None))

@@ -21,17 +21,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from sentech_eval.config import config_error, register_configs
+from sentech_eval.config import config_error, group_choices, register_configs, unknown_choice_message
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.errors import ConfigError, SentechEvalError
-from sentech_eval.paths import CONF_DIR
+from sentech_eval.paths import conf_search_path
 from sentech_eval.secrets import refuse_secret_overrides
 
 GROUP_CHOICE = re.compile(r"^(?P<group>backend|sampling|dataset|runner|scorers|sweep)=(?P<value>.*)$")
-
-
-def _choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def check_group_choices(argv: list[str]) -> None:
@@ -47,10 +43,10 @@ def check_group_choices(argv: list[str]) -> None:
             continue  # sweeps over groups (backend=remote,local) are Hydra's to expand
         group, value = match["group"], match["value"].strip()
         values = [v.strip() for v in value.strip("[]").split(",") if v.strip()] if value.startswith("[") else [value]
-        known = _choices(group)
+        known = group_choices(group)
         for name in values:
             if name not in known and name != "null":
-                raise ConfigError(f"Unknown {group.removesuffix('s')} {name!r}; choose one of: {', '.join(known)} (files in conf/{group}/).")
+                raise ConfigError(unknown_choice_message(group, name))
 
 
 def output_dir() -> Path:
@@ -74,7 +70,7 @@ def _record_job_status(out_dir: Path, status: str, error: str | None, summary: d
     (out_dir / "job_status.json").write_text(json.dumps(record, indent=2, default=str))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=conf_search_path(), config_name="config")
 def task(cfg: DictConfig) -> float | None:
     """The Hydra task function: one run of one configuration."""
     out_dir = output_dir()
@@ -96,10 +92,37 @@ def task(cfg: DictConfig) -> float | None:
         print(f"sentech-eval run: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         _record_job_status(out_dir, "failed", f"{type(exc).__name__}: {exc}", None)
         return None
-    _record_job_status(out_dir, "interrupted" if summary.get("interrupted") else "ok", None, summary)
     if summary.get("interrupted"):
+        _record_job_status(out_dir, "interrupted", None, summary)
         sys.exit(130)  # one Ctrl-C stops a whole sweep too; the sweep's exit hook still combines results
+    failure = None if multirun else report_end_of_run(cfg, summary)
+    _record_job_status(out_dir, "failed" if failure else "ok", failure, summary)
+    if failure:
+        sys.exit(1)
     return summary.get("objective")
+
+
+def report_end_of_run(cfg: DictConfig, summary: dict[str, Any]) -> str | None:
+    """Print the run's result (scores with 95% CIs, latency, tokens, errors, report.html) and
+    return why the run failed: every row an error, or more errors than ``runner.max_error_rate``."""
+    from sentech_eval.commands.run_summary import end_of_run
+
+    results = Path(summary["results"])
+    if not results.is_file():
+        return None
+    outcome, lines = end_of_run(results, scored=bool(summary.get("scores")) or bool(cfg.get("scorers")))
+    for line in lines:
+        print(line, file=sys.stderr)
+    limit = (cfg.get("runner") or {}).get("max_error_rate")
+    failure = None
+    if outcome.rows and not outcome.ok:
+        failure = f"every request failed ({outcome.errors} of {outcome.rows} rows are errors; see above)."
+    elif limit is not None and outcome.error_rate > float(limit):
+        failure = (f"{outcome.errors} of {outcome.rows} rows are errors ({outcome.error_rate:.1%}), "
+                   f"above runner.max_error_rate={float(limit):g}.")
+    if failure:
+        print(f"sentech-eval run: error: {failure}", file=sys.stderr)
+    return failure
 
 
 def main(argv: list[str], prog: str = "sentech-eval run") -> int:

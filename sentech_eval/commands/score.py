@@ -23,10 +23,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sentech_eval.config import register_configs
+from sentech_eval.config import compose_config
 from sentech_eval.engine.results import RESULTS_FILE
 from sentech_eval.errors import ConfigError, ResultsError
-from sentech_eval.paths import CONF_DIR
 from sentech_eval.scorers.base import Scorer, build_scorers, close_scorers, null_scores, score_row, score_schema
 from sentech_eval.secrets import refuse_secret_overrides
 
@@ -37,7 +36,7 @@ EPILOG = """\
 overrides are Hydra overrides on the same config as `sentech-eval run`, for example:
   scorers=[exact_match,contains]            choose scorers (conf/scorers/*.yaml)
   scorers=[numeric] scorers.numeric.tolerance=0.01
-  scorers=[regex] scorers.regex.pattern='answer:\\s*(\\w+)'
+  scorers=[regex] "scorers.regex.pattern='answer:\\s*(\\w+)'"   (quoted twice: shell, then Hydra)
   +scorers.mine._target_=my_pkg.my_module.my_function   your own f(output, reference, row)
   scorers=[judge] scorers.judge.backend.base_url=http://127.0.0.1:8000/v1 scorers.judge.backend.model=grader
   scorers=[judge] backend@scorers.judge.backend=local     the embedded GGUF model as judge
@@ -49,35 +48,10 @@ Rows with status "error" get null scores. Each file is replaced atomically.
 """
 
 
-def compose_scorers_config(overrides: list[str], config_dir: Path = CONF_DIR) -> Any:
+def compose_scorers_config(overrides: list[str]) -> Any:
     """The ``scorers`` node that ``sentech-eval run`` would get for these overrides."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
-
-    if not (config_dir / "config.yaml").exists():
-        raise ConfigError(f"The config directory {config_dir} has no config.yaml; reinstall sentech-eval from its repository.")
     refuse_secret_overrides(list(overrides))
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
-    except MissingConfigException as exc:
-        known = ", ".join(sorted(p.stem for p in (config_dir / "scorers").glob("*.yaml")))
-        found = re.search(r"'scorers/([^']+)'", str(exc))
-        if found:
-            raise ConfigError(f"Unknown scorer {found.group(1)!r}; known scorers are: {known} "
-                              "(or add your own with +scorers.NAME._target_=module.function).") from None
-        message = " ".join(str(exc).split("\n")[0].split())
-        raise ConfigError(f"{message.rstrip('.')}.") from None
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        message = " ".join(str(exc).split())
-        raise ConfigError(f"Bad override: {message.rstrip('.')}.") from None
-    finally:
-        GlobalHydra.instance().clear()
-    return cfg.get("scorers")
+    return compose_config(list(overrides)).get("scorers")
 
 
 def find_results_files(path: str | Path) -> list[Path]:

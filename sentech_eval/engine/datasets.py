@@ -1,8 +1,11 @@
-"""Parquet datasets: schema checks, batched reading, limit and sharding.
+"""Datasets: Parquet, JSON Lines or CSV; schema checks, batched reading, limit and sharding.
 
 Input schema: ``id`` (string or integer, unique) and either ``messages`` (list of
 ``{role, content}`` with roles system/user/assistant) or ``prompt`` (string) with optional
 ``system`` (string); optional ``reference`` (string). Any other column is carried into results.
+``columns`` maps these names to the file's own (``{"prompt": "question", "reference": "answer"}``),
+so a file need not be renamed. Parquet is read in batches; JSON Lines (``.jsonl``, ``.ndjson``,
+``.json``) and CSV (``.csv``, ``.tsv``) are read whole by pyarrow.
 Every problem raises ``DatasetError`` naming the file, the column and the row, before any request.
 """
 
@@ -12,6 +15,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -23,6 +27,9 @@ from sentech_eval.types import NO_EXTRA, Prompt
 
 ROLES = ("system", "user", "assistant")
 INPUT_COLUMNS = ("id", "messages", "prompt", "system", "reference")
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
+CSV_SUFFIXES = (".csv", ".tsv")
+TEXT_COLUMNS = ("prompt", "system", "reference")  # read as strings from CSV/JSON even when they look numeric
 
 
 @dataclass(frozen=True)
@@ -41,17 +48,97 @@ def _fail(path: Path, column: str, row: int | None, problem: str, fix: str = "")
     return DatasetError(f"Dataset {path}: column '{column}', {where}: {problem}{tail}.")
 
 
-def _open(path: Path) -> pq.ParquetFile:
-    if not path.exists():
-        raise DatasetError(f"Dataset {path} does not exist; set dataset.path to a Parquet file or pick dataset=capitals.")
-    if path.is_dir():
-        raise DatasetError(f"Dataset {path} is a directory; set dataset.path to one Parquet file.")
+class _TableFile:
+    """An in-memory table with the parts of ``pq.ParquetFile`` the dataset uses."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._table = table
+        self.schema_arrow = table.schema
+        self.metadata = SimpleNamespace(num_rows=table.num_rows)
+
+    def iter_batches(self, batch_size: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        table = self._table.select(columns) if columns else self._table
+        return iter(table.to_batches(max_chunksize=batch_size))
+
+
+class _MappedFile:
+    """A file whose columns are seen under the dataset's names (``columns``: ours -> the file's)."""
+
+    def __init__(self, file: Any, columns: dict[str, str]) -> None:
+        self._file = file
+        self._theirs = columns
+        ours_of = {theirs: ours for ours, theirs in columns.items()}
+        shadowed = set(columns) - set(columns.values())  # a file column named like a mapped target is hidden
+        fields = [f.with_name(ours_of.get(f.name, f.name)) for f in file.schema_arrow
+                  if f.name in ours_of or f.name not in shadowed]
+        self.schema_arrow = pa.schema(fields)
+        self.metadata = file.metadata
+
+    def iter_batches(self, batch_size: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        names = columns if columns is not None else self.schema_arrow.names
+        theirs = [self._theirs.get(name, name) for name in names]
+        for batch in self._file.iter_batches(batch_size=batch_size, columns=theirs):
+            yield pa.RecordBatch.from_arrays(batch.columns, names=list(names))
+
+
+def _read_text_table(path: Path, columns: dict[str, str]) -> pa.Table:
+    """A JSON Lines or CSV file as a table, its prompt/system/reference columns as strings."""
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+
+    text = {columns.get(name, name) for name in TEXT_COLUMNS}
+    is_csv = path.suffix.lower() in CSV_SUFFIXES
+    kind = "CSV" if is_csv else "JSON Lines (one JSON object per line)"
     try:
-        return pq.ParquetFile(path)
+        if is_csv:
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+            table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                                   convert_options=pacsv.ConvertOptions(
+                                       column_types={name: pa.string() for name in text}))
+        else:
+            table = pajson.read_json(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DatasetError(
-            f"Dataset {path} is not a readable Parquet file ({exc}); convert it with pandas.DataFrame.to_parquet."
-        ) from None
+        raise DatasetError(f"Dataset {path} is not valid {kind} ({' '.join(str(exc).split())}); "
+                           "fix the file or convert it to Parquet.") from None
+    for i, field in enumerate(table.schema):
+        if field.name in text and (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+                                   or pa.types.is_boolean(field.type)):
+            table = table.set_column(i, field.name, pc.cast(table.column(i), pa.string()))
+    return table
+
+
+def _check_columns(path: Path, file: Any, columns: dict[str, str]) -> None:
+    names = file.schema_arrow.names
+    for ours, theirs in columns.items():
+        if ours not in INPUT_COLUMNS:
+            raise DatasetError(f"dataset.columns.{ours} is not a dataset column; map one of: {', '.join(INPUT_COLUMNS)} "
+                               f"(e.g. dataset.columns.prompt=question).")
+        if theirs not in names:
+            raise DatasetError(f"Dataset {path}: dataset.columns.{ours}={theirs!r} names no column of the file; "
+                               f"its columns are: {', '.join(names)}.")
+
+
+def _open(path: Path, columns: dict[str, str] | None = None) -> Any:
+    """The file as a ``pq.ParquetFile`` (or a stand-in with the same parts), columns mapped."""
+    columns = dict(columns or {})
+    if not path.exists():
+        raise DatasetError(f"Dataset {path} does not exist; set dataset.path to a Parquet, JSON Lines or CSV file "
+                           "or pick dataset=capitals.")
+    if path.is_dir():
+        raise DatasetError(f"Dataset {path} is a directory; set dataset.path to one Parquet, JSON Lines or CSV file.")
+    suffix = path.suffix.lower()
+    if suffix in JSON_SUFFIXES or suffix in CSV_SUFFIXES:
+        file: Any = _TableFile(_read_text_table(path, columns))
+    else:
+        try:
+            file = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DatasetError(
+                f"Dataset {path} is not a readable Parquet file ({exc}); give a .parquet, .jsonl or .csv file "
+                "(the suffix picks the reader)."
+            ) from None
+    _check_columns(path, file, columns)
+    return _MappedFile(file, columns) if columns else file
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -61,7 +148,8 @@ def _is_string(t: pa.DataType) -> bool:
 def _check_schema(path: Path, schema: pa.Schema) -> str:
     names = schema.names
     if "id" not in names:
-        raise _fail(path, "id", None, "missing", "add a unique string or integer id column")
+        raise _fail(path, "id", None, "missing",
+                    "add a unique string or integer id column, or name yours with dataset.columns.id=NAME")
     id_type = schema.field("id").type
     if not (_is_string(id_type) or pa.types.is_integer(id_type)):
         raise _fail(path, "id", None, f"has type {id_type}", "ids must be strings or integers")
@@ -81,7 +169,8 @@ def _check_schema(path: Path, schema: pa.Schema) -> str:
                 raise _fail(path, column, None, f"has type {schema.field(column).type}", "it must be a string column")
     else:
         raise _fail(path, "messages", None, "missing (and no 'prompt' column either)",
-                    "add a 'prompt' string column or a 'messages' list column")
+                    "add a 'prompt' string column or a 'messages' list column, or name yours with "
+                    "dataset.columns.prompt=NAME")
     if "reference" in names and not (_is_string(schema.field("reference").type) or pa.types.is_null(schema.field("reference").type)):
         raise _fail(path, "reference", None, f"has type {schema.field('reference').type}", "cast it to string")
     return form
@@ -98,14 +187,15 @@ def _selected_mask(num_rows: int, start: int, limit: int | None, num_shards: int
 
 
 class ParquetDataset:
-    """A checked Parquet dataset, read in batches so memory does not grow with its size."""
+    """A checked dataset (Parquet read in batches so memory does not grow with its size; JSON Lines
+    and CSV read whole); ``columns`` maps the dataset's column names to the file's."""
 
     def __init__(self, path: str | Path, *, limit: int | None = None, num_shards: int = 1,
-                 shard_index: int = 0, batch_size: int = 4096) -> None:
+                 shard_index: int = 0, batch_size: int = 4096, columns: dict[str, str] | None = None) -> None:
         self.path = Path(path)
         self.limit, self.num_shards, self.shard_index = limit, num_shards, shard_index
         self.batch_size = batch_size
-        self._file = _open(self.path)
+        self._file = _open(self.path, columns)
         schema = self._file.schema_arrow
         self.form = _check_schema(self.path, schema)
         self.extra_fields = tuple(f for f in schema if f.name not in INPUT_COLUMNS)

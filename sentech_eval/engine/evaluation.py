@@ -82,7 +82,8 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
         scrub_saved_config(cfg, out_dir)
         raise
     dataset = ParquetDataset(dataset_cfg.path, limit=dataset_cfg.limit, num_shards=dataset_cfg.num_shards,
-                             shard_index=dataset_cfg.shard_index, batch_size=dataset_cfg.batch_size)
+                             shard_index=dataset_cfg.shard_index, batch_size=dataset_cfg.batch_size,
+                             columns=dataset_cfg.columns)
     info = dataset.info()
     scorers = _build_scorers(cfg)
     backend = create_backend(cfg.backend, concurrency=runner_cfg.concurrency)

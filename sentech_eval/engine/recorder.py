@@ -81,7 +81,7 @@ class Recorder:
         prompt = item.prompt
         values = [
             *self._identity_values, str(prompt.id), item.repeat, *item.sampled,
-            c.output, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.total_tokens, c.latency_s, c.ttft_s,
+            c.output, c.finish_reason, c.response_model, c.prompt_tokens, c.completion_tokens, c.total_tokens, c.latency_s, c.ttft_s,
             c.status, c.http_status, c.error, c.attempts, item.started_at, item.queue_s,
             last_user_text(prompt.messages), prompt.reference,
         ]

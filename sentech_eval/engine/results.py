@@ -44,6 +44,7 @@ CORE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("seed", pa.int64()),
     pa.field("output", pa.string()),
     pa.field("finish_reason", pa.string()),
+    pa.field("response_model", pa.string()),
     pa.field("prompt_tokens", pa.int64()),
     pa.field("completion_tokens", pa.int64()),
     pa.field("total_tokens", pa.int64()),

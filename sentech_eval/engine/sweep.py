@@ -231,7 +231,8 @@ def _trials_table(jobs: list[dict[str, Any]]) -> pa.Table:
             array = pa.array([None if v is None else float(v) for v in values], pa.float64())
         else:
             array = pa.array([None if v is None else str(v) for v in values], pa.string())
-        columns[key] = array
+        # an override named like a fixed column (objective=score_x) must not replace its value
+        columns[key if key not in columns else f"override.{key}"] = array
     return pa.table(columns)
 
 

@@ -13,7 +13,6 @@ deltas and ends with the ``Generation`` (whose ``text`` is the full answer).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
 import threading
@@ -24,11 +23,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sentech_eval.errors import BackendError, ConfigError
+from sentech_eval.paths import datasets_dir, embedded_model_path
 from sentech_eval.types import SAMPLING_PARAMS, Sampling
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATASETS_DIR = REPO_ROOT / "datasets"
-DEFAULT_GGUF = REPO_ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_DATASETS_DIR = datasets_dir()
+DEFAULT_GGUF = embedded_model_path()  # at import; LlamaEngine looks it up again when built
 
 # A whitespace token together with the whitespace before it: joining pieces restores the text.
 _PIECE = re.compile(r"\s*\S+")
@@ -256,10 +255,11 @@ class LlamaEngine:
         chat_format: str | None = None,
         seed: int = 0,
     ) -> None:
-        self.model_path = Path(model_path) if model_path else DEFAULT_GGUF
+        self.model_path = Path(model_path).expanduser() if model_path else embedded_model_path()
         self.model = self.model_path.name
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads
+        self.n_threads_reason = "--n-threads"
         self.chat_format = chat_format
         self._seed_rng = random.Random(seed)  # seeds for requests that send none
         self._llm: Any = None
@@ -282,8 +282,11 @@ class LlamaEngine:
 
     def _load(self) -> Any:
         self.check()
+        from sentech_eval.backends.local import default_n_threads
         from sentech_eval.backends.local_worker import EngineSettings, cpu_has_amx, load_llama
 
+        if not self.n_threads:
+            self.n_threads, self.n_threads_reason = default_n_threads()
         settings = EngineSettings(
             model_path=str(self.model_path),
             n_ctx=self.n_ctx,

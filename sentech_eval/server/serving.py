@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sentech_eval.backends.local import default_n_threads
 from sentech_eval.errors import ConfigError
 from sentech_eval.server.app import DEFAULT_MAX_BODY_BYTES, ServerOptions, create_app, start_site
 from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, DEFAULT_GGUF, build_engine
@@ -78,10 +79,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=("echo", "llama"), default="echo", help="what produces the answers (default: %(default)s)")
-    g.add_argument("--model", metavar="PATH", help=f"GGUF file for --engine llama (default: {DEFAULT_GGUF})")
+    g.add_argument("--model", metavar="PATH", help=f"GGUF file for --engine llama (default: {DEFAULT_GGUF}; the dir is $SENTECH_MODELS_DIR when set)")
     g.add_argument("--n-ctx", type=int, default=2048, help="context length for --engine llama (default: %(default)s)")
     g.add_argument(
-        "--n-threads", type=int, default=None, help="CPU threads for --engine llama (default: all cores, split between --workers)"
+        "--n-threads", type=int, default=None, help="CPU threads for --engine llama (default: the cores idle at start, i.e. available cores minus the "
+        "load average, split between --workers; see docs/local.md)"
     )
     g.add_argument(
         "--datasets-dir",
@@ -166,7 +168,12 @@ def listening_line(config: ServeConfig, port: int) -> str:
     """The one line printed once the server accepts connections (tests parse the port from it)."""
     host = f"[{config.host}]" if ":" in config.host else config.host
     extra = f", {config.workers} workers" if config.workers > 1 else ""
-    return f"sentech-eval serve: listening on http://{host}:{port}/v1 (engine {config.engine}{extra})"
+    line = f"sentech-eval serve: listening on http://{host}:{port}/v1 (engine {config.engine}{extra})"
+    if config.engine == "llama":
+        # the engine answers one request at a time per worker: more in flight only queue here
+        line += (f"; answers {config.workers} request(s) at a time: run clients with "
+                 f"runner.concurrency={config.workers}, more only queue inside the server")
+    return line
 
 
 async def _serve(config: ServeConfig, port: int, *, reuse_port: bool, announce: bool, ready_fd: int | None = None) -> None:
@@ -193,7 +200,7 @@ def worker_config(config: ServeConfig, index: int) -> ServeConfig:
     seed = config.seed + 1_000_003 * index
     faults = dataclasses.replace(config.options.faults, seed=seed)
     # a llama worker gets its share of the cores unless --n-threads says otherwise
-    n_threads = config.n_threads or max(1, (os.cpu_count() or 1) // config.workers)
+    n_threads = config.n_threads or default_n_threads(config.workers)[0]
     return dataclasses.replace(
         config, seed=seed, n_threads=n_threads, options=dataclasses.replace(config.options, faults=faults)
     )

@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sentech_eval.paths import REPO_ROOT
 from sentech_eval.server.app import create_app, start_site
 from sentech_eval.server.serving import ServeConfig, parse_config
 
@@ -160,12 +161,13 @@ def _subprocess_server(engine: str, api_key: str | None, options: dict[str, Any]
 
 
 @contextmanager
-def listening_process(cmd: list[str], *, env: dict[str, str] | None = None,
-                      timeout_s: float = 300) -> Iterator[tuple[str, sp.Popen]]:
-    """Start ``cmd`` in the repo root, wait for its ``listening on http://…/v1`` line and yield
-    ``(base_url, process)``; afterwards SIGTERM it (SIGKILL if it has not exited within 15 s)."""
+def listening_process(cmd: list[str], *, env: dict[str, str] | None = None, timeout_s: float = 300,
+                      cwd: Path | None = None) -> Iterator[tuple[str, sp.Popen]]:
+    """Start ``cmd`` (in ``cwd``, default the repo root), wait for its ``listening on http://…/v1``
+    line and yield ``(base_url, process)``; afterwards SIGTERM it (SIGKILL if it has not exited
+    within 15 s)."""
     with tempfile.TemporaryFile(mode="w+") as stderr:
-        proc = sp.Popen(cmd, stdout=sp.PIPE, stderr=stderr, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
+        proc = sp.Popen(cmd, stdout=sp.PIPE, stderr=stderr, text=True, env=env, cwd=cwd or REPO_ROOT)
         try:
             url = _wait_for_url(proc, timeout_s)
             if url is None:

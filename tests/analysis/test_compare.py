@@ -209,3 +209,37 @@ def test_cluster_option_groups_pairs_by_a_column_and_refuses_an_unknown_one(tmp_
                 "--out", str(tmp_path), "--cluster", "nope"])
     err = capsys.readouterr().err
     assert code == 2 and "--cluster 'nope' is not a column of the results" in err and err.count("\n") == 1
+
+
+def _timed(latencies, tokens=10, start_gap_s=0.0):
+    import datetime as dt
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    n = len(latencies)
+    return pd.DataFrame({
+        "prompt_id": [str(i) for i in range(n)], "repeat": 0, "status": "ok", "latency_s": latencies,
+        "completion_tokens": tokens, "started_at": [t0 + dt.timedelta(seconds=i * start_gap_s) for i in range(n)],
+        "backend": "remote", "model": "meta-llama/Meta-Llama-3.1-8B-Instruct", "response_model": "SmolLM2.gguf",
+    })
+
+
+def test_compare_warns_when_one_side_measured_a_queue():
+    """16 requests sent at once to a server that answers one at a time: the i-th waits i answers."""
+    from sentech_eval.analysis.compare import queueing_factor
+
+    service = 0.6
+    queued = _timed([service * (i + 1) for i in range(16)])  # all sent together, answered one by one
+    served_one_at_a_time = _timed([service] * 16, start_gap_s=service)
+    overlap, slowdown = queueing_factor(queued)
+    assert overlap > 7 and slowdown > 4
+    assert queueing_factor(served_one_at_a_time) is None
+    parallel = _timed([service] * 16)  # a server that really answers 16 at a time: overlap, no queue
+    assert queueing_factor(parallel) is None
+
+
+def test_compare_labels_use_the_model_that_answered():
+    from sentech_eval.analysis.compare import default_label
+
+    assert default_label(_timed([1.0] * 4), "A") == "remote/SmolLM2.gguf"
+    assert default_label(_timed([1.0] * 4).drop(columns="response_model"), "A") == \
+        "remote/meta-llama/Meta-Llama-3.1-8B-Instruct"

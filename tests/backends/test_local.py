@@ -26,7 +26,7 @@ from llama_reference import direct_answer, load_reference
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[local]')")
 
-from sentech_eval.backends.local import LocalBackend  # noqa: E402
+from sentech_eval.backends.local import LocalBackend, settings_from_config  # noqa: E402
 from sentech_eval.backends.local_worker import EngineSettings, LocalEngine  # noqa: E402
 
 pytestmark = pytest.mark.local_model
@@ -317,7 +317,9 @@ def test_sentech_eval_run_on_the_local_backend(tmp_path, reference_llm):
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = pq.read_table(run_dir / "results.parquet").to_pylist()[0]
     assert row["backend"] == "local" and row["model"] == EMBEDDED_MODEL.file_name
-    direct = direct_answer(reference_llm, list(france.column("messages")[0].as_py()), temperature=0,
+    row0 = france.to_pylist()[0]
+    messages = [{"role": "system", "content": row0["system"]}, {"role": "user", "content": row0["prompt"]}]
+    direct = direct_answer(reference_llm, messages, temperature=0,
                            top_p=0.9, top_k=40, seed=0, max_tokens=256)
     assert row["status"] == "ok" and row["output"] == direct["choices"][0]["message"]["content"]
     assert row["completion_tokens"] == direct["usage"]["completion_tokens"]
@@ -326,3 +328,29 @@ def test_sentech_eval_run_on_the_local_backend(tmp_path, reference_llm):
     assert 0 < row["ttft_s"] < row["latency_s"]
     meta = json.loads(pq.read_schema(run_dir / "results.parquet").metadata[b"sentech_eval"])
     assert meta["backend"]["architecture"] == "llama" and meta["backend"]["quantization"] == "Q4_1"
+
+
+@pytest.mark.parametrize("cores,load,workers,expected", [
+    (2, 0.1, 1, 2),   # quiet: every core
+    (2, 1.6, 1, 1),   # one core busy elsewhere: a second thread would spin-wait for it
+    (2, 9.0, 1, 1),   # overloaded: still one thread
+    (8, 2.2, 2, 3),   # 6 idle cores shared by 2 workers
+    (4, 0.0, 8, 1),   # more workers than cores: at least one thread each
+])
+def test_default_threads_count_the_idle_cores(monkeypatch, cores, load, workers, expected):
+    from sentech_eval.backends import local
+
+    monkeypatch.setattr(local, "available_cores", lambda: cores)
+    monkeypatch.setattr(local.os, "getloadavg", lambda: (load, load, load))
+    n, reason = local.default_n_threads(workers)
+    assert n == expected
+    assert f"{cores} cores" in reason and f"load average {load:.2f}" in reason
+
+
+def test_cpu_dependent_choices_are_recorded_in_metadata(streamed):
+    meta = streamed.metadata()
+    assert meta["n_threads"] == 1 and meta["n_threads_reason"] == "backend.n_threads"
+    assert isinstance(meta["cpu_amx"], bool)
+    assert meta["repack"] is (not meta["cpu_amx"]) and meta["repack_reason"].startswith("auto:")
+    auto = settings_from_config(OmegaConf.create(local_cfg(n_threads=None)), workers=1)
+    assert auto.n_threads >= 1 and auto.n_threads_reason.startswith("auto:")

@@ -41,7 +41,8 @@ def test_default_models_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SENTECH_MODELS_DIR", str(tmp_path))
     assert default_models_dir() == tmp_path
     monkeypatch.delenv("SENTECH_MODELS_DIR")
-    assert default_models_dir() == Path(model_files.__file__).resolve().parents[2] / "models"
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert default_models_dir() == Path("~/.cache/sentech-eval/models").expanduser()  # never the source tree
 
 
 def test_wrong_checksum_leaves_nothing_behind(tmp_path):

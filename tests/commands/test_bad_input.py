@@ -51,8 +51,10 @@ def _write_datasets(d: Path) -> dict[str, Path]:
     frame("empty_prompt", pd.DataFrame({"id": [1, 2], "prompt": ["fine", ""]}))
     files["zero_bytes"] = d / "zero_bytes.parquet"
     files["zero_bytes"].write_bytes(b"")
-    files["csv_not_parquet"] = d / "data.csv"
-    files["csv_not_parquet"].write_text("id,prompt\n1,hello\n")
+    files["csv_without_prompt"] = d / "data.csv"
+    files["csv_without_prompt"].write_text("id,question\n1,hello\n")
+    files["text_file"] = d / "data.txt"
+    files["text_file"].write_text("id,prompt\n1,hello\n")
     files["missing_file"] = d / "nope.parquet"
     return files
 
@@ -69,7 +71,8 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "null_id": (("dataset.path={null_id}",), ("null_id.parquet", "column 'id', row 1", "is null")),
     "no_rows": (("dataset.path={no_rows}",), ("no_rows.parquet", "has no rows")),
     "zero_bytes": (("dataset.path={zero_bytes}",), ("zero_bytes.parquet", "is not a readable Parquet file")),
-    "csv_not_parquet": (("dataset.path={csv_not_parquet}",), ("data.csv", "is not a readable Parquet file")),
+    "csv_without_prompt": (("dataset.path={csv_without_prompt}",), ("data.csv", "column 'messages'", "dataset.columns.prompt=NAME")),
+    "text_file": (("dataset.path={text_file}",), ("data.txt", "is not a readable Parquet file", ".jsonl or .csv")),
     "missing_file": (("dataset.path={missing_file}",), ("nope.parquet", "does not exist")),
     "bad_role": (("dataset.path={bad_role}",), ("bad_role.parquet", "column 'messages', row 1", "role 'robot'", "system, user or assistant")),
     "empty_content": (("dataset.path={empty_content}",), ("empty_content.parquet", "column 'messages', row 0", "empty content")),

@@ -45,6 +45,8 @@ def test_capitals_run_writes_one_ok_row_per_dataset_row(echo_server, tmp_path):
     assert frame["ttft_s"].isna().all()  # not streamed
     assert frame["backend"].unique().tolist() == ["remote"]
     assert frame["model"].unique().tolist() == ["meta-llama/Meta-Llama-3.1-8B-Instruct"]
+    # the model the server says answered (the echo engine answers as the requested one)
+    assert frame["response_model"].unique().tolist() == ["meta-llama/Meta-Llama-3.1-8B-Instruct"]
     assert frame["config_id"].nunique() == 1 and frame["run_id"].nunique() == 1
     assert set(frame["temperature"]) == {0.7} and set(frame["seed"]) == {0}
     meta = read_metadata(run_dir / "results.parquet")

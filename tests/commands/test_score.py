@@ -131,7 +131,7 @@ def test_judge_backend_is_its_own_config_node():
 @pytest.mark.parametrize("args,message", [
     (["scorers=[exact_match]"], "does not exist"),
     ([], "No scorers chosen"),
-    (["scorers=[exactmatch]"], "Unknown scorer 'exactmatch'; known scorers are: contains, exact_match"),
+    (["scorers=[exactmatch]"], "Unknown scorer 'exactmatch'; choose one of: contains, exact_match"),
     (["scorers=[exact_match]", "backend.api_key=abc"], "Refusing the override 'backend.api_key=…'"),
 ])
 def test_user_errors_are_one_sentence(tmp_path, args, message):

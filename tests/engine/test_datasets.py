@@ -102,3 +102,43 @@ def test_shipped_datasets_are_valid_and_regenerate_identically(tmp_path):
                                   check_dtype=False)
     pd.testing.assert_frame_equal(module.arithmetic(), pd.read_parquet(REPO_ROOT / "datasets" / "arithmetic.parquet"),
                                   check_dtype=False)
+
+
+def test_jsonl_and_csv_are_read_directly_with_mapped_columns(tmp_path):
+    """Own data in JSON Lines or CSV, columns named otherwise: mapped, not renamed, not converted."""
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text('{"qid": 1, "question": "What is 2+2?", "answer": 4, "topic": "math"}\n'
+                     '{"qid": 2, "question": "What is 3+4?", "answer": 7, "topic": "geo"}\n')
+    csv = tmp_path / "q.csv"
+    csv.write_text("qid,question,answer,topic\n1,What is 2+2?,4,math\n2,What is 3+4?,7,geo\n")
+    mapping = {"id": "qid", "prompt": "question", "reference": "answer"}
+    for path in (jsonl, csv):
+        dataset = ParquetDataset(path, columns=mapping)
+        prompts = list(dataset)
+        assert [p.id for p in prompts] == [1, 2], path
+        assert prompts[0].messages == ({"role": "user", "content": "What is 2+2?"},)
+        assert [p.reference for p in prompts] == ["4", "7"], path  # numeric answers are read as text
+        assert prompts[1].extra == {"topic": "geo"}
+        assert dataset.info().num_rows == 2
+
+
+def test_mapping_problems_name_the_key_and_the_file_columns(tmp_path):
+    csv = tmp_path / "q.csv"
+    csv.write_text("qid,question\n1,hi\n")
+    with pytest.raises(DatasetError, match=r"dataset.columns.prompt='prompt_text' names no column of the file; "
+                                           r"its columns are: qid, question"):
+        ParquetDataset(csv, columns={"id": "qid", "prompt": "prompt_text"})
+    with pytest.raises(DatasetError, match=r"dataset.columns.query is not a dataset column"):
+        ParquetDataset(csv, columns={"query": "question"})
+    with pytest.raises(DatasetError, match=r"column 'id', the schema: missing; .*dataset.columns.id=NAME"):
+        ParquetDataset(csv, columns={"prompt": "question"})
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": \n')
+    with pytest.raises(DatasetError, match=r"broken.jsonl is not valid JSON Lines"):
+        ParquetDataset(broken)
+
+
+def test_mapping_works_on_parquet_too(tmp_path):
+    path = write(tmp_path, pd.DataFrame({"key": ["a", "b"], "q": ["x?", "y?"], "prompt": ["ignored", "ignored"]}))
+    prompts = list(ParquetDataset(path, columns={"id": "key", "prompt": "q"}, batch_size=1))
+    assert [(p.id, p.messages[-1]["content"]) for p in prompts] == [("a", "x?"), ("b", "y?")]

@@ -166,8 +166,9 @@ def test_parallel_launchers_give_the_basic_launchers_rows(echo_server, tmp_path,
 
 def test_optuna_search_reports_the_best_trial_of_the_table(echo_server, tmp_path):
     sweep_dir = tmp_path / "optimize"
+    # exact_match moves with temperature on the echo engine (contains, the default objective, is 1 there)
     proc = sweep(echo_server, sweep_dir, "+sweep=optimize", "hydra.sweeper.n_trials=4", "dataset.limit=10",
-                 "sampling.temperature=choice(0.0,1.2)")
+                 "sampling.temperature=choice(0.0,1.2)", "scorers=[exact_match]", "objective=score_exact_match")
     assert proc.returncode == 0, proc.stderr
     frame = load_results(sweep_dir)
     trials = pd.read_parquet(sweep_dir / "trials.parquet").set_index("job")
@@ -190,3 +191,12 @@ def test_combine_rejects_a_missing_dir(tmp_path):
 
     with pytest.raises(ResultsError, match="does not exist"):
         combine(tmp_path / "missing")
+
+
+def test_optimize_defaults_to_a_score_that_moves():
+    """exact_match is 0 for every answer of a chatty small model: the default objective is contains."""
+    from sentech_eval.config import compose_config
+
+    cfg = compose_config(["+sweep=optimize"])
+    assert cfg.objective == "score_contains"
+    assert list(cfg.scorers) == ["contains"]

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from sentech_eval.errors import ConfigError
 from sentech_eval.scorers import FunctionScorer, Scorer, build_scorers, null_scores, score_row, score_schema
 from sentech_eval.scorers.base import SCORERS
-from sentech_eval.commands.score import CONF_DIR, compose_scorers_config
+from sentech_eval.commands.score import compose_scorers_config
+from sentech_eval.paths import conf_dir
 
 ROW = {"output": "Paris is the capital.", "reference": "Paris", "prompt": "Capital of France?",
        "prompt_id": "p1", "completion_tokens": 4, "status": "ok"}
@@ -22,7 +23,7 @@ def run(coro):
 
 
 def test_every_registered_scorer_has_a_config_file():
-    files = {p.stem for p in (CONF_DIR / "scorers").glob("*.yaml")}
+    files = {p.stem for p in (conf_dir() / "scorers").glob("*.yaml")}
     assert files == set(SCORERS)
 
 
@@ -40,7 +41,7 @@ def test_compose_without_scorers_gives_none():
 
 
 def test_compose_unknown_scorer_names_the_known_ones():
-    with pytest.raises(ConfigError, match=r"Unknown scorer 'exactmatch'; known scorers are: contains, exact_match"):
+    with pytest.raises(ConfigError, match=r"Unknown scorer 'exactmatch'; choose one of: contains, exact_match"):
         compose_scorers_config(["scorers=[exactmatch]"])
 
 
