@@ -1,20 +1,25 @@
 """Packaging beyond what pyproject.toml can say: conf/ and datasets/ ship inside the package.
 
 The repository keeps ``conf/`` and ``datasets/`` at its root (the layout the README shows, the
-source of truth); the wheel installs them as the data packages ``sentech_eval.conf`` and
-``sentech_eval.datasets_shipped`` (a package-dir mapping), which ``sentech_eval.paths`` finds and
-Hydra reads through ``pkg://sentech_eval.conf``. Every other setting is in pyproject.toml.
+source of truth); the wheel installs them as the data packages ``sentech_eval.conf`` (each config
+group a subpackage) and ``sentech_eval.datasets_shipped`` (a package-dir mapping), which
+``sentech_eval.paths`` finds and Hydra reads through ``pkg://sentech_eval.conf``. Every other
+setting is in pyproject.toml.
 """
+
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).resolve().parent
 DATA_PACKAGES = {"sentech_eval.conf": "conf", "sentech_eval.datasets_shipped": "datasets"}
+for group in sorted(p for p in (HERE / "conf").rglob("*") if p.is_dir() and p.name != "__pycache__"):
+    relative = group.relative_to(HERE / "conf")
+    DATA_PACKAGES["sentech_eval.conf." + ".".join(relative.parts)] = f"conf/{relative.as_posix()}"
 
 setup(
     packages=find_packages(include=["sentech_eval", "sentech_eval.*"]) + list(DATA_PACKAGES),
     package_dir=DATA_PACKAGES,
-    package_data={
-        "sentech_eval.conf": ["*.yaml", "*/*.yaml", "*/*/*.yaml"],
-        "sentech_eval.datasets_shipped": ["*.parquet", "README.md"],
-    },
+    package_data={**{name: ["*.yaml"] for name in DATA_PACKAGES if name.startswith("sentech_eval.conf")},
+                  "sentech_eval.datasets_shipped": ["*.parquet", "README.md"]},
 )
