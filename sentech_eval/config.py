@@ -27,6 +27,12 @@ from sentech_eval.paths import CONF_PACKAGE, conf_dir, conf_search_path, dataset
 from sentech_eval.types import SAMPLING_PARAMS, SAMPLING_RANGES, Sampling
 
 TOP_LEVEL_KEYS = {"experiment", "backend", "sampling", "dataset", "runner", "scorers", "sweep", "hydra", "objective"}
+# runner.arrival: closed loop (the next request goes when one finishes) or an open-loop process.
+ARRIVALS = ("closed", "constant", "poisson", "gamma")
+# An open-loop client late by more than this at p99, or sending slower than this fraction of the
+# requested rate, measured itself rather than the server (vLLM #21104, guidellm #431, llmperf #56).
+MAX_P99_SEND_LAG_S = 0.010
+MIN_ACHIEVED_FRACTION = 0.98
 # A key whose name looks like it carries a credential. `api_key_env` names a variable, so it is fine.
 SECRET_KEY_PATTERN = re.compile(r"(^|_)(api_?key|key|token|secret|password|authorization|bearer)$", re.IGNORECASE)
 ALLOWED_SECRETISH_KEYS = {"api_key_env", "max_tokens", "top_k"}
@@ -69,6 +75,15 @@ class RunnerConfig:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     max_error_rate: Optional[float] = None  # the run exits 1 when a larger share of rows are errors
+    arrival: str = "closed"  # closed | constant | poisson | gamma
+    rate: Any = None  # open loop: requests/s, or "auto" (a closed-loop probe, then fractions of it)
+    burstiness: float = 1.0  # gamma: 1 = Poisson, < 1 burstier, > 1 more regular
+    arrival_seed: Optional[int] = None  # seeds the send times; None = sampling.seed
+
+    @property
+    def open_loop(self) -> bool:
+        """Whether requests are sent at scheduled instants instead of when a slot frees up."""
+        return self.arrival != "closed"
 
 
 # group -> (schema, its name in the ConfigStore)
@@ -200,7 +215,29 @@ def runner_from_config(cfg: DictConfig) -> RunnerConfig:
     for key in ("timeout_s", "rpm", "tpm"):
         if values[key] is not None and values[key] <= 0:
             raise ConfigError(f"runner.{key}={values[key]} must be positive (or null for no limit).")
+    _check_arrival(values)
     return RunnerConfig(**values)
+
+
+def _check_arrival(merged: dict[str, Any]) -> None:
+    """runner.arrival, rate, burstiness and arrival_seed: one sentence per mistake."""
+    arrival, rate = merged["arrival"], merged["rate"]
+    if arrival not in ARRIVALS:
+        raise ConfigError(f"runner.arrival={arrival!r} is not an arrival process; choose one of {', '.join(ARRIVALS)}.")
+    if rate is not None and rate != "auto" and (isinstance(rate, bool) or not isinstance(rate, (int, float))):
+        raise ConfigError(f"runner.rate={rate!r} must be a number of requests/s (e.g. runner.rate=8), a list with "
+                          "+sweep=load (runner.rate=2,4,8), or auto (find the maximum, then sweep fractions of it).")
+    if arrival == "closed":
+        if rate is not None:
+            raise ConfigError(f"runner.rate={rate} needs an open-loop arrival process: add runner.arrival=poisson "
+                              "(or constant, gamma); runner.arrival=closed sends the next request when one finishes.")
+        return
+    if rate is None or (rate != "auto" and rate <= 0):
+        raise ConfigError(f"runner.arrival={arrival} needs runner.rate, a positive number of requests/s (e.g. runner.rate=8).")
+    if merged["burstiness"] <= 0:
+        raise ConfigError(f"runner.burstiness={merged['burstiness']} must be positive (1 = Poisson, below 1 burstier).")
+    if merged["arrival_seed"] is not None and merged["arrival_seed"] < 0:
+        raise ConfigError(f"runner.arrival_seed={merged['arrival_seed']} must be 0 or more (or null for sampling.seed).")
 
 
 def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:

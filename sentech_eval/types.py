@@ -127,3 +127,13 @@ class Completion:
     attempts: int = 1
     retry_after_s: float | None = None  # a server's Retry-After, for the runner's backoff
     retryable: bool = False  # whether the runner may try this request again
+    itl_s: list[float] | None = None  # streamed: gaps between content chunks, one per chunk after the first
+    tpot_s: float | None = None  # streamed: (latency - ttft) / (completion_tokens - 1)
+    usage_source: str | None = None  # where the token counts came from: "server" | "chunks" | "none"
+
+
+def time_per_output_token(latency_s: float | None, ttft_s: float | None, completion_tokens: int | None) -> float | None:
+    """TPOT as vLLM defines it: the time after the first token over the tokens after it."""
+    if latency_s is None or ttft_s is None or completion_tokens is None or completion_tokens < 2:
+        return None
+    return (latency_s - ttft_s) / (completion_tokens - 1)

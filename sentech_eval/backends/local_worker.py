@@ -30,7 +30,7 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_cpp_c
 from llama_cpp import Llama
 
-from sentech_eval.types import Completion
+from sentech_eval.types import Completion, time_per_output_token
 
 # What an unset sampling parameter means, chosen to match an OpenAI-style API.
 SAMPLING_DEFAULTS: dict[str, Any] = {
@@ -238,6 +238,7 @@ class LocalEngine:
     def _streamed(self, messages: list[dict[str, str]], args: dict[str, Any], start: float) -> Completion:
         clock = self.clock
         parts: list[str] = []
+        times: list[float] = []  # clock at each content chunk
         ttft = None
         finish_reason = None
         for chunk in self.llm.create_chat_completion(messages=messages, stream=True, **args):
@@ -247,6 +248,7 @@ class LocalEngine:
             if content:
                 if ttft is None:
                     ttft = now - start
+                times.append(now)
                 parts.append(content)
             if choice.get("finish_reason"):
                 finish_reason = choice["finish_reason"]
@@ -257,6 +259,8 @@ class LocalEngine:
             output="".join(parts), finish_reason=finish_reason, response_model=self.model_name,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens, latency_s=latency, ttft_s=ttft,
+            itl_s=[b - a for a, b in zip(times, times[1:])], usage_source="server",
+            tpot_s=time_per_output_token(latency, ttft, completion_tokens),
         )
 
     def _whole(self, messages: list[dict[str, str]], args: dict[str, Any], start: float) -> Completion:
@@ -269,6 +273,7 @@ class LocalEngine:
             response_model=self.model_name,
             prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
             total_tokens=usage.get("total_tokens"), latency_s=latency, ttft_s=None,
+            usage_source="server" if usage.get("completion_tokens") is not None else "none",
         )
 
     def close(self) -> None:

@@ -23,9 +23,9 @@ import orjson
 
 from sentech_eval.backends.base import Backend
 from sentech_eval.errors import BackendError, ConfigError
-from sentech_eval.types import Completion, Sampling
+from sentech_eval.types import Completion, Sampling, time_per_output_token
 
-CONFIG_KEYS = {"kind", "base_url", "model", "api_key_env", "timeout_s", "stream", "send_seed"}
+CONFIG_KEYS = {"kind", "base_url", "model", "api_key_env", "timeout_s", "stream", "send_seed", "include_usage"}
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 SNIPPET = 160
 
@@ -119,7 +119,7 @@ def parse_completion_body(raw: bytes, content_type: str) -> Completion:
                 and (finish_reason is None or type(finish_reason) is str) and _is_json_type(content_type)):
             return Completion(output=content, finish_reason=finish_reason,
                               response_model=model if type(model) is str else None, prompt_tokens=prompt_tokens,
-                              completion_tokens=completion_tokens, total_tokens=total_tokens)
+                              completion_tokens=completion_tokens, total_tokens=total_tokens, usage_source="server")
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
         pass
     return _parse_completion_body_checked(raw, content_type)
@@ -167,13 +167,15 @@ def _parse_completion_body_checked(raw: bytes, content_type: str) -> Completion:
     if not content.strip():
         return Completion(status="error", error="response content is empty", finish_reason=finish_reason)
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    completion_tokens = _int_or_none(usage.get("completion_tokens"))
     return Completion(
         output=content,
         finish_reason=finish_reason,
         response_model=body["model"] if isinstance(body.get("model"), str) else None,
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-        completion_tokens=_int_or_none(usage.get("completion_tokens")),
+        completion_tokens=completion_tokens,
         total_tokens=_int_or_none(usage.get("total_tokens")),
+        usage_source="server" if completion_tokens is not None else "none",
     )
 
 
@@ -227,12 +229,14 @@ class RemoteBackend(Backend):
     kind = "remote"
 
     def __init__(self, base_url: str, model: str, api_key: str, *, timeout_s: float = 60.0,
-                 stream: bool = False, send_seed: bool = False, concurrency: int = 16) -> None:
+                 stream: bool = False, send_seed: bool = False, include_usage: bool = True,
+                 concurrency: int = 16) -> None:
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.model = model
         self.stream = stream
         self.send_seed = send_seed
+        self.include_usage = include_usage
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self._api_key = api_key
@@ -265,8 +269,10 @@ class RemoteBackend(Backend):
                 "or use backend=local (embedded model, no key), or start `sentech-eval serve` and point backend.base_url at it."
             )
         timeout_s = float(cfg.get("timeout_s") or 60.0)
+        include_usage = cfg.get("include_usage")
         backend = cls(base_url, str(cfg.model), api_key, timeout_s=timeout_s, stream=bool(cfg.get("stream")),
-                      send_seed=bool(cfg.get("send_seed")), concurrency=concurrency)
+                      send_seed=bool(cfg.get("send_seed")), include_usage=include_usage is None or bool(include_usage),
+                      concurrency=concurrency)
         backend.auth_hint = f"; check the key in the environment variable {env_name}"
         return backend
 
@@ -304,6 +310,8 @@ class RemoteBackend(Backend):
             body["seed"] = sampling.seed
         if self.stream:
             body["stream"] = True
+            if self.include_usage:  # OpenAI and vLLM send usage in a last chunk only when asked
+                body["stream_options"] = {"include_usage": True}
         return body
 
     async def complete(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> Completion:
@@ -331,10 +339,12 @@ class RemoteBackend(Backend):
                         result = await self._read_stream(resp, start)
                     else:
                         result = parse_completion_body(await resp.read(), content_type)
-                    result.latency_s = time.perf_counter() - start
+                    result.latency_s = latency = time.perf_counter() - start
                     result.http_status = 200
-                    if self.stream and result.status == "ok" and result.ttft_s is None:
-                        result.ttft_s = result.latency_s  # a non-streamed answer: the first token came with the whole body
+                    if self.stream and result.status == "ok":
+                        if result.ttft_s is None:
+                            result.ttft_s = latency  # a non-streamed answer: the first token came with the whole body
+                        result.tpot_s = time_per_output_token(latency, result.ttft_s, result.completion_tokens)
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise  # the run is being stopped: not ours to swallow
@@ -376,8 +386,11 @@ class RemoteBackend(Backend):
         return orjson.dumps({**self._body_fields, "messages": messages})
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, start: float) -> Completion:
-        """Read OpenAI-style SSE chunks; ttft_s at the first chunk with non-empty content."""
+        """Read OpenAI-style SSE chunks; ttft_s at the first chunk with non-empty content, itl_s the
+        gaps between content chunks; token counts from the server's usage, else the content chunks."""
         pieces: list[str] = []
+        times: list[float] = []  # perf_counter at each content chunk
+        clock = time.perf_counter
         ttft = None
         finish_reason = None
         response_model = None
@@ -414,8 +427,10 @@ class RemoteBackend(Backend):
                     delta = choice.get("delta")
                     content = delta.get("content") if isinstance(delta, dict) else None
                     if isinstance(content, str) and content:
+                        now = clock()
                         if ttft is None:
-                            ttft = time.perf_counter() - start
+                            ttft = now - start
+                        times.append(now)
                         pieces.append(content)
                     if isinstance(choice.get("finish_reason"), str):
                         finish_reason = choice["finish_reason"]
@@ -433,11 +448,19 @@ class RemoteBackend(Backend):
                               error=f"the stream was cut mid-way (ended before 'data: [DONE]' after {len(output)} characters)")
         if not output.strip():
             return Completion(status="error", error="stream finished with empty content", finish_reason=finish_reason)
+        prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
+        completion_tokens = _int_or_none(usage.get("completion_tokens"))
+        total_tokens = _int_or_none(usage.get("total_tokens"))
+        if completion_tokens is not None:
+            usage_source = "server"
+        else:  # a server that sends no usage: one content chunk is one token (as vLLM's client counts)
+            usage_source, completion_tokens = "chunks", len(times)
+            if prompt_tokens is not None:
+                total_tokens = prompt_tokens + completion_tokens
         return Completion(
             output=output, finish_reason=finish_reason, ttft_s=ttft, response_model=response_model,
-            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-            completion_tokens=_int_or_none(usage.get("completion_tokens")),
-            total_tokens=_int_or_none(usage.get("total_tokens")),
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total_tokens,
+            itl_s=[b - a for a, b in zip(times, times[1:])], usage_source=usage_source,
         )
 
     async def aclose(self) -> None:

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from sentech_eval.analysis import slo as load_metrics
 from sentech_eval.analysis.summary import load, summarize
+from sentech_eval.render.load import load_html, load_markdown
 from sentech_eval.render.markdown import report_markdown
 from sentech_eval.render.report_html import build_html
 
 SUMMARY_FILE = "summary.parquet"
+LOAD_FILE = "load.parquet"
 REPORT_FILE = "report.html"
 
 
@@ -23,8 +26,9 @@ def output_dir(path: str | Path) -> Path:
 
 
 def write_report(path: str | Path, out: str | Path | None = None, top: int = 10,
-                 cluster: str | None = None) -> tuple[pd.DataFrame, Path, Path]:
-    """Load, summarise and write summary.parquet and report.html; returns (summary, summary path, html path).
+                 cluster: str | None = None, slo: load_metrics.SLO | None = None) -> tuple[pd.DataFrame, Path, Path]:
+    """Load, summarise and write summary.parquet and report.html (and load.parquet for a load run,
+    see ``analysis.slo.is_load_run``); returns (summary, summary path, html path).
 
     ``cluster`` names the column whose rows form one unit of evidence (default ``prompt_id``).
     """
@@ -33,8 +37,17 @@ def write_report(path: str | Path, out: str | Path | None = None, top: int = 10,
     target = Path(out) if out else output_dir(path)
     target.mkdir(parents=True, exist_ok=True)
     summary_path, html_path = target / SUMMARY_FILE, target / REPORT_FILE
+    load_section = ""
+    slo = slo or load_metrics.SLO()
+    if load_metrics.is_load_run(df, slo):
+        load_metrics.check_slo(df, slo)
+        load_table = load_metrics.load_summary(df, slo)
+        load_table.to_parquet(target / LOAD_FILE, index=False)
+        load_section = load_html(load_table, slo, load_metrics.load_knees(load_table))
+    else:
+        (target / LOAD_FILE).unlink(missing_ok=True)  # not a load run (any more): no stale table
     summary.to_parquet(summary_path, index=False)
-    html_path.write_text(build_html(df, summary, str(path), top=top), encoding="utf-8")
+    html_path.write_text(build_html(df, summary, str(path), top=top, load_section=load_section), encoding="utf-8")
     return summary, summary_path, html_path
 
 
@@ -52,13 +65,26 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval report") -> in
         ),
     )
     parser.add_argument("path", help="a run dir, a sweep dir or a results.parquet file")
+    parser.add_argument(
+        "slo", nargs="*", metavar="slo.KEY=VALUE",
+        help="service-level objectives for goodput: slo.ttft_s, slo.tpot_s, slo.latency_s (seconds) and "
+             "slo.score=NAME (quality goodput counts requests within every limit that score 1 on score_NAME); "
+             "adds a load table (load.parquet, a Load section with the saturation knee) to the report",
+    )
     parser.add_argument("--out", help="directory to write summary.parquet and report.html (default: PATH's directory)")
     parser.add_argument("--top", type=int, default=10, help="how many worst-scoring examples to show (default 10)")
     parser.add_argument("--cluster", metavar="COLUMN", default=None,
                         help="column whose rows are one unit of evidence for the CIs (default: prompt_id; "
                              "rows of one prompt, e.g. repeats, are never counted as independent)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    summary, summary_path, html_path = write_report(args.path, args.out, max(0, args.top), cluster=args.cluster)
+    slo = load_metrics.parse_slo(args.slo)
+    summary, summary_path, html_path = write_report(args.path, args.out, max(0, args.top), cluster=args.cluster,
+                                                    slo=slo)
     print(report_markdown(summary, str(args.path)))
-    print(f"wrote {summary_path} and {html_path}", file=sys.stderr)
+    load_path = html_path.parent / LOAD_FILE
+    if load_path.exists():
+        table = pd.read_parquet(load_path)
+        print(load_markdown(table, slo, load_metrics.load_knees(table)))
+    written = f"{summary_path}, {load_path} and {html_path}" if load_path.exists() else f"{summary_path} and {html_path}"
+    print(f"wrote {written}", file=sys.stderr)
     return 0

@@ -7,12 +7,13 @@ the same output dir resumes (rows already ``ok`` for this configuration are skip
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shlex
 import shutil
 import sys
 import uuid
 from datetime import datetime, timezone
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,20 @@ import pyarrow.compute as pc
 from omegaconf import DictConfig, OmegaConf
 
 from sentech_eval.backends.base import create_backend
-from sentech_eval.config import ALLOWED_SECRETISH_KEYS, SECRET_KEY_PATTERN, config_id, redacted_config, validate
+from sentech_eval.config import (
+    ALLOWED_SECRETISH_KEYS, SECRET_KEY_PATTERN, RunnerConfig, config_id, redacted_config, validate,
+)
 from sentech_eval.errors import ConfigError
 from sentech_eval.engine.datasets import ParquetDataset
 from sentech_eval.engine.results import (
     PARTS_DIR, RESULTS_FILE, ResultsWriter, keep_latest_per_key, read_run_table, results_schema,
 )
+from sentech_eval.engine.arrival import ArrivalHook
 from sentech_eval.engine.hooks import RunHook
-from sentech_eval.engine.runner import RunIdentity, Runner
+from sentech_eval.engine.runner import RunIdentity, Runner, RunSummary
 from sentech_eval.provenance import git_commit, package_versions
 from sentech_eval.scorers import Scorer, build_scorers
+from sentech_eval.types import Prompt
 
 
 def _done_keys(out_dir: Path, cfg_id: str) -> tuple[set[tuple[str, int]], bool]:
@@ -104,7 +109,8 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
             print(f"sentech-eval run: resuming in {out_dir}: {len(done)} rows already done are skipped.", file=sys.stderr)
         run_id = uuid.uuid4().hex[:12]
         score_fields = [pa.field(name, dtype) for scorer in scorers for name, dtype in scorer.columns().items()]
-        hook_fields = [pa.field(name, dtype) for hook in hooks for name, dtype in hook.columns().items()]
+        schema_hooks = ([ArrivalHook("closed", None)] if runner_cfg.open_loop else []) + list(hooks)
+        hook_fields = [pa.field(name, dtype) for hook in schema_hooks for name, dtype in hook.columns().items()]
         schema = results_schema(info.extra_fields, score_fields + hook_fields)
         metadata = {
             "run_id": run_id, "config_id": cfg_id, "config": redacted_config(cfg),
@@ -114,10 +120,31 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
         }
         writer = ResultsWriter(out_dir, schema, metadata)
         identity = RunIdentity(run_id, cfg_id, backend.kind, backend.model, dataset_cfg.name)
-        runner = Runner(backend, sampling, identity, writer, runner_cfg, scorers=scorers, hooks=hooks, done_keys=done,
-                        total=info.num_rows * runner_cfg.repeats)
+
+        async def run_level(config: RunnerConfig, batches: Iterator[list[Prompt]], prompts: int) -> RunSummary:
+            """One Runner over ``batches``; an open loop (or its labelled probe) gets an ArrivalHook first."""
+            level_hooks = list(hooks)
+            arrival = None
+            if runner_cfg.open_loop:
+                seed = config.arrival_seed if config.arrival_seed is not None else (sampling.seed or 0)
+                rate = None if config.arrival == "closed" else float(config.rate)  # type: ignore[arg-type]
+                arrival = ArrivalHook(config.arrival, rate, burstiness=config.burstiness, seed=seed)
+                level_hooks.insert(0, arrival)  # first: it takes the items' instants in dataset order
+            runner = Runner(backend, sampling, identity, writer, config, scorers=scorers, hooks=level_hooks,
+                            done_keys=done, total=prompts * config.repeats)
+            if arrival is not None:
+                arrival.sleep = runner.pacer.sleep  # Ctrl-C cuts the wait for a scheduled instant short
+            level = await runner.run(batches)
+            if arrival is not None and arrival.rate is not None:
+                level.requested_rps = arrival.rate
+                level.achieved_rps, level.send_lag_p99_s, level.schedule_warning = arrival.report()
+            return level
+
         try:
-            summary = await runner.run(dataset.iter_prompt_batches())
+            if runner_cfg.rate == "auto":
+                summary = await auto_load_sweep(run_level, dataset.iter_prompt_batches(), info.num_rows, runner_cfg)
+            else:
+                summary = await run_level(runner_cfg, dataset.iter_prompt_batches(), info.num_rows)
         finally:
             path = writer.close(keep=keep_latest_per_key if resuming else None)
     finally:
@@ -131,6 +158,9 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
         "elapsed_s": round(summary.elapsed_s, 3),
         "interrupted": summary.interrupted, "stop_reason": summary.stop_reason, "scores": means,
     }
+    if summary.requested_rps is not None:
+        result.update(requested_rps=summary.requested_rps, achieved_rps=summary.achieved_rps,
+                      send_lag_p99_s=summary.send_lag_p99_s)
     objective_key = cfg.get("objective")
     if objective_key:
         result["objective"] = means.get(str(objective_key))
@@ -147,10 +177,78 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
     print(line, file=sys.stderr)
     if summary.stop_reason:
         print(f"sentech-eval run: stopped early: {summary.stop_reason}", file=sys.stderr)
+    if summary.requested_rps is not None and summary.achieved_rps is not None:
+        print(f"sentech-eval run: open loop ({runner_cfg.arrival}) at {summary.requested_rps:g} req/s: achieved "
+              f"{summary.achieved_rps:.2f} req/s, p99 send lag {1000 * (summary.send_lag_p99_s or 0):.1f} ms",
+              file=sys.stderr)
+    if summary.schedule_warning:
+        print(f"sentech-eval run: warning: {summary.schedule_warning}.", file=sys.stderr)
     if summary.interrupted:
         print(f"sentech-eval run: interrupted; {summary.ok + summary.errors} rows are saved in {path}. "
               f"Resume (rows already ok are skipped, errors retried) with:\n  {resume_command(out_dir)}", file=sys.stderr)
     return result
+
+
+# runner.rate=auto: after a closed-loop probe measured the maximum throughput X, one open-loop
+# level at each of these fractions of X (guidellm's sweep profile); each level gets an equal
+# share of the dataset, the probe too.
+AUTO_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.2)
+
+
+def _slices(batches: Iterator[list[Prompt]], size: int, count: int) -> Iterator[list[Prompt]]:
+    """Consecutive slices of the prompt stream: ``count - 1`` of ``size`` prompts, then the rest."""
+    prompts = itertools.chain.from_iterable(batches)
+    for i in range(count):
+        chunk = list(itertools.islice(prompts, size)) if i < count - 1 else list(prompts)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _add(total: RunSummary, part: RunSummary) -> None:
+    for name in ("total", "ok", "errors", "skipped", "retries"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.elapsed_s += part.elapsed_s
+    total.interrupted = total.interrupted or part.interrupted
+    for key, value in part.score_sums.items():
+        total.score_sums[key] = total.score_sums.get(key, 0.0) + value
+        total.score_counts[key] = total.score_counts.get(key, 0) + part.score_counts[key]
+    if part.lowest_concurrency is not None:
+        low = total.lowest_concurrency
+        total.lowest_concurrency = part.lowest_concurrency if low is None else min(low, part.lowest_concurrency)
+
+
+async def auto_load_sweep(run_level: Callable[[RunnerConfig, Iterator[list[Prompt]], int], Awaitable[RunSummary]],
+                          batches: Iterator[list[Prompt]], rows: int, config: RunnerConfig) -> RunSummary:
+    """``runner.rate=auto``: a closed-loop probe finds the maximum throughput, then open-loop levels
+    at ``AUTO_FRACTIONS`` of it, each on the next slice of the dataset, all rows in one results file
+    (told apart by ``arrival`` and ``request_rate``)."""
+    count = len(AUTO_FRACTIONS) + 1
+    if rows < 2 * count:
+        raise ConfigError(f"runner.rate=auto needs at least {2 * count} dataset rows (a probe and "
+                          f"{len(AUTO_FRACTIONS)} load levels), the dataset has {rows}; use more rows or list the rates.")
+    slices = _slices(batches, rows // count, count)
+    probe = next(slices)
+    total = await run_level(dataclasses.replace(config, arrival="closed", rate=None), iter([probe]), len(probe))
+    maximum = total.ok / total.elapsed_s if total.elapsed_s > 0 else 0.0
+    if total.interrupted or total.stop_reason or maximum <= 0:
+        return total
+    print(f"sentech-eval run: runner.rate=auto: closed-loop maximum {maximum:.1f} req/s at concurrency "
+          f"{config.concurrency}; now {config.arrival} arrivals at "
+          + ", ".join(f"{f:g}" for f in AUTO_FRACTIONS) + " of it", file=sys.stderr)
+    for fraction, chunk in zip(AUTO_FRACTIONS, slices):
+        level = dataclasses.replace(config, rate=round(fraction * maximum, 3))
+        part = await run_level(level, iter([chunk]), len(chunk))
+        _add(total, part)
+        if part.achieved_rps is not None:
+            print(f"sentech-eval run: {level.rate:g} req/s: achieved {part.achieved_rps:.2f} req/s, "
+                  f"p99 send lag {1000 * (part.send_lag_p99_s or 0):.1f} ms", file=sys.stderr)
+        if part.schedule_warning:
+            print(f"sentech-eval run: warning at {level.rate:g} req/s: {part.schedule_warning}.", file=sys.stderr)
+        if part.interrupted or part.stop_reason:
+            total.stop_reason = total.stop_reason or part.stop_reason
+            break
+    return total
 
 
 def resume_command(out_dir: Path) -> str:

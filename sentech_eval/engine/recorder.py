@@ -45,6 +45,12 @@ class RunSummary:
     stop_reason: str | None = None  # stopped cleanly by a hook (RunHook.on_row)
     elapsed_s: float = 0.0
     first_request_s: float | None = None  # start-up: from run() to the first request sent
+    # open loop (engine.arrival.ArrivalHook): the rate asked for, the rate the sends achieved,
+    # the p99 of how late they went out, and a warning when the client could not keep up
+    requested_rps: float | None = None
+    achieved_rps: float | None = None
+    send_lag_p99_s: float | None = None
+    schedule_warning: str | None = None
     score_sums: dict[str, float] = field(default_factory=dict)
     score_counts: dict[str, int] = field(default_factory=dict)
 
@@ -83,6 +89,7 @@ class Recorder:
             *self._identity_values, str(prompt.id), item.repeat, *item.sampled,
             c.output, c.finish_reason, c.response_model, c.prompt_tokens, c.completion_tokens, c.total_tokens, c.latency_s, c.ttft_s,
             c.status, c.http_status, c.error, c.attempts, item.started_at, item.queue_s,
+            c.tpot_s, c.itl_s, c.usage_source,
             last_user_text(prompt.messages), prompt.reference,
         ]
         if self._tail_names:

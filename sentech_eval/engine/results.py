@@ -56,6 +56,9 @@ CORE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("attempts", pa.int32()),
     pa.field("started_at", pa.timestamp("us", tz="UTC")),
     pa.field("queue_s", pa.float64()),
+    pa.field("tpot_s", pa.float64()),
+    pa.field("itl_s", pa.list_(pa.float64())),
+    pa.field("usage_source", pa.string()),
     pa.field("prompt", pa.string()),
     pa.field("reference", pa.string()),
 )

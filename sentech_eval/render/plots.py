@@ -158,3 +158,46 @@ def token_histograms(results: pd.DataFrame, label_of: dict, key: str = "_config"
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return to_data_uri(fig)
+
+
+def load_curves(load: pd.DataFrame, knees: dict) -> str | None:
+    """Latency, TTFT and TPOT percentiles and goodput against achieved rate, one line per
+    configuration, the saturation knee (``knees``: configuration -> achieved rate) marked."""
+    if "achieved_rps" not in load or load["achieved_rps"].notna().sum() < 2:
+        return None
+    if "config_id" in load and load.groupby("config_id")["achieved_rps"].count().max() < 2:
+        return None  # no configuration was run at more than one load: nothing to draw a curve of
+    panels = [(m, f"{m} (s)") for m in ("latency_s", "ttft_s", "tpot_s") if f"{m}_p99" in load and load[f"{m}_p99"].notna().any()]
+    rates = [c for c in ("throughput_rps", "goodput_rps", "quality_goodput_rps") if c in load and load[c].notna().any()]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.4), squeeze=False)
+    groups = load.groupby("config_id", sort=False) if "config_id" in load else [("all", load)]
+    for i, (config, part) in enumerate(groups):
+        if i >= MAX_LINES:
+            break
+        part = part.sort_values("achieved_rps")
+        x = part["achieved_rps"].to_numpy(dtype=float)
+        for ax, (metric, _) in zip(axes[0], panels):
+            for q, style in ((50, "--"), (99, "-")):
+                ax.plot(x, part[f"{metric}_p{q}"].to_numpy(dtype=float), style, marker="o", ms=3, label=f"{config} p{q}")
+        for column in rates:
+            axes[0][-1].plot(x, part[column].to_numpy(dtype=float), marker="o", ms=3,
+                             label=f"{config} {column.removesuffix('_rps')}")
+        knee = knees.get(config)
+        if knee is not None:
+            for ax in axes[0]:
+                ax.axvline(knee, color="red", linestyle=":", linewidth=1)
+                ax.annotate(f"knee {knee:.3g}/s", (knee, 1), xycoords=("data", "axes fraction"), fontsize=7,
+                            color="red", ha="right", va="top", rotation=90)
+    for ax, (metric, ylabel) in zip(axes[0], panels):
+        ax.set_title(f"{metric}: p50 (dashed), p99")
+        ax.set_ylabel(ylabel)
+        if metric == "latency_s":
+            ax.set_yscale("log")
+    axes[0][-1].set_title("throughput and goodput")
+    axes[0][-1].set_ylabel("requests/s")
+    for ax in axes[0]:
+        ax.set_xlabel("achieved rate (requests/s)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return to_data_uri(fig)

@@ -125,6 +125,15 @@ def parse_request(body: Any) -> ChatRequest:
     stream = get("stream")
     if stream is not None and type(stream) is not bool:
         raise BadRequest(f"stream must be a boolean, got {_describe(stream)}.")
+    include_usage = False
+    stream_options = get("stream_options")
+    if stream_options is not None:  # OpenAI's {"include_usage": true}
+        if type(stream_options) is not dict:
+            raise BadRequest(f"stream_options must be an object, got {_describe(stream_options)}.")
+        include_usage = stream_options.get("include_usage")
+        if include_usage is not None and type(include_usage) is not bool:
+            raise BadRequest(f"stream_options.include_usage must be a boolean, got {_describe(include_usage)}.")
+        include_usage = include_usage is True
     numbers = []
     for name, lo, hi, lo_open in _NUMBER_FIELDS:
         value = get(name)
@@ -142,7 +151,7 @@ def parse_request(body: Any) -> ChatRequest:
     temperature, top_p, frequency_penalty, presence_penalty = numbers
     top_k, max_tokens, seed = integers
     sampling = Sampling(temperature, top_p, top_k, frequency_penalty, presence_penalty, max_tokens, seed)
-    return ChatRequest(messages, model, sampling, stream is True)
+    return ChatRequest(messages, model, sampling, stream is True, include_usage)
 
 
 # ----------------------------------------------------------------------------------------- the app
@@ -154,6 +163,13 @@ class ServerOptions:
     no_auth: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     faults: FaultConfig = field(default_factory=FaultConfig)
+    # Usage in a stream: "always" (on the finishing chunk; in a chunk of its own when the client
+    # sends stream_options.include_usage), "requested" (only then, as OpenAI and vLLM do) or
+    # "never" (as llama_cpp.server does), so clients can be tested against each kind of server.
+    stream_usage: str = "always"
+
+
+STREAM_USAGE = ("always", "requested", "never")
 
 
 class ChatServer:
@@ -286,8 +302,14 @@ class ChatServer:
         try:
             while True:
                 if isinstance(item, Generation):
-                    await response.write(event({}, item.finish_reason, _usage(item)))
-                    await response.write(b"data: [DONE]\n\n")
+                    mode = self.options.stream_usage
+                    if chat.include_usage and mode != "never":  # OpenAI: a last chunk of its own, no choices
+                        usage = b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(item)}) + b"\n\n"
+                        await response.write(event({}, item.finish_reason) + usage + b"data: [DONE]\n\n")
+                    elif mode == "always":
+                        await response.write(event({}, item.finish_reason, _usage(item)) + b"data: [DONE]\n\n")
+                    else:
+                        await response.write(event({}, item.finish_reason) + b"data: [DONE]\n\n")
                     break
                 await response.write(event({"content": item}))
                 item = await anext(events)

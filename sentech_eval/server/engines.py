@@ -17,6 +17,7 @@ import random
 import re
 import threading
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ class ChatRequest:
     model: str | None = None
     sampling: Sampling = Sampling()  # frozen: one shared default is safe
     stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage: a final usage-only chunk (OpenAI)
 
 
 @dataclass(slots=True)
@@ -113,8 +115,57 @@ def load_references(paths: list[Path]) -> dict[str, str]:
     return table
 
 
+class Capacity:
+    """At most ``slots`` holders at once; the others wait in arrival order (strict FIFO).
+
+    Written out rather than ``asyncio.Semaphore`` so the order is guaranteed on every Python:
+    a queueing model (capacity C, service time S, saturation at C / S requests/s) is only the
+    truth for the server if nobody overtakes.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.busy = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        """Take a slot, queueing behind earlier arrivals if all are busy."""
+        if self.busy < self.slots and not self._waiters:
+            self.busy += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # release() hands its slot over: busy is unchanged
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot came just as the waiter left: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give the slot to the oldest waiter, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.busy -= 1
+
+
+# Words appended to an answer to reach ``--output-tokens`` (one whitespace token each).
+_FILLER = (" lorem", " ipsum", " dolor", " sit", " amet")
+
+
 class EchoEngine:
-    """Deterministic model-free engine with simulated latency and generation speed."""
+    """Deterministic model-free engine with simulated latency, generation speed and capacity.
+
+    Timing of one generation: it waits for a slot (``capacity``), then its first token comes
+    ``latency + ttft`` after that and each further token ``1 / tokens_per_s`` later (``ttft``
+    defaults to one token time, so without ``--ttft-ms`` an answer of n tokens takes
+    ``latency + n / tokens_per_s``). A non-streamed answer is sent when its last token is due.
+    """
 
     name = "echo"
     model = "sentech-eval/echo"
@@ -130,11 +181,19 @@ class EchoEngine:
         *,
         latency_ms: float = 0.0,
         tokens_per_s: float | None = None,
+        ttft_ms: float | None = None,
+        capacity: int | None = None,
+        output_tokens: int | None = None,
         seed: int = 0,
         datasets_dir: Path | None = DEFAULT_DATASETS_DIR,
     ) -> None:
         self.latency_s = max(0.0, latency_ms) / 1000.0
         self.tokens_per_s = tokens_per_s if tokens_per_s and tokens_per_s > 0 else None
+        token_s = 1.0 / self.tokens_per_s if self.tokens_per_s else 0.0
+        self.token_s = token_s  # time between two tokens of one stream
+        self.ttft_s = max(0.0, ttft_ms) / 1000.0 if ttft_ms is not None else token_s
+        self.capacity = Capacity(capacity) if capacity else None
+        self.output_tokens = output_tokens if output_tokens and output_tokens > 0 else None
         self.datasets_dir = datasets_dir
         self.references: dict[str, str] = {}
         self._rng = random.Random(seed)  # for requests at temperature > 0 without their own seed
@@ -197,12 +256,18 @@ class EchoEngine:
         text = self.answer(request)
         prompt_tokens = self.prompt_tokens(request.messages)
         max_tokens = request.sampling.max_tokens
-        if not request.stream:
+        if not request.stream and self.output_tokens is None:
             n = len(text.split())
             if max_tokens is None or n <= max_tokens:
                 return None, Generation(text, "stop", prompt_tokens, n)
         pieces = _PIECE.findall(text)
         finish = "stop"
+        if self.output_tokens is not None and len(pieces) < self.output_tokens:
+            # fixed output length (as vLLM's ignore_eos): the answer, then filler words
+            missing = self.output_tokens - len(pieces)
+            pieces.extend(_FILLER * (missing // len(_FILLER)) + _FILLER[:missing % len(_FILLER)])
+            if len(pieces) > self.output_tokens:
+                del pieces[self.output_tokens:]
         if max_tokens is not None and len(pieces) > max_tokens:
             pieces = pieces[:max_tokens]
             finish = "length"
@@ -211,28 +276,42 @@ class EchoEngine:
         return pieces, Generation("".join(pieces), finish, prompt_tokens, len(pieces))
 
     async def complete(self, request: ChatRequest) -> Generation:
-        """Answer after ``latency`` plus ``completion_tokens / tokens_per_s`` seconds."""
+        """Answer when the last token is due: ``latency + ttft + (completion_tokens - 1) / tokens_per_s``
+        after a slot was free."""
         _, generation = self._generate(request)
-        delay = self.latency_s
-        if self.tokens_per_s:
-            delay += generation.completion_tokens / self.tokens_per_s
-        if delay > 0:
-            await asyncio.sleep(delay)
+        delay = self.latency_s + self.ttft_s + max(0, generation.completion_tokens - 1) * self.token_s
+        capacity = self.capacity
+        if capacity is None:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return generation
+        await capacity.acquire()
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+        finally:
+            capacity.release()
         return generation
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Generation]:
-        """Yield one piece per token, paced at ``tokens_per_s`` after the fixed latency."""
+        """Yield one piece per token: the first ``latency + ttft`` after a slot was free, then one
+        every ``1 / tokens_per_s``."""
         pieces, generation = self._generate(request)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        if self.latency_s > 0:
-            await asyncio.sleep(self.latency_s)
-        for i, piece in enumerate(pieces or ()):
-            if self.tokens_per_s:
-                wait = start + self.latency_s + (i + 1) / self.tokens_per_s - loop.time()
+        capacity = self.capacity
+        if capacity is not None:
+            await capacity.acquire()
+        try:
+            loop = asyncio.get_running_loop()
+            first = loop.time() + self.latency_s + self.ttft_s
+            token_s = self.token_s
+            for i, piece in enumerate(pieces or ()):
+                wait = first + i * token_s - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            yield piece
+                yield piece
+        finally:
+            if capacity is not None:
+                capacity.release()
         yield generation
 
 
@@ -400,7 +479,7 @@ class LlamaEngine:
 def build_engine(name: str, **options: Any) -> Engine:
     """The engine called ``name`` with the options that apply to it."""
     if name == "echo":
-        keys = ("latency_ms", "tokens_per_s", "seed", "datasets_dir")
+        keys = ("latency_ms", "tokens_per_s", "ttft_ms", "capacity", "output_tokens", "seed", "datasets_dir")
         return EchoEngine(**{k: v for k, v in options.items() if k in keys and v is not None})
     if name == "llama":
         keys = ("model_path", "n_ctx", "n_threads", "chat_format", "seed")

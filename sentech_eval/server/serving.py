@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sentech_eval.backends.local import default_n_threads
 from sentech_eval.errors import ConfigError
-from sentech_eval.server.app import DEFAULT_MAX_BODY_BYTES, ServerOptions, create_app, start_site
+from sentech_eval.server.app import DEFAULT_MAX_BODY_BYTES, STREAM_USAGE, ServerOptions, create_app, start_site
 from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, DEFAULT_GGUF, build_engine
 from sentech_eval.server.faults import ERROR_STATUSES, FaultConfig
 
@@ -33,6 +33,9 @@ class ServeConfig:
     options: ServerOptions = field(default_factory=ServerOptions)
     latency_ms: float = 0.0
     tokens_per_s: float | None = None
+    ttft_ms: float | None = None
+    capacity: int | None = None
+    output_tokens: int | None = None
     seed: int = 0
     workers: int = 1
 
@@ -42,6 +45,9 @@ class ServeConfig:
             self.engine,
             latency_ms=self.latency_ms,
             tokens_per_s=self.tokens_per_s,
+            ttft_ms=self.ttft_ms,
+            capacity=self.capacity,
+            output_tokens=self.output_tokens,
             seed=self.seed,
             datasets_dir=Path(self.datasets_dir) if self.datasets_dir else DEFAULT_DATASETS_DIR,
             model_path=self.model_path,
@@ -75,6 +81,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413 (default: %(default)s)"
     )
     g.add_argument(
+        "--stream-usage", choices=STREAM_USAGE, default="always",
+        help="token usage in streamed answers: always (on the last chunk; the Sentech contract), requested "
+        "(only with stream_options.include_usage, as OpenAI and vLLM), never (as llama_cpp.server) (default: %(default)s)",
+    )
+    g.add_argument(
         "--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT); each loads its own engine (default: %(default)s)"
     )
     g = p.add_argument_group("engine")
@@ -95,7 +106,30 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--tokens-per-s",
         type=float,
         default=None,
-        help="echo engine: simulated generation speed in tokens/s (adds completion_tokens/rate; paces streamed chunks; default: off)",
+        help="echo engine: simulated generation speed in tokens/s per stream (adds completion_tokens/rate; paces streamed chunks; default: off)",
+    )
+    g.add_argument(
+        "--ttft-ms",
+        type=float,
+        default=None,
+        help="echo engine: time to first token, after a slot is free and --latency-ms; later tokens follow at "
+        "--tokens-per-s (default: one token time, 0 without --tokens-per-s)",
+    )
+    g.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        metavar="C",
+        help="echo engine: at most C generations at once, the others queue in arrival order, so the server "
+        "saturates at C / (time per request) requests/s like a real one (default: unlimited)",
+    )
+    g.add_argument(
+        "--output-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="echo engine: every answer is exactly N tokens (the answer, then filler words; max_tokens still "
+        "cuts it), like vLLM's ignore_eos (default: the answer's own length)",
     )
     g.add_argument(
         "--seed", type=int, default=0, help="seeds fault injection and answers to requests that send no seed (default: %(default)s)"
@@ -146,6 +180,12 @@ def parse_config(argv: list[str], prog: str = "sentech-eval serve") -> ServeConf
         problems.append(f"--latency-ms must be >= 0, got {args.latency_ms}")
     if args.tokens_per_s is not None and args.tokens_per_s <= 0:
         problems.append(f"--tokens-per-s must be > 0, got {args.tokens_per_s}")
+    if args.ttft_ms is not None and args.ttft_ms < 0:
+        problems.append(f"--ttft-ms must be >= 0, got {args.ttft_ms}")
+    if args.capacity is not None and args.capacity < 1:
+        problems.append(f"--capacity must be >= 1, got {args.capacity}")
+    if args.output_tokens is not None and args.output_tokens < 1:
+        problems.append(f"--output-tokens must be >= 1, got {args.output_tokens}")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
     return ServeConfig(
@@ -156,9 +196,13 @@ def parse_config(argv: list[str], prog: str = "sentech-eval serve") -> ServeConf
         n_ctx=args.n_ctx,
         n_threads=args.n_threads,
         datasets_dir=args.datasets_dir,
-        options=ServerOptions(api_keys=keys, no_auth=args.no_auth, max_body_bytes=args.max_body_bytes, faults=faults),
+        options=ServerOptions(api_keys=keys, no_auth=args.no_auth, max_body_bytes=args.max_body_bytes, faults=faults,
+                              stream_usage=args.stream_usage),
         latency_ms=args.latency_ms,
         tokens_per_s=args.tokens_per_s,
+        ttft_ms=args.ttft_ms,
+        capacity=args.capacity,
+        output_tokens=args.output_tokens,
         seed=args.seed,
         workers=args.workers,
     )

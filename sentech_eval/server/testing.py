@@ -37,6 +37,10 @@ KEY_ENV = "SENTECH_EVAL_TEST_SERVER_KEY"
 _FLAGS = {
     "latency_ms": "--latency-ms",
     "tokens_per_s": "--tokens-per-s",
+    "ttft_ms": "--ttft-ms",
+    "capacity": "--capacity",
+    "output_tokens": "--output-tokens",
+    "stream_usage": "--stream-usage",
     "seed": "--seed",
     "error_rate": "--error-rate",
     "error_status": "--error-status",
@@ -83,7 +87,7 @@ def running_server(
     """Run a server for the duration of the block and yield its base URL (``http://127.0.0.1:P/v1``).
 
     ``api_key`` may hold several comma-separated keys; ``None`` or ``""`` serves without auth.
-    Options: latency_ms, tokens_per_s, seed, error_rate, error_status, retry_after, drop_rate,
+    Options: latency_ms, tokens_per_s, ttft_ms, capacity, output_tokens, stream_usage, seed, error_rate, error_status, retry_after, drop_rate,
     slow_rate, slow_ms, max_body_bytes, workers, model, n_ctx, n_threads, datasets_dir.
     """
     config = make_config(engine, api_key, **options)
