@@ -129,6 +129,7 @@ class ArrivalHook(RunHook):
         delay = self._origin + scheduled - time.perf_counter()
         if delay > 0:
             await self.sleep(delay)
+            item.queued = time.perf_counter()  # queue_s counts waiting for a slot, not for the schedule
         return None
 
     async def after_final(self, item: Item, completion: Completion) -> None:
