@@ -18,7 +18,7 @@ for group in sorted(p for p in (HERE / "conf").rglob("*") if p.is_dir() and p.na
     DATA_PACKAGES["sentech_eval.conf." + ".".join(relative.parts)] = f"conf/{relative.as_posix()}"
 
 setup(
-    packages=find_packages(include=["sentech_eval", "sentech_eval.*"]) + list(DATA_PACKAGES),
+    packages=find_packages(include=["sentech_eval", "sentech_eval.*", "hydra_plugins.*"]) + list(DATA_PACKAGES),
     package_dir=DATA_PACKAGES,
     package_data={**{name: ["*.yaml"] for name in DATA_PACKAGES if name.startswith("sentech_eval.conf")},
                   "sentech_eval.datasets_shipped": ["*.parquet", "README.md"]},

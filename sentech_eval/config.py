@@ -26,13 +26,15 @@ from sentech_eval.errors import ConfigError
 from sentech_eval.paths import CONF_PACKAGE, conf_dir, conf_search_path, datasets_dir, default_models_dir
 from sentech_eval.types import SAMPLING_PARAMS, SAMPLING_RANGES, Sampling
 
-TOP_LEVEL_KEYS = {"experiment", "backend", "sampling", "dataset", "runner", "scorers", "sweep", "hydra", "objective"}
+TOP_LEVEL_KEYS = {"experiment", "backend", "sampling", "dataset", "runner", "scorers", "sweep", "hydra", "objective", "race"}
 # runner.arrival: closed loop (the next request goes when one finishes) or an open-loop process.
 ARRIVALS = ("closed", "constant", "poisson", "gamma")
 # An open-loop client late by more than this at p99, or sending slower than this fraction of the
 # requested rate, measured itself rather than the server (vLLM #21104, guidellm #431, llmperf #56).
 MAX_P99_SEND_LAG_S = 0.010
 MIN_ACHIEVED_FRACTION = 0.98
+RACE_KEYS = {"score", "confidence", "min_effect", "keep", "start", "growth"}
+PRICE_KEYS = {"input_per_mtok", "output_per_mtok", "per_hour"}
 # A key whose name looks like it carries a credential. `api_key_env` names a variable, so it is fine.
 SECRET_KEY_PATTERN = re.compile(r"(^|_)(api_?key|key|token|secret|password|authorization|bearer)$", re.IGNORECASE)
 ALLOWED_SECRETISH_KEYS = {"api_key_env", "max_tokens", "top_k"}
@@ -56,6 +58,7 @@ class DatasetConfig:
     shard_index: int = 0
     batch_size: int = 4096
     columns: Optional[dict[str, Optional[str]]] = None  # dataset column -> the file's column (prompt: question)
+    shuffle_seed: Optional[int] = None  # None: file order; N: a seeded random order (limit takes its first rows)
 
 
 @dataclass
@@ -84,6 +87,9 @@ class RunnerConfig:
     def open_loop(self) -> bool:
         """Whether requests are sent at scheduled instants instead of when a slot frees up."""
         return self.arrival != "closed"
+    stop_at_ci_half_width: Optional[float] = None  # stop once the anytime 95 % interval of stop_score is this narrow
+    stop_score: Optional[str] = None               # the score (``contains`` or ``score_contains``) for that stop
+    max_cost_usd: Optional[float] = None           # stop cleanly (resumable) once the run has cost this much
 
 
 # group -> (schema, its name in the ConfigStore)
@@ -191,6 +197,8 @@ def dataset_from_config(cfg: DictConfig) -> DatasetConfig:
         )
     if values["batch_size"] < 1:
         raise ConfigError(f"dataset.batch_size={values['batch_size']} must be at least 1.")
+    if values["shuffle_seed"] is not None and values["shuffle_seed"] < 0:
+        raise ConfigError(f"dataset.shuffle_seed={values['shuffle_seed']} must be 0 or more (or null for file order).")
     columns = {str(k): v for k, v in (values.get("columns") or {}).items() if v is not None} or None
     if columns is not None and not all(isinstance(v, str) and v for v in columns.values()):
         raise ConfigError("dataset.columns must map dataset columns to the file's column names, "
@@ -212,9 +220,12 @@ def runner_from_config(cfg: DictConfig) -> RunnerConfig:
     if values["max_error_rate"] is not None and not 0 <= values["max_error_rate"] <= 1:
         raise ConfigError(f"runner.max_error_rate={values['max_error_rate']:g} must be between 0 and 1 (or null: "
                           "only a run whose every row failed exits non-zero).")
-    for key in ("timeout_s", "rpm", "tpm"):
+    for key in ("timeout_s", "rpm", "tpm", "stop_at_ci_half_width", "max_cost_usd"):
         if values[key] is not None and values[key] <= 0:
             raise ConfigError(f"runner.{key}={values[key]} must be positive (or null for no limit).")
+    if values["stop_at_ci_half_width"] is not None and not values["stop_score"]:
+        raise ConfigError(f"runner.stop_at_ci_half_width={values['stop_at_ci_half_width']} needs runner.stop_score, "
+                          "the score whose interval is watched (e.g. runner.stop_score=contains, with scorers=[contains]).")
     _check_arrival(values)
     return RunnerConfig(**values)
 
@@ -238,6 +249,60 @@ def _check_arrival(merged: dict[str, Any]) -> None:
         raise ConfigError(f"runner.burstiness={merged['burstiness']} must be positive (1 = Poisson, below 1 burstier).")
     if merged["arrival_seed"] is not None and merged["arrival_seed"] < 0:
         raise ConfigError(f"runner.arrival_seed={merged['arrival_seed']} must be 0 or more (or null for sampling.seed).")
+
+
+def score_column(name: str) -> str:
+    """``contains`` or ``score_contains`` -> ``score_contains`` (the results column)."""
+    return name if name.startswith("score_") else f"score_{name}"
+
+
+@dataclass(frozen=True)
+class Price:
+    """``backend.price``: USD per million input/output tokens (remote) and per hour of the machine (local)."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    per_hour: float = 0.0
+
+    def request_cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+        """The token part of one request's cost (the machine-time part is the runner's: engine.budget)."""
+        return ((prompt_tokens or 0) * self.input_per_mtok + (completion_tokens or 0) * self.output_per_mtok) / 1e6
+
+
+def _plain_mapping(node: Any, name: str, known: set[str], example: str) -> dict[str, Any]:
+    """A mapping section not covered by a schema, as plain data; unknown keys refused with one sentence."""
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"Config key '{name}' must be a mapping like {example}.")
+    values = OmegaConf.to_container(node, resolve=True)
+    for key in values:  # type: ignore[union-attr]
+        if key not in known:
+            raise ConfigError(f"Unknown config key '{name}.{key}'; known keys are: {', '.join(sorted(known))}.")
+    return values  # type: ignore[return-value]
+
+
+def price_from_config(cfg: DictConfig) -> Price | None:
+    """``backend.price`` checked (None when absent): non-negative numbers, known keys only."""
+    backend = cfg.get("backend")
+    node = backend.get("price") if isinstance(backend, DictConfig) else None
+    if node is None:
+        return None
+    values = _plain_mapping(node, "backend.price", PRICE_KEYS, "{input_per_mtok: 0.15, output_per_mtok: 0.6}")
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"Config key 'backend.price.{key}' must be a number (USD), got {value!r}.")
+        if value < 0:
+            raise ConfigError(f"backend.price.{key}={value} must be 0 or more (USD).")
+    return Price(**{k: float(v) for k, v in values.items() if v is not None})
+
+
+def race_settings_from_config(cfg: DictConfig) -> dict[str, Any]:
+    """The ``race`` section as plain data (empty when absent), unknown keys refused."""
+    node = cfg.get("race")
+    if node is None:
+        return {}
+    return _plain_mapping(node, "race", RACE_KEYS, "{score: contains, confidence: 0.95}")
 
 
 def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:

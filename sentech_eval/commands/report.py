@@ -12,6 +12,7 @@ from sentech_eval.analysis import slo as load_metrics
 from sentech_eval.analysis.summary import load, summarize
 from sentech_eval.render.load import load_html, load_markdown
 from sentech_eval.render.markdown import report_markdown
+from sentech_eval.render.race import load_race, race_section_html
 from sentech_eval.render.report_html import build_html
 
 SUMMARY_FILE = "summary.parquet"
@@ -47,7 +48,10 @@ def write_report(path: str | Path, out: str | Path | None = None, top: int = 10,
     else:
         (target / LOAD_FILE).unlink(missing_ok=True)  # not a load run (any more): no stale table
     summary.to_parquet(summary_path, index=False)
-    html_path.write_text(build_html(df, summary, str(path), top=top, load_section=load_section), encoding="utf-8")
+    race = load_race(output_dir(path))  # a race sweep's dir: add its race section
+    extra = [race_section_html(*race)] if race is not None else []
+    html_path.write_text(build_html(df, summary, str(path), top=top, load_section=load_section,
+                                          extra_sections=extra), encoding="utf-8")
     return summary, summary_path, html_path
 
 

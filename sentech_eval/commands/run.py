@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from sentech_eval.commands import estimate
 from sentech_eval.config import config_error, group_choices, register_configs, unknown_choice_message
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.errors import ConfigError, SentechEvalError
@@ -130,6 +131,8 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     refuse_secret_overrides(argv)
     check_group_choices(argv)
     register_configs()
+    if estimate.wants_estimate(argv):
+        return estimate.run(argv, CONF_DIR)
     sys.argv = [prog.replace(" ", "-")] + list(argv)
     # Hydra raises its composition errors (a value of the wrong type for its schema) instead of
     # printing them, so they come out as one ConfigError sentence with exit code 2.

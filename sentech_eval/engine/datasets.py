@@ -7,6 +7,11 @@ Input schema: ``id`` (string or integer, unique) and either ``messages`` (list o
 so a file need not be renamed. Parquet is read in batches; JSON Lines (``.jsonl``, ``.ndjson``,
 ``.json``) and CSV (``.csv``, ``.tsv``) are read whole by pyarrow.
 Every problem raises ``DatasetError`` naming the file, the column and the row, before any request.
+
+With ``shuffle_seed`` the rows are taken in a seeded random order (``numpy.random.default_rng(seed)
+.permutation``) and ``limit`` takes the first N of that order, so a larger limit extends a smaller
+one (a race's rounds, an early-stopped run). The file is then read once per window of 65,536
+selected rows, so memory still does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -26,6 +32,7 @@ from sentech_eval.errors import DatasetError
 from sentech_eval.types import NO_EXTRA, Prompt
 
 ROLES = ("system", "user", "assistant")
+SHUFFLE_WINDOW = 65_536  # selected rows gathered per pass over the file when shuffling
 INPUT_COLUMNS = ("id", "messages", "prompt", "system", "reference")
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv", ".tsv")
@@ -191,9 +198,11 @@ class ParquetDataset:
     and CSV read whole); ``columns`` maps the dataset's column names to the file's."""
 
     def __init__(self, path: str | Path, *, limit: int | None = None, num_shards: int = 1,
-                 shard_index: int = 0, batch_size: int = 4096, columns: dict[str, str] | None = None) -> None:
+                 shard_index: int = 0, batch_size: int = 4096, columns: dict[str, str] | None = None,
+                 shuffle_seed: int | None = None) -> None:
         self.path = Path(path)
         self.limit, self.num_shards, self.shard_index = limit, num_shards, shard_index
+        self.shuffle_seed = shuffle_seed
         self.batch_size = batch_size
         self._file = _open(self.path, columns)
         schema = self._file.schema_arrow
@@ -205,10 +214,10 @@ class ParquetDataset:
         """Row count after limit and sharding, the input form and the carried-over fields."""
         return DatasetInfo(self.path, self._selected_rows, self.form, self.extra_fields)
 
-    def _batches(self, columns: list[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
+    def _batches(self, columns: list[str] | None, *, whole: bool = False) -> Iterator[tuple[int, pa.RecordBatch]]:
         start = 0
         for batch in self._file.iter_batches(batch_size=self.batch_size, columns=columns):
-            if self.limit is not None and start >= self.limit:
+            if not whole and self.shuffle_seed is None and self.limit is not None and start >= self.limit:
                 return
             yield start, batch
             start += batch.num_rows
@@ -224,7 +233,7 @@ class ParquetDataset:
         for number, (start, batch) in enumerate(self._batches(["id"] + text_columns)):
             if number % 16 == 15:
                 pool.release_unused()  # decoded pages add up in the allocator: ~40 MB less peak at 1M rows
-            mask = _selected_mask(batch.num_rows, start, self.limit, 1, 0)
+            mask = None if self.shuffle_seed is not None else _selected_mask(batch.num_rows, start, self.limit, 1, 0)
             if mask is not None:
                 batch = batch.filter(pa.array(mask))
             ids = batch.column("id")
@@ -240,7 +249,7 @@ class ParquetDataset:
                 self._check_messages(batch.column("messages"), start)
         all_ids = pa.chunked_array(id_chunks).combine_chunks()
         self._check_unique(all_ids)
-        n = len(all_ids)
+        n = len(all_ids) if self.limit is None else min(len(all_ids), self.limit)
         self._selected_rows = len(range(self.shard_index, n, self.num_shards))
 
     def _check_unique(self, ids: pa.Array) -> None:
@@ -299,27 +308,66 @@ class ParquetDataset:
         for batch_prompts in self.iter_prompt_batches():
             yield from batch_prompts
 
+    def shuffled_rows(self) -> np.ndarray:
+        """File row numbers of the selected rows in the seeded order (limit and shard applied)."""
+        total = self._file.metadata.num_rows
+        order = np.random.default_rng(self.shuffle_seed).permutation(total)
+        if self.limit is not None:
+            order = order[: self.limit]
+        return order[self.shard_index :: self.num_shards]
+
+    def prompt_ids(self) -> list[Any]:
+        """The ids of the selected rows, in the order the prompts are sent."""
+        if self.shuffle_seed is None:
+            return [p.id for batch in self.iter_prompt_batches() for p in batch]
+        ids = pa.chunked_array([b.column("id") for _, b in self._batches(["id"], whole=True)]).combine_chunks()
+        return ids.take(pa.array(self.shuffled_rows())).to_pylist()
+
     def iter_prompt_batches(self) -> Iterator[list[Prompt]]:
-        """Lists of Prompts, one per Parquet batch (the unit the runner reads ahead)."""
-        extra_names = [f.name for f in self.extra_fields]
-        for start, batch in self._batches(None):  # type: ignore[arg-type]
+        """Lists of Prompts, one per Parquet batch (the unit the runner reads ahead); shuffled if asked."""
+        if self.shuffle_seed is not None:
+            yield from self._shuffled_batches()
+            return
+        for start, batch in self._batches(None):
             mask = _selected_mask(batch.num_rows, start, self.limit, self.num_shards, self.shard_index)
             if mask is not None:
                 batch = batch.filter(pa.array(mask))
             if batch.num_rows == 0:
                 continue
-            cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
-            ids = cols["id"]
-            refs = cols.get("reference") or itertools.repeat(None)
-            if self.form == "messages":
-                message_lists = [tuple({"role": m["role"], "content": m["content"]} for m in ms) for ms in cols["messages"]]
-            elif "system" in cols:
-                message_lists = [({"role": "system", "content": system}, {"role": "user", "content": text}) if system
-                                 else ({"role": "user", "content": text},)
-                                 for system, text in zip(cols["system"], cols["prompt"])]
-            else:
-                message_lists = [({"role": "user", "content": text},) for text in cols["prompt"]]
-            extras: Iterable[Any] = itertools.repeat(NO_EXTRA)
-            if extra_names:
-                extras = [dict(zip(extra_names, values)) for values in zip(*(cols[name] for name in extra_names))]
-            yield list(map(Prompt, ids, message_lists, refs, extras))
+            yield self._prompts(batch)
+
+    def _shuffled_batches(self) -> Iterator[list[Prompt]]:
+        """The selected rows in the seeded order: one pass over the file per window of rows."""
+        rows = self.shuffled_rows()
+        for first in range(0, rows.size, SHUFFLE_WINDOW):
+            window = rows[first : first + SHUFFLE_WINDOW]
+            wanted = np.sort(window)
+            pieces: list[pa.RecordBatch] = []
+            for start, batch in self._batches(None, whole=True):
+                lo, hi = np.searchsorted(wanted, [start, start + batch.num_rows])
+                if hi > lo:
+                    pieces.append(batch.take(pa.array(wanted[lo:hi] - start)))
+            table = pa.Table.from_batches(pieces)
+            # table holds the window's rows in file order; put them in the seeded order
+            ordered = table.take(pa.array(np.searchsorted(wanted, window)))
+            for batch in ordered.to_batches(max_chunksize=self.batch_size):
+                yield self._prompts(batch)
+
+    def _prompts(self, batch: pa.RecordBatch) -> list[Prompt]:
+        """One batch of rows as Prompts."""
+        extra_names = [f.name for f in self.extra_fields]
+        cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+        ids = cols["id"]
+        refs = cols.get("reference") or itertools.repeat(None)
+        if self.form == "messages":
+            message_lists = [tuple({"role": m["role"], "content": m["content"]} for m in ms) for ms in cols["messages"]]
+        elif "system" in cols:
+            message_lists = [({"role": "system", "content": system}, {"role": "user", "content": text}) if system
+                             else ({"role": "user", "content": text},)
+                             for system, text in zip(cols["system"], cols["prompt"])]
+        else:
+            message_lists = [({"role": "user", "content": text},) for text in cols["prompt"]]
+        extras: Iterable[Any] = itertools.repeat(NO_EXTRA)
+        if extra_names:
+            extras = [dict(zip(extra_names, values)) for values in zip(*(cols[name] for name in extra_names))]
+        return list(map(Prompt, ids, message_lists, refs, extras))

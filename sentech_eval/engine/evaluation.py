@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentech_eval.backends.base import create_backend
 from sentech_eval.config import (
-    ALLOWED_SECRETISH_KEYS, SECRET_KEY_PATTERN, RunnerConfig, config_id, redacted_config, validate,
+    ALLOWED_SECRETISH_KEYS, SECRET_KEY_PATTERN, Price, RunnerConfig, config_id, price_from_config, redacted_config, score_column,
+    validate,
 )
 from sentech_eval.errors import ConfigError
 from sentech_eval.engine.datasets import ParquetDataset
@@ -31,6 +32,7 @@ from sentech_eval.engine.results import (
     PARTS_DIR, RESULTS_FILE, ResultsWriter, keep_latest_per_key, read_run_table, results_schema,
 )
 from sentech_eval.engine.arrival import ArrivalHook
+from sentech_eval.engine.budget import COST_COLUMN, CostHook, PrecisionStopHook
 from sentech_eval.engine.hooks import RunHook
 from sentech_eval.engine.runner import RunIdentity, Runner, RunSummary
 from sentech_eval.provenance import git_commit, package_versions
@@ -76,6 +78,47 @@ def scrub_saved_config(cfg: DictConfig, out_dir: Path) -> None:
         saved.write_text(OmegaConf.to_yaml(OmegaConf.create(redacted)))
 
 
+def budget_hooks(runner_cfg: RunnerConfig, price: Price | None, out_dir: Path, cfg_id: str, dataset: ParquetDataset,
+                 score_fields: list[pa.Field]) -> list[RunHook]:
+    """The cost column / cost ceiling and the precision stop, when configured (``engine.budget``).
+
+    Rows already in ``out_dir`` (a resumed run) count: their cost towards the ceiling, their scores
+    towards the interval.
+    """
+    hooks: list[RunHook] = []
+    stop = runner_cfg.stop_at_ci_half_width
+    if price is None and stop is None:
+        return hooks
+    table = read_run_table(out_dir)
+    if price is not None:
+        spent = 0.0
+        if table is not None and COST_COLUMN in table.column_names:
+            spent = float(pc.sum(table.column(COST_COLUMN)).as_py() or 0.0)
+        hooks.append(CostHook(price, runner_cfg.concurrency, spent_before=spent, max_cost_usd=runner_cfg.max_cost_usd))
+    if stop is not None:
+        column = score_column(str(runner_cfg.stop_score))
+        if column not in {f.name for f in score_fields}:
+            raise ConfigError(f"runner.stop_score={runner_cfg.stop_score}: no scorer of this run writes {column}; "
+                              f"add it (scorers=[{column.removeprefix('score_')}]) or pick a scored column.")
+        done: dict[str, list[float]] = {}
+        if table is not None and column in table.column_names:
+            ok = table.filter(pc.and_(pc.equal(table.column("config_id"), cfg_id), pc.equal(table.column("status"), "ok")))
+            for pid, value in zip(ok.column("prompt_id").to_pylist(), ok.column(column).to_pylist()):
+                done.setdefault(str(pid), []).append(float("nan") if value is None else float(value))
+        hooks.append(PrecisionStopHook(column, stop, dataset.prompt_ids(), runner_cfg.repeats, done=done))
+    return hooks
+
+
+def backend_without_price(cfg: DictConfig) -> DictConfig:
+    """The backend node without ``price`` (a cost setting, not the backend's own)."""
+    node = cfg.backend
+    if "price" not in node:
+        return node
+    container = OmegaConf.to_container(node, resolve=True)
+    container.pop("price")  # type: ignore[union-attr]
+    return OmegaConf.create(container)
+
+
 async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook] = ()) -> dict[str, Any]:
     """Run one configuration into ``out_dir``; returns counts, score means and the objective.
 
@@ -86,12 +129,19 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
     except ConfigError:
         scrub_saved_config(cfg, out_dir)
         raise
+    price = price_from_config(cfg)
+    if runner_cfg.max_cost_usd is not None and price is None:
+        raise ConfigError(f"runner.max_cost_usd={runner_cfg.max_cost_usd:g} needs backend.price to know what a request "
+                          "costs, e.g. +backend.price={input_per_mtok: 0.15, output_per_mtok: 0.6} (or per_hour for local).")
+    if runner_cfg.stop_at_ci_half_width is not None and dataset_cfg.shuffle_seed is None:
+        # An early stop measures the prompts sent so far: they must be a random sample of the dataset.
+        dataset_cfg = dataclasses.replace(dataset_cfg, shuffle_seed=0)
     dataset = ParquetDataset(dataset_cfg.path, limit=dataset_cfg.limit, num_shards=dataset_cfg.num_shards,
                              shard_index=dataset_cfg.shard_index, batch_size=dataset_cfg.batch_size,
-                             columns=dataset_cfg.columns)
+                             columns=dataset_cfg.columns, shuffle_seed=dataset_cfg.shuffle_seed)
     info = dataset.info()
     scorers = _build_scorers(cfg)
-    backend = create_backend(cfg.backend, concurrency=runner_cfg.concurrency)
+    backend = create_backend(backend_without_price(cfg), concurrency=runner_cfg.concurrency)
     if backend.max_concurrency is not None and backend.max_concurrency < runner_cfg.concurrency:
         # More requests in flight than the backend can serve would only queue invisibly inside it;
         # queueing in the runner instead is recorded in queue_s.
@@ -109,6 +159,7 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
             print(f"sentech-eval run: resuming in {out_dir}: {len(done)} rows already done are skipped.", file=sys.stderr)
         run_id = uuid.uuid4().hex[:12]
         score_fields = [pa.field(name, dtype) for scorer in scorers for name, dtype in scorer.columns().items()]
+        hooks = [*hooks, *budget_hooks(runner_cfg, price, out_dir, cfg_id, dataset, score_fields)]
         schema_hooks = ([ArrivalHook("closed", None)] if runner_cfg.open_loop else []) + list(hooks)
         hook_fields = [pa.field(name, dtype) for hook in schema_hooks for name, dtype in hook.columns().items()]
         schema = results_schema(info.extra_fields, score_fields + hook_fields)
@@ -174,9 +225,14 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
     line += f" in {summary.elapsed_s:.2f} s -> {path}"
     if means:
         line += "  " + " ".join(f"{k}={v:.3f}" for k, v in sorted(means.items()))
+    cost = next((h for h in hooks if isinstance(h, CostHook)), None)
+    if cost is not None:
+        result["cost_usd"] = cost.spent
+        line += f"  cost ${cost.spent:.4f}"
     print(line, file=sys.stderr)
     if summary.stop_reason:
-        print(f"sentech-eval run: stopped early: {summary.stop_reason}", file=sys.stderr)
+        print(f"sentech-eval run: stopped early: {summary.stop_reason}. The rest can still be sent (rows already ok "
+              f"are skipped) with:\n  {resume_command(out_dir)}", file=sys.stderr)
     if summary.requested_rps is not None and summary.achieved_rps is not None:
         print(f"sentech-eval run: open loop ({runner_cfg.arrival}) at {summary.requested_rps:g} req/s: achieved "
               f"{summary.achieved_rps:.2f} req/s, p99 send lag {1000 * (summary.send_lag_p99_s or 0):.1f} ms",

@@ -35,6 +35,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from sentech_eval.engine.race_sweep import race_line
 from sentech_eval.errors import ResultsError
 from sentech_eval.engine.results import CORE_FIELDS, METADATA_KEY, PARTS_DIR, RESULTS_FILE
 
@@ -365,6 +366,9 @@ class CombineSweepResults(Callback):
         if "best_params" in best:
             line += f"; best {best.get('best_value')} at {best['best_params']}"
         print(line, file=sys.stderr)
+        race = race_line(Path(record["sweep_dir"]))
+        if race:
+            print(race, file=sys.stderr)  # a race's winner stays the last line printed
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m sentech_eval.engine.sweep") -> int:

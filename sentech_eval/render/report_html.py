@@ -116,7 +116,8 @@ def _img(uri: str | None, alt: str) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt, quote=True)}">' if uri else ""
 
 
-def build_html(df: pd.DataFrame, summary: pd.DataFrame, title: str, top: int = 10, load_section: str = "") -> str:
+def build_html(df: pd.DataFrame, summary: pd.DataFrame, title: str, top: int = 10, load_section: str = "",
+               extra_sections: Sequence[str] = ()) -> str:
     """The self-contained report page (plots inline as data: URIs, no external resources)."""
     labels = config_labels(summary)
     keys = config_keys(df)
@@ -146,6 +147,7 @@ def build_html(df: pd.DataFrame, summary: pd.DataFrame, title: str, top: int = 1
         sections.append(f'<h2>Heatmap: {html.escape(swept[0])} × {html.escape(swept[1])}</h2><div class="plots">{imgs}</div>')
     if load_section:  # render.load.load_html: the load table, its curves and the knee
         sections.append(load_section)
+    sections.extend(extra_sections)  # e.g. the race section of a race sweep (render/race.py)
     sections.append('<h2>Latency</h2><div class="plots">' + _img(plots.latency_cdf(df, label_of), "latency CDF") + "</div>")
     sections.append('<h2>Tokens</h2><div class="plots">' + _img(plots.token_histograms(df, label_of), "token histograms") + "</div>")
     sections.append(f"<h2>Worst-scoring examples (top {top})</h2>" + _examples_html(worst_examples(df, scores, top), scores, label_of))

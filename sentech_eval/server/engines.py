@@ -3,6 +3,8 @@
 - ``EchoEngine``  deterministic, no model. Answers prompts of the shipped datasets with their
                   reference (so scorers can be exercised end to end) and echoes anything else.
                   Tokens are whitespace-separated words, so usage counts are honest for it.
+- ``OracleEngine`` like echo, but right with a known probability ``oracle_accuracy(temperature,
+                  top_p, penalties)``: a server whose best sampling setting is known (races, tests).
 - ``LlamaEngine`` a GGUF model through llama-cpp-python, every sampling parameter explicit,
                   one call at a time in a worker thread so the event loop never blocks.
 
@@ -13,6 +15,7 @@ deltas and ends with the ``Generation`` (whose ``text`` is the full answer).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import re
 import threading
@@ -315,6 +318,56 @@ class EchoEngine:
         yield generation
 
 
+def oracle_accuracy(temperature: float | None = None, top_p: float | None = None,
+                    frequency_penalty: float | None = None, presence_penalty: float | None = None,
+                    peak: float = 0.8) -> float:
+    """The oracle engine's true accuracy at these sampling parameters (None = 0.7, 1.0, 0, 0).
+
+    ``peak − 0.35·|temperature − 0.3| − 0.3·|top_p − 0.9| − 0.1·(|frequency_penalty| + |presence_penalty|)``,
+    clipped to [0.01, 0.99]: best at temperature 0.3, top_p 0.9 (0.80 by default); top_k has no effect.
+    """
+    t = 0.7 if temperature is None else temperature
+    p = 1.0 if top_p is None else top_p
+    penalties = abs(frequency_penalty or 0.0) + abs(presence_penalty or 0.0)
+    return min(0.99, max(0.01, peak - 0.35 * abs(t - 0.3) - 0.3 * abs(p - 0.9) - 0.1 * penalties))
+
+
+class OracleEngine(EchoEngine):
+    """An engine whose accuracy is a known function of the sampling parameters (for races and tests).
+
+    A prompt of a dataset found in ``datasets_dir`` is answered with its reference with probability
+    ``oracle_accuracy(temperature, top_p, …)``, otherwise with a wrong answer. The draw is
+    ``u = hash(seed, prompt)`` (seed: the request's, 0 when it sends none), correct when
+    ``u < accuracy``: the same prompt and seed give the same draw at every setting, so a better
+    setting is right wherever a worse one is (like a prompt that is easy for every setting).
+    Prompts without a reference always get the wrong answer. Latency and usage as the echo engine.
+    """
+
+    name = "oracle"
+    model = "sentech-eval/oracle"
+    WRONG_ANSWER = "I am not sure."
+
+    def __init__(self, *, accuracy_peak: float = 0.8, **options: Any) -> None:
+        super().__init__(**options)
+        self.accuracy_peak = accuracy_peak
+
+    def accuracy(self, request: ChatRequest) -> float:
+        """This request's probability of the right answer."""
+        s = request.sampling
+        return oracle_accuracy(s.temperature, s.top_p, s.frequency_penalty, s.presence_penalty, peak=self.accuracy_peak)
+
+    def answer(self, request: ChatRequest) -> str:
+        """The reference with probability ``accuracy(request)``, drawn from (seed, prompt); else a wrong answer."""
+        prompt = last_user_text(request.messages).strip()
+        reference = self.references.get(prompt)
+        if reference is None:
+            return self.WRONG_ANSWER
+        seed = 0 if request.sampling.seed is None else request.sampling.seed
+        digest = hashlib.blake2b(f"{seed}\0{prompt}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        u = int.from_bytes(digest, "big") / 2.0**64
+        return reference if u < self.accuracy(request) else self.WRONG_ANSWER
+
+
 class LlamaEngine:
     """A GGUF model served through llama-cpp-python; one generation at a time.
 
@@ -481,7 +534,10 @@ def build_engine(name: str, **options: Any) -> Engine:
     if name == "echo":
         keys = ("latency_ms", "tokens_per_s", "ttft_ms", "capacity", "output_tokens", "seed", "datasets_dir")
         return EchoEngine(**{k: v for k, v in options.items() if k in keys and v is not None})
+    if name == "oracle":
+        keys = ("latency_ms", "tokens_per_s", "seed", "datasets_dir", "accuracy_peak")
+        return OracleEngine(**{k: v for k, v in options.items() if k in keys and v is not None})
     if name == "llama":
         keys = ("model_path", "n_ctx", "n_threads", "chat_format", "seed")
         return LlamaEngine(**{k: v for k, v in options.items() if k in keys and v is not None})
-    raise ConfigError(f"Unknown engine {name!r}; choose echo or llama.")
+    raise ConfigError(f"Unknown engine {name!r}; choose echo, oracle or llama.")

@@ -38,6 +38,7 @@ class ServeConfig:
     output_tokens: int | None = None
     seed: int = 0
     workers: int = 1
+    accuracy_peak: float = 0.8
 
     def build_engine(self):
         """A fresh engine for this configuration (not started)."""
@@ -53,6 +54,7 @@ class ServeConfig:
             model_path=self.model_path,
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
+            accuracy_peak=self.accuracy_peak,
         )
 
 
@@ -89,7 +91,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT); each loads its own engine (default: %(default)s)"
     )
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=("echo", "llama"), default="echo", help="what produces the answers (default: %(default)s)")
+    g.add_argument("--engine", choices=("echo", "oracle", "llama"), default="echo",
+                   help="what produces the answers; oracle: right with a known probability of the sampling "
+                        "parameters, for checking races (docs/server.md) (default: %(default)s)")
+    g.add_argument("--accuracy-peak", type=float, default=0.8,
+                   help="oracle engine: accuracy at its best setting, temperature 0.3 and top_p 0.9 (default: %(default)s)")
     g.add_argument("--model", metavar="PATH", help=f"GGUF file for --engine llama (default: {DEFAULT_GGUF}; the dir is $SENTECH_MODELS_DIR when set)")
     g.add_argument("--n-ctx", type=int, default=2048, help="context length for --engine llama (default: %(default)s)")
     g.add_argument(
@@ -186,6 +192,8 @@ def parse_config(argv: list[str], prog: str = "sentech-eval serve") -> ServeConf
         problems.append(f"--capacity must be >= 1, got {args.capacity}")
     if args.output_tokens is not None and args.output_tokens < 1:
         problems.append(f"--output-tokens must be >= 1, got {args.output_tokens}")
+    if not 0 < args.accuracy_peak <= 1:
+        problems.append(f"--accuracy-peak must be in (0, 1], got {args.accuracy_peak}")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
     return ServeConfig(
@@ -205,6 +213,7 @@ def parse_config(argv: list[str], prog: str = "sentech-eval serve") -> ServeConf
         output_tokens=args.output_tokens,
         seed=args.seed,
         workers=args.workers,
+        accuracy_peak=args.accuracy_peak,
     )
 
 

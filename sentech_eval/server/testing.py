@@ -54,6 +54,7 @@ _FLAGS = {
     "n_ctx": "--n-ctx",
     "n_threads": "--n-threads",
     "datasets_dir": "--datasets-dir",
+    "accuracy_peak": "--accuracy-peak",
 }
 
 
@@ -88,7 +89,7 @@ def running_server(
 
     ``api_key`` may hold several comma-separated keys; ``None`` or ``""`` serves without auth.
     Options: latency_ms, tokens_per_s, ttft_ms, capacity, output_tokens, stream_usage, seed, error_rate, error_status, retry_after, drop_rate,
-    slow_rate, slow_ms, max_body_bytes, workers, model, n_ctx, n_threads, datasets_dir.
+    slow_rate, slow_ms, max_body_bytes, workers, model, n_ctx, n_threads, datasets_dir, accuracy_peak.
     """
     config = make_config(engine, api_key, **options)
     if subprocess or config.workers > 1:

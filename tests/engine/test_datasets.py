@@ -142,3 +142,24 @@ def test_mapping_works_on_parquet_too(tmp_path):
     path = write(tmp_path, pd.DataFrame({"key": ["a", "b"], "q": ["x?", "y?"], "prompt": ["ignored", "ignored"]}))
     prompts = list(ParquetDataset(path, columns={"id": "key", "prompt": "q"}, batch_size=1))
     assert [(p.id, p.messages[-1]["content"]) for p in prompts] == [("a", "x?"), ("b", "y?")]
+def test_shuffle_is_seeded_and_a_larger_limit_extends_a_smaller_one(tmp_path, monkeypatch):
+    import sentech_eval.engine.datasets as datasets_module
+
+    monkeypatch.setattr(datasets_module, "SHUFFLE_WINDOW", 7)  # several passes over the file
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"id": range(50), "prompt": [f"p{i}" for i in range(50)], "reference": [str(i) for i in range(50)]}
+                 ).to_parquet(path, row_group_size=8)
+
+    def ids(**kw):
+        return [p.id for p in ParquetDataset(path, batch_size=5, **kw)]
+
+    full = ids(shuffle_seed=3)
+    assert sorted(full) == list(range(50)) and full != list(range(50))
+    assert ids(shuffle_seed=3) == full and ids(shuffle_seed=4) != full
+    assert ids(shuffle_seed=3, limit=20) == full[:20]
+    assert ParquetDataset(path, shuffle_seed=3, limit=20).info().num_rows == 20
+    assert ParquetDataset(path, shuffle_seed=3, limit=20).prompt_ids() == full[:20]
+    shards = [ids(shuffle_seed=3, num_shards=2, shard_index=i) for i in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == list(range(50))
+    prompt = next(iter(ParquetDataset(path, shuffle_seed=3)))
+    assert prompt.reference == str(prompt.id) and prompt.messages[-1]["content"] == f"p{prompt.id}"

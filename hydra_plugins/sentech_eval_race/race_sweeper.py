@@ -1,0 +1,67 @@
+"""``hydra/sweeper=race``: the grid of the basic sweeper's ``params``, raced in rounds.
+
+The grid is parsed exactly as Hydra's basic sweeper does it (``hydra.sweeper.params`` plus
+command-line sweeps); ``sentech_eval.engine.race_sweep.run_race`` decides which cells run in each
+round and hands each round to the configured launcher (basic, joblib, ray, submitit …). After the
+race the sweep dir is combined (results.parquet, trials.parquet, sweep.json) and reported
+(report.html with a race section); the last line printed names the winner.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+
+class RaceSweeper(BasicSweeper):
+    """Runs the grid as a race (see docs/sweeps.md); settings under ``race.*`` in the task config."""
+
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        """Parse the grid, race it, combine and report the sweep dir."""
+        from sentech_eval.engine.race_sweep import run_race
+        from sentech_eval.errors import SentechEvalError
+
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
+        cells = self.split_arguments(overrides, None)[0]
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        launcher = self.launcher
+
+        def launch(batch, initial_job_idx):
+            returns = launcher.launch(batch, initial_job_idx=initial_job_idx)
+            self.returns.append(returns)
+            return returns
+
+        self.returns: list[Any] = []
+        try:
+            record = run_race(self.config, cells, launch, sweep_dir)
+        except SentechEvalError as exc:
+            print(f"sentech-eval run: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        _report(sweep_dir, record)
+        return self.returns
+
+
+def _report(sweep_dir: Path, record: dict[str, Any]) -> None:
+    """Combine the cells' results and write report.html (with the race section) into the sweep dir."""
+    from sentech_eval.errors import SentechEvalError
+    from sentech_eval.commands.report import write_report
+    from sentech_eval.engine.sweep import combine
+
+    try:
+        combine(sweep_dir)
+        write_report(sweep_dir / "results.parquet", out=sweep_dir)
+    except SentechEvalError as exc:
+        print(f"sentech-eval race: no report ({exc})", file=sys.stderr)
+    print(record["line"], file=sys.stderr)

@@ -1,0 +1,127 @@
+"""``sentech-eval run … --estimate``: what a run or a whole sweep will cost, before anything is sent.
+
+The config is composed exactly as ``run`` would compose it (Hydra's compose API, same overrides);
+a multirun's grid is expanded as the basic sweeper does (``hydra.sweeper.params`` and command-line
+sweeps), one estimate per job. Output tokens and latency come from earlier runs of the same
+backend and model under ``results/<experiment>/``; without any, ``--estimate`` sends a probe of
+``PROBE_PROMPTS`` prompts into a temporary dir (and says so); ``--estimate=noprobe`` never sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from sentech_eval.engine.estimate import Estimate, History, backend_identity, estimate_run, format_estimates, history_from_results
+
+
+PROBE_PROMPTS = 3
+FLAGS = ("--estimate", "--estimate=noprobe")
+
+
+def wants_estimate(argv: list[str]) -> bool:
+    """True when the command line asks for an estimate."""
+    return any(a in FLAGS for a in argv)
+
+
+def _probe(cfg: DictConfig) -> History | None:
+    """Send PROBE_PROMPTS prompts of this configuration into a temporary dir; their rows are the history."""
+    from omegaconf import OmegaConf
+
+    from sentech_eval.engine.evaluation import run_evaluation
+
+    probe_cfg = OmegaConf.merge(cfg, {"dataset": {"limit": PROBE_PROMPTS}, "runner": {"progress": False, "repeats": 1},
+                                      "scorers": None})
+    probe_cfg.scorers = {}
+    with tempfile.TemporaryDirectory(prefix="sentech-eval-probe-") as tmp:
+        print(f"sentech-eval estimate: no earlier runs of this backend/model; probing with {PROBE_PROMPTS} requests ...",
+              file=sys.stderr)
+        asyncio.run(run_evaluation(probe_cfg, Path(tmp)))
+        kind, model = backend_identity(cfg)
+        history = history_from_results(Path(tmp), kind, model)
+    if history is not None:
+        history.source = f"a probe of {history.rows} requests"
+    return history
+
+
+def _cells(argv: list[str], base: DictConfig, multirun: bool) -> tuple[list[list[str]], int]:
+    """The jobs' override lists (one per grid point) and a multiplier (Optuna trials)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if not multirun:
+        return [argv], 1
+    params = base.hydra.sweeper.get("params") or {}
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + argv)
+    try:
+        return BasicSweeper.split_arguments(overrides, None)[0], 1
+    except HydraException:  # a search space (Optuna): one run of the defaults per trial
+        plain = [o.input_line for o in overrides if not o.is_sweep_override()]
+        return [plain], int(base.hydra.sweeper.get("n_trials") or 1)
+
+
+def main(argv: list[str], conf_dir: Path) -> int:
+    """Print the estimate of the run or sweep that ``argv`` describes; returns the exit code."""
+    from hydra import compose, initialize_config_dir
+
+    probe = "--estimate=noprobe" not in argv
+    multirun_flag = any(a in ("-m", "--multirun") for a in argv)
+    argv = [a for a in argv if a not in FLAGS and a not in ("-m", "--multirun")]
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="sentech-eval"):
+        plain_args = [a for a in argv if not _is_sweep(a)]
+        base = compose(config_name="config", overrides=plain_args, return_hydra_config=True)
+        multirun = multirun_flag or str(base.hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
+        cells, trials = _cells(argv, base, multirun)
+        race = "race_sweeper" in str(base.hydra.sweeper.get("_target_", ""))
+        history = None
+        estimates: list[Estimate] = []
+        for cell in cells:
+            cfg = compose(config_name="config", overrides=list(cell))
+            if history is None:
+                kind, model = backend_identity(cfg)
+                history = history_from_results(Path("results") / str(cfg.experiment), kind, model)
+                if history is None and probe:
+                    history = _probe(cfg)
+            label = " ".join(c for c in cell if c not in plain_args or len(cells) == 1) if multirun else ""
+            estimates.extend([estimate_run(cfg, history, label=label)] * trials)
+    note = ""
+    if race:
+        note = " for the full grid (a race usually spends a fraction of it: see docs/sweeps.md)"
+    if trials > 1:
+        note += f" ({trials} Optuna trials of the default configuration)"
+    print(format_estimates(estimates, note))
+    return 0
+
+
+def _is_sweep(arg: str) -> bool:
+    """A command-line sweep (``key=a,b`` or ``key=range(…)``) rather than one value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if "=" not in arg or arg.startswith("-"):
+        return False
+    try:
+        return OverridesParser.create().parse_overrides([arg])[0].is_sweep_override()
+    except Exception:  # noqa: BLE001 - Hydra reports a malformed override when it composes
+        return False
+
+
+def run(argv: list[str], conf_dir: Path) -> int:
+    """``main`` with user errors turned into one sentence and exit code 2."""
+    from hydra.errors import HydraException
+
+    from sentech_eval.errors import SentechEvalError
+
+    try:
+        return main(argv, conf_dir)
+    except (SentechEvalError, HydraException) as exc:
+        print(f"sentech-eval run --estimate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+

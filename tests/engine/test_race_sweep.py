@@ -1,0 +1,89 @@
+"""`hydra/sweeper=race` end to end: the real CLI against `serve --engine oracle`, whose best cell is known."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from cli_helpers import TEST_KEY, run_cli
+
+from sentech_eval import load_results
+from sentech_eval.server.testing import running_server
+
+KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
+PROMPTS = 200
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    """An oracle server answering a 300-prompt dataset, and that dataset's path."""
+    d = tmp_path_factory.mktemp("race-data")
+    pd.DataFrame({"id": [f"q{i}" for i in range(PROMPTS)], "prompt": [f"Question {i}: which token?" for i in range(PROMPTS)],
+                  "reference": [f"token{i}x" for i in range(PROMPTS)]}).to_parquet(d / "questions.parquet")
+    with running_server("oracle", api_key=TEST_KEY, datasets_dir=d) as url:
+        yield url, d / "questions.parquet"
+
+
+@pytest.fixture(scope="module")
+def race(oracle, tmp_path_factory):
+    url, dataset = oracle
+    sweep_dir = tmp_path_factory.mktemp("race") / "sweep"
+    # The file's temperature axis at top_p 0.9 only (5 cells, command line wins over the file): a quick race.
+    proc = run_cli("run", "+sweep=race_temperature", "sampling.top_p=0.9", "backend=remote", f"backend.base_url={url}",
+                   f"dataset.path={dataset}", "dataset.name=questions", "runner.progress=false",
+                   f"hydra.sweep.dir={sweep_dir}", env=KEY_ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return sweep_dir, proc
+
+
+def test_race_names_the_true_best_cell_last(race):
+    sweep_dir, proc = race
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sentech-eval race: winner sampling.temperature=0.3: score_contains")
+    assert "% of the full grid's requests" in last
+    record = json.loads((sweep_dir / "race.json").read_text())
+    assert record["winner"] == "sampling.temperature=0.3"
+    assert record["ci_low"] <= record["mean"] <= record["ci_high"]
+    assert 0 < record["spent_fraction"] < 1  # cells were cut: less than the full grid
+
+
+def test_race_table_has_every_round_and_the_cuts_are_right(race):
+    sweep_dir, _ = race
+    table = pd.read_parquet(sweep_dir / "race.parquet")
+    assert {"round", "cell", "n", "mean", "ci_low", "ci_high", "status", "reason"} <= set(table.columns)
+    assert table["round"].min() == 1 and (table[table["round"] == 1]["n"] == 50).all()
+    assert len(table[table["round"] == 1]) == 5
+    final = table.sort_values("round").groupby("cell").tail(1)
+    assert (final["status"] == "winner").sum() == 1
+    cut = final[final["status"] == "eliminated"]
+    assert len(cut) >= 3 and cut["reason"].str.contains("worse than the leader").all()
+    # temperature 1.2 is far worse (0.485 vs 0.8): cut before the last round
+    assert table[table["overrides"].str.contains("temperature=1.2")]["round"].max() < table["round"].max()
+
+
+def test_no_prompt_is_sent_twice_for_a_cell_and_combined_results_hold_every_row(race):
+    sweep_dir, _ = race
+    table = pd.read_parquet(sweep_dir / "race.parquet")
+    final = table.sort_values("round").groupby("cell").tail(1)
+    for _, row in final.iterrows():
+        rows = load_results(sweep_dir / f"cell_{row['cell']:02d}")
+        assert len(rows) == row["n"] == rows["prompt_id"].nunique()  # each prompt exactly once
+        assert rows["attempts"].max() == 1
+    combined = load_results(sweep_dir)
+    assert len(combined) == final["n"].sum() == json.loads((sweep_dir / "race.json").read_text())["requests"]
+
+
+def test_report_has_a_race_section(race):
+    sweep_dir, _ = race
+    page = (sweep_dir / "report.html").read_text()
+    assert "<h2>Race</h2>" in page and 'id="race"' in page and "race intervals" in page
+
+
+def test_race_needs_a_score(oracle, tmp_path):
+    url, dataset = oracle
+    proc = run_cli("run", "-m", "hydra/sweeper=race", "sampling.temperature=0,1", "backend=remote",
+                   f"backend.base_url={url}", f"dataset.path={dataset}", "runner.progress=false",
+                   f"hydra.sweep.dir={tmp_path / 's'}", env=KEY_ENV)
+    assert proc.returncode == 2
+    assert "race.score is not set" in proc.stderr and "Traceback" not in proc.stderr
