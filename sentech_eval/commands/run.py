@@ -25,7 +25,7 @@ from sentech_eval.commands import estimate
 from sentech_eval.config import config_error, group_choices, register_configs, unknown_choice_message
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.errors import ConfigError, SentechEvalError
-from sentech_eval.paths import conf_search_path
+from sentech_eval.paths import conf_dir, conf_search_path
 from sentech_eval.secrets import refuse_secret_overrides
 
 GROUP_CHOICE = re.compile(r"^(?P<group>backend|sampling|dataset|runner|scorers|sweep)=(?P<value>.*)$")
@@ -132,7 +132,7 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     check_group_choices(argv)
     register_configs()
     if estimate.wants_estimate(argv):
-        return estimate.run(argv, CONF_DIR)
+        return estimate.run(argv, conf_dir())
     sys.argv = [prog.replace(" ", "-")] + list(argv)
     # Hydra raises its composition errors (a value of the wrong type for its schema) instead of
     # printing them, so they come out as one ConfigError sentence with exit code 2.
