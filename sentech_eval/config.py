@@ -176,7 +176,7 @@ def sampling_from_config(cfg: DictConfig) -> Sampling:
     values = _section(cfg, "sampling")
     for key, valid in SAMPLING_RANGES.items():
         value = values[key]
-        if value is not None and not valid.contains(value):
+        if value is not None and not valid.contains(value, wire_limit=False):
             shown = f"{value:g}" if isinstance(value, float) else value  # as typed: 3, not 3.0
             raise ConfigError(f"sampling.{key}={shown} is out of range; it must be {valid.describe()}.")
     return Sampling(**{key: values[key] for key in SAMPLING_PARAMS})

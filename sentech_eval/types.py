@@ -36,9 +36,15 @@ class Range:
     integer: bool = False
     note: str = ""  # shown after the range, e.g. "0 disables top-k"
 
-    def contains(self, value: float) -> bool:
-        """True when ``value`` lies in the range (the type is the caller's check)."""
-        return (value > self.low if self.low_open else value >= self.low) and value <= self.high
+    def contains(self, value: float, *, wire_limit: bool = True) -> bool:
+        """True when ``value`` lies in the range (the type is the caller's check).
+
+        ``wire_limit=False`` skips an upper bound that only the wire format sets (≥ 2**31 - 1):
+        the config leaves that one to the server, which answers 400.
+        """
+        if not (value > self.low if self.low_open else value >= self.low):
+            return False
+        return value <= self.high or (not wire_limit and self.high >= INT32_MAX)
 
     def describe(self) -> str:
         """The range in words: "between 0 and 2", "greater than 0 and at most 1", "at least 1"."""
