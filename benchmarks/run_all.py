@@ -21,7 +21,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 # In this order: the server first (the others rely on it not being the bottleneck).
 SCRIPTS = ("bench_server", "bench_runner_overhead", "bench_timing", "bench_memory", "bench_local", "bench_stats",
-           "bench_startup", "bench_threads", "bench_load", "bench_streaming", "bench_race")
+           "bench_startup", "bench_threads", "bench_load", "bench_streaming", "bench_race", "bench_cache")
 
 
 def main() -> int:

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("sentech_eval.commands.report:main", "summary.parquet, report.html and a markdown summary of results"),
     "compare": ("sentech_eval.commands.compare:main", "paired comparison of two runs (e.g. remote vs local)"),
     "check": ("sentech_eval.commands.check:main", "CI regression gate: exit 1 when a threshold regresses"),
+    "cache": ("sentech_eval.commands.cache:main", "response cache: stats, clear [--model M] [--older-than 30d], explain RUN_DIR PROMPT_ID"),
     "fetch-model": ("sentech_eval.commands.fetch_model:main", "put the embedded default GGUF model in place"),
 }
 

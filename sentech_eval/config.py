@@ -35,6 +35,8 @@ MAX_P99_SEND_LAG_S = 0.010
 MIN_ACHIEVED_FRACTION = 0.98
 RACE_KEYS = {"score", "confidence", "min_effect", "keep", "start", "growth"}
 PRICE_KEYS = {"input_per_mtok", "output_per_mtok", "per_hour"}
+CACHE_MODES = ("off", "on", "refresh", "only")
+CACHE_ON_CORRUPT = ("continue", "stop")
 # A key whose name looks like it carries a credential. `api_key_env` names a variable, so it is fine.
 SECRET_KEY_PATTERN = re.compile(r"(^|_)(api_?key|key|token|secret|password|authorization|bearer)$", re.IGNORECASE)
 ALLOWED_SECRETISH_KEYS = {"api_key_env", "max_tokens", "top_k"}
@@ -82,6 +84,11 @@ class RunnerConfig:
     rate: Any = None  # open loop: requests/s, or "auto" (a closed-loop probe, then fractions of it)
     burstiness: float = 1.0  # gamma: 1 = Poisson, < 1 burstier, > 1 more regular
     arrival_seed: Optional[int] = None  # seeds the send times; None = sampling.seed
+
+    cache: str = "off"  # response cache: off | on (read+write) | refresh (write only) | only (read only)
+    cache_dir: Optional[str] = None  # None = the user cache dir (~/.cache/sentech-eval)
+    cache_unseeded: bool = False  # serve seedless temperature > 0 requests from the cache too
+    cache_on_corrupt: str = "continue"  # a damaged cache file: continue without it, or stop
 
     @property
     def open_loop(self) -> bool:
@@ -227,6 +234,11 @@ def runner_from_config(cfg: DictConfig) -> RunnerConfig:
         raise ConfigError(f"runner.stop_at_ci_half_width={values['stop_at_ci_half_width']} needs runner.stop_score, "
                           "the score whose interval is watched (e.g. runner.stop_score=contains, with scorers=[contains]).")
     _check_arrival(values)
+    cache = values["cache"]
+    if cache not in CACHE_MODES:
+        raise ConfigError(f"runner.cache={cache!r} is not a cache mode; choose one of: {', '.join(CACHE_MODES)}.")
+    if values["cache_on_corrupt"] not in CACHE_ON_CORRUPT:
+        raise ConfigError(f"runner.cache_on_corrupt={values['cache_on_corrupt']!r} must be continue or stop.")
     return RunnerConfig(**values)
 
 

@@ -5,7 +5,8 @@
     ├── DatasetError            a dataset that breaks the input schema (names file, column, row)
     ├── BackendError            a backend that cannot start (missing key, model file, library)
     │   └── AuthenticationError the server rejected the API key (401/403): the run stops
-    └── ResultsError            results that cannot be read or combined
+    ├── ResultsError            results that cannot be read or combined
+    └── CacheError              the response cache file cannot be used (not SQLite, damaged, newer schema)
 
 Request failures are *not* exceptions: they become rows with ``status="error"``.
 """
@@ -33,3 +34,7 @@ class AuthenticationError(BackendError):
 
 class ResultsError(SentechEvalError):
     """A results file or directory cannot be read."""
+
+
+class CacheError(SentechEvalError):
+    """The response cache cannot be opened, read or written (damaged file, foreign file, newer format)."""

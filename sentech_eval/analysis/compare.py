@@ -108,10 +108,18 @@ def _percentile_rows(pairs: pd.DataFrame, column: str, name: str) -> list[dict]:
     if col_a not in pairs.columns or col_b not in pairs.columns:
         return []
     ok = _ok(pairs, "a") & _ok(pairs, "b")
+    # a row answered from the response cache measured nothing in its run: timings use fresh pairs only
+    from_cache = ok & (_cached(pairs, "a") | _cached(pairs, "b"))
+    ok &= ~from_cache
     a = pd.to_numeric(pairs.loc[ok, col_a], errors="coerce")
     b = pd.to_numeric(pairs.loc[ok, col_b], errors="coerce")
     both = a.notna() & b.notna()
+    n_cached = int(from_cache.sum())
+    cache_note = f"; {n_cached} pairs with a row from the response cache left out" if n_cached else ""
     if not both.any():
+        if n_cached:
+            return [metric_row(f"{name}_p50", column, n_pairs=0,
+                         note=f"no latency measured: all {n_cached} ok pairs have a row from the response cache")]
         return []
     a, b = a[both].to_numpy(dtype=float), b[both].to_numpy(dtype=float)
     rows = []
@@ -121,9 +129,17 @@ def _percentile_rows(pairs: pd.DataFrame, column: str, name: str) -> list[dict]:
         rows.append(metric_row(
             f"{name}_p{q}", column, value_a=pa, value_b=pb, diff=pb - pa,
             ratio=(pb / pa) if pa > 0 else None, n_pairs=int(both.sum()),
-            note="pairs where both requests succeeded",
+            note="pairs where both requests succeeded" + cache_note,
         ))
     return rows
+
+
+def _cached(pairs: pd.DataFrame, side: str) -> pd.Series:
+    """True where that side's row was answered from the response cache."""
+    col = f"cached_{side}"
+    if col not in pairs.columns:
+        return pd.Series(False, index=pairs.index)
+    return pairs[col].fillna(False).astype(bool)
 
 
 def performance_rows(paired: PairedResults) -> list[dict]:

@@ -200,6 +200,9 @@ def evaluate(paired: PairedResults, metrics: pd.DataFrame, thresholds: Threshold
             r = by_metric.get((f"latency_{q}", "latency_s"))
             if r is None:
                 raise ResultsError("--max-latency-increase needs latency_s on both sides for pairs where both succeeded; none found.")
+            if r["value_a"] is None or r["value_a"] != r["value_a"]:  # a row without values says why (e.g. the cache)
+                raise ResultsError(f"--max-latency-increase needs latency measured on both sides; {r['note']} "
+                                   "(re-run with runner.cache=off or refresh to measure it).")
             a, b = float(r["value_a"]), float(r["value_b"])
             ratio = b / a if a > 0 else (1.0 if b <= 0 else float("inf"))
             allowed = a * (1 + limit) + slack_s

@@ -7,7 +7,9 @@ column passed as ``cluster``: Wilson or cluster-adjusted Wilson for 0/1 scores, 
 bootstrap otherwise; see ``analysis.stats``), latency and TTFT percentiles, token counts,
 ``output_tokens_per_s`` (throughput: all completion tokens over the wall-clock span) and
 ``decode_tokens_per_s_p50`` (the median per-request decode speed of streamed rows). Errored rows
-count in ``error_rate`` but never in a quality mean or a latency percentile.
+count in ``error_rate`` but never in a quality mean or a latency percentile. Rows answered from the
+response cache (``cached``) count in the quality figures; ``n_cached`` says how many there are, and
+latency, TTFT and throughput figures use the fresh rows only (NaN when every row came from the cache).
 """
 
 from __future__ import annotations
@@ -81,6 +83,25 @@ def _wall_seconds(part: pd.DataFrame) -> float | None:
     return wall if wall > 0 else None
 
 
+def cached_mask(df: pd.DataFrame) -> pd.Series:
+    """True for rows answered from the response cache (False where the column is missing or null)."""
+    if "cached" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["cached"].fillna(False).astype(bool)
+
+
+def cache_note(summary: pd.DataFrame) -> str | None:
+    """One sentence on rows answered from the response cache, or None when there were none."""
+    if "n_cached" not in summary or not summary["n_cached"].fillna(0).any():
+        return None
+    cached, total = int(summary["n_cached"].sum()), int(summary["n"].sum())
+    if cached == total:
+        return (f"All {total} rows came from the response cache: these results measured no latency "
+                "(latency and tokens/s are empty; the rows keep the original requests' latency_s).")
+    return (f"{cached} of {total} rows came from the response cache: scores use every row; latency and tokens/s "
+            f"use the {total - cached} fresh rows only.")
+
+
 def cluster_column(df: pd.DataFrame, cluster: str | None = None) -> str | None:
     """The column whose rows form one cluster: ``cluster`` if given (it must exist), else ``prompt_id``."""
     if cluster is None:
@@ -119,6 +140,9 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
     groups = df.groupby(keys, dropna=False, sort=False) if keys else [((), df)]
     for _, part in groups:
         ok = part[part["status"] == "ok"]
+        from_cache = cached_mask(part)
+        fresh_part = part[~from_cache]  # what this run measured: latency, TTFT and throughput come from these
+        fresh = ok[~from_cache.loc[ok.index]]
         row: dict = {}
         if "config_id" in part:
             row["config_id"] = _describe(part, "config_id")
@@ -127,6 +151,7 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
                 row[col] = _describe(part, col)
         row["n"] = len(part)
         row["n_ok"] = len(ok)
+        row["n_cached"] = int(from_cache.sum())
         row["error_rate"] = stats.error_rate(part["status"].to_numpy())
         clusters = part[clusters_col].astype(str).to_numpy() if clusters_col else None
         status = part["status"].to_numpy()
@@ -137,12 +162,12 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
             row[f"{col}_ci_method"] = ci.method
             row[f"{col}_n"] = ci.n
             row[f"{col}_n_clusters"] = ci.n_clusters
-        latency = ok["latency_s"].to_numpy(dtype=float, na_value=np.nan) if "latency_s" in ok else np.array([])
+        latency = fresh["latency_s"].to_numpy(dtype=float, na_value=np.nan) if "latency_s" in fresh else np.array([])
         row["latency_s_mean"] = float(np.nanmean(latency)) if np.any(~np.isnan(latency)) else np.nan
         for q, v in stats.percentiles(latency, LATENCY_QS).items():
             row[f"latency_s_p{q}"] = v
         if has_ttft:
-            for q, v in stats.percentiles(ok["ttft_s"].to_numpy(dtype=float, na_value=np.nan), TTFT_QS).items():
+            for q, v in stats.percentiles(fresh["ttft_s"].to_numpy(dtype=float, na_value=np.nan), TTFT_QS).items():
                 row[f"ttft_s_p{q}"] = v
         completion = ok["completion_tokens"].to_numpy(dtype=float, na_value=np.nan) if "completion_tokens" in ok else np.array([np.nan])
         prompt_tokens = part["prompt_tokens"].to_numpy(dtype=float, na_value=np.nan) if "prompt_tokens" in part else np.array([np.nan])
@@ -150,15 +175,18 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
         row["prompt_tokens_sum"] = int(np.nansum(prompt_tokens))
         completion_all = part["completion_tokens"].to_numpy(dtype=float, na_value=np.nan) if "completion_tokens" in part else np.array([np.nan])
         row["completion_tokens_sum"] = int(np.nansum(completion_all))
-        wall = _wall_seconds(part) if "latency_s" in part else None
-        if wall is None and "latency_s" in ok:
+        # throughput: what the fresh rows did in the time they took (cached rows took no time here)
+        wall = _wall_seconds(fresh_part) if "latency_s" in part and len(fresh_part) else None
+        if wall is None and "latency_s" in fresh:
             busy = float(np.nansum(latency))
             wall = busy if busy > 0 else None
+        fresh_completion = (fresh_part["completion_tokens"].to_numpy(dtype=float, na_value=np.nan)
+                            if "completion_tokens" in part else np.array([np.nan]))
         row["wall_s"] = wall if wall is not None else np.nan
-        row["output_tokens_per_s"] = row["completion_tokens_sum"] / wall if wall else np.nan
-        decode = decode_tokens_per_s(ok)
+        row["output_tokens_per_s"] = int(np.nansum(fresh_completion)) / wall if wall else np.nan
+        decode = decode_tokens_per_s(fresh)
         row["decode_tokens_per_s_p50"] = float(np.median(decode)) if decode.size else np.nan
-        row["requests_per_s"] = len(part) / wall if wall else np.nan
+        row["requests_per_s"] = len(fresh_part) / wall if wall else np.nan
         rows.append(row)
     summary = pd.DataFrame(rows)
     sort_cols = [c for c in ("backend", "model", "dataset") + SAMPLING_COLUMNS if c in summary]

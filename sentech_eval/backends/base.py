@@ -22,7 +22,8 @@ class Backend(Protocol):
     Required: ``kind``, ``model``, ``from_config``, ``complete``, ``aclose``. Optional, with
     defaults here: ``max_concurrency`` (None: no limit of its own), ``auth_hint`` (appended to the
     sentence that stops a run on a rejected key), ``set_timeout`` (a per-attempt timeout; ignored
-    by default), ``metadata`` (``kind`` and ``model``).
+    by default), ``metadata`` (``kind`` and ``model``), ``cache_identity`` (None: answers are not
+    cached).
     """
 
     kind: str  # "remote" | "local" | ...: goes into the ``backend`` column
@@ -53,6 +54,12 @@ class Backend(Protocol):
     def metadata(self) -> dict[str, Any]:
         """Facts about the backend for the results' Parquet metadata (never secrets)."""
         return {"kind": self.kind, "model": self.model}
+
+    def cache_identity(self) -> dict[str, Any] | None:
+        """What identifies this backend's answers for the response cache: every setting that can
+        change an answer, never a secret (``model_path`` is replaced by the file's sha256). None:
+        the backend cannot say, and its answers are not cached (docs/cache.md)."""
+        return None
 
 
 # kind -> "module:ClassName"; imported lazily so optional dependencies load only when chosen.

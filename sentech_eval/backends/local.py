@@ -243,6 +243,17 @@ class LocalBackend(Backend):
             "stream": self.settings.stream,
         }
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What identifies this model's answers for the response cache: the GGUF file (the cache
+        replaces its path by the file's sha256), the llama.cpp build and the load settings."""
+        meta = self._metadata
+        return {
+            "backend": self.kind, "model": self.model, "model_path": self.settings.model_path,
+            "llama_cpp_python": meta.get("llama_cpp_python_version"), "n_ctx": meta.get("n_ctx"),
+            "chat_format": meta.get("chat_format"), "n_gpu_layers": self.settings.n_gpu_layers,
+            "stream": self.settings.stream, "seed_sent": True,
+        }
+
     async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         """Run one chat completion on a free worker; failures come back as ``status="error"``."""
         if self._closed:

@@ -280,6 +280,11 @@ class RemoteBackend(Backend):
         """Endpoint and model (never the key)."""
         return {"kind": self.kind, "url": self.url, "model": self.model, "stream": self.stream}
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What identifies this backend's answers for the response cache (never the key)."""
+        return {"backend": self.kind, "base_url": self.base_url, "model": self.model, "stream": self.stream,
+                "seed_sent": self.send_seed}
+
     def set_timeout(self, timeout_s: float) -> None:
         """Per-attempt timeout (the runner's ``runner.timeout_s`` overrides the backend's)."""
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)

@@ -27,6 +27,7 @@ from sentech_eval.config import (
     validate,
 )
 from sentech_eval.errors import ConfigError
+from sentech_eval.engine.cache import RunCache, open_run_cache
 from sentech_eval.engine.datasets import ParquetDataset
 from sentech_eval.engine.results import (
     PARTS_DIR, RESULTS_FILE, ResultsWriter, keep_latest_per_key, read_run_table, results_schema,
@@ -158,6 +159,10 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
         if done:
             print(f"sentech-eval run: resuming in {out_dir}: {len(done)} rows already done are skipped.", file=sys.stderr)
         run_id = uuid.uuid4().hex[:12]
+        cache = open_run_cache(backend, mode=runner_cfg.cache, cache_dir=runner_cfg.cache_dir, run_id=run_id,
+                               dataset=dataset_cfg.name, unseeded_ok=runner_cfg.cache_unseeded,
+                               on_corrupt=runner_cfg.cache_on_corrupt)
+        hooks = [cache, *hooks] if cache is not None else list(hooks)  # the cache first: a hit needs no other hook
         score_fields = [pa.field(name, dtype) for scorer in scorers for name, dtype in scorer.columns().items()]
         hooks = [*hooks, *budget_hooks(runner_cfg, price, out_dir, cfg_id, dataset, score_fields)]
         schema_hooks = ([ArrivalHook("closed", None)] if runner_cfg.open_loop else []) + list(hooks)
@@ -168,6 +173,7 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
             "backend": backend.metadata(), "versions": package_versions(), "git_commit": git_commit(),
             "dataset": {"name": dataset_cfg.name, "path": str(dataset_cfg.path), "rows": info.num_rows},
             "created_at": datetime.now(timezone.utc).isoformat(),
+            "cache": cache.describe() if cache is not None else {"mode": "off"},
         }
         writer = ResultsWriter(out_dir, schema, metadata)
         identity = RunIdentity(run_id, cfg_id, backend.kind, backend.model, dataset_cfg.name)
@@ -198,6 +204,8 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
                 summary = await run_level(runner_cfg, dataset.iter_prompt_batches(), info.num_rows)
         finally:
             path = writer.close(keep=keep_latest_per_key if resuming else None)
+            if cache is not None:
+                cache.close()
     finally:
         await backend.aclose()
         for scorer in scorers:
@@ -206,6 +214,7 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
     result = {
         "results": str(path), "rows": summary.total, "ok": summary.ok, "errors": summary.errors,
         "skipped": summary.skipped, "retries": summary.retries, "lowest_concurrency": summary.lowest_concurrency,
+        "cached": cache.hits if cache is not None else 0,
         "elapsed_s": round(summary.elapsed_s, 3),
         "interrupted": summary.interrupted, "stop_reason": summary.stop_reason, "scores": means,
     }
@@ -218,6 +227,8 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
     line = f"sentech-eval run: {summary.ok} ok, {summary.errors} errors"
     if summary.skipped:
         line += f", {summary.skipped} skipped (already done)"
+    if cache is not None:
+        line += f", {cache.hits} from cache"
     if summary.retries:
         line += f", {summary.retries} retries"
     if summary.lowest_concurrency is not None:
@@ -230,6 +241,9 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
         result["cost_usd"] = cost.spent
         line += f"  cost ${cost.spent:.4f}"
     print(line, file=sys.stderr)
+    note = cache_note(cache, summary.ok)
+    if note:
+        print(note, file=sys.stderr)
     if summary.stop_reason:
         print(f"sentech-eval run: stopped early: {summary.stop_reason}. The rest can still be sent (rows already ok "
               f"are skipped) with:\n  {resume_command(out_dir)}", file=sys.stderr)
@@ -305,6 +319,23 @@ async def auto_load_sweep(run_level: Callable[[RunnerConfig, Iterator[list[Promp
             total.stop_reason = total.stop_reason or part.stop_reason
             break
     return total
+
+
+def cache_note(cache: RunCache | None, ok: int) -> str | None:
+    """What the cache did to this run's measurements, in one line or two (None when it did nothing)."""
+    if cache is None:
+        return None
+    parts, cached = [], cache.hits
+    if ok and cached == ok:
+        parts.append(f"sentech-eval run: all {ok} ok rows came from the response cache: this run measured no latency "
+                     "(their latency_s/ttft_s are the original requests').")
+    elif cached:
+        parts.append(f"sentech-eval run: {cached} of {ok} ok rows came from the response cache; latency figures in "
+                     f"reports use the {ok - cached} fresh rows only.")
+    if cache.refused_unseeded:
+        parts.append(f"sentech-eval run: {cache.refused_unseeded} seedless requests at temperature > 0 were not served "
+                     "from the cache (set a seed that is sent, or runner.cache_unseeded=true).")
+    return "\n".join(parts) or None
 
 
 def resume_command(out_dir: Path) -> str:

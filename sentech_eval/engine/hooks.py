@@ -2,9 +2,13 @@
 
 A hook is passed to ``Runner(..., hooks=[...])``; the runner calls, per item, in this order:
 
+0. ``before_batch(prompts, repeat, sampling)`` — once per dataset batch and repeat, before its
+   items are handed out (synchronous): work out something for the whole batch at once (the
+   cache reads the batch's answers in one query instead of one per item).
 1. ``before_send(item)`` — before any pacing or request. May wait (an open-loop arrival waits for
    its scheduled send time) and may answer the item itself by returning a ``Completion`` (a cache
-   hit): then no request is sent. The first hook that returns a completion wins.
+   hit): then no request is sent. The first hook that returns a completion wins. A hook that
+   answers may set ``item.started_at`` (a cache hit keeps the original request's start).
 2. the send loop (pacing, send, settle, retry) — not hookable.
 3. ``after_final(item, completion)`` — once the item's outcome is final, before its row is
    recorded (a cache write; computing a column such as ``cost_usd``). Not called for an item
@@ -19,7 +23,7 @@ evaluation adds them to the schema, and a hook fills them through ``item.columns
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +66,10 @@ class RunHook:
     def columns(self) -> dict[str, pa.DataType]:
         """Extra result columns this hook fills, with their Arrow types."""
         return {}
+
+    def before_batch(self, prompts: Sequence[Prompt], repeat: int, sampling: Sampling) -> None:
+        """Called once per dataset batch and repeat (resumed rows left out), before its items are sent."""
+        return None
 
     async def before_send(self, item: Item) -> Completion | None:
         """Called before pacing; may wait; return a Completion to answer the item without a request."""

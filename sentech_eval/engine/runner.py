@@ -15,7 +15,8 @@ Extension points (``engine.hooks``; ``Runner(..., hooks=[...])``, none by defaul
 - before a send — ``RunHook.before_send(item)`` may wait (open-loop arrivals: wait for the item's
   scheduled send time, record ``scheduled_s`` / ``send_lag_s`` from ``item.sent`` in
   ``after_final``) and may answer the item without a request (a cache hit; mark the row with a
-  column such as ``cached``).
+  column such as ``cached``). ``RunHook.before_batch`` sees each dataset batch first (the cache
+  reads the whole batch's answers in one query).
 - after the outcome is final — ``RunHook.after_final(item, completion)`` (a cache write after an
   ok answer; a ``cost_usd`` column through ``item.set_column``).
 - after the row is recorded — ``RunHook.on_row(row)`` returns a reason to stop the run cleanly
@@ -74,6 +75,7 @@ class Runner:
         self.summary = self.recorder.summary
         self._auth_error: AuthenticationError | None = None
         self._row_hooks = [h for h in self.hooks if type(h).on_row is not RunHook.on_row]
+        self._batch_hooks = [h for h in self.hooks if type(h).before_batch is not RunHook.before_batch]
         # Per repeat: its Sampling (seed + repeat) and that Sampling's column values, built once.
         self._repeats: dict[int, tuple[Sampling, tuple[Any, ...]]] = {}
         self._start = 0.0
@@ -81,10 +83,14 @@ class Runner:
 
     # ---- items ------------------------------------------------------------------------------
     def _items(self, batches: Iterator[list[Prompt]]) -> Iterator[Item]:
-        done, index = self.done_keys, 0
+        done, index, batch_hooks = self.done_keys, 0, self._batch_hooks
         for batch in batches:
             for repeat in range(self.config.repeats):
                 sampling, sampled = self._for_repeat(repeat)
+                if batch_hooks:
+                    todo = [p for p in batch if (str(p.id), repeat) not in done] if done else batch
+                    for hook in batch_hooks:
+                        hook.before_batch(todo, repeat, sampling)
                 for prompt in batch:
                     if done and (str(prompt.id), repeat) in done:
                         self.summary.skipped += 1
@@ -166,7 +172,9 @@ class Runner:
         for hook in self.hooks:
             answer = await hook.before_send(item)
             if answer is not None:
-                item.started_at, item.queue_s = time.time(), time.perf_counter() - item.queued
+                if item.started_at is None:  # a cache hit keeps the original request's start
+                    item.started_at = time.time()
+                item.queue_s = time.perf_counter() - item.queued
                 answer.attempts = 0  # no request was sent for it
                 return answer
         return None

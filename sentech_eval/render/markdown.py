@@ -13,7 +13,7 @@ from sentech_eval.analysis.compare import comparison_warnings
 from sentech_eval.analysis.gate import CheckResult, Thresholds
 from sentech_eval.analysis.pairing import PairedResults
 from sentech_eval.analysis.stats import METHOD_DESCRIPTIONS
-from sentech_eval.analysis.summary import config_labels, interval_notes
+from sentech_eval.analysis.summary import cache_note, config_labels, interval_notes
 
 
 def fmt(value, signed: bool = False, digits: int = 4) -> str:
@@ -60,6 +60,9 @@ def report_markdown(summary: pd.DataFrame, title: str) -> str:
     notes = interval_notes(summary)
     if notes:
         lines += ["", "95% CIs, clustered over prompts: " + " · ".join(notes) + "."]
+    note = cache_note(summary)
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from sentech_eval.analysis.summary import (
-    config_keys, config_labels, interval_notes, score_columns, swept_parameters, worst_examples,
+    cache_note, cached_mask, config_keys, config_labels, interval_notes, score_columns, swept_parameters,
+    worst_examples,
 )
 from sentech_eval.render import plots
 from sentech_eval.render.markdown import fmt_fixed
@@ -128,11 +129,13 @@ def build_html(df: pd.DataFrame, summary: pd.DataFrame, title: str, top: int = 1
     swept = [p for p in swept_parameters(summary) if p not in ("backend", "model", "dataset") or summary[p].nunique() > 1]
     sections = [f"<h1>sentech-eval report</h1><p class=\"muted\">{html.escape(title)} — {len(df)} rows, "
                 f"{len(summary)} configuration(s), scores: {html.escape(', '.join(s.removeprefix('score_') for s in scores) or 'none')}</p>"]
+    note = cache_note(summary)
     sections.append("<h2>Summary</h2>" + _summary_table_html(summary, labels)
                     + '<p class="muted">95% CIs with the prompt as the unit (rows of one prompt are never counted as '
                     "independent): " + html.escape(" · ".join(interval_notes(summary)) or "no scores")
                     + ". Errored rows count in error_rate only. output tok/s is throughput over all requests in "
-                    "flight; decode tok/s is the median per-request speed after the first token.</p>")
+                    "flight; decode tok/s is the median per-request speed after the first token.</p>"
+                    + (f'<p id="cache-note">{html.escape(note)}</p>' if note else ""))
     score_imgs = []
     if swept:
         for score in scores:
@@ -148,7 +151,8 @@ def build_html(df: pd.DataFrame, summary: pd.DataFrame, title: str, top: int = 1
     if load_section:  # render.load.load_html: the load table, its curves and the knee
         sections.append(load_section)
     sections.extend(extra_sections)  # e.g. the race section of a race sweep (render/race.py)
-    sections.append('<h2>Latency</h2><div class="plots">' + _img(plots.latency_cdf(df, label_of), "latency CDF") + "</div>")
+    fresh = df[~cached_mask(df)]  # rows answered from the cache measured no latency in these runs
+    sections.append('<h2>Latency</h2><div class="plots">' + _img(plots.latency_cdf(fresh, label_of), "latency CDF") + "</div>")
     sections.append('<h2>Tokens</h2><div class="plots">' + _img(plots.token_histograms(df, label_of), "token histograms") + "</div>")
     sections.append(f"<h2>Worst-scoring examples (top {top})</h2>" + _examples_html(worst_examples(df, scores, top), scores, label_of))
     sections.append("<h2>Errors</h2>" + _errors_html(df, label_of))
