@@ -75,11 +75,11 @@ def evaluate(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any], str]:
     from hydra import compose, initialize_config_dir
 
     from sentech_eval.config import register_configs
-    from sentech_eval.paths import CONF_DIR
+    from sentech_eval.paths import conf_dir
     from sentech_eval.engine.evaluation import run_evaluation
 
     register_configs()  # the ConfigStore schemas the YAML groups extend, as `sentech-eval run` does
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     err = io.StringIO()
     with redirect_stderr(err):
