@@ -11,8 +11,10 @@ adds the range checks and runs before any request.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import asdict, dataclass
@@ -24,6 +26,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from sentech_eval.errors import ConfigError
 from sentech_eval.paths import CONF_PACKAGE, conf_dir, conf_search_path, datasets_dir, default_models_dir
+from sentech_eval.secrets import environment_secrets, find_credentials, redact_tree
 from sentech_eval.types import SAMPLING_PARAMS, SAMPLING_RANGES, Sampling
 
 TOP_LEVEL_KEYS = {"experiment", "backend", "sampling", "dataset", "runner", "scorers", "sweep", "hydra", "objective", "race"}
@@ -37,9 +40,6 @@ RACE_KEYS = {"score", "confidence", "min_effect", "keep", "start", "growth"}
 PRICE_KEYS = {"input_per_mtok", "output_per_mtok", "per_hour"}
 CACHE_MODES = ("off", "on", "refresh", "only")
 CACHE_ON_CORRUPT = ("continue", "stop")
-# A key whose name looks like it carries a credential. `api_key_env` names a variable, so it is fine.
-SECRET_KEY_PATTERN = re.compile(r"(^|_)(api_?key|key|token|secret|password|authorization|bearer)$", re.IGNORECASE)
-ALLOWED_SECRETISH_KEYS = {"api_key_env", "max_tokens", "top_k"}
 
 # The sampling schema: Sampling's fields, every one optional (None = not sent), no default of its own.
 SamplingConfig = dataclasses.make_dataclass(
@@ -79,6 +79,7 @@ class RunnerConfig:
     progress: bool = True
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    max_retry_after_s: float = 120.0  # a server's Retry-After (429/503 only) is honoured up to this
     max_error_rate: Optional[float] = None  # the run exits 1 when a larger share of rows are errors
     arrival: str = "closed"  # closed | constant | poisson | gamma
     rate: Any = None  # open loop: requests/s, or "auto" (a closed-loop probe, then fractions of it)
@@ -119,6 +120,16 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
     if not OmegaConf.has_resolver("datasets_dir"):
         OmegaConf.register_new_resolver("datasets_dir", lambda: str(datasets_dir()))
+    if not OmegaConf.has_resolver("stem"):  # a dataset is named after its file: ${stem:${.path}}
+        OmegaConf.register_new_resolver("stem", lambda path: dataset_stem(str(path)))
+
+
+def dataset_stem(path: str) -> str:
+    """A dataset's name from its file: '/data/q.jsonl' -> 'q' (every suffix of a known format dropped)."""
+    name = Path(path).name
+    for suffix in (".gz", ".zst", ".parquet", ".jsonl", ".json", ".csv", ".pq"):
+        name = name.removesuffix(suffix)
+    return name or "dataset"
 
 
 def config_error(exc: BaseException, section: str = "") -> ConfigError:
@@ -133,8 +144,7 @@ def config_error(exc: BaseException, section: str = "") -> ConfigError:
     key = f"{section}.{key}" if section and key and not key.startswith(section + ".") else key or section
     schema = getattr(cause, "object_type", None)
     if isinstance(cause, ConfigKeyError) and dataclasses.is_dataclass(schema):
-        known = ", ".join(sorted(f.name for f in dataclasses.fields(schema)))
-        return ConfigError(f"Unknown config key '{key}'; known keys are: {known}.")
+        return unknown_key_error(key, [f.name for f in dataclasses.fields(schema)])
     message = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
     converted = re.search(r"could not be converted to (\w+)", message)
     if isinstance(cause, ValidationError) and converted:
@@ -145,6 +155,34 @@ def config_error(exc: BaseException, section: str = "") -> ConfigError:
         return ConfigError(f"Config key '{key}' must be {kind}{' or null' if nullable else ''}, "
                            f"got {getattr(cause, 'value', None)!r}.")
     return ConfigError(f"Config key '{key}': {message.rstrip('.')}." if key else f"{message.rstrip('.')}.")
+
+
+def unknown_key_error(full_key: str, known: list[str]) -> ConfigError:
+    """An unknown key, naming the nearest valid one (a typo) or else every valid one."""
+    parent, _, leaf = full_key.rpartition(".")
+    close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.5)
+    hint = (f"did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close
+            else f"known keys are: {', '.join(sorted(known))}.")
+    return ConfigError(f"Unknown config key '{full_key}'; {hint} (To add a new key on purpose, write +{full_key}=….)")
+
+
+def number_setting(name: str, value: Any, *, integer: bool = False, minimum: float | None = None,
+                   positive: bool = False, default: float | int | None = None) -> Any:
+    """A numeric setting checked for type and range; ConfigError naming ``name`` (``backend.timeout_s``) otherwise.
+
+    ``None`` gives ``default``; ``positive`` means > 0; ``minimum`` means >= minimum.
+    """
+    if value is None:
+        return default
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int))
+            or not math.isfinite(value)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"Config key '{name}' must be {kind} or null, got {value!r}.")
+    if positive and value <= 0:
+        raise ConfigError(f"{name}={value} must be greater than 0.")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum:g}.")
+    return value
 
 
 def _section(cfg: DictConfig, name: str) -> dict[str, Any]:
@@ -163,19 +201,9 @@ def _section(cfg: DictConfig, name: str) -> dict[str, Any]:
         raise config_error(exc, name) from None
 
 
-def find_secret_keys(node: Any, prefix: str = "") -> list[str]:
-    """Dotted names of config keys that look like they hold a credential."""
-    found = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            dotted = f"{prefix}.{key}" if prefix else str(key)
-            if str(key) not in ALLOWED_SECRETISH_KEYS and SECRET_KEY_PATTERN.search(str(key)):
-                found.append(dotted)
-            found.extend(find_secret_keys(value, dotted))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            found.extend(find_secret_keys(value, f"{prefix}[{index}]"))
-    return found
+def find_secret_keys(node: Any) -> list[str]:
+    """Dotted names of config entries that hold a credential (by name or by a key-shaped value)."""
+    return find_credentials(node, secrets=environment_secrets())
 
 
 def sampling_from_config(cfg: DictConfig) -> Sampling:
@@ -211,7 +239,7 @@ def dataset_from_config(cfg: DictConfig) -> DatasetConfig:
         raise ConfigError("dataset.columns must map dataset columns to the file's column names, "
                           "e.g. dataset.columns.prompt=question dataset.columns.reference=answer.")
     values["columns"] = columns
-    values["name"] = values["name"] or Path(str(values["path"])).stem
+    values["name"] = values["name"] or dataset_stem(str(values["path"]))
     values["path"] = str(values["path"])
     return DatasetConfig(**values)
 
@@ -227,7 +255,17 @@ def runner_from_config(cfg: DictConfig) -> RunnerConfig:
     if values["max_error_rate"] is not None and not 0 <= values["max_error_rate"] <= 1:
         raise ConfigError(f"runner.max_error_rate={values['max_error_rate']:g} must be between 0 and 1 (or null: "
                           "only a run whose every row failed exits non-zero).")
-    for key in ("timeout_s", "rpm", "tpm", "stop_at_ci_half_width", "max_cost_usd"):
+    for key in ("timeout_s", "rpm", "tpm", "flush_s", "backoff_base_s", "backoff_max_s", "max_retry_after_s"):
+        if values[key] is not None and not math.isfinite(values[key]):
+            raise ConfigError(f"Config key 'runner.{key}' must be a number or null, got {values[key]!r}.")
+    for key in ("timeout_s", "rpm", "tpm", "flush_s"):
+        if values[key] is not None and values[key] <= 0:
+            raise ConfigError(f"runner.{key}={values[key]} must be greater than 0" +
+                              (" (or null for no limit)." if key != "flush_s" else "."))
+    for key in ("backoff_base_s", "backoff_max_s", "max_retry_after_s"):
+        if values[key] < 0:
+            raise ConfigError(f"runner.{key}={values[key]} must be 0 or more.")
+    for key in ("stop_at_ci_half_width", "max_cost_usd"):
         if values[key] is not None and values[key] <= 0:
             raise ConfigError(f"runner.{key}={values[key]} must be positive (or null for no limit).")
     if values["stop_at_ci_half_width"] is not None and not values["stop_score"]:
@@ -345,7 +383,7 @@ def redacted_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain data for metadata, without Hydra's own section."""
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     container.pop("hydra", None)  # type: ignore[union-attr]
-    return container  # type: ignore[return-value]
+    return redact_tree(container, environment_secrets())  # type: ignore[return-value]
 
 
 def group_choices(group: str) -> list[str]:

@@ -6,7 +6,8 @@
     ├── BackendError            a backend that cannot start (missing key, model file, library)
     │   └── AuthenticationError the server rejected the API key (401/403): the run stops
     ├── ResultsError            results that cannot be read or combined
-    └── CacheError              the response cache file cannot be used (not SQLite, damaged, newer schema)
+    ├── CacheError              the response cache file cannot be used (not SQLite, damaged, newer schema)
+    └── RunDirError             a run dir that cannot be used (a file, not writable, another run holds it)
 
 Request failures are *not* exceptions: they become rows with ``status="error"``.
 """
@@ -38,3 +39,7 @@ class ResultsError(SentechEvalError):
 
 class CacheError(SentechEvalError):
     """The response cache cannot be opened, read or written (damaged file, foreign file, newer format)."""
+
+
+class RunDirError(SentechEvalError):
+    """The run dir cannot be used: it is a file, not writable, full, or another run holds its lock."""

@@ -1,37 +1,292 @@
-"""Credentials never travel through the command line or config: the overrides that would carry one are refused."""
+"""The one credential pattern: what a key looks like, where it may not go, and how it is blanked out.
+
+- ``refuse_secret_overrides(argv)`` runs on every command-line override **before Hydra writes
+  anything** (``.hydra/overrides.yaml``, ``hydra.yaml``, ``job_status.json``). An override is
+  refused when its *name* is credential-like (``api_key``, ``X-Api-Key``, ``Authorization``,
+  ``access_token`` … in any field, at any depth, also as a key inside a dict value), when its
+  *value* has a key's shape (``sk-…``, ``Bearer …``, a JWT, a long mixed run of letters and digits),
+  or when it holds the *value* of a credential environment variable (``SENTECH_API_KEY`` …) —
+  checked raw, percent-decoded and base64-decoded, whatever the field name.
+- ``url_credential(url)`` says why a URL carries a credential (``user:pass@``, a credential-named
+  query parameter, a key-shaped value); harmless parameters (``?author=…``, ``?keyword=…``) pass.
+- ``find_credentials(node)`` lists the config entries that look like credentials (names or values).
+- ``Redactor(key)`` replaces the key, and any long prefix or suffix of it, in text a server controls.
+
+This module imports nothing of ours but ``errors``.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 from sentech_eval.errors import ConfigError
 
-# A command-line override that tries to carry a credential (it would be saved in .hydra/).
-SECRET_OVERRIDE = re.compile(r"^[+~]*[\w.]*(api_?key|token|secret|password|authorization|bearer)\s*=", re.IGNORECASE)
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# A URL value carrying a credential: user:password@host, or ?api_key=… in the query string.
-URL_CREDENTIAL = re.compile(r"://[^/@\s]*@|[?&][\w.-]*(api_?key|key|token|secret|password)=", re.IGNORECASE)
+REDACTED = "[redacted]"
+DEFAULT_KEY_ENV = "SENTECH_API_KEY"
+FIX = ("keys never go on the command line or in config (Hydra would save them): export the key in the "
+       f"environment variable named by backend.api_key_env (default {DEFAULT_KEY_ENV})")
+
+# Words that make a field name a credential ("api_key", "X-Api-Key", "accessToken", "Authorization").
+CREDENTIAL_WORDS = frozenset({
+    "key", "apikey", "token", "accesstoken", "secret", "password", "passwd", "auth",
+    "authorization", "bearer", "credential", "credentials", "cookie", "signature", "jwt",
+    "sessionid", "privatekey", "clientsecret",
+})
+# A field whose last word is one of these names the *place* a key lives, not the key (api_key_env).
+REFERENCE_WORDS = frozenset({"env", "var", "variable", "file", "path"})
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# Key shapes: vendor prefixes, auth schemes, JWTs, and a long unbroken run mixing letters and digits.
+KEY_SHAPE = re.compile(
+    r"(?<![A-Za-z0-9])(?:sk|pk|rk)[-_][A-Za-z0-9_-]{16,}"
+    r"|(?<![A-Za-z0-9])(?:gh[pousr]_|github_pat_|hf_|glpat-|xox[abprs]-)[A-Za-z0-9_-]{16,}"
+    r"|(?<![A-Za-z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9])"
+    r"|(?<![A-Za-z0-9])AIza[0-9A-Za-z_-]{30,}"
+    r"|(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+    r"|(?i:\b(?:bearer|basic|token)\s+(?=[A-Za-z._~+/=-]*[0-9])[A-Za-z0-9._~+/=-]{12,})"
+    r"|(?<![A-Za-z0-9])(?=[A-Za-z]*[0-9])(?=[0-9]*[A-Za-z])[A-Za-z0-9]{24,}(?![A-Za-z0-9])"
+)
+# name= or name: inside a value (a query string, a dict literal {Authorization: …}, a header line).
+# (A placeholder value — "...", "…", "$VAR", "<key>" — is not a credential.)
+_ASSIGNED_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)['\"]?\s*[:=](?!//)\s*['\"]?(?=[^\s'\",}&$<.…]*[A-Za-z0-9])(?![$<])")
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+MIN_SECRET_CHARS = 8  # shorter values are not searched for (a test key like "k" is in every word)
+
+
+def name_words(name: str) -> list[str]:
+    """The lower-case words of a field name: 'X-Api-Key' -> ['x', 'api', 'key'], 'apiKey' -> ['api', 'key']."""
+    return [w.lower() for w in _WORD.findall(name)]
+
+
+def is_credential_name(name: str) -> bool:
+    """True for a field name that holds a credential (``api_key``, ``headers.Authorization``, ``accessToken``).
+
+    Counts (``max_tokens``), look-alikes (``author``, ``keyword``, ``top_k``) and names of the place a key
+    lives (``api_key_env``) are not credentials.
+    """
+    for segment in re.split(r"[.\[\]/]", name):
+        words = name_words(segment)
+        if not words or words[-1] in REFERENCE_WORDS:
+            continue
+        joined = "".join(words)
+        if any(w in CREDENTIAL_WORDS for w in words) or joined in CREDENTIAL_WORDS:
+            return True
+    return False
+
+
+def is_reference_name(name: str) -> bool:
+    """True for a field that names where a key lives (``api_key_env``): its value must be a variable name."""
+    words = name_words(name.rsplit(".", 1)[-1])
+    return len(words) > 1 and words[-1] in REFERENCE_WORDS and any(w in CREDENTIAL_WORDS for w in words[:-1])
+
+
+def environment_secrets(extra_names: Iterable[str] = ()) -> list[str]:
+    """Values of credential environment variables (``SENTECH_API_KEY``, ``*_TOKEN`` …) long enough to search for."""
+    names = {DEFAULT_KEY_ENV, *extra_names}
+    names.update(n for n in os.environ if is_credential_name(n))
+    values = {os.environ.get(n, "").strip() for n in names}
+    return sorted(v for v in values if len(v) >= MIN_SECRET_CHARS)
+
+
+def _base64_decoded(text: str) -> Iterator[str]:
+    for run in _BASE64_RUN.findall(text):
+        core = run.rstrip("=")
+        for decode in (base64.b64decode, base64.urlsafe_b64decode):
+            try:
+                raw = decode(core + "=" * (-len(core) % 4))
+            except (binascii.Error, ValueError):
+                continue
+            decoded = raw.decode("latin-1")
+            if sum(c.isprintable() for c in decoded) >= 0.9 * len(decoded):
+                yield decoded
+
+
+def decodings(text: str) -> list[str]:
+    """``text`` as given and as it may decode: percent-encoding (repeated), backslash escapes, base64 runs."""
+    views = [text]
+    current = text
+    for _ in range(3):
+        decoded = unquote_plus(unquote(current))
+        if decoded == current:
+            break
+        views.append(decoded)
+        current = decoded
+    if "\\" in text:
+        views.append(text.replace("\\", ""))
+    for view in list(views):
+        views.extend(_base64_decoded(view))
+    return views
+
+
+def credential_problem(text: str, secrets: Iterable[str] = ()) -> str | None:
+    """Why ``text`` (a value, any encoding) carries a credential, or None."""
+    secrets = list(secrets)
+    for view in decodings(text):
+        for secret in secrets:
+            if secret in view:
+                return "it holds the value of a credential environment variable"
+        if KEY_SHAPE.search(view):
+            return "its value has the shape of an API key"
+        if "://" in view and re.search(r"://[^/?#\s@]+@", view):
+            return "the URL carries a credential (user:password@)"
+        for name in _ASSIGNED_NAME.findall(view):
+            if is_credential_name(name) and not is_reference_name(name):
+                return f"it sets the credential field {name!r}"
+    return None
+
+
+def url_credential(url: str, secrets: Iterable[str] = ()) -> str | None:
+    """Why a URL carries a credential (userinfo, a credential-named query parameter, a key-shaped part), or None."""
+    parts = urlsplit(unquote(url))
+    if parts.username or parts.password:
+        return "the URL carries a credential (user:password@)"
+    for name, _value in parse_qsl(parts.query, keep_blank_values=True):
+        if is_credential_name(name):
+            return f"the URL's query parameter {name!r} carries a credential"
+    problem = credential_problem(url, secrets)
+    if problem is not None:
+        return f"the URL carries a credential ({problem})"
+    return None
+
+
+def _override_name(arg: str) -> tuple[str, str | None]:
+    name, sep, value = arg.partition("=")
+    if not sep:
+        return "", None
+    return name.lstrip("+~").strip(), value
+
+
+def _key_env_names(argv: Iterable[str]) -> list[str]:
+    names = []
+    for arg in argv:
+        name, value = _override_name(arg)
+        if value is not None and is_reference_name(name):
+            names.extend(v.strip("'\" ") for v in value.strip("[]").split(","))
+    return [n for n in names if ENV_NAME.fullmatch(n)]
+
+
+def override_problem(arg: str, secrets: Iterable[str] = ()) -> str | None:
+    """Why one command-line argument would carry a credential into Hydra's saved files, or None."""
+    name, value = _override_name(arg)
+    if value is None:
+        return credential_problem(arg, secrets)
+    if is_reference_name(name):
+        for item in (v.strip("'\" ") for v in value.strip("[]").split(",")):
+            if item and not ENV_NAME.fullmatch(item):
+                return "it must be the NAME of an environment variable (like SENTECH_API_KEY), not the key itself"
+            if item and (credential_problem(item, secrets) or _looks_random(item)):
+                return "its value looks like a key, not the NAME of an environment variable (like SENTECH_API_KEY)"
+        return None
+    if is_credential_name(name):
+        return f"{name.rsplit('.', 1)[-1]!r} is a credential field"
+    return credential_problem(value, secrets) or credential_problem(name, secrets)
+
+
+def _looks_random(value: str) -> bool:
+    """A variable name is words in capitals (SENTECH_API_KEY); a key mixes lower case and digits at length."""
+    return len(value) >= 16 and any(c.islower() for c in value) and any(c.isdigit() for c in value)
+
+
+def shown_name(arg: str, secrets: Iterable[str] = ()) -> str:
+    """The override's name for a message, unless the name itself would leak a key."""
+    name, _ = _override_name(arg)
+    if not name or credential_problem(name, secrets) is not None:
+        return "an override"
+    return f"the override '{name}=…'"
 
 
 def refuse_secret_overrides(argv: list[str]) -> None:
-    """Refuse ``backend.api_key=…``-style overrides before Hydra writes them to .hydra/overrides.yaml."""
+    """Raise ConfigError (one sentence) for the first argument that would carry a credential; never echoes it."""
+    secrets = environment_secrets(_key_env_names(argv))
     for arg in argv:
-        if SECRET_OVERRIDE.match(arg) and not arg.split("=", 1)[0].endswith("api_key_env"):
-            name = arg.split("=", 1)[0].lstrip("+~")
-            raise ConfigError(
-                f"Refusing the override '{name}=…': keys never go on the command line or in config (Hydra would save it); "
-                "export the key in the environment variable named by backend.api_key_env (default SENTECH_API_KEY)."
-            )
-        name, _, value = arg.partition("=")
-        if name.endswith("api_key_env") and value and not ENV_NAME.match(value.strip("'\"")):
-            raise ConfigError(
-                f"Refusing the override '{name.lstrip('+~')}=…': it must be the NAME of an environment variable "
-                "(like SENTECH_API_KEY), not the key itself; export the key in that variable."
-            )
-        if "=" in arg and URL_CREDENTIAL.search(arg.split("=", 1)[1]):
-            name = arg.split("=", 1)[0].lstrip("+~")
-            raise ConfigError(
-                f"Refusing the override '{name}=…': the URL carries a credential (user:password@ or a key in the query "
-                "string) and Hydra would save it; export the key in the environment variable named by "
-                "backend.api_key_env (default SENTECH_API_KEY)."
-            )
+        problem = override_problem(arg, secrets)
+        if problem is not None:
+            raise ConfigError(f"Refusing {shown_name(arg, secrets)}: {problem}; {FIX}.")
+
+
+def find_credentials(node: Any, prefix: str = "", secrets: Iterable[str] = ()) -> list[str]:
+    """Dotted names of config entries that hold a credential: by name, or by a key-shaped value."""
+    secrets = list(secrets)
+    found: list[str] = []
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if is_reference_name(str(key)):
+                if isinstance(value, str) and value and (not ENV_NAME.fullmatch(value) or _looks_random(value)
+                                                         or credential_problem(value, secrets)):
+                    found.append(dotted)
+            elif is_credential_name(str(key)) and value not in (None, "", {}, []):
+                found.append(dotted)
+            else:
+                found.extend(find_credentials(value, dotted, secrets))
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            found.extend(find_credentials(value, f"{prefix}[{index}]", secrets))
+    elif isinstance(node, str) and credential_problem(node, secrets) is not None:
+        found.append(prefix)
+    return found
+
+
+def redact_tree(node: Any, secrets: Iterable[str] = ()) -> Any:
+    """A copy of plain config data with every credential entry (by name or value) replaced by ``[redacted]``."""
+    secrets = list(secrets)
+    if isinstance(node, Mapping):
+        return {k: REDACTED if (is_credential_name(str(k)) and not is_reference_name(str(k)) and v not in (None, ""))
+                else redact_tree(v, secrets) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [redact_tree(v, secrets) for v in node]
+    if isinstance(node, str) and credential_problem(node, secrets) is not None:
+        return REDACTED
+    return node
+
+
+class Redactor:
+    """Blanks out one secret in text a server controls: the whole key, and any long prefix or suffix of it.
+
+    A server that cuts its error text (or ours, before this runs) can leave most of a key; so any run of at
+    least ``max(8, len(key) // 2)`` characters from the key's start or end counts. A key shorter than
+    ``MIN_SECRET_CHARS`` is not searched for (a test key like "k" occurs in every other word; no real key
+    is that short).
+    """
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        n = len(secret)
+        self.min_run = max(MIN_SECRET_CHARS, n // 2)
+        head, tail = secret[:self.min_run], secret[n - self.min_run:]
+        self._needles = (head, tail) if n >= MIN_SECRET_CHARS else ()
+        if n < MIN_SECRET_CHARS:
+            self._pattern = None
+        else:
+            # Longest prefix: head, then optionally each following character (nested, greedy).
+            prefix = re.escape(head) + "".join(f"(?:{re.escape(c)}" for c in secret[self.min_run:]) + ")?" * (n - self.min_run)
+            # Longest suffix: optionally each earlier character (nested from the left), then tail.
+            suffix = "".join("(?:" for _ in range(n - self.min_run)) + "".join(
+                f"{re.escape(c)})?" for c in secret[:n - self.min_run]) + re.escape(tail)
+            self._pattern = re.compile(f"{prefix}|{suffix}")
+        self._bytes_pattern = re.compile(self._pattern.pattern.encode()) if self._pattern is not None else None
+        self._byte_needles = tuple(x.encode() for x in self._needles)
+
+    def text(self, value: str | None) -> str | None:
+        """``value`` with the secret (or a long part of it) replaced by ``[redacted]``."""
+        if value is None or self._pattern is None:
+            return value
+        for needle in self._needles:
+            if needle in value:
+                return self._pattern.sub(REDACTED, value)
+        return value
+
+    def raw(self, value: bytes) -> bytes:
+        """The same for a raw body, before anything cuts it into a snippet."""
+        if self._bytes_pattern is None:
+            return value
+        for needle in self._byte_needles:
+            if needle in value:
+                return self._bytes_pattern.sub(REDACTED.encode(), value)
+        return value

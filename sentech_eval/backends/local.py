@@ -25,6 +25,7 @@ from typing import Any
 
 from sentech_eval.backends.base import Backend
 from sentech_eval.backends.model_files import EMBEDDED_MODEL
+from sentech_eval.config import number_setting
 from sentech_eval.errors import BackendError, ConfigError
 from sentech_eval.paths import default_models_dir
 from sentech_eval.types import Completion, Sampling
@@ -68,6 +69,18 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _int(cfg: Any, key: str, default: int | None) -> int | None:
+    """An integer setting; ConfigError (one sentence) for 'abc', 1.5 or true."""
+    return number_setting(f"backend.{key}", _get(cfg, key), integer=True, default=default)
+
+
+def _flag(cfg: Any, key: str, default: bool) -> bool:
+    value = _get(cfg, key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"backend.{key} must be true or false, got {value!r}.")
+    return value
+
+
 def missing_model_message(path: Path, cfg: Any) -> str:
     """One sentence: which file is missing and how to obtain it."""
     if path.name == EMBEDDED_MODEL.file_name:
@@ -108,8 +121,8 @@ def settings_from_config(cfg: Any, workers: int) -> Any:
     """Validate the backend config node and turn it into ``EngineSettings`` (after the file check)."""
     from sentech_eval.backends.local_worker import EngineSettings, cpu_has_amx
 
-    n_ctx = int(_get(cfg, "n_ctx", 2048))
-    n_batch = int(_get(cfg, "n_batch", 512))
+    n_ctx = _int(cfg, "n_ctx", 2048)
+    n_batch = _int(cfg, "n_batch", 512)
     if n_ctx < 1:
         raise ConfigError(f"backend.n_ctx must be at least 1 (got {n_ctx}).")
     # llama.cpp pads the context to a multiple of 256 but llama-cpp-python sizes its token
@@ -117,9 +130,9 @@ def settings_from_config(cfg: Any, workers: int) -> Any:
     n_ctx = -(-n_ctx // N_CTX_PAD) * N_CTX_PAD
     if n_batch < 1:
         raise ConfigError(f"backend.n_batch must be at least 1 (got {n_batch}).")
-    n_threads = _get(cfg, "n_threads")
+    n_threads = _int(cfg, "n_threads", None)
     if n_threads is not None:
-        n_threads, threads_reason = int(n_threads), "backend.n_threads"
+        n_threads, threads_reason = n_threads, "backend.n_threads"
     else:
         n_threads, threads_reason = default_n_threads(workers)
     if n_threads < 1:
@@ -136,12 +149,12 @@ def settings_from_config(cfg: Any, workers: int) -> Any:
         n_ctx=n_ctx,
         n_threads=n_threads,
         n_batch=n_batch,
-        n_gpu_layers=int(_get(cfg, "n_gpu_layers", 0)),
+        n_gpu_layers=_int(cfg, "n_gpu_layers", 0),
         chat_format=_get(cfg, "chat_format"),
-        reuse_prompt_cache=bool(_get(cfg, "reuse_prompt_cache", False)),
-        stream=bool(_get(cfg, "stream", True)),
+        reuse_prompt_cache=_flag(cfg, "reuse_prompt_cache", False),
+        stream=_flag(cfg, "stream", True),
         repack=bool(repack),
-        verbose=bool(_get(cfg, "verbose", False)),
+        verbose=_flag(cfg, "verbose", False),
         n_threads_reason=threads_reason,
         repack_reason=repack_reason,
     )
@@ -184,7 +197,7 @@ class LocalBackend(Backend):
             raise ConfigError("backend.model_path is not set; give the path of a GGUF model file.")
         path = Path(str(model_path)).expanduser()
         if not path.is_file():
-            if bool(_get(cfg, "download", False)):
+            if _flag(cfg, "download", False):
                 _download_from_hub(path, cfg)
             else:
                 raise BackendError(missing_model_message(path, cfg))
@@ -194,7 +207,7 @@ class LocalBackend(Backend):
             raise BackendError(
                 f"The local backend needs llama-cpp-python, which cannot be imported ({exc}); {INSTALL_HINT}."
             ) from exc
-        workers = int(_get(cfg, "workers", 1))
+        workers = _int(cfg, "workers", 1)
         if workers < 1:
             raise ConfigError(f"backend.workers must be at least 1 (got {workers}).")
         settings = settings_from_config(cfg, workers)

@@ -16,22 +16,36 @@ import re
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+import aiohttp.http_exceptions
 import orjson
 
 from sentech_eval.backends.base import Backend
+from sentech_eval.config import number_setting
 from sentech_eval.errors import BackendError, ConfigError
+from sentech_eval.secrets import Redactor, environment_secrets, url_credential
 from sentech_eval.types import Completion, Sampling, time_per_output_token
 
-CONFIG_KEYS = {"kind", "base_url", "model", "api_key_env", "timeout_s", "stream", "send_seed", "include_usage"}
+CONFIG_KEYS = {"kind", "base_url", "model", "api_key_env", "timeout_s", "stream", "send_seed", "include_usage",
+               "max_response_mb", "follow_redirects"}
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 SNIPPET = 160
+DEFAULT_MAX_RESPONSE_MB = 64.0
+ERROR_BODY_BYTES = 1 << 20  # an error body is read up to 1 MiB: its message is at the start
+MAX_REDIRECTS = 5
+# A usage count a server may report: 0 ≤ n ≤ this (no context window holds a billion tokens).
+MAX_TOKEN_COUNT = 1_000_000_000
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
-_SECRET_QUERY = re.compile(r"(api_?key|key|token|secret|password|auth)", re.IGNORECASE)
+
+
+class ResponseTooLarge(Exception):
+    """A body beyond ``backend.max_response_mb``."""
 
 
 def _snippet(raw: bytes) -> str:
@@ -93,14 +107,19 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        try:
+            seconds = when.timestamp() - time.time()
+        except (OverflowError, OSError, ValueError):
+            return None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None  # nan / inf: not a delay
+    return max(0.0, seconds)
 
 
 def parse_completion_body(raw: bytes, content_type: str) -> Completion:
@@ -116,6 +135,8 @@ def parse_completion_body(raw: bytes, content_type: str) -> Completion:
         model = body.get("model")
         if (type(content) is str and content and not content.isspace() and type(prompt_tokens) is int
                 and type(completion_tokens) is int and type(total_tokens) is int
+                and 0 <= prompt_tokens <= MAX_TOKEN_COUNT and 0 <= completion_tokens <= MAX_TOKEN_COUNT
+                and 0 <= total_tokens <= MAX_TOKEN_COUNT
                 and (finish_reason is None or type(finish_reason) is str) and _is_json_type(content_type)):
             return Completion(output=content, finish_reason=finish_reason,
                               response_model=model if type(model) is str else None, prompt_tokens=prompt_tokens,
@@ -167,16 +188,43 @@ def _parse_completion_body_checked(raw: bytes, content_type: str) -> Completion:
     if not content.strip():
         return Completion(status="error", error="response content is empty", finish_reason=finish_reason)
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    completion_tokens = _int_or_none(usage.get("completion_tokens"))
-    return Completion(
-        output=content,
-        finish_reason=finish_reason,
-        response_model=body["model"] if isinstance(body.get("model"), str) else None,
-        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-        completion_tokens=completion_tokens,
-        total_tokens=_int_or_none(usage.get("total_tokens")),
-        usage_source="server" if completion_tokens is not None else "none",
-    )
+    completion = completion_with_usage(Completion(
+        output=content, finish_reason=finish_reason,
+        response_model=body["model"] if isinstance(body.get("model"), str) else None), usage)
+    if completion.status == "ok":
+        completion.usage_source = "server" if completion.completion_tokens is not None else "none"
+    return completion
+
+
+def usage_problem(usage: dict[str, Any]) -> str | None:
+    """Why a server's ``usage`` cannot be stored (a count that is not a whole number in 0..10^9), or None."""
+    for name in USAGE_FIELDS:
+        value = usage.get(name)
+        if value is None:
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"response usage.{name} is {_describe(value)} ({_short(value)}), not a whole number"
+        if not 0 <= value <= MAX_TOKEN_COUNT:
+            return f"response usage.{name}={value} is out of range (a token count is between 0 and {MAX_TOKEN_COUNT:,})"
+    return None
+
+
+def completion_with_usage(completion: Completion, usage: dict[str, Any]) -> Completion:
+    """Set the token counts from a server's ``usage``; an out-of-range count makes the row an error saying so."""
+    problem = usage_problem(usage)
+    if problem is not None:
+        return Completion(status="error", error=problem, output=completion.output,
+                          finish_reason=completion.finish_reason, ttft_s=completion.ttft_s)
+    completion.prompt_tokens, completion.completion_tokens, completion.total_tokens = (
+        _int_or_none(usage.get(name)) for name in USAGE_FIELDS)
+    return completion
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def _describe(value: Any) -> str:
@@ -207,30 +255,65 @@ def _exc_text(exc: BaseException) -> str:
 
 
 def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def check_base_url(base_url: str) -> None:
-    """Refuse a URL that is not http(s), or that carries a credential (user:password@ or ?api_key=)."""
+    """Refuse a URL that is not http(s), or that carries a credential (user:password@, ?api_key=, a key-shaped part).
+
+    Harmless query parameters (``?author=…``, ``?keyword=…``) pass.
+    """
+    problem = url_credential(base_url, environment_secrets())
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        shown = base_url if not (parts.username or parts.password) else "(a URL with credentials)"
+        shown = "(a URL carrying a credential)" if problem else base_url
         raise ConfigError(f"backend.base_url={shown!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1).")
-    if parts.username or parts.password or any(_SECRET_QUERY.search(name) for name, _ in parse_qsl(parts.query)):
+    if problem is not None:
         raise ConfigError(
-            "backend.base_url carries a credential (user:password@ or a key in the query string); keys never go in "
-            "config — export the key in the environment variable named by backend.api_key_env (default SENTECH_API_KEY)."
+            f"backend.base_url is refused: {problem}; keys never go in config — export the key in the environment "
+            "variable named by backend.api_key_env (default SENTECH_API_KEY)."
         )
 
 
+def check_api_key(api_key: str, env_name: str) -> None:
+    """A key must be printable ASCII without spaces (it goes into an HTTP header); never echoes the key."""
+    for index, char in enumerate(api_key):
+        if not 0x21 <= ord(char) <= 0x7E:
+            kind = "a control character" if ord(char) < 0x20 or ord(char) == 0x7F else (
+                "a space" if char.isspace() else "a non-ASCII character")
+            raise BackendError(
+                f"The key in the environment variable {env_name} contains {kind} at position {index + 1} of "
+                f"{len(api_key)}; export the key again without it (a copy-paste often adds a line break)."
+            )
+
+
+def _encoded(resp: aiohttp.ClientResponse) -> bool:
+    """A compressed body: its declared length says nothing about its decoded size (a gzip bomb)."""
+    encoding = resp.headers.get("Content-Encoding")
+    return bool(encoding) and encoding.strip().lower() != "identity"
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa_, pb = urlsplit(a), urlsplit(b)
+    return (pa_.scheme, pa_.hostname, pa_.port) == (pb.scheme, pb.hostname, pb.port)
+
+
 class RemoteBackend(Backend):
-    """POSTs to ``{base_url}/chat/completions`` with a Bearer key; optional SSE streaming."""
+    """POSTs to ``{base_url}/chat/completions`` with a Bearer key; optional SSE streaming.
+
+    Everything a server sends is untrusted: bodies are capped (``max_response_mb``), stream lines may
+    be of any length, usage counts are range-checked, redirects are not followed (unless
+    ``follow_redirects`` and same-origin), and the key is redacted from every text the server controls.
+    """
 
     kind = "remote"
 
     def __init__(self, base_url: str, model: str, api_key: str, *, timeout_s: float = 60.0,
                  stream: bool = False, send_seed: bool = False, include_usage: bool = True,
-                 concurrency: int = 16) -> None:
+                 concurrency: int = 16, max_response_mb: float = DEFAULT_MAX_RESPONSE_MB,
+                 follow_redirects: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.model = model
@@ -238,8 +321,11 @@ class RemoteBackend(Backend):
         self.send_seed = send_seed
         self.include_usage = include_usage
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.max_response_bytes = int(max_response_mb * 1024 * 1024)
+        self.max_response_mb = max_response_mb
+        self.follow_redirects = follow_redirects
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
-        self._api_key = api_key
+        self._redactor = Redactor(api_key)
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
         self._body_for: Sampling | None = None
@@ -258,6 +344,15 @@ class RemoteBackend(Backend):
             raise ConfigError(f"Unknown config key 'backend.{unknown[0]}' for backend=remote; known keys are: {', '.join(sorted(CONFIG_KEYS))}.")
         base_url = str(cfg.get("base_url") or "")
         check_base_url(base_url)
+        timeout_s = number_setting("backend.timeout_s", cfg.get("timeout_s"), positive=True, default=60.0)
+        max_response_mb = number_setting("backend.max_response_mb", cfg.get("max_response_mb"), positive=True,
+                                         default=DEFAULT_MAX_RESPONSE_MB)
+        flags = {}
+        for name in ("stream", "send_seed", "follow_redirects"):
+            value = cfg.get(name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"backend.{name} must be true or false, got {value!r}.")
+            flags[name] = bool(value)
         env_name = str(cfg.get("api_key_env") or "SENTECH_API_KEY")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):
             raise ConfigError("backend.api_key_env must be the NAME of an environment variable (like SENTECH_API_KEY), "
@@ -268,17 +363,19 @@ class RemoteBackend(Backend):
                 f"The environment variable {env_name} is not set; export your Sentech API key there, "
                 "or use backend=local (embedded model, no key), or start `sentech-eval serve` and point backend.base_url at it."
             )
-        timeout_s = float(cfg.get("timeout_s") or 60.0)
+        check_api_key(api_key, env_name)
         include_usage = cfg.get("include_usage")
-        backend = cls(base_url, str(cfg.model), api_key, timeout_s=timeout_s, stream=bool(cfg.get("stream")),
-                      send_seed=bool(cfg.get("send_seed")), include_usage=include_usage is None or bool(include_usage),
-                      concurrency=concurrency)
+        backend = cls(base_url, str(cfg.model), api_key, timeout_s=float(timeout_s), stream=flags["stream"],
+                      send_seed=flags["send_seed"], include_usage=include_usage is None or bool(include_usage),
+                      concurrency=concurrency, max_response_mb=float(max_response_mb),
+                      follow_redirects=flags["follow_redirects"])
         backend.auth_hint = f"; check the key in the environment variable {env_name}"
         return backend
 
     def metadata(self) -> dict[str, Any]:
         """Endpoint and model (never the key)."""
-        return {"kind": self.kind, "url": self.url, "model": self.model, "stream": self.stream}
+        return {"kind": self.kind, "url": self.url, "model": self.model, "stream": self.stream,
+                "max_response_mb": self.max_response_mb, "follow_redirects": self.follow_redirects}
 
     def cache_identity(self) -> dict[str, Any]:
         """What identifies this backend's answers for the response cache (never the key)."""
@@ -292,6 +389,8 @@ class RemoteBackend(Backend):
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=300)
+            # Header lines and SSE lines are not limited by aiohttp's line buffer: stream lines are split
+            # here (any length the model can produce); a body's size is capped by max_response_mb.
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers,
                                                   timeout=aiohttp.ClientTimeout(total=None))
             self._watchdog = asyncio.ensure_future(self._watch())
@@ -319,8 +418,49 @@ class RemoteBackend(Backend):
                 body["stream_options"] = {"include_usage": True}
         return body
 
+    async def _read_capped(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        """The body, or ResponseTooLarge once it passes ``limit`` bytes (a declared length is checked first)."""
+        declared = resp.content_length
+        if declared is not None and declared > limit:
+            raise ResponseTooLarge(declared)
+        if declared is not None and not _encoded(resp):
+            return await resp.read()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, size: int, start: float, status: int | None) -> Completion:
+        return Completion(status="error", http_status=status, latency_s=time.perf_counter() - start, retryable=False,
+                          error=f"response body is larger than backend.max_response_mb={self.max_response_mb:g} "
+                                "(not read further); raise backend.max_response_mb if answers this large are expected")
+
+    async def _follow(self, session: aiohttp.ClientSession, resp: aiohttp.ClientResponse,
+                      data: bytes) -> tuple[aiohttp.ClientResponse, str | None]:
+        """After a 3xx: follow it only when ``follow_redirects`` and same-origin (re-POSTing the same body).
+
+        Returns the final response and, for a redirect that is not followed, the Location it named.
+        """
+        url = self.url
+        for _ in range(MAX_REDIRECTS):
+            location = resp.headers.get("Location", "")
+            target = urljoin(url, location) if location else ""
+            resp.release()
+            if not (self.follow_redirects and target and _same_origin(target, self.url)):
+                return resp, target or "(no Location header)"
+            url = target
+            resp = await session.post(url, data=data, allow_redirects=False)
+            if resp.status not in REDIRECT_STATUS:
+                return resp, None
+        resp.release()
+        return resp, f"{url} (more than {MAX_REDIRECTS} redirects)"
+
     async def complete(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> Completion:
-        """One request; never raises for a request failure (the key never appears in ``error``)."""
+        """One request; never raises for a request failure (the key never appears in any text field)."""
         session = self._session or self._get_session()
         data = self._encode(messages, sampling)
         task = asyncio.current_task()
@@ -328,28 +468,52 @@ class RemoteBackend(Backend):
         if timeout_s is not None and task is not None:
             self._deadlines[task] = time.monotonic() + timeout_s
         start = time.perf_counter()
+        redact = self._redactor.raw
+        resp = None
         try:
-            async with session.post(self.url, data=data) as resp:
+            resp = await session.post(self.url, data=data, allow_redirects=False)
+            status = resp.status
+            redirected_to = None
+            if status in REDIRECT_STATUS:
+                resp, redirected_to = await self._follow(session, resp, data)
                 status = resp.status
-                if status != 200:
-                    raw = await resp.read()
-                    result = Completion(
-                        status="error", http_status=status, error=error_message(status, raw),
-                        latency_s=time.perf_counter() - start, retryable=status in RETRYABLE_STATUS,
-                        retry_after_s=parse_retry_after(resp.headers.get("Retry-After")),
-                    )
+            if redirected_to is not None:
+                why = ("it is not the same origin as backend.base_url" if self.follow_redirects
+                       else "redirects are not followed (set backend.base_url to the final URL, or "
+                            "backend.follow_redirects=true for a same-origin redirect)")
+                result = Completion(status="error", http_status=status, latency_s=time.perf_counter() - start,
+                                    error=f"HTTP {status}: the server redirected to {redirected_to}; {why}")
+            elif status != 200:
+                limit = min(ERROR_BODY_BYTES, self.max_response_bytes)
+                try:
+                    message = error_message(status, redact(await self._read_capped(resp, limit)))
+                except ResponseTooLarge:
+                    message = f"HTTP {status}: an error body over {limit / 1048576:g} MB (not read further)"
+                retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
+                result = Completion(status="error", http_status=status, error=message,
+                                    latency_s=time.perf_counter() - start, retryable=status in RETRYABLE_STATUS,
+                                    retry_after_s=retry_after)
+            else:
+                content_type = media_type(resp.headers.get("Content-Type", ""))
+                if self.stream and content_type == "text/event-stream":
+                    result = await self._read_stream(resp, start)
                 else:
-                    content_type = media_type(resp.headers.get("Content-Type", ""))
-                    if self.stream and content_type == "text/event-stream":
-                        result = await self._read_stream(resp, start)
+                    declared = resp.content_length
+                    if declared is not None and declared <= self.max_response_bytes and not _encoded(resp):
+                        raw = await resp.read()
                     else:
-                        result = parse_completion_body(await resp.read(), content_type)
-                    result.latency_s = latency = time.perf_counter() - start
-                    result.http_status = 200
-                    if self.stream and result.status == "ok":
-                        if result.ttft_s is None:
-                            result.ttft_s = latency  # a non-streamed answer: the first token came with the whole body
-                        result.tpot_s = time_per_output_token(latency, result.ttft_s, result.completion_tokens)
+                        raw = await self._read_capped(resp, self.max_response_bytes)
+                    result = parse_completion_body(redact(raw), content_type)
+                result.latency_s = latency = time.perf_counter() - start
+                result.http_status = 200
+                if self.stream and result.status == "ok":
+                    if result.ttft_s is None:
+                        result.ttft_s = latency  # a non-streamed answer: the first token came with the whole body
+                    result.tpot_s = time_per_output_token(latency, result.ttft_s, result.completion_tokens)
+        except ResponseTooLarge as exc:
+            if resp is not None:
+                resp.close()  # drop the connection rather than read the rest
+            result = self._too_large(exc.args[0], start, resp.status if resp is not None else None)
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise  # the run is being stopped: not ours to swallow
@@ -369,16 +533,28 @@ class RemoteBackend(Backend):
                                    retryable=True)
         except aiohttp.ClientConnectionError as exc:
             result = self._failure(f"connection error: {type(exc).__name__}: {_exc_text(exc)}", start, retryable=True)
+        except aiohttp.ClientResponseError as exc:  # a malformed status line or header from the server
+            result = self._failure(f"the server's answer is not valid HTTP ({_exc_text(exc)})", start, retryable=False)
         except aiohttp.ClientError as exc:
             result = self._failure(f"request failed: {type(exc).__name__}: {_exc_text(exc)}", start, retryable=False)
+        except aiohttp.http_exceptions.HttpProcessingError as exc:  # e.g. a header line beyond aiohttp's limit
+            result = self._failure(f"the server's answer is not valid HTTP ({type(exc).__name__}: {exc.message})",
+                                   start, retryable=False)
         finally:
+            if resp is not None:
+                resp.release()
             if task is not None:
                 self._deadlines.pop(task, None)
                 if self._expired and task in self._expired:  # our cancel surfaced as another error
                     self._expired.discard(task)
                     task.uncancel()
-        if result.error is not None and self._api_key in result.error:
-            result.error = result.error.replace(self._api_key, "[redacted]")
+        text = self._redactor.text
+        if result.error is not None:
+            result.error = text(result.error)
+        if result.output is not None:
+            result.output = text(result.output)
+        if result.finish_reason is not None:
+            result.finish_reason = text(result.finish_reason)
         return result
 
     @staticmethod
@@ -389,6 +565,25 @@ class RemoteBackend(Backend):
         if sampling is not self._body_for:  # the runner reuses one Sampling object per repeat
             self._body_for, self._body_fields = sampling, self.request_body([], sampling)
         return orjson.dumps({**self._body_fields, "messages": messages})
+
+    async def _lines(self, resp: aiohttp.ClientResponse) -> Any:
+        """The stream's lines, of any length (aiohttp's own readline stops at its buffer size); capped in total."""
+        pending = bytearray()
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                resp.close()
+                raise ResponseTooLarge(size)
+            pending += chunk
+            if b"\n" not in chunk:
+                continue  # a long line grows in place until its end arrives
+            *lines, tail = bytes(pending).split(b"\n")
+            pending = bytearray(tail)
+            for line in lines:
+                yield line
+        if pending:
+            yield bytes(pending)
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, start: float) -> Completion:
         """Read OpenAI-style SSE chunks; ttft_s at the first chunk with non-empty content, itl_s the
@@ -401,8 +596,9 @@ class RemoteBackend(Backend):
         response_model = None
         usage: dict[str, Any] = {}
         done = False
+        redact = self._redactor.raw
         try:
-            async for line in resp.content:
+            async for line in self._lines(resp):
                 line = line.strip()
                 if not line.startswith(b"data:"):
                     continue
@@ -414,13 +610,13 @@ class RemoteBackend(Backend):
                     chunk = orjson.loads(payload)
                 except orjson.JSONDecodeError as exc:
                     return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft,
-                                      error=f"stream chunk is not valid JSON ({_json_problem(exc)}): {_snippet(payload)!r}")
+                                      error=f"stream chunk is not valid JSON ({_json_problem(exc)}): {_snippet(redact(payload))!r}")
                 if not isinstance(chunk, dict):
                     return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft,
                                       error=f"stream chunk is a JSON {type(chunk).__name__}, not an object")
                 if "choices" not in chunk and ("message" in chunk or "error" in chunk):
                     return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft, retryable=True,
-                                      error="the stream reported an error mid-way: " + error_message(200, payload)[10:])
+                                      error="the stream reported an error mid-way: " + error_message(200, redact(payload))[10:])
                 if isinstance(chunk.get("usage"), dict):
                     usage = chunk["usage"]
                 if response_model is None and isinstance(chunk.get("model"), str):
@@ -444,15 +640,21 @@ class RemoteBackend(Backend):
             return Completion(status="error", output=output or None, ttft_s=ttft, retryable=True,
                               error=f"the stream was cut mid-way (the connection closed before 'data: [DONE]' after "
                                     f"{len(output)} characters: {_payload_reason(exc)})")
-        except ValueError as exc:  # aiohttp: a line longer than its buffer
-            return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft,
-                              error=f"stream line could not be read ({exc})")
+        except ResponseTooLarge as exc:
+            output = "".join(pieces)
+            return Completion(status="error", output=output or None, ttft_s=ttft,
+                              error=f"the stream is larger than backend.max_response_mb={self.max_response_mb:g} "
+                                    "(not read further); raise backend.max_response_mb if answers this large are expected")
         output = "".join(pieces)
         if not done:
             return Completion(status="error", output=output or None, ttft_s=ttft, retryable=True,
                               error=f"the stream was cut mid-way (ended before 'data: [DONE]' after {len(output)} characters)")
         if not output.strip():
             return Completion(status="error", error="stream finished with empty content", finish_reason=finish_reason)
+        problem = usage_problem(usage)
+        if problem is not None:
+            return Completion(status="error", error=problem, output=output, finish_reason=finish_reason, ttft_s=ttft,
+                              response_model=response_model)
         prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
         completion_tokens = _int_or_none(usage.get("completion_tokens"))
         total_tokens = _int_or_none(usage.get("total_tokens"))

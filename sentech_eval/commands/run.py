@@ -7,6 +7,7 @@ stops the run with one sentence; in a multirun the failed job is recorded and th
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import re
@@ -16,17 +17,40 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from sentech_eval.commands import estimate
-from sentech_eval.config import config_error, group_choices, register_configs, unknown_choice_message
+from sentech_eval.config import config_error, group_choices, register_configs, unknown_choice_message, unknown_key_error
 from sentech_eval.engine.evaluation import run_evaluation
-from sentech_eval.errors import ConfigError, SentechEvalError
+from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir
+from sentech_eval.errors import ConfigError, RunDirError, SentechEvalError
 from sentech_eval.paths import conf_dir, conf_search_path
 from sentech_eval.secrets import refuse_secret_overrides
+
+
+def _override_value(argv: list[str], key: str) -> str | None:
+    value = None
+    for arg in argv:
+        name, sep, rest = arg.partition("=")
+        if sep and name.lstrip("+~") == key:
+            value = rest.strip().strip("'\"")
+    return value
+
+
+def check_output_dirs(argv: list[str]) -> None:
+    """Before Hydra writes .hydra/ there: an explicit run dir must be usable and free (a second run into it
+    stops here, naming the process that holds it); an explicit sweep dir must be usable."""
+    multirun = any(arg in ("-m", "--multirun") for arg in argv) or any(arg.lstrip("+").startswith("sweep=") for arg in argv)
+    run_dir = _override_value(argv, "hydra.run.dir")
+    sweep_dir = _override_value(argv, "hydra.sweep.dir")
+    if run_dir and "${" not in run_dir and not multirun:
+        lock_run_dir(run_dir, "hydra.run.dir")
+    if sweep_dir and "${" not in sweep_dir and multirun:
+        prepare_run_dir(sweep_dir, "hydra.sweep.dir")
+
 
 GROUP_CHOICE = re.compile(r"^(?P<group>backend|sampling|dataset|runner|scorers|sweep)=(?P<value>.*)$")
 
@@ -130,21 +154,45 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     """Entry for ``sentech-eval run``: hand the arguments to Hydra."""
     refuse_secret_overrides(argv)
     check_group_choices(argv)
+    check_output_dirs(argv)
+    os.environ[ARGV_ENV] = json.dumps(list(argv))
     register_configs()
     if estimate.wants_estimate(argv):
         return estimate.run(argv, conf_dir())
     sys.argv = [prog.replace(" ", "-")] + list(argv)
-    # Hydra raises its composition errors (a value of the wrong type for its schema) instead of
-    # printing them, so they come out as one ConfigError sentence with exit code 2.
-    previous = os.environ.get("HYDRA_FULL_ERROR")
+    # Hydra raises its composition errors instead of printing them (HYDRA_FULL_ERROR during the call),
+    # so they come out as one ConfigError sentence with exit code 2.
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         task()
     except (HydraException, OmegaConfBaseException) as exc:
-        raise config_error(exc) from None
+        raise explain_hydra_error(exc) from None
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE or exc.filename is None:
+            raise
+        raise RunDirError(f"Cannot write {exc.filename} ({exc.strerror}); choose a writable hydra.run.dir "
+                          "(or hydra.sweep.dir) and free disk space if it is full.") from None
     finally:
-        if previous is None:
+        if full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
-            os.environ["HYDRA_FULL_ERROR"] = previous
+            os.environ["HYDRA_FULL_ERROR"] = full_error
     return 0
+
+
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST,
+              errno.EISDIR}
+
+
+def explain_hydra_error(exc: BaseException) -> ConfigError:
+    """One sentence for a composition error; an unknown key names the nearest valid one."""
+    cause = exc.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "parent_node", None) is not None and cause.key:
+        full_key = str(cause.full_key or cause.key)
+        return unknown_key_error(full_key, [str(k) for k in cause.parent_node.keys()])
+    if isinstance(exc, OverrideParseException):
+        reason = " ".join(str(exc.message).split()).split(" See https://")[0].strip()
+        return ConfigError(f"Cannot parse the override {exc.override!r} ({reason}); quote values with special "
+                           "characters, e.g. 'key=\"a(b)\"' (see https://hydra.cc/docs/advanced/override_grammar/basic/).")
+    return config_error(exc)

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sentech_eval.errors import DatasetError
+from sentech_eval.engine.results import CORE_NAMES
 from sentech_eval.types import NO_EXTRA, Prompt
 
 ROLES = ("system", "user", "assistant")
@@ -37,6 +38,10 @@ INPUT_COLUMNS = ("id", "messages", "prompt", "system", "reference")
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv", ".tsv")
 TEXT_COLUMNS = ("prompt", "system", "reference")  # read as strings from CSV/JSON even when they look numeric
+# Names a carried-over column may not have: the results' own columns, the sweep's, score columns
+# and internal names (``__…``). Refused up front: a collision would make a run dir unreadable.
+RESERVED_PREFIXES = ("__", "score_")
+SWEEP_COLUMNS = ("job", "overrides")
 
 
 @dataclass(frozen=True)
@@ -208,15 +213,34 @@ class ParquetDataset:
         schema = self._file.schema_arrow
         self.form = _check_schema(self.path, schema)
         self.extra_fields = tuple(f for f in schema if f.name not in INPUT_COLUMNS)
+        for f in self.extra_fields:
+            if f.name in CORE_NAMES or f.name in SWEEP_COLUMNS or f.name.startswith(RESERVED_PREFIXES):
+                raise _fail(self.path, f.name, None, "the name is reserved (a results column has it)",
+                            f"rename the column (e.g. to 'data_{f.name.lstrip('_')}')")
         self._validate_rows()
 
     def info(self) -> DatasetInfo:
         """Row count after limit and sharding, the input form and the carried-over fields."""
         return DatasetInfo(self.path, self._selected_rows, self.form, self.extra_fields)
 
+    def _guarded(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Batches of the file; corrupt pages behind an intact footer become one DatasetError sentence."""
+        start = 0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise DatasetError(f"Dataset {self.path} is corrupt after row {start} ({reason}); write the file again "
+                                   "(e.g. pandas.DataFrame.to_parquet) or restore it from a copy.") from None
+            start += batch.num_rows
+            yield batch
+
     def _batches(self, columns: list[str] | None, *, whole: bool = False) -> Iterator[tuple[int, pa.RecordBatch]]:
         start = 0
-        for batch in self._file.iter_batches(batch_size=self.batch_size, columns=columns):
+        for batch in self._guarded(self._file.iter_batches(batch_size=self.batch_size, columns=columns)):
             if not whole and self.shuffle_seed is None and self.limit is not None and start >= self.limit:
                 return
             yield start, batch
@@ -227,10 +251,10 @@ class ParquetDataset:
         if self._file.metadata.num_rows == 0:
             raise DatasetError(f"Dataset {self.path} has no rows; add at least one prompt.")
         id_chunks = []
-        text_columns = ["messages"] if self.form == "messages" else ["prompt"] + (
-            ["system"] if "system" in self._file.schema_arrow.names else [])
         pool = pa.default_memory_pool()
-        for number, (start, batch) in enumerate(self._batches(["id"] + text_columns)):
+        # Every column is read once here (not only the checked ones), so corrupt pages anywhere stop the
+        # run before its first request rather than in the middle of it.
+        for number, (start, batch) in enumerate(self._batches(None)):
             if number % 16 == 15:
                 pool.release_unused()  # decoded pages add up in the allocator: ~40 MB less peak at 1M rows
             mask = None if self.shuffle_seed is not None else _selected_mask(batch.num_rows, start, self.limit, 1, 0)

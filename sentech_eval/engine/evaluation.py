@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import os
 import shlex
 import shutil
 import sys
@@ -23,12 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentech_eval.backends.base import create_backend
 from sentech_eval.config import (
-    ALLOWED_SECRETISH_KEYS, SECRET_KEY_PATTERN, Price, RunnerConfig, config_id, price_from_config, redacted_config, score_column,
+    Price, RunnerConfig, config_id, price_from_config, redacted_config, score_column,
     validate,
 )
-from sentech_eval.errors import ConfigError
+from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.engine.cache import RunCache, open_run_cache
 from sentech_eval.engine.datasets import ParquetDataset
+from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir
+from sentech_eval.secrets import environment_secrets, redact_tree
 from sentech_eval.engine.results import (
     PARTS_DIR, RESULTS_FILE, ResultsWriter, keep_latest_per_key, read_run_table, results_schema,
 )
@@ -58,25 +62,28 @@ def _build_scorers(cfg: DictConfig) -> list[Scorer]:
     return build_scorers(scorers_cfg)
 
 
-def _redact_secrets(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: "[redacted]" if str(k) not in ALLOWED_SECRETISH_KEYS and SECRET_KEY_PATTERN.search(str(k))
-                else _redact_secrets(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_redact_secrets(v) for v in node]
-    return node
-
-
 def scrub_saved_config(cfg: DictConfig, out_dir: Path) -> None:
     """Hydra saved the composed config to ``.hydra/config.yaml`` before the job ran: if a config file
-    carried a credential-looking key (which ``validate`` refuses), overwrite that copy without its value."""
+    carried a credential (which ``validate`` refuses), overwrite that copy without its value."""
     saved = out_dir / ".hydra" / "config.yaml"
     if not saved.exists():
         return
     container = OmegaConf.to_container(cfg, resolve=False)
-    redacted = _redact_secrets(container)
+    redacted = redact_tree(container, environment_secrets())
     if redacted != container:
         saved.write_text(OmegaConf.to_yaml(OmegaConf.create(redacted)))
+
+
+def _close_writer(writer: ResultsWriter, out_dir: Path, keep: Any) -> Path:
+    """Merge the parts; a full disk or Ctrl-C here loses nothing (the parts stay) and says how to finish."""
+    finish = f"every row is safe in {out_dir / PARTS_DIR}; the same command finishes the merge:\n  {resume_command(out_dir)}"
+    try:
+        return writer.close(keep=keep)
+    except KeyboardInterrupt:
+        print(f"\nsentech-eval run: interrupted while merging results.parquet; {finish}", file=sys.stderr)
+        raise
+    except OSError as exc:
+        raise ResultsError(f"Could not write {out_dir / RESULTS_FILE} ({exc.strerror or exc}); {finish}") from None
 
 
 def budget_hooks(runner_cfg: RunnerConfig, price: Price | None, out_dir: Path, cfg_id: str, dataset: ParquetDataset,
@@ -125,6 +132,7 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
 
     ``hooks`` plug into the runner (``engine.hooks``); their columns join the results schema.
     """
+    lock_run_dir(out_dir)
     try:
         sampling, dataset_cfg, runner_cfg = validate(cfg)
     except ConfigError:
@@ -203,7 +211,7 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
             else:
                 summary = await run_level(runner_cfg, dataset.iter_prompt_batches(), info.num_rows)
         finally:
-            path = writer.close(keep=keep_latest_per_key if resuming else None)
+            path = _close_writer(writer, out_dir, keep_latest_per_key if resuming else None)
             if cache is not None:
                 cache.close()
     finally:
@@ -339,12 +347,24 @@ def cache_note(cache: RunCache | None, ok: int) -> str | None:
 
 
 def resume_command(out_dir: Path) -> str:
-    """The command that resumes this run: the same overrides, with ``hydra.run.dir`` pinned to ``out_dir``."""
-    overrides: list[str] = []
+    """The command that resumes this run: the same overrides with ``hydra.run.dir`` pinned to ``out_dir``;
+    in a sweep, the same sweep command with ``hydra.sweep.dir`` pinned (each job resumes in its own dir)."""
     try:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+        hydra_cfg = HydraConfig.get()
     except (ValueError, ImportError):  # not inside a Hydra job
-        pass
+        return shlex.join(["sentech-eval", "run", f"hydra.run.dir={out_dir}"])
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # The sweep as the user typed it (`run` keeps its arguments in the environment, which launchers
+        # pass on to job processes), and the sweep dir: out_dir without the job's subdir.
+        argv = json.loads(os.environ.get(ARGV_ENV, "null")) or sys.argv[1:]
+        typed = [a for a in argv if not a.lstrip("+").startswith("hydra.sweep.dir=")]
+        if not any(a in ("-m", "--multirun") for a in typed) and not any(a.lstrip("+").startswith("sweep=") for a in typed):
+            typed = ["-m", *typed]
+        depth = len(Path(str(hydra_cfg.sweep.subdir)).parts)
+        sweep_dir = Path(out_dir).parents[depth - 1] if depth else Path(out_dir)
+        return shlex.join(["sentech-eval", "run", *typed, f"hydra.sweep.dir={sweep_dir}"])
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("hydra.run.dir=")]
     return shlex.join(["sentech-eval", "run", *overrides, f"hydra.run.dir={out_dir}"])

@@ -52,9 +52,12 @@ class TokenBucket:
         return waited
 
     def adjust(self, delta: float) -> None:
-        """Correct an estimate after the fact (positive delta = more tokens were used)."""
+        """Correct an estimate after the fact (positive delta = more tokens were used).
+
+        The bucket never owes more than one minute's quota: one absurd count cannot stop the run for longer.
+        """
         self._refill()
-        self._tokens -= delta
+        self._tokens = max(self._tokens - delta, -60.0 * self.rate_per_s)
 
 
 class AdaptiveConcurrency:
@@ -140,13 +143,16 @@ class Pacer:
     """
 
     def __init__(self, concurrency: int, *, rpm: float | None = None, tpm: float | None = None,
-                 backoff_base_s: float = 0.5, backoff_max_s: float = 30.0, seed: int | None = None) -> None:
+                 backoff_base_s: float = 0.5, backoff_max_s: float = 30.0, max_retry_after_s: float = 120.0,
+                 seed: int | None = None) -> None:
         self.gate = AdaptiveConcurrency(concurrency)
         self.rpm = TokenBucket(rpm) if rpm else None
         self.tpm = TokenBucket(tpm) if tpm else None
         self.unpaced = self.rpm is None and self.tpm is None  # no token bucket to wait for
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.max_retry_after_s = max_retry_after_s  # a server's Retry-After is believed up to this
+        self.wait_reason = ""  # why the run waits right now, for the progress bar
         self.resume_at = 0.0  # monotonic time before which nothing is sent (a server's Retry-After)
         self.backoff_now = 0.0  # the wait in progress, for the progress bar
         self.lowest_concurrency: int | None = None  # set when 429s lowered the concurrency
@@ -189,9 +195,9 @@ class Pacer:
             pause = self.resume_at - time.monotonic()
             if pause <= 0 or self.stopping:
                 break
-            self.backoff_now = pause
+            self.backoff_now, self.wait_reason = pause, "server asked (Retry-After)"
             await self.sleep(pause)
-        self.backoff_now = 0.0
+        self.backoff_now, self.wait_reason = 0.0, ""
         if self.stopping:
             return False
         if self.unpaced and self.gate.try_acquire():
@@ -225,7 +231,9 @@ class Pacer:
     def settle(self, completion: Completion, sent_at: float, estimate: float) -> None:
         """Learn from one answer: the true token count, a success or a 429, a Retry-After pause."""
         if self.tpm is not None and completion.total_tokens is not None:
-            self.tpm.adjust(completion.total_tokens - estimate)
+            # A request cannot use more than its characters plus max_tokens (4 × the estimate covers both):
+            # a larger count is not charged (a server's number is untrusted input).
+            self.tpm.adjust(min(completion.total_tokens, 4 * estimate) - estimate)
         if completion.status == "ok":
             self.gate.on_success()
         elif completion.http_status == 429:
@@ -236,15 +244,19 @@ class Pacer:
                 self.lowest_concurrency = gate.limit if low is None else min(low, gate.limit)
         if completion.retry_after_s is not None:
             # The server asked every request of this client to wait, not just this one.
-            self.resume_at = max(self.resume_at, time.monotonic() + min(completion.retry_after_s, RETRY_AFTER_CEILING_S))
+            self.resume_at = max(self.resume_at, time.monotonic() + min(completion.retry_after_s, self.max_retry_after_s))
 
     async def backoff(self, attempts: int, completion: Completion) -> None:
         """Wait before retrying an item that has been tried ``attempts`` times (cut short by ``stop``)."""
+        retry_after = completion.retry_after_s
+        if retry_after is not None:
+            retry_after = min(retry_after, self.max_retry_after_s)
         delay = backoff_delay(attempts, base_s=self.backoff_base_s, max_s=self.backoff_max_s,
-                              retry_after_s=completion.retry_after_s, rng=self._rng)
+                              retry_after_s=retry_after, rng=self._rng)
         self.backoff_now = delay
+        self.wait_reason = "server asked (Retry-After)" if retry_after is not None and delay <= retry_after else "backoff"
         await self.sleep(delay)
-        self.backoff_now = 0.0
+        self.backoff_now, self.wait_reason = 0.0, ""
 
     def stop(self) -> None:
         """Send nothing new; every wait returns now."""
@@ -257,5 +269,8 @@ class Pacer:
         if gate.limit < gate.max_limit:
             text += f" concurrency={gate.limit}/{gate.max_limit}"
         if self.backoff_now:
-            text += f" backoff={self.backoff_now:.1f}s"
+            if self.wait_reason == "backoff" or not self.wait_reason:
+                text += f" backoff={self.backoff_now:.1f}s"
+            else:
+                text += f" waiting {self.backoff_now:.1f}s: {self.wait_reason}"
         return text

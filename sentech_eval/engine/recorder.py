@@ -10,6 +10,7 @@ per-request path).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -77,6 +78,8 @@ class Recorder:
         self.summary = RunSummary()
         self.flush_rows = flush_rows
         self.flush_s = flush_s
+        self.write_error: OSError | None = None
+        self.on_write_error: Callable[[OSError], None] | None = None
         self._last_flush = time.monotonic()
         self._identity_values = (identity.run_id, identity.config_id, identity.backend, identity.model, identity.dataset)
         # Columns after the core ones: the dataset's extra columns, score columns, hooks' columns.
@@ -134,9 +137,20 @@ class Recorder:
         return row
 
     def flush(self) -> None:
-        """Write the buffered rows out as a part file."""
-        self.writer.flush()
+        """Write the buffered rows out as a part file.
+
+        A disk that refuses (full, read-only) is reported once to ``on_write_error`` (the runner stops
+        sending); the rows stay buffered for the final attempt at close, which says how to finish.
+        """
         self._last_flush = time.monotonic()
+        if self.write_error is not None:
+            return
+        try:
+            self.writer.flush()
+        except OSError as exc:
+            self.write_error = exc
+            if self.on_write_error is not None:
+                self.on_write_error(exc)
 
     def flush_if_due(self) -> None:
         """Flush when rows have waited ``flush_s`` seconds (called off the per-request path)."""

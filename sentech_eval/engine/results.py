@@ -113,6 +113,8 @@ class ResultsWriter:
         self.schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
         self._rows: list[list[Any]] = []
         self._names = tuple(self.schema.names)
+        self._status_index = self._names.index("status") if "status" in self._names else None
+        self._error_index = self._names.index("error") if "error" in self._names else None
         # pyarrow imports pandas on its first Python-to-Arrow conversion (~0.2 s): pay that here,
         # before the first request, instead of as a stall at the first flush in the middle of a run.
         pa.array([""], pa.string())
@@ -149,22 +151,60 @@ class ResultsWriter:
             return _timestamp_column(values, field.type)
         return pa.array(values, field.type)
 
+    def _batch(self, rows: list[list[Any]]) -> pa.RecordBatch:
+        columns = list(zip(*rows))  # one pass: rows -> columns
+        arrays = [self._column(field, column) for field, column in zip(self.schema, columns)]
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def _storable(self, row: list[Any]) -> list[Any]:
+        """``row`` with every value its column cannot hold (an int beyond int64, a bad string) set to null;
+        the row becomes an error saying which value and why, so the rest of the flush is kept."""
+        row = list(row)
+        problems = []
+        for index, field in enumerate(self.schema):
+            value = row[index]
+            if value is None:
+                continue
+            try:
+                self._column(field, (value,))
+            except (pa.ArrowException, OverflowError, TypeError, ValueError, UnicodeError) as exc:
+                shown = repr(value)
+                shown = shown if len(shown) <= 60 else shown[:60] + "…"
+                problems.append(f"{field.name}={shown} cannot be stored as {field.type} ({type(exc).__name__})")
+                row[index] = None
+        if problems and self._status_index is not None:
+            row[self._status_index] = "error"
+            if self._error_index is not None:
+                previous = row[self._error_index]
+                row[self._error_index] = "; ".join(([previous] if previous else []) + problems)
+        return row
+
     def flush(self) -> None:
-        """Write the buffered rows as one complete part file (atomic rename)."""
+        """Write the buffered rows as one complete part file (atomic rename).
+
+        A value no column can hold makes its row an error (never a failed flush). If the disk refuses
+        the write (full, read-only), the rows stay buffered for one more try at ``close`` and OSError is raised.
+        """
         rows = self._rows
         if not rows:
             return
-        columns = list(zip(*rows))  # one pass: rows -> columns
-        arrays = [self._column(field, column) for field, column in zip(self.schema, columns)]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        self._rows = []
+        try:
+            batch = self._batch(rows)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError, UnicodeError):
+            batch = self._batch([self._storable(row) for row in rows])
         final = self.parts_dir / f"part-{self._next_part:06d}.parquet"
         tmp = final.with_suffix(".tmp")
-        # Parts are short-lived (merged at close): no dictionary pages or statistics to compute.
-        pq.write_table(pa.Table.from_batches([batch]), tmp, use_dictionary=False, write_statistics=False)
-        os.replace(tmp, final)
+        try:
+            # Parts are short-lived (merged at close): no dictionary pages or statistics to compute.
+            pq.write_table(pa.Table.from_batches([batch]), tmp, use_dictionary=False, write_statistics=False)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            self._rows = rows + self._rows
+            raise
         self._next_part += 1
         self.rows_written += len(rows)
-        self._rows = []
 
     def close(self, keep: "callable | None" = None) -> Path:
         """Flush, then merge results.parquet and every part into a new results.parquet.
@@ -188,6 +228,24 @@ def merge_parts(run_dir: Path, schema: pa.Schema, keep=None) -> Path:
     files = _readable_parts(run_dir)
     target = run_dir / RESULTS_FILE
     tmp = run_dir / (RESULTS_FILE + ".tmp")
+    try:
+        _write_merged(files, tmp, schema, keep)
+        os.replace(tmp, target)
+    except BaseException:  # a full disk, Ctrl-C: the parts are untouched; a later merge starts over
+        tmp.unlink(missing_ok=True)
+        raise
+    parts = run_dir / PARTS_DIR
+    for f in parts.glob("part-*.parquet"):
+        f.unlink()
+    if parts.exists():
+        try:
+            parts.rmdir()
+        except OSError:
+            pass
+    return target
+
+
+def _write_merged(files: list[Path], tmp: Path, schema: pa.Schema, keep) -> None:
     if keep is not None:
         table = pa.concat_tables([_conform(pq.read_table(f), schema) for f in files]) if files else schema.empty_table()
         table = keep(table)
@@ -205,16 +263,6 @@ def merge_parts(run_dir: Path, schema: pa.Schema, keep=None) -> Path:
                         pending, pending_rows = [], 0
             if pending or not files:
                 writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table())
-    os.replace(tmp, target)
-    parts = run_dir / PARTS_DIR
-    for f in parts.glob("part-*.parquet"):
-        f.unlink()
-    if parts.exists():
-        try:
-            parts.rmdir()
-        except OSError:
-            pass
-    return target
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -244,10 +292,13 @@ def keep_latest_per_key(table: pa.Table) -> pa.Table:
     """One row per (config_id, prompt_id, repeat): the last one written wins (a retry beats its error)."""
     if table.num_rows == 0:
         return table
-    indexed = table.append_column("__row", pa.array(range(table.num_rows), pa.int64()))
-    latest = indexed.group_by(list(KEY_COLUMNS)).aggregate([("__row", "max")])
-    order = pc.sort_indices(latest.column("__row_max"))
-    return table.take(pc.take(latest.column("__row_max"), order))
+    position = "__row"
+    while position in table.column_names or f"{position}_max" in table.column_names:
+        position += "_"  # never collide with a column of the table
+    indexed = table.select(list(KEY_COLUMNS)).append_column(position, pa.array(range(table.num_rows), pa.int64()))
+    latest = indexed.group_by(list(KEY_COLUMNS)).aggregate([(position, "max")])
+    order = pc.sort_indices(latest.column(f"{position}_max"))
+    return table.take(pc.take(latest.column(f"{position}_max"), order))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

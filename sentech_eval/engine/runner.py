@@ -69,10 +69,12 @@ class Runner:
         self.done_keys = done_keys or set()
         self.total = total
         self.pacer = Pacer(config.concurrency, rpm=config.rpm, tpm=config.tpm, backoff_base_s=config.backoff_base_s,
-                           backoff_max_s=config.backoff_max_s, seed=sampling.seed)
+                           backoff_max_s=config.backoff_max_s, max_retry_after_s=config.max_retry_after_s,
+                           seed=sampling.seed)
         self.recorder = Recorder(writer, identity, scorers=self.scorers, flush_rows=config.flush_rows,
                                  flush_s=config.flush_s)
         self.summary = self.recorder.summary
+        self.recorder.on_write_error = self._write_failed
         self._auth_error: AuthenticationError | None = None
         self._row_hooks = [h for h in self.hooks if type(h).on_row is not RunHook.on_row]
         self._batch_hooks = [h for h in self.hooks if type(h).before_batch is not RunHook.before_batch]
@@ -223,6 +225,14 @@ class Runner:
         if not self.pacer.stopping:
             self.summary.stop_reason = reason
             self.pacer.stop()
+
+    def _write_failed(self, exc: OSError) -> None:
+        """The disk refused a flush: stop sending (unsent items stay unsent; the end of the run says how to resume)."""
+        print(f"\nsentech-eval: cannot write results ({exc.strerror or exc}); stopping — nothing new is sent.",
+              file=sys.stderr)
+        if not self.pacer.stopping:
+            self.pacer.stop()
+            self.summary.interrupted = True
 
     def request_stop(self) -> None:
         """Stop sending new requests (Ctrl-C / SIGTERM); in-flight ones finish and are saved."""

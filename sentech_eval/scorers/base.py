@@ -230,7 +230,7 @@ def build_scorer(name: str, cfg: Any = None) -> Scorer:
         return _as_scorer(name, built)
     except ConfigError:
         raise
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"Scorer {name!r}: bad options for {options.get('_target_')!r}: {_one_line(exc)}.") from exc
 
 

@@ -1,0 +1,102 @@
+"""The key never leaves the process: `grep -r KEY` over the run dir, the console output and ~/.cache finds nothing.
+
+For every override shape that tries to carry a key (by name, by shape, by value, URL-encoded,
+base64, in a dict, where a variable name goes), `sentech-eval run` refuses it before Hydra writes
+anything; and a full run whose server quotes the key back in every way stores none of it.
+``HOME`` points into the test's tmp dir, so ``~/.cache`` is exactly what these runs wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hostile_server import hostile_server
+from reliability_support import assert_one_sentence, new_key, remote_run_args, run_cli
+
+from sentech_eval.server.testing import running_server
+
+SHAPES = [
+    "+backend.headers={{Authorization:'Bearer {key}'}}",
+    "+backend.key={key}",
+    "backend.api_key={key}",
+    "++backend.headers.X-Api-Key={key}",
+    "+backend.extra={{token: {key}}}",
+    "+backend.note={key}",
+    "backend.api_key_env={key}",
+    "backend.base_url=https://api.example.com/v1?api%5Fkey={key}",
+    "backend.base_url=https://api.example.com/v1%3Fapi_key%3D{key}",
+    "backend.base_url=https://api.example.com/v1?access_token={key}",
+    "backend.base_url=https://user:{key}@api.example.com/v1",
+    "+backend.auth=Basic {basic}",
+    "+backend.note={b64}",
+    "+backend.note={quoted}",
+    "hydra.job.env_set.SENTECH_API_KEY={key}",
+    "hydra.run.dir={tmp}/{key}",
+]
+
+
+def _grep(key: str, *paths: Path) -> str:
+    existing = [str(p) for p in paths if p.exists()]
+    if not existing:
+        return ""
+    found = subprocess.run(["grep", "-r", "-l", "-a", "-F", key, *existing], capture_output=True, text=True).stdout
+    for root in paths:  # Parquet pages are compressed: read them too, metadata included
+        for path in root.rglob("*.parquet") if root.exists() else ():
+            table = pq.read_table(path)
+            if key in table.to_pandas().astype(str).to_string() or key in str(table.schema.metadata):
+                found += f"{path}\n"
+    return found
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_an_override_shape_carrying_the_key_leaves_no_trace(tmp_path, shape, capsys, monkeypatch):
+    """In-process (the refusal happens before Hydra starts); the key is also the configured variable's value."""
+    from sentech_eval.cli import main
+
+    key = new_key()
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("SENTECH_API_KEY", key)
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    arg = shape.format(key=key, tmp=tmp_path, basic=base64.b64encode(f"user:{key}".encode()).decode(),
+                       b64=base64.b64encode(key.encode()).decode(), quoted=quote(quote(key, safe=""), safe=""))
+    code = main(["run", "backend=remote", arg, f"hydra.run.dir={run_dir}"])
+    out, err = capsys.readouterr()
+    assert_one_sentence(subprocess.CompletedProcess([], code, out, err), "Refusing", "SENTECH_API_KEY")
+    assert not run_dir.exists(), "Hydra created the run dir before the refusal"
+    assert key not in out + err
+    assert _grep(key, tmp_path, home / ".cache") == ""
+
+
+def test_a_run_whose_server_quotes_the_key_back_stores_none_of_it(tmp_path):
+    key = new_key()
+    home = tmp_path / "home"
+    home.mkdir()
+    modes = ["ok", "key_cut", "key_prefix", "key_suffix", "key_in_output", "key_in_finish_reason", "key_in_html",
+             "key_in_location"]
+    data = tmp_path / "modes.parquet"
+    pd.DataFrame({"id": modes, "prompt": [f"mode:{m}" for m in modes]}).to_parquet(data)
+    with hostile_server() as (url, _state):
+        hostile = run_cli(*remote_run_args(url, tmp_path / "hostile", f"dataset.path={data}", "runner.progress=true",
+                                           "runner.max_retries=1"), key=key, extra_env={"HOME": str(home)})
+    with running_server(engine="echo", api_key=key, seed=3, error_rate=0.3, error_status=503) as url:
+        streamed = run_cli(*remote_run_args(url, tmp_path / "streamed", "dataset.limit=30", "backend.stream=true",
+                                            "runner.progress=true", "runner.max_retries=0"),
+                           key=key, extra_env={"HOME": str(home)})
+    for result in (hostile, streamed):
+        assert result.returncode == 0, result.stderr
+        assert key not in result.stdout + result.stderr
+        for piece in (key[i:i + 12] for i in range(len(key) - 11)):
+            assert piece not in result.stdout + result.stderr
+    assert _grep(key, tmp_path / "hostile", tmp_path / "streamed", home / ".cache") == ""
+    for piece in {key[:len(key) // 2], key[-(len(key) // 2):]}:  # a long part of the key is found nowhere either
+        assert _grep(piece, tmp_path / "hostile", tmp_path / "streamed", home / ".cache") == ""

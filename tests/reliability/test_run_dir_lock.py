@@ -1,0 +1,75 @@
+"""Two runs, one directory: a run holds an OS lock on its run dir; a second run stops at once.
+
+Real `sentech-eval run` processes against the real server: while one run writes into a dir, a
+second one into the same dir exits 2 with one sentence naming the first process, and the first
+ends with every row once. After ``kill -9`` the kernel releases the lock and a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+from reliability_support import (REPO_ROOT, assert_one_row_per_key, assert_one_sentence, cli_command, cli_env, new_key,
+                                 remote_run_args, rows, run_cli)
+
+from sentech_eval.engine.results import PARTS_DIR
+from sentech_eval.engine.rundir import LOCK_FILE
+from sentech_eval.server.testing import running_server
+
+SLOW_RUN = ("runner.concurrency=4", "runner.flush_s=0.1")
+
+
+def _start(args: list[str], key: str) -> subprocess.Popen:
+    return subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(key), cwd=REPO_ROOT)
+
+
+def _wait_for_parts(run_dir, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list((run_dir / PARTS_DIR).glob("part-*.parquet")):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("the first run flushed nothing")
+
+
+def test_a_second_run_into_a_busy_dir_stops_at_once_naming_the_first(tmp_path):
+    key = new_key()
+    run_dir = tmp_path / "run"
+    with running_server(engine="echo", api_key=key, latency_ms=30) as url:
+        first = _start(remote_run_args(url, run_dir, *SLOW_RUN), key)
+        _wait_for_parts(run_dir, first)
+        started = time.monotonic()
+        second = run_cli(*remote_run_args(url, run_dir, *SLOW_RUN), key=key)
+        took = time.monotonic() - started
+        assert first.poll() is None, "the first run must still be going for this test to mean anything"
+        out, err = first.communicate(timeout=120)
+    line = assert_one_sentence(second, f"Another sentech-eval run (pid {first.pid} on", str(run_dir))
+    assert "choose another hydra.run.dir" in line
+    assert took < 30
+    assert first.returncode == 0, err
+    final = rows(run_dir)
+    assert len(final) == 200 and (final["status"] == "ok").all()
+    assert_one_row_per_key(final)
+    assert final["run_id"].nunique() == 1  # every row from the first run: the second sent nothing
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    key = new_key()
+    run_dir = tmp_path / "run"
+    with running_server(engine="echo", api_key=key, latency_ms=30) as url:
+        first = _start(remote_run_args(url, run_dir, *SLOW_RUN), key)
+        _wait_for_parts(run_dir, first)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+        assert (run_dir / LOCK_FILE).exists()  # the file stays; the kernel dropped the lock with the process
+        resumed = run_cli(*remote_run_args(url, run_dir, *SLOW_RUN), key=key)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "rows already done are skipped" in resumed.stderr
+    final = rows(run_dir)
+    assert len(final) == 200 and (final["status"] == "ok").all()
+    assert_one_row_per_key(final)
