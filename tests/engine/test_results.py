@@ -102,3 +102,52 @@ def test_started_at_may_mix_posix_seconds_and_datetimes_in_one_flush(tmp_path):
     writer.add({"prompt_id": "b", "started_at": when})
     writer.close()
     assert [t.to_pydatetime() for t in load_results(tmp_path)["started_at"]] == [when, when]
+
+
+@pytest.mark.parametrize("column, value", [("total_tokens", 2**64 - 1), ("prompt_tokens", -(2**70)),
+                                           ("output", "fi\ud800ne"), ("attempts", 2**40), ("latency_s", "slow")])
+def test_a_value_no_column_can_hold_makes_its_row_an_error_not_a_failed_flush(tmp_path, column, value):
+    writer = ResultsWriter(tmp_path, results_schema(), {"run_id": "r"})
+    batch = rows(4)
+    batch[2][column] = value
+    for row in batch:
+        writer.add(row)
+    writer.flush()  # never raises for a value: the other rows are kept
+    assert writer.buffered == 0
+    frame = load_results(writer.close()).set_index("prompt_id")
+    assert list(frame.index) == ["0", "1", "2", "3"]
+    bad = frame.loc["2"]
+    assert bad["status"] == "error"
+    assert bad[column] is None or bad[column] != bad[column]  # null (None, or NaN in a float column)
+    assert f"{column}=" in bad["error"] and "cannot be stored" in bad["error"]
+    assert (frame.drop(index="2")["status"] == "ok").all()
+
+
+def test_a_disk_that_refuses_a_flush_keeps_the_rows_for_the_next_try(tmp_path, monkeypatch):
+    import errno
+
+    writer = ResultsWriter(tmp_path, results_schema(), {"run_id": "r"})
+    for row in rows(3):
+        writer.add(row)
+    real = pq.write_table
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    with pytest.raises(OSError):
+        writer.flush()
+    assert writer.buffered == 3 and not list((tmp_path / PARTS_DIR).glob("part-*"))  # no half-written part
+    monkeypatch.setattr(pq, "write_table", real)
+    writer.flush()
+    assert load_results(writer.close())["prompt_id"].tolist() == ["0", "1", "2"]
+
+
+def test_keep_latest_per_key_does_not_collide_with_a_column_of_the_table(tmp_path):
+    import pyarrow as pa
+
+    table = pa.table({"config_id": ["c", "c"], "prompt_id": ["1", "1"], "repeat": [0, 0], "__row": [7, 8],
+                      "__row_max": [1, 2], "status": ["error", "ok"]})
+    kept = keep_latest_per_key(table)
+    assert kept.num_rows == 1 and kept.column("status").to_pylist() == ["ok"]
+    assert kept.column("__row").to_pylist() == [8]
