@@ -8,7 +8,8 @@ every mode in one `sentech-eval run`; the server counts requests per mode and re
 
 Modes (by class):
 
-- numbers: ``usage_overflow`` (2**64-1), ``usage_negative``, ``usage_huge`` (10**12), ``usage_float``
+- numbers: ``usage_overflow`` (2**64-1), ``usage_negative``, ``usage_huge`` (10**12), ``usage_large_valid``
+  (9×10^8: in range, but far beyond what the request could use), ``usage_float``
   (3.5), ``usage_string`` ("12"), ``usage_bool``, ``stream_usage_overflow``.
 - sizes: ``long_sse_line`` (one SSE line of ``LONG_LINE_BYTES``), ``huge_body`` (declared length),
   ``huge_chunked`` (no length), ``huge_error`` (a 500 with a chunked body far beyond any cap),
@@ -94,6 +95,7 @@ class HostileServer:
             "usage_overflow": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 18446744073709551615},
             "usage_negative": {"prompt_tokens": -5, "completion_tokens": 1, "total_tokens": 4},
             "usage_huge": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 10**12},
+            "usage_large_valid": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 900_000_000},
             "usage_float": {"prompt_tokens": 3.5, "completion_tokens": 1, "total_tokens": 4},
             "usage_string": {"prompt_tokens": "12", "completion_tokens": 1, "total_tokens": 4},
             "usage_bool": {"prompt_tokens": True, "completion_tokens": 1, "total_tokens": 4},
