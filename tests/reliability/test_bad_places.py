@@ -211,3 +211,13 @@ def test_ctrl_c_in_a_sweep_prints_a_command_that_resumes_the_same_sweep_dir(tmp_
         assert_one_row_per_key(final)
     sweep = json.loads((sweep_dirs[0] / "sweep.json").read_text())
     assert sweep.get("status") != "incomplete"
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (("scorers=[numeric]", "scorers.numeric.tolerance=abc"), "Scorer 'numeric': bad options"),
+    (("scorers=[regex]", "scorers.regex.pattern='(unclosed'"), "Scorer 'regex'"),
+])
+def test_bad_scorer_options(tmp_path, overrides, fragment):
+    result = run_cli("run", "backend=remote", "backend.base_url=http://127.0.0.1:9/v1", *overrides,
+                     f"hydra.run.dir={tmp_path / 'run'}", key=new_key())
+    assert_one_sentence(result, fragment)
