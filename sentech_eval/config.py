@@ -161,9 +161,9 @@ def unknown_key_error(full_key: str, known: list[str]) -> ConfigError:
     """An unknown key, naming the nearest valid one (a typo) or else every valid one."""
     parent, _, leaf = full_key.rpartition(".")
     close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.5)
-    hint = (f"did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close
-            else f"known keys are: {', '.join(sorted(known))}.")
-    return ConfigError(f"Unknown config key '{full_key}'; {hint} (To add a new key on purpose, write +{full_key}=….)")
+    hint = (f"the nearest valid key is '{parent + '.' if parent else ''}{close[0]}'" if close
+            else f"known keys are: {', '.join(sorted(known))}")
+    return ConfigError(f"Unknown config key '{full_key}'; {hint} (to add a new key on purpose, write +{full_key}=…).")
 
 
 def number_setting(name: str, value: Any, *, integer: bool = False, minimum: float | None = None,
@@ -258,13 +258,14 @@ def runner_from_config(cfg: DictConfig) -> RunnerConfig:
     for key in ("timeout_s", "rpm", "tpm", "flush_s", "backoff_base_s", "backoff_max_s", "max_retry_after_s"):
         if values[key] is not None and not math.isfinite(values[key]):
             raise ConfigError(f"Config key 'runner.{key}' must be a number or null, got {values[key]!r}.")
+    shown = {k: f"{v:g}" if isinstance(v, float) else v for k, v in values.items()}  # as typed: -1, not -1.0
     for key in ("timeout_s", "rpm", "tpm", "flush_s"):
         if values[key] is not None and values[key] <= 0:
-            raise ConfigError(f"runner.{key}={values[key]} must be greater than 0" +
+            raise ConfigError(f"runner.{key}={shown[key]} must be greater than 0" +
                               (" (or null for no limit)." if key != "flush_s" else "."))
     for key in ("backoff_base_s", "backoff_max_s", "max_retry_after_s"):
         if values[key] < 0:
-            raise ConfigError(f"runner.{key}={values[key]} must be 0 or more.")
+            raise ConfigError(f"runner.{key}={shown[key]} must be 0 or more.")
     for key in ("stop_at_ci_half_width", "max_cost_usd"):
         if values[key] is not None and values[key] <= 0:
             raise ConfigError(f"runner.{key}={values[key]} must be positive (or null for no limit).")

@@ -71,7 +71,7 @@ def test_non_numeric_and_negative_settings(tmp_path, override, fragment):
 def test_a_key_typo_names_the_nearest_valid_key(tmp_path, typo, nearest):
     result = run_cli("run", "backend=remote", typo, f"hydra.run.dir={tmp_path / 'run'}", key=new_key())
     key = typo.split("=")[0]
-    assert_one_sentence(result, f"Unknown config key '{key}'", f"did you mean '{nearest}'?")
+    assert_one_sentence(result, f"Unknown config key '{key}'", f"the nearest valid key is '{nearest}'")
 
 
 @pytest.mark.parametrize("make, fragment", [
