@@ -51,7 +51,7 @@ def test_corrupt_parquet_pages_behind_an_intact_footer(tmp_path):
     ("runner.backoff_base_s=-1", "runner.backoff_base_s=-1 must be 0 or more"),
     ("runner.backoff_max_s=-0.5", "runner.backoff_max_s=-0.5 must be 0 or more"),
     ("runner.flush_s=-1", "runner.flush_s=-1 must be greater than 0"),
-    ("runner.flush_s=abc", "Config key 'runner.flush_s' must be a number or null, got 'abc'"),
+    ("runner.flush_s=abc", "Config key 'runner.flush_s' must be a number, got 'abc'"),
     ("runner.max_retry_after_s=-1", "runner.max_retry_after_s=-1 must be 0 or more"),
     ("runner.rpm=nan", "Config key 'runner.rpm' must be a number or null"),
 ])
