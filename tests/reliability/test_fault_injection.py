@@ -119,7 +119,9 @@ def test_client_errors_are_never_retried(tmp_path, overrides, server_options, st
     key = new_key()
     with running_server(engine="echo", api_key=key, **server_options) as url:
         result = run_cli(*remote_run_args(url, tmp_path / "run", "dataset.limit=5", *overrides), key=key)
-    assert result.returncode == 0, result.stderr
+    # every row failed: the run says so and exits 1, but keeps every row (nothing retried, nothing lost)
+    assert result.returncode == 1, result.stderr
+    assert "every request failed" in result.stderr and "Traceback" not in result.stderr
     df = rows(tmp_path / "run")
     assert len(df) == 5
     assert (df["attempts"] == 1).all()
