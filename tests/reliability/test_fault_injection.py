@@ -66,7 +66,8 @@ def test_retries_give_up_after_max_retries_with_the_last_error(tmp_path):
     key = new_key()
     with running_server(engine="echo", api_key=key, error_rate=1.0, error_status=503) as url:
         result = run_cli(*remote_run_args(url, tmp_path / "run", "dataset.limit=5", "runner.max_retries=2"), key=key)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # every row failed: said, exit 1, rows kept
+    assert "every request failed" in result.stderr and "Traceback" not in result.stderr
     df = rows(tmp_path / "run")
     assert len(df) == 5
     assert (df["status"] == "error").all()
