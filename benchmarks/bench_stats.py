@@ -67,15 +67,85 @@ def emit(name: str, value: float | None, target: str, passed: bool | None, **ext
 
 
 # ------------------------------------------------------------------------------------- coverage
-def exact_coverage_one_row(p: float, n: int) -> tuple[float, float]:
-    """(coverage, narrowest width) of the summary interval with one row per prompt, by enumeration."""
-    k = np.arange(n + 1)
-    # Every possible data set: k ones among n prompts of one row each, as per-cluster totals.
-    y = (np.arange(n)[None, :] < k[:, None]).astype(float)
-    r = stats.clustered_wilson_from_totals(y, np.ones(n), CONFIDENCE)
-    covered = (r["low"] <= p) & (p <= r["high"])
-    weight = sps.binom.pmf(k, n, p)
-    return float(np.sum(weight[covered])), float(np.min(r["high"] - r["low"]))
+# Published intervals compared on the grid (one row per prompt): name -> bounds for k = 0..n.
+def _scipy_ci(method: str):
+    def bounds(k: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        cis = [sps.binomtest(int(x), n).proportion_ci(CONFIDENCE, method=method) for x in k]
+        return np.array([c.low for c in cis]), np.array([c.high for c in cis])
+    return bounds
+
+
+def _agresti_coull(k: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    z = sps.norm.ppf(0.5 + CONFIDENCE / 2)
+    n_t = n + z * z
+    p_t = (k + z * z / 2) / n_t
+    half = z * np.sqrt(p_t * (1 - p_t) / n_t)
+    return np.clip(p_t - half, 0, 1), np.clip(p_t + half, 0, 1)
+
+
+def _jeffreys(k: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    alpha = 1 - CONFIDENCE
+    low = np.where(k > 0, sps.beta.ppf(alpha / 2, k + 0.5, n - k + 0.5), 0.0)
+    high = np.where(k < n, sps.beta.ppf(1 - alpha / 2, k + 0.5, n - k + 0.5), 1.0)
+    return low, high
+
+
+CANDIDATES = {  # the product uses "midp" (stats.midp_interval)
+    "wilson": _scipy_ci("wilson"),
+    "wilson_cc": _scipy_ci("wilsoncc"),
+    "agresti_coull": _agresti_coull,
+    "jeffreys": _jeffreys,
+    "clopper_pearson": _scipy_ci("exact"),
+    "midp": lambda k, n: stats.midp_interval(k, n, CONFIDENCE),
+}
+CHOSEN = "midp"
+
+
+def exact_coverage(bounds: tuple[np.ndarray, np.ndarray], p: float, n: int) -> tuple[float, float]:
+    """(coverage, narrowest width) of an interval with bounds for k = 0..n, by enumerating every k."""
+    low, high = bounds
+    weight = sps.binom.pmf(np.arange(n + 1), n, p)
+    return float(np.sum(weight[(low <= p) & (p <= high)])), float(np.min(high - low))
+
+
+def achievable_coverages(p: float, n: int, band: tuple[float, float] = COVERAGE_TARGET) -> tuple[bool, float, float]:
+    """Can ANY non-randomised interval reach the band at (p, n)? (feasible, best below, best above).
+
+    With one row per prompt the data are a count k ~ Binomial(n, p); an interval (bounds
+    rising with k) covers p for a contiguous run of counts k_lo..k_hi, so its coverage is
+    Σ_{k_lo..k_hi} P(k). The band is reachable only if some contiguous run sums into it; otherwise
+    the closest values are the largest run sum below it and the smallest above it.
+    """
+    cum = np.concatenate([[0.0], np.cumsum(sps.binom.pmf(np.arange(n + 1), n, p))])
+    feasible, below, above = False, 0.0, 1.0
+    for start in range(n + 1):
+        sums = cum[start + 1:] - cum[start]
+        feasible = feasible or bool(np.any((sums >= band[0]) & (sums <= band[1])))
+        under, over = sums[sums < band[0]], sums[sums > band[1]]
+        below = max(below, float(under.max())) if under.size else below
+        above = min(above, float(over.min())) if over.size else above
+    return feasible, below, above
+
+
+def meets_target(coverage: float, feasible: bool, band: tuple[float, float] = COVERAGE_TARGET) -> bool:
+    """In the band where some interval can reach it; at least its lower edge (93 %) where none can."""
+    return band[0] <= coverage <= band[1] if feasible else coverage >= band[0]
+
+
+def compare_intervals(ps, ns, feasibility: dict) -> dict[str, dict]:
+    """Exact coverage of every candidate over the (p, n) settings: min, mean, in band, target met, below 93 %."""
+    out = {}
+    for name, fn in CANDIDATES.items():
+        covs = {}
+        for n in ns:
+            bounds = fn(np.arange(n + 1), n)
+            covs.update({(p, n): exact_coverage(bounds, p, n)[0] for p in ps})
+        values = np.array(list(covs.values()))
+        out[name] = {"min": float(values.min()), "mean": float(values.mean()), "settings": len(values),
+                     "in_band": int(np.sum((values >= COVERAGE_TARGET[0]) & (values <= COVERAGE_TARGET[1]))),
+                     "target_met": sum(meets_target(c, feasibility[key][0]) for key, c in covs.items()),
+                     "below_band": int(np.sum(values < COVERAGE_TARGET[0]))}
+    return out
 
 
 def beta_params(p: float, icc: float) -> tuple[float, float]:
@@ -224,10 +294,45 @@ def run(quick: bool, seed: int = 20261126) -> list[dict]:
         emit(name, value, target, passed, **extra)
 
     # 1. coverage --------------------------------------------------------------------------------
-    tables = {}
     t0 = time.perf_counter()
-    cov1 = {(p, n): exact_coverage_one_row(p, n) for p in ps for n in ns}
-    tables[("one_row", "1 row per prompt (Wilson, exact)")] = cov1
+    # 1a. one row per prompt: exact coverage, what any interval could reach, the published intervals.
+    feasibility = {(p, n): achievable_coverages(p, n) for p in ps for n in ns}
+    chosen = {n: CANDIDATES[CHOSEN](np.arange(n + 1), n) for n in ns}
+    cov1 = {(p, n): exact_coverage(chosen[n], p, n) for p in ps for n in ns}
+    log(f"\ncoverage of the 95% summary CI, 1 row per prompt ({CHOSEN}, exact), and what any non-randomised "
+        f"interval can reach")
+    log(f"{'p':>5} {'n':>5} {'coverage':>9} {'band reachable':>15} {'nearest below':>14} {'nearest above':>14}  target")
+    for (p, n), (cov, _) in cov1.items():
+        feasible, below, above = feasibility[(p, n)]
+        log(f"{p:>5g} {n:>5d} {100 * cov:8.2f}% {'yes' if feasible else 'no':>15} "
+            + (f"{'':>14} {'':>14}" if feasible else f"{100 * below:13.2f}% {100 * above:13.2f}%")
+            + f"  {'met' if meets_target(cov, feasible) else 'MISSED'}")
+    fine_ps = tuple(np.round(np.arange(0.05 if quick else 0.01, 1.0, 0.05 if quick else 0.01), 2))
+    fine_feasibility = {(p, n): achievable_coverages(p, n) for p in fine_ps for n in ns}
+    for grid_name, grid_ps, feas in (("issue grid", ps, feasibility), (f"fine grid p = {fine_ps[0]:g}..{fine_ps[-1]:g}",
+                                                                        fine_ps, fine_feasibility)):
+        table = compare_intervals(grid_ps, ns, feas)
+        log(f"\npublished intervals, 1 row per prompt, {grid_name} ({len(grid_ps) * len(ns)} settings; "
+            f"{sum(not f[0] for f in feas.values())} where no interval can reach 93–97%):")
+        log(f"{'interval':>16} {'min':>7} {'mean':>7} {'in 93–97%':>10} {'below 93%':>10} {'target met':>11}")
+        for name, row in table.items():
+            log(f"{name:>16} {100 * row['min']:6.2f}% {100 * row['mean']:6.2f}% {row['in_band']:>10d} "
+                f"{row['below_band']:>10d} {row['target_met']:>7d}/{row['settings']}" + ("   <- used" if name == CHOSEN else ""))
+        key = "issue_grid" if grid_name == "issue grid" else "fine_grid"
+        record(f"stats.interval_comparison_{key}", table[CHOSEN]["min"], "reported (the chosen interval's minimum)",
+               None, candidates=table, chosen=CHOSEN)
+    values = [v[0] for v in cov1.values()]
+    met = [meets_target(c, feasibility[setting][0]) for setting, (c, _) in cov1.items()]
+    record("stats.coverage_one_row_min", min(values),
+           f"{lo:.0%}–{hi:.0%} where reachable, >= {lo:.0%} where no interval can reach the band", all(met),
+           max=max(values), settings_in_target=sum(met), settings_in_band=sum(lo <= v <= hi for v in values),
+           settings_band_unreachable=sum(not f[0] for f in feasibility.values()), settings=len(values),
+           monte_carlo_se=0.0, title=f"1 row per prompt ({CHOSEN}, exact)")
+    record("stats.zero_width_intervals_one_row", float(min(v[1] for v in cov1.values())), "narrowest width > 0",
+           min(v[1] for v in cov1.values()) > 0)
+
+    # 1b. repeats: simulation (no exact enumeration; the band's reachability is not known exactly).
+    tables = {}
     for icc in ICCS if not quick else ICCS[:1]:
         tables[(f"repeats_icc_{icc:g}", f"{REPEATS} repeats, ICC {icc} (cluster-adjusted Wilson, {cover_sims} sims)")] = {
             (p, n): simulated_coverage_repeats(p, n, icc, cover_sims, rng) for p in ps for n in ns}
@@ -244,7 +349,8 @@ def run(quick: bool, seed: int = 20261126) -> list[dict]:
         inside = sum(lo <= v <= hi for v in values)
         record(f"stats.coverage_{key}_min", min(values), f"{lo:.0%}–{hi:.0%} in every setting",
                all(lo <= v <= hi for v in values), max=max(values), settings_in_target=inside,
-               settings=len(values), monte_carlo_se=0.0 if "exact" in title else se_cover, title=title)
+               settings_below_band=sum(v < lo for v in values), settings=len(values), monte_carlo_se=se_cover,
+               title=title)
         record(f"stats.zero_width_intervals_{key}", float(min(widths)), "narrowest width > 0", min(widths) > 0)
 
     # 2. type-I error ---------------------------------------------------------------------------

@@ -4,10 +4,11 @@ The unit of evidence is the *cluster* (the prompt, or a column the user names): 
 prompt (repeats, sweep points, temperatures) are never counted as independent. Which method is
 used depends on the data, and every interval and test says which one it is:
 
-- 0/1 scores (proportions): the **Wilson** score interval when every cluster holds one row; the
-  **cluster-adjusted Wilson** interval otherwise (Wilson at the effective sample size
-  n / design effect, the design effect estimated from the prompt-level residuals and kept within
-  [1, Σm²/n]). Neither can collapse to a point, not even for 30/30.
+- 0/1 scores (proportions): the **mid-p exact** interval (Lancaster's mid-p version of
+  Clopper–Pearson) when every cluster holds one row; the **cluster-adjusted Wilson** interval
+  otherwise (Wilson at Korn & Graubard's effective sample size n / design effect, the design
+  effect estimated from the prompt-level residuals and kept within [1, Σm²/n], with a
+  Satterthwaite degrees-of-freedom adjustment). Neither can collapse to a point, not even for 30/30.
 - other scores: the percentile bootstrap, resampling whole clusters.
 - paired 0/1 scores (compare, check): the difference B − A gets **Newcombe's hybrid score
   interval** (method 10: Wilson intervals of each side combined with their correlation, MOVER);
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from scipy import signal as _scipy_signal
+from scipy import special as _scipy_special
 from scipy import stats as _scipy_stats
 
 DEFAULT_RESAMPLES = 2000
@@ -72,16 +74,20 @@ def _bootstrap_means(sums: np.ndarray, counts: np.ndarray, n_resamples: int, rng
     return out
 
 
-def _clean(values: Any, clusters: Any | None) -> tuple[np.ndarray, np.ndarray | None]:
-    arr = _as_float(values)
-    keep = ~np.isnan(arr)
+def _clean(*columns: Any, clusters: Any | None = None) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The columns (same length) and their clusters without the rows where any column is NaN."""
+    arrays = [_as_float(c) for c in columns]
+    size = arrays[0].size
+    if any(a.size != size for a in arrays):
+        raise ValueError(f"paired samples differ in length: {' vs '.join(str(a.size) for a in arrays)}")
+    keep = ~np.any([np.isnan(a) for a in arrays], axis=0)
     cl = None
     if clusters is not None:
         cl = np.asarray(clusters, dtype=object).ravel()
-        if cl.size != arr.size:
-            raise ValueError(f"clusters has {cl.size} entries but values has {arr.size}")
+        if cl.size != size:
+            raise ValueError(f"clusters has {cl.size} entries but values has {size}")
         cl = cl[keep]
-    return arr[keep], cl
+    return [a[keep] for a in arrays], cl
 
 
 def bootstrap_ci(values: Any, clusters: Any | None = None, confidence: float = 0.95,
@@ -91,7 +97,7 @@ def bootstrap_ci(values: Any, clusters: Any | None = None, confidence: float = 0
     With ``clusters`` the resampling unit is the cluster (prompt), not the row.
     With fewer than two clusters the interval collapses to the mean; with no values all are NaN.
     """
-    arr, cl = _clean(values, clusters)
+    (arr,), cl = _clean(values, clusters=clusters)
     if arr.size == 0:
         return float("nan"), float("nan"), float("nan")
     mean = float(arr.mean())
@@ -126,11 +132,8 @@ def mcnemar_exact(a_pass: Any, b_pass: Any) -> float:
     p-value is the two-sided binomial test of min(n01, n10) out of n01 + n10 at p = 0.5; 1.0
     when there is no discordant pair.
     """
-    a_arr, b_arr = _as_float(a_pass), _as_float(b_pass)
-    if a_arr.size != b_arr.size:
-        raise ValueError(f"paired samples differ in length: {a_arr.size} vs {b_arr.size}")
-    keep = ~(np.isnan(a_arr) | np.isnan(b_arr))
-    a_ok, b_ok = a_arr[keep] >= 0.5, b_arr[keep] >= 0.5
+    (a_arr, b_arr), _ = _clean(a_pass, b_pass)
+    a_ok, b_ok = a_arr >= 0.5, b_arr >= 0.5
     n10 = int(np.sum(a_ok & ~b_ok))
     n01 = int(np.sum(~a_ok & b_ok))
     n = n01 + n10
@@ -141,6 +144,7 @@ def mcnemar_exact(a_pass: Any, b_pass: Any) -> float:
 
 # ------------------------------------------------------------------------------ methods, by name
 WILSON = "wilson"
+MIDP = "midp"
 WILSON_CLUSTERED = "wilson_clustered"
 BOOTSTRAP = "bootstrap"
 BOOTSTRAP_CLUSTERED = "bootstrap_clustered"
@@ -151,7 +155,9 @@ MCNEMAR_CLUSTERED = "mcnemar_clustered"
 
 METHOD_DESCRIPTIONS = {
     WILSON: "Wilson score interval (0/1 score, one row per prompt)",
-    WILSON_CLUSTERED: "cluster-adjusted Wilson interval (0/1 score, several rows per prompt: effective n = n / design effect)",
+    MIDP: "mid-p exact interval (mid-p Clopper–Pearson; 0/1 score, one row per prompt)",
+    WILSON_CLUSTERED: "cluster-adjusted Wilson interval (0/1 score, several rows per prompt: Wilson at the "
+                      "effective n = n / design effect, Satterthwaite degrees of freedom)",
     BOOTSTRAP: "percentile bootstrap over rows (one row per prompt)",
     BOOTSTRAP_CLUSTERED: "percentile bootstrap resampling prompts (several rows per prompt)",
     NEWCOMBE: "Newcombe hybrid score interval for paired proportions (one pair per prompt)",
@@ -200,6 +206,43 @@ def wilson_interval(successes: Any, n: Any, confidence: float = 0.95) -> tuple[n
     return low, high
 
 
+def _mid_p_tail_below(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """P(X < k) + P(X = k) / 2 for X ~ Binomial(n, p), through the regularised incomplete beta (real k, n)."""
+    below = np.where(k > 0, _scipy_special.betainc(np.maximum(k, 1e-300), n - k + 1.0, p), 1.0)  # P(X >= k)
+    at_most = np.where(n - k > 0, _scipy_special.betainc(k + 1.0, np.maximum(n - k, 1e-300), p), 0.0)  # P(X > k)
+    return 1.0 - 0.5 * (below + at_most)
+
+
+def midp_interval(successes: Any, n: Any, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Mid-p exact interval for ``successes`` out of ``n`` (arrays; real-valued k and n allowed).
+
+    The Clopper–Pearson interval with the observed count weighted by one half (Lancaster 1961;
+    Berry & Armitage 1995): the upper bound solves P(X < k) + P(X = k)/2 = α/2, the lower bound
+    P(X > k) + P(X = k)/2 = α/2. Its exact coverage stays near the nominal level without
+    Clopper–Pearson's conservatism or Wilson's dips near 0 and 1 (see benchmarks/bench_stats.py).
+    Bounds are solved by bisection to 1e-15; [0, 1] for ``n = 0``; never of zero width for ``n`` > 0.
+    """
+    k = np.asarray(successes, dtype=float)
+    n = np.broadcast_to(np.asarray(n, dtype=float), k.shape)
+    k, n = np.broadcast_arrays(k, n)
+    alpha = (1.0 - confidence) / 2.0
+    nn = np.where(n > 0, n, 1.0)
+    kk = np.clip(np.where(n > 0, k, 0.0), 0.0, nn)
+    bounds = []
+    for upper in (True, False):
+        lo, hi = np.zeros(kk.shape), np.ones(kk.shape)
+        for _ in range(52):  # 2^-52: the bisection has reached float resolution
+            mid = 0.5 * (lo + hi)
+            tail = _mid_p_tail_below(kk, nn, mid)  # falls from 1 to 0 as p grows
+            move_up = tail > alpha if upper else (1.0 - tail) < alpha
+            lo, hi = np.where(move_up, mid, lo), np.where(move_up, hi, mid)
+        bounds.append(0.5 * (lo + hi))
+    high, low = bounds
+    low = np.where((n > 0) & (kk > 0), low, 0.0)
+    high = np.where((n > 0) & (kk < nn), high, 1.0)
+    return low, high
+
+
 def _cluster_variance(y: np.ndarray, m: np.ndarray, est: np.ndarray, rows: np.ndarray,
                       k: np.ndarray) -> np.ndarray:
     """Cluster-robust (ratio-estimator) variance of ``est = Σy / Σm``; along the last axis, m = 0 pads."""
@@ -217,9 +260,13 @@ def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95) -> di
     proportion over the binomial one, kept within [1, Σm²/Σm] (its value if every prompt's rows
     were identical); when the proportion is 0 or 1 it cannot be estimated and its upper bound is
     used (every prompt counts once). With clusters the effective n is further scaled by
-    (z / t_{k−1})² for the k − 1 degrees of freedom of the variance estimate (Korn & Graubard
-    1998). With one row per cluster the design effect is 1: the plain Wilson interval.
-    Returns arrays: estimate, low, high, n_eff, design_effect, rows, clusters.
+    (z / t_ν)² for the degrees of freedom ν of the variance estimate (Korn & Graubard 1998).
+    ν is Satterthwaite's (1946) effective number of clusters behind the variance, (Σr²)² / Σr⁴
+    over the prompt residuals r, within [1, k − 1]: when one or two prompts hold every failure
+    it is near 1 and the estimated design effect, then ≈ 1, is not trusted. The effective n is
+    never below the prompt count scaled for k − 1 degrees of freedom (the design effect's upper
+    bound). With one row per cluster the design effect is 1: the plain Wilson interval.
+    Returns arrays: estimate, low, high, n_eff, design_effect, df, rows, clusters.
     """
     y = np.asarray(y, dtype=float)
     m = np.asarray(m, dtype=float)
@@ -233,17 +280,26 @@ def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95) -> di
         var_srs = est * (1.0 - est) / rows
         deff = np.where((var_srs > 0) & np.isfinite(var_cl), var_cl / np.where(var_srs > 0, var_srs, 1.0), deff_max)
     deff = np.clip(deff, 1.0, np.maximum(deff_max, 1.0))
-    n_eff = rows / deff
-    # Korn & Graubard's degrees-of-freedom adjustment: a variance estimated from k clusters
-    # has k − 1 degrees of freedom, so the normal quantile becomes Student's t (only when the
-    # design effect was estimated, i.e. some cluster holds several rows).
+    # Korn & Graubard's degrees-of-freedom adjustment: the normal quantile becomes Student's t
+    # for the degrees of freedom of the variance estimate (only when the design effect was
+    # estimated, i.e. some cluster holds several rows). Those are Satterthwaite's effective
+    # number of clusters, at most k − 1; without residuals (p̂ = 0 or 1) k − 1.
     clustered = deff_max > 1.0
+    k_df = np.maximum(k - 1, 1).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        t = _scipy_stats.t.ppf(0.5 + confidence / 2.0, np.maximum(k - 1, 1))
-    n_eff = np.where(clustered, n_eff * (_z(confidence) / t) ** 2, n_eff)
+        resid = y - est[..., None] * m
+        r2 = np.sum(resid ** 2, axis=-1)
+        r4 = np.sum(resid ** 4, axis=-1)
+        df = np.where(r4 > 0, r2 * r2 / np.where(r4 > 0, r4, 1.0), k_df)
+    df = np.clip(np.nan_to_num(df, nan=1.0), 1.0, k_df)
+    z = _z(confidence)
+    t_df = _scipy_stats.t.ppf(0.5 + confidence / 2.0, df)
+    t_k = _scipy_stats.t.ppf(0.5 + confidence / 2.0, k_df)
+    floor = rows / np.maximum(deff_max, 1.0) * (z / t_k) ** 2
+    n_eff = np.where(clustered, np.maximum(rows / deff * (z / t_df) ** 2, floor), rows / deff)
     low, high = wilson_interval(est * n_eff, n_eff, confidence)
     return {"estimate": est, "low": low, "high": high, "n_eff": n_eff, "design_effect": deff,
-            "rows": rows, "clusters": k}
+            "df": np.where(clustered, df, np.inf), "rows": rows, "clusters": k}
 
 
 def _codes(clusters: Any | None, size: int) -> np.ndarray:
@@ -261,17 +317,19 @@ def is_binary(values: Any) -> bool:
 
 
 def proportion_ci(values: Any, clusters: Any | None = None, confidence: float = 0.95) -> Interval:
-    """Interval of the mean of a 0/1 score: Wilson, or cluster-adjusted Wilson when clusters hold several rows."""
-    arr, cl = _clean(values, clusters)
+    """Interval of the mean of a 0/1 score: mid-p exact, or cluster-adjusted Wilson when clusters hold several rows."""
+    (arr,), cl = _clean(values, clusters=clusters)
     if arr.size == 0:
         return Interval(float("nan"), float("nan"), float("nan"), "", 0, 0)
     codes = _codes(cl, arr.size)
     y = np.bincount(codes, weights=arr)
     m = np.bincount(codes).astype(float)
+    if m.max() <= 1:
+        low, high = midp_interval(y.sum(), arr.size, confidence)
+        return Interval(float(arr.mean()), float(low), float(high), MIDP, int(arr.size), int(y.size))
     r = clustered_wilson_from_totals(y, m, confidence)
-    method = WILSON if m.max() <= 1 else WILSON_CLUSTERED
-    return Interval(float(r["estimate"]), float(r["low"]), float(r["high"]), method, int(arr.size), int(y.size),
-                    float(r["design_effect"]))
+    return Interval(float(r["estimate"]), float(r["low"]), float(r["high"]), WILSON_CLUSTERED, int(arr.size),
+                    int(y.size), float(r["design_effect"]))
 
 
 def mean_ci(values: Any, clusters: Any | None = None, confidence: float = 0.95,
@@ -280,7 +338,7 @@ def mean_ci(values: Any, clusters: Any | None = None, confidence: float = 0.95,
 
     0/1 scores get ``proportion_ci``; other scores the percentile bootstrap resampling clusters.
     """
-    arr, cl = _clean(values, clusters)
+    (arr,), cl = _clean(values, clusters=clusters)
     if arr.size == 0:
         return Interval(float("nan"), float("nan"), float("nan"), "", 0, 0)
     if is_binary(arr):
@@ -336,17 +394,7 @@ def paired_difference_ci(a: Any, b: Any, clusters: Any | None = None, confidence
     0/1 scores on both sides: the Newcombe interval (cluster-adjusted when clusters hold several
     pairs); other scores: the percentile bootstrap of the differences resampling clusters.
     """
-    a_arr, b_arr = _as_float(a), _as_float(b)
-    if a_arr.size != b_arr.size:
-        raise ValueError(f"paired samples differ in length: {a_arr.size} vs {b_arr.size}")
-    keep = ~(np.isnan(a_arr) | np.isnan(b_arr))
-    cl = None
-    if clusters is not None:
-        cl = np.asarray(clusters, dtype=object).ravel()
-        if cl.size != a_arr.size:
-            raise ValueError(f"clusters has {cl.size} entries but values has {a_arr.size}")
-        cl = cl[keep]
-    a_arr, b_arr = a_arr[keep], b_arr[keep]
+    (a_arr, b_arr), cl = _clean(a, b, clusters=clusters)
     if a_arr.size == 0:
         return Interval(float("nan"), float("nan"), float("nan"), "", 0, 0)
     codes = _codes(cl, a_arr.size)
@@ -395,12 +443,8 @@ def paired_test(a_pass: Any, b_pass: Any, clusters: Any | None = None) -> tuple[
 
     Pairs with a NaN are dropped; both sides must be 0/1.
     """
-    a_arr, b_arr = _as_float(a_pass), _as_float(b_pass)
-    if a_arr.size != b_arr.size:
-        raise ValueError(f"paired samples differ in length: {a_arr.size} vs {b_arr.size}")
-    keep = ~(np.isnan(a_arr) | np.isnan(b_arr))
-    codes = _codes(None if clusters is None else np.asarray(clusters, dtype=object).ravel()[keep], int(keep.sum()))
-    a_arr, b_arr = a_arr[keep], b_arr[keep]
+    (a_arr, b_arr), cl = _clean(a_pass, b_pass, clusters=clusters)
+    codes = _codes(cl, a_arr.size)
     if codes.size and int(codes.max()) + 1 < codes.size:
         sums = np.bincount(codes, weights=(b_arr >= 0.5).astype(float) - (a_arr >= 0.5).astype(float))
         return sign_flip_pvalue(sums), MCNEMAR_CLUSTERED
