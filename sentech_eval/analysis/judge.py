@@ -4,7 +4,7 @@ Every pair where both sides succeeded is judged twice, once as (A, B) and once a
 judge that favours the first (or second) position cancels out. Each verdict gives B 1, 0.5 (tie)
 or 0; a pair's preference is the mean of its usable verdicts, and the reported rate is the mean
 over pairs with a CI clustered by prompt (``stats.mean_ci``: the bootstrap resampling prompts, or
-Wilson when every preference is 0 or 1). Pairs whose outputs
+the mid-p or cluster-adjusted Wilson interval when every preference is 0 or 1). Pairs whose outputs
 are identical after normalisation count as ties without asking. A failed request or a reply
 without a verdict is recorded as a judge error and that verdict is left out; it never stops
 the comparison. Only a rejected API key (401/403) stops it, as it stops a run.

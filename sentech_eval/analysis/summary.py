@@ -3,7 +3,7 @@
 ``summarize(results)`` gives one row per configuration (backend, model, dataset, every sampling
 parameter) with ``n``, ``error_rate``, for each score ``<score>_mean`` / ``_ci_low`` / ``_ci_high``
 / ``_ci_method`` / ``_n`` / ``_n_clusters`` (a 95% interval clustered over prompts, or over the
-column passed as ``cluster``: Wilson or cluster-adjusted Wilson for 0/1 scores, the clustered
+column passed as ``cluster``: mid-p exact or cluster-adjusted Wilson for 0/1 scores, the clustered
 bootstrap otherwise; see ``analysis.stats``), latency and TTFT percentiles, token counts,
 ``output_tokens_per_s`` (throughput: all completion tokens over the wall-clock span) and
 ``decode_tokens_per_s_p50`` (the median per-request decode speed of streamed rows). Errored rows

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval report") -> in
         prog=prog,
         description=(
             "Summarise results: writes summary.parquet (one row per configuration: n, error_rate, "
-            "<score>_mean/_ci_low/_ci_high with 95% CIs clustered over prompts (Wilson or cluster-adjusted "
+            "<score>_mean/_ci_low/_ci_high with 95% CIs clustered over prompts (mid-p exact or cluster-adjusted "
             "Wilson for 0/1 scores, the clustered bootstrap otherwise; the method is in <score>_ci_method), "
             "latency and TTFT percentiles, token counts, output_tokens_per_s (throughput over all requests) "
             "and decode_tokens_per_s_p50 (per-request decode speed)) and a self-contained report.html next "

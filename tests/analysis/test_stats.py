@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import optimize as scipy_optimize
 from scipy import stats as scipy_stats
 
 from sentech_eval.analysis import stats
@@ -120,6 +121,35 @@ def test_wilson_interval_equals_scipy(k, n):
     assert (float(low), float(high)) == pytest.approx((expected.low, expected.high), abs=1e-12)
 
 
+def midp_reference(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The mid-p interval solved independently: scipy's binomial tails and brentq, one bound at a time."""
+    alpha = (1 - confidence) / 2
+    def tail_up(p):  # P(X > k) + P(X = k)/2: rises with p
+        return scipy_stats.binom.sf(k, n, p) + 0.5 * scipy_stats.binom.pmf(k, n, p) - alpha
+    def tail_down(p):  # P(X < k) + P(X = k)/2: falls with p
+        return scipy_stats.binom.cdf(k - 1, n, p) + 0.5 * scipy_stats.binom.pmf(k, n, p) - alpha
+    low = 0.0 if k == 0 else scipy_optimize.brentq(tail_up, 1e-12, 1 - 1e-12, xtol=1e-14)
+    high = 1.0 if k == n else scipy_optimize.brentq(tail_down, 1e-12, 1 - 1e-12, xtol=1e-14)
+    return low, high
+
+
+@pytest.mark.parametrize("k,n", [(0, 20), (1, 20), (2, 20), (19, 20), (30, 30), (7, 50), (49, 50), (500, 1000), (0, 1)])
+def test_midp_interval_equals_the_binomial_tails_solved_by_scipy(k, n):
+    low, high = stats.midp_interval(k, n)
+    assert (float(low), float(high)) == pytest.approx(midp_reference(k, n), abs=1e-9)
+    # between Clopper–Pearson (wider) and nothing: the mid-p interval lies inside the exact one
+    exact = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert exact.low - 1e-12 <= low and high <= exact.high + 1e-12
+
+
+def test_midp_interval_takes_real_counts_and_arrays():
+    low, high = stats.midp_interval(np.array([0, 3, 10]), np.array([10, 10, 10]))
+    assert low[0] == 0.0 and high[2] == 1.0 and np.all(high - low > 0.1)
+    l_real, h_real = stats.midp_interval(3.5, 10.0)  # between its integer neighbours
+    assert low[1] < l_real < stats.midp_interval(4, 10)[0] and high[1] < h_real < stats.midp_interval(4, 10)[1]
+    assert stats.midp_interval(0, 0) == (0.0, 1.0)
+
+
 @pytest.mark.parametrize("values", [np.ones(30), np.zeros(30), np.ones(1), np.array([1.0, 1.0, 0.0])])
 @pytest.mark.parametrize("clustered", [False, True])
 def test_proportion_intervals_never_collapse(values, clustered):
@@ -127,17 +157,18 @@ def test_proportion_intervals_never_collapse(values, clustered):
     ci = stats.mean_ci(values, clusters=clusters)
     assert ci.high - ci.low > 0.01
     assert ci.low <= ci.estimate <= ci.high
-    if values.size == 30 and values.all() and not clustered:  # 30/30: Wilson [0.886, 1], not [1, 1]
-        assert (ci.low, ci.high) == pytest.approx((0.8864866, 1.0), abs=1e-6)
-        assert ci.method == stats.WILSON
+    if values.size == 30 and values.all() and not clustered:  # 30/30: mid-p [0.905, 1], not [1, 1]
+        assert (ci.low, ci.high) == pytest.approx(midp_reference(30, 30), abs=1e-9)
+        assert ci.method == stats.MIDP
 
 
-def test_one_row_per_cluster_is_plain_wilson_and_repeats_widen_the_interval():
+def test_one_row_per_cluster_is_plain_midp_and_repeats_widen_the_interval():
     rng = np.random.default_rng(5)
     per_prompt = (rng.random(40) < 0.6).astype(float)
     plain = stats.proportion_ci(per_prompt)
     same = stats.proportion_ci(per_prompt, clusters=np.arange(40))
-    assert (same.low, same.high, same.method) == (plain.low, plain.high, stats.WILSON)
+    assert (same.low, same.high, same.method) == (plain.low, plain.high, stats.MIDP)
+    assert (plain.low, plain.high) == pytest.approx(midp_reference(int(per_prompt.sum()), 40), abs=1e-9)
     # Five identical repeats of each prompt are no more evidence than one: the clustered interval
     # is as wide as the prompt-level one (up to the t-quantile), far wider than rows-as-independent.
     rows = np.repeat(per_prompt, 5)
@@ -146,6 +177,27 @@ def test_one_row_per_cluster_is_plain_wilson_and_repeats_widen_the_interval():
     assert clustered.method == stats.WILSON_CLUSTERED and clustered.design_effect == pytest.approx(5.0)
     assert clustered.high - clustered.low >= plain.high - plain.low
     assert clustered.high - clustered.low > 1.8 * (naive.high - naive.low)
+
+
+def test_few_failures_on_one_prompt_do_not_make_the_clustered_interval_row_level():
+    """One failing row in 30 prompts × 5 repeats: the design effect estimate (≈ 1) rests on one prompt.
+
+    Satterthwaite's degrees of freedom are then ≈ 1, and the interval falls back to counting
+    prompts (the design effect's upper bound): the interval of 29.8/30, not of 149/150 rows.
+    """
+    y = np.full(30, 5.0)
+    y[0] = 4.0
+    r = stats.clustered_wilson_from_totals(y, np.full(30, 5.0))
+    assert float(r["design_effect"]) == pytest.approx(1.0, abs=0.05) and float(r["df"]) < 1.5
+    row_level = stats.wilson_interval(149, 150)
+    assert float(r["low"]) < float(row_level[0]) - 0.05
+    z, t = scipy_stats.norm.ppf(0.975), scipy_stats.t.ppf(0.975, 29)
+    assert float(r["n_eff"]) == pytest.approx(30 * (z / t) ** 2)
+    # Failures spread over many prompts: the design effect is estimated and the df stay near k − 1.
+    rng = np.random.default_rng(2)
+    spread = stats.clustered_wilson_from_totals(rng.binomial(5, rng.beta(2, 2, size=200)).astype(float),
+                                                np.full(200, 5.0))
+    assert float(spread["df"]) > 100 and float(spread["design_effect"]) > 1.5
 
 
 def test_non_binary_scores_keep_the_clustered_bootstrap():
@@ -197,8 +249,16 @@ def test_simulation_suite_small_version_holds_its_targets():
         if name.startswith("stats.zero_width"):
             assert r["pass"], r
         elif name.startswith("stats.coverage"):
-            assert r["value"] >= 0.90, r  # Wilson's worst point on the small grid is 91.1% (p=0.99, n=50)
-            assert r["max"] <= 0.99, r
+            # Exact, one row per prompt: in 93–97 % where reachable, ≥ 93 % elsewhere (missed at
+            # p = 0.02, n = 20: 99.3 %, conservative). Repeats: 400 simulations, s.e. 1.1 %.
+            assert r["value"] >= 0.93 - 2 * r["monte_carlo_se"], r
+            if name == "stats.coverage_one_row_min":
+                assert r["max"] <= 0.995, r
+                assert r["settings_in_target"] >= r["settings"] - 1, r
+        elif name.startswith("stats.interval_comparison"):
+            chosen = r["candidates"][r["chosen"]]
+            assert chosen["below_band"] == 0, r  # Wilson has settings below 93 % on the same grid
+            assert r["candidates"]["wilson"]["below_band"] > 0, r
         elif name.startswith("stats.type1_check"):
             assert r["value"] <= 0.025 + 0.01 + 2 * r["monte_carlo_se"], r
         elif name.startswith("stats.type1_mcnemar"):

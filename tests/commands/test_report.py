@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import optimize
+from scipy import stats as scipy_stats
 
 from sentech_eval.analysis import stats
 from sentech_eval.errors import ResultsError
@@ -264,11 +266,13 @@ def test_output_throughput_and_per_request_decode_speed_are_told_apart(tmp_path)
 
 def test_thirty_of_thirty_is_not_certainty_and_the_method_is_named(tmp_path):
     summary = summarize(make_results(n=30, accuracy=1.0))
+    # mid-p lower bound for 30/30: P(X = 30)/2 = 0.025, solved by scipy (0.905, not 1)
+    low = optimize.brentq(lambda p: 0.5 * scipy_stats.binom.pmf(30, 30, p) - 0.025, 0.5, 1.0, xtol=1e-14)
     assert (summary.loc[0, "score_exact_match_ci_low"], summary.loc[0, "score_exact_match_ci_high"]) == pytest.approx(
-        (0.8865, 1.0), abs=1e-4)
+        (low, 1.0), abs=1e-9)
     text = report_markdown(summary, "all right")
-    assert "1.000 [0.886, 1.000]" in text
-    assert "exact_match: Wilson score interval (0/1 score, one row per prompt)" in text
+    assert f"1.000 [{low:.3f}, 1.000]" in text
+    assert "exact_match: mid-p exact interval" in text
 
 
 def test_cluster_option_takes_a_column_and_refuses_an_unknown_one(tmp_path):
