@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("sentech_eval.commands.compare:main", "paired comparison of two runs (e.g. remote vs local)"),
     "check": ("sentech_eval.commands.check:main", "CI regression gate: exit 1 when a threshold regresses"),
     "cache": ("sentech_eval.commands.cache:main", "response cache: stats, clear [--model M] [--older-than 30d], explain RUN_DIR PROMPT_ID"),
+    "combine": ("sentech_eval.commands.combine:main", "combine a sweep's job results into one table (after a kill, or again)"),
     "fetch-model": ("sentech_eval.commands.fetch_model:main", "put the embedded default GGUF model in place"),
 }
 

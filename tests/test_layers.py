@@ -2,7 +2,11 @@
 
 Imports run one way: commands → analysis, render, engine, server → backends, scorers → core.
 A module may import its own floor and the floors listed for it in ``ALLOWED``; no import cycle
-between modules; no ``from x import _name`` of another module's private name.
+between modules; no ``from x import _name`` of another module's private name. Every import of ours
+counts wherever it is written, so deferring one into a function cannot hide a cycle; deferring a
+heavy third-party import (pandas, matplotlib, llama_cpp) to where it is needed is fine and keeps
+start-up short. Entry points (``if __name__ == "__main__"``, the console script) live in
+``commands/`` and ``cli.py`` only.
 """
 
 from __future__ import annotations
@@ -189,3 +193,26 @@ def test_readme_layout_lists_every_module():
     layout = layout[: layout.find("\n## ", 5)] if "\n## " in layout[5:] else layout
     missing = [m for m, p in modules().items() if p.name != "__init__.py" and f" {p.name} " not in layout]
     assert not missing, f"add one line per module to the README's layout section: {', '.join(missing)}"
+
+
+ENTRY_POINT_MODULES = {"sentech_eval.cli"}
+
+
+def is_main_guard(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":``"""
+    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name)
+            and node.test.left.id == "__name__" and any(isinstance(c, ast.Constant) and c.value == "__main__"
+                                                        for c in node.test.comparators))
+
+
+def test_entry_points_live_in_commands():
+    """``python -m sentech_eval.<module>`` works only for the CLI: every command is ``sentech-eval <command>``."""
+    bad = [m for m, p in modules().items()
+           if floor_of(m) != "commands" and m not in ENTRY_POINT_MODULES
+           and any(is_main_guard(node) for node in ast.parse(p.read_text(encoding="utf-8")).body)]
+    assert not bad, f"entry points outside commands/ (make them a `sentech-eval` subcommand): {', '.join(bad)}"
+
+
+def test_entry_point_rule_sees_a_main_guard():
+    assert is_main_guard(ast.parse('if __name__ == "__main__":\n    main()\n').body[0])
+    assert not is_main_guard(ast.parse('if name == "x":\n    pass\n').body[0])

@@ -15,12 +15,11 @@ A sweep dir (``hydra.sweep.dir``) holds one job dir per job (``0/``, ``1/`` …)
 ``combine`` when the multirun ends. Hydra skips ``on_multirun_end`` when a job raised or the sweep
 was interrupted, so the callback also registers an ``atexit`` fallback at ``on_multirun_start``:
 whatever ended the process short of a kill, the finished jobs' rows are combined (``sweep.json``
-then says ``"status": "incomplete"``). After a ``kill -9``, run ``python -m sentech_eval.engine.sweep DIR``.
+then says ``"status": "incomplete"``). After a ``kill -9``, run ``sentech-eval combine DIR`` (commands/combine.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import json
 import os
@@ -345,45 +344,28 @@ class CombineSweepResults(Callback):
         """Every job has returned: combine their results."""
         sweep_dir = self._sweep_dir or Path(str(config.hydra.sweep.dir))
         self._combined = True
-        self._report(combine(sweep_dir))
+        print_combined(combine(sweep_dir))
 
     def _combine_at_exit(self) -> None:
         if self._combined or self._sweep_dir is None or not self._sweep_dir.is_dir():
             return
         self._combined = True
         try:
-            self._report(combine(self._sweep_dir, status="incomplete"))
+            print_combined(combine(self._sweep_dir, status="incomplete"))
         except Exception as exc:  # noqa: BLE001 - at exit, say what failed and how to retry
             print(f"sentech-eval sweep: could not combine {self._sweep_dir} ({exc}); "
-                  f"retry with: python -m sentech_eval.engine.sweep {self._sweep_dir}", file=sys.stderr)
-
-    @staticmethod
-    def _report(record: dict[str, Any]) -> None:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(record["job_counts"].items())) or "no jobs"
-        line = f"sentech-eval sweep: {record['rows']} rows from {record['jobs_total']} jobs ({counts}) -> " \
-               f"{Path(record['sweep_dir']) / RESULTS_FILE}"
-        best = record.get("optimization") or {}
-        if "best_params" in best:
-            line += f"; best {best.get('best_value')} at {best['best_params']}"
-        print(line, file=sys.stderr)
-        race = race_line(Path(record["sweep_dir"]))
-        if race:
-            print(race, file=sys.stderr)  # a race's winner stays the last line printed
+                  f"retry with: sentech-eval combine {self._sweep_dir}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m sentech_eval.engine.sweep") -> int:
-    """Combine (again) the results of the sweep dirs given on the command line."""
-    parser = argparse.ArgumentParser(prog=prog, description=combine.__doc__.splitlines()[0])
-    parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")
-    args = parser.parse_args(argv)
-    try:
-        for sweep_dir in args.sweep_dirs:
-            CombineSweepResults._report(combine(sweep_dir))
-    except ResultsError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def print_combined(record: dict[str, Any]) -> None:
+    """The one line (plus a race's winner, when there is a race) that says what ``combine`` wrote."""
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(record["job_counts"].items())) or "no jobs"
+    line = f"sentech-eval sweep: {record['rows']} rows from {record['jobs_total']} jobs ({counts}) -> " \
+           f"{Path(record['sweep_dir']) / RESULTS_FILE}"
+    best = record.get("optimization") or {}
+    if "best_params" in best:
+        line += f"; best {best.get('best_value')} at {best['best_params']}"
+    print(line, file=sys.stderr)
+    race = race_line(Path(record["sweep_dir"]))
+    if race:
+        print(race, file=sys.stderr)  # a race's winner stays the last line printed

@@ -12,7 +12,8 @@ import yaml
 
 from sentech_eval import load_results
 from sentech_eval.engine.results import PARTS_DIR, read_metadata
-from sentech_eval.engine.sweep import combine, main as sweep_main
+from sentech_eval.cli import main as cli_main
+from sentech_eval.engine.sweep import combine
 from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
 
 KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
@@ -121,13 +122,13 @@ def test_combine_takes_the_flushed_rows_of_a_killed_job(temperature_sweep, tmp_p
     (job / "job_status.json").unlink()
     (job / PARTS_DIR).mkdir()
     (job / "results.parquet").rename(job / PARTS_DIR / "part-000000.parquet")
-    assert sweep_main([str(sweep_dir)]) == 0
+    assert cli_main(["combine", str(sweep_dir)]) == 0  # the command a user runs after a kill -9
     record = json.loads((sweep_dir / "sweep.json").read_text())
     assert record["status"] == "incomplete" and record["rows"] == 100
     assert [j["status"] for j in record["jobs"]] == ["ok", "ok", "ok", "incomplete", "ok"]
     frame = load_results(sweep_dir)
     assert len(frame) == 100 and frame.loc[frame["job"] == 3, "temperature"].unique().tolist() == [0.9]
-    assert sweep_main([str(tmp_path / "nowhere")]) == 2
+    assert cli_main(["combine", str(tmp_path / "nowhere")]) == 2
 
 
 def test_shards_recombine_to_the_dataset_exactly_once(echo_server, tmp_path):

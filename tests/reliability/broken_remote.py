@@ -9,13 +9,13 @@ requests it got per case (to check what was retried).
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import orjson
 from aiohttp import web
+from reliability_support import app_in_thread
 
 GOOD_MESSAGE = {"role": "assistant", "content": "fine"}
 
@@ -106,28 +106,11 @@ class BrokenRemote:
 def broken_remote() -> Iterator[tuple[str, BrokenRemote]]:
     """Serve the broken app on a free loopback port; yields (base_url, app state)."""
     state = BrokenRemote()
-    ready = threading.Event()
-    holder: dict = {}
 
-    async def main() -> None:
+    def make_app() -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", state.handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        holder["port"] = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
-        holder["stop"] = stop = asyncio.Event()
-        holder["loop"] = asyncio.get_running_loop()
-        ready.set()
-        await stop.wait()
-        await runner.cleanup()
+        return app
 
-    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
-        yield f"http://127.0.0.1:{holder['port']}/v1", state
-    finally:
-        holder["loop"].call_soon_threadsafe(holder["stop"].set)
-        thread.join(10)
+    with app_in_thread(make_app) as port:
+        yield f"http://127.0.0.1:{port}/v1", state

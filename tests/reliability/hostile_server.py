@@ -29,16 +29,15 @@ Modes (by class):
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import orjson
 from aiohttp import web
+from reliability_support import app_in_thread
 
 LONG_LINE_BYTES = 900_000  # one SSE line well past aiohttp's readline buffer and the old 512 KiB limit (under the 1 MB cap)
 HUGE_BYTES = 8 * 1024 * 1024  # beyond the max_response_mb=1 the tests set
@@ -182,30 +181,13 @@ class HostileServer:
 def hostile_server(other_origin: str = "http://127.0.0.1:9") -> Iterator[tuple[str, HostileServer]]:
     """Serve the hostile app on a free loopback port; yields (base_url ending in /v1, state)."""
     state = HostileServer(other_origin)
-    ready = threading.Event()
-    holder: dict = {}
 
-    async def main() -> None:
+    def make_app() -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", state.handle)
         app.router.add_route("*", "/v2/chat/completions", state.v2)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        holder["port"] = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
-        holder["stop"] = stop = asyncio.Event()
-        holder["loop"] = asyncio.get_running_loop()
-        ready.set()
-        await stop.wait()
-        await runner.cleanup()
+        return app
 
-    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    state.base = f"http://127.0.0.1:{holder['port']}"
-    try:
+    with app_in_thread(make_app) as port:
+        state.base = f"http://127.0.0.1:{port}"
         yield f"{state.base}/v1", state
-    finally:
-        holder["loop"].call_soon_threadsafe(holder["stop"].set)
-        thread.join(10)

@@ -6,13 +6,19 @@ small backoff so retries do not slow the suite down. Results are read back from 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import ssl
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+from aiohttp import web
 
 from sentech_eval.engine.results import KEY_COLUMNS, load_results
 
@@ -73,3 +79,39 @@ def assert_one_sentence(result: subprocess.CompletedProcess, *fragments: str) ->
     for fragment in fragments:
         assert fragment in line, f"{fragment!r} not in {line!r}"
     return line
+
+
+@contextmanager
+def app_in_thread(make_app: Callable[[], web.Application], ssl_context: ssl.SSLContext | None = None) -> Iterator[int]:
+    """Serve the aiohttp app ``make_app()`` on a free loopback port from a thread of its own; yields the port.
+
+    The app is built and served on the thread's event loop; leaving the block stops it and joins the thread.
+    """
+    ready = threading.Event()
+    holder: dict = {}
+
+    async def main() -> None:
+        try:
+            runner = web.AppRunner(make_app(), access_log=None, handle_signals=False, shutdown_timeout=1)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+            await site.start()
+            holder.update(port=runner.addresses[0][1], stop=asyncio.Event(), loop=asyncio.get_running_loop())
+        except BaseException as exc:
+            holder["error"] = exc
+            raise
+        finally:
+            ready.set()
+        await holder["stop"].wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    assert ready.wait(30), "the test server did not start within 30 s"
+    if "error" in holder:
+        raise holder["error"]
+    try:
+        yield holder["port"]
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(10)

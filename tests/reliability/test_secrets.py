@@ -7,19 +7,16 @@ that try to carry a key are refused before Hydra saves them. TLS verification st
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from aiohttp import web
-from reliability_support import assert_one_sentence, new_key, remote_run_args, rows, run_cli
+from reliability_support import app_in_thread, assert_one_sentence, new_key, remote_run_args, rows, run_cli
 
 from sentech_eval.engine.results import read_metadata
 from sentech_eval.server.app import create_app
@@ -118,28 +115,8 @@ def _https_server(tmp_path: Path, key: str) -> Iterator[tuple[str, Path]]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, pkey)
     config = make_config("echo", api_key=key)
-    ready, holder = threading.Event(), {}
-
-    async def main() -> None:
-        runner = web.AppRunner(create_app(config.build_engine(), config.options), access_log=None,
-                               handle_signals=False, shutdown_timeout=1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-        await site.start()
-        holder.update(port=site._server.sockets[0].getsockname()[1], stop=asyncio.Event(),  # noqa: SLF001
-                      loop=asyncio.get_running_loop())
-        ready.set()
-        await holder["stop"].wait()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
-        yield f"https://127.0.0.1:{holder['port']}/v1", cert
-    finally:
-        holder["loop"].call_soon_threadsafe(holder["stop"].set)
-        thread.join(10)
+    with app_in_thread(lambda: create_app(config.build_engine(), config.options), ssl_context=context) as port:
+        yield f"https://127.0.0.1:{port}/v1", cert
 
 
 def test_tls_certificates_are_verified(tmp_path):
