@@ -113,14 +113,10 @@ def make_prompt_dataset(path: Path, rows: int, batch_rows: int = 100_000) -> Pat
 
 def default_request_template() -> dict[str, Any]:
     """The body fields besides ``messages`` that `sentech-eval run backend=remote` sends with the default config."""
-    from omegaconf import OmegaConf
+    from sentech_eval.config import compose_config, sampling_from_config
 
-    from sentech_eval.types import Sampling
-
-    backend = OmegaConf.load(REPO_ROOT / "conf" / "backend" / "remote.yaml")
-    sampling = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "sampling" / "default.yaml"))
-    fields = Sampling(**{k: v for k, v in sampling.items() if k in Sampling.__slots__}).request_fields()
-    return {"model": str(backend.model), **fields}
+    cfg = compose_config(["backend=remote"])
+    return {"model": str(cfg.backend.model), **sampling_from_config(cfg).request_fields()}
 
 
 # ---------------------------------------------------------------------------------------- servers

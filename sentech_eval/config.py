@@ -1,9 +1,11 @@
 """The config's schemas (Hydra ConfigStore) and the checks a schema cannot express (ranges, secrets).
 
-``SamplingConfig``, ``RunnerConfig`` and ``DatasetConfig`` are structured-config schemas: each is
-registered in Hydra's ConfigStore (``register_configs``) as ``base_sampling`` / ``base_runner`` /
-``base_dataset``, and the YAML files of its group extend it (``defaults: [base_runner, _self_]``),
-so key names, types and defaults live in one place. OmegaConf checks keys and types; its errors
+``SamplingConfig``, ``RunnerConfig``, ``DatasetConfig``, ``RemoteBackendConfig`` and
+``LocalBackendConfig`` are structured-config schemas: each is registered in Hydra's ConfigStore
+(``register_configs``) as ``base_sampling`` / ``base_runner`` / ``base_dataset`` / ``base_remote`` /
+``base_local``, and the YAML files of its group extend it (``defaults: [base_runner, _self_]``),
+so key names, types and defaults live in one place (a backend's defaults only here: its YAML sets
+what differs, e.g. the model). OmegaConf checks keys and types; its errors
 come out as one ``ConfigError`` sentence naming the key (``config_error``). ``validate(cfg)``
 adds the range checks and runs before any request.
 """
@@ -26,7 +28,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from sentech_eval.errors import ConfigError
 from sentech_eval.paths import CONF_PACKAGE, conf_dir, conf_search_path, datasets_dir, default_models_dir
-from sentech_eval.secrets import environment_secrets, find_credentials, redact_tree
+from sentech_eval.secrets import environment_secrets, find_credentials, is_credential_name, is_reference_name, redact_tree
 from sentech_eval.types import SAMPLING_PARAMS, SAMPLING_RANGES, Sampling
 
 TOP_LEVEL_KEYS = {"experiment", "backend", "sampling", "dataset", "runner", "scorers", "sweep", "hydra", "objective", "race"}
@@ -55,10 +57,10 @@ class DatasetConfig:
 
     name: Optional[str] = None  # default: the file name without .parquet
     path: Optional[str] = None
-    limit: Optional[int] = None
-    num_shards: int = 1
+    limit: Optional[int] = None  # first N rows
+    num_shards: int = 1  # split across jobs: -m dataset.shard_index=0,1,2,3 dataset.num_shards=4
     shard_index: int = 0
-    batch_size: int = 4096
+    batch_size: int = 4096  # rows read per Parquet batch
     columns: Optional[dict[str, Optional[str]]] = None  # dataset column -> the file's column (prompt: question)
     shuffle_seed: Optional[int] = None  # None: file order; N: a seeded random order (limit takes its first rows)
 
@@ -67,16 +69,16 @@ class DatasetConfig:
 class RunnerConfig:
     """How requests are sent: concurrency, repeats, retries, rate limits, flushing, resume."""
 
-    concurrency: int = 16
-    repeats: int = 1
-    max_retries: int = 5
-    timeout_s: Optional[float] = None
-    rpm: Optional[float] = None
-    tpm: Optional[float] = None
-    resume: bool = True
-    flush_rows: int = 2000
-    flush_s: float = 2.0
-    progress: bool = True
+    concurrency: int = 16  # requests in flight
+    repeats: int = 1  # each prompt K times, seeds seed + repeat
+    max_retries: int = 5  # on 429/5xx/timeouts/connection errors, exponential backoff with jitter
+    timeout_s: Optional[float] = None  # per attempt; null = backend.timeout_s
+    rpm: Optional[float] = None  # requests per minute (token bucket); null = unlimited
+    tpm: Optional[float] = None  # tokens per minute (token bucket); null = unlimited
+    resume: bool = True  # re-running into the same dir skips ok rows, retries errors
+    flush_rows: int = 2000  # rows per flushed Parquet part
+    flush_s: float = 2.0  # ... or seconds between flushes
+    progress: bool = True  # tqdm bar on stderr
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 120.0  # a server's Retry-After (429/503 only) is honoured up to this
@@ -100,6 +102,54 @@ class RunnerConfig:
     max_cost_usd: Optional[float] = None           # stop cleanly (resumable) once the run has cost this much
 
 
+@dataclass
+class RemoteBackendConfig:
+    """``backend=remote``: the Sentech Chat Completions API or any OpenAI-compatible server.
+
+    No key holds the API key: it is read from the environment variable named by ``api_key_env``.
+    """
+
+    kind: str = "remote"
+    base_url: str = "https://api.sentech.ai/v1"  # requests go to {base_url}/chat/completions
+    model: str = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+    api_key_env: str = "SENTECH_API_KEY"  # the NAME of the variable holding the key, never the key
+    timeout_s: float = 60.0  # per attempt (runner.timeout_s overrides it)
+    stream: bool = False  # SSE streaming: fills ttft_s, itl_s, tpot_s
+    include_usage: bool = True  # streaming: send stream_options.include_usage (false for a server that refuses it)
+    send_seed: bool = False  # the Sentech contract has no seed field; true sends sampling.seed
+    max_response_mb: float = 64.0  # a body (or stream) beyond this is an error row, not read further
+    follow_redirects: bool = False  # true: follow same-origin redirects (re-POSTing); others are error rows
+
+
+@dataclass
+class LocalBackendConfig:
+    """``backend=local``: a GGUF model run in-process by llama.cpp (docs/local.md explains every key)."""
+
+    kind: str = "local"
+    model_path: Optional[str] = None  # the GGUF file (conf/backend/local.yaml: the embedded model)
+    hf_repo: Optional[str] = None  # where a missing file can be fetched from (with download: true)
+    hf_file: Optional[str] = None
+    download: bool = False
+    n_ctx: int = 2048  # context window (prompt + completion tokens), rounded up to a multiple of 256
+    n_threads: Optional[int] = None  # null = the cores idle at start / workers
+    n_batch: int = 512  # prompt tokens evaluated per batch
+    n_gpu_layers: int = 0  # layers offloaded to the GPU (-1 = all); needs a CUDA/Metal build
+    chat_format: Optional[str] = None  # null = the chat template stored in the GGUF
+    workers: int = 1  # 1 = one worker thread; N > 1 = N processes, each with its own model
+    reuse_prompt_cache: bool = False  # false: every request starts with a clean KV cache (honest ttft_s)
+    stream: bool = True  # stream tokens so ttft_s is measured; false = one call, ttft_s empty
+    repack: Any = "auto"  # llama.cpp weight repacking: true, false or auto (off on AMX CPUs)
+    verbose: bool = False  # llama.cpp's own logging on stderr
+
+
+# backend kind -> (schema, its name in the ConfigStore, group "backend")
+BACKEND_SCHEMAS: dict[str, tuple[type, str]] = {
+    "remote": (RemoteBackendConfig, "base_remote"),
+    "local": (LocalBackendConfig, "base_local"),
+}
+# Keys any backend node may carry besides its schema's: settings of the run about that backend.
+BACKEND_SHARED_KEYS = {"price"}
+
 # group -> (schema, its name in the ConfigStore)
 SCHEMAS: dict[str, tuple[type, str]] = {
     "sampling": (SamplingConfig, "base_sampling"),
@@ -116,6 +166,8 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     for group, (schema, name) in SCHEMAS.items():
         store.store(group=group, name=name, node=schema)
+    for schema, name in BACKEND_SCHEMAS.values():
+        store.store(group="backend", name=name, node=schema)
     if not OmegaConf.has_resolver("models_dir"):
         OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
     if not OmegaConf.has_resolver("datasets_dir"):
@@ -144,25 +196,54 @@ def config_error(exc: BaseException, section: str = "") -> ConfigError:
     key = f"{section}.{key}" if section and key and not key.startswith(section + ".") else key or section
     schema = getattr(cause, "object_type", None)
     if isinstance(cause, ConfigKeyError) and dataclasses.is_dataclass(schema):
-        return unknown_key_error(key, [f.name for f in dataclasses.fields(schema)])
+        return unknown_key_error(key, [f.name for f in dataclasses.fields(schema)], schema_name=backend_label(schema))
     message = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
     converted = re.search(r"could not be converted to (\w+)", message)
+    if isinstance(cause, ValidationError) and "is not a valid bool" in message:
+        return ConfigError(f"Config key '{key}' must be true or false, got {getattr(cause, 'value', None)!r}.")
     if isinstance(cause, ValidationError) and converted:
         kind = _KINDS.get(converted.group(1), converted.group(1))
         group, _, name = key.partition(".")
-        fields = {f.name: f for f in dataclasses.fields(SCHEMAS[group][0])} if group in SCHEMAS else {}
-        nullable = name not in fields or type(None) in typing.get_args(fields[name].type)
+        if not dataclasses.is_dataclass(schema):
+            schema = SCHEMAS[group][0] if group in SCHEMAS else None
+        nullable = schema is None or name not in {f.name for f in dataclasses.fields(schema)} or _nullable(schema, name)
         return ConfigError(f"Config key '{key}' must be {kind}{' or null' if nullable else ''}, "
                            f"got {getattr(cause, 'value', None)!r}.")
     return ConfigError(f"Config key '{key}': {message.rstrip('.')}." if key else f"{message.rstrip('.')}.")
 
 
-def unknown_key_error(full_key: str, known: list[str]) -> ConfigError:
-    """An unknown key, naming the nearest valid one (a typo) or else every valid one."""
+def credential_in_config_error(full_key: str) -> ConfigError:
+    """A config entry that holds (or is named for) a credential: keys come from the environment only."""
+    return ConfigError(
+        f"Config key '{full_key}' looks like a credential; keys never go in config — "
+        "export it in the environment variable named by backend.api_key_env (default SENTECH_API_KEY)."
+    )
+
+
+def backend_label(schema: Any) -> str | None:
+    """``backend=remote`` for the remote backend's schema (None for a schema that is no backend's)."""
+    return next((f"backend={kind}" for kind, (known, _) in BACKEND_SCHEMAS.items() if known is schema), None)
+
+
+def _nullable(schema: type, name: str) -> bool:
+    """Whether the schema's field ``name`` accepts null (``Optional[...]`` or ``Any``)."""
+    hint = typing.get_type_hints(schema).get(name)
+    return hint is Any or type(None) in typing.get_args(hint)
+
+
+def unknown_key_error(full_key: str, known: list[str], *, schema_name: str | None = None) -> ConfigError:
+    """An unknown key, naming the nearest valid one (a typo) or else every valid one.
+
+    ``schema_name`` (``backend=remote``): the key is checked against that schema, which no ``+`` extends.
+    """
     parent, _, leaf = full_key.rpartition(".")
+    if is_credential_name(leaf) and not is_reference_name(leaf):
+        return credential_in_config_error(full_key)
     close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.5)
     hint = (f"the nearest valid key is '{parent + '.' if parent else ''}{close[0]}'" if close
             else f"known keys are: {', '.join(sorted(known))}")
+    if schema_name:
+        return ConfigError(f"Unknown config key '{full_key}' for {schema_name}; {hint}.")
     return ConfigError(f"Unknown config key '{full_key}'; {hint} (to add a new key on purpose, write +{full_key}=…).")
 
 
@@ -174,14 +255,15 @@ def number_setting(name: str, value: Any, *, integer: bool = False, minimum: flo
     """
     if value is None:
         return default
+    shown = f"{value:g}" if isinstance(value, float) else value  # as typed: -1, not -1.0
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int))
             or not math.isfinite(value)):
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"Config key '{name}' must be {kind} or null, got {value!r}.")
     if positive and value <= 0:
-        raise ConfigError(f"{name}={value} must be greater than 0.")
+        raise ConfigError(f"{name}={shown} must be greater than 0.")
     if minimum is not None and value < minimum:
-        raise ConfigError(f"{name}={value} must be at least {minimum:g}.")
+        raise ConfigError(f"{name}={shown} must be at least {minimum:g}.")
     return value
 
 
@@ -199,6 +281,32 @@ def _section(cfg: DictConfig, name: str) -> dict[str, Any]:
         return OmegaConf.to_container(checked, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise config_error(exc, name) from None
+
+
+def backend_settings(node: Any, schema: type) -> Any:
+    """A ``backend`` node checked against its schema (keys, types; the schema's defaults filled in):
+    an instance of ``schema``. Unknown keys and wrong types are one ``ConfigError`` sentence.
+
+    ``price`` (``BACKEND_SHARED_KEYS``) is the run's, not the backend's, and is left out.
+    """
+    if isinstance(node, DictConfig):
+        plain = OmegaConf.to_container(node, resolve=True)
+    elif isinstance(node, dict):
+        plain = dict(node)
+    else:
+        raise ConfigError(f"Config key 'backend' must be a mapping, got {type(node).__name__}.")
+    for key in BACKEND_SHARED_KEYS:
+        plain.pop(key, None)  # type: ignore[union-attr]
+    known = [f.name for f in dataclasses.fields(schema)]
+    label = backend_label(schema) or f"backend={plain.get('kind')}"  # type: ignore[union-attr]
+    for key in plain:  # type: ignore[union-attr]
+        if key not in known:
+            raise unknown_key_error(f"backend.{key}", known, schema_name=label)
+    try:
+        checked = OmegaConf.merge(OmegaConf.structured(schema), plain)
+        return OmegaConf.to_object(checked)
+    except OmegaConfBaseException as exc:
+        raise config_error(exc, "backend") from None
 
 
 def find_secret_keys(node: Any) -> list[str]:
@@ -361,10 +469,7 @@ def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:
     container = OmegaConf.to_container(cfg, resolve=False)
     secret_keys = find_secret_keys(container)
     if secret_keys:
-        raise ConfigError(
-            f"Config key '{secret_keys[0]}' looks like a credential; keys never go in config — "
-            "export it in the environment variable named by backend.api_key_env (default SENTECH_API_KEY)."
-        )
+        raise credential_in_config_error(secret_keys[0])
     unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(f"Unknown config key '{unknown[0]}'; top-level keys are: {', '.join(sorted(TOP_LEVEL_KEYS - {'hydra'}))}.")

@@ -21,6 +21,10 @@ from typing import Any, NamedTuple
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
 # Every sampling parameter of a configuration: the request fields plus the seed.
 SAMPLING_PARAMS = SAMPLING_FIELDS + ("seed",)
+# Response header in which `sentech-eval serve` advertises how many requests it answers at once
+# (also in GET /health as "capacity"); the remote backend warns when runner.concurrency exceeds it.
+CAPACITY_HEADER = "X-Sentech-Capacity"
+MAX_ADVERTISED_CAPACITY = 1_000_000  # a larger (or malformed) advertised value is ignored
 
 
 INT32_MAX = 2**31 - 1

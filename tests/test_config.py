@@ -84,3 +84,92 @@ def test_config_id_is_stable_and_sensitive_to_sampling():
     assert a != config_id("remote", "m", Sampling(0.8, 0.9, 40, 0.0, 0.0, 16, 0))
     assert a != config_id("local", "m", Sampling(0.7, 0.9, 40, 0.0, 0.0, 16, 0))
     assert len(a) == 12
+
+
+# ---- backend schemas (RemoteBackendConfig, LocalBackendConfig): one place for keys, types and defaults
+def test_backend_settings_fill_the_schema_defaults():
+    from sentech_eval.config import LocalBackendConfig, RemoteBackendConfig, backend_settings
+
+    remote = backend_settings({"kind": "remote", "model": "m", "price": {"input_per_mtok": 1}}, RemoteBackendConfig)
+    assert remote == RemoteBackendConfig(model="m")  # price is the run's, not the backend's
+    local = backend_settings(OmegaConf.create({"kind": "local", "model_path": "x.gguf", "n_ctx": 512}), LocalBackendConfig)
+    assert (local.n_ctx, local.n_batch, local.workers, local.repack) == (512, LocalBackendConfig.n_batch, 1, "auto")
+
+
+@pytest.mark.parametrize("node, fragment", [
+    ({"kind": "remote", "base_ur": "http://x/v1"}, "Unknown config key 'backend.base_ur' for backend=remote; the nearest valid key is 'backend.base_url'."),
+    ({"kind": "remote", "timeout_s": "abc"}, "Config key 'backend.timeout_s' must be a number, got 'abc'."),
+    ({"kind": "remote", "stream": "maybe"}, "Config key 'backend.stream' must be true or false, got 'maybe'."),
+    ({"kind": "local", "n_ctx": "big"}, "Config key 'backend.n_ctx' must be an integer, got 'big'."),
+    ({"kind": "local", "n_threads": "x"}, "Config key 'backend.n_threads' must be an integer or null, got 'x'."),
+    ({"kind": "local", "api_kye": "x"}, "Unknown config key 'backend.api_kye' for backend=local"),
+    ({"kind": "local", "api_key": "x"}, "Config key 'backend.api_key' looks like a credential"),  # secrets first
+])
+def test_backend_settings_refuse_with_one_sentence(node, fragment):
+    from sentech_eval.config import BACKEND_SCHEMAS, backend_settings
+
+    with pytest.raises(ConfigError) as err:
+        backend_settings(node, BACKEND_SCHEMAS[node["kind"]][0])
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("group", ["backend", "runner", "dataset", "sampling"])
+def test_shipped_yamls_extend_their_schema_and_repeat_no_default(group):
+    """conf/<group>/*.yaml set only what differs from their schema: a default lives in config.py alone."""
+    import dataclasses
+
+    from sentech_eval.config import BACKEND_SCHEMAS, SCHEMAS, compose_config, group_choices
+    from sentech_eval.paths import conf_dir
+
+    schemas = {name: schema for schema, name in BACKEND_SCHEMAS.values()} if group == "backend" else {
+        SCHEMAS[group][1]: SCHEMAS[group][0]}
+    for name in group_choices(group):
+        raw = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
+        base = [str(entry) for entry in raw.defaults if str(entry) in schemas]
+        assert base and list(raw.defaults)[-1] == "_self_", f"{group}/{name}.yaml: defaults: [base_…, _self_]"
+        schema = schemas[base[0]]
+        defaults = {f.name: f.default for f in dataclasses.fields(schema)}
+        values = OmegaConf.to_container(raw, resolve=False)
+        repeated = [k for k, v in values.items() if k != "defaults" and k in defaults and defaults[k] == v]
+        assert not repeated, f"conf/{group}/{name}.yaml repeats the schema's default of {repeated}"
+        composed = compose_config([f"{group}={name}"])[group]
+        assert OmegaConf.get_type(composed) is schema
+
+
+def _table_defaults(text: str) -> dict[str, str]:
+    """``| `key` | default | meaning |`` rows of a markdown table: key -> default cell."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[1].strip("`")
+    return rows
+
+
+def test_docs_give_the_schema_defaults():
+    """docs/local.md's table and the README's backend rows state the schemas' defaults (no drift)."""
+    import dataclasses
+
+    import yaml
+
+    from sentech_eval.config import LocalBackendConfig, RemoteBackendConfig
+    from sentech_eval.paths import REPO_ROOT
+
+    local_doc = _table_defaults((REPO_ROOT / "docs" / "local.md").read_text(encoding="utf-8"))
+    checked = 0
+    for field in dataclasses.fields(LocalBackendConfig):
+        if field.name in local_doc and field.name != "model_path":
+            assert yaml.safe_load(local_doc[field.name]) == field.default, f"docs/local.md: {field.name}"
+            checked += 1
+    assert checked >= 8
+    readme = _table_defaults((REPO_ROOT / "README.md").read_text(encoding="utf-8"))
+    remote = {f.name: f.default for f in dataclasses.fields(RemoteBackendConfig)}
+    checked = 0
+    for keys, cell in readme.items():
+        names = [k.strip().strip("`").removeprefix("backend.") for k in keys.split("/")]
+        values = [v.strip().strip("`") for v in cell.split("/")] if len(names) > 1 else [cell]
+        for name, value in zip(names, values):
+            if name in remote and name != "kind":
+                assert yaml.safe_load(value) == remote[name], f"README config table: backend.{name}"
+                checked += 1
+    assert checked >= 6

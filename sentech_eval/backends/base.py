@@ -21,7 +21,8 @@ class Backend(Protocol):
 
     Required: ``kind``, ``model``, ``from_config``, ``complete``, ``aclose``. Optional, with
     defaults here: ``max_concurrency`` (None: no limit of its own), ``auth_hint`` (appended to the
-    sentence that stops a run on a rejected key), ``set_timeout`` (a per-attempt timeout; ignored
+    sentence that stops a run on a rejected key), ``advertised_capacity`` (what the server said it
+    serves at once, None: nothing), ``set_timeout`` (a per-attempt timeout; ignored
     by default), ``metadata`` (``kind`` and ``model``), ``cache_identity`` (None: answers are not
     cached).
     """
@@ -33,6 +34,8 @@ class Backend(Protocol):
     max_concurrency: int | None = None
     # Appended to "The server rejected the API key (...); ... so the run stopped" — where to fix it.
     auth_hint: str = ""
+    # Requests the server says it answers at once (learnt from its answers; None: it did not say).
+    advertised_capacity: int | None = None
 
     @classmethod
     def from_config(cls, cfg: Any, concurrency: int) -> "Backend":

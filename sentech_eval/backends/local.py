@@ -25,7 +25,7 @@ from typing import Any
 
 from sentech_eval.backends.base import Backend
 from sentech_eval.backends.model_files import EMBEDDED_MODEL
-from sentech_eval.config import number_setting
+from sentech_eval.config import LocalBackendConfig, backend_settings
 from sentech_eval.errors import BackendError, ConfigError
 from sentech_eval.paths import default_models_dir
 from sentech_eval.types import Completion, Sampling
@@ -64,30 +64,13 @@ def default_n_threads(workers: int = 1) -> tuple[int, str]:
     return n, f"auto: {cores} cores, load average {load:.2f}, {workers} worker(s) -> {n} thread(s) each"
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
-
-
-def _int(cfg: Any, key: str, default: int | None) -> int | None:
-    """An integer setting; ConfigError (one sentence) for 'abc', 1.5 or true."""
-    return number_setting(f"backend.{key}", _get(cfg, key), integer=True, default=default)
-
-
-def _flag(cfg: Any, key: str, default: bool) -> bool:
-    value = _get(cfg, key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"backend.{key} must be true or false, got {value!r}.")
-    return value
-
-
-def missing_model_message(path: Path, cfg: Any) -> str:
+def missing_model_message(path: Path, cfg: LocalBackendConfig) -> str:
     """One sentence: which file is missing and how to obtain it."""
     if path.name == EMBEDDED_MODEL.file_name:
         dest = "" if path.parent.resolve() == default_models_dir().resolve() else f" --dest {path.parent}"
         how = f"run `sentech-eval fetch-model{dest}` to put the embedded default model there"
-    elif _get(cfg, "hf_repo") and _get(cfg, "hf_file"):
-        repo, name = _get(cfg, "hf_repo"), _get(cfg, "hf_file")
+    elif cfg.hf_repo and cfg.hf_file:
+        repo, name = cfg.hf_repo, cfg.hf_file
         how = (
             f"download it with `huggingface-cli download {repo} {name} --local-dir {path.parent}` "
             "or set backend.download=true (needs huggingface_hub)"
@@ -97,9 +80,9 @@ def missing_model_message(path: Path, cfg: Any) -> str:
     return f"Model file {path} does not exist; {how}, or point backend.model_path at your GGUF file."
 
 
-def _download_from_hub(path: Path, cfg: Any) -> None:
+def _download_from_hub(path: Path, cfg: LocalBackendConfig) -> None:
     """Fetch ``hf_repo``/``hf_file`` into ``path``'s directory with huggingface_hub."""
-    repo, name = _get(cfg, "hf_repo"), _get(cfg, "hf_file")
+    repo, name = cfg.hf_repo, cfg.hf_file
     if not (repo and name):
         raise ConfigError("backend.download=true needs backend.hf_repo and backend.hf_file to be set.")
     if importlib.util.find_spec("huggingface_hub") is None:
@@ -118,43 +101,41 @@ def _download_from_hub(path: Path, cfg: Any) -> None:
 
 
 def settings_from_config(cfg: Any, workers: int) -> Any:
-    """Validate the backend config node and turn it into ``EngineSettings`` (after the file check)."""
+    """Check the backend config node against ``LocalBackendConfig`` (keys, types, defaults) and the
+    ranges, and turn it into ``EngineSettings`` (after the file check)."""
     from sentech_eval.backends.local_worker import EngineSettings, cpu_has_amx
 
-    n_ctx = _int(cfg, "n_ctx", 2048)
-    n_batch = _int(cfg, "n_batch", 512)
-    if n_ctx < 1:
-        raise ConfigError(f"backend.n_ctx must be at least 1 (got {n_ctx}).")
+    local = cfg if isinstance(cfg, LocalBackendConfig) else backend_settings(cfg, LocalBackendConfig)
+    if local.n_ctx < 1:
+        raise ConfigError(f"backend.n_ctx must be at least 1 (got {local.n_ctx}).")
     # llama.cpp pads the context to a multiple of 256 but llama-cpp-python sizes its token
     # buffer by the requested value; a mismatch overflows that buffer, so ask for the padded size.
-    n_ctx = -(-n_ctx // N_CTX_PAD) * N_CTX_PAD
-    if n_batch < 1:
-        raise ConfigError(f"backend.n_batch must be at least 1 (got {n_batch}).")
-    n_threads = _int(cfg, "n_threads", None)
-    if n_threads is not None:
-        n_threads, threads_reason = n_threads, "backend.n_threads"
+    n_ctx = -(-local.n_ctx // N_CTX_PAD) * N_CTX_PAD
+    if local.n_batch < 1:
+        raise ConfigError(f"backend.n_batch must be at least 1 (got {local.n_batch}).")
+    if local.n_threads is not None:
+        n_threads, threads_reason = local.n_threads, "backend.n_threads"
     else:
         n_threads, threads_reason = default_n_threads(workers)
     if n_threads < 1:
         raise ConfigError(f"backend.n_threads must be at least 1 or null (got {n_threads}).")
-    repack = _get(cfg, "repack", "auto")
-    repack_reason = "backend.repack"
-    if isinstance(repack, str):
+    repack, repack_reason = local.repack, "backend.repack"
+    if not isinstance(repack, bool):
         if repack != "auto":
             raise ConfigError(f"backend.repack must be true, false or auto (got {repack!r}).")
         repack = not cpu_has_amx()
         repack_reason = "auto: " + ("off, the CPU has AMX" if not repack else "on, the CPU has no AMX")
     return EngineSettings(
-        model_path=str(_get(cfg, "model_path")),
+        model_path=str(local.model_path),
         n_ctx=n_ctx,
         n_threads=n_threads,
-        n_batch=n_batch,
-        n_gpu_layers=_int(cfg, "n_gpu_layers", 0),
-        chat_format=_get(cfg, "chat_format"),
-        reuse_prompt_cache=_flag(cfg, "reuse_prompt_cache", False),
-        stream=_flag(cfg, "stream", True),
-        repack=bool(repack),
-        verbose=_flag(cfg, "verbose", False),
+        n_batch=local.n_batch,
+        n_gpu_layers=local.n_gpu_layers,
+        chat_format=local.chat_format,
+        reuse_prompt_cache=local.reuse_prompt_cache,
+        stream=local.stream,
+        repack=repack,
+        verbose=local.verbose,
         n_threads_reason=threads_reason,
         repack_reason=repack_reason,
     )
@@ -192,25 +173,25 @@ class LocalBackend(Backend):
     @classmethod
     def from_config(cls, cfg: Any, concurrency: int = 1) -> "LocalBackend":
         """Build from the ``backend`` config node; BackendError if the model or llama_cpp is missing."""
-        model_path = _get(cfg, "model_path")
-        if not model_path:
+        local = backend_settings(cfg, LocalBackendConfig)
+        if not local.model_path:
             raise ConfigError("backend.model_path is not set; give the path of a GGUF model file.")
-        path = Path(str(model_path)).expanduser()
+        path = Path(str(local.model_path)).expanduser()
         if not path.is_file():
-            if _flag(cfg, "download", False):
-                _download_from_hub(path, cfg)
+            if local.download:
+                _download_from_hub(path, local)
             else:
-                raise BackendError(missing_model_message(path, cfg))
+                raise BackendError(missing_model_message(path, local))
         try:
             import llama_cpp  # noqa: F401 - only checking that it can be imported
         except ImportError as exc:
             raise BackendError(
                 f"The local backend needs llama-cpp-python, which cannot be imported ({exc}); {INSTALL_HINT}."
             ) from exc
-        workers = _int(cfg, "workers", 1)
+        workers = local.workers
         if workers < 1:
             raise ConfigError(f"backend.workers must be at least 1 (got {workers}).")
-        settings = settings_from_config(cfg, workers)
+        settings = settings_from_config(local, workers)
         settings = dataclasses.replace(settings, model_path=str(path))
         return cls(settings, workers=workers)
 

@@ -30,6 +30,7 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_cpp_c
 from llama_cpp import Llama
 
+from sentech_eval.config import LocalBackendConfig
 from sentech_eval.types import Completion, time_per_output_token
 
 # What an unset sampling parameter means, chosen to match an OpenAI-style API.
@@ -50,13 +51,13 @@ class EngineSettings:
     """Everything a worker needs to load its model (picklable: sent to worker processes)."""
 
     model_path: str
-    n_ctx: int = 2048
+    n_ctx: int = LocalBackendConfig.n_ctx  # the config schema's defaults: one place (sentech_eval/config.py)
     n_threads: int = 1
-    n_batch: int = 512
-    n_gpu_layers: int = 0
-    chat_format: str | None = None
-    reuse_prompt_cache: bool = False
-    stream: bool = True
+    n_batch: int = LocalBackendConfig.n_batch
+    n_gpu_layers: int = LocalBackendConfig.n_gpu_layers
+    chat_format: str | None = LocalBackendConfig.chat_format
+    reuse_prompt_cache: bool = LocalBackendConfig.reuse_prompt_cache
+    stream: bool = LocalBackendConfig.stream
     repack: bool = True  # llama.cpp "extra buffer types" (CPU weight repacking, AMX)
     verbose: bool = False
     n_threads_reason: str = "set"  # how n_threads was chosen (recorded in the results' metadata)

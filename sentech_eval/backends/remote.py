@@ -23,17 +23,14 @@ import aiohttp.http_exceptions
 import orjson
 
 from sentech_eval.backends.base import Backend
-from sentech_eval.config import number_setting
+from sentech_eval.config import RemoteBackendConfig, RunnerConfig, backend_settings, number_setting
 from sentech_eval.errors import BackendError, ConfigError
 from sentech_eval.secrets import Redactor, environment_secrets, url_credential
-from sentech_eval.types import Completion, Sampling, time_per_output_token
+from sentech_eval.types import CAPACITY_HEADER, MAX_ADVERTISED_CAPACITY, Completion, Sampling, time_per_output_token
 
-CONFIG_KEYS = {"kind", "base_url", "model", "api_key_env", "timeout_s", "stream", "send_seed", "include_usage",
-               "max_response_mb", "follow_redirects"}
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 SNIPPET = 160
-DEFAULT_MAX_RESPONSE_MB = 64.0
 ERROR_BODY_BYTES = 1 << 20  # an error body is read up to 1 MiB: its message is at the start
 MAX_REDIRECTS = 5
 # A usage count a server may report: 0 ≤ n ≤ this (no context window holds a billion tokens).
@@ -120,6 +117,15 @@ def parse_retry_after(value: str | None) -> float | None:
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
         return None  # nan / inf: not a delay
     return max(0.0, seconds)
+
+
+def parse_capacity(value: str | None) -> int | None:
+    """A server's advertised capacity (``X-Sentech-Capacity: 4``) as an int; None for anything but a
+    plain positive integer up to ``MAX_ADVERTISED_CAPACITY`` (a header is untrusted input)."""
+    if value is None or not 0 < len(value) <= 7 or not value.isascii() or not value.isdigit():
+        return None
+    capacity = int(value)
+    return capacity if 0 < capacity <= MAX_ADVERTISED_CAPACITY else None
 
 
 def parse_completion_body(raw: bytes, content_type: str) -> Completion:
@@ -310,10 +316,11 @@ class RemoteBackend(Backend):
 
     kind = "remote"
 
-    def __init__(self, base_url: str, model: str, api_key: str, *, timeout_s: float = 60.0,
-                 stream: bool = False, send_seed: bool = False, include_usage: bool = True,
-                 concurrency: int = 16, max_response_mb: float = DEFAULT_MAX_RESPONSE_MB,
-                 follow_redirects: bool = False) -> None:
+    def __init__(self, base_url: str, model: str, api_key: str, *, timeout_s: float = RemoteBackendConfig.timeout_s,
+                 stream: bool = RemoteBackendConfig.stream, send_seed: bool = RemoteBackendConfig.send_seed,
+                 include_usage: bool = RemoteBackendConfig.include_usage, concurrency: int = RunnerConfig.concurrency,
+                 max_response_mb: float = RemoteBackendConfig.max_response_mb,
+                 follow_redirects: bool = RemoteBackendConfig.follow_redirects) -> None:
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.model = model
@@ -327,6 +334,7 @@ class RemoteBackend(Backend):
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self._redactor = Redactor(api_key)
         self._concurrency = concurrency
+        self._capacity_unread = True  # the first answer's X-Sentech-Capacity header is read, once
         self._session: aiohttp.ClientSession | None = None
         self._body_for: Sampling | None = None
         self._body_fields: dict[str, Any] = {}
@@ -338,22 +346,13 @@ class RemoteBackend(Backend):
 
     @classmethod
     def from_config(cls, cfg: Any, concurrency: int) -> "RemoteBackend":
-        """Build from the ``backend`` config node; the key comes from the environment only."""
-        unknown = sorted(set(cfg.keys()) - CONFIG_KEYS)
-        if unknown:
-            raise ConfigError(f"Unknown config key 'backend.{unknown[0]}' for backend=remote; known keys are: {', '.join(sorted(CONFIG_KEYS))}.")
-        base_url = str(cfg.get("base_url") or "")
-        check_base_url(base_url)
-        timeout_s = number_setting("backend.timeout_s", cfg.get("timeout_s"), positive=True, default=60.0)
-        max_response_mb = number_setting("backend.max_response_mb", cfg.get("max_response_mb"), positive=True,
-                                         default=DEFAULT_MAX_RESPONSE_MB)
-        flags = {}
-        for name in ("stream", "send_seed", "follow_redirects"):
-            value = cfg.get(name)
-            if value is not None and not isinstance(value, bool):
-                raise ConfigError(f"backend.{name} must be true or false, got {value!r}.")
-            flags[name] = bool(value)
-        env_name = str(cfg.get("api_key_env") or "SENTECH_API_KEY")
+        """Build from the ``backend`` config node (checked against ``RemoteBackendConfig``); the key
+        comes from the environment only."""
+        remote: RemoteBackendConfig = backend_settings(cfg, RemoteBackendConfig)
+        check_base_url(remote.base_url)
+        number_setting("backend.timeout_s", remote.timeout_s, positive=True)
+        number_setting("backend.max_response_mb", remote.max_response_mb, positive=True)
+        env_name = remote.api_key_env
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):
             raise ConfigError("backend.api_key_env must be the NAME of an environment variable (like SENTECH_API_KEY), "
                               "not the key itself; export the key in that variable.")
@@ -364,11 +363,9 @@ class RemoteBackend(Backend):
                 "or use backend=local (embedded model, no key), or start `sentech-eval serve` and point backend.base_url at it."
             )
         check_api_key(api_key, env_name)
-        include_usage = cfg.get("include_usage")
-        backend = cls(base_url, str(cfg.model), api_key, timeout_s=float(timeout_s), stream=flags["stream"],
-                      send_seed=flags["send_seed"], include_usage=include_usage is None or bool(include_usage),
-                      concurrency=concurrency, max_response_mb=float(max_response_mb),
-                      follow_redirects=flags["follow_redirects"])
+        backend = cls(remote.base_url, remote.model, api_key, timeout_s=float(remote.timeout_s), stream=remote.stream,
+                      send_seed=remote.send_seed, include_usage=remote.include_usage, concurrency=concurrency,
+                      max_response_mb=float(remote.max_response_mb), follow_redirects=remote.follow_redirects)
         backend.auth_hint = f"; check the key in the environment variable {env_name}"
         return backend
 
@@ -494,6 +491,9 @@ class RemoteBackend(Backend):
                                     latency_s=time.perf_counter() - start, retryable=status in RETRYABLE_STATUS,
                                     retry_after_s=retry_after)
             else:
+                if self._capacity_unread:
+                    self._capacity_unread = False
+                    self.advertised_capacity = parse_capacity(resp.headers.get(CAPACITY_HEADER))
                 content_type = media_type(resp.headers.get("Content-Type", ""))
                 if self.stream and content_type == "text/event-stream":
                     result = await self._read_stream(resp, start)

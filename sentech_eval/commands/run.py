@@ -19,11 +19,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from sentech_eval.commands import estimate
-from sentech_eval.config import config_error, group_choices, register_configs, unknown_choice_message, unknown_key_error
+from sentech_eval.config import backend_label, config_error, group_choices, register_configs, unknown_choice_message, unknown_key_error
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir
 from sentech_eval.errors import ConfigError, RunDirError, SentechEvalError
@@ -190,7 +190,8 @@ def explain_hydra_error(exc: BaseException) -> ConfigError:
     cause = exc.__cause__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "parent_node", None) is not None and cause.key:
         full_key = str(cause.full_key or cause.key)
-        return unknown_key_error(full_key, [str(k) for k in cause.parent_node.keys()])
+        schema = OmegaConf.get_type(cause.parent_node)
+        return unknown_key_error(full_key, [str(k) for k in cause.parent_node.keys()], schema_name=backend_label(schema))
     if isinstance(exc, OverrideParseException):
         reason = " ".join(str(exc.message).split()).split(" See https://")[0].strip()
         return ConfigError(f"Cannot parse the override {exc.override!r} ({reason}); quote values with special "

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+from sentech_eval.engine.results import read_parquet
 
 MESSAGE_LIMIT = 160
 
@@ -44,7 +45,7 @@ def _short(text: str | None) -> str:
 
 def read_outcome(results: Path) -> RunOutcome:
     """Row counts and the error breakdown (most frequent first) of a results.parquet."""
-    table = pq.read_table(results, columns=["status", "http_status", "error"])
+    table = read_parquet(results, columns=["status", "http_status", "error"])
     errors = table.filter(pc.equal(table.column("status"), "error"))
     kinds = Counter(zip(errors.column("http_status").to_pylist(), map(_short, errors.column("error").to_pylist())))
     return RunOutcome(
@@ -125,7 +126,7 @@ def end_of_run(results: Path, *, scored: bool) -> tuple[RunOutcome, list[str]]:
 
 def _plain_lines(results: Path) -> list[str]:
     """Latency p50/p95 and tokens of the ok rows, without pandas (runs without scorers)."""
-    table = pq.read_table(results, columns=["status", "latency_s", "prompt_tokens", "completion_tokens"])
+    table = read_parquet(results, columns=["status", "latency_s", "prompt_tokens", "completion_tokens"])
     ok = table.filter(pc.equal(table.column("status"), "ok"))
     latency = ok.column("latency_s").drop_null()
     row: dict[str, Any] = {}

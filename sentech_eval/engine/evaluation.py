@@ -117,6 +117,15 @@ def budget_hooks(runner_cfg: RunnerConfig, price: Price | None, out_dir: Path, c
     return hooks
 
 
+def capacity_warning(capacity: int | None, concurrency: int) -> str | None:
+    """Why latencies include queueing when the server said it answers fewer requests at once than were sent."""
+    if capacity is None or concurrency <= capacity:
+        return None
+    return (f"the server answers {capacity} request(s) at a time (its X-Sentech-Capacity header) but "
+            f"runner.concurrency={concurrency}: the other requests waited inside the server, so latency_s and "
+            f"ttft_s include that queueing; for per-request latency run with runner.concurrency={capacity}")
+
+
 def backend_without_price(cfg: DictConfig) -> DictConfig:
     """The backend node without ``price`` (a cost setting, not the backend's own)."""
     node = cfg.backend
@@ -261,6 +270,10 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
               file=sys.stderr)
     if summary.schedule_warning:
         print(f"sentech-eval run: warning: {summary.schedule_warning}.", file=sys.stderr)
+    warning = capacity_warning(backend.advertised_capacity, runner_cfg.concurrency)
+    if warning:
+        result["server_capacity"] = backend.advertised_capacity
+        print(f"sentech-eval run: warning: {warning}.", file=sys.stderr)
     if summary.interrupted:
         print(f"sentech-eval run: interrupted; {summary.ok + summary.errors} rows are saved in {path}. "
               f"Resume (rows already ok are skipped, errors retried) with:\n  {resume_command(out_dir)}", file=sys.stderr)

@@ -247,7 +247,7 @@ def merge_parts(run_dir: Path, schema: pa.Schema, keep=None) -> Path:
 
 def _write_merged(files: list[Path], tmp: Path, schema: pa.Schema, keep) -> None:
     if keep is not None:
-        table = pa.concat_tables([_conform(pq.read_table(f), schema) for f in files]) if files else schema.empty_table()
+        table = pa.concat_tables([_conform(read_parquet(f), schema) for f in files]) if files else schema.empty_table()
         table = keep(table)
         pq.write_table(table.replace_schema_metadata(schema.metadata), tmp)
     else:
@@ -276,12 +276,19 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema.remove_metadata())
 
 
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file as a table (``pq.ParquetFile``: unlike ``pq.read_table`` it does not import
+    pyarrow.dataset, which a run does not otherwise need)."""
+    with pq.ParquetFile(path) as file:
+        return file.read(columns=columns)
+
+
 def read_run_table(run_dir: str | Path) -> pa.Table | None:
     """Every row of one run dir (merged file plus unmerged parts), or None if it has none."""
     files = _readable_parts(Path(run_dir))
     if not files:
         return None
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    table = pa.concat_tables([read_parquet(f) for f in files], promote_options="permissive")
     if len(files) > 1 and files[0].name == RESULTS_FILE:
         # A crash between writing the merged file and deleting the parts leaves rows twice.
         table = keep_latest_per_key(table)

@@ -34,8 +34,6 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tqdm import tqdm
-
 from sentech_eval.backends.base import Backend
 from sentech_eval.config import RunnerConfig
 from sentech_eval.engine.hooks import Item, RunHook
@@ -81,7 +79,7 @@ class Runner:
         # Per repeat: its Sampling (seed + repeat) and that Sampling's column values, built once.
         self._repeats: dict[int, tuple[Sampling, tuple[Any, ...]]] = {}
         self._start = 0.0
-        self._bar: tqdm | None = None
+        self._bar: Any = None  # a tqdm bar when runner.progress is on
 
     # ---- items ------------------------------------------------------------------------------
     def _items(self, batches: Iterator[list[Prompt]]) -> Iterator[Item]:
@@ -245,8 +243,11 @@ class Runner:
     async def run(self, batches: Iterator[list[Prompt]]) -> RunSummary:
         """Run every item; returns the summary. Raises AuthenticationError on a rejected key."""
         self._start = time.perf_counter()
-        self._bar = tqdm(total=self.total, unit="req", desc=f"{self.identity.dataset} on {self.identity.backend}",
-                         dynamic_ncols=True, mininterval=0.5, disable=not self.config.progress, file=sys.stderr)
+        if self.config.progress:
+            from tqdm import tqdm  # third-party, imported only when a bar is shown (start-up: benchmarks/README.md)
+
+            self._bar = tqdm(total=self.total, unit="req", desc=f"{self.identity.dataset} on {self.identity.backend}",
+                             dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
         items = self._items(batches)
         loop = asyncio.get_running_loop()
         workers = [asyncio.ensure_future(self._worker(items)) for _ in range(self.config.concurrency)]
@@ -264,8 +265,9 @@ class Runner:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             self.summary.lowest_concurrency = self.pacer.lowest_concurrency
-            self._update_bar(refresh=False)
-            self._bar.close()
+            if self._bar is not None:
+                self._update_bar(refresh=False)
+                self._bar.close()
             self.summary.elapsed_s = time.perf_counter() - self._start
         if self._auth_error is not None:
             raise self._auth_error

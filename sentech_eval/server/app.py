@@ -30,7 +30,7 @@ from aiohttp import web
 
 from sentech_eval.server.engines import BadRequest, ChatRequest, Engine, Generation
 from sentech_eval.server.faults import NO_FAULT, FaultConfig, FaultInjector
-from sentech_eval.types import SAMPLING_RANGES, Sampling
+from sentech_eval.types import CAPACITY_HEADER, SAMPLING_RANGES, Sampling
 
 log = logging.getLogger("sentech_eval.server")
 
@@ -167,6 +167,9 @@ class ServerOptions:
     # sends stream_options.include_usage), "requested" (only then, as OpenAI and vLLM do) or
     # "never" (as llama_cpp.server does), so clients can be tested against each kind of server.
     stream_usage: str = "always"
+    # Server processes sharing the port (`serve --workers`): the advertised capacity is the
+    # engine's slots times this.
+    workers: int = 1
 
 
 STREAM_USAGE = ("always", "requested", "never")
@@ -183,6 +186,13 @@ class ChatServer:
         self._max_body = options.max_body_bytes
         self._faults = FaultInjector(options.faults) if options.faults.active else None
         self._echo_model = getattr(engine, "answers_as_requested_model", False)
+        slots = getattr(engine, "slots", None)
+        # How many requests this server answers at once (None: no limit), advertised in /health and
+        # in a header of every answer, so a client can size its concurrency (more only queue here).
+        self.capacity = slots * options.workers if slots else None
+        advertised = {CAPACITY_HEADER: str(self.capacity)} if self.capacity else {}
+        self._ok_headers = {**_JSON_HEADERS, **advertised}
+        self._sse_headers = {**_SSE_HEADERS, **advertised}
         # ids: a random per-process prefix plus a counter (unique, and cheaper than urandom per request)
         prefix, counter = "chatcmpl-" + os.urandom(6).hex(), itertools.count(1)
         self._next_id = lambda: f"{prefix}{next(counter):012x}"
@@ -270,7 +280,7 @@ class ChatServer:
                     ],
                 }
             ),
-            headers=_JSON_HEADERS,
+            headers=self._ok_headers,
         )
 
     async def _stream(self, request: web.Request, chat: ChatRequest, model: str) -> web.StreamResponse:
@@ -295,7 +305,7 @@ class ChatServer:
         except Exception as exc:  # nothing sent yet: a proper 500
             log.exception("engine %s failed", self.engine.name)
             return _message_response(500, "Internal server error", error=f"{type(exc).__name__}: {exc}")
-        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        response = web.StreamResponse(status=200, headers=self._sse_headers)
         await response.prepare(request)
         await response.write(event({"role": "assistant"}))
         item: str | Generation = first
@@ -335,8 +345,9 @@ class ChatServer:
         )
 
     async def health(self, request: web.Request) -> web.Response:
-        """``GET /health``: liveness without auth."""
-        return json_response(200, {"status": "ok", "engine": self.engine.name, "model": self.engine.model})
+        """``GET /health``: liveness without auth, and the capacity (requests answered at once; null = no limit)."""
+        return json_response(200, {"status": "ok", "engine": self.engine.name, "model": self.engine.model,
+                                    "capacity": self.capacity})
 
     async def fallback(self, request: web.Request) -> web.Response:
         """Unknown routes (404) and wrong methods on known ones (405), always JSON."""

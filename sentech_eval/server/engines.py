@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sentech_eval.config import LocalBackendConfig
 from sentech_eval.errors import BackendError, ConfigError
 from sentech_eval.paths import datasets_dir, embedded_model_path
 from sentech_eval.types import SAMPLING_PARAMS, Sampling
@@ -67,6 +68,7 @@ class Engine(Protocol):
 
     name: str  # "echo" | "llama"
     model: str  # reported when a request names no model
+    slots: int | None  # generations at once (more wait in a queue); None = no limit
 
     async def start(self) -> None:
         """Load what is needed before the server accepts requests."""
@@ -196,6 +198,7 @@ class EchoEngine:
         self.token_s = token_s  # time between two tokens of one stream
         self.ttft_s = max(0.0, ttft_ms) / 1000.0 if ttft_ms is not None else token_s
         self.capacity = Capacity(capacity) if capacity else None
+        self.slots = capacity or None
         self.output_tokens = output_tokens if output_tokens and output_tokens > 0 else None
         self.datasets_dir = datasets_dir
         self.references: dict[str, str] = {}
@@ -376,13 +379,14 @@ class LlamaEngine:
     """
 
     name = "llama"
+    slots = 1  # one generation at a time (a Llama is not thread-safe)
     cancel_on_disconnect = True  # the server cancels a handler whose client went away
 
     def __init__(
         self,
         model_path: Path | str | None = None,
         *,
-        n_ctx: int = 2048,
+        n_ctx: int = LocalBackendConfig.n_ctx,
         n_threads: int | None = None,
         chat_format: str | None = None,
         seed: int = 0,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sentech_eval.backends.local import default_n_threads
+from sentech_eval.config import LocalBackendConfig
 from sentech_eval.errors import ConfigError
 from sentech_eval.server.app import DEFAULT_MAX_BODY_BYTES, STREAM_USAGE, ServerOptions, create_app, start_site
 from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, DEFAULT_GGUF, build_engine
@@ -27,7 +28,7 @@ class ServeConfig:
     port: int = 8000
     engine: str = "echo"
     model_path: str | None = None
-    n_ctx: int = 2048
+    n_ctx: int = LocalBackendConfig.n_ctx  # the same default as backend=local (sentech_eval/config.py)
     n_threads: int | None = None
     datasets_dir: str | None = None
     options: ServerOptions = field(default_factory=ServerOptions)
@@ -97,7 +98,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--accuracy-peak", type=float, default=0.8,
                    help="oracle engine: accuracy at its best setting, temperature 0.3 and top_p 0.9 (default: %(default)s)")
     g.add_argument("--model", metavar="PATH", help=f"GGUF file for --engine llama (default: {DEFAULT_GGUF}; the dir is $SENTECH_MODELS_DIR when set)")
-    g.add_argument("--n-ctx", type=int, default=2048, help="context length for --engine llama (default: %(default)s)")
+    g.add_argument("--n-ctx", type=int, default=LocalBackendConfig.n_ctx, help="context length for --engine llama (default: %(default)s)")
     g.add_argument(
         "--n-threads", type=int, default=None, help="CPU threads for --engine llama (default: the cores idle at start, i.e. available cores minus the "
         "load average, split between --workers; see docs/local.md)"
@@ -205,7 +206,7 @@ def parse_config(argv: list[str], prog: str = "sentech-eval serve") -> ServeConf
         n_threads=args.n_threads,
         datasets_dir=args.datasets_dir,
         options=ServerOptions(api_keys=keys, no_auth=args.no_auth, max_body_bytes=args.max_body_bytes, faults=faults,
-                              stream_usage=args.stream_usage),
+                              stream_usage=args.stream_usage, workers=args.workers),
         latency_ms=args.latency_ms,
         tokens_per_s=args.tokens_per_s,
         ttft_ms=args.ttft_ms,
@@ -222,10 +223,13 @@ def listening_line(config: ServeConfig, port: int) -> str:
     host = f"[{config.host}]" if ":" in config.host else config.host
     extra = f", {config.workers} workers" if config.workers > 1 else ""
     line = f"sentech-eval serve: listening on http://{host}:{port}/v1 (engine {config.engine}{extra})"
-    if config.engine == "llama":
-        # the engine answers one request at a time per worker: more in flight only queue here
-        line += (f"; answers {config.workers} request(s) at a time: run clients with "
-                 f"runner.concurrency={config.workers}, more only queue inside the server")
+    slots = 1 if config.engine == "llama" else config.capacity  # the engine's generations at once
+    if slots:
+        # more in flight only queue here; clients read the same number from /health or the
+        # X-Sentech-Capacity header of every answer (the remote backend warns when it sends more)
+        capacity = slots * config.workers
+        line += (f"; answers {capacity} request(s) at a time: run clients with "
+                 f"runner.concurrency={capacity}, more only queue inside the server")
     return line
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from sentech_eval.config import LocalBackendConfig, compose_config
 from sentech_eval.errors import BackendError, ConfigError
 from sentech_eval.backends.model_files import EMBEDDED_MODEL
 from sentech_eval.paths import default_models_dir
@@ -240,9 +241,7 @@ def test_missing_embedded_model_names_path_and_fetch_command(tmp_path):
 
 
 def test_missing_llama31_8b_names_path_and_download(tmp_path):
-    if not OmegaConf.has_resolver("models_dir"):
-        OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
-    cfg = OmegaConf.load(REPO / "conf" / "backend" / "llama31_8b.yaml")
+    cfg = compose_config(["backend=llama31_8b"]).backend
     cfg.model_path = str(tmp_path / "Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf")
     with pytest.raises(BackendError) as err:
         LocalBackend.from_config(cfg)
@@ -265,11 +264,11 @@ def test_download_without_huggingface_hub_says_how(tmp_path):
 
 
 def test_shipped_configs_point_at_the_models_dir():
-    if not OmegaConf.has_resolver("models_dir"):
-        OmegaConf.register_new_resolver("models_dir", lambda: str(default_models_dir()))
-    local = OmegaConf.load(REPO / "conf" / "backend" / "local.yaml")
+    local = compose_config(["backend=local"]).backend
     assert Path(local.model_path) == MODEL
     assert local.kind == "local" and local.workers == 1 and local.reuse_prompt_cache is False
+    assert local.n_ctx == LocalBackendConfig.n_ctx  # the schema's default: conf/backend/local.yaml does not repeat it
+    assert compose_config(["backend=llama31_8b"]).backend.n_ctx == 4096
 
 
 def test_bad_settings_are_config_errors():

@@ -125,3 +125,21 @@ def test_top_level_help_lists_subcommands():
         assert f"  {command}" in proc.stdout
     bad = run_cli("frobnicate")
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
+
+
+def test_a_run_above_the_servers_advertised_capacity_warns_once(tmp_path):
+    """`serve --capacity 2` says so in every answer; a run sending 8 at once is told that latency includes queueing."""
+    from sentech_eval.server.testing import running_server
+
+    with running_server(api_key=TEST_KEY, capacity=2, latency_ms=20) as url:
+        above = run_cli(*remote_args(url, tmp_path / "above", "dataset.limit=12", "runner.concurrency=8",
+                                     "runner.progress=false"), env={"SENTECH_API_KEY": TEST_KEY})
+        within = run_cli(*remote_args(url, tmp_path / "within", "dataset.limit=4", "runner.concurrency=2",
+                                      "runner.progress=false"), env={"SENTECH_API_KEY": TEST_KEY})
+    assert above.returncode == 0, above.stderr
+    warnings = [line for line in above.stderr.splitlines() if "X-Sentech-Capacity" in line]
+    assert len(warnings) == 1, above.stderr
+    assert "answers 2 request(s) at a time" in warnings[0] and "runner.concurrency=8" in warnings[0]
+    assert "runner.concurrency=2" in warnings[0]  # the fix
+    assert within.returncode == 0, within.stderr
+    assert "X-Sentech-Capacity" not in within.stderr

@@ -24,6 +24,7 @@ Modes (by class):
   ``key_in_stream`` (an SSE answer quoting it), ``key_in_finish_reason``, ``key_in_html`` (an HTML
   title), ``key_in_location`` (a redirect whose Location carries it), ``key_suffix`` (the last 3/4).
 - text: ``invalid_utf8``, ``lone_surrogate``, ``deep_json``.
+- capacity: ``capacity=<value>`` answers ok with ``X-Sentech-Capacity: <value>`` (garbage, huge, negative…).
 - ``ok`` answers normally.
 """
 
@@ -89,6 +90,8 @@ class HostileServer:
     async def answer(self, request: web.Request, mode: str, key: str, stream: bool) -> web.StreamResponse:  # noqa: C901
         if mode == "ok":
             return web.Response(body=completion(), headers=JSON)
+        if mode.startswith("capacity="):
+            return web.Response(body=completion(), headers={**JSON, "X-Sentech-Capacity": mode.partition("=")[2]})
         # ---- numbers
         usage_cases = {
             "usage_overflow": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 18446744073709551615},

@@ -42,11 +42,11 @@ def test_corrupt_parquet_pages_behind_an_intact_footer(tmp_path):
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("backend.timeout_s=abc", "Config key 'backend.timeout_s' must be a number or null, got 'abc'"),
+    ("backend.timeout_s=abc", "Config key 'backend.timeout_s' must be a number, got 'abc'"),
     ("backend.timeout_s=-1", "backend.timeout_s=-1 must be greater than 0"),
     ("backend.timeout_s=0", "backend.timeout_s=0 must be greater than 0"),
     ("backend.max_response_mb=-5", "backend.max_response_mb=-5 must be greater than 0"),
-    ("backend.follow_redirects=maybe", "backend.follow_redirects must be true or false"),
+    ("backend.follow_redirects=maybe", "Config key 'backend.follow_redirects' must be true or false, got 'maybe'"),
     ("runner.timeout_s=-1", "runner.timeout_s=-1 must be greater than 0"),
     ("runner.backoff_base_s=-1", "runner.backoff_base_s=-1 must be 0 or more"),
     ("runner.backoff_max_s=-0.5", "runner.backoff_max_s=-0.5 must be 0 or more"),

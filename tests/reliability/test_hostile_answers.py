@@ -137,3 +137,27 @@ def test_a_redirect_loop_ends_in_an_error_row(tmp_path):
     assert result.returncode == 0, result.stderr  # (a run whose every row failed would exit 1)
     error = rows(tmp_path / "run").set_index("prompt_id").loc["redirect_307_loop", "error"]
     assert re.search(r"HTTP 307: the server redirected to .* \(more than 5 redirects\)", error), error
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("4", 4), ("1000000", 1_000_000), ("1000001", None), ("0", None), ("-3", None), ("4.5", None), ("1e3", None),
+    ("abc", None), ("4, 8", None), ("99999999999999999999", None), ("", None), ("+4", None), ("0x10", None),
+])
+def test_an_advertised_capacity_is_parsed_defensively(value, expected):
+    """A server's X-Sentech-Capacity header is untrusted: only a plain positive integer counts; the answer stays ok."""
+    import asyncio
+
+    from sentech_eval.backends.remote import RemoteBackend
+    from sentech_eval.types import Sampling
+
+    async def ask(base_url: str) -> tuple[str, int | None]:
+        backend = RemoteBackend(base_url, "m", new_key(), concurrency=16)
+        try:
+            done = await backend.complete([{"role": "user", "content": f"mode:capacity={value}"}], Sampling())
+            return done.status, backend.advertised_capacity
+        finally:
+            await backend.aclose()
+
+    with hostile_server() as (url, _):
+        status, capacity = asyncio.run(ask(url))
+    assert status == "ok" and capacity == expected

@@ -97,6 +97,21 @@ def test_a_key_in_a_config_file_is_refused_and_not_kept_in_hydra_files(tmp_path)
     result = run_cli("run", "--config-dir", str(conf), "--config-name", "leaky", f"hydra.run.dir={run_dir}", key=None)
     assert_one_sentence(result, "backend.api_key", "looks like a credential", "SENTECH_API_KEY")
     assert key not in result.stderr + result.stdout
+    # backend.api_key is no key of the backend's schema: the config does not even compose, so
+    # Hydra saves nothing (a key-shaped value under a schema key composes and is scrubbed: below)
+    assert not (run_dir / ".hydra" / "config.yaml").exists()
+    _assert_key_nowhere(key, run_dir)
+
+
+def test_a_key_shaped_value_in_a_config_file_is_refused_and_scrubbed_from_hydra_files(tmp_path):
+    key = new_key()
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "leaky.yaml").write_text(f"defaults:\n  - config\n  - _self_\nexperiment: {key}\n")
+    run_dir = tmp_path / "run"
+    result = run_cli("run", "--config-dir", str(conf), "--config-name", "leaky", f"hydra.run.dir={run_dir}", key=None)
+    assert_one_sentence(result, "experiment", "looks like a credential", "SENTECH_API_KEY")
+    assert key not in result.stderr + result.stdout
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert "[redacted]" in (run_dir / ".hydra" / "config.yaml").read_text()
     _assert_key_nowhere(key, run_dir)

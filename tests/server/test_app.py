@@ -179,6 +179,22 @@ def test_health_and_models(server):
     assert post(server, None, path="/models", method="GET", key="bad").status == 401
 
 
+def test_the_server_advertises_its_capacity():
+    """/health says how many requests the server answers at once; every answer carries it in a header."""
+    with running_server(api_key=KEY, capacity=3) as url:
+        health = post(url.removesuffix("/v1"), None, path="/health", method="GET", key=None).json()
+        answer = post(url, {"messages": [{"role": "user", "content": "hi"}]})
+        streamed = post(url, {"messages": [{"role": "user", "content": "hi"}], "stream": True})
+    assert health["capacity"] == 3
+    assert answer.status == 200 and answer.headers["X-Sentech-Capacity"] == "3"
+    assert streamed.status == 200 and streamed.headers["X-Sentech-Capacity"] == "3"
+
+
+def test_a_server_without_a_limit_advertises_none(server):
+    assert post(server.removesuffix("/v1"), None, path="/health", method="GET", key=None).json()["capacity"] is None
+    assert "X-Sentech-Capacity" not in post(server, {"messages": [{"role": "user", "content": "hi"}]}).headers
+
+
 # ------------------------------------------------------------------------------------- streaming
 def parse_sse(text: str) -> tuple[list[dict], bool]:
     """The JSON chunks of an SSE body and whether it ended with [DONE]."""
