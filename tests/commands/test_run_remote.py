@@ -143,3 +143,29 @@ def test_a_run_above_the_servers_advertised_capacity_warns_once(tmp_path):
     assert "runner.concurrency=2" in warnings[0]  # the fix
     assert within.returncode == 0, within.stderr
     assert "X-Sentech-Capacity" not in within.stderr
+
+
+# What a remote run has no use for; importing any of it only delays the start (benchmarks/bench_startup.py).
+NOT_ON_THE_RUN_PATH = ("matplotlib", "scipy", "llama_cpp", "jsonschema", "tqdm", "pyarrow.dataset",
+                       "sentech_eval.server", "sentech_eval.render", "sentech_eval.analysis", "sentech_eval.backends.local")
+
+
+def test_a_remote_run_imports_nothing_it_does_not_use(echo_server, tmp_path):
+    """A one-row run without a progress bar, as the CLI runs it: no plotting, stats, model or server code loaded."""
+    import os
+    import subprocess
+    import sys
+
+    listing = tmp_path / "modules.txt"
+    code = ("import atexit, runpy, sys\n"
+            f"atexit.register(lambda: open({str(listing)!r}, 'w').write('\\n'.join(sorted(sys.modules))))\n"
+            f"sys.argv = ['sentech-eval', *{remote_args(echo_server, tmp_path / 'R', 'dataset.limit=1', 'runner.progress=false')!r}]\n"
+            "runpy.run_module('sentech_eval.cli', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
+    env.update(SENTECH_API_KEY=TEST_KEY, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=REPO_ROOT)
+    assert proc.returncode == 0 and "1 ok" in proc.stderr, proc.stderr[-2000:]
+    imported = set(listing.read_text().split())
+    assert {"aiohttp", "sentech_eval.backends.remote", "sentech_eval.engine.runner"} <= imported  # it sees the run
+    unwanted = sorted(m for m in imported if any(m == name or m.startswith(name + ".") for name in NOT_ON_THE_RUN_PATH))
+    assert not unwanted, f"a remote run imported {unwanted}"
