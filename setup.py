@@ -9,7 +9,7 @@ setting is in pyproject.toml.
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 HERE = Path(__file__).resolve().parent
 DATA_PACKAGES = {"sentech_eval.conf": "conf", "sentech_eval.datasets_shipped": "datasets"}
@@ -18,7 +18,9 @@ for group in sorted(p for p in (HERE / "conf").rglob("*") if p.is_dir() and p.na
     DATA_PACKAGES["sentech_eval.conf." + ".".join(relative.parts)] = f"conf/{relative.as_posix()}"
 
 setup(
-    packages=find_packages(include=["sentech_eval", "sentech_eval.*", "hydra_plugins.*"]) + list(DATA_PACKAGES),
+    # hydra_plugins is a namespace package (no __init__.py, shared with other plugins): find_packages skips it
+    packages=(find_packages(include=["sentech_eval", "sentech_eval.*"])
+              + find_namespace_packages(include=["hydra_plugins.*"]) + list(DATA_PACKAGES)),
     package_dir=DATA_PACKAGES,
     package_data={**{name: ["*.yaml"] for name in DATA_PACKAGES if name.startswith("sentech_eval.conf")},
                   "sentech_eval.datasets_shipped": ["*.parquet", "README.md"]},

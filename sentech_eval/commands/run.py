@@ -17,6 +17,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -150,6 +151,22 @@ def report_end_of_run(cfg: DictConfig, summary: dict[str, Any]) -> str | None:
     return failure
 
 
+def register_sweepers() -> None:
+    """Make the project's sweepers (``grid``, the default, and ``race``) known to Hydra however the
+    package is installed: Hydra finds plugins by scanning the ``hydra_plugins`` namespace, which an
+    editable install's import hook hides from that scan.
+
+    The imports come after the scan on purpose: the scan executes Hydra's plugin modules again,
+    which redefines ``BasicSweeper``; a subclass must be made from the class the scan left behind.
+    """
+    plugins = Plugins.instance()
+    from hydra_plugins.sentech_eval_grid.grid_sweeper import GridSweeper
+    from hydra_plugins.sentech_eval_race.race_sweeper import RaceSweeper
+
+    for sweeper in (GridSweeper, RaceSweeper):
+        plugins.register(sweeper)
+
+
 def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     """Entry for ``sentech-eval run``: hand the arguments to Hydra."""
     refuse_secret_overrides(argv)
@@ -157,6 +174,7 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     check_output_dirs(argv)
     os.environ[ARGV_ENV] = json.dumps(list(argv))
     register_configs()
+    register_sweepers()
     if estimate.wants_estimate(argv):
         return estimate.run(argv, conf_dir())
     sys.argv = [prog.replace(" ", "-")] + list(argv)

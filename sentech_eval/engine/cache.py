@@ -42,8 +42,10 @@ ON_CORRUPT = ("continue", "stop")
 DB_FILE = "responses.sqlite"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction
-WRITE_BATCH = 512  # buffered entries written in one transaction
-FLUSH_S = 2.0  # ... or after this many seconds (a crash loses at most the answers of the last two seconds)
+WRITE_BATCH = 512  # buffered answers handed to the writer thread at once
+FLUSH_S = 2.0  # ... or after this many seconds
+MERGE_ROWS = 50_000  # staged answers merged into the file's index at once (and at the end of the run)
+MERGE_S = 60.0  # ... or after this many seconds (a killed run loses at most this long's answers from the cache)
 FLOAT_FIELDS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
 ANSWER_FIELDS = ("output", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
                  "latency_s", "ttft_s", "http_status")
@@ -276,26 +278,40 @@ class ResponseStore:
                 "models": per_model}
 
     # ---- writes
-    def put_many(self, rows: Iterable[tuple[str, str, str, str, dict[str, Any]]], *,
-                 db: sqlite3.Connection | None = None) -> int:
-        """Write entries, each ``(key, fields_json, model, messages_sha256, answer)``, in one
-        transaction (a key written again is replaced); returns how many. ``db``: another connection
-        to the same file (the run's writer thread has its own)."""
-        db = db or self._db
+    def stage_many(self, rows: Iterable[tuple[str, str, str, str, dict[str, Any]]], db: sqlite3.Connection) -> int:
+        """Append entries, each ``(key, fields_json, model, messages_sha256, answer)``, to ``db``'s private
+        staging table (a TEMP table: no lock on the file, no index to update); ``merge_staged`` moves them
+        into the file. Returns how many."""
         rows = list(rows)
         if not rows:
             return 0
         now, dumps = time.time(), orjson.dumps
-        with _Transaction(db):
-            configs: dict[str, int] = {}
-            for fields_json, model in {(r[1], r[2]) for r in rows}:
-                db.execute("INSERT OR IGNORE INTO configs (fields, model) VALUES (?, ?)", (fields_json, model))
-                configs[fields_json] = db.execute("SELECT id FROM configs WHERE fields = ?", (fields_json,)).fetchone()[0]
-            db.executemany("INSERT OR REPLACE INTO responses (key, config, messages_sha256, answer, created_at) "
-                           "VALUES (?, ?, ?, ?, ?)",
-                           [(key, configs[fields], digest, dumps(answer).decode(), now)
-                            for key, fields, _, digest, answer in rows])
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS staged (key TEXT NOT NULL, fields TEXT NOT NULL, "
+                   "model TEXT NOT NULL, messages_sha256 TEXT NOT NULL, answer TEXT NOT NULL, created_at REAL NOT NULL)")
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?)",
+                           [(key, fields, model, digest, dumps(answer).decode(), now)
+                            for key, fields, model, digest, answer in rows])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         return len(rows)
+
+    def merge_staged(self, db: sqlite3.Connection) -> int:
+        """Move ``db``'s staged entries into the file in one transaction, in key order (an index fed in
+        order touches each page once); returns how many. A key written again is replaced."""
+        if db.execute("SELECT 1 FROM temp.sqlite_master WHERE name = 'staged'").fetchone() is None:
+            return 0
+        with _Transaction(db):
+            moved = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0]
+            db.execute("INSERT OR IGNORE INTO configs (fields, model) SELECT DISTINCT fields, model FROM temp.staged")
+            db.execute("INSERT OR REPLACE INTO responses (key, config, messages_sha256, answer, created_at) "
+                       "SELECT s.key, c.id, s.messages_sha256, s.answer, s.created_at "
+                       "FROM temp.staged s JOIN configs c ON c.fields = s.fields ORDER BY s.key, s.rowid")
+            db.execute("DELETE FROM temp.staged")
+        return moved
 
     def add_hits(self, hits_by_model: dict[str, int]) -> None:
         """Add to the per-model hit counters (``cache stats``)."""
@@ -424,14 +440,16 @@ class RunCache(RunHook):
 
     Reads happen in bulk, one query per batch of prompts (``before_batch``); a configuration the cache
     has never seen is not read at all during the run (only this run could have written its
-    answers). Writes are buffered and go to the file on a writer thread with its own connection:
-    SQLite does that work without Python's GIL, off the event loop. A damaged file found mid-run
+    answers). Writes are buffered and handed to a writer thread with its own connection, which appends
+    them to a private staging table (no lock, no index: a few microseconds an answer) and merges them
+    into the file in key order every ``merge_rows`` answers or ``MERGE_S`` seconds and at the end of
+    the run: the run's hot path never waits on the file's index. A damaged file found mid-run
     raises ``CacheError`` (``on_corrupt="stop"``) or prints one sentence and turns the cache off
     for the rest of the run (``"continue"``).
     """
 
     def __init__(self, store: ResponseStore, mode: str, context: dict[str, Any], *, run_id: str, dataset: str,
-                 unseeded_ok: bool = False, on_corrupt: str = "continue") -> None:
+                 unseeded_ok: bool = False, on_corrupt: str = "continue", merge_rows: int = MERGE_ROWS) -> None:
         if mode not in MODES or mode == "off":
             raise ValueError(f"RunCache mode must be on, refresh or only, not {mode!r}")
         self.store = store
@@ -451,12 +469,15 @@ class RunCache(RunHook):
         self._model = str(context.get("model", ""))
         self._repeats: dict[int, RepeatKeys] = {}
         self._known: dict[int, bool] = {}  # per repeat: did the cache hold this configuration when the run began?
-        self._ready: dict[tuple[Any, int], tuple[Any, Lookup]] = {}  # prefetched lookups
+        self._ready: dict[tuple[Any, int], tuple[Any, ...]] = {}  # prefetched: messages + Lookup's fields
         self._pending: list[tuple[Any, ...]] = []
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._writer_db: sqlite3.Connection | None = None  # used on the writer thread only
         self._writes: list[concurrent.futures.Future] = []
         self._last_flush = time.monotonic()
+        self.merge_rows = merge_rows
+        self._staged = 0  # writer thread only: answers staged since the last merge
+        self._last_merge = time.monotonic()
 
     def describe(self) -> dict[str, Any]:
         """What goes in the results' metadata: mode, file, and the run's fixed key fields."""
@@ -529,23 +550,22 @@ class RunCache(RunHook):
         if not self.active:
             return
         keys = self.repeat_keys(repeat, sampling)
-        prefix, sha256 = keys.prefix, hashlib.sha256
-        made = []
-        for prompt in prompts:
-            digest = sha256(canonical_json(list(prompt.messages))).hexdigest()
-            made.append((prompt, digest, sha256(prefix + digest.encode()).hexdigest()))
+        prefix, sha256, dumps, sort_keys = keys.prefix, hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS
+        # the same bytes as messages_sha256() and key_of(), written out: this runs once per item
+        digests = [sha256(dumps(prompt.messages, option=sort_keys)).hexdigest() for prompt in prompts]
+        item_keys = [sha256(prefix + digest.encode()).hexdigest() for digest in digests]
         found: dict[str, CachedAnswer] = {}
         try:
             if self._reads_for(repeat, keys):
-                found = self.store.get_many([key for _, _, key in made])
+                found = self.store.get_many(item_keys)
         except sqlite3.Error as exc:
             self._fail(exc)
             return
-        ready = self._ready
-        for prompt, digest, key in made:
-            # the messages object itself is kept and compared by identity: a reused prompt id can
-            # never pick up another prompt's key
-            ready[(prompt.id, repeat)] = (prompt.messages, Lookup(key, digest, found.get(key), keys.servable))
+        servable, get = keys.servable, found.get
+        # the messages object itself is kept and compared by identity: a reused prompt id can never
+        # pick up another prompt's key
+        self._ready.update(((prompt.id, repeat), (prompt.messages, key, digest, get(key) if found else None, servable))
+                           for prompt, digest, key in zip(prompts, digests, item_keys))
 
     def lookup(self, prompt: Any, repeat: int, sampling: Sampling) -> Lookup | None:
         """The item's key and, when reading and servable, its cached answer; None if the cache is off."""
@@ -553,7 +573,7 @@ class RunCache(RunHook):
             return None
         ready = self._ready.pop((prompt.id, repeat), None)
         if ready is not None and ready[0] is prompt.messages:
-            result = ready[1]
+            result = Lookup(*ready[1:])
         else:
             keys = self.repeat_keys(repeat, sampling)
             digest = hashlib.sha256(canonical_json(list(prompt.messages))).hexdigest()
@@ -581,14 +601,26 @@ class RunCache(RunHook):
             self.flush()
 
     def _write(self, pending: list[tuple[Any, ...]]) -> int:
-        """On the writer thread: turn buffered answers into rows and write them in one transaction."""
+        """On the writer thread: stage buffered answers; merge when enough are staged. Returns how many
+        answers reached the file."""
         if self._writer_db is None:
             self._writer_db = self.store.writer_connection()
         run_id, dataset, model = self.run_id, self.dataset, self._model
         rows = [(lookup.key, fields_json, model, lookup.messages_sha256,
                  _answer(completion, run_id, prompt_id, dataset, started_at))
                 for lookup, completion, started_at, prompt_id, fields_json in pending]
-        return self.store.put_many(rows, db=self._writer_db)
+        self._staged += self.store.stage_many(rows, self._writer_db)
+        if self._staged >= self.merge_rows or time.monotonic() - self._last_merge >= MERGE_S:
+            return self._merge()
+        return 0
+
+    def _merge(self) -> int:
+        """On the writer thread: move the staged answers into the file."""
+        if self._writer_db is None:
+            return 0
+        merged = self.store.merge_staged(self._writer_db)
+        self._staged, self._last_merge = 0, time.monotonic()
+        return merged
 
     def _collect(self, wait: bool) -> None:
         """Account for finished writes; a failed one turns the cache off (or stops the run)."""
@@ -621,6 +653,8 @@ class RunCache(RunHook):
         """Write what is buffered and wait for it, add this run's hits to the counters, close the file."""
         try:
             self.flush()
+            if self._writer is not None and self.active:
+                self._writes.append(self._writer.submit(self._merge))
             self._collect(wait=True)
             if self.active and self.hits:
                 self.store.add_hits({self._model: self.hits})

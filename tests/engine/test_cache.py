@@ -259,9 +259,26 @@ def test_writes_are_buffered_and_flushed_in_batches(tmp_path):
     store.close()
 
 
+def test_staged_answers_reach_the_file_in_merges_and_at_close(tmp_path):
+    cache = run_cache(tmp_path, REMOTE, merge_rows=WRITE_BATCH)
+    for i in range(2 * WRITE_BATCH + 5):
+        messages = ({"role": "user", "content": f"q{i}"},)
+        cache.remember(cache.lookup(Prompt("p1", messages), 0, SAMPLING), ok(f"a{i}"), 1.0, f"p{i}", 0)
+        if i == WRITE_BATCH:  # the first full batch was staged and merged by now
+            cache._collect(wait=True)
+            reader = ResponseStore(cache_path(tmp_path))
+            assert reader.stats()["entries"] == WRITE_BATCH
+            reader.close()
+    cache.close()
+    assert cache.written == 2 * WRITE_BATCH + 5
+    assert find(tmp_path, REMOTE, messages=({"role": "user", "content": f"q{2 * WRITE_BATCH + 4}"},)).output == \
+        f"a{2 * WRITE_BATCH + 4}"
+
+
 # ------------------------------------------------------------------ several processes, one file
 def _writer_process(path: str, start: int, count: int, barrier) -> None:
-    cache = RunCache(ResponseStore(path), "on", REMOTE, run_id=f"proc-{start}", dataset="d")
+    # merges of 100 answers: the two processes' transactions interleave many times
+    cache = RunCache(ResponseStore(path), "on", REMOTE, run_id=f"proc-{start}", dataset="d", merge_rows=100)
     barrier.wait()
     for i in range(start, start + count):
         messages = ({"role": "user", "content": f"question {i}"},)
