@@ -57,6 +57,8 @@ def test_the_wheel_ships_configs_and_datasets(wheel):
         assert f"sentech_eval/conf/{conf.relative_to(REPO_ROOT / 'conf')}" in names, conf
     for data in (REPO_ROOT / "datasets").glob("*.parquet"):
         assert f"sentech_eval/datasets_shipped/{data.name}" in names, data
+    for plugin in (REPO_ROOT / "hydra_plugins").rglob("*.py"):  # the sweepers (grid, the default; race)
+        assert plugin.relative_to(REPO_ROOT).as_posix() in names, plugin
 
 
 def test_installed_run_and_serve_work_from_another_directory(venv, tmp_path):
@@ -79,3 +81,11 @@ def test_installed_run_and_serve_work_from_another_directory(venv, tmp_path):
     # the installed echo server answers the installed capitals dataset from its references
     assert table["score_contains"] == [1.0] * 5
     assert "95% CI" in proc.stderr and (work / "out" / "report.html").is_file()
+    # a sweep goes through the shipped default sweeper (hydra_plugins/sentech_eval_grid)
+    with listening_process(serve, env=env, timeout_s=120, cwd=work) as (url, _):
+        sweep = subprocess.run([str(venv / "bin" / "sentech-eval"), "run", "-m", "sampling.temperature=0,0.5",
+                                "backend=remote", f"backend.base_url={url}", "dataset=capitals", "dataset.limit=2",
+                                "runner.progress=false", "hydra.sweep.dir=sweep"],
+                               capture_output=True, text=True, env=env, cwd=work, timeout=300)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert len(pq.read_table(work / "sweep" / "results.parquet")) == 4

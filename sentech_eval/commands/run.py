@@ -152,9 +152,10 @@ def report_end_of_run(cfg: DictConfig, summary: dict[str, Any]) -> str | None:
 
 
 def register_sweepers() -> None:
-    """Make the project's sweepers (``grid``, the default, and ``race``) known to Hydra however the
-    package is installed: Hydra finds plugins by scanning the ``hydra_plugins`` namespace, which an
-    editable install's import hook hides from that scan.
+    """Make the project's sweepers (``basic``, its faster-checking grid, and ``race``) known to Hydra
+    however the package is installed: Hydra finds plugins by scanning the ``hydra_plugins``
+    namespace, which an editable install's import hook hides from that scan. Importing the grid
+    sweeper after the scan also puts its config in place of Hydra's ``hydra/sweeper=basic``.
 
     The imports come after the scan on purpose: the scan executes Hydra's plugin modules again,
     which redefines ``BasicSweeper``; a subclass must be made from the class the scan left behind.
