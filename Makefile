@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench install fetch-model clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[local,test,sweep]'
