@@ -87,5 +87,13 @@ def test_installed_run_and_serve_work_from_another_directory(venv, tmp_path):
                                 "backend=remote", f"backend.base_url={url}", "dataset=capitals", "dataset.limit=2",
                                 "runner.progress=false", "hydra.sweep.dir=sweep"],
                                capture_output=True, text=True, env=env, cwd=work, timeout=300)
+        # hydra/sweeper=race from the installed package (2 cells x 5 prompts: one round, a tie, a winner)
+        race = subprocess.run([str(venv / "bin" / "sentech-eval"), "run", "+sweep=race_temperature", "backend=remote",
+                               f"backend.base_url={url}", "dataset=capitals", "dataset.limit=5", "race.start=5",
+                               "sampling.temperature=0.0,0.3", "sampling.top_p=0.9", "runner.progress=false",
+                               "hydra.sweep.dir=race"], capture_output=True, text=True, env=env, cwd=work, timeout=300)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert len(pq.read_table(work / "sweep" / "results.parquet")) == 4
+    assert race.returncode == 0, race.stderr[-3000:]
+    assert race.stderr.strip().splitlines()[-1].startswith("sentech-eval race: winner")
+    assert (work / "race" / "race.parquet").is_file()

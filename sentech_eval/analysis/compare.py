@@ -8,7 +8,9 @@ clustered McNemar is an exact sign-flip test over prompts); see ``analysis.stats
 p-value and the CI disagree on significance the row's note says so. For performance: latency and
 TTFT p50/p95 ratios B/A, completion-token ratio and error rates. Output agreement: the share of
 pairs whose outputs are identical after normalisation (``normalize_text``: case, whitespace,
-punctuation, symbols). With ``--judge`` a backend also says which output it prefers (see
+punctuation, symbols). Cost (when a side's rows carry ``cost_usd``): each side's total cost, cost
+per 1,000 requests and, per 0/1 score, cost per correct answer with its interval
+(``ci_low_a``/``ci_high_a``, ``_b``: ``analysis.cost``), over all of that side's rows, and B/A. With ``--judge`` a backend also says which output it prefers (see
 ``analysis.judge``).
 
 Every metric is one row built with ``metric_row`` (the ``compare.parquet`` schema, ``METRIC_COLUMNS``).
@@ -19,16 +21,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sentech_eval.analysis import stats
+from sentech_eval.analysis import cost, stats
 from sentech_eval.analysis.pairing import PairedResults, cluster_ids
 from sentech_eval.normalize import normalize_text
 
 METRIC_COLUMNS = [
     "metric", "column", "value", "value_a", "value_b", "diff", "ratio", "ci_low", "ci_high", "p_value",
     "n_pairs", "wins", "ties", "losses", "n_a", "n_b", "note", "ci_method", "test", "n_clusters",
+    "ci_low_a", "ci_high_a", "ci_low_b", "ci_high_b",
 ]
 _INT_COLUMNS = ("n_pairs", "wins", "ties", "losses", "n_a", "n_b", "n_clusters")
-_FLOAT_COLUMNS = ("value", "value_a", "value_b", "diff", "ratio", "ci_low", "ci_high", "p_value")
+_FLOAT_COLUMNS = ("value", "value_a", "value_b", "diff", "ratio", "ci_low", "ci_high", "p_value",
+                  "ci_low_a", "ci_high_a", "ci_low_b", "ci_high_b")
 
 
 def normalise_output(text: object) -> str | None:
@@ -167,6 +171,51 @@ def performance_rows(paired: PairedResults) -> list[dict]:
     return rows
 
 
+def _side_clusters(df: pd.DataFrame, cluster: str | None) -> np.ndarray | None:
+    """One side's cluster per row for its own intervals: ``cluster`` if that side has it, else the prompt."""
+    column = cluster if cluster and cluster in df.columns else "prompt_id"
+    if column not in df.columns:
+        return None
+    if column == "prompt_id" and "dataset" in df.columns:
+        return (df["dataset"].astype(str) + "\x1f" + df["prompt_id"].astype(str)).to_numpy()
+    return df[column].astype(str).to_numpy()
+
+
+COST_NOTE = "all rows of each side (paired or not), errored rows included"
+
+
+def cost_rows(paired: PairedResults, confidence: float = 0.95, cluster: str | None = None) -> list[dict]:
+    """Each side's total cost, cost per 1,000 requests and cost per correct answer (per 0/1 score
+    common to both sides) with its interval, and the ratio B/A; no rows when neither side has ``cost_usd``."""
+    priced = {side: cost.has_cost(getattr(paired, side)) for side in ("a", "b")}
+    if not any(priced.values()):
+        return []
+    scores = cost.binary_scores(paired.a, paired.scores) if priced["a"] else paired.scores
+    if priced["b"]:
+        scores = [s for s in scores if s in cost.binary_scores(paired.b, paired.scores)]
+    figures = {side: cost.side_costs(getattr(paired, side), scores, _side_clusters(getattr(paired, side), cluster),
+                                     confidence) if priced[side] else {}
+               for side in ("a", "b")}
+    missing = [label for side, label in (("a", paired.label_a), ("b", paired.label_b)) if not priced[side]]
+    note = COST_NOTE + (f"; {' and '.join(missing)} has no cost_usd (no backend.price)" if missing else "")
+
+    def row(metric: str, column: str, key: str, **extra) -> dict:
+        va, vb = figures["a"].get(key, np.nan), figures["b"].get(key, np.nan)
+        finite = np.isfinite(va) and np.isfinite(vb)
+        return metric_row(metric, column, value_a=va, value_b=vb, diff=vb - va if finite else None,
+                          ratio=vb / va if finite and va > 0 else None, n_a=len(paired.a), n_b=len(paired.b),
+                          note=note, **extra)
+
+    rows = [row("cost_usd", "cost_usd", "cost_usd"),
+            row("cost_per_1k_requests", "cost_usd", "cost_per_1k_requests")]
+    for score in scores:
+        key = f"cost_per_correct_{score.removeprefix('score_')}"
+        rows.append(row("cost_per_correct", score, key,
+                        ci_low_a=figures["a"].get(f"{key}_ci_low"), ci_high_a=figures["a"].get(f"{key}_ci_high"),
+                        ci_low_b=figures["b"].get(f"{key}_ci_low"), ci_high_b=figures["b"].get(f"{key}_ci_high")))
+    return rows
+
+
 def _error_rate(df: pd.DataFrame) -> float:
     if "status" not in df.columns or len(df) == 0:
         return 0.0
@@ -219,6 +268,7 @@ def compare(paired: PairedResults, confidence: float = 0.95, seed: int = 0,
             cluster: str | None = None) -> pd.DataFrame:
     """All paired metrics of A vs B (without the judge) as one DataFrame (``cluster``: see ``score_rows``)."""
     rows = pairing_rows(paired) + score_rows(paired, confidence, seed, cluster) + performance_rows(paired)
+    rows += cost_rows(paired, confidence, cluster)
     rows.append(agreement_row(paired))
     return metrics_frame(rows)
 

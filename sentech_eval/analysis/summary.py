@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sentech_eval.analysis import stats
+from sentech_eval.analysis import cost, stats
 from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.engine.results import is_quality_score, load_results
 from sentech_eval.types import SAMPLING_PARAMS
@@ -136,6 +136,8 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
     scores = score_columns(df)
     has_ttft = "ttft_s" in df.columns and df["ttft_s"].notna().any()
     clusters_col = cluster_column(df, cluster)
+    priced = cost.has_cost(df)
+    binary = set(cost.binary_scores(df, scores)) if priced else set()
     rows = []
     groups = df.groupby(keys, dropna=False, sort=False) if keys else [((), df)]
     for _, part in groups:
@@ -155,6 +157,7 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
         row["error_rate"] = stats.error_rate(part["status"].to_numpy())
         clusters = part[clusters_col].astype(str).to_numpy() if clusters_col else None
         status = part["status"].to_numpy()
+        accuracy: dict[str, stats.Interval] = {}
         for col in scores:
             values = stats.quality_values(part[col].to_numpy(dtype=float, na_value=np.nan), status)
             ci = stats.mean_ci(values, clusters=clusters, confidence=confidence, n_resamples=n_resamples, seed=seed)
@@ -162,6 +165,10 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
             row[f"{col}_ci_method"] = ci.method
             row[f"{col}_n"] = ci.n
             row[f"{col}_n_clusters"] = ci.n_clusters
+            if col in binary:
+                accuracy[col] = ci
+        if priced:
+            row.update(cost.cost_columns(part, accuracy))
         latency = fresh["latency_s"].to_numpy(dtype=float, na_value=np.nan) if "latency_s" in fresh else np.array([])
         row["latency_s_mean"] = float(np.nanmean(latency)) if np.any(~np.isnan(latency)) else np.nan
         for q, v in stats.percentiles(latency, LATENCY_QS).items():

@@ -15,7 +15,7 @@ import pandas as pd
 
 from sentech_eval.analysis.compare import comparison_warnings
 from sentech_eval.analysis.pairing import PairedResults
-from sentech_eval.render.markdown import fmt
+from sentech_eval.render.markdown import COST_METRICS, compare_cost_cells, fmt
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#222;max-width:1200px}
@@ -116,6 +116,16 @@ def _examples_html(paired: PairedResults, examples: pd.DataFrame) -> str:
     return "".join(parts)
 
 
+def _cost_html(metrics: pd.DataFrame) -> str:
+    """The Cost section: each side's figures (per correct answer with its CI) and B/A; '' without costs."""
+    cells, note = compare_cost_cells(metrics)
+    if not cells:
+        return ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(text)}</td>" for text in row) + "</tr>" for row in cells)
+    return (f'<h2>Cost</h2><table id="cost"><thead><tr><th>cost</th><th>A</th><th>B</th><th>B/A</th></tr></thead>'
+            f"<tbody>{body}</tbody></table><p class='small'>{html.escape(note)}</p>")
+
+
 def _judge_html(judgements: pd.DataFrame | None) -> str:
     if judgements is None or judgements.empty:
         return ""
@@ -129,7 +139,8 @@ def render_html(paired: PairedResults, metrics: pd.DataFrame, examples: pd.DataF
     a, b = html.escape(paired.label_a), html.escape(paired.label_b)
     scores = metrics[metrics["metric"] == "score"]
     perf = metrics[metrics["metric"].str.match(r"^(latency|ttft|completion_tokens|error_rate)")]
-    other = metrics[~metrics.index.isin(scores.index) & ~metrics.index.isin(perf.index)]
+    costs = metrics[metrics["metric"].isin(COST_METRICS)]
+    other = metrics[~metrics.index.isin(scores.index) & ~metrics.index.isin(perf.index) & ~metrics.index.isin(costs.index)]
     png = difference_plot(paired, metrics)
     plot = f'<img alt="paired differences" src="data:image/png;base64,{png}">' if png else "<p>Nothing to plot.</p>"
 
@@ -148,6 +159,7 @@ def render_html(paired: PairedResults, metrics: pd.DataFrame, examples: pd.DataF
         + "<h2>Paired differences</h2>" + plot
         + "<h2>Performance</h2>"
         + _table(perf, ["metric", "value_a", "value_b", "ratio", "diff", "n_pairs", "note"])
+        + _cost_html(metrics)
         + "<h2>Pairing, agreement and judge</h2>"
         + _table(other, ["metric", "value", "ci_low", "ci_high", "n_pairs", "n_a", "n_b", "note"])
         + "<h2>Where A and B disagree most</h2>" + _examples_html(paired, examples)

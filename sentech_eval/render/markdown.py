@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from sentech_eval.analysis import cost
 from sentech_eval.analysis.compare import comparison_warnings
 from sentech_eval.analysis.gate import CheckResult, Thresholds
 from sentech_eval.analysis.pairing import PairedResults
@@ -63,7 +64,38 @@ def report_markdown(summary: pd.DataFrame, title: str) -> str:
     note = cache_note(summary)
     if note:
         lines += ["", note]
+    lines += cost_markdown(summary, labels)
     return "\n".join(lines) + "\n"
+
+
+COST_EXPLANATION = (
+    "Cost per correct answer = total cost / correct answers (errored rows cost what they cost and are never "
+    "correct); its 95% CI divides the cost by the bounds of that score's 95% CI above: "
+    "[cost / (n × upper), cost / (n × lower)]. When the accuracy's lower bound is 0 the cost per correct "
+    "answer has no upper bound.")
+
+
+def cost_markdown(summary: pd.DataFrame, labels: list[str]) -> list[str]:
+    """The report's Cost table (total, per 1,000 requests, per correct answer with CI), or [] without ``cost_usd``."""
+    if cost.COST_COLUMN not in summary.columns:
+        return []
+    per_correct = cost.cost_per_correct_names(summary)
+    header = ["configuration", "total cost", "per 1,000 requests"]
+    header += [f"per correct answer: {c.removeprefix('cost_per_correct_')} (95% CI)" for c in per_correct]
+    lines = ["", "### Cost", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    for label, (_, row) in zip(labels, summary.iterrows()):
+        cells = [label.replace("|", "\\|"), cost.money(row[cost.COST_COLUMN]), cost.money(row["cost_per_1k_requests"])]
+        cells += [cost.interval_text(row[c], row[f"{c}_ci_low"], row[f"{c}_ci_high"]) for c in per_correct]
+        lines.append("| " + " | ".join(cells) + " |")
+    if per_correct:
+        lines += ["", cost_explanation()]
+    return lines
+
+
+def cost_explanation() -> str:
+    """The sentence under a cost table: how the cost per correct answer and its interval are made."""
+    return COST_EXPLANATION
 
 
 
@@ -96,6 +128,7 @@ def compare_markdown(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "
         lines += ["", "| performance | A | B | B/A |", "|---|---:|---:|---:|"]
         for _, r in perf.iterrows():
             lines.append(f"| {r['metric']} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['ratio'])} |")
+    lines += compare_cost_markdown(metrics)
     agree = m.loc["output_agreement"]
     lines += ["", f"Output agreement: {fmt(agree['value'])} ({agree['note']})."]
     if "judge_preference_b" in m.index:
@@ -106,6 +139,45 @@ def compare_markdown(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "
         )
     return "\n".join(lines) + "\n"
 
+
+
+COST_METRICS = ("cost_usd", "cost_per_1k_requests", "cost_per_correct")
+
+
+def compare_cost_cells(metrics: pd.DataFrame) -> tuple[list[tuple[str, str, str, str]], str]:
+    """The comparison's cost lines as (figure, A, B, B/A) texts and the sentence explaining them; ([], '') without cost."""
+    rows = metrics[metrics["metric"].isin(COST_METRICS)]
+    if rows.empty:
+        return [], ""
+    cells = []
+    for _, r in rows.iterrows():
+        if r["metric"] == "cost_per_correct":
+            name = f"per correct answer: {str(r['column']).removeprefix('score_')} (95% CI)"
+            a = cost.interval_text(_num(r["value_a"]), _num(r["ci_low_a"]), _num(r["ci_high_a"]))
+            b = cost.interval_text(_num(r["value_b"]), _num(r["ci_low_b"]), _num(r["ci_high_b"]))
+        else:
+            name = "total cost" if r["metric"] == "cost_usd" else "per 1,000 requests"
+            a, b = cost.money(_num(r["value_a"])), cost.money(_num(r["value_b"]))
+        cells.append((name, a, b, fmt(r["ratio"])))
+    note = (f"Cost over {rows['note'].iloc[0]}. Cost per correct answer = total cost / correct answers; its 95% CI "
+            "divides the cost by the bounds of that side's accuracy interval (the interval `report` shows): "
+            "[cost / (n × upper), cost / (n × lower)]; when the accuracy's lower bound is 0 it has no upper bound.")
+    return cells, note
+
+
+def compare_cost_markdown(metrics: pd.DataFrame) -> list[str]:
+    """The comparison's cost table (both sides and B/A), or [] when neither side has ``cost_usd``."""
+    cells, note = compare_cost_cells(metrics)
+    if not cells:
+        return []
+    lines = ["", "| cost | A | B | B/A |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {a} | {b} | {ratio} |" for name, a, b, ratio in cells]
+    return lines + ["", note]
+
+
+def _num(value) -> float:
+    """A metric cell as a float (NaN for missing)."""
+    return float("nan") if value is None or value is pd.NA or pd.isna(value) else float(value)
 
 
 def method_lines(scores: pd.DataFrame) -> list[str]:

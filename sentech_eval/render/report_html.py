@@ -14,8 +14,9 @@ from sentech_eval.analysis.summary import (
     cache_note, cached_mask, config_keys, config_labels, interval_notes, score_columns, swept_parameters,
     worst_examples,
 )
+from sentech_eval.analysis import cost
 from sentech_eval.render import plots
-from sentech_eval.render.markdown import fmt_fixed
+from sentech_eval.render.markdown import cost_explanation, fmt_fixed
 
 TEXT_LIMIT = 2000
 
@@ -70,6 +71,22 @@ def _summary_table_html(summary: pd.DataFrame, labels: Sequence[str]) -> str:
     return (_table(compact, "summary")
             + "<details><summary>All summary columns (as in summary.parquet; empty columns hidden)</summary>"
             + _table(full, "summary-full") + "</details>")
+
+
+def _cost_html(summary: pd.DataFrame, labels: Sequence[str]) -> str:
+    """The Cost section (total, per 1,000 requests, per correct answer with CI), '' without ``cost_usd``."""
+    if cost.COST_COLUMN not in summary.columns:
+        return ""
+    per_correct = cost.cost_per_correct_names(summary)
+    table = pd.DataFrame({"configuration": list(labels),
+                          "total cost": [cost.money(v) for v in summary[cost.COST_COLUMN]],
+                          "per 1,000 requests": [cost.money(v) for v in summary["cost_per_1k_requests"]]})
+    for c in per_correct:
+        table[f"per correct answer: {c.removeprefix('cost_per_correct_')} (95% CI)"] = [
+            cost.interval_text(m, lo, hi)
+            for m, lo, hi in zip(summary[c], summary[f"{c}_ci_low"], summary[f"{c}_ci_high"])]
+    note = f'<p class="muted">{html.escape(cost_explanation())}</p>' if per_correct else ""
+    return "<h2>Cost</h2>" + _table(table, "cost") + note
 
 
 def _short(text, limit: int = TEXT_LIMIT) -> str:
@@ -136,6 +153,9 @@ def build_html(df: pd.DataFrame, summary: pd.DataFrame, title: str, top: int = 1
                     + ". Errored rows count in error_rate only. output tok/s is throughput over all requests in "
                     "flight; decode tok/s is the median per-request speed after the first token.</p>"
                     + (f'<p id="cache-note">{html.escape(note)}</p>' if note else ""))
+    cost_section = _cost_html(summary, labels)
+    if cost_section:
+        sections.append(cost_section)
     score_imgs = []
     if swept:
         for score in scores:
