@@ -8,12 +8,19 @@ import numpy as np
 import pytest
 from cli_helpers import TEST_KEY, run_cli
 
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
 from sentech_eval import load_results
+from sentech_eval.backends.base import create_backend
+from sentech_eval.errors import BackendError
 from sentech_eval.config import Price
 from sentech_eval.engine.budget import CostHook, PrecisionStopHook
 from sentech_eval.types import Completion
 
 KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
+REPO = Path(__file__).resolve().parents[2]
 PRICE = "+backend.price={input_per_mtok: 1000, output_per_mtok: 2000}"
 
 
@@ -81,3 +88,17 @@ def test_cost_hook_prices_machine_time_by_concurrency():
     completion = Completion(status="ok", latency_s=2.0, prompt_tokens=10, completion_tokens=5)
     assert hook.row_cost(completion) == pytest.approx(0.5)  # 2 s of a $1/s machine shared by 4
     assert math.isclose(Price(input_per_mtok=1.0, output_per_mtok=2.0).request_cost(10, 5), 20 / 1e6)
+
+
+@pytest.mark.parametrize("name", ["remote", "local"])
+def test_a_backend_node_with_a_price_still_builds_its_backend(name, monkeypatch):
+    """``backend.price`` is the run's setting: judges and compare --judge build backends from the same node."""
+    assert "+backend.price=" in (REPO / "conf" / "backend" / f"{name}.yaml").read_text()  # the example is shipped
+    node = OmegaConf.create({"kind": name, "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}})
+    if name == "local":
+        node.model_path = "/nonexistent/model.gguf"  # built far enough to be past the key check
+        with pytest.raises(BackendError, match="model"):
+            create_backend(node, concurrency=1)
+    else:
+        monkeypatch.setenv("SENTECH_API_KEY", TEST_KEY)
+        assert create_backend(node, concurrency=1).model
