@@ -39,6 +39,7 @@ class CostHook(RunHook):
         self.concurrency = max(1, concurrency)
         self.spent = spent_before
         self.max_cost_usd = max_cost_usd
+        self.reached = False  # the ceiling stopped the run
 
     def columns(self) -> dict[str, pa.DataType]:
         """The ``cost_usd`` column."""
@@ -60,8 +61,10 @@ class CostHook(RunHook):
     def on_row(self, row: Mapping[str, Any]) -> str | None:
         """Stop once the ceiling is reached."""
         if self.max_cost_usd is not None and self.spent >= self.max_cost_usd:
-            return (f"runner.max_cost_usd={self.max_cost_usd:g} reached (${self.spent:.4f} spent in this run dir); "
-                    "re-run into the same dir with a higher runner.max_cost_usd to send the rest")
+            self.reached = True
+            return (f"runner.max_cost_usd={self.max_cost_usd:g} reached (${self.spent:.4f} spent in this run dir then; "
+                    "the requests already in flight were finished and count too, see the cost above); re-run into "
+                    "the same dir with a higher runner.max_cost_usd to send the rest")
         return None
 
 
@@ -77,6 +80,7 @@ class PrecisionStopHook(RunHook):
         self.sequence: list[float] = []
         self.next_check = 2
         self.interval: tuple[float, float, float] | None = None
+        self.reached = False  # the interval was narrow enough: it stopped the run
         for pid, values in (done or {}).items():
             for value in values:
                 self._add(pid, value)
@@ -105,6 +109,7 @@ class PrecisionStopHook(RunHook):
         mean, low, high = anytime_interval(np.asarray(self.sequence), self.confidence)
         self.interval = (mean, low, high)
         if not math.isnan(low) and (high - low) / 2 <= self.half_width:
+            self.reached = True
             return (f"the anytime-valid {self.confidence:.0%} interval of {self.score} is [{low:.3f}, {high:.3f}] "
                     f"(mean {mean:.3f}, half-width {(high - low) / 2:.3f} <= runner.stop_at_ci_half_width="
                     f"{self.half_width:g}) after {len(self.sequence)} prompts")

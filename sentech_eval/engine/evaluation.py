@@ -262,8 +262,17 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
     if note:
         print(note, file=sys.stderr)
     if summary.stop_reason:
+        # the stop that ended the run would end a resumed one at once: the command lifts it
+        precise = next((h for h in hooks if isinstance(h, PrecisionStopHook) and h.reached), None)
+        lift: dict[str, str] = {}
+        if cost is not None and cost.reached and cost.max_cost_usd is not None:
+            lift["runner.max_cost_usd"] = f"{2 * cost.max_cost_usd:g}"
+        if precise is not None:
+            lift["runner.stop_at_ci_half_width"] = "null"
+        how = " and ".join((["with the ceiling doubled"] if "runner.max_cost_usd" in lift else [])
+                           + (["without the precision stop"] if precise is not None else []))
         print(f"sentech-eval run: stopped early: {summary.stop_reason}. The rest can still be sent (rows already ok "
-              f"are skipped) with:\n  {resume_command(out_dir)}", file=sys.stderr)
+              f"are skipped{'; here ' + how if how else ''}) with:\n  {resume_command(out_dir, lift)}", file=sys.stderr)
     if summary.requested_rps is not None and summary.achieved_rps is not None:
         print(f"sentech-eval run: open loop ({runner_cfg.arrival}) at {summary.requested_rps:g} req/s: achieved "
               f"{summary.achieved_rps:.2f} req/s, p99 send lag {1000 * (summary.send_lag_p99_s or 0):.1f} ms",
@@ -359,16 +368,23 @@ def cache_note(cache: RunCache | None, ok: int) -> str | None:
     return "\n".join(parts) or None
 
 
-def resume_command(out_dir: Path) -> str:
+def resume_command(out_dir: Path, replace: dict[str, str] | None = None) -> str:
     """The command that resumes this run: the same overrides with ``hydra.run.dir`` pinned to ``out_dir``;
-    in a sweep, the same sweep command with ``hydra.sweep.dir`` pinned (each job resumes in its own dir)."""
+    in a sweep, the same sweep command with ``hydra.sweep.dir`` pinned (each job resumes in its own dir).
+    ``replace`` sets keys to new values (e.g. a higher ``runner.max_cost_usd``), replacing the typed ones."""
+    replace = replace or {}
+
+    def swap(args: list[str]) -> list[str]:
+        kept = [a for a in args if a.lstrip("+").split("=", 1)[0] not in replace]
+        return kept + [f"{key}={value}" for key, value in replace.items()]
+
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hydra_cfg = HydraConfig.get()
     except (ValueError, ImportError):  # not inside a Hydra job
-        return shlex.join(["sentech-eval", "run", f"hydra.run.dir={out_dir}"])
+        return shlex.join(["sentech-eval", "run", *swap([]), f"hydra.run.dir={out_dir}"])
     if hydra_cfg.mode == RunMode.MULTIRUN:
         # The sweep as the user typed it (`run` keeps its arguments in the environment, which launchers
         # pass on to job processes), and the sweep dir: out_dir without the job's subdir.
@@ -378,6 +394,6 @@ def resume_command(out_dir: Path) -> str:
             typed = ["-m", *typed]
         depth = len(Path(str(hydra_cfg.sweep.subdir)).parts)
         sweep_dir = Path(out_dir).parents[depth - 1] if depth else Path(out_dir)
-        return shlex.join(["sentech-eval", "run", *typed, f"hydra.sweep.dir={sweep_dir}"])
+        return shlex.join(["sentech-eval", "run", *swap(typed), f"hydra.sweep.dir={sweep_dir}"])
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("hydra.run.dir=")]
-    return shlex.join(["sentech-eval", "run", *overrides, f"hydra.run.dir={out_dir}"])
+    return shlex.join(["sentech-eval", "run", *swap(overrides), f"hydra.run.dir={out_dir}"])

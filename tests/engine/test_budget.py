@@ -46,6 +46,9 @@ def test_cost_ceiling_stops_cleanly_and_a_resume_sends_only_the_rest(echo_server
     first = load_results(run_dir)
     assert 5 < len(first) < 150 and first["cost_usd"].sum() >= 0.2
     assert first["cost_usd"].sum() - first["cost_usd"].max() * 4 < 0.2  # at most the in-flight requests overshoot
+    # the printed resume command raises the ceiling (the same ceiling would stop again at once)
+    resume = proc.stderr.split("with the ceiling doubled) with:\n", 1)[1].splitlines()[0]
+    assert "runner.max_cost_usd=0.4" in resume and "runner.max_cost_usd=0.2" not in resume
     proc = run(echo_server, run_dir, PRICE, "runner.max_cost_usd=100")
     assert proc.returncode == 0, proc.stderr
     both = load_results(run_dir)
@@ -65,7 +68,12 @@ def test_precision_stop_ends_the_run_once_the_interval_is_narrow(echo_server, tm
     assert "stopped early: the anytime-valid 95% interval of score_contains" in proc.stderr
     df = load_results(tmp_path / "r")
     assert len(df) < 150  # the echo server is always right: the interval narrows long before the end
-    assert proc.returncode == 0
+    resume = proc.stderr.split("without the precision stop) with:\n", 1)[1].splitlines()[0]
+    assert "runner.stop_at_ci_half_width=null" in resume and "runner.stop_at_ci_half_width=0.1" not in resume
+    proc = run(echo_server, tmp_path / "r", "scorers=[contains]", "runner.stop_at_ci_half_width=null",
+               "runner.stop_score=contains")
+    assert proc.returncode == 0, proc.stderr
+    assert len(load_results(tmp_path / "r")) == 150 and "stopped early" not in proc.stderr
 
 
 def test_precision_stop_needs_its_scorer(echo_server, tmp_path):
