@@ -179,7 +179,8 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
         completion = ok["completion_tokens"].to_numpy(dtype=float, na_value=np.nan) if "completion_tokens" in ok else np.array([np.nan])
         prompt_tokens = part["prompt_tokens"].to_numpy(dtype=float, na_value=np.nan) if "prompt_tokens" in part else np.array([np.nan])
         row["completion_tokens_mean"] = float(np.nanmean(completion)) if np.any(~np.isnan(completion)) else np.nan
-        row["prompt_tokens_sum"] = int(np.nansum(prompt_tokens))
+        # NaN when no row has a prompt count (a server that reports no usage while streaming): not 0
+        row["prompt_tokens_sum"] = int(np.nansum(prompt_tokens)) if np.any(~np.isnan(prompt_tokens)) else np.nan
         completion_all = part["completion_tokens"].to_numpy(dtype=float, na_value=np.nan) if "completion_tokens" in part else np.array([np.nan])
         row["completion_tokens_sum"] = int(np.nansum(completion_all))
         # throughput: what the fresh rows did in the time they took (cached rows took no time here)

@@ -92,11 +92,47 @@ def error_message(status: int, raw: bytes) -> str:
         message, detail = body.get("message"), body.get("error")
         if isinstance(detail, dict):  # OpenAI: {"error": {"message": ...}}
             message, detail = detail.get("message") or message, None
-        if message is None and "detail" in body:
+        if message is None and "detail" in body:  # FastAPI: {"detail": "..."} or a 422's list of field errors
             message = body["detail"]
         if message is not None:
-            return f"HTTP {status}: {message}" + (f" ({detail})" if isinstance(detail, str) and detail else "")
+            detail = _readable(detail) if isinstance(detail, str) else ""
+            return f"HTTP {status}: {_readable(message)}" + (f" ({detail})" if detail else "")
     return f"HTTP {status}: {_snippet(raw)!r}"
+
+
+# A server's error text may carry a Python stack frame (llama_cpp.server appends one) or a pydantic
+# validation report; the row keeps the field and the reason only.
+_STACK = re.compile(r"\s*(Traceback \(most recent call last\)|File \"[^\"]*\", line \d+).*", re.DOTALL)
+_PYDANTIC_REPORT = re.compile(r"^\s*\d+ validation errors?\b")
+_PYDANTIC_ITEM = re.compile(r"""'loc': \(([^)]*)\), 'msg': (?:'([^']*)'|"([^"]*)")""")
+MAX_ERROR_CHARS = 300
+
+
+def _field_errors(items: list[Any]) -> str | None:
+    """'body.top_p: Input should be less than or equal to 1' from FastAPI/pydantic ``[{"loc": [...], "msg": ...}]``."""
+    parts = []
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("msg"), str):
+            loc = item.get("loc")
+            where = ".".join(str(p) for p in loc) if isinstance(loc, (list, tuple)) and loc else ""
+            parts.append(f"{where}: {item['msg']}" if where else item["msg"])
+    return "; ".join(dict.fromkeys(parts)) or None
+
+
+def _readable(message: Any) -> str:
+    """A server's error message as one line: field errors named, stack frames dropped, at most 300 characters."""
+    if isinstance(message, list):
+        text = _field_errors(message) or _short(message)
+    elif not isinstance(message, str):
+        text = orjson.dumps(message).decode() if isinstance(message, (dict, int, float, bool)) else repr(message)
+    else:
+        text = _STACK.sub("", message)
+        if _PYDANTIC_REPORT.match(text):  # pydantic's str(ValidationError) of dict reprs
+            items = [{"loc": [p.strip(" '") for p in loc.split(",") if p.strip(" '")], "msg": msg1 or msg2}
+                     for loc, msg1, msg2 in _PYDANTIC_ITEM.findall(text)]
+            text = _field_errors(items) or text
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -486,6 +522,8 @@ class RemoteBackend(Backend):
                     message = error_message(status, redact(await self._read_capped(resp, limit)))
                 except ResponseTooLarge:
                     message = f"HTTP {status}: an error body over {limit / 1048576:g} MB (not read further)"
+                if status == 404:
+                    message += f" (no endpoint at {self.url}; backend.base_url usually ends in /v1)"
                 retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
                 result = Completion(status="error", http_status=status, error=message,
                                     latency_s=time.perf_counter() - start, retryable=status in RETRYABLE_STATUS,
@@ -649,12 +687,16 @@ class RemoteBackend(Backend):
         if not done:
             return Completion(status="error", output=output or None, ttft_s=ttft, retryable=True,
                               error=f"the stream was cut mid-way (ended before 'data: [DONE]' after {len(output)} characters)")
-        if not output.strip():
+        if not output.strip() and finish_reason is not None:
             return Completion(status="error", error="stream finished with empty content", finish_reason=finish_reason)
         problem = usage_problem(usage)
         if problem is not None:
             return Completion(status="error", error=problem, output=output, finish_reason=finish_reason, ttft_s=ttft,
                               response_model=response_model)
+        if finish_reason is None:  # [DONE] but no choice ever finished: the server gave up on this answer
+            return Completion(status="error", output=output or None, ttft_s=ttft, retryable=True,
+                              error=f"the stream ended without a finish_reason after {len(output)} characters: cut "
+                                    "short by the server (llama_cpp.server: start it with --interrupt_requests false)")
         prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
         completion_tokens = _int_or_none(usage.get("completion_tokens"))
         total_tokens = _int_or_none(usage.get("total_tokens"))

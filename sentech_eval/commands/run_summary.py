@@ -91,9 +91,16 @@ def summary_lines(summary_row: dict[str, Any], scores: list[str]) -> list[str]:
     prompt_tokens = summary_row.get("prompt_tokens_sum")
     completion = summary_row.get("completion_tokens_sum")
     per_answer = summary_row.get("completion_tokens_mean")
-    tokens = f"tokens {int(prompt_tokens)} prompt + {int(completion)} completion" if prompt_tokens is not None else ""
-    if tokens and per_answer == per_answer and per_answer is not None:
-        tokens += f" ({per_answer:.1f} per answer)"
+    prompt_known = prompt_tokens is not None and prompt_tokens == prompt_tokens
+    if prompt_known or completion:
+        tokens = f"tokens {int(prompt_tokens)} prompt + {int(completion or 0)} completion" if prompt_known else (
+            f"tokens {int(completion)} completion")
+        if per_answer is not None and per_answer == per_answer:
+            tokens += f" ({per_answer:.1f} per answer)"
+        if not prompt_known:  # no row has a prompt count: say so rather than print 0
+            tokens += ", no prompt count from the server"
+    else:
+        tokens = ""
     lines.append(f"  latency p50 {_fmt_s(summary_row.get('latency_s_p50'))}, "
                  f"p95 {_fmt_s(summary_row.get('latency_s_p95'))}" + (f"; {tokens}" if tokens else ""))
     return lines
@@ -133,7 +140,7 @@ def _plain_lines(results: Path) -> list[str]:
     if len(latency):
         p50, p95 = pc.quantile(latency, q=[0.5, 0.95], interpolation="linear").to_pylist()
         row.update(latency_s_p50=p50, latency_s_p95=p95)
-    row["prompt_tokens_sum"] = pc.sum(table.column("prompt_tokens")).as_py() or 0
+    row["prompt_tokens_sum"] = pc.sum(table.column("prompt_tokens")).as_py()  # None: no row has a count
     row["completion_tokens_sum"] = pc.sum(table.column("completion_tokens")).as_py() or 0
     row["completion_tokens_mean"] = pc.mean(ok.column("completion_tokens")).as_py()
     return summary_lines(row, [])

@@ -54,10 +54,13 @@ def completion(content: str = "fine", usage: dict | None = None, finish_reason: 
                                       "finish_reason": finish_reason}], "usage": usage})
 
 
+FINISH = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+
+
 def sse(*chunks: dict | bytes) -> bytes:
-    """An SSE body of ``chunks`` then ``[DONE]``."""
+    """An SSE body of ``chunks``, a finishing chunk (``finish_reason: stop``), then ``[DONE]``."""
     out = b""
-    for chunk in chunks:
+    for chunk in (*chunks, FINISH):
         out += b"data: " + (chunk if isinstance(chunk, bytes) else orjson.dumps(chunk)) + b"\n\n"
     return out + b"data: [DONE]\n\n"
 
