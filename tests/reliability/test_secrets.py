@@ -88,15 +88,22 @@ def test_an_override_carrying_a_key_is_refused_before_hydra_saves_it(tmp_path, o
     assert key not in out + err
 
 
-def test_a_key_in_a_config_file_is_refused_and_not_kept_in_hydra_files(tmp_path):
+def _run_with_config_file(tmp_path: Path, yaml_with_key: str) -> tuple[str, subprocess.CompletedProcess, Path]:
+    """`run` with a config file of the user's (extending the shipped config) that carries a fresh key
+    where ``yaml_with_key`` says ``{key}``; returns (key, result, run dir)."""
     key = new_key()
     conf = tmp_path / "conf"
     conf.mkdir()
-    (conf / "leaky.yaml").write_text(f"defaults:\n  - config\n  - _self_\nbackend:\n  api_key: {key}\n")
+    (conf / "leaky.yaml").write_text("defaults:\n  - config\n  - _self_\n" + yaml_with_key.format(key=key))
     run_dir = tmp_path / "run"
     result = run_cli("run", "--config-dir", str(conf), "--config-name", "leaky", f"hydra.run.dir={run_dir}", key=None)
-    assert_one_sentence(result, "backend.api_key", "looks like a credential", "SENTECH_API_KEY")
     assert key not in result.stderr + result.stdout
+    return key, result, run_dir
+
+
+def test_a_key_in_a_config_file_is_refused_and_not_kept_in_hydra_files(tmp_path):
+    key, result, run_dir = _run_with_config_file(tmp_path, "backend:\n  api_key: {key}\n")
+    assert_one_sentence(result, "backend.api_key", "looks like a credential", "SENTECH_API_KEY")
     # backend.api_key is no key of the backend's schema: the config does not even compose, so
     # Hydra saves nothing (a key-shaped value under a schema key composes and is scrubbed: below)
     assert not (run_dir / ".hydra" / "config.yaml").exists()
@@ -104,14 +111,8 @@ def test_a_key_in_a_config_file_is_refused_and_not_kept_in_hydra_files(tmp_path)
 
 
 def test_a_key_shaped_value_in_a_config_file_is_refused_and_scrubbed_from_hydra_files(tmp_path):
-    key = new_key()
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "leaky.yaml").write_text(f"defaults:\n  - config\n  - _self_\nexperiment: {key}\n")
-    run_dir = tmp_path / "run"
-    result = run_cli("run", "--config-dir", str(conf), "--config-name", "leaky", f"hydra.run.dir={run_dir}", key=None)
+    key, result, run_dir = _run_with_config_file(tmp_path, "experiment: {key}\n")
     assert_one_sentence(result, "experiment", "looks like a credential", "SENTECH_API_KEY")
-    assert key not in result.stderr + result.stdout
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert "[redacted]" in (run_dir / ".hydra" / "config.yaml").read_text()
     _assert_key_nowhere(key, run_dir)
