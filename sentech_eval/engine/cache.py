@@ -42,10 +42,12 @@ ON_CORRUPT = ("continue", "stop")
 DB_FILE = "responses.sqlite"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction
-WRITE_BATCH = 512  # buffered answers handed to the writer thread at once
-FLUSH_S = 2.0  # ... or after this many seconds
-MERGE_ROWS = 50_000  # staged answers merged into the file's index at once (and at the end of the run)
-MERGE_S = 60.0  # ... or after this many seconds (a killed run loses at most this long's answers from the cache)
+# Fresh answers are kept in memory and handed to the writer thread, which writes them into the file in
+# one transaction, every MERGE_ROWS answers, MERGE_CHARS characters of output or MERGE_S seconds, and
+# at the end of the run: a killed run (kill -9) loses at most this much from the cache, never a result.
+MERGE_ROWS = 50_000
+MERGE_CHARS = 64_000_000
+MERGE_S = 60.0
 FLOAT_FIELDS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
 ANSWER_FIELDS = ("output", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
                  "latency_s", "ttft_s", "http_status")
@@ -440,12 +442,12 @@ class RunCache(RunHook):
 
     Reads happen in bulk, one query per batch of prompts (``before_batch``); a configuration the cache
     has never seen is not read at all during the run (only this run could have written its
-    answers). Writes are buffered and handed to a writer thread with its own connection, which appends
-    them to a private staging table (no lock, no index: a few microseconds an answer) and merges them
-    into the file in key order every ``merge_rows`` answers or ``MERGE_S`` seconds and at the end of
-    the run: the run's hot path never waits on the file's index. A damaged file found mid-run
-    raises ``CacheError`` (``on_corrupt="stop"``) or prints one sentence and turns the cache off
-    for the rest of the run (``"continue"``).
+    answers). Fresh answers are kept in memory (a list append on the hot path) and handed to a writer
+    thread with its own connection every ``merge_rows`` answers, ``MERGE_CHARS`` characters or
+    ``MERGE_S`` seconds and at the end of the run; it stages them in a private table and merges them
+    into the file in key order, in one transaction. A damaged file found mid-run raises
+    ``CacheError`` (``on_corrupt="stop"``) or prints one sentence and turns the cache off for the
+    rest of the run (``"continue"``).
     """
 
     def __init__(self, store: ResponseStore, mode: str, context: dict[str, Any], *, run_id: str, dataset: str,
@@ -476,8 +478,7 @@ class RunCache(RunHook):
         self._writes: list[concurrent.futures.Future] = []
         self._last_flush = time.monotonic()
         self.merge_rows = merge_rows
-        self._staged = 0  # writer thread only: answers staged since the last merge
-        self._last_merge = time.monotonic()
+        self._pending_chars = 0
 
     def describe(self) -> dict[str, Any]:
         """What goes in the results' metadata: mode, file, and the run's fixed key fields."""
@@ -597,30 +598,22 @@ class RunCache(RunHook):
         if not self.writes or not self.active or completion.status != "ok":
             return
         self._pending.append((lookup, completion, started_at, prompt_id, self._repeats[repeat].fields_json))
-        if len(self._pending) >= WRITE_BATCH or time.monotonic() - self._last_flush >= FLUSH_S:
+        if completion.output:
+            self._pending_chars += len(completion.output)
+        if (len(self._pending) >= self.merge_rows or self._pending_chars >= MERGE_CHARS
+                or time.monotonic() - self._last_flush >= MERGE_S):
             self.flush()
 
     def _write(self, pending: list[tuple[Any, ...]]) -> int:
-        """On the writer thread: stage buffered answers; merge when enough are staged. Returns how many
-        answers reached the file."""
+        """On the writer thread: stage the answers, then merge them into the file; returns how many."""
         if self._writer_db is None:
             self._writer_db = self.store.writer_connection()
         run_id, dataset, model = self.run_id, self.dataset, self._model
         rows = [(lookup.key, fields_json, model, lookup.messages_sha256,
                  _answer(completion, run_id, prompt_id, dataset, started_at))
                 for lookup, completion, started_at, prompt_id, fields_json in pending]
-        self._staged += self.store.stage_many(rows, self._writer_db)
-        if self._staged >= self.merge_rows or time.monotonic() - self._last_merge >= MERGE_S:
-            return self._merge()
-        return 0
-
-    def _merge(self) -> int:
-        """On the writer thread: move the staged answers into the file."""
-        if self._writer_db is None:
-            return 0
-        merged = self.store.merge_staged(self._writer_db)
-        self._staged, self._last_merge = 0, time.monotonic()
-        return merged
+        self.store.stage_many(rows, self._writer_db)
+        return self.store.merge_staged(self._writer_db)
 
     def _collect(self, wait: bool) -> None:
         """Account for finished writes; a failed one turns the cache off (or stops the run)."""
@@ -643,18 +636,21 @@ class RunCache(RunHook):
             self._collect(wait=False)
         if not self._pending or not self.active:
             return
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._pending_chars = self._pending, [], 0
         self._last_flush = time.monotonic()
         if self._writer is None:
             self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentech-eval-cache")
         self._writes.append(self._writer.submit(self._write, pending))
 
+    def flush_wait(self) -> None:
+        """Hand the buffered answers to the writer thread and wait until they are in the file."""
+        self.flush()
+        self._collect(wait=True)
+
     def close(self) -> None:
         """Write what is buffered and wait for it, add this run's hits to the counters, close the file."""
         try:
             self.flush()
-            if self._writer is not None and self.active:
-                self._writes.append(self._writer.submit(self._merge))
             self._collect(wait=True)
             if self.active and self.hits:
                 self.store.add_hits({self._model: self.hits})

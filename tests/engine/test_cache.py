@@ -12,7 +12,7 @@ import pytest
 
 from sentech_eval.backends.remote import RemoteBackend
 from sentech_eval.engine.cache import (
-    WRITE_BATCH, ResponseStore, RunCache, backend_context, cache_path, canonical_json, key_of, messages_sha256,
+    ResponseStore, RunCache, backend_context, cache_path, canonical_json, key_of, messages_sha256,
     open_run_cache, url_without_credentials,
 )
 from sentech_eval.errors import CacheError
@@ -244,35 +244,38 @@ def test_refresh_writes_without_reading_and_only_reads_without_writing(tmp_path)
     assert find(tmp_path, REMOTE, sampling=other) is None
 
 
-def test_writes_are_buffered_and_flushed_in_batches(tmp_path):
-    cache = run_cache(tmp_path, REMOTE)
-    for i in range(WRITE_BATCH + 3):
+BATCH = 64  # merge_rows in these tests
+
+
+def test_writes_are_kept_in_memory_then_merged_in_batches(tmp_path):
+    cache = run_cache(tmp_path, REMOTE, merge_rows=BATCH)
+    for i in range(BATCH + 3):
         messages = ({"role": "user", "content": f"q{i}"},)
         cache.remember(cache.lookup(Prompt("p1", messages), 0, SAMPLING), ok(), 1.0, f"p{i}", 0)
     reader = ResponseStore(cache_path(tmp_path))
-    assert reader.stats()["entries"] <= WRITE_BATCH  # one full batch went to the writer thread; 3 wait for close
+    assert reader.stats()["entries"] <= BATCH  # one full batch went to the writer thread; 3 wait for close
     reader.close()
     cache.close()
-    assert cache.written == WRITE_BATCH + 3
+    assert cache.written == BATCH + 3
     store = ResponseStore(cache_path(tmp_path))
-    assert store.stats()["entries"] == WRITE_BATCH + 3
+    assert store.stats()["entries"] == BATCH + 3
     store.close()
 
 
-def test_staged_answers_reach_the_file_in_merges_and_at_close(tmp_path):
-    cache = run_cache(tmp_path, REMOTE, merge_rows=WRITE_BATCH)
-    for i in range(2 * WRITE_BATCH + 5):
+def test_batches_reach_the_file_during_the_run_and_the_rest_at_close(tmp_path):
+    cache = run_cache(tmp_path, REMOTE, merge_rows=BATCH)
+    for i in range(2 * BATCH + 5):
         messages = ({"role": "user", "content": f"q{i}"},)
         cache.remember(cache.lookup(Prompt("p1", messages), 0, SAMPLING), ok(f"a{i}"), 1.0, f"p{i}", 0)
-        if i == WRITE_BATCH:  # the first full batch was staged and merged by now
-            cache._collect(wait=True)
+        if i == BATCH:  # the first full batch was handed over: once written, it is in the file
+            cache.flush_wait()
             reader = ResponseStore(cache_path(tmp_path))
-            assert reader.stats()["entries"] == WRITE_BATCH
+            assert reader.stats()["entries"] == BATCH + 1
             reader.close()
     cache.close()
-    assert cache.written == 2 * WRITE_BATCH + 5
-    assert find(tmp_path, REMOTE, messages=({"role": "user", "content": f"q{2 * WRITE_BATCH + 4}"},)).output == \
-        f"a{2 * WRITE_BATCH + 4}"
+    assert cache.written == 2 * BATCH + 5
+    last = ({"role": "user", "content": f"q{2 * BATCH + 4}"},)
+    assert find(tmp_path, REMOTE, messages=last).output == f"a{2 * BATCH + 4}"
 
 
 # ------------------------------------------------------------------ several processes, one file
