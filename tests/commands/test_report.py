@@ -258,7 +258,9 @@ def test_output_throughput_and_per_request_decode_speed_are_told_apart(tmp_path)
     assert run.returncode == 0, run.stderr
     summary, _, _ = write_report(run_dir)
     row = summary.iloc[0]
-    assert 30 <= row["decode_tokens_per_s_p50"] <= 41  # (22 − 1) tokens after the first, paced at 40/s
+    # (22 − 1) tokens after the first, paced at 40/s; a client that reads the first chunk late (a busy
+    # machine) shortens latency − ttft and so reads a little fast: ±10 %
+    assert 30 <= row["decode_tokens_per_s_p50"] <= 44
     assert row["output_tokens_per_s"] > 3 * row["decode_tokens_per_s_p50"]  # 16 streams in flight
     text = report_markdown(summary, "paced")
     assert "output tok/s (all requests)" in text and "decode tok/s p50 (per request)" in text
