@@ -87,3 +87,17 @@ def test_race_needs_a_score(oracle, tmp_path):
                    f"hydra.sweep.dir={tmp_path / 's'}", env=KEY_ENV)
     assert proc.returncode == 2
     assert "race.score is not set" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_race_under_the_joblib_launcher_picks_the_same_winner_with_the_same_requests(race, oracle, tmp_path):
+    # The sweeper only decides which cells run each round; the launcher (here two joblib workers) runs them.
+    url, dataset = oracle
+    sweep_dir = tmp_path / "joblib"
+    proc = run_cli("run", "+sweep=race_temperature", "sampling.top_p=0.9", "backend=remote", f"backend.base_url={url}",
+                   f"dataset.path={dataset}", "dataset.name=questions", "runner.progress=false",
+                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
+                   env=KEY_ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    basic, parallel = (json.loads((d / "race.json").read_text()) for d in (race[0], sweep_dir))
+    assert parallel["winner"] == basic["winner"] == "sampling.temperature=0.3"
+    assert parallel["requests"] == basic["requests"]  # the oracle's answers are seeded: the same rounds and cuts
