@@ -2,7 +2,7 @@
 
 `sentech-eval run backend=remote` (no scorers, concurrency 64, progress bar on, 40,000 prompts)
 and the bare client loop (``bare_client.py``: one ClientSession, 64 workers, the same body) take
-turns (A B A B …, six pairs, after one unmeasured warm-up of each) against the same
+turns (A B A B …, ten pairs by default, after one unmeasured warm-up of each) against the same
 `sentech-eval serve --engine echo` process. Each one's
 steady-state rate comes from its send times between their 5th and 95th percentile (the runner's
 from the rows' ``started_at``), so start-up and the tail are excluded; the median of the per-pair
@@ -24,8 +24,11 @@ STARTUP_TARGET_S = 1.5
 
 
 def main() -> None:
-    args = arg_parser(__doc__.splitlines()[0]).parse_args()
-    pairs, rows = (1, 2000) if args.quick else (6, 40000)
+    parser = arg_parser(__doc__.splitlines()[0])
+    # ten pairs by default: one pair's ratio moves by ±0.1 on two cores (benchmarks/README.md)
+    parser.add_argument("--pairs", type=int, default=10, help="alternating runner/bare pairs (default 10)")
+    args = parser.parse_args()
+    pairs, rows = (1, 2000) if args.quick else (args.pairs, 40000)
     ratios, runner_rps, bare_rps, startups, startup_cpu, runner_cpu, bare_cpu = [], [], [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
         dataset = make_prompt_dataset(Path(tmp) / "prompts.parquet", rows)
