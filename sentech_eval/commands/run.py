@@ -26,7 +26,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from sentech_eval.commands import estimate
 from sentech_eval.config import backend_label, config_error, group_choices, register_configs, unknown_choice_message, unknown_key_error
 from sentech_eval.engine.evaluation import run_evaluation
-from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir
+from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir, unlock_run_dir
 from sentech_eval.errors import ConfigError, RunDirError, SentechEvalError
 from sentech_eval.paths import conf_dir, conf_search_path
 from sentech_eval.secrets import refuse_secret_overrides
@@ -118,6 +118,11 @@ def task(cfg: DictConfig) -> float | None:
         print(f"sentech-eval run: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         _record_job_status(out_dir, "failed", f"{type(exc).__name__}: {exc}", None)
         return None
+    finally:
+        if multirun:
+            # a launcher's worker process lives on to run other jobs, and a race's next round may resume
+            # this dir in another worker: the job's lock on its dir ends with the job
+            unlock_run_dir(out_dir)
     if summary.get("interrupted"):
         _record_job_status(out_dir, "interrupted", None, summary)
         sys.exit(130)  # one Ctrl-C stops a whole sweep too; the sweep's exit hook still combines results
