@@ -6,6 +6,10 @@ set-up and the final merge. It runs N times in fresh processes; the median wall 
 against the target. Beside it, ``python -X importtime`` of the same command lists the slowest
 top-level imports, so a regression points at its cause. Each run's CPU time (user + system) is
 printed too: on a shared machine it moves far less with the load than the wall time does.
+
+Side by side, alternating with the runs, a bare interpreter that only imports what every remote run
+needs (Hydra, OmegaConf, pyarrow, aiohttp, and pandas, which pyarrow imports on its first conversion of
+a Python value: apache/arrow#34994) and leaves: the floor no start-up of this design can go below.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from common import BENCH_KEY, REPO_ROOT, arg_parser, echo_server, emit, log, machine, make_prompt_dataset, median
 
 TARGET_S = 1.5
+FLOOR_IMPORTS = "import hydra, hydra.main, omegaconf, pyarrow, pyarrow.compute, pyarrow.parquet, aiohttp, pandas"
 
 
 def run_command(url: str, dataset: Path, run_dir: Path) -> list[str]:
@@ -45,7 +50,7 @@ def main() -> None:
     args = arg_parser(__doc__.splitlines()[0]).parse_args()
     repeats = 2 if args.quick else 7
     env = {**os.environ, "SENTECH_API_KEY": BENCH_KEY}
-    walls, cpus = [], []
+    walls, cpus, floors = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp, echo_server() as server:
         dataset = make_prompt_dataset(Path(tmp) / "one.parquet", 1)
         for i in range(repeats + 1):
@@ -58,14 +63,19 @@ def main() -> None:
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             if proc.returncode != 0:
                 raise RuntimeError(f"one-row run failed: {proc.stderr[-2000:]}")
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", FLOOR_IMPORTS], check=True, cwd=REPO_ROOT)
+            floor = time.perf_counter() - start
             if i:  # the first run warms the OS file cache and Python's bytecode cache
                 walls.append(wall)
                 cpus.append(cpu)
-                log(f"startup {i}/{repeats}: {wall:.3f} s wall, {cpu:.3f} s CPU")
+                floors.append(floor)
+                log(f"startup {i}/{repeats}: {wall:.3f} s wall, {cpu:.3f} s CPU; imports alone {floor:.3f} s")
         imports = slowest_imports(run_command(server.url, dataset, Path(tmp) / "importtime"), env)
     wall = median(walls)
     emit("startup.one_row_run_wall_s", wall, f"<= {TARGET_S}", wall <= TARGET_S, each=walls,
          cpu_s=median(cpus), cpu_each=cpus, slowest_imports_s=imports,
+         floor_imports_s=median(floors), floor_each=floors, run_over_floor_s=wall - median(floors),
          quick=args.quick, machine=machine())
 
 
