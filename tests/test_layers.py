@@ -6,7 +6,8 @@ between modules; no ``from x import _name`` of another module's private name. Ev
 counts wherever it is written, so deferring one into a function cannot hide a cycle; deferring a
 heavy third-party import (pandas, matplotlib, llama_cpp) to where it is needed is fine and keeps
 start-up short. Entry points (``if __name__ == "__main__"``, the console script) live in
-``commands/`` and ``cli.py`` only.
+``commands/`` and ``cli.py`` only, and so does flag parsing (argparse): the floors below take checked
+objects (a ServeConfig, Thresholds ...), which tests build directly.
 """
 
 from __future__ import annotations
@@ -216,3 +217,28 @@ def test_entry_points_live_in_commands():
 def test_entry_point_rule_sees_a_main_guard():
     assert is_main_guard(ast.parse('if __name__ == "__main__":\n    main()\n').body[0])
     assert not is_main_guard(ast.parse('if name == "x":\n    pass\n').body[0])
+
+
+def imports_argparse(path: Path) -> bool:
+    """Whether the module imports argparse anywhere (also inside a function)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "argparse" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "argparse":
+            return True
+    return False
+
+
+def test_command_line_parsing_lives_in_commands():
+    """Flags are parsed in commands/ (and the cli.py dispatcher); the floors below take checked objects."""
+    bad = [m for m, p in modules().items()
+           if floor_of(m) != "commands" and m not in ENTRY_POINT_MODULES and imports_argparse(p)]
+    assert not bad, f"argparse outside commands/ (parse the flags in the command, pass a checked object down): {', '.join(bad)}"
+
+
+def test_argparse_rule_sees_an_import(tmp_path):
+    for text in ("import argparse\n", "def f():\n    from argparse import ArgumentParser\n"):
+        (tmp_path / "m.py").write_text(text)
+        assert imports_argparse(tmp_path / "m.py")
+    (tmp_path / "m.py").write_text("import argparser_not\n")
+    assert not imports_argparse(tmp_path / "m.py")

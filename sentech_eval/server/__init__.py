@@ -3,7 +3,7 @@
 - ``app``      the HTTP contract (routes, auth, validation, JSON and SSE responses)
 - ``engines``  what answers: ``echo`` (deterministic, no model) and ``llama`` (GGUF via llama.cpp)
 - ``faults``   seeded fault injection (errors, dropped connections, slow answers)
-- ``serving``  the `serve` flags (ServeConfig) and the serving loop, one or several workers
+- ``serving``  ServeConfig (checked; the flags are parsed in commands/serve.py) and the serving loop, one or several workers
 - ``testing``  ``running_server(...)``: a real server on a free loopback port for tests and benchmarks
 """
 

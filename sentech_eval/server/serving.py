@@ -1,8 +1,10 @@
-"""How `sentech-eval serve` runs: its flags → ServeConfig, then engine + app → listening socket(s) until Ctrl-C / SIGTERM."""
+"""How `sentech-eval serve` runs: a checked ServeConfig, then engine + app → listening socket(s) until Ctrl-C / SIGTERM.
+
+The flags are parsed in ``sentech_eval.commands.serve``; tests build a ServeConfig directly.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import os
@@ -15,14 +17,18 @@ from pathlib import Path
 from sentech_eval.backends.local import default_n_threads
 from sentech_eval.config import LocalBackendConfig
 from sentech_eval.errors import ConfigError
-from sentech_eval.server.app import DEFAULT_MAX_BODY_BYTES, STREAM_USAGE, ServerOptions, create_app, start_site
-from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, DEFAULT_GGUF, build_engine
-from sentech_eval.server.faults import ERROR_STATUSES, FaultConfig
+from sentech_eval.server.app import STREAM_USAGE, ServerOptions, create_app, start_site
+from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, build_engine
+
+ENGINES = ("echo", "oracle", "llama")
 
 
 @dataclass
 class ServeConfig:
-    """Everything `serve` needs; built from flags by ``parse_config`` or directly by tests."""
+    """Everything `serve` needs; built from flags by ``commands.serve.parse_config`` or directly by tests.
+
+    ``check()`` refuses a configuration that cannot be served, in one sentence naming the flag.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -41,6 +47,40 @@ class ServeConfig:
     workers: int = 1
     accuracy_peak: float = 0.8
 
+    def problems(self) -> list[str]:
+        """Why this configuration cannot be served, each naming the `serve` flag to change (empty when it can)."""
+        out = self.options.faults.problems()
+        if self.engine not in ENGINES:
+            out.append(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.options.stream_usage not in STREAM_USAGE:
+            out.append(f"--stream-usage must be one of {', '.join(STREAM_USAGE)}, got {self.options.stream_usage!r}")
+        if not 0 <= self.port <= 65535:
+            out.append(f"--port must be between 0 and 65535, got {self.port}")
+        if self.options.max_body_bytes < 1:
+            out.append(f"--max-body-bytes must be >= 1, got {self.options.max_body_bytes}")
+        if self.workers < 1:
+            out.append(f"--workers must be >= 1, got {self.workers}")
+        if self.latency_ms < 0:
+            out.append(f"--latency-ms must be >= 0, got {self.latency_ms}")
+        if self.tokens_per_s is not None and self.tokens_per_s <= 0:
+            out.append(f"--tokens-per-s must be > 0, got {self.tokens_per_s}")
+        if self.ttft_ms is not None and self.ttft_ms < 0:
+            out.append(f"--ttft-ms must be >= 0, got {self.ttft_ms}")
+        if self.capacity is not None and self.capacity < 1:
+            out.append(f"--capacity must be >= 1, got {self.capacity}")
+        if self.output_tokens is not None and self.output_tokens < 1:
+            out.append(f"--output-tokens must be >= 1, got {self.output_tokens}")
+        if not 0 < self.accuracy_peak <= 1:
+            out.append(f"--accuracy-peak must be in (0, 1], got {self.accuracy_peak}")
+        return out
+
+    def check(self) -> ServeConfig:
+        """This configuration, or ConfigError (one sentence listing every problem)."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems) + ".")
+        return self
+
     def build_engine(self):
         """A fresh engine for this configuration (not started)."""
         return build_engine(
@@ -57,165 +97,6 @@ class ServeConfig:
             n_threads=self.n_threads,
             accuracy_peak=self.accuracy_peak,
         )
-
-
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The argparse parser of `sentech-eval serve`."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=(
-            "Run a Sentech-compatible chat-completions server (POST /v1/chat/completions) on a local port: "
-            "the `echo` engine answers deterministically without a model (dataset prompts get their reference), "
-            "the `llama` engine serves a GGUF model through llama-cpp-python. Seeded fault injection "
-            "simulates a flaky API."
-        ),
-    )
-    g = p.add_argument_group("listening and auth")
-    g.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
-    g.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free port, printed on start (default: %(default)s)")
-    g.add_argument(
-        "--api-key-env",
-        default="SENTECH_API_KEY",
-        metavar="VAR",
-        help="environment variable holding the accepted API key(s), comma-separated (default: %(default)s)",
-    )
-    g.add_argument("--no-auth", action="store_true", help="accept requests without an API key")
-    g.add_argument(
-        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413 (default: %(default)s)"
-    )
-    g.add_argument(
-        "--stream-usage", choices=STREAM_USAGE, default="always",
-        help="token usage in streamed answers: always (on the last chunk; the Sentech contract), requested "
-        "(only with stream_options.include_usage, as OpenAI and vLLM), never (as llama_cpp.server) (default: %(default)s)",
-    )
-    g.add_argument(
-        "--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT); each loads its own engine (default: %(default)s)"
-    )
-    g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=("echo", "oracle", "llama"), default="echo",
-                   help="what produces the answers; oracle: right with a known probability of the sampling "
-                        "parameters, for checking races (docs/server.md) (default: %(default)s)")
-    g.add_argument("--accuracy-peak", type=float, default=0.8,
-                   help="oracle engine: accuracy at its best setting, temperature 0.3 and top_p 0.9 (default: %(default)s)")
-    g.add_argument("--model", metavar="PATH", help=f"GGUF file for --engine llama (default: {DEFAULT_GGUF}; the dir is $SENTECH_MODELS_DIR when set)")
-    g.add_argument("--n-ctx", type=int, default=LocalBackendConfig.n_ctx, help="context length for --engine llama (default: %(default)s)")
-    g.add_argument(
-        "--n-threads", type=int, default=None, help="CPU threads for --engine llama (default: the cores idle at start, i.e. available cores minus the "
-        "load average, split between --workers; see docs/local.md)"
-    )
-    g.add_argument(
-        "--datasets-dir",
-        metavar="DIR",
-        help=f"echo engine: answer prompts found in DIR/*.parquet with their reference (default: {DEFAULT_DATASETS_DIR})",
-    )
-    g.add_argument("--latency-ms", type=float, default=0.0, help="echo engine: fixed delay before each answer (default: %(default)s)")
-    g.add_argument(
-        "--tokens-per-s",
-        type=float,
-        default=None,
-        help="echo engine: simulated generation speed in tokens/s per stream (adds completion_tokens/rate; paces streamed chunks; default: off)",
-    )
-    g.add_argument(
-        "--ttft-ms",
-        type=float,
-        default=None,
-        help="echo engine: time to first token, after a slot is free and --latency-ms; later tokens follow at "
-        "--tokens-per-s (default: one token time, 0 without --tokens-per-s)",
-    )
-    g.add_argument(
-        "--capacity",
-        type=int,
-        default=None,
-        metavar="C",
-        help="echo engine: at most C generations at once, the others queue in arrival order, so the server "
-        "saturates at C / (time per request) requests/s like a real one (default: unlimited)",
-    )
-    g.add_argument(
-        "--output-tokens",
-        type=int,
-        default=None,
-        metavar="N",
-        help="echo engine: every answer is exactly N tokens (the answer, then filler words; max_tokens still "
-        "cuts it), like vLLM's ignore_eos (default: the answer's own length)",
-    )
-    g.add_argument(
-        "--seed", type=int, default=0, help="seeds fault injection and answers to requests that send no seed (default: %(default)s)"
-    )
-    g = p.add_argument_group("fault injection (seeded by --seed, deterministic in request order)")
-    g.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered with --error-status (default: %(default)s)")
-    g.add_argument("--error-status", type=int, choices=ERROR_STATUSES, default=500, help="status of injected errors (default: %(default)s)")
-    g.add_argument(
-        "--retry-after", type=float, default=None, metavar="S", help="Retry-After seconds sent with injected 429/503 (default: none)"
-    )
-    g.add_argument("--drop-rate", type=float, default=0.0, help="fraction of requests whose connection is closed unanswered (default: %(default)s)")
-    g.add_argument("--slow-rate", type=float, default=0.0, help="fraction of requests delayed by --slow-ms (default: %(default)s)")
-    g.add_argument("--slow-ms", type=float, default=0.0, help="delay of slow requests, in milliseconds (default: %(default)s)")
-    return p
-
-
-def read_api_keys(env_var: str) -> tuple[str, ...]:
-    """The comma-separated keys in ``env_var`` (empty tuple when unset or blank)."""
-    return tuple(k.strip() for k in os.environ.get(env_var, "").split(",") if k.strip())
-
-
-def parse_config(argv: list[str], prog: str = "sentech-eval serve") -> ServeConfig:
-    """Parse and check the flags; ConfigError (one sentence) for a bad combination."""
-    args = build_parser(prog).parse_args(argv)
-    keys = read_api_keys(args.api_key_env)
-    if not keys and not args.no_auth:
-        raise ConfigError(
-            f"No API key to accept: set the environment variable {args.api_key_env} "
-            "(comma-separated keys allowed) or pass --no-auth."
-        )
-    faults = FaultConfig(
-        seed=args.seed,
-        error_rate=args.error_rate,
-        error_status=args.error_status,
-        retry_after_s=args.retry_after,
-        drop_rate=args.drop_rate,
-        slow_rate=args.slow_rate,
-        slow_ms=args.slow_ms,
-    )
-    problems = faults.problems()
-    if not 0 <= args.port <= 65535:
-        problems.append(f"--port must be between 0 and 65535, got {args.port}")
-    if args.max_body_bytes < 1:
-        problems.append(f"--max-body-bytes must be >= 1, got {args.max_body_bytes}")
-    if args.workers < 1:
-        problems.append(f"--workers must be >= 1, got {args.workers}")
-    if args.latency_ms < 0:
-        problems.append(f"--latency-ms must be >= 0, got {args.latency_ms}")
-    if args.tokens_per_s is not None and args.tokens_per_s <= 0:
-        problems.append(f"--tokens-per-s must be > 0, got {args.tokens_per_s}")
-    if args.ttft_ms is not None and args.ttft_ms < 0:
-        problems.append(f"--ttft-ms must be >= 0, got {args.ttft_ms}")
-    if args.capacity is not None and args.capacity < 1:
-        problems.append(f"--capacity must be >= 1, got {args.capacity}")
-    if args.output_tokens is not None and args.output_tokens < 1:
-        problems.append(f"--output-tokens must be >= 1, got {args.output_tokens}")
-    if not 0 < args.accuracy_peak <= 1:
-        problems.append(f"--accuracy-peak must be in (0, 1], got {args.accuracy_peak}")
-    if problems:
-        raise ConfigError("; ".join(problems) + ".")
-    return ServeConfig(
-        host=args.host,
-        port=args.port,
-        engine=args.engine,
-        model_path=args.model,
-        n_ctx=args.n_ctx,
-        n_threads=args.n_threads,
-        datasets_dir=args.datasets_dir,
-        options=ServerOptions(api_keys=keys, no_auth=args.no_auth, max_body_bytes=args.max_body_bytes, faults=faults,
-                              stream_usage=args.stream_usage, workers=args.workers),
-        latency_ms=args.latency_ms,
-        tokens_per_s=args.tokens_per_s,
-        ttft_ms=args.ttft_ms,
-        capacity=args.capacity,
-        output_tokens=args.output_tokens,
-        seed=args.seed,
-        workers=args.workers,
-        accuracy_peak=args.accuracy_peak,
-    )
 
 
 def listening_line(config: ServeConfig, port: int) -> str:

@@ -4,7 +4,7 @@
         ...  # base_url == "http://127.0.0.1:PORT/v1"; the key is "k"
 
 By default the server runs in a background thread with its own event loop (fast to start, same
-code path as the CLI minus argument parsing). ``subprocess=True`` (implied by ``workers > 1``)
+code path as the CLI minus flag parsing: the ServeConfig is built directly and checked as the CLI's). ``subprocess=True`` (implied by ``workers > 1``)
 runs the real CLI, ``python -m sentech_eval.cli serve --port 0 ...``, and reads the port from
 the line it prints; use that for throughput measurements so client and server do not share a GIL.
 """
@@ -22,13 +22,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sentech_eval.paths import REPO_ROOT
-from sentech_eval.server.app import create_app, start_site
-from sentech_eval.server.serving import ServeConfig, parse_config
+from sentech_eval.server.app import ServerOptions, create_app, start_site
+from sentech_eval.server.faults import FaultConfig
+from sentech_eval.server.serving import ServeConfig
 
 LISTENING = re.compile(r"listening on (http://\S+/v1)")
 KEY_ENV = "SENTECH_EVAL_TEST_SERVER_KEY"
@@ -58,11 +58,15 @@ _FLAGS = {
 }
 
 
-def serve_args(engine: str, options: dict[str, Any]) -> list[str]:
-    """The `sentech-eval serve` flags for keyword options named like the CLI flags, on a free loopback port."""
+def _check_names(options: dict[str, Any]) -> None:
     unknown = set(options) - set(_FLAGS)
     if unknown:
         raise TypeError(f"unknown server option(s): {', '.join(sorted(unknown))}; known: {', '.join(_FLAGS)}")
+
+
+def serve_args(engine: str, options: dict[str, Any]) -> list[str]:
+    """The `sentech-eval serve` flags for keyword options named like the CLI flags, on a free loopback port."""
+    _check_names(options)
     args = ["--host", "127.0.0.1", "--port", "0", "--engine", engine]
     for name, value in options.items():
         if value is not None:
@@ -70,15 +74,34 @@ def serve_args(engine: str, options: dict[str, Any]) -> list[str]:
     return args
 
 
+# option name -> where it goes in a ServeConfig: its own field, ServerOptions' or FaultConfig's
+_CONFIG_FIELDS = {"latency_ms", "tokens_per_s", "ttft_ms", "capacity", "output_tokens", "seed", "workers", "n_ctx",
+                  "n_threads", "datasets_dir", "accuracy_peak", "model"}
+_OPTION_FIELDS = {"stream_usage", "max_body_bytes"}
+_FAULT_FIELDS = {"error_rate", "error_status", "retry_after", "drop_rate", "slow_rate", "slow_ms"}
+
+
 def make_config(engine: str = "echo", api_key: str | None = "k", **options: Any) -> ServeConfig:
-    """A ``ServeConfig`` on 127.0.0.1 port 0, parsed and checked exactly as the CLI does it.
+    """A checked ``ServeConfig`` on 127.0.0.1 port 0 for keyword options named like the `serve` flags.
 
     ``api_key`` may hold several comma-separated keys; ``None`` or ``""`` serves without auth.
+    Built directly (no flag parsing); ``ServeConfig.check`` refuses what the CLI refuses.
     """
-    config = parse_config(serve_args(engine, options) + ["--no-auth"])
+    _check_names(options)
+    options = {k: v for k, v in options.items() if v is not None}
+    own = {k: v for k, v in options.items() if k in _CONFIG_FIELDS}
+    if "model" in own:
+        own["model_path"] = str(own.pop("model"))
+    if "datasets_dir" in own:
+        own["datasets_dir"] = str(own["datasets_dir"])
+    faults = {("retry_after_s" if k == "retry_after" else k): v for k, v in options.items() if k in _FAULT_FIELDS}
     keys = tuple(k.strip() for k in api_key.split(",") if k.strip()) if api_key else ()
-    config.options = replace(config.options, api_keys=keys, no_auth=not keys)
-    return config
+    server_options = ServerOptions(
+        api_keys=keys, no_auth=not keys, workers=own.get("workers", 1),
+        faults=FaultConfig(seed=own.get("seed", 0), **faults),
+        **{k: v for k, v in options.items() if k in _OPTION_FIELDS},
+    )
+    return ServeConfig(host="127.0.0.1", port=0, engine=engine, options=server_options, **own).check()
 
 
 @contextmanager

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from server_helpers import SEED_CURL_DATA, post
 
-from sentech_eval.server.serving import build_parser
-from sentech_eval.server.testing import running_server
+from sentech_eval.commands.serve import build_parser, parse_config
+from sentech_eval.server.testing import make_config, running_server, serve_args
 
 SCRIPT = Path(sys.executable).parent / "sentech-eval"
 CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sentech_eval.cli"]
@@ -91,6 +91,34 @@ def test_help_explains_every_flag():
         assert flag in text
     for action in build_parser("x")._actions:
         assert action.help, action.option_strings
+
+
+OPTION_SETS = [
+    {},
+    {"latency_ms": 2.5, "tokens_per_s": 40, "ttft_ms": 3, "capacity": 2, "output_tokens": 7, "seed": 9,
+     "stream_usage": "never", "max_body_bytes": 4096, "datasets_dir": "datasets"},
+    {"error_rate": 0.25, "error_status": 429, "retry_after": 0.5, "drop_rate": 0.1, "slow_rate": 0.2, "slow_ms": 4,
+     "seed": 3, "workers": 2},
+    {"model": "/m/x.gguf", "n_ctx": 512, "n_threads": 1},
+]
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_test_servers_get_the_config_the_cli_builds(options):
+    """make_config (no flag parsing) builds the ServeConfig `serve` builds from the same flags."""
+    engine = "llama" if "model" in options else "echo"
+    assert make_config(engine, None, **options) == parse_config(serve_args(engine, options) + ["--no-auth"])
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"capacity": 0}, "--capacity must be >= 1"), ({"error_rate": 2}, "--error-rate must be between 0 and 1"),
+    ({"stream_usage": "sometimes"}, "--stream-usage must be one of"), ({"workers": 0}, "--workers must be >= 1"),
+])
+def test_a_config_built_without_flags_is_checked_as_the_cli_checks_it(options, needle):
+    from sentech_eval.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        make_config("echo", **options)
 
 
 def test_running_server_subprocess_mode():

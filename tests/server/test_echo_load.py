@@ -166,7 +166,7 @@ def test_bad_stream_options_is_a_400_naming_the_field():
 
 def test_serve_rejects_bad_knobs_in_one_sentence():
     from sentech_eval.errors import ConfigError
-    from sentech_eval.server.serving import parse_config
+    from sentech_eval.commands.serve import parse_config
 
     for flags, text in ((["--capacity", "0"], "--capacity must be >= 1"), (["--ttft-ms", "-1"], "--ttft-ms must be >= 0"),
                         (["--output-tokens", "0"], "--output-tokens must be >= 1")):

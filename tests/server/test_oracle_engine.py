@@ -67,7 +67,7 @@ def test_serves_the_reference_or_a_wrong_answer_over_http(dataset_dir):
 
 def test_bad_accuracy_peak_is_one_sentence():
     from sentech_eval.errors import ConfigError
-    from sentech_eval.server.serving import parse_config
+    from sentech_eval.commands.serve import parse_config
 
     with pytest.raises(ConfigError, match="--accuracy-peak"):
         parse_config(["--engine", "oracle", "--accuracy-peak", "1.5", "--no-auth"])
