@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench_server import SERVER_WORKERS
-from common import (CONCURRENCY, arg_parser, bare_client, echo_server, emit, log, machine, make_prompt_dataset, median,
+from common import (CONCURRENCY, arg_parser, bare_client, echo_server, emit, emit_ratio, log, machine, make_prompt_dataset, median,
                     sentech_eval_run)
 
 RATIO_TARGET = 0.90
@@ -52,9 +52,8 @@ def main() -> None:
                 log(f"runner pair {i + 1}/{pairs}: runner {run.steady_rps:.0f} req/s ({runner_cpu[-1]:.0f} us CPU/req, "
                     f"start-up {run.startup_s:.2f} s wall, {run.startup_cpu_s:.2f} s CPU), bare "
                     f"{bare['steady_rps']:.0f} req/s ({bare_cpu[-1]:.0f} us CPU/req), ratio {ratios[-1]:.3f}")
-    ratio = median(ratios)
-    emit("runner.steady_rps_ratio_vs_bare_loop", ratio, f">= {RATIO_TARGET}", ratio >= RATIO_TARGET,
-         runner_rps=median(runner_rps), bare_rps=median(bare_rps), ratios=ratios, prompts=rows, pairs=pairs,
+    emit_ratio("runner.steady_rps_ratio_vs_bare_loop", ratios, RATIO_TARGET,
+         runner_rps=median(runner_rps), bare_rps=median(bare_rps), prompts=rows, pairs=pairs,
          concurrency=CONCURRENCY, echo_workers=SERVER_WORKERS, quick=args.quick, machine=machine())
     startup = median(startups)
     emit("runner.startup_to_first_request_s", startup, f"< {STARTUP_TARGET_S}", startup < STARTUP_TARGET_S,

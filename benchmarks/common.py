@@ -46,6 +46,12 @@ def emit(name: str, value: float | None, target: str, passed: bool | None, **ext
     return record
 
 
+def emit_ratio(name: str, ratios: Sequence[float], target: float, **extra: Any) -> dict[str, Any]:
+    """Emit the median of paired ratios (each measured side by side in one pair) against ``>= target``."""
+    ratio = median(ratios)
+    return emit(name, ratio, f">= {target}", ratio >= target, ratios=list(ratios), **extra)
+
+
 def _round(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 6) if math.isfinite(value) else None

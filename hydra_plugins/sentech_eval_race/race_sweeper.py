@@ -49,12 +49,19 @@ class RaceSweeper(BasicSweeper):
         except SentechEvalError as exc:
             print(f"sentech-eval run: error: {exc}", file=sys.stderr)
             sys.exit(2)
-        _report(sweep_dir, record)
+        _report(sweep_dir, record, announce=not _combines_at_the_end(self.config))
         return self.returns
 
 
-def _report(sweep_dir: Path, record: dict[str, Any]) -> None:
-    """Combine the cells' results and write report.html (with the race section) into the sweep dir."""
+def _combines_at_the_end(config: Any) -> bool:
+    """Whether the CombineSweepResults callback runs after the sweep: it prints the winner line last."""
+    callbacks = config.hydra.get("callbacks") or {}
+    return any(str(c.get("_target_", "")).endswith(".CombineSweepResults") for c in callbacks.values())
+
+
+def _report(sweep_dir: Path, record: dict[str, Any], announce: bool) -> None:
+    """Combine the cells' results and write report.html (with the race section) into the sweep dir;
+    ``announce``: print the winner line (else the combine callback prints it, once, as the last line)."""
     from sentech_eval.errors import SentechEvalError
     from sentech_eval.commands.report import write_report
     from sentech_eval.engine.sweep import combine
@@ -64,4 +71,5 @@ def _report(sweep_dir: Path, record: dict[str, Any]) -> None:
         write_report(sweep_dir / "results.parquet", out=sweep_dir)
     except SentechEvalError as exc:
         print(f"sentech-eval race: no report ({exc})", file=sys.stderr)
-    print(record["line"], file=sys.stderr)
+    if announce:
+        print(record["line"], file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sentech_eval.engine.estimate import Estimate, History, backend_identity, estimate_run, format_estimates, history_from_results
+from sentech_eval.engine.race_sweep import cell_labels
 
 
 PROBE_PROMPTS = 3
@@ -81,14 +82,14 @@ def main(argv: list[str], conf_dir: Path) -> int:
         race = "race_sweeper" in str(base.hydra.sweeper.get("_target_", ""))
         history = None
         estimates: list[Estimate] = []
-        for cell in cells:
+        labels = cell_labels(cells) if multirun else [""] * len(cells)  # only what differs between jobs
+        for cell, label in zip(cells, labels):
             cfg = compose(config_name="config", overrides=list(cell))
             if history is None:
                 kind, model = backend_identity(cfg)
                 history = history_from_results(Path("results") / str(cfg.experiment), kind, model)
                 if history is None and probe:
                     history = _probe(cfg)
-            label = " ".join(c for c in cell if c not in plain_args or len(cells) == 1) if multirun else ""
             estimates.extend([estimate_run(cfg, history, label=label)] * trials)
     note = ""
     if race:

@@ -32,6 +32,10 @@ def test_estimate_of_a_sweep_lists_every_job_and_uses_a_probe(echo_server, tmp_p
     assert "for the full grid" in lines[-1] and "probe of 3 requests" in lines[-1]
     assert "probing with 3 requests" in proc.stderr
     assert "unknown" not in lines[-1]  # the probe measured latency: a wall time is given
+    # each job is named by its swept settings only (not backend.base_url, dataset … shared by all)
+    labels = [line.split(": ", 1)[0].strip() for line in lines[:-1]]
+    assert all(re.fullmatch(r"sampling\.temperature=[\d.]+ sampling\.top_p=[\d.]+", label) for label in labels), labels
+    assert len(set(labels)) == 15
 
 
 def test_bad_price_is_one_sentence(tmp_path):
