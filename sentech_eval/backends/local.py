@@ -49,10 +49,9 @@ def default_n_threads(workers: int = 1) -> tuple[int, str]:
     """llama.cpp threads per worker when the config leaves ``n_threads`` null, and why.
 
     llama.cpp's threads spin-wait at every barrier: when one of them cannot get a core (another
-    process is busy), each token waits for it and generation slows 10-fold (measured on a busy
-    2-core machine: 108-150 s for 20 prompts with 2 threads, 13 s with 1, same outputs). So the
-    default counts only the cores idle right now (available cores minus the 1-minute load
-    average), split between the workers, at least 1. See benchmarks/bench_threads.py.
+    process is busy), each token waits for it and generation slows many-fold. So the default
+    counts only the cores idle right now (available cores minus the 1-minute load average), split
+    between the workers, at least 1. Figures: docs/local.md; measure with benchmarks/bench_threads.py.
     """
     cores = available_cores()
     try:

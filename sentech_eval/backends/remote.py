@@ -375,7 +375,7 @@ class RemoteBackend(Backend):
         self._body_for: Sampling | None = None
         self._body_fields: dict[str, Any] = {}
         # Per-attempt timeouts are enforced by one watchdog task, not by a timer per request:
-        # aiohttp's per-request timeout costs ~10-15 us of CPU a request (benchmarks/README.md).
+        # aiohttp's per-request timeout costs CPU on every request (figure: benchmarks/README.md).
         self._deadlines: dict[asyncio.Task, float] = {}
         self._expired: set[asyncio.Task] = set()
         self._watchdog: asyncio.Task | None = None

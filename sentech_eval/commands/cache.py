@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from sentech_eval.engine.cache import (
-    CachedAnswer, Entry, ResponseStore, cache_path, default_cache_dir, differing_fields, key_of,
+    FLOAT_FIELDS, CachedAnswer, Entry, ResponseStore, cache_path, default_cache_dir, differing_fields, key_of,
 )
 from sentech_eval.engine.results import RESULTS_FILE, read_metadata, read_run_table
 from sentech_eval.errors import CacheError, ConfigError, ResultsError
@@ -118,8 +118,6 @@ def _run_rows(run_dir: Path, prompt_id: str, repeat: int | None) -> tuple[list[d
 
 def row_key_fields(row: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """The key fields of one results row (without the messages): the run's context plus its sampling."""
-    from sentech_eval.engine.cache import FLOAT_FIELDS
-
     fields = dict(context)
     for name in SAMPLING_PARAMS:
         value = row.get(name)

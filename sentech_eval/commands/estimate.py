@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from sentech_eval.engine.estimate import Estimate, History, backend_identity, estimate_run, format_estimates, history_from_results
 from sentech_eval.engine.race_sweep import cell_labels
+from sentech_eval.errors import SentechEvalError
 
 
 PROBE_PROMPTS = 3
@@ -115,8 +116,6 @@ def _is_sweep(arg: str) -> bool:
 def run(argv: list[str], conf_dir: Path) -> int:
     """``main`` with user errors turned into one sentence and exit code 2."""
     from hydra.errors import HydraException
-
-    from sentech_eval.errors import SentechEvalError
 
     try:
         return main(argv, conf_dir)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from sentech_eval.commands import estimate
+from sentech_eval.commands.run_summary import end_of_run
 from sentech_eval.config import backend_label, config_error, group_choices, register_configs, unknown_choice_message, unknown_key_error
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir, unlock_run_dir
@@ -136,8 +137,6 @@ def task(cfg: DictConfig) -> float | None:
 def report_end_of_run(cfg: DictConfig, summary: dict[str, Any]) -> str | None:
     """Print the run's result (scores with 95% CIs, latency, tokens, errors, report.html) and
     return why the run failed: every row an error, or more errors than ``runner.max_error_rate``."""
-    from sentech_eval.commands.run_summary import end_of_run
-
     results = Path(summary["results"])
     if not results.is_file():
         return None

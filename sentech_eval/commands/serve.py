@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
+from typing import Any
 
 from sentech_eval.errors import ConfigError
 from sentech_eval.server.app import STREAM_USAGE, ServerOptions
@@ -122,39 +124,15 @@ def parse_config(argv: list[str], prog: str = "sentech-eval serve") -> ServeConf
             f"No API key to accept: set the environment variable {args.api_key_env} "
             "(comma-separated keys allowed) or pass --no-auth."
         )
-    faults = FaultConfig(
-        seed=args.seed,
-        error_rate=args.error_rate,
-        error_status=args.error_status,
-        retry_after_s=args.retry_after,
-        drop_rate=args.drop_rate,
-        slow_rate=args.slow_rate,
-        slow_ms=args.slow_ms,
-    )
-    return ServeConfig(
-        host=args.host,
-        port=args.port,
-        engine=args.engine,
-        model_path=args.model,
-        n_ctx=args.n_ctx,
-        n_threads=args.n_threads,
-        datasets_dir=args.datasets_dir,
-        options=ServerOptions(api_keys=keys, no_auth=args.no_auth, max_body_bytes=args.max_body_bytes, faults=faults,
-                              stream_usage=args.stream_usage, workers=args.workers),
-        latency_ms=args.latency_ms,
-        tokens_per_s=args.tokens_per_s,
-        ttft_ms=args.ttft_ms,
-        capacity=args.capacity,
-        output_tokens=args.output_tokens,
-        seed=args.seed,
-        workers=args.workers,
-        accuracy_peak=args.accuracy_peak,
-    ).check()
+    # each flag is named as its field (--n-ctx → n_ctx, --no-auth → no_auth …) but for --model and --retry-after
+    faults = FaultConfig(**same_named(FaultConfig, args), retry_after_s=args.retry_after)
+    options = ServerOptions(**same_named(ServerOptions, args), api_keys=keys, faults=faults)
+    return ServeConfig(**same_named(ServeConfig, args), model_path=args.model, options=options).check()
 
 
-def read_api_keys(env_var: str) -> tuple[str, ...]:
-    """The comma-separated keys in ``env_var`` (empty tuple when unset or blank)."""
-    return tuple(k.strip() for k in os.environ.get(env_var, "").split(",") if k.strip())
+def same_named(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The flag values for the fields of dataclass ``cls`` that have a flag of the same name."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if f.name in vars(args)}
 
 
 def main(argv: list[str], prog: str = "sentech-eval serve") -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from reliability_support import (REPO_ROOT, assert_one_row_per_key, assert_one_sentence, cli_command, cli_env, new_key,
                                  remote_run_args, rows, run_cli)
@@ -37,12 +39,31 @@ def _wait_for_parts(run_dir, proc: subprocess.Popen, timeout: float = 60) -> Non
     raise AssertionError("the first run flushed nothing")
 
 
-def test_a_second_run_into_a_busy_dir_stops_at_once_naming_the_first(tmp_path):
+@contextmanager
+def _first_run_writing(run_dir, latency_ms: float) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """(server url, key, the first run) once that run has flushed rows into ``run_dir``; the server stays up."""
     key = new_key()
-    run_dir = tmp_path / "run"
-    with running_server(engine="echo", api_key=key, latency_ms=300) as url:
+    with running_server(engine="echo", api_key=key, latency_ms=latency_ms) as url:
         first = _start(remote_run_args(url, run_dir, *SLOW_RUN), key)
-        _wait_for_parts(run_dir, first)
+        try:
+            _wait_for_parts(run_dir, first)
+            yield url, key, first
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate()
+
+
+def _assert_every_row_once(run_dir):
+    final = rows(run_dir)
+    assert len(final) == 200 and (final["status"] == "ok").all()
+    assert_one_row_per_key(final)
+    return final
+
+
+def test_a_second_run_into_a_busy_dir_stops_at_once_naming_the_first(tmp_path):
+    run_dir = tmp_path / "run"
+    with _first_run_writing(run_dir, latency_ms=300) as (url, key, first):
         started = time.monotonic()
         second = run_cli(*remote_run_args(url, run_dir, *SLOW_RUN), key=key)
         took = time.monotonic() - started
@@ -52,24 +73,17 @@ def test_a_second_run_into_a_busy_dir_stops_at_once_naming_the_first(tmp_path):
     assert "choose another hydra.run.dir" in line
     assert took < 60
     assert first.returncode == 0, err
-    final = rows(run_dir)
-    assert len(final) == 200 and (final["status"] == "ok").all()
-    assert_one_row_per_key(final)
+    final = _assert_every_row_once(run_dir)
     assert final["run_id"].nunique() == 1  # every row from the first run: the second sent nothing
 
 
 def test_the_lock_dies_with_its_process(tmp_path):
-    key = new_key()
     run_dir = tmp_path / "run"
-    with running_server(engine="echo", api_key=key, latency_ms=30) as url:
-        first = _start(remote_run_args(url, run_dir, *SLOW_RUN), key)
-        _wait_for_parts(run_dir, first)
+    with _first_run_writing(run_dir, latency_ms=30) as (url, key, first):
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=30)
         assert (run_dir / LOCK_FILE).exists()  # the file stays; the kernel dropped the lock with the process
         resumed = run_cli(*remote_run_args(url, run_dir, *SLOW_RUN), key=key)
     assert resumed.returncode == 0, resumed.stderr
     assert "rows already done are skipped" in resumed.stderr
-    final = rows(run_dir)
-    assert len(final) == 200 and (final["status"] == "ok").all()
-    assert_one_row_per_key(final)
+    _assert_every_row_once(run_dir)
