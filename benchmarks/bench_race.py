@@ -29,7 +29,8 @@ import numpy as np
 from scipy.stats import binomtest, norm
 
 from common import arg_parser, emit, log
-from sentech_eval.engine.race import RaceSettings, anytime_interval, simulate_race
+from sentech_eval.config import RaceSettings
+from sentech_eval.engine.race import anytime_interval, simulate_race
 from sentech_eval.server.engines import oracle_accuracy
 
 TEMPERATURES = (0.0, 0.3, 0.6, 0.9, 1.2)

@@ -38,8 +38,6 @@ ARRIVALS = ("closed", "constant", "poisson", "gamma")
 # requested rate, measured itself rather than the server (vLLM #21104, guidellm #431, llmperf #56).
 MAX_P99_SEND_LAG_S = 0.010
 MIN_ACHIEVED_FRACTION = 0.98
-RACE_KEYS = {"score", "confidence", "min_effect", "keep", "start", "growth"}
-PRICE_KEYS = {"input_per_mtok", "output_per_mtok", "per_hour"}
 CACHE_MODES = ("off", "on", "refresh", "only")
 CACHE_ON_CORRUPT = ("continue", "stop")
 
@@ -426,6 +424,35 @@ class Price:
     def request_cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
         """The token part of one request's cost (the machine-time part is the runner's: engine.budget)."""
         return ((prompt_tokens or 0) * self.input_per_mtok + (completion_tokens or 0) * self.output_per_mtok) / 1e6
+
+
+@dataclass(frozen=True)
+class RaceSettings:
+    """``race.*`` settings (besides ``race.score``): error level, ties, finalists and the prompt schedule."""
+
+    confidence: float = 0.95
+    min_effect: float = 0.02
+    keep: int = 1
+    start: int = 50
+    growth: float = 1.5
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad setting."""
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"race.confidence={self.confidence} must be between 0 and 1 (e.g. 0.95)")
+        if self.min_effect < 0:
+            raise ValueError(f"race.min_effect={self.min_effect} must be 0 or more")
+        if self.keep < 1:
+            raise ValueError(f"race.keep={self.keep} must be at least 1")
+        if self.start < 1:
+            raise ValueError(f"race.start={self.start} must be at least 1")
+        if not self.growth > 1:
+            raise ValueError(f"race.growth={self.growth} must be greater than 1")
+
+
+# the keys of the sections checked as plain mappings: their records' fields (race.score names the column)
+PRICE_KEYS = {f.name for f in dataclasses.fields(Price)}
+RACE_KEYS = {"score"} | {f.name for f in dataclasses.fields(RaceSettings)}
 
 
 def _plain_mapping(node: Any, name: str, known: set[str], example: str) -> dict[str, Any]:

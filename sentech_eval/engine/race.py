@@ -36,31 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sentech_eval.config import RaceSettings
+
 ALIVE, ELIMINATED, WINNER = "alive", "eliminated", "winner"
-
-
-@dataclass(frozen=True)
-class RaceSettings:
-    """``race.*`` settings: error level, ties, finalists and the prompt schedule."""
-
-    confidence: float = 0.95
-    min_effect: float = 0.02
-    keep: int = 1
-    start: int = 50
-    growth: float = 1.5
-
-    def check(self) -> None:
-        """Raise ValueError naming the bad setting."""
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"race.confidence={self.confidence} must be between 0 and 1 (e.g. 0.95)")
-        if self.min_effect < 0:
-            raise ValueError(f"race.min_effect={self.min_effect} must be 0 or more")
-        if self.keep < 1:
-            raise ValueError(f"race.keep={self.keep} must be at least 1")
-        if self.start < 1:
-            raise ValueError(f"race.start={self.start} must be at least 1")
-        if not self.growth > 1:
-            raise ValueError(f"race.growth={self.growth} must be greater than 1")
 
 
 def schedule(settings: RaceSettings, total: int) -> list[int]:

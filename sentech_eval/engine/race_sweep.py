@@ -26,9 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from sentech_eval.config import dataset_from_config, race_settings_from_config, runner_from_config, score_column
+from sentech_eval.config import RaceSettings, dataset_from_config, race_settings_from_config, runner_from_config, score_column
 from sentech_eval.engine.datasets import ParquetDataset
-from sentech_eval.engine.race import RaceSettings, race_round, schedule
+from sentech_eval.engine.race import race_round, schedule
 from sentech_eval.errors import ConfigError
 from sentech_eval.engine.results import read_run_table
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sentech_eval.config import RaceSettings
 from sentech_eval.engine.race import (
-    ELIMINATED, WINNER, RaceSettings, anytime_interval, race_round, schedule, simulate_race,
+    ELIMINATED, WINNER, anytime_interval, race_round, schedule, simulate_race,
 )
 
 
