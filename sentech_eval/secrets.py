@@ -8,7 +8,8 @@
   or when it holds the *value* of a credential environment variable (``SENTECH_API_KEY`` …) —
   checked raw, percent-decoded and base64-decoded, whatever the field name.
 - ``url_credential(url)`` says why a URL carries a credential (``user:pass@``, a credential-named
-  query parameter, a key-shaped value); harmless parameters (``?author=…``, ``?keyword=…``) pass.
+  query parameter, a key-shaped value); harmless parameters (``?author=…``, ``?keyword=…``) pass;
+  ``url_without_credentials(url)`` drops userinfo and query (the response cache keys on that).
 - ``find_credentials(node)`` lists the config entries that look like credentials (names or values).
 - ``Redactor(key)`` replaces the key, and any long prefix or suffix of it, in text a server controls.
 
@@ -23,7 +24,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit, urlunsplit
 
 from sentech_eval.errors import ConfigError
 
@@ -153,6 +154,14 @@ def url_credential(url: str, secrets: Iterable[str] = ()) -> str | None:
     if problem is not None:
         return f"the URL carries a credential ({problem})"
     return None
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` and query string removed (e.g. so they never enter a cache key)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def _override_name(arg: str) -> tuple[str, str | None]:

@@ -11,6 +11,7 @@ import asyncio
 import random
 
 from sentech_eval.backends.base import Backend
+from sentech_eval.config import RunnerConfig
 from sentech_eval.types import Completion, Sampling
 
 # A Retry-After longer than this is not believed (a broken header must not stall a run for hours).
@@ -33,7 +34,8 @@ def backoff_delay(attempt: int, *, base_s: float, max_s: float, retry_after_s: f
 
 
 async def complete_with_retries(backend: Backend, messages: list[dict[str, str]], sampling: Sampling, *,
-                                max_attempts: int = 3, base_s: float = 0.5, max_s: float = 30.0,
+                                max_attempts: int = 3, base_s: float = RunnerConfig.backoff_base_s,
+                                max_s: float = RunnerConfig.backoff_max_s,
                                 rng: random.Random | None = None) -> Completion:
     """``backend.complete`` tried up to ``max_attempts`` times while the answer is retryable.
 

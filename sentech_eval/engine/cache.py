@@ -28,13 +28,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pyarrow as pa
 
 from sentech_eval.engine.hooks import Item, RunHook
 from sentech_eval.errors import CacheError
+from sentech_eval.secrets import url_without_credentials
 from sentech_eval.types import SAMPLING_PARAMS, Completion, Prompt, Sampling
 
 MODES = ("off", "on", "refresh", "only")
@@ -100,14 +100,6 @@ def canonical_json(value: Any) -> bytes:
 def messages_sha256(messages: Sequence[dict[str, str]]) -> str:
     """SHA-256 of the exact messages (roles and contents, in order)."""
     return hashlib.sha256(canonical_json(list(messages))).hexdigest()
-
-
-def url_without_credentials(url: str) -> str:
-    """``url`` with any ``user:password@`` and query string removed (they never enter a key)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def sampling_key_fields(sampling: Sampling) -> dict[str, Any]:

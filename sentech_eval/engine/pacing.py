@@ -14,6 +14,7 @@ import random
 import time
 
 from sentech_eval.backends.retry import RETRY_AFTER_CEILING_S, backoff_delay
+from sentech_eval.config import RunnerConfig
 from sentech_eval.types import Completion
 
 __all__ = ["RETRY_AFTER_CEILING_S", "AdaptiveConcurrency", "Pacer", "TokenBucket", "backoff_delay"]
@@ -143,7 +144,8 @@ class Pacer:
     """
 
     def __init__(self, concurrency: int, *, rpm: float | None = None, tpm: float | None = None,
-                 backoff_base_s: float = 0.5, backoff_max_s: float = 30.0, max_retry_after_s: float = 120.0,
+                 backoff_base_s: float = RunnerConfig.backoff_base_s, backoff_max_s: float = RunnerConfig.backoff_max_s,
+                 max_retry_after_s: float = RunnerConfig.max_retry_after_s,
                  seed: int | None = None) -> None:
         self.gate = AdaptiveConcurrency(concurrency)
         self.rpm = TokenBucket(rpm) if rpm else None

@@ -13,9 +13,10 @@ import pytest
 from sentech_eval.backends.remote import RemoteBackend
 from sentech_eval.engine.cache import (
     ResponseStore, RunCache, backend_context, cache_path, canonical_json, key_of, messages_sha256,
-    open_run_cache, url_without_credentials,
+    open_run_cache,
 )
 from sentech_eval.errors import CacheError
+from sentech_eval.secrets import url_without_credentials
 from sentech_eval.types import Completion, Prompt, Sampling
 
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"})
