@@ -19,6 +19,8 @@ import json
 import math
 import re
 import typing
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -531,16 +533,29 @@ def unknown_choice_message(group: str, name: str) -> str:
             f"or add {group}/{name}.yaml to a config dir of your own (--config-dir DIR).")
 
 
-def compose_config(overrides: list[str], *, job_name: str = "sentech-eval") -> DictConfig:
-    """The config ``sentech-eval run OVERRIDES`` composes (Hydra's compose API, shipped ``conf/``).
+@contextmanager
+def composer(job_name: str = "sentech-eval") -> Iterator[Callable[..., DictConfig]]:
+    """Hydra's compose API over the shipped ``conf/``, for as many compositions as the block needs.
 
     The one place outside the ``run`` app where the run config is composed (``score``, the pairwise
-    judge of ``compare``). Hydra's errors become one ``ConfigError`` sentence.
+    judge of ``compare``, ``run --estimate``): yields ``compose(overrides, return_hydra_config=False)``,
+    whose Hydra errors become one ``ConfigError`` sentence.
     """
     from hydra import compose, initialize_config_dir, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
+
+    def compose_one(overrides: Iterable[str], return_hydra_config: bool = False) -> DictConfig:
+        try:
+            return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        except MissingConfigException as exc:
+            found = re.search(r"'(\w+)/([^']+)'", str(exc))
+            if found:
+                raise ConfigError(unknown_choice_message(found.group(1), found.group(2))) from None
+            raise ConfigError(" ".join(str(exc).split("\n")[0].split()).rstrip(".") + ".") from None
+        except (HydraException, OmegaConfBaseException, ValueError) as exc:
+            raise ConfigError(f"Bad override: {' '.join(str(exc).split()).rstrip('.')}.") from None
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -550,13 +565,12 @@ def compose_config(overrides: list[str], *, job_name: str = "sentech-eval") -> D
         init = initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=job_name)
     try:
         with init:
-            return compose(config_name="config", overrides=list(overrides))
-    except MissingConfigException as exc:
-        found = re.search(r"'(\w+)/([^']+)'", str(exc))
-        if found:
-            raise ConfigError(unknown_choice_message(found.group(1), found.group(2))) from None
-        raise ConfigError(" ".join(str(exc).split("\n")[0].split()).rstrip(".") + ".") from None
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(f"Bad override: {' '.join(str(exc).split()).rstrip('.')}.") from None
+            yield compose_one
     finally:
         GlobalHydra.instance().clear()
+
+
+def compose_config(overrides: list[str], *, job_name: str = "sentech-eval") -> DictConfig:
+    """The config ``sentech-eval run OVERRIDES`` composes (one composition through ``composer``)."""
+    with composer(job_name) as compose:
+        return compose(overrides)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from sentech_eval.config import composer
 from sentech_eval.engine.estimate import Estimate, History, backend_identity, estimate_run, format_estimates, history_from_results
 from sentech_eval.engine.race_sweep import cell_labels
 from sentech_eval.errors import SentechEvalError
@@ -68,16 +69,14 @@ def _cells(argv: list[str], base: DictConfig, multirun: bool) -> tuple[list[list
         return [plain], int(base.hydra.sweeper.get("n_trials") or 1)
 
 
-def main(argv: list[str], conf_dir: Path) -> int:
+def main(argv: list[str]) -> int:
     """Print the estimate of the run or sweep that ``argv`` describes; returns the exit code."""
-    from hydra import compose, initialize_config_dir
-
     probe = "--estimate=noprobe" not in argv
     multirun_flag = any(a in ("-m", "--multirun") for a in argv)
     argv = [a for a in argv if a not in FLAGS and a not in ("-m", "--multirun")]
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="sentech-eval"):
+    with composer() as compose:
         plain_args = [a for a in argv if not _is_sweep(a)]
-        base = compose(config_name="config", overrides=plain_args, return_hydra_config=True)
+        base = compose(plain_args, return_hydra_config=True)
         multirun = multirun_flag or str(base.hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
         cells, trials = _cells(argv, base, multirun)
         race = "race_sweeper" in str(base.hydra.sweeper.get("_target_", ""))
@@ -85,7 +84,7 @@ def main(argv: list[str], conf_dir: Path) -> int:
         estimates: list[Estimate] = []
         labels = cell_labels(cells) if multirun else [""] * len(cells)  # only what differs between jobs
         for cell, label in zip(cells, labels):
-            cfg = compose(config_name="config", overrides=list(cell))
+            cfg = compose(cell)
             if history is None:
                 kind, model = backend_identity(cfg)
                 history = history_from_results(Path("results") / str(cfg.experiment), kind, model)
@@ -113,12 +112,12 @@ def _is_sweep(arg: str) -> bool:
         return False
 
 
-def run(argv: list[str], conf_dir: Path) -> int:
+def run(argv: list[str]) -> int:
     """``main`` with user errors turned into one sentence and exit code 2."""
     from hydra.errors import HydraException
 
     try:
-        return main(argv, conf_dir)
+        return main(argv)
     except (SentechEvalError, HydraException) as exc:
         print(f"sentech-eval run --estimate: error: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from sentech_eval.config import backend_label, config_error, group_choices, regi
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir, unlock_run_dir
 from sentech_eval.errors import ConfigError, RunDirError, SentechEvalError
-from sentech_eval.paths import conf_dir, conf_search_path
+from sentech_eval.paths import conf_search_path
 from sentech_eval.secrets import refuse_secret_overrides
 
 
@@ -181,7 +181,7 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     register_configs()
     register_sweepers()
     if estimate.wants_estimate(argv):
-        return estimate.run(argv, conf_dir())
+        return estimate.run(argv)
     sys.argv = [prog.replace(" ", "-")] + list(argv)
     # Hydra raises its composition errors instead of printing them (HYDRA_FULL_ERROR during the call),
     # so they come out as one ConfigError sentence with exit code 2.
