@@ -187,13 +187,52 @@ def test_floor_rules_see_a_bad_import(tmp_path):
     assert "engine" not in ALLOWED["scorers"] and "commands" not in ALLOWED["scorers"]
 
 
+def layout_entries(readme: str) -> dict[str, str]:
+    """Path -> description of every line of the README's layout tree (directories end in ``/``)."""
+    section = readme[readme.index("## Layout"):]
+    end = section.find("\n## ", 5)
+    section = section if end < 0 else section[:end]
+    block = section[section.index("```") + 3:]
+    block = block[block.index("\n") + 1:block.index("```")]
+    entries: dict[str, str] = {}
+    parents: list[tuple[int, str]] = []  # (indent, directory) of the lines above
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        name, _, description = line.strip().partition(" ")
+        parents = [(i, d) for i, d in parents if i < indent]
+        path = "".join(d for _, d in parents) + name
+        entries[path] = description.strip()
+        if name.endswith("/"):
+            parents.append((indent, name))
+    return entries
+
+
+def package_files() -> list[str]:
+    """Every module of the package and of hydra_plugins/, relative to the repository (no subpackage __init__)."""
+    repo = ROOT.parent
+    files = sorted(ROOT.rglob("*.py")) + sorted((repo / "hydra_plugins").rglob("*.py"))
+    return [p.relative_to(repo).as_posix() for p in files
+            if "__pycache__" not in p.parts and (p.name != "__init__.py" or p.parent == ROOT)]
+
+
 def test_readme_layout_lists_every_module():
-    """The README's layout section names every module of the package (one line each)."""
-    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
-    layout = readme[readme.index("## Layout"):]
-    layout = layout[: layout.find("\n## ", 5)] if "\n## " in layout[5:] else layout
-    missing = [m for m, p in modules().items() if p.name != "__init__.py" and f" {p.name} " not in layout]
+    """The README's layout tree has one line, with a description, for every module (and names none that is gone)."""
+    entries = layout_entries((ROOT.parent / "README.md").read_text(encoding="utf-8"))
+    files = package_files()
+    missing = [f for f in files if f not in entries]
     assert not missing, f"add one line per module to the README's layout section: {', '.join(missing)}"
+    undescribed = [f for f in files if not entries[f]]
+    assert not undescribed, f"say in one line what these do in the README's layout: {', '.join(undescribed)}"
+    gone = [p for p in entries if p.endswith(".py") and p not in files]
+    assert not gone, f"the README's layout names modules that do not exist: {', '.join(gone)}"
+
+
+def test_layout_reader_follows_the_indentation():
+    text = "## Layout\n\n```\npkg/\n  a.py    one\n  sub/\n    b.py  two\n  c.py    three\nnext/     x\n```\n"
+    assert layout_entries(text) == {"pkg/": "", "pkg/a.py": "one", "pkg/sub/": "", "pkg/sub/b.py": "two",
+                                    "pkg/c.py": "three", "next/": "x"}
 
 
 ENTRY_POINT_MODULES = {"sentech_eval.cli"}
