@@ -7,8 +7,9 @@ used depends on the data, and every interval and test says which one it is:
 - 0/1 scores (proportions): the **mid-p exact** interval (Lancaster's mid-p version of
   Clopper–Pearson) when every cluster holds one row; the **cluster-adjusted Wilson** interval
   otherwise (Wilson at Korn & Graubard's effective sample size n / design effect, the design
-  effect estimated from the prompt-level residuals and kept within [1, Σm²/n], with a
-  Satterthwaite degrees-of-freedom adjustment). Neither can collapse to a point, not even for 30/30.
+  effect estimated from the prompt-level residuals and kept within [1, Σm²/n], with Korn &
+  Graubard's degrees-of-freedom adjustment at Satterthwaite's degrees of freedom of the
+  prompt-level variance). Neither can collapse to a point, not even for 30/30.
 - other scores: the percentile bootstrap, resampling whole clusters.
 - paired 0/1 scores (compare, check): the difference B − A gets **Newcombe's hybrid score
   interval** (method 10: Wilson intervals of each side combined with their correlation, MOVER);
@@ -252,6 +253,23 @@ def _cluster_variance(y: np.ndarray, m: np.ndarray, est: np.ndarray, rows: np.nd
         return factor * np.sum(resid * resid, axis=-1) / (rows * rows)
 
 
+def satterthwaite_df(resid: Any, present: Any) -> np.ndarray:
+    """Satterthwaite's degrees of freedom of the cluster variance V = Σ r_i² (last axis; ``present`` masks padding).
+
+    ν = 2 V² / Var(V) (Satterthwaite 1946), with Var(V) = k · s² estimated from the sample
+    variance s² of the k clusters' squared residuals r_i² (its unbiased moment estimate, whatever
+    the residuals' distribution). ν is near k for well-spread residuals and near 2 when one
+    cluster holds nearly all of V (e.g. every failure on one prompt). NaN when V = 0 or s² = 0.
+    """
+    r2 = np.where(present, np.asarray(resid, dtype=float) ** 2, 0.0)
+    k = np.sum(present, axis=-1)
+    v = np.sum(r2, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_r2 = v / k
+        s2 = np.sum(np.where(present, (r2 - mean_r2[..., None]) ** 2, 0.0), axis=-1) / np.maximum(k - 1, 1)
+        return np.where((v > 0) & (s2 > 0), 2.0 * v * v / np.where(s2 > 0, k * s2, 1.0), np.nan)
+
+
 def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95) -> dict[str, np.ndarray]:
     """Cluster-adjusted Wilson interval from per-cluster successes ``y`` and rows ``m`` (last axis).
 
@@ -261,11 +279,11 @@ def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95) -> di
     were identical); when the proportion is 0 or 1 it cannot be estimated and its upper bound is
     used (every prompt counts once). With clusters the effective n is further scaled by
     (z / t_ν)² for the degrees of freedom ν of the variance estimate (Korn & Graubard 1998).
-    ν is Satterthwaite's (1946) effective number of clusters behind the variance, (Σr²)² / Σr⁴
-    over the prompt residuals r, within [1, k − 1]: when one or two prompts hold every failure
-    it is near 1 and the estimated design effect, then ≈ 1, is not trusted. The effective n is
-    never below the prompt count scaled for k − 1 degrees of freedom (the design effect's upper
-    bound). With one row per cluster the design effect is 1: the plain Wilson interval.
+    ν is Satterthwaite's (``satterthwaite_df`` over the prompt residuals), within [1, k − 1]:
+    when one or two prompts hold every failure it is near 2 and the estimated design effect,
+    then ≈ 1, is not trusted. The effective n is never below the prompt count scaled for k − 1
+    degrees of freedom (the design effect's upper bound). With one row per cluster the design
+    effect is 1: the plain Wilson interval.
     Returns arrays: estimate, low, high, n_eff, design_effect, df, rows, clusters.
     """
     y = np.asarray(y, dtype=float)
@@ -282,16 +300,12 @@ def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95) -> di
     deff = np.clip(deff, 1.0, np.maximum(deff_max, 1.0))
     # Korn & Graubard's degrees-of-freedom adjustment: the normal quantile becomes Student's t
     # for the degrees of freedom of the variance estimate (only when the design effect was
-    # estimated, i.e. some cluster holds several rows). Those are Satterthwaite's effective
-    # number of clusters, at most k − 1; without residuals (p̂ = 0 or 1) k − 1.
+    # estimated, i.e. some cluster holds several rows); without residuals (p̂ = 0 or 1) k − 1.
     clustered = deff_max > 1.0
     k_df = np.maximum(k - 1, 1).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        resid = y - est[..., None] * m
-        r2 = np.sum(resid ** 2, axis=-1)
-        r4 = np.sum(resid ** 4, axis=-1)
-        df = np.where(r4 > 0, r2 * r2 / np.where(r4 > 0, r4, 1.0), k_df)
-    df = np.clip(np.nan_to_num(df, nan=1.0), 1.0, k_df)
+    df = satterthwaite_df(y - est[..., None] * m, m > 0)
+    df = np.where(np.isfinite(df), df, k_df)
+    df = np.clip(df, 1.0, k_df)
     z = _z(confidence)
     t_df = _scipy_stats.t.ppf(0.5 + confidence / 2.0, df)
     t_k = _scipy_stats.t.ppf(0.5 + confidence / 2.0, k_df)
