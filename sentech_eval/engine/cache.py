@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from sentech_eval.backends.base import Backend
 from sentech_eval.engine.hooks import Item, RunHook
 from sentech_eval.errors import CacheError
 from sentech_eval.secrets import url_without_credentials
@@ -383,14 +384,13 @@ class _Transaction:
 
 
 # ---------------------------------------------------------------------------------- one run
-def backend_context(backend: Any, store: ResponseStore) -> dict[str, Any] | None:
+def backend_context(backend: Backend, store: ResponseStore) -> dict[str, Any] | None:
     """The key fields that identify what answers: the backend's ``cache_identity()``, with a local
     model's path replaced by its file's sha256 and a base URL stripped of credentials.
 
     None when the backend does not describe itself (a cache would not know what answered).
     """
-    identity = getattr(backend, "cache_identity", None)
-    described = identity() if identity is not None else None
+    described = backend.cache_identity()
     if described is None:
         return None
     fields = dict(described)
@@ -666,7 +666,7 @@ class RunCache(RunHook):
               "(runner.cache_on_corrupt=stop stops instead).", file=sys.stderr)
 
 
-def open_run_cache(backend: Any, *, mode: str, cache_dir: str | None, run_id: str, dataset: str,
+def open_run_cache(backend: Backend, *, mode: str, cache_dir: str | None, run_id: str, dataset: str,
                    unseeded_ok: bool = False, on_corrupt: str = "continue") -> RunCache | None:
     """The run's cache, or None when the mode is ``off``, the backend cannot be keyed, or the file is
     unusable and ``on_corrupt="continue"`` (one sentence on stderr); CacheError with ``"stop"``."""
@@ -685,7 +685,7 @@ def open_run_cache(backend: Any, *, mode: str, cache_dir: str | None, run_id: st
         return None
     if context is None:
         store.close()
-        print(f"sentech-eval: the {getattr(backend, 'kind', '?')} backend does not say what identifies its answers "
+        print(f"sentech-eval: the {backend.kind} backend does not say what identifies its answers "
               "(its cache_identity() gives none), so this run goes on without the cache.", file=sys.stderr)
         return None
     return RunCache(store, mode, context, run_id=run_id, dataset=dataset, unseeded_ok=unseeded_ok,

@@ -185,8 +185,8 @@ class ChatServer:
         self._auth = not options.no_auth
         self._max_body = options.max_body_bytes
         self._faults = FaultInjector(options.faults) if options.faults.active else None
-        self._echo_model = getattr(engine, "answers_as_requested_model", False)
-        slots = getattr(engine, "slots", None)
+        self._echo_model = engine.answers_as_requested_model
+        slots = engine.slots
         # How many requests this server answers at once (None: no limit), advertised in /health and
         # in a header of every answer, so a client can size its concurrency (more only queue here).
         self.capacity = slots * options.workers if slots else None
@@ -411,7 +411,7 @@ async def start_site(
         access_log=None,
         handle_signals=False,
         # stop work for clients that left (a model generation); the echo engine has nothing to stop
-        handler_cancellation=getattr(engine, "cancel_on_disconnect", False),
+        handler_cancellation=engine.cancel_on_disconnect,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)

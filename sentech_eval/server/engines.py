@@ -64,11 +64,13 @@ class Generation:
 
 
 class Engine(Protocol):
-    """What the server needs from an engine."""
+    """What the server needs from an engine; subclass it to inherit the defaults of the optional parts."""
 
-    name: str  # "echo" | "llama"
+    name: str  # "echo" | "oracle" | "llama"
     model: str  # reported when a request names no model
-    slots: int | None  # generations at once (more wait in a queue); None = no limit
+    slots: int | None = None  # generations at once (more wait in a queue); None = no limit
+    answers_as_requested_model: bool = False  # the response's "model" is the one the client named
+    cancel_on_disconnect: bool = False  # the server cancels a handler whose client went away
 
     async def start(self) -> None:
         """Load what is needed before the server accepts requests."""
@@ -163,7 +165,7 @@ class Capacity:
 _FILLER = (" lorem", " ipsum", " dolor", " sit", " amet")
 
 
-class EchoEngine:
+class EchoEngine(Engine):
     """Deterministic model-free engine with simulated latency, generation speed and capacity.
 
     Timing of one generation: it waits for a slot (``capacity``), then its first token comes
@@ -174,7 +176,7 @@ class EchoEngine:
 
     name = "echo"
     model = "sentech-eval/echo"
-    answers_as_requested_model = True  # the response's "model" is the one the client named
+    answers_as_requested_model = True
 
     # Phrasings used at temperature > 0: all contain the reference, most are the bare answer
     # (the datasets ask for it), one in four is a sentence, so strict and lenient scorers differ.
@@ -371,7 +373,7 @@ class OracleEngine(EchoEngine):
         return reference if u < self.accuracy(request) else self.WRONG_ANSWER
 
 
-class LlamaEngine:
+class LlamaEngine(Engine):
     """A GGUF model served through llama-cpp-python; one generation at a time.
 
     Loading, sampling defaults and token counting are shared with the local backend
@@ -380,7 +382,7 @@ class LlamaEngine:
 
     name = "llama"
     slots = 1  # one generation at a time (a Llama is not thread-safe)
-    cancel_on_disconnect = True  # the server cancels a handler whose client went away
+    cancel_on_disconnect = True  # a generation whose client went away is stopped
 
     def __init__(
         self,
