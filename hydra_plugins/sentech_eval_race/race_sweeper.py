@@ -26,6 +26,8 @@ class RaceSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         """Parse the grid, race it, combine and report the sweep dir."""
+        # sentech_eval is imported when a race runs, not at Hydra's plugin scan, which imports this
+        # module in every Hydra app of the environment (numpy, pyarrow … only for a race)
         from sentech_eval.engine.race_sweep import run_race
         from sentech_eval.errors import SentechEvalError
 
