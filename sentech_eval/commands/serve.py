@@ -9,9 +9,9 @@ from typing import Any
 
 from sentech_eval.errors import ConfigError
 from sentech_eval.server.app import STREAM_USAGE, ServerOptions
-from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, DEFAULT_GGUF
+from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, DEFAULT_GGUF, ENGINES
 from sentech_eval.server.faults import ERROR_STATUSES, FaultConfig
-from sentech_eval.server.serving import ENGINES, ServeConfig, serve
+from sentech_eval.server.serving import ServeConfig, serve
 
 DEFAULTS = ServeConfig()  # every flag's default is the config's (one place)
 
@@ -46,7 +46,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "(only with stream_options.include_usage, as OpenAI and vLLM), never (as llama_cpp.server) (default: %(default)s)",
     )
     g.add_argument(
-        "--workers", type=int, default=DEFAULTS.workers, help="server processes sharing the port (SO_REUSEPORT); each loads its own engine (default: %(default)s)"
+        "--workers", type=int, default=DEFAULTS.options.workers, help="server processes sharing the port (SO_REUSEPORT); each loads its own engine (default: %(default)s)"
     )
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=ENGINES, default=DEFAULTS.engine,

@@ -535,6 +535,9 @@ class LlamaEngine(Engine):
                 await worker
 
 
+ENGINES = ("echo", "oracle", "llama")  # `serve --engine` choices
+
+
 def build_engine(name: str, **options: Any) -> Engine:
     """The engine called ``name`` with the options that apply to it."""
     if name == "echo":
@@ -546,4 +549,4 @@ def build_engine(name: str, **options: Any) -> Engine:
     if name == "llama":
         keys = ("model_path", "n_ctx", "n_threads", "chat_format", "seed")
         return LlamaEngine(**{k: v for k, v in options.items() if k in keys and v is not None})
-    raise ConfigError(f"Unknown engine {name!r}; choose echo, oracle or llama.")
+    raise ConfigError(f"Unknown engine {name!r}; choose one of: {', '.join(ENGINES)}.")

@@ -18,9 +18,7 @@ from sentech_eval.backends.local import default_n_threads
 from sentech_eval.config import LocalBackendConfig
 from sentech_eval.errors import ConfigError
 from sentech_eval.server.app import STREAM_USAGE, ServerOptions, create_app, start_site
-from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, build_engine
-
-ENGINES = ("echo", "oracle", "llama")
+from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, ENGINES, build_engine
 
 
 @dataclass
@@ -44,8 +42,12 @@ class ServeConfig:
     capacity: int | None = None
     output_tokens: int | None = None
     seed: int = 0
-    workers: int = 1
     accuracy_peak: float = 0.8
+
+    @property
+    def workers(self) -> int:
+        """Server processes sharing the port (``options.workers``: the app advertises capacity × workers)."""
+        return self.options.workers
 
     def problems(self) -> list[str]:
         """Why this configuration cannot be served, each naming the `serve` flag to change (empty when it can)."""

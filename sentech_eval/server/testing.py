@@ -75,9 +75,9 @@ def serve_args(engine: str, options: dict[str, Any]) -> list[str]:
 
 
 # option name -> where it goes in a ServeConfig: its own field, ServerOptions' or FaultConfig's
-_CONFIG_FIELDS = {"latency_ms", "tokens_per_s", "ttft_ms", "capacity", "output_tokens", "seed", "workers", "n_ctx",
+_CONFIG_FIELDS = {"latency_ms", "tokens_per_s", "ttft_ms", "capacity", "output_tokens", "seed", "n_ctx",
                   "n_threads", "datasets_dir", "accuracy_peak", "model"}
-_OPTION_FIELDS = {"stream_usage", "max_body_bytes"}
+_OPTION_FIELDS = {"stream_usage", "max_body_bytes", "workers"}
 _FAULT_FIELDS = {"error_rate", "error_status", "retry_after", "drop_rate", "slow_rate", "slow_ms"}
 
 
@@ -97,7 +97,7 @@ def make_config(engine: str = "echo", api_key: str | None = "k", **options: Any)
     faults = {("retry_after_s" if k == "retry_after" else k): v for k, v in options.items() if k in _FAULT_FIELDS}
     keys = tuple(k.strip() for k in api_key.split(",") if k.strip()) if api_key else ()
     server_options = ServerOptions(
-        api_keys=keys, no_auth=not keys, workers=own.get("workers", 1),
+        api_keys=keys, no_auth=not keys,
         faults=FaultConfig(seed=own.get("seed", 0), **faults),
         **{k: v for k, v in options.items() if k in _OPTION_FIELDS},
     )
