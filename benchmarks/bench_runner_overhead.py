@@ -38,9 +38,7 @@ def main() -> None:
             bare_client(server.url, dataset, limit=min(rows, 5000))
             sentech_eval_run(server.url, dataset, Path(tmp) / "warm-up", "dataset.limit=2000")
             for i in range(pairs):
-                run = sentech_eval_run(server.url, dataset, Path(tmp) / f"run{i}")
-                if run.ok != rows:
-                    raise RuntimeError(f"sentech-eval run answered {run.ok} of {rows} prompts ok")
+                run = sentech_eval_run(server.url, dataset, Path(tmp) / f"run{i}", expect_ok=rows)
                 bare = bare_client(server.url, dataset)
                 ratios.append(run.steady_rps / bare["steady_rps"])
                 runner_rps.append(run.steady_rps)

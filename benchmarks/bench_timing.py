@@ -39,9 +39,7 @@ def main() -> None:
         delay_plus_rtt = LATENCY_MS / 1000 + rtt
         with echo_server(workers=SERVER_WORKERS, latency_ms=LATENCY_MS) as slow:
             for i in range(pairs):
-                run = sentech_eval_run(slow.url, dataset, Path(tmp) / f"run{i}")
-                if run.ok != rows:
-                    raise RuntimeError(f"sentech-eval run answered {run.ok} of {rows} prompts ok")
+                run = sentech_eval_run(slow.url, dataset, Path(tmp) / f"run{i}", expect_ok=rows)
                 bare = bare_client(slow.url, dataset)
                 runs.append(run)
                 bare_medians.append(bare["median_latency_s"])

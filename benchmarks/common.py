@@ -294,11 +294,13 @@ class RunResult:
 
 def sentech_eval_run(url: str, dataset: Path, run_dir: Path, *overrides: str, key: str = BENCH_KEY,
                      concurrency: int = CONCURRENCY, columns_only: bool = False,
-                     launcher: list[str] | None = None, extra_env: dict[str, str] | None = None) -> RunResult:
+                     launcher: list[str] | None = None, extra_env: dict[str, str] | None = None,
+                     expect_ok: int | None = None) -> RunResult:
     """Run `sentech-eval run backend=remote` as a user would (progress bar on) and read its results.
 
     The process is reaped with ``os.wait4`` so its own peak RSS (``ru_maxrss``) is exact.
     ``columns_only`` skips reading the per-row columns (1M-row runs only need the counts).
+    ``expect_ok``: RuntimeError unless exactly this many rows are ok (a measurement of failures is none).
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -316,6 +318,8 @@ def sentech_eval_run(url: str, dataset: Path, run_dir: Path, *overrides: str, ke
         raise RuntimeError(f"sentech-eval run failed (exit {code}): {err.strip()[-2000:]}")
     table = pq.read_table(run_dir / "results.parquet", columns=["status", "started_at", "latency_s", "queue_s"])
     ok = int(pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0)
+    if expect_ok is not None and ok != expect_ok:
+        raise RuntimeError(f"sentech-eval run answered {ok} of {expect_ok} prompts ok")
     if columns_only:
         send, latency, queue = [], [], []
     else:

@@ -194,11 +194,7 @@ def _serve_workers(config: ServeConfig) -> int:
     print(listening_line(config, port), flush=True)
 
     def forward(signum, _frame):
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        _terminate(children)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
@@ -220,12 +216,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def _stop_children(children: list[int]) -> None:
+def _terminate(children: list[int]) -> None:
+    """SIGTERM to every child still there."""
     for pid in children:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+
+def _stop_children(children: list[int]) -> None:
+    _terminate(children)
     for pid in children:
         try:
             os.waitpid(pid, 0)
