@@ -1,9 +1,10 @@
 """The config's schemas (Hydra ConfigStore) and the checks a schema cannot express (ranges, secrets).
 
-``SamplingConfig``, ``RunnerConfig``, ``DatasetConfig``, ``RemoteBackendConfig`` and
-``LocalBackendConfig`` are structured-config schemas: each is registered in Hydra's ConfigStore
-(``register_configs``) as ``base_sampling`` / ``base_runner`` / ``base_dataset`` / ``base_remote`` /
-``base_local``, and the YAML files of its group extend it (``defaults: [base_runner, _self_]``),
+``SamplingConfig``, ``RunnerConfig``, ``DatasetConfig``, ``RemoteBackendConfig``,
+``LocalBackendConfig`` and ``RaceConfig`` are structured-config schemas: each is registered in Hydra's
+ConfigStore (``register_configs``) as ``base_sampling`` / ``base_runner`` / ``base_dataset`` /
+``base_remote`` / ``base_local`` / ``base_race``, and the YAML files of its group extend it
+(``defaults: [base_runner, _self_]``; the race sweep files: ``- /race: base_race``),
 so key names, types and defaults live in one place (a backend's defaults only here: its YAML sets
 what differs, e.g. the model). OmegaConf checks keys and types; its errors
 come out as one ``ConfigError`` sentence naming the key (``config_error``). ``validate(cfg)``
@@ -143,6 +144,37 @@ class LocalBackendConfig:
 
 
 # backend kind -> (schema, its name in the ConfigStore, group "backend")
+@dataclass
+class RaceSettings:
+    """``race.*`` settings (besides ``race.score``): error level, ties, finalists and the prompt schedule."""
+
+    confidence: float = 0.95  # the best cell survives with at least this probability
+    min_effect: float = 0.02  # differences smaller than this are ties: the race may stop with a tie
+    keep: int = 1  # stop once this many cells are left (finalists)
+    start: int = 50  # prompts per cell in round 1
+    growth: float = 1.5  # each round multiplies the prompt count by this, up to the whole dataset
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad setting."""
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"race.confidence={self.confidence} must be between 0 and 1 (e.g. 0.95)")
+        if self.min_effect < 0:
+            raise ValueError(f"race.min_effect={self.min_effect} must be 0 or more")
+        if self.keep < 1:
+            raise ValueError(f"race.keep={self.keep} must be at least 1")
+        if self.start < 1:
+            raise ValueError(f"race.start={self.start} must be at least 1")
+        if not self.growth > 1:
+            raise ValueError(f"race.growth={self.growth} must be greater than 1")
+
+
+@dataclass
+class RaceConfig(RaceSettings):
+    """The ``race`` section's schema: the race's settings and the score it ranks cells by."""
+
+    score: Optional[str] = None  # ``contains`` or ``score_contains``; null: the run's only scorer
+
+
 BACKEND_SCHEMAS: dict[str, tuple[type, str]] = {
     "remote": (RemoteBackendConfig, "base_remote"),
     "local": (LocalBackendConfig, "base_local"),
@@ -155,6 +187,7 @@ SCHEMAS: dict[str, tuple[type, str]] = {
     "sampling": (SamplingConfig, "base_sampling"),
     "runner": (RunnerConfig, "base_runner"),
     "dataset": (DatasetConfig, "base_dataset"),
+    "race": (RaceConfig, "base_race"),  # extended by the race sweep files (conf/sweep/race_*.yaml)
 }
 _KINDS = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "String": "a string"}
 
@@ -270,13 +303,11 @@ def number_setting(name: str, value: Any, *, integer: bool = False, minimum: flo
 def _section(cfg: DictConfig, name: str) -> dict[str, Any]:
     """The ``name`` section checked against its schema (keys and types), as plain data."""
     node = cfg.get(name)
-    if node is None:
-        node = {}
-    elif not isinstance(node, DictConfig):
+    if node is not None and not isinstance(node, DictConfig):
         raise ConfigError(f"Config key '{name}' must be a mapping, got {type(node).__name__}.")
     try:
         # as plain data first: a node Hydra typed with the schema already may carry keys added with +
-        plain = OmegaConf.to_container(node, resolve=True)
+        plain = {} if node is None else OmegaConf.to_container(node, resolve=True)
         checked = OmegaConf.merge(OmegaConf.structured(SCHEMAS[name][0]), plain)
         return OmegaConf.to_container(checked, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
@@ -428,33 +459,8 @@ class Price:
         return ((prompt_tokens or 0) * self.input_per_mtok + (completion_tokens or 0) * self.output_per_mtok) / 1e6
 
 
-@dataclass(frozen=True)
-class RaceSettings:
-    """``race.*`` settings (besides ``race.score``): error level, ties, finalists and the prompt schedule."""
-
-    confidence: float = 0.95
-    min_effect: float = 0.02
-    keep: int = 1
-    start: int = 50
-    growth: float = 1.5
-
-    def check(self) -> None:
-        """Raise ValueError naming the bad setting."""
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"race.confidence={self.confidence} must be between 0 and 1 (e.g. 0.95)")
-        if self.min_effect < 0:
-            raise ValueError(f"race.min_effect={self.min_effect} must be 0 or more")
-        if self.keep < 1:
-            raise ValueError(f"race.keep={self.keep} must be at least 1")
-        if self.start < 1:
-            raise ValueError(f"race.start={self.start} must be at least 1")
-        if not self.growth > 1:
-            raise ValueError(f"race.growth={self.growth} must be greater than 1")
-
-
-# the keys of the sections checked as plain mappings: their records' fields (race.score names the column)
+# the keys of backend.price, checked as a plain mapping: Price's fields
 PRICE_KEYS = {f.name for f in dataclasses.fields(Price)}
-RACE_KEYS = {"score"} | {f.name for f in dataclasses.fields(RaceSettings)}
 
 
 def _plain_mapping(node: Any, name: str, known: set[str], example: str) -> dict[str, Any]:
@@ -486,11 +492,8 @@ def price_from_config(cfg: DictConfig) -> Price | None:
 
 
 def race_settings_from_config(cfg: DictConfig) -> dict[str, Any]:
-    """The ``race`` section as plain data (empty when absent), unknown keys refused."""
-    node = cfg.get("race")
-    if node is None:
-        return {}
-    return _plain_mapping(node, "race", RACE_KEYS, "{score: contains, confidence: 0.95}")
+    """The ``race`` section checked against RaceConfig (keys, types; its defaults filled in), as plain data."""
+    return _section(cfg, "race")
 
 
 def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:

@@ -136,6 +136,33 @@ def test_shipped_yamls_extend_their_schema_and_repeat_no_default(group):
         assert OmegaConf.get_type(composed) is schema
 
 
+def test_the_race_sweep_file_extends_the_race_schema_and_docs_give_its_defaults():
+    """conf/sweep/race_temperature.yaml extends base_race and sets only the score; docs/sweeps.md states RaceConfig's defaults."""
+    import dataclasses
+
+    import yaml
+
+    from sentech_eval.config import RaceConfig, compose_config
+    from sentech_eval.paths import REPO_ROOT, conf_dir
+
+    raw = OmegaConf.load(conf_dir() / "sweep" / "race_temperature.yaml")
+    assert {"/race": "base_race"} in OmegaConf.to_container(raw.defaults)
+    defaults = {f.name: f.default for f in dataclasses.fields(RaceConfig)}
+    repeated = [k for k, v in raw.race.items() if defaults.get(k) == v]
+    assert not repeated, f"conf/sweep/race_temperature.yaml repeats RaceConfig's default of {repeated}"
+    assert OmegaConf.get_type(compose_config(["+sweep=race_temperature"]).race) is RaceConfig
+    table = _table_defaults((REPO_ROOT / "docs" / "sweeps.md").read_text(encoding="utf-8"))
+    checked = 0
+    for keys, cell in table.items():
+        names = [k.strip().strip("`").removeprefix("race.") for k in keys.split("/")]
+        values = [v.strip().strip("`") for v in cell.split("/")] if len(names) > 1 else [cell]
+        for name, value in zip(names, values):
+            if keys.startswith("race.") and name in defaults and name != "score":
+                assert yaml.safe_load(value) == defaults[name], f"docs/sweeps.md: race.{name}"
+                checked += 1
+    assert checked == 5
+
+
 def _table_defaults(text: str) -> dict[str, str]:
     """``| `key` | default | meaning |`` rows of a markdown table: key -> default cell."""
     rows = {}

@@ -21,6 +21,7 @@ then says ``"status": "incomplete"``). After a ``kill -9``, run ``sentech-eval c
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401 - see _combine_at_exit
 import json
 import os
 import sys
@@ -168,7 +169,7 @@ def _write_combined(jobs: list[dict[str, Any]], target: Path, metadata: dict[str
             job["rows"] = job.get("rows", 0) + job_rows
             rows += job_rows
         if not sources:
-            writer.write_table(data_schema.empty_table())
+            writer.write_table(pa.Table.from_batches([], schema=data_schema))
     os.replace(tmp, target)
     return rows
 
@@ -347,6 +348,9 @@ class CombineSweepResults(Callback):
         print_combined(combine(sweep_dir))
 
     def _combine_at_exit(self) -> None:
+        # Runs while the interpreter shuts down, when a module that registers a threading exit hook
+        # can no longer be imported: pyarrow's Python→Arrow conversions import pandas, which imports
+        # concurrent.futures.thread. That one is imported with this module (at the top) for that reason.
         if self._combined or self._sweep_dir is None or not self._sweep_dir.is_dir():
             return
         self._combined = True

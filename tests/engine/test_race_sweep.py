@@ -83,6 +83,22 @@ def test_race_needs_a_score(oracle, tmp_path):
                    f"hydra.sweep.dir={tmp_path / 's'}", env=KEY_ENV)
     assert proc.returncode == 2
     assert "race.score is not set" in proc.stderr and "Traceback" not in proc.stderr
+    assert "could not combine" not in proc.stderr  # the at-exit combine of the empty sweep dir works
+
+
+@pytest.mark.parametrize("override, sentence", [
+    ("race.growth=1", "race.growth=1.0 must be greater than 1."),
+    ("race.keep=abc", "Config key 'race.keep' must be an integer, got 'abc'."),
+    ("race.kep=3", "Unknown config key 'race.kep'; the nearest valid key is 'race.keep'"),
+])
+def test_a_bad_race_setting_is_one_sentence(oracle, tmp_path, override, sentence):
+    """race.* is checked against its schema (RaceConfig, which the race sweep file extends) and its ranges."""
+    url, dataset = oracle
+    proc = run_cli("run", "+sweep=race_temperature", override, "backend=remote", f"backend.base_url={url}",
+                   f"dataset.path={dataset}", f"hydra.sweep.dir={tmp_path / 's'}", env=KEY_ENV)
+    assert proc.returncode == 2
+    assert sentence in proc.stderr
+    assert "Traceback" not in proc.stderr and "could not combine" not in proc.stderr
 
 
 def test_a_race_under_the_joblib_launcher_picks_the_same_winner_with_the_same_requests(race, oracle, tmp_path):
