@@ -229,7 +229,7 @@ def config_error(exc: BaseException, section: str = "") -> ConfigError:
     key = f"{section}.{key}" if section and key and not key.startswith(section + ".") else key or section
     schema = getattr(cause, "object_type", None)
     if isinstance(cause, ConfigKeyError) and dataclasses.is_dataclass(schema):
-        return unknown_key_error(key, [f.name for f in dataclasses.fields(schema)], schema_name=backend_label(schema))
+        return unknown_key_error(key, [f.name for f in dataclasses.fields(schema)], schema=schema)
     message = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
     converted = re.search(r"could not be converted to (\w+)", message)
     if isinstance(cause, ValidationError) and "is not a valid bool" in message:
@@ -264,11 +264,14 @@ def _nullable(schema: type, name: str) -> bool:
     return hint is Any or type(None) in typing.get_args(hint)
 
 
-def unknown_key_error(full_key: str, known: list[str], *, schema_name: str | None = None) -> ConfigError:
+def unknown_key_error(full_key: str, known: list[str], *, schema: Any = None,
+                      schema_name: str | None = None) -> ConfigError:
     """An unknown key, naming the nearest valid one (a typo) or else every valid one.
 
-    ``schema_name`` (``backend=remote``): the key is checked against that schema, which no ``+`` extends.
+    ``schema``: the dataclass the key was checked against, which no ``+`` extends (so no hint to use
+    one); a backend's is named (``schema_name``, by default ``backend=<kind>`` of the schema).
     """
+    schema_name = schema_name or backend_label(schema)
     parent, _, leaf = full_key.rpartition(".")
     if is_credential_name(leaf) and not is_reference_name(leaf):
         return credential_in_config_error(full_key)
@@ -277,6 +280,8 @@ def unknown_key_error(full_key: str, known: list[str], *, schema_name: str | Non
             else f"known keys are: {', '.join(sorted(known))}")
     if schema_name:
         return ConfigError(f"Unknown config key '{full_key}' for {schema_name}; {hint}.")
+    if dataclasses.is_dataclass(schema):
+        return ConfigError(f"Unknown config key '{full_key}'; {hint}.")
     return ConfigError(f"Unknown config key '{full_key}'; {hint} (to add a new key on purpose, write +{full_key}=…).")
 
 

@@ -25,7 +25,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from sentech_eval.commands import estimate
 from sentech_eval.commands.run_summary import end_of_run
-from sentech_eval.config import backend_label, config_error, group_choices, register_configs, unknown_choice_message, unknown_key_error
+from sentech_eval.config import config_error, group_choices, register_configs, unknown_choice_message, unknown_key_error
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir, unlock_run_dir
 from sentech_eval.errors import ConfigError, RunDirError, SentechEvalError
@@ -214,7 +214,7 @@ def explain_hydra_error(exc: BaseException) -> ConfigError:
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "parent_node", None) is not None and cause.key:
         full_key = str(cause.full_key or cause.key)
         schema = OmegaConf.get_type(cause.parent_node)
-        return unknown_key_error(full_key, [str(k) for k in cause.parent_node.keys()], schema_name=backend_label(schema))
+        return unknown_key_error(full_key, [str(k) for k in cause.parent_node.keys()], schema=schema)
     if isinstance(exc, OverrideParseException):
         reason = " ".join(str(exc.message).split()).split(" See https://")[0].strip()
         return ConfigError(f"Cannot parse the override {exc.override!r} ({reason}); quote values with special "
