@@ -44,7 +44,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Run one command and return its exit code (what ``console_main`` and tests call)."""
     try:
         code = dispatch(argv)
         sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is not an error
@@ -63,21 +63,22 @@ def console_main() -> None:
 def exit_without_teardown(code: int) -> None:
     """Exit with ``code`` after the work is saved, skipping the interpreter's teardown.
 
-    Tearing down pandas, pyarrow, numpy and Hydra's modules takes a third of a second, a sixth of a
-    one-row run (benchmarks/bench_startup.py). Everything a normal exit does that matters still
-    happens first: output streams are flushed and the ``atexit`` functions run (logging's shutdown
-    flushes and closes Hydra's log files; ``weakref.finalize`` removes temporary directories). If a
-    non-daemon thread is still working, Python's own exit waits for it as usual.
+    Tearing down pandas, pyarrow, numpy and Hydra's modules is a large share of a short command
+    (benchmarks/README.md, "Start-up"). Everything a normal exit does that matters still happens: the
+    ``atexit`` functions run (logging's shutdown flushes and closes Hydra's log files;
+    ``weakref.finalize`` removes temporary directories), then the output streams are flushed, so
+    what an exit function prints is kept too. If a non-daemon thread is still working, Python's own
+    exit waits for it as usual.
     """
     alive = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if alive:
         sys.exit(code)
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
             pass
-    atexit._run_exitfuncs()
     os._exit(code)
 
 

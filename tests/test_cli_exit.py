@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,8 +12,10 @@ from sentech_eval.cli import SUBCOMMANDS, usage
 
 
 def run_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter whose stdout is a pipe and buffered, as under `| tee`."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=60)
+                          cwd=tmp_path, timeout=60, env=env)
 
 
 def test_exit_without_teardown_flushes_output_runs_atexit_and_keeps_the_code(tmp_path):
@@ -24,13 +27,14 @@ def test_exit_without_teardown_flushes_output_runs_atexit_and_keeps_the_code(tmp
         logging.getLogger("job").addHandler(handler)
         logging.getLogger("job").warning("the last line of the log")
         atexit.register(lambda: open({str(tmp_path / "atexit.txt")!r}, "w").write("ran"))
+        atexit.register(lambda: print("printed at exit"))
         sys.stdout.write("buffered, no newline")
         sys.stderr.write("err tail")
         exit_without_teardown(3)
         print("not reached")
         """, tmp_path)
     assert proc.returncode == 3, proc.stderr
-    assert proc.stdout == "buffered, no newline"
+    assert proc.stdout == "buffered, no newlineprinted at exit\n"
     assert proc.stderr.endswith("err tail")
     assert (tmp_path / "atexit.txt").read_text() == "ran"
     assert "the last line of the log" in (tmp_path / "job.log").read_text()
