@@ -342,10 +342,14 @@ class CombineSweepResults(Callback):
         atexit.register(self._combine_at_exit)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Every job has returned: combine their results."""
+        """Every job has returned: combine their results, unless the sweeper already combined this
+        multirun (a race does, for its report: sweep.json no longer says ``running``)."""
         sweep_dir = self._sweep_dir or Path(str(config.hydra.sweep.dir))
         self._combined = True
-        print_combined(combine(sweep_dir))
+        record = _read_json(sweep_dir / SWEEP_JSON) or {}
+        if record.get("status") == "running" or "job_counts" not in record:
+            record = combine(sweep_dir)
+        print_combined(record)
 
     def _combine_at_exit(self) -> None:
         # Runs while the interpreter shuts down, when a module that registers a threading exit hook

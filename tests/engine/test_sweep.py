@@ -131,6 +131,31 @@ def test_combine_takes_the_flushed_rows_of_a_killed_job(temperature_sweep, tmp_p
     assert cli_main(["combine", str(tmp_path / "nowhere")]) == 2
 
 
+def test_the_callback_combines_once_when_the_sweeper_already_did(temperature_sweep, tmp_path, capsys):
+    """A race combines its sweep for its report before Hydra's multirun ends: the callback then only says so."""
+    from omegaconf import OmegaConf
+
+    from sentech_eval.engine.sweep import CombineSweepResults
+
+    sweep_dir = tmp_path / "copy"
+    shutil.copytree(temperature_sweep, sweep_dir)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": []},
+                                         "sweeper": {}, "launcher": {}}})
+    callback = CombineSweepResults()
+    callback.on_multirun_start(config)
+    combined_by_sweeper = combine(sweep_dir)
+    callback.on_multirun_end(config)
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert record["combined_at"] == combined_by_sweeper["combined_at"]  # not combined again
+    assert f"{record['rows']} rows from 5 jobs" in capsys.readouterr().err
+
+    callback.on_multirun_start(config)  # a multirun nobody combined: the callback does
+    (sweep_dir / "trials.parquet").unlink()
+    callback.on_multirun_end(config)
+    assert (sweep_dir / "trials.parquet").is_file()
+    assert json.loads((sweep_dir / "sweep.json").read_text())["combined_at"] != combined_by_sweeper["combined_at"]
+
+
 def test_shards_recombine_to_the_dataset_exactly_once(echo_server, tmp_path):
     sweep_dir = tmp_path / "shards"
     proc = sweep(echo_server, sweep_dir, "-m", "dataset.num_shards=4", "dataset.shard_index=0,1,2,3",
