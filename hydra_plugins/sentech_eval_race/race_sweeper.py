@@ -29,7 +29,6 @@ class RaceSweeper(BasicSweeper):
         # sentech_eval is imported when a race runs, not at Hydra's plugin scan, which imports this
         # module in every Hydra app of the environment (numpy, pyarrow … only for a race)
         from sentech_eval.engine.race_sweep import run_race
-        from sentech_eval.errors import SentechEvalError
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -46,11 +45,7 @@ class RaceSweeper(BasicSweeper):
             return returns
 
         self.returns: list[Any] = []
-        try:
-            record = run_race(self.config, cells, launch, sweep_dir)
-        except SentechEvalError as exc:
-            print(f"sentech-eval run: error: {exc}", file=sys.stderr)
-            sys.exit(2)
+        record = run_race(self.config, cells, launch, sweep_dir)  # a user error reaches the CLI: one sentence, exit 2
         _report(sweep_dir, record, announce=not _combines_at_the_end(self.config))
         return self.returns
 
