@@ -214,20 +214,28 @@ CLUSTER_CHOSEN = "satterthwaite"
 QUICK_REPEATS = {0.3: [(0.3, 20), (0.95, 50), (0.98, 200)], 0.8: [(0.02, 30), (0.99, 50), (0.99, 200)]}
 
 
+def plugin_df(resid: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """The previous rule's degrees of freedom, (Σr²)² / Σr⁴ over the prompts (NaN when every residual is 0)."""
+    r2 = np.sum(np.where(present, resid ** 2, 0.0), axis=-1)
+    r4 = np.sum(np.where(present, resid ** 4, 0.0), axis=-1)
+    return np.where(r4 > 0, r2 * r2 / np.where(r4 > 0, r4, 1.0), np.nan)
+
+
+def k_minus_1_df(resid: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """k − 1 degrees of freedom for k prompts (Korn & Graubard 1998)."""
+    return np.sum(present, axis=-1) - 1.0
+
+
+CLUSTER_DF_RULES = {"satterthwaite": stats.satterthwaite_df, "satterthwaite_plugin": plugin_df,
+                    "k_minus_1": k_minus_1_df}
+
+
 def clustered_bounds(y: np.ndarray, m: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Bounds of the clustered interval under each rule of ``CLUSTER_RULES`` (the used one is the product's)."""
-    r = stats.clustered_wilson_from_totals(y, m, CONFIDENCE)
-    out = {CLUSTER_CHOSEN: (r["low"], r["high"])}
-    mm = np.broadcast_to(m, y.shape)
-    rows, k_df = r["rows"], np.maximum(r["clusters"] - 1, 1).astype(float)
-    resid = y - r["estimate"][..., None] * mm
-    r2, r4 = np.sum(resid ** 2, axis=-1), np.sum(resid ** 4, axis=-1)
-    plugin = np.clip(np.where(r4 > 0, r2 * r2 / np.where(r4 > 0, r4, 1.0), k_df), 1.0, k_df)
-    z = sps.norm.ppf(0.5 + CONFIDENCE / 2)
-    floor = rows / (np.sum(mm * mm, axis=-1) / rows) * (z / sps.t.ppf(0.5 + CONFIDENCE / 2, k_df)) ** 2
-    for name, df in (("k_minus_1", k_df), ("satterthwaite_plugin", plugin)):
-        n_eff = np.maximum(rows / r["design_effect"] * (z / sps.t.ppf(0.5 + CONFIDENCE / 2, df)) ** 2, floor)
-        out[name] = stats.wilson_interval(r["estimate"] * n_eff, n_eff, CONFIDENCE)
+    """Bounds of the product's clustered interval under each df rule of ``CLUSTER_RULES``."""
+    out = {}
+    for name in CLUSTER_RULES:
+        r = stats.clustered_wilson_from_totals(y, m, CONFIDENCE, df_rule=CLUSTER_DF_RULES[name])
+        out[name] = (r["low"], r["high"])
     return out
 
 

@@ -26,7 +26,7 @@ Everything is vectorised with numpy (the simulation suite in benchmarks/ calls t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,7 +270,9 @@ def satterthwaite_df(resid: Any, present: Any) -> np.ndarray:
         return np.where((v > 0) & (s2 > 0), 2.0 * v * v / np.where(s2 > 0, k * s2, 1.0), np.nan)
 
 
-def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95) -> dict[str, np.ndarray]:
+def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95,
+                                 df_rule: Callable[[np.ndarray, np.ndarray], np.ndarray] = satterthwaite_df,
+                                 ) -> dict[str, np.ndarray]:
     """Cluster-adjusted Wilson interval from per-cluster successes ``y`` and rows ``m`` (last axis).
 
     Leading axes are independent data sets (the simulation suite passes thousands at once);
@@ -281,7 +283,8 @@ def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95) -> di
     (z / t_ν)² for the degrees of freedom ν of the variance estimate (Korn & Graubard 1998).
     ν is Satterthwaite's (``satterthwaite_df`` over the prompt residuals), within [1, k − 1]:
     when one or two prompts hold every failure it is near 2 and the estimated design effect,
-    then ≈ 1, is not trusted. The effective n is never below the prompt count scaled for k − 1
+    then ≈ 1, is not trusted. ``df_rule(resid, present)`` replaces that rule (NaN: k − 1), so
+    that benchmarks/bench_stats.py compares other rules through this same interval. The effective n is never below the prompt count scaled for k − 1
     degrees of freedom (the design effect's upper bound). With one row per cluster the design
     effect is 1: the plain Wilson interval.
     Returns arrays: estimate, low, high, n_eff, design_effect, df, rows, clusters.
@@ -303,7 +306,7 @@ def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95) -> di
     # estimated, i.e. some cluster holds several rows); without residuals (p̂ = 0 or 1) k − 1.
     clustered = deff_max > 1.0
     k_df = np.maximum(k - 1, 1).astype(float)
-    df = satterthwaite_df(y - est[..., None] * m, m > 0)
+    df = df_rule(y - est[..., None] * m, m > 0)
     df = np.where(np.isfinite(df), df, k_df)
     df = np.clip(df, 1.0, k_df)
     z = _z(confidence)
