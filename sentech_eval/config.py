@@ -143,7 +143,6 @@ class LocalBackendConfig:
     verbose: bool = False  # llama.cpp's own logging on stderr
 
 
-# backend kind -> (schema, its name in the ConfigStore, group "backend")
 @dataclass
 class RaceSettings:
     """``race.*`` settings (besides ``race.score``): error level, ties, finalists and the prompt schedule."""
@@ -175,6 +174,7 @@ class RaceConfig(RaceSettings):
     score: Optional[str] = None  # ``contains`` or ``score_contains``; null: the run's only scorer
 
 
+# backend kind -> (schema, its name in the ConfigStore, group "backend")
 BACKEND_SCHEMAS: dict[str, tuple[type, str]] = {
     "remote": (RemoteBackendConfig, "base_remote"),
     "local": (LocalBackendConfig, "base_local"),
@@ -264,14 +264,13 @@ def _nullable(schema: type, name: str) -> bool:
     return hint is Any or type(None) in typing.get_args(hint)
 
 
-def unknown_key_error(full_key: str, known: list[str], *, schema: Any = None,
-                      schema_name: str | None = None) -> ConfigError:
+def unknown_key_error(full_key: str, known: list[str], *, schema: Any = None) -> ConfigError:
     """An unknown key, naming the nearest valid one (a typo) or else every valid one.
 
     ``schema``: the dataclass the key was checked against, which no ``+`` extends (so no hint to use
-    one); a backend's is named (``schema_name``, by default ``backend=<kind>`` of the schema).
+    one); a backend's is named (``backend=<kind>``).
     """
-    schema_name = schema_name or backend_label(schema)
+    schema_name = backend_label(schema)
     parent, _, leaf = full_key.rpartition(".")
     if is_credential_name(leaf) and not is_reference_name(leaf):
         return credential_in_config_error(full_key)
@@ -334,10 +333,9 @@ def backend_settings(node: Any, schema: type) -> Any:
     for key in BACKEND_SHARED_KEYS:
         plain.pop(key, None)  # type: ignore[union-attr]
     known = [f.name for f in dataclasses.fields(schema)]
-    label = backend_label(schema) or f"backend={plain.get('kind')}"  # type: ignore[union-attr]
     for key in plain:  # type: ignore[union-attr]
         if key not in known:
-            raise unknown_key_error(f"backend.{key}", known, schema_name=label)
+            raise unknown_key_error(f"backend.{key}", known, schema=schema)
     try:
         checked = OmegaConf.merge(OmegaConf.structured(schema), plain)
         return OmegaConf.to_object(checked)
@@ -464,18 +462,16 @@ class Price:
         return ((prompt_tokens or 0) * self.input_per_mtok + (completion_tokens or 0) * self.output_per_mtok) / 1e6
 
 
-# the keys of backend.price, checked as a plain mapping: Price's fields
-PRICE_KEYS = {f.name for f in dataclasses.fields(Price)}
-
-
-def _plain_mapping(node: Any, name: str, known: set[str], example: str) -> dict[str, Any]:
-    """A mapping section not covered by a schema, as plain data; unknown keys refused with one sentence."""
+def _plain_mapping(node: Any, name: str, schema: type, example: str) -> dict[str, Any]:
+    """A mapping section not in Hydra's ConfigStore, as plain data; a key that is no field of the dataclass
+    ``schema`` is refused with one sentence (``unknown_key_error``)."""
     if not isinstance(node, DictConfig):
         raise ConfigError(f"Config key '{name}' must be a mapping like {example}.")
     values = OmegaConf.to_container(node, resolve=True)
+    known = [f.name for f in dataclasses.fields(schema)]
     for key in values:  # type: ignore[union-attr]
         if key not in known:
-            raise ConfigError(f"Unknown config key '{name}.{key}'; known keys are: {', '.join(sorted(known))}.")
+            raise unknown_key_error(f"{name}.{key}", known, schema=schema)
     return values  # type: ignore[return-value]
 
 
@@ -485,7 +481,7 @@ def price_from_config(cfg: DictConfig) -> Price | None:
     node = backend.get("price") if isinstance(backend, DictConfig) else None
     if node is None:
         return None
-    values = _plain_mapping(node, "backend.price", PRICE_KEYS, "{input_per_mtok: 0.15, output_per_mtok: 0.6}")
+    values = _plain_mapping(node, "backend.price", Price, "{input_per_mtok: 0.15, output_per_mtok: 0.6}")
     for key, value in values.items():
         if value is None:
             continue

@@ -113,6 +113,18 @@ def test_backend_settings_refuse_with_one_sentence(node, fragment):
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("price, fragment", [
+    ({"input_per_mtk": 1}, "Unknown config key 'backend.price.input_per_mtk'; the nearest valid key is 'backend.price.input_per_mtok'."),
+    ({"zzz": 1}, "Unknown config key 'backend.price.zzz'; known keys are: input_per_mtok, output_per_mtok, per_hour."),
+])
+def test_an_unknown_price_key_is_named_with_the_nearest_one(price, fragment):
+    from sentech_eval.config import price_from_config
+
+    with pytest.raises(ConfigError) as err:
+        price_from_config(OmegaConf.create({"backend": {"kind": "remote", "price": price}}))
+    assert str(err.value) == fragment
+
+
 @pytest.mark.parametrize("group", ["backend", "runner", "dataset", "sampling"])
 def test_shipped_yamls_extend_their_schema_and_repeat_no_default(group):
     """conf/<group>/*.yaml set only what differs from their schema: a default lives in config.py alone."""

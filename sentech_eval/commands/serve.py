@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import fields
-from typing import Any
 
 from sentech_eval.errors import ConfigError
-from sentech_eval.server.app import STREAM_USAGE, ServerOptions
+from sentech_eval.server.app import STREAM_USAGE
 from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, DEFAULT_GGUF, ENGINES
-from sentech_eval.server.faults import ERROR_STATUSES, FaultConfig
+from sentech_eval.server.faults import ERROR_STATUSES
 from sentech_eval.server.serving import ServeConfig, serve
 
 DEFAULTS = ServeConfig()  # every flag's default is the config's (one place)
@@ -117,22 +115,16 @@ def read_api_keys(env_var: str) -> tuple[str, ...]:
 
 def parse_config(argv: list[str], prog: str = "sentech-eval serve") -> ServeConfig:
     """Parse the flags into a checked ServeConfig; ConfigError (one sentence) for a bad value or combination."""
-    args = build_parser(prog).parse_args(argv)
-    keys = read_api_keys(args.api_key_env)
-    if not keys and not args.no_auth:
+    values = vars(build_parser(prog).parse_args(argv))
+    api_key_env, no_auth = values.pop("api_key_env"), values.pop("no_auth")
+    keys = read_api_keys(api_key_env)
+    if not keys and not no_auth:
         raise ConfigError(
-            f"No API key to accept: set the environment variable {args.api_key_env} "
+            f"No API key to accept: set the environment variable {api_key_env} "
             "(comma-separated keys allowed) or pass --no-auth."
         )
-    # each flag is named as its field (--n-ctx → n_ctx, --no-auth → no_auth …) but for --model and --retry-after
-    faults = FaultConfig(**same_named(FaultConfig, args), retry_after_s=args.retry_after)
-    options = ServerOptions(**same_named(ServerOptions, args), api_keys=keys, faults=faults)
-    return ServeConfig(**same_named(ServeConfig, args), model_path=args.model, options=options).check()
-
-
-def same_named(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The flag values for the fields of dataclass ``cls`` that have a flag of the same name."""
-    return {f.name: getattr(args, f.name) for f in fields(cls) if f.name in vars(args)}
+    # every other flag is a field's value (--n-ctx → n_ctx …): ServeConfig.from_values puts each in its place
+    return ServeConfig.from_values(values, api_keys=keys, no_auth=no_auth)
 
 
 def main(argv: list[str], prog: str = "sentech-eval serve") -> int:

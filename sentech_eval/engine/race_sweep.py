@@ -55,7 +55,7 @@ def settings_from_config(cfg: DictConfig) -> tuple[RaceSettings, str]:
             raise ConfigError("race.score is not set; name the score the race ranks cells by, e.g. race.score=contains "
                               "(with scorers=[contains]).")
         score = scorers[0]
-    settings = RaceSettings(**{k: v for k, v in values.items() if v is not None})
+    settings = RaceSettings(**values)  # checked and filled in by the schema: no setting is null
     try:
         settings.check()
     except ValueError as exc:

@@ -178,13 +178,13 @@ STREAM_USAGE = ("always", "requested", "never")
 class ChatServer:
     """Request handlers bound to one engine, its keys and its fault injector."""
 
-    def __init__(self, engine: Engine, options: ServerOptions) -> None:
+    def __init__(self, engine: Engine, options: ServerOptions, seed: int = 0) -> None:
         self.engine = engine
         self.options = options
         self._keys = tuple(k.encode() for k in options.api_keys)
         self._auth = not options.no_auth
         self._max_body = options.max_body_bytes
-        self._faults = FaultInjector(options.faults) if options.faults.active else None
+        self._faults = FaultInjector(options.faults, seed) if options.faults.active else None
         self._echo_model = engine.answers_as_requested_model
         slots = engine.slots
         # How many requests this server answers at once (None: no limit), advertised in /health and
@@ -379,10 +379,10 @@ def _drop_connection(request: web.Request) -> web.Response:
 CHAT_SERVER = web.AppKey("chat_server", ChatServer)
 
 
-def create_app(engine: Engine, options: ServerOptions | None = None) -> web.Application:
-    """The aiohttp application: routes, body-size limit, engine start/stop hooks."""
+def create_app(engine: Engine, options: ServerOptions | None = None, seed: int = 0) -> web.Application:
+    """The aiohttp application: routes, body-size limit, engine start/stop hooks; ``seed`` seeds the faults."""
     options = options or ServerOptions()
-    server = ChatServer(engine, options)
+    server = ChatServer(engine, options, seed)
     app = web.Application(client_max_size=options.max_body_bytes)
     app[CHAT_SERVER] = server
     app.router.add_post(CHAT_PATH, server.chat_completions)

@@ -15,9 +15,11 @@ ERROR_STATUSES = (500, 429, 503)
 
 @dataclass(frozen=True, slots=True)
 class FaultConfig:
-    """Rates are probabilities in [0, 1]; ``retry_after_s`` is sent with 429/503 when set."""
+    """Rates are probabilities in [0, 1]; ``retry_after_s`` is sent with 429/503 when set.
 
-    seed: int = 0
+    The seed is the server's (``--seed``, ``ServeConfig.seed``), given to the ``FaultInjector``.
+    """
+
     error_rate: float = 0.0
     error_status: int = 500
     retry_after_s: float | None = None
@@ -59,11 +61,11 @@ NO_FAULT = Fault()
 
 
 class FaultInjector:
-    """Deterministic per request order: the n-th request always gets the same ``Fault``."""
+    """Deterministic per seed and request order: the n-th request always gets the same ``Fault``."""
 
-    def __init__(self, config: FaultConfig) -> None:
+    def __init__(self, config: FaultConfig, seed: int = 0) -> None:
         self.config = config
-        self._rng = random.Random(config.seed)
+        self._rng = random.Random(seed)
         self.counts = {"requests": 0, "dropped": 0, "errors": 0, "slow": 0}
 
     def next(self) -> Fault:

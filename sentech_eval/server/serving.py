@@ -1,6 +1,7 @@
 """How `sentech-eval serve` runs: a checked ServeConfig, then engine + app → listening socket(s) until Ctrl-C / SIGTERM.
 
-The flags are parsed in ``sentech_eval.commands.serve``; tests build a ServeConfig directly.
+The flags are parsed in ``sentech_eval.commands.serve``; both it and the test servers build the
+ServeConfig with ``ServeConfig.from_values``.
 """
 
 from __future__ import annotations
@@ -11,21 +12,37 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 from sentech_eval.backends.local import default_n_threads
 from sentech_eval.config import LocalBackendConfig
 from sentech_eval.errors import ConfigError
 from sentech_eval.server.app import STREAM_USAGE, ServerOptions, create_app, start_site
 from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, ENGINES, build_engine
+from sentech_eval.server.faults import FaultConfig
+
+# a `serve` value (flag) named unlike its field: value name -> field
+RENAMED = {"model": "model_path", "retry_after": "retry_after_s"}
+# fields that hold no flag's value: the nested sections, and the keys (read from the environment)
+_NOT_VALUES = {"options", "faults", "api_keys", "no_auth"}
+
+
+def _value_fields(cls: type) -> list[str]:
+    """The fields of dataclass ``cls`` that each hold one `serve` flag's value."""
+    return [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_VALUES]
 
 
 @dataclass
 class ServeConfig:
-    """Everything `serve` needs; built from flags by ``commands.serve.parse_config`` or directly by tests.
+    """Everything `serve` needs; built by ``from_values`` (flags or test options) or directly.
 
     ``check()`` refuses a configuration that cannot be served, in one sentence naming the flag.
+    ``seed`` (``--seed``) seeds both the engine and the fault injector.
     """
 
     host: str = "127.0.0.1"
@@ -43,6 +60,35 @@ class ServeConfig:
     output_tokens: int | None = None
     seed: int = 0
     accuracy_peak: float = 0.8
+
+    @classmethod
+    def value_names(cls) -> list[str]:
+        """The names ``from_values`` takes, one per `serve` flag but the auth ones (``n_ctx`` for ``--n-ctx``):
+        the fields of ServeConfig, ServerOptions and FaultConfig, but for ``RENAMED``."""
+        name_of = {f: name for name, f in RENAMED.items()}
+        return [name_of.get(f, f) for cls_ in (cls, ServerOptions, FaultConfig) for f in _value_fields(cls_)]
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], *, api_keys: Iterable[str] = (), no_auth: bool = False) -> ServeConfig:
+        """A checked ServeConfig from flat values named as the `serve` flags (``value_names``), each put in the
+        field of ServeConfig, ServerOptions or FaultConfig it names; a value None or absent keeps its default.
+
+        TypeError for a name that is no flag's; ConfigError (one sentence) for a value ``check`` refuses.
+        """
+        unknown = set(values) - set(cls.value_names())
+        if unknown:
+            raise TypeError(f"unknown serve value(s): {', '.join(sorted(unknown))}; known: {', '.join(cls.value_names())}")
+        given = {RENAMED.get(name, name): value for name, value in values.items() if value is not None}
+        for name in ("model_path", "datasets_dir"):  # a path may come as a Path
+            if name in given:
+                given[name] = str(given[name])
+
+        def fields_of(schema: type) -> dict[str, Any]:
+            return {f: given[f] for f in _value_fields(schema) if f in given}
+
+        options = ServerOptions(**fields_of(ServerOptions), api_keys=tuple(api_keys), no_auth=no_auth,
+                                faults=FaultConfig(**fields_of(FaultConfig)))
+        return cls(**fields_of(cls), options=options).check()
 
     @property
     def workers(self) -> int:
@@ -83,6 +129,10 @@ class ServeConfig:
             raise ConfigError("; ".join(problems) + ".")
         return self
 
+    def build_app(self, engine) -> web.Application:
+        """The app serving ``engine`` with this configuration's options, its faults seeded by ``seed``."""
+        return create_app(engine, self.options, self.seed)
+
     def build_engine(self):
         """A fresh engine for this configuration (not started)."""
         return build_engine(
@@ -117,8 +167,7 @@ def listening_line(config: ServeConfig, port: int) -> str:
 
 
 async def _serve(config: ServeConfig, port: int, *, reuse_port: bool, announce: bool, ready_fd: int | None = None) -> None:
-    engine = config.build_engine()
-    app = create_app(engine, config.options)
+    app = config.build_app(config.build_engine())
     runner, real_port = await start_site(app, config.host, port, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -137,13 +186,9 @@ async def _serve(config: ServeConfig, port: int, *, reuse_port: bool, announce: 
 
 def worker_config(config: ServeConfig, index: int) -> ServeConfig:
     """Worker ``index``'s config: its own seed (workers must not inject the same fault sequence)."""
-    seed = config.seed + 1_000_003 * index
-    faults = dataclasses.replace(config.options.faults, seed=seed)
     # a llama worker gets its share of the cores unless --n-threads says otherwise
     n_threads = config.n_threads or default_n_threads(config.workers)[0]
-    return dataclasses.replace(
-        config, seed=seed, n_threads=n_threads, options=dataclasses.replace(config.options, faults=faults)
-    )
+    return dataclasses.replace(config, seed=config.seed + 1_000_003 * index, n_threads=n_threads)
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:

@@ -4,7 +4,7 @@
         ...  # base_url == "http://127.0.0.1:PORT/v1"; the key is "k"
 
 By default the server runs in a background thread with its own event loop (fast to start, same
-code path as the CLI minus flag parsing: the ServeConfig is built directly and checked as the CLI's). ``subprocess=True`` (implied by ``workers > 1``)
+code path as the CLI minus flag parsing: the ServeConfig comes from ``ServeConfig.from_values``, as the CLI's). ``subprocess=True`` (implied by ``workers > 1``)
 runs the real CLI, ``python -m sentech_eval.cli serve --port 0 ...``, and reads the port from
 the line it prints; use that for throughput measurements so client and server do not share a GIL.
 """
@@ -26,42 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from sentech_eval.paths import REPO_ROOT
-from sentech_eval.server.app import ServerOptions, create_app, start_site
-from sentech_eval.server.faults import FaultConfig
+from sentech_eval.server.app import start_site
 from sentech_eval.server.serving import ServeConfig
 
 LISTENING = re.compile(r"listening on (http://\S+/v1)")
 KEY_ENV = "SENTECH_EVAL_TEST_SERVER_KEY"
 
-# option name -> CLI flag (values are passed through str())
-_FLAGS = {
-    "latency_ms": "--latency-ms",
-    "tokens_per_s": "--tokens-per-s",
-    "ttft_ms": "--ttft-ms",
-    "capacity": "--capacity",
-    "output_tokens": "--output-tokens",
-    "stream_usage": "--stream-usage",
-    "seed": "--seed",
-    "error_rate": "--error-rate",
-    "error_status": "--error-status",
-    "retry_after": "--retry-after",
-    "drop_rate": "--drop-rate",
-    "slow_rate": "--slow-rate",
-    "slow_ms": "--slow-ms",
-    "max_body_bytes": "--max-body-bytes",
-    "workers": "--workers",
-    "model": "--model",
-    "n_ctx": "--n-ctx",
-    "n_threads": "--n-threads",
-    "datasets_dir": "--datasets-dir",
-    "accuracy_peak": "--accuracy-peak",
-}
+# the options of these servers: every `serve` value (``latency_ms`` for ``--latency-ms`` …) but the
+# listening address they fix and the engine they take apart
+OPTION_NAMES = tuple(name for name in ServeConfig.value_names() if name not in ("host", "port", "engine"))
 
 
 def _check_names(options: dict[str, Any]) -> None:
-    unknown = set(options) - set(_FLAGS)
+    unknown = set(options) - set(OPTION_NAMES)
     if unknown:
-        raise TypeError(f"unknown server option(s): {', '.join(sorted(unknown))}; known: {', '.join(_FLAGS)}")
+        raise TypeError(f"unknown server option(s): {', '.join(sorted(unknown))}; known: {', '.join(OPTION_NAMES)}")
 
 
 def serve_args(engine: str, options: dict[str, Any]) -> list[str]:
@@ -70,38 +49,20 @@ def serve_args(engine: str, options: dict[str, Any]) -> list[str]:
     args = ["--host", "127.0.0.1", "--port", "0", "--engine", engine]
     for name, value in options.items():
         if value is not None:
-            args += [_FLAGS[name], str(value)]
+            args += ["--" + name.replace("_", "-"), str(value)]
     return args
-
-
-# option name -> where it goes in a ServeConfig: its own field, ServerOptions' or FaultConfig's
-_CONFIG_FIELDS = {"latency_ms", "tokens_per_s", "ttft_ms", "capacity", "output_tokens", "seed", "n_ctx",
-                  "n_threads", "datasets_dir", "accuracy_peak", "model"}
-_OPTION_FIELDS = {"stream_usage", "max_body_bytes", "workers"}
-_FAULT_FIELDS = {"error_rate", "error_status", "retry_after", "drop_rate", "slow_rate", "slow_ms"}
 
 
 def make_config(engine: str = "echo", api_key: str | None = "k", **options: Any) -> ServeConfig:
     """A checked ``ServeConfig`` on 127.0.0.1 port 0 for keyword options named like the `serve` flags.
 
     ``api_key`` may hold several comma-separated keys; ``None`` or ``""`` serves without auth.
-    Built directly (no flag parsing); ``ServeConfig.check`` refuses what the CLI refuses.
+    Built by ``ServeConfig.from_values`` as `serve` builds it (no flag parsing); it refuses what the CLI refuses.
     """
     _check_names(options)
-    options = {k: v for k, v in options.items() if v is not None}
-    own = {k: v for k, v in options.items() if k in _CONFIG_FIELDS}
-    if "model" in own:
-        own["model_path"] = str(own.pop("model"))
-    if "datasets_dir" in own:
-        own["datasets_dir"] = str(own["datasets_dir"])
-    faults = {("retry_after_s" if k == "retry_after" else k): v for k, v in options.items() if k in _FAULT_FIELDS}
     keys = tuple(k.strip() for k in api_key.split(",") if k.strip()) if api_key else ()
-    server_options = ServerOptions(
-        api_keys=keys, no_auth=not keys,
-        faults=FaultConfig(seed=own.get("seed", 0), **faults),
-        **{k: v for k, v in options.items() if k in _OPTION_FIELDS},
-    )
-    return ServeConfig(host="127.0.0.1", port=0, engine=engine, options=server_options, **own).check()
+    values = {**options, "host": "127.0.0.1", "port": 0, "engine": engine}
+    return ServeConfig.from_values(values, api_keys=keys, no_auth=not keys)
 
 
 @contextmanager
@@ -111,14 +72,21 @@ def running_server(
     """Run a server for the duration of the block and yield its base URL (``http://127.0.0.1:P/v1``).
 
     ``api_key`` may hold several comma-separated keys; ``None`` or ``""`` serves without auth.
-    Options: latency_ms, tokens_per_s, ttft_ms, capacity, output_tokens, stream_usage, seed, error_rate, error_status, retry_after, drop_rate,
-    slow_rate, slow_ms, max_body_bytes, workers, model, n_ctx, n_threads, datasets_dir, accuracy_peak.
+    Options (``OPTION_NAMES``): the `serve` flags' values, named as the flags (``latency_ms=5`` for ``--latency-ms 5``).
     """
     config = make_config(engine, api_key, **options)
     if subprocess or config.workers > 1:
         with _subprocess_server(engine, api_key, options) as url:
             yield url
         return
+    with running_config(config) as url:
+        yield url
+
+
+@contextmanager
+def running_config(config: ServeConfig) -> Iterator[str]:
+    """Serve ``config`` (one worker; its host and port are ignored: 127.0.0.1, a free port) in a background
+    thread for the duration of the block and yield its base URL (``http://127.0.0.1:P/v1``)."""
     server = _ThreadServer(config)
     server.start()
     try:
@@ -165,7 +133,7 @@ class _ThreadServer:
         engine = self.config.build_engine()
         if self.config.engine == "llama":
             engine.check()
-        runner, self.port = await start_site(create_app(engine, self.config.options), "127.0.0.1", 0)
+        runner, self.port = await start_site(self.config.build_app(engine), "127.0.0.1", 0)
         try:
             self._ready.set()
             await self._stop.wait()

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sentech_eval.server.app import create_app, start_site
+from sentech_eval.server.app import start_site
 from sentech_eval.server.testing import make_config
 
 
@@ -30,7 +30,7 @@ class CountingServer:
 
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        app = create_app(self.config.build_engine(), self.config.options)
+        app = self.config.build_app(self.config.build_engine())
 
         @web.middleware
         async def count(request: web.Request, handler):

@@ -19,7 +19,6 @@ import pytest
 from reliability_support import app_in_thread, assert_one_sentence, new_key, remote_run_args, rows, run_cli
 
 from sentech_eval.engine.results import read_metadata
-from sentech_eval.server.app import create_app
 from sentech_eval.server.testing import make_config, running_server
 
 
@@ -131,7 +130,7 @@ def _https_server(tmp_path: Path, key: str) -> Iterator[tuple[str, Path]]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, pkey)
     config = make_config("echo", api_key=key)
-    with app_in_thread(lambda: create_app(config.build_engine(), config.options), ssl_context=context) as port:
+    with app_in_thread(lambda: config.build_app(config.build_engine()), ssl_context=context) as port:
         yield f"https://127.0.0.1:{port}/v1", cert
 
 

@@ -9,19 +9,21 @@ import aiohttp
 import pytest
 from server_helpers import SEED_BODY, post
 
+from sentech_eval.server.app import ServerOptions
 from sentech_eval.server.faults import FaultConfig, FaultInjector
-from sentech_eval.server.testing import running_server
+from sentech_eval.server.serving import ServeConfig, worker_config
+from sentech_eval.server.testing import running_config, running_server
 
 KEY = "fault-key"
 
 
 def test_injector_is_reproducible_and_honours_rates():
-    config = FaultConfig(seed=7, error_rate=0.3, error_status=503, drop_rate=0.1, slow_rate=0.2, slow_ms=5)
-    first, second = FaultInjector(config), FaultInjector(config)
+    config = FaultConfig(error_rate=0.3, error_status=503, drop_rate=0.1, slow_rate=0.2, slow_ms=5)
+    first, second = FaultInjector(config, seed=7), FaultInjector(config, seed=7)
     seq1 = [first.next() for _ in range(5000)]
     seq2 = [second.next() for _ in range(5000)]
     assert seq1 == seq2
-    other = FaultInjector(FaultConfig(seed=8, error_rate=0.3, error_status=503, drop_rate=0.1, slow_rate=0.2, slow_ms=5))
+    other = FaultInjector(config, seed=8)
     assert [other.next() for _ in range(5000)] != seq1
     drops = sum(f.drop for f in seq1) / 5000
     errors = sum(f.error_status == 503 for f in seq1) / 5000
@@ -71,6 +73,19 @@ def test_error_rate_with_503_and_retry_after_is_seeded():
         assert statuses(url, 400) == first  # same seed, same request order -> same faults
     with running_server(api_key=KEY, seed=4, error_rate=0.3, error_status=503) as url:
         assert statuses(url, 400) != first
+
+
+def test_a_serve_config_built_directly_seeds_its_faults_with_its_seed():
+    """``ServeConfig(seed=5)`` holds the one seed: the server's faults follow FaultInjector(…, seed=5)."""
+    faults = FaultConfig(error_rate=0.5, error_status=503)
+    config = ServeConfig(seed=5, options=ServerOptions(api_keys=(KEY,), faults=faults)).check()
+    injector, other = FaultInjector(faults, seed=5), FaultInjector(faults, seed=0)
+    expected = [503 if injector.next().error_status else 200 for _ in range(60)]
+    assert expected != [503 if other.next().error_status else 200 for _ in range(60)]  # seed 0 would show
+    with running_config(config) as url:
+        assert statuses(url, 60) == expected
+    workers = [worker_config(config, index) for index in (0, 1)]
+    assert [w.seed for w in workers] == [5, 5 + 1_000_003]  # each worker's faults are seeded by its own seed
 
 
 @pytest.mark.parametrize("status", [500, 429])
