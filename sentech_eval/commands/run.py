@@ -12,11 +12,14 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra._internal.hydra import Hydra
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
@@ -155,6 +158,33 @@ def report_end_of_run(cfg: DictConfig, summary: dict[str, Any]) -> str | None:
     return failure
 
 
+def is_plain_run(argv: list[str]) -> bool:
+    """Whether ``argv`` runs the shipped config once: no flag (``-m``, ``--config-dir`` …), no sweep,
+    and no Hydra setting but ``hydra.run.dir``. Only the sweep files set ``hydra.mode`` in the shipped
+    config (tests/commands/test_run_remote.py checks every group option)."""
+    for arg in argv:
+        key = arg.partition("=")[0].lstrip("+~")
+        if arg.startswith("-") or "sweep" in key or (key.startswith("hydra") and key != "hydra.run.dir"):
+            return False
+    return True
+
+
+@contextmanager
+def mode_known_for_a_plain_run(argv: list[str]) -> Iterator[None]:
+    """Hydra composes the whole config once only to read ``hydra.mode``, then again to run. For a plain
+    run the answer is known: ``None``, what Hydra's ``get_mode`` returns for a config that sets no mode,
+    so one composition is saved (benchmarks/README.md, "Start-up")."""
+    if not is_plain_run(argv):
+        yield
+        return
+    get_mode = Hydra.get_mode
+    Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Hydra.get_mode = get_mode  # type: ignore[method-assign]
+
+
 def register_sweepers() -> None:
     """Make the project's sweepers (``basic``, its faster-checking grid, and ``race``) known to Hydra
     however the package is installed: Hydra finds plugins by scanning the ``hydra_plugins``
@@ -188,7 +218,8 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        task()
+        with mode_known_for_a_plain_run(argv):
+            task()
     except (HydraException, OmegaConfBaseException) as exc:
         raise explain_hydra_error(exc) from None
     except OSError as exc:

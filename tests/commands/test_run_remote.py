@@ -169,3 +169,31 @@ def test_a_remote_run_imports_nothing_it_does_not_use(echo_server, tmp_path):
     assert {"aiohttp", "sentech_eval.backends.remote", "sentech_eval.engine.runner"} <= imported  # it sees the run
     unwanted = sorted(m for m in imported if any(m == name or m.startswith(name + ".") for name in NOT_ON_THE_RUN_PATH))
     assert not unwanted, f"a remote run imported {unwanted}"
+
+
+@pytest.mark.parametrize("argv, plain", [
+    (["backend=remote", "backend.base_url=http://h/v1", "dataset=capitals", "hydra.run.dir=out"], True),
+    (["scorers=[contains]", "+backend.price={input_per_mtok: 1}", "sampling.temperature=0.5"], True),
+    (["-m", "sampling.temperature=0,1"], False), (["--multirun"], False), (["+sweep=temperature"], False),
+    (["sweep=optimize"], False), (["--config-dir", "mine"], False), (["hydra/launcher=joblib"], False),
+    (["hydra.mode=MULTIRUN"], False), (["hydra.searchpath=[file://mine]"], False), (["--cfg", "job"], False),
+])
+def test_a_plain_run_is_told_apart_from_what_can_set_hydra_mode(argv, plain):
+    from sentech_eval.commands.run import is_plain_run
+
+    assert is_plain_run(argv) is plain
+
+
+def test_no_shipped_config_outside_the_sweep_files_sets_hydra_mode():
+    """What makes a plain run's mode known without composing: every group option but the sweeps leaves it unset."""
+    from sentech_eval.config import composer
+    from sentech_eval.paths import conf_dir
+
+    options = [f"{path.parent.name}={path.stem}" for path in sorted(conf_dir().glob("*/*.yaml"))
+               if path.parent.name not in ("sweep", "hydra", "scorers")]
+    options += [f"scorers=[{path.stem}]" for path in sorted((conf_dir() / "scorers").glob("*.yaml"))]
+    assert len(options) >= 15
+    with composer() as compose:
+        for option in options:
+            assert compose([option], return_hydra_config=True).hydra.mode is None, option
+        assert str(compose(["+sweep=optimize"], return_hydra_config=True).hydra.mode) == "RunMode.MULTIRUN"  # it can fail
