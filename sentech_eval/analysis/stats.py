@@ -284,8 +284,9 @@ def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95,
     ν is Satterthwaite's (``satterthwaite_df`` over the prompt residuals), within [1, k − 1]:
     when one or two prompts hold every failure it is near 2 and the estimated design effect,
     then ≈ 1, is not trusted. ``df_rule(resid, present)`` replaces that rule (NaN: k − 1), so
-    that benchmarks/bench_stats.py compares other rules through this same interval. The effective n is never below the prompt count scaled for k − 1
-    degrees of freedom (the design effect's upper bound). With one row per cluster the design
+    that benchmarks/bench_stats.py compares other rules through this same interval. The effective
+    n is never below the prompt count scaled for k − 1 degrees of freedom (the design effect's
+    upper bound). With one row per cluster the design
     effect is 1: the plain Wilson interval.
     Returns arrays: estimate, low, high, n_eff, design_effect, df, rows, clusters.
     """

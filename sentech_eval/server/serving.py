@@ -23,7 +23,7 @@ from sentech_eval.backends.local import default_n_threads
 from sentech_eval.config import LocalBackendConfig
 from sentech_eval.errors import ConfigError
 from sentech_eval.server.app import STREAM_USAGE, ServerOptions, create_app, start_site
-from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, ENGINES, build_engine
+from sentech_eval.server.engines import DEFAULT_DATASETS_DIR, ENGINES, Engine, build_engine
 from sentech_eval.server.faults import FaultConfig
 
 # a `serve` value (flag) named unlike its field: value name -> field
@@ -129,7 +129,7 @@ class ServeConfig:
             raise ConfigError("; ".join(problems) + ".")
         return self
 
-    def build_app(self, engine) -> web.Application:
+    def build_app(self, engine: Engine) -> web.Application:
         """The app serving ``engine`` with this configuration's options, its faults seeded by ``seed``."""
         return create_app(engine, self.options, self.seed)
 
