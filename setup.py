@@ -19,9 +19,14 @@ for group in sorted(p for p in (HERE / "conf").rglob("*") if p.is_dir() and p.na
 
 setup(
     # hydra_plugins is a namespace package (no __init__.py, shared with other plugins): find_packages skips it
-    packages=(find_packages(include=["sentech_eval", "sentech_eval.*"])
-              + find_namespace_packages(include=["hydra_plugins.*"]) + list(DATA_PACKAGES)),
+    packages=(
+        find_packages(include=["sentech_eval", "sentech_eval.*"])
+        + find_namespace_packages(include=["hydra_plugins.*"])
+        + list(DATA_PACKAGES)
+    ),
     package_dir=DATA_PACKAGES,
-    package_data={**{name: ["*.yaml"] for name in DATA_PACKAGES if name.startswith("sentech_eval.conf")},
-                  "sentech_eval.datasets_shipped": ["*.parquet", "README.md"]},
+    package_data={
+        **{name: ["*.yaml"] for name in DATA_PACKAGES if name.startswith("sentech_eval.conf")},
+        "sentech_eval.datasets_shipped": ["*.parquet", "README.md"],
+    },
 )

@@ -73,8 +73,9 @@ def main() -> None:
     parser.add_argument("--template", default="{}", help="JSON body fields besides messages")
     args = parser.parse_args()
     prompts = pq.read_table(args.dataset, columns=["prompt"]).column("prompt").to_pylist()[: args.limit]
-    summary = asyncio.run(run(args.url, prompts, json.loads(args.template), args.concurrency,
-                              os.environ.get("BENCH_API_KEY", "")))
+    summary = asyncio.run(
+        run(args.url, prompts, json.loads(args.template), args.concurrency, os.environ.get("BENCH_API_KEY", ""))
+    )
     print(json.dumps(summary, sort_keys=True))
 
 

@@ -23,8 +23,21 @@ import time
 from pathlib import Path
 
 from bench_server import SERVER_WORKERS
-from common import (BENCH_KEY, CONCURRENCY, REPO_ROOT, arg_parser, bare_client, echo_server, emit, emit_ratio, log, machine,
-                    make_prompt_dataset, median, sentech_eval_run)
+from common import (
+    BENCH_KEY,
+    CONCURRENCY,
+    REPO_ROOT,
+    arg_parser,
+    bare_client,
+    echo_server,
+    emit,
+    emit_ratio,
+    log,
+    machine,
+    make_prompt_dataset,
+    median,
+    sentech_eval_run,
+)
 
 SPEEDUP_TARGET = 20.0
 RATIO_TARGET = 0.90
@@ -40,10 +53,21 @@ def _cli() -> list[str]:
 
 def timed_sweep(url: str, dataset: Path, sweep_dir: Path, cache_dir: Path, temperatures: str) -> tuple[float, float]:
     """Run the sweep as a user would; returns its wall seconds and its CPU seconds (user + system)."""
-    cmd = [*_cli(), "run", "-m", f"sampling.temperature={temperatures}", "backend=remote",
-           f"backend.base_url={url}", "backend.send_seed=true", f"dataset.path={dataset}",
-           f"runner.concurrency={SWEEP_CONCURRENCY}", "runner.cache=on", f"runner.cache_dir={cache_dir}",
-           "runner.progress=false", f"hydra.sweep.dir={sweep_dir}"]
+    cmd = [
+        *_cli(),
+        "run",
+        "-m",
+        f"sampling.temperature={temperatures}",
+        "backend=remote",
+        f"backend.base_url={url}",
+        "backend.send_seed=true",
+        f"dataset.path={dataset}",
+        f"runner.concurrency={SWEEP_CONCURRENCY}",
+        "runner.cache=on",
+        f"runner.cache_dir={cache_dir}",
+        "runner.progress=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     env = {**os.environ, "SENTECH_API_KEY": BENCH_KEY}
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
@@ -73,9 +97,15 @@ def other_prompts(path: Path, rows: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"id": [f"other{i:07d}" for i in range(rows)],
-                             "prompt": [f"What is {i} minus {i % 89}? Answer with the number only." for i in range(rows)]}),
-                   path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"other{i:07d}" for i in range(rows)],
+                "prompt": [f"What is {i} minus {i % 89}? Answer with the number only." for i in range(rows)],
+            }
+        ),
+        path,
+    )
     return path
 
 
@@ -104,17 +134,33 @@ def sweep_benchmark(tmp: Path, sweep_prompts: int, temperatures: str, quick: boo
     total, _, cached = sweep_rows(tmp / "sweep2")
     expected = sweep_prompts * len(temperatures.split(","))
     if total != expected or cached != total:
-        raise RuntimeError(f"the cached re-run has {total} rows ({cached} from the cache); expected {expected}, all cached")
+        raise RuntimeError(
+            f"the cached re-run has {total} rows ({cached} from the cache); expected {expected}, all cached"
+        )
     speedup = first / second
-    log(f"cache: sweep of {expected} requests at {LATENCY_MS:g} ms: first {first:.1f} s, cached re-run {second:.2f} s "
-        f"({speedup:.1f}x; the re-run used {second_cpu:.2f} s of CPU)")
+    log(
+        f"cache: sweep of {expected} requests at {LATENCY_MS:g} ms: first {first:.1f} s, cached re-run {second:.2f} s "
+        f"({speedup:.1f}x; the re-run used {second_cpu:.2f} s of CPU)"
+    )
     # rerun_cpu_s: the re-run is CPU-bound (Hydra composing every job's config, then the jobs), so on
     # a shared machine its wall time stretches with the load; its CPU seconds are what an idle
     # machine would take (first_s / rerun_cpu_s is given for that case; the verdict is on wall time).
-    emit("cache.sweep_rerun_speedup", speedup, f">= {SPEEDUP_TARGET:g}", speedup >= SPEEDUP_TARGET,
-         first_s=first, rerun_s=second, rerun_cpu_s=second_cpu, speedup_vs_rerun_cpu=first / second_cpu,
-         requests=expected, latency_ms=LATENCY_MS, concurrency=SWEEP_CONCURRENCY,
-         temperatures=temperatures, quick=quick, machine=machine())
+    emit(
+        "cache.sweep_rerun_speedup",
+        speedup,
+        f">= {SPEEDUP_TARGET:g}",
+        speedup >= SPEEDUP_TARGET,
+        first_s=first,
+        rerun_s=second,
+        rerun_cpu_s=second_cpu,
+        speedup_vs_rerun_cpu=first / second_cpu,
+        requests=expected,
+        latency_ms=LATENCY_MS,
+        concurrency=SWEEP_CONCURRENCY,
+        temperatures=temperatures,
+        quick=quick,
+        machine=machine(),
+    )
 
 
 def miss_benchmark(tmp: Path, pairs: int, rows: int, quick: bool) -> None:
@@ -130,14 +176,35 @@ def miss_benchmark(tmp: Path, pairs: int, rows: int, quick: bool) -> None:
         for i in range(pairs):
             # a cache that already holds this configuration, with answers for 2000 other prompts
             known_dir = tmp / f"known-cache{i}"
-            sentech_eval_run(server.url, other, tmp / f"fill{i}", seeded, "runner.cache=on",
-                             f"runner.cache_dir={known_dir}", columns_only=True)
-            miss = sentech_eval_run(server.url, dataset, tmp / f"miss{i}", seeded, "runner.cache=on",
-                                    f"runner.cache_dir={tmp / f'cache{i}'}", expect_ok=rows)
+            sentech_eval_run(
+                server.url,
+                other,
+                tmp / f"fill{i}",
+                seeded,
+                "runner.cache=on",
+                f"runner.cache_dir={known_dir}",
+                columns_only=True,
+            )
+            miss = sentech_eval_run(
+                server.url,
+                dataset,
+                tmp / f"miss{i}",
+                seeded,
+                "runner.cache=on",
+                f"runner.cache_dir={tmp / f'cache{i}'}",
+                expect_ok=rows,
+            )
             bare = bare_client(server.url, dataset)
             off = sentech_eval_run(server.url, dataset, tmp / f"off{i}", seeded, expect_ok=rows)
-            known = sentech_eval_run(server.url, dataset, tmp / f"known{i}", seeded, "runner.cache=on",
-                                     f"runner.cache_dir={known_dir}", expect_ok=rows)
+            known = sentech_eval_run(
+                server.url,
+                dataset,
+                tmp / f"known{i}",
+                seeded,
+                "runner.cache=on",
+                f"runner.cache_dir={known_dir}",
+                expect_ok=rows,
+            )
             b = bare["steady_rps"]
             miss_ratios.append(miss.steady_rps / b)
             off_ratios.append(off.steady_rps / b)
@@ -146,16 +213,41 @@ def miss_benchmark(tmp: Path, pairs: int, rows: int, quick: bool) -> None:
             off_rps.append(off.steady_rps)
             known_rps.append(known.steady_rps)
             bare_rps.append(b)
-            log(f"cache pair {i + 1}/{pairs}: bare {b:.0f} req/s; cache miss {miss.steady_rps:.0f} "
+            log(
+                f"cache pair {i + 1}/{pairs}: bare {b:.0f} req/s; cache miss {miss.steady_rps:.0f} "
                 f"({miss_ratios[-1]:.3f}), known config miss {known.steady_rps:.0f} ({known_ratios[-1]:.3f}), "
-                f"cache off {off.steady_rps:.0f} ({off_ratios[-1]:.3f})")
-    emit_ratio("cache.miss_run_rps_ratio_vs_bare_loop", miss_ratios, RATIO_TARGET, miss_rps=median(miss_rps),
-               bare_rps=median(bare_rps), prompts=rows, pairs=pairs, concurrency=CONCURRENCY, quick=quick,
-               machine=machine())
-    emit("cache.known_config_miss_run_rps_ratio_vs_bare_loop", median(known_ratios), "informational", None,
-     known_rps=median(known_rps), ratios=known_ratios, quick=quick)
-    emit("cache.off_run_rps_ratio_vs_bare_loop", median(off_ratios), "informational (= runner overhead)", None,
-     off_rps=median(off_rps), ratios=off_ratios, quick=quick)
+                f"cache off {off.steady_rps:.0f} ({off_ratios[-1]:.3f})"
+            )
+    emit_ratio(
+        "cache.miss_run_rps_ratio_vs_bare_loop",
+        miss_ratios,
+        RATIO_TARGET,
+        miss_rps=median(miss_rps),
+        bare_rps=median(bare_rps),
+        prompts=rows,
+        pairs=pairs,
+        concurrency=CONCURRENCY,
+        quick=quick,
+        machine=machine(),
+    )
+    emit(
+        "cache.known_config_miss_run_rps_ratio_vs_bare_loop",
+        median(known_ratios),
+        "informational",
+        None,
+        known_rps=median(known_rps),
+        ratios=known_ratios,
+        quick=quick,
+    )
+    emit(
+        "cache.off_run_rps_ratio_vs_bare_loop",
+        median(off_ratios),
+        "informational (= runner overhead)",
+        None,
+        off_rps=median(off_rps),
+        ratios=off_ratios,
+        quick=quick,
+    )
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def paired_loop(llm, backend: LocalBackend, prompts, args: dict, sampling: Sampl
         spent = {"direct": 0.0, "backend": 0.0}
         outputs, tokens = [], 0
         for i, messages in enumerate(prompts):
-            for side in (("direct", "backend") if i % 2 == 0 else ("backend", "direct")):
+            for side in ("direct", "backend") if i % 2 == 0 else ("backend", "direct"):
                 start = clock()
                 if side == "direct":
                     d_text, d_tokens = direct_call(llm, messages, args, stream=True)
@@ -136,9 +136,20 @@ def cli_run(dataset: Path, run_dir: Path, n_threads: int) -> tuple[float, list[s
     import pyarrow.parquet as pq
 
     exe = Path(sys.executable).with_name("sentech-eval")
-    cmd = [str(exe), "run", "backend=local", f"backend.n_threads={n_threads}", f"dataset.path={dataset}",
-           "sampling.temperature=0", f"sampling.max_tokens={MAX_TOKENS}", "sampling.top_p=null", "sampling.top_k=null",
-           "runner.concurrency=1", "runner.progress=false", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        str(exe),
+        "run",
+        "backend=local",
+        f"backend.n_threads={n_threads}",
+        f"dataset.path={dataset}",
+        "sampling.temperature=0",
+        f"sampling.max_tokens={MAX_TOKENS}",
+        "sampling.top_p=null",
+        "sampling.top_k=null",
+        "runner.concurrency=1",
+        "runner.progress=false",
+        f"hydra.run.dir={run_dir}",
+    ]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO_ROOT)
         sampler = CpuSampler(proc.pid)
@@ -162,9 +173,13 @@ def main() -> None:
     parser = arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=24, help="capitals rows per round (default 24)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="llama.cpp threads for the ratio measurements (default 1: ggml's spinning "
-                             "barriers make multi-thread timings swing several-fold on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads for the ratio measurements (default 1: ggml's spinning "
+        "barriers make multi-thread timings swing several-fold on a shared machine)",
+    )
     args = parser.parse_args()
     n_prompts, rounds = (4, 1) if args.quick else (args.prompts, args.rounds)
     model = default_models_dir() / EMBEDDED_MODEL.file_name
@@ -189,14 +204,30 @@ def main() -> None:
                 yield token
 
     with _model_params(repack):
-        direct = DirectLlama(model_path=str(model), n_ctx=2048, n_threads=n_threads, n_threads_batch=n_threads,
-                             n_batch=512, last_n_tokens_size=2048, verbose=False)
-    backend = LocalBackend.from_config({"kind": "local", "model_path": str(model), "n_ctx": 2048, "n_threads": n_threads})
+        direct = DirectLlama(
+            model_path=str(model),
+            n_ctx=2048,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_batch=512,
+            last_n_tokens_size=2048,
+            verbose=False,
+        )
+    backend = LocalBackend.from_config(
+        {"kind": "local", "model_path": str(model), "n_ctx": 2048, "n_threads": n_threads}
+    )
     log(f"{n_prompts} prompts x {rounds} rounds, max_tokens {MAX_TOKENS}, n_threads {n_threads}, repack {repack}")
     paired_loop(direct, backend, prompts[:2], call_args, sampling)  # warm-up
 
     backend_ratios, run_ratios, run_cpu_ratios, plain_ratios = [], [], [], []
-    rates: dict[str, list[float]] = {"direct": [], "backend": [], "run": [], "plain": [], "direct_cpu": [], "run_cpu": []}
+    rates: dict[str, list[float]] = {
+        "direct": [],
+        "backend": [],
+        "run": [],
+        "plain": [],
+        "direct_cpu": [],
+        "run_cpu": [],
+    }
     with tempfile.TemporaryDirectory(prefix="bench-local-runs-") as tmp:
         for r in range(rounds):
             # backend vs direct: interleaved prompt by prompt
@@ -213,28 +244,67 @@ def main() -> None:
             run_ratios.append(c_rate / bracket)
             run_cpu_ratios.append(c_cpu / bracket_cpu)
             plain_ratios.append(p_rate / after)
-            for key, value in (("direct", d_rate), ("backend", b_rate), ("run", c_rate), ("plain", p_rate),
-                               ("direct_cpu", bracket_cpu), ("run_cpu", c_cpu)):
+            for key, value in (
+                ("direct", d_rate),
+                ("backend", b_rate),
+                ("run", c_rate),
+                ("plain", p_rate),
+                ("direct_cpu", bracket_cpu),
+                ("run_cpu", c_cpu),
+            ):
                 rates[key].append(value)
-            log(f"round {r + 1}/{rounds}: direct {d_rate:.1f} tok/s, backend {b_rate:.1f} ({b_rate / d_rate:.3f}); "
+            log(
+                f"round {r + 1}/{rounds}: direct {d_rate:.1f} tok/s, backend {b_rate:.1f} ({b_rate / d_rate:.3f}); "
                 f"direct {before:.1f}/{after:.1f}, run {c_rate:.1f} ({c_rate / bracket:.3f}); per CPU s: direct "
                 f"{bracket_cpu:.1f}, run {c_cpu:.1f} ({c_cpu / bracket_cpu:.3f}); direct non-streamed {p_rate:.1f}; "
-                f"{d_tok} tokens")
+                f"{d_tok} tokens"
+            )
     asyncio.run(backend.aclose())
     direct.close()
 
-    common = {"prompts": n_prompts, "rounds": rounds, "max_tokens": MAX_TOKENS, "n_threads": n_threads,
-              "completion_tokens_per_round": d_tok, "quick": args.quick, "machine": machine()}
-    emit_ratio("local.backend_tokens_per_s_ratio_vs_direct", backend_ratios, RATIO_TARGET,
-         backend_tok_s=median(rates["backend"]), direct_tok_s=median(rates["direct"]), **common)
-    emit_ratio("local.run_tokens_per_s_ratio_vs_direct", run_ratios, RATIO_TARGET,
-         run_tok_s=median(rates["run"]), direct_tok_s=median(rates["direct"]), **common)
-    emit_ratio("local.run_tokens_per_cpu_s_ratio_vs_direct", run_cpu_ratios, RATIO_TARGET,
-         run_tok_per_cpu_s=median(rates["run_cpu"]), direct_tok_per_cpu_s=median(rates["direct_cpu"]),
-         note="the same comparison in CPU time, which load from other processes barely moves",
-         **common)
-    emit("local.direct_non_streamed_ratio_vs_streamed", median(plain_ratios), "informational (cost of streaming)", None,
-         non_streamed_tok_s=median(rates["plain"]), ratios=plain_ratios, **common)
+    common = {
+        "prompts": n_prompts,
+        "rounds": rounds,
+        "max_tokens": MAX_TOKENS,
+        "n_threads": n_threads,
+        "completion_tokens_per_round": d_tok,
+        "quick": args.quick,
+        "machine": machine(),
+    }
+    emit_ratio(
+        "local.backend_tokens_per_s_ratio_vs_direct",
+        backend_ratios,
+        RATIO_TARGET,
+        backend_tok_s=median(rates["backend"]),
+        direct_tok_s=median(rates["direct"]),
+        **common,
+    )
+    emit_ratio(
+        "local.run_tokens_per_s_ratio_vs_direct",
+        run_ratios,
+        RATIO_TARGET,
+        run_tok_s=median(rates["run"]),
+        direct_tok_s=median(rates["direct"]),
+        **common,
+    )
+    emit_ratio(
+        "local.run_tokens_per_cpu_s_ratio_vs_direct",
+        run_cpu_ratios,
+        RATIO_TARGET,
+        run_tok_per_cpu_s=median(rates["run_cpu"]),
+        direct_tok_per_cpu_s=median(rates["direct_cpu"]),
+        note="the same comparison in CPU time, which load from other processes barely moves",
+        **common,
+    )
+    emit(
+        "local.direct_non_streamed_ratio_vs_streamed",
+        median(plain_ratios),
+        "informational (cost of streaming)",
+        None,
+        non_streamed_tok_s=median(rates["plain"]),
+        ratios=plain_ratios,
+        **common,
+    )
 
     # workers=2 (two processes, one llama.cpp thread each) vs workers=1 (one thread, cores threads).
     one = LocalBackend.from_config({"kind": "local", "model_path": str(model), "n_ctx": 2048, "workers": 1})
@@ -247,9 +317,18 @@ def main() -> None:
     if one_out != two_out:
         raise RuntimeError("workers=2 generated different outputs from workers=1")
     log(f"workers=1 {one_rate:.1f} tok/s, workers=2 {two_rate:.1f} tok/s")
-    emit("local.workers2_vs_workers1_tokens_per_s", two_rate / one_rate, "reported (no target)", None,
-         workers1_tok_s=one_rate, workers2_tok_s=two_rate, cores=available_cores(), prompts=n_prompts,
-         quick=args.quick, machine=machine())
+    emit(
+        "local.workers2_vs_workers1_tokens_per_s",
+        two_rate / one_rate,
+        "reported (no target)",
+        None,
+        workers1_tok_s=one_rate,
+        workers2_tok_s=two_rate,
+        cores=available_cores(),
+        prompts=n_prompts,
+        quick=args.quick,
+        machine=machine(),
+    )
 
 
 if __name__ == "__main__":

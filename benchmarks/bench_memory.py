@@ -31,13 +31,30 @@ def main() -> None:
             if run.rows != rows or run.ok != rows:
                 raise RuntimeError(f"sentech-eval run wrote {run.rows} rows ({run.ok} ok) for {rows} prompts")
             peaks[rows], walls[rows] = run.max_rss_mb, run.wall_s
-            log(f"memory: {rows:,} rows -> peak RSS {run.max_rss_mb:.0f} MB in {run.wall_s:.0f} s "
-                f"({rows / run.wall_s:.0f} rows/s end to end)")
-    emit(f"memory.peak_rss_mb_at_{large}", peaks[large], f"< {PEAK_TARGET_MB:g}", peaks[large] < PEAK_TARGET_MB,
-         rows=large, wall_s=walls[large], quick=args.quick, machine=machine())
+            log(
+                f"memory: {rows:,} rows -> peak RSS {run.max_rss_mb:.0f} MB in {run.wall_s:.0f} s "
+                f"({rows / run.wall_s:.0f} rows/s end to end)"
+            )
+    emit(
+        f"memory.peak_rss_mb_at_{large}",
+        peaks[large],
+        f"< {PEAK_TARGET_MB:g}",
+        peaks[large] < PEAK_TARGET_MB,
+        rows=large,
+        wall_s=walls[large],
+        quick=args.quick,
+        machine=machine(),
+    )
     growth = peaks[large] / peaks[small]
-    emit(f"memory.peak_rss_ratio_{large}_vs_{small}", growth, f"<= {GROWTH_TARGET:g}", growth <= GROWTH_TARGET,
-         peak_small_mb=peaks[small], peak_large_mb=peaks[large], quick=args.quick)
+    emit(
+        f"memory.peak_rss_ratio_{large}_vs_{small}",
+        growth,
+        f"<= {GROWTH_TARGET:g}",
+        growth <= GROWTH_TARGET,
+        peak_small_mb=peaks[small],
+        peak_large_mb=peaks[large],
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

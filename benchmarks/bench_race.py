@@ -26,9 +26,9 @@ import sys
 import time
 
 import numpy as np
+from common import arg_parser, emit, log
 from scipy.stats import binomtest, norm
 
-from common import arg_parser, emit, log
 from sentech_eval.config import RaceSettings
 from sentech_eval.engine.race import anytime_interval, simulate_race
 from sentech_eval.server.engines import oracle_accuracy
@@ -65,14 +65,21 @@ def race_scenario(truth: np.ndarray, races: int, rho: float, settings: RaceSetti
         eliminated_any += any(c.status == "eliminated" for _, r in outcome.rounds for c in r.cells)
         separated += outcome.rounds[-1][1].ending == "separated"
         spent.append(outcome.requests / outcomes.size)
-    return {"hit_rate": float(hits / races), "grid_hit_rate": float(grid_hits / races), "spent_mean": float(np.mean(spent)),
-            "spent_p95": float(np.quantile(spent, 0.95)), "any_elimination_rate": eliminated_any / races,
-            "separated_rate": separated / races,
-            "races": races, "rho": rho}
+    return {
+        "hit_rate": float(hits / races),
+        "grid_hit_rate": float(grid_hits / races),
+        "spent_mean": float(np.mean(spent)),
+        "spent_p95": float(np.quantile(spent, 0.95)),
+        "any_elimination_rate": eliminated_any / races,
+        "separated_rate": separated / races,
+        "races": races,
+        "rho": rho,
+    }
 
 
-def stop_coverage(mean: float, runs: int, half_width: float, confidence: float, seed: int,
-                  max_prompts: int = 20_000) -> dict:
+def stop_coverage(
+    mean: float, runs: int, half_width: float, confidence: float, seed: int, max_prompts: int = 20_000
+) -> dict:
     """Runs of Bernoulli(mean) scores, each stopped once the anytime interval is ``half_width`` narrow."""
     rng = np.random.default_rng(seed)
     covered = 0
@@ -103,10 +110,22 @@ def main() -> int:
     started = time.monotonic()
     main_case = race_scenario(truth, races, 0.8, settings, seed=1)
     log(f"rho 0.8: {main_case} ({time.monotonic() - started:.0f} s)")
-    emit("race.hit_rate", main_case["hit_rate"], ">= 0.95", None if args.quick else main_case["hit_rate"] >= 0.95,
-         quick=args.quick, **main_case)
-    emit("race.spent_fraction", main_case["spent_mean"], "<= 0.35",
-         None if args.quick else main_case["spent_mean"] <= 0.35, quick=args.quick, **main_case)
+    emit(
+        "race.hit_rate",
+        main_case["hit_rate"],
+        ">= 0.95",
+        None if args.quick else main_case["hit_rate"] >= 0.95,
+        quick=args.quick,
+        **main_case,
+    )
+    emit(
+        "race.spent_fraction",
+        main_case["spent_mean"],
+        "<= 0.35",
+        None if args.quick else main_case["spent_mean"] <= 0.35,
+        quick=args.quick,
+        **main_case,
+    )
     for rho in (1.0, 0.0):
         case = race_scenario(truth, max(races // 3, 5), rho, settings, seed=2)
         log(f"rho {rho}: {case}")
@@ -116,8 +135,14 @@ def main() -> int:
     null = race_scenario(np.full(truth.size, 0.7), races, 0.8, settings, seed=3)
     log(f"null: {null}")
     alpha = 1 - settings.confidence
-    emit("race.null_false_winner_rate", null["separated_rate"], f"<= {alpha:g}",
-         None if args.quick else null["separated_rate"] <= alpha, quick=args.quick, **null)
+    emit(
+        "race.null_false_winner_rate",
+        null["separated_rate"],
+        f"<= {alpha:g}",
+        None if args.quick else null["separated_rate"] <= alpha,
+        quick=args.quick,
+        **null,
+    )
     emit("race.null_any_elimination_rate", null["any_elimination_rate"], "info", None, quick=args.quick, **null)
 
     half_width = 0.05 if args.quick else 0.03
@@ -133,8 +158,16 @@ def main() -> int:
     fewest = min(details.values(), key=lambda r: r["coverage"])
     misses = round((1 - fewest["coverage"]) * fewest["runs"])
     p_value = float(binomtest(misses, fewest["runs"], 0.05, alternative="greater").pvalue)
-    emit("stop.coverage", worst, ">= 0.95 (misses not significantly above 5 %)", None if args.quick else p_value >= 0.05,
-         half_width=half_width, per_mean=details, misses_p_value=p_value, quick=args.quick)
+    emit(
+        "stop.coverage",
+        worst,
+        ">= 0.95 (misses not significantly above 5 %)",
+        None if args.quick else p_value >= 0.05,
+        half_width=half_width,
+        per_mean=details,
+        misses_p_value=p_value,
+        quick=args.quick,
+    )
     return 0
 
 

@@ -16,8 +16,19 @@ import tempfile
 from pathlib import Path
 
 from bench_server import SERVER_WORKERS
-from common import (CONCURRENCY, arg_parser, bare_client, echo_server, emit, emit_ratio, log, machine, make_prompt_dataset, median,
-                    sentech_eval_run)
+from common import (
+    CONCURRENCY,
+    arg_parser,
+    bare_client,
+    echo_server,
+    emit,
+    emit_ratio,
+    log,
+    machine,
+    make_prompt_dataset,
+    median,
+    sentech_eval_run,
+)
 
 RATIO_TARGET = 0.90
 STARTUP_TARGET_S = 1.5
@@ -47,18 +58,44 @@ def main() -> None:
                 startup_cpu.append(run.startup_cpu_s)
                 runner_cpu.append(run.steady_cpu_us_per_request)
                 bare_cpu.append(bare["steady_cpu_us_per_request"])
-                log(f"runner pair {i + 1}/{pairs}: runner {run.steady_rps:.0f} req/s ({runner_cpu[-1]:.0f} us CPU/req, "
+                log(
+                    f"runner pair {i + 1}/{pairs}: runner {run.steady_rps:.0f} req/s ({runner_cpu[-1]:.0f} us CPU/req, "
                     f"start-up {run.startup_s:.2f} s wall, {run.startup_cpu_s:.2f} s CPU), bare "
-                    f"{bare['steady_rps']:.0f} req/s ({bare_cpu[-1]:.0f} us CPU/req), ratio {ratios[-1]:.3f}")
-    emit_ratio("runner.steady_rps_ratio_vs_bare_loop", ratios, RATIO_TARGET,
-         runner_rps=median(runner_rps), bare_rps=median(bare_rps), prompts=rows, pairs=pairs,
-         concurrency=CONCURRENCY, echo_workers=SERVER_WORKERS, quick=args.quick, machine=machine())
+                    f"{bare['steady_rps']:.0f} req/s ({bare_cpu[-1]:.0f} us CPU/req), ratio {ratios[-1]:.3f}"
+                )
+    emit_ratio(
+        "runner.steady_rps_ratio_vs_bare_loop",
+        ratios,
+        RATIO_TARGET,
+        runner_rps=median(runner_rps),
+        bare_rps=median(bare_rps),
+        prompts=rows,
+        pairs=pairs,
+        concurrency=CONCURRENCY,
+        echo_workers=SERVER_WORKERS,
+        quick=args.quick,
+        machine=machine(),
+    )
     startup = median(startups)
-    emit("runner.startup_to_first_request_s", startup, f"< {STARTUP_TARGET_S}", startup < STARTUP_TARGET_S,
-         each=startups, cpu_s_before_first_request=median(startup_cpu), quick=args.quick)
+    emit(
+        "runner.startup_to_first_request_s",
+        startup,
+        f"< {STARTUP_TARGET_S}",
+        startup < STARTUP_TARGET_S,
+        each=startups,
+        cpu_s_before_first_request=median(startup_cpu),
+        quick=args.quick,
+    )
     cpu_ratio = median(bare_cpu) / median(runner_cpu)
-    emit("runner.steady_cpu_efficiency_vs_bare_loop", cpu_ratio, "informational: bare CPU/req ÷ runner CPU/req", None,
-         runner_cpu_us_per_request=median(runner_cpu), bare_cpu_us_per_request=median(bare_cpu), quick=args.quick)
+    emit(
+        "runner.steady_cpu_efficiency_vs_bare_loop",
+        cpu_ratio,
+        "informational: bare CPU/req ÷ runner CPU/req",
+        None,
+        runner_cpu_us_per_request=median(runner_cpu),
+        bare_cpu_us_per_request=median(bare_cpu),
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,18 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from common import (CONCURRENCY, arg_parser, bare_client, echo_server, emit, log, machine, make_prompt_dataset, median,
-                    minimal_server)
+from common import (
+    CONCURRENCY,
+    arg_parser,
+    bare_client,
+    echo_server,
+    emit,
+    log,
+    machine,
+    make_prompt_dataset,
+    median,
+    minimal_server,
+)
 
 SERVER_WORKERS = 1  # how every benchmark runs `serve --engine echo` (see README)
 TOLERANCE = 0.95  # "at least the minimal handler's rate", less 5% for noise on a shared 2-core box
@@ -41,12 +51,19 @@ def compare(dataset: Path, pairs: int, limit: int, workers: int) -> dict:
             echo_cpu.append(a["server_cpu_us"])
             minimal_cpu.append(b["server_cpu_us"])
             ratios.append(a["steady_rps"] / b["steady_rps"])
-            log(f"server pair {i + 1}/{pairs} (echo workers={workers}): echo {a['steady_rps']:.0f} req/s "
+            log(
+                f"server pair {i + 1}/{pairs} (echo workers={workers}): echo {a['steady_rps']:.0f} req/s "
                 f"({a['server_cpu_us']:.0f} us CPU/req), minimal {b['steady_rps']:.0f} req/s "
-                f"({b['server_cpu_us']:.0f} us CPU/req), ratio {ratios[-1]:.3f}")
-    return {"ratio": median(ratios), "ratios": ratios, "echo_rps": median(echo_rates),
-            "minimal_rps": median(minimal_rates), "echo_cpu_us": median(echo_cpu),
-            "minimal_cpu_us": median(minimal_cpu)}
+                f"({b['server_cpu_us']:.0f} us CPU/req), ratio {ratios[-1]:.3f}"
+            )
+    return {
+        "ratio": median(ratios),
+        "ratios": ratios,
+        "echo_rps": median(echo_rates),
+        "minimal_rps": median(minimal_rates),
+        "echo_cpu_us": median(echo_cpu),
+        "minimal_cpu_us": median(minimal_cpu),
+    }
 
 
 def main() -> None:
@@ -55,11 +72,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         dataset = make_prompt_dataset(Path(tmp) / "prompts.parquet", limit)
         r = compare(dataset, pairs, limit, SERVER_WORKERS)
-    emit("server.echo_vs_minimal_rps_ratio", r["ratio"], f">= {TOLERANCE}", r["ratio"] >= TOLERANCE,
-         echo_workers=SERVER_WORKERS, echo_rps=r["echo_rps"], minimal_rps=r["minimal_rps"], ratios=r["ratios"],
-         requests=limit, pairs=pairs, concurrency=CONCURRENCY, quick=args.quick, machine=machine())
-    emit("server.echo_cpu_us_per_request", r["echo_cpu_us"], "informational", None,
-         minimal_cpu_us_per_request=r["minimal_cpu_us"], quick=args.quick)
+    emit(
+        "server.echo_vs_minimal_rps_ratio",
+        r["ratio"],
+        f">= {TOLERANCE}",
+        r["ratio"] >= TOLERANCE,
+        echo_workers=SERVER_WORKERS,
+        echo_rps=r["echo_rps"],
+        minimal_rps=r["minimal_rps"],
+        ratios=r["ratios"],
+        requests=limit,
+        pairs=pairs,
+        concurrency=CONCURRENCY,
+        quick=args.quick,
+        machine=machine(),
+    )
+    emit(
+        "server.echo_cpu_us_per_request",
+        r["echo_cpu_us"],
+        "informational",
+        None,
+        minimal_cpu_us_per_request=r["minimal_cpu_us"],
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -27,17 +27,31 @@ from pathlib import Path
 from common import BENCH_KEY, REPO_ROOT, arg_parser, echo_server, emit, log, machine, make_prompt_dataset, median
 
 TARGET_S = 1.5
-FLOOR_IMPORTS = "import hydra, hydra.main, omegaconf, pyarrow, pyarrow.compute, pyarrow.parquet, aiohttp, pandas, os; os._exit(0)"
+FLOOR_IMPORTS = (
+    "import hydra, hydra.main, omegaconf, pyarrow, pyarrow.compute, pyarrow.parquet, aiohttp, pandas, os; os._exit(0)"
+)
 
 
 def run_command(url: str, dataset: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "sentech_eval.cli", "run", "backend=remote", f"backend.base_url={url}",
-            "backend.model=echo", f"dataset.path={dataset}", "runner.progress=false", f"hydra.run.dir={run_dir}"]
+    return [
+        sys.executable,
+        "-m",
+        "sentech_eval.cli",
+        "run",
+        "backend=remote",
+        f"backend.base_url={url}",
+        "backend.model=echo",
+        f"dataset.path={dataset}",
+        "runner.progress=false",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def slowest_imports(cmd: list[str], env: dict[str, str], top: int = 8) -> dict[str, float]:
     """Cumulative import time (s) of the slowest top-level packages, from ``-X importtime``."""
-    proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], env=env, capture_output=True, text=True, cwd=REPO_ROOT)
+    proc = subprocess.run(
+        [cmd[0], "-X", "importtime", *cmd[1:]], env=env, capture_output=True, text=True, cwd=REPO_ROOT
+    )
     totals: dict[str, float] = {}
     for line in proc.stderr.splitlines():
         match = re.match(r"import time:\s+\d+\s+\|\s+(\d+)\s+\|( *)(\S+)", line)
@@ -74,10 +88,21 @@ def main() -> None:
                 log(f"startup {i}/{repeats}: {wall:.3f} s wall, {cpu:.3f} s CPU; imports alone {floor:.3f} s")
         imports = slowest_imports(run_command(server.url, dataset, Path(tmp) / "importtime"), env)
     wall = median(walls)
-    emit("startup.one_row_run_wall_s", wall, f"<= {TARGET_S}", wall <= TARGET_S, each=walls,
-         cpu_s=median(cpus), cpu_each=cpus, slowest_imports_s=imports,
-         floor_imports_s=median(floors), floor_each=floors, run_over_floor_s=wall - median(floors),
-         quick=args.quick, machine=machine())
+    emit(
+        "startup.one_row_run_wall_s",
+        wall,
+        f"<= {TARGET_S}",
+        wall <= TARGET_S,
+        each=walls,
+        cpu_s=median(cpus),
+        cpu_each=cpus,
+        slowest_imports_s=imports,
+        floor_imports_s=median(floors),
+        floor_each=floors,
+        run_over_floor_s=wall - median(floors),
+        quick=args.quick,
+        machine=machine(),
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,12 @@ def log(message: str) -> None:
 def emit(name: str, value: float | None, target: str, passed: bool | None, **extra) -> None:
     import json
 
-    record = {"name": name, "value": None if value is None else round(float(value), 6), "target": target,
-              "pass": passed}
+    record = {
+        "name": name,
+        "value": None if value is None else round(float(value), 6),
+        "target": target,
+        "pass": passed,
+    }
     record.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in extra.items()})
     print(json.dumps(record), flush=True)
 
@@ -79,6 +83,7 @@ def _scipy_ci(method: str):
     def bounds(k: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         cis = [sps.binomtest(int(x), n).proportion_ci(CONFIDENCE, method=method) for x in k]
         return np.array([c.low for c in cis]), np.array([c.high for c in cis])
+
     return bounds
 
 
@@ -126,7 +131,7 @@ def achievable_from_pmf(pmf: np.ndarray, band: tuple[float, float] = COVERAGE_TA
     cum = np.concatenate([[0.0], np.cumsum(pmf)])
     feasible, below, above = False, 0.0, 1.0
     for start in range(len(pmf)):
-        sums = cum[start + 1:] - cum[start]
+        sums = cum[start + 1 :] - cum[start]
         feasible = feasible or bool(np.any((sums >= band[0]) & (sums <= band[1])))
         under, over = sums[sums < band[0]], sums[sums > band[1]]
         below = max(below, float(under.max())) if under.size else below
@@ -142,8 +147,9 @@ def achievable_coverages(p: float, n: int, band: tuple[float, float] = COVERAGE_
     return achievable_from_pmf(sps.binom.pmf(np.arange(n + 1), n, p), band)
 
 
-def achievable_coverages_repeats(p: float, n: int, icc: float, repeats: int = REPEATS,
-                                 band: tuple[float, float] = COVERAGE_TARGET) -> tuple[bool, float, float]:
+def achievable_coverages_repeats(
+    p: float, n: int, icc: float, repeats: int = REPEATS, band: tuple[float, float] = COVERAGE_TARGET
+) -> tuple[bool, float, float]:
     """The same for the total pass count of n prompts × repeats rows (a sum of n beta-binomials).
 
     Only for intervals that use nothing but the count: the clustered interval also uses how the
@@ -160,8 +166,14 @@ def achievable_coverages_repeats(p: float, n: int, icc: float, repeats: int = RE
     return achievable_from_pmf(np.clip(pmf, 0.0, None), band)
 
 
-def status(coverage: float, feasible: bool, below: float, above: float,
-           band: tuple[float, float] = COVERAGE_TARGET, what: str = "any non-randomised interval") -> str:
+def status(
+    coverage: float,
+    feasible: bool,
+    below: float,
+    above: float,
+    band: tuple[float, float] = COVERAGE_TARGET,
+    what: str = "any non-randomised interval",
+) -> str:
     """One word and the numbers: met / unreachable (nearest reachable values) / MISSED (above or below)."""
     lo, hi = band
     if feasible:
@@ -188,10 +200,14 @@ def compare_intervals(ps, ns, feasibility: dict) -> dict[str, dict]:
             bounds = fn(np.arange(n + 1), n)
             covs.update({(p, n): exact_coverage(bounds, p, n)[0] for p in ps})
         values = np.array(list(covs.values()))
-        out[name] = {"min": float(values.min()), "mean": float(values.mean()), "settings": len(values),
-                     "in_band": int(np.sum((values >= COVERAGE_TARGET[0]) & (values <= COVERAGE_TARGET[1]))),
-                     "target_met": sum(meets_target(c, feasibility[key][0]) for key, c in covs.items()),
-                     "below_band": int(np.sum(values < COVERAGE_TARGET[0]))}
+        out[name] = {
+            "min": float(values.min()),
+            "mean": float(values.mean()),
+            "settings": len(values),
+            "in_band": int(np.sum((values >= COVERAGE_TARGET[0]) & (values <= COVERAGE_TARGET[1]))),
+            "target_met": sum(meets_target(c, feasibility[key][0]) for key, c in covs.items()),
+            "below_band": int(np.sum(values < COVERAGE_TARGET[0])),
+        }
     return out
 
 
@@ -216,8 +232,8 @@ QUICK_REPEATS = {0.3: [(0.3, 20), (0.95, 50), (0.98, 200)], 0.8: [(0.02, 30), (0
 
 def plugin_df(resid: np.ndarray, present: np.ndarray) -> np.ndarray:
     """The previous rule's degrees of freedom, (Σr²)² / Σr⁴ over the prompts (NaN when every residual is 0)."""
-    r2 = np.sum(np.where(present, resid ** 2, 0.0), axis=-1)
-    r4 = np.sum(np.where(present, resid ** 4, 0.0), axis=-1)
+    r2 = np.sum(np.where(present, resid**2, 0.0), axis=-1)
+    r4 = np.sum(np.where(present, resid**4, 0.0), axis=-1)
     return np.where(r4 > 0, r2 * r2 / np.where(r4 > 0, r4, 1.0), np.nan)
 
 
@@ -226,8 +242,11 @@ def k_minus_1_df(resid: np.ndarray, present: np.ndarray) -> np.ndarray:
     return np.sum(present, axis=-1) - 1.0
 
 
-CLUSTER_DF_RULES = {"satterthwaite": stats.satterthwaite_df, "satterthwaite_plugin": plugin_df,
-                    "k_minus_1": k_minus_1_df}
+CLUSTER_DF_RULES = {
+    "satterthwaite": stats.satterthwaite_df,
+    "satterthwaite_plugin": plugin_df,
+    "k_minus_1": k_minus_1_df,
+}
 
 
 def clustered_bounds(y: np.ndarray, m: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -269,9 +288,16 @@ def prompt_pass_rates(mix: str, p: float, icc: float, shape: tuple[int, int], rn
     return 1.0 / (1.0 + np.exp(-(centre + sd * rng.standard_normal(shape))))
 
 
-def simulated_coverage_repeats(p: float, n: int, icc: float, sims: int, rng: np.random.Generator,
-                               repeats: int = REPEATS, mix: str = "beta",
-                               varied: bool = False) -> dict[str, tuple[float, float]]:
+def simulated_coverage_repeats(
+    p: float,
+    n: int,
+    icc: float,
+    sims: int,
+    rng: np.random.Generator,
+    repeats: int = REPEATS,
+    mix: str = "beta",
+    varied: bool = False,
+) -> dict[str, tuple[float, float]]:
     """{rule: (coverage, narrowest width)} of the clustered interval: n prompts × ``repeats`` rows.
 
     ``varied``: each prompt has 1..repeats rows (drawn once per setting) instead of ``repeats``.
@@ -293,8 +319,13 @@ def fine_grid_settings(quick: bool) -> list[tuple[str, int, float, float, int, b
     """(mix, repeats, icc, p, n, varied) settings beyond the issue's grid: is the clustered interval overfitted to it?"""
     if quick:
         return [("beta", r, 0.5, p, 20, False) for r in (3, 10) for p in (0.05, 0.97)]
-    grid = [("beta", r, icc, p, n, False) for r in (3, 5, 10) for icc in (0.1, 0.3, 0.5, 0.8)
-            for p in (0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.9, 0.97) for n in (20, 40, 100, 500)]
+    grid = [
+        ("beta", r, icc, p, n, False)
+        for r in (3, 5, 10)
+        for icc in (0.1, 0.3, 0.5, 0.8)
+        for p in (0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.9, 0.97)
+        for n in (20, 40, 100, 500)
+    ]
     others = (0.02, 0.1, 0.3, 0.7, 0.95, 0.99)
     grid += [("logit-normal", 5, icc, p, n, False) for icc in (0.1, 0.3, 0.5) for p in others for n in (20, 50, 200)]
     grid += [("beta", 5, icc, p, n, True) for icc in (0.1, 0.3, 0.8) for p in others for n in (20, 50, 200)]
@@ -305,9 +336,14 @@ def summarise(values: list[float]) -> dict:
     """min, max, settings in 93–97 %, below 93 %, above 97 %."""
     arr = np.array(values)
     lo, hi = COVERAGE_TARGET
-    return {"settings": int(arr.size), "min": float(arr.min()), "max": float(arr.max()),
-            "in_band": int(np.sum((arr >= lo) & (arr <= hi))), "below_band": int(np.sum(arr < lo)),
-            "above_band": int(np.sum(arr > hi))}
+    return {
+        "settings": int(arr.size),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "in_band": int(np.sum((arr >= lo) & (arr <= hi))),
+        "below_band": int(np.sum(arr < lo)),
+        "above_band": int(np.sum(arr > hi)),
+    }
 
 
 # ------------------------------------------------------------------------------- null and power
@@ -340,8 +376,9 @@ def _expit(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def null_repeats(sims: int, prompts: int, rng: np.random.Generator, repeats: int = REPEATS,
-                 interaction: float = 1.0) -> PairedSims:
+def null_repeats(
+    sims: int, prompts: int, rng: np.random.Generator, repeats: int = REPEATS, interaction: float = 1.0
+) -> PairedSims:
     """Exchangeable null with repeats: each prompt has a difficulty u and a system effect ±v.
 
     logit P(pass) = u + v for A and u − v for B, v ~ N(0, interaction²) symmetric: neither system
@@ -353,27 +390,36 @@ def null_repeats(sims: int, prompts: int, rng: np.random.Generator, repeats: int
     v = rng.normal(0.0, interaction, size=(sims, prompts, 1))
     a_rows = rng.random((sims, prompts, repeats)) < _expit(u + v)
     b_rows = rng.random((sims, prompts, repeats)) < _expit(u - v)
-    return PairedSims(a_rows.sum(axis=-1).astype(float), b_rows.sum(axis=-1).astype(float),
-                      np.full(prompts, float(repeats)),
-                      f"{prompts} prompts × {repeats} repeats (prompt × system effect sd {interaction:g})",
-                      _row_level(a_rows, b_rows))
+    return PairedSims(
+        a_rows.sum(axis=-1).astype(float),
+        b_rows.sum(axis=-1).astype(float),
+        np.full(prompts, float(repeats)),
+        f"{prompts} prompts × {repeats} repeats (prompt × system effect sd {interaction:g})",
+        _row_level(a_rows, b_rows),
+    )
 
 
-def null_sweep(sims: int, prompts: int, rng: np.random.Generator, temperatures: int = 5,
-               interaction: float = 1.0) -> PairedSims:
+def null_sweep(
+    sims: int, prompts: int, rng: np.random.Generator, temperatures: int = 5, interaction: float = 1.0
+) -> PairedSims:
     """Sweep vs sweep: prompt × temperature pairs, one repeat, prompt and prompt × system effects."""
     u = rng.normal(0.4, 1.5, size=(sims, prompts, 1))  # prompt difficulty (logit)
     v = rng.normal(0.0, interaction, size=(sims, prompts, 1))  # which system this prompt favours
     beta = np.linspace(-0.5, 0.5, temperatures)[None, None, :]  # temperature effect
     a_rows = rng.random((sims, prompts, temperatures)) < _expit(u + beta + v)
     b_rows = rng.random((sims, prompts, temperatures)) < _expit(u + beta - v)
-    return PairedSims(a_rows.sum(axis=-1).astype(float), b_rows.sum(axis=-1).astype(float),
-                      np.full(prompts, float(temperatures)),
-                      f"sweep vs sweep: {prompts} prompts × {temperatures} temperatures", _row_level(a_rows, b_rows))
+    return PairedSims(
+        a_rows.sum(axis=-1).astype(float),
+        b_rows.sum(axis=-1).astype(float),
+        np.full(prompts, float(temperatures)),
+        f"sweep vs sweep: {prompts} prompts × {temperatures} temperatures",
+        _row_level(a_rows, b_rows),
+    )
 
 
-def paired_independent(sims: int, prompts: int, rng: np.random.Generator, p: float = 0.7,
-                       drop: float = 0.0, flip_up: float = 0.10) -> tuple[PairedSims, float]:
+def paired_independent(
+    sims: int, prompts: int, rng: np.random.Generator, p: float = 0.7, drop: float = 0.0, flip_up: float = 0.10
+) -> tuple[PairedSims, float]:
     """One row per prompt; the candidate loses ``drop`` of the pass rate (0 = the null).
 
     The baseline passes with probability p; the candidate keeps a pass with probability 1 − f
@@ -403,8 +449,12 @@ def gate_and_mcnemar(sims: PairedSims) -> dict[str, float]:
             pvals[i] = stats.mcnemar_exact(sims.ya[i], sims.yb[i])
     reject = pvals < MCNEMAR_ALPHA
     excludes = (ci["low"] > 0) | (ci["high"] < 0)
-    return {"gate": float(gate.mean()), "mcnemar": float(reject.mean()),
-            "disagree": float(np.mean(excludes != reject)), "zero_width": int(np.sum(ci["high"] - ci["low"] <= 0))}
+    return {
+        "gate": float(gate.mean()),
+        "mcnemar": float(reject.mean()),
+        "disagree": float(np.mean(excludes != reject)),
+        "zero_width": int(np.sum(ci["high"] - ci["low"] <= 0)),
+    }
 
 
 def mc_se(rate: float, sims: int) -> float:
@@ -414,8 +464,9 @@ def mc_se(rate: float, sims: int) -> float:
 def mcnemar_theory_power(drop: float, discordance: float, n: int, alpha: float = MCNEMAR_ALPHA) -> float:
     """Normal-theory power of McNemar's test (Connor 1987) for a drop with this discordance."""
     z = sps.norm.ppf(1 - alpha / 2)
-    return float(sps.norm.cdf((abs(drop) * math.sqrt(n) - z * math.sqrt(discordance))
-                              / math.sqrt(discordance - drop * drop)))
+    return float(
+        sps.norm.cdf((abs(drop) * math.sqrt(n) - z * math.sqrt(discordance)) / math.sqrt(discordance - drop * drop))
+    )
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -440,8 +491,10 @@ def run(quick: bool, seed: int = 20261126) -> list[dict]:
     feasibility = {(p, n): achievable_coverages(p, n) for p in ps for n in ns}
     chosen = {n: CANDIDATES[CHOSEN](np.arange(n + 1), n) for n in ns}
     cov1 = {(p, n): exact_coverage(chosen[n], p, n) for p in ps for n in ns}
-    log(f"\ncoverage of the 95% summary CI, 1 row per prompt ({CHOSEN}, exact), and what any non-randomised "
-        f"interval can reach")
+    log(
+        f"\ncoverage of the 95% summary CI, 1 row per prompt ({CHOSEN}, exact), and what any non-randomised "
+        f"interval can reach"
+    )
     log(f"{'p':>5} {'n':>5} {'coverage':>9}  target ({lo:.0%}–{hi:.0%} where reachable, >= {lo:.0%} where not)")
     for (p, n), (cov, _) in cov1.items():
         log(f"{p:>5g} {n:>5d} {100 * cov:8.2f}%  {status(cov, *feasibility[(p, n)])}")
@@ -450,31 +503,59 @@ def run(quick: bool, seed: int = 20261126) -> list[dict]:
     reachable = [setting for setting, f in feasibility.items() if f[0]]
     met_reachable = sum(meets_target(cov1[setting][0], True) for setting in reachable)
     unreachable = len(feasibility) - len(reachable)
-    log(f"target met where reachable: {met_reachable}/{len(reachable)}; unreachable by any non-randomised interval: "
-        f"{unreachable} (of which >= {lo:.0%}: {sum(m for (s_, m) in zip(cov1, met) if not feasibility[s_][0])})")
+    log(
+        f"target met where reachable: {met_reachable}/{len(reachable)}; unreachable by any non-randomised interval: "
+        f"{unreachable} (of which >= {lo:.0%}: {sum(m for (s_, m) in zip(cov1, met) if not feasibility[s_][0])})"
+    )
     fine_ps = tuple(np.round(np.arange(0.05 if quick else 0.01, 1.0, 0.05 if quick else 0.01), 2))
     fine_feasibility = {(p, n): achievable_coverages(p, n) for p in fine_ps for n in ns}
-    for grid_name, grid_ps, feas in (("issue grid", ps, feasibility), (f"fine grid p = {fine_ps[0]:g}..{fine_ps[-1]:g}",
-                                                                        fine_ps, fine_feasibility)):
+    for grid_name, grid_ps, feas in (
+        ("issue grid", ps, feasibility),
+        (f"fine grid p = {fine_ps[0]:g}..{fine_ps[-1]:g}", fine_ps, fine_feasibility),
+    ):
         table = compare_intervals(grid_ps, ns, feas)
-        log(f"\npublished intervals, 1 row per prompt, {grid_name} ({len(grid_ps) * len(ns)} settings; "
-            f"{sum(not f[0] for f in feas.values())} where no interval can reach 93–97%):")
+        log(
+            f"\npublished intervals, 1 row per prompt, {grid_name} ({len(grid_ps) * len(ns)} settings; "
+            f"{sum(not f[0] for f in feas.values())} where no interval can reach 93–97%):"
+        )
         log(f"{'interval':>16} {'min':>7} {'mean':>7} {'in 93–97%':>10} {'below 93%':>10} {'target met':>11}")
         for name, row in table.items():
-            log(f"{name:>16} {100 * row['min']:6.2f}% {100 * row['mean']:6.2f}% {row['in_band']:>10d} "
-                f"{row['below_band']:>10d} {row['target_met']:>7d}/{row['settings']}" + ("   <- used" if name == CHOSEN else ""))
+            log(
+                f"{name:>16} {100 * row['min']:6.2f}% {100 * row['mean']:6.2f}% {row['in_band']:>10d} "
+                f"{row['below_band']:>10d} {row['target_met']:>7d}/{row['settings']}"
+                + ("   <- used" if name == CHOSEN else "")
+            )
         key = "issue_grid" if grid_name == "issue grid" else "fine_grid"
-        record(f"stats.interval_comparison_{key}", table[CHOSEN]["min"], "reported (the chosen interval's minimum)",
-               None, candidates=table, chosen=CHOSEN)
-    record("stats.coverage_one_row_min", min(values),
-           f"{lo:.0%}–{hi:.0%} where reachable, >= {lo:.0%} where no interval can reach the band", all(met),
-           max=max(values), settings_in_target=sum(met), settings_in_band=sum(lo <= v <= hi for v in values),
-           settings_reachable=len(reachable), settings_met_where_reachable=met_reachable,
-           settings_band_unreachable=unreachable, settings=len(values),
-           missed=[f"p={p:g} n={n}: {100 * cov1[(p, n)][0]:.2f}%" for (p, n), m in zip(cov1, met) if not m],
-           monte_carlo_se=0.0, title=f"1 row per prompt ({CHOSEN}, exact)")
-    record("stats.zero_width_intervals_one_row", float(min(v[1] for v in cov1.values())), "narrowest width > 0",
-           min(v[1] for v in cov1.values()) > 0)
+        record(
+            f"stats.interval_comparison_{key}",
+            table[CHOSEN]["min"],
+            "reported (the chosen interval's minimum)",
+            None,
+            candidates=table,
+            chosen=CHOSEN,
+        )
+    record(
+        "stats.coverage_one_row_min",
+        min(values),
+        f"{lo:.0%}–{hi:.0%} where reachable, >= {lo:.0%} where no interval can reach the band",
+        all(met),
+        max=max(values),
+        settings_in_target=sum(met),
+        settings_in_band=sum(lo <= v <= hi for v in values),
+        settings_reachable=len(reachable),
+        settings_met_where_reachable=met_reachable,
+        settings_band_unreachable=unreachable,
+        settings=len(values),
+        missed=[f"p={p:g} n={n}: {100 * cov1[(p, n)][0]:.2f}%" for (p, n), m in zip(cov1, met) if not m],
+        monte_carlo_se=0.0,
+        title=f"1 row per prompt ({CHOSEN}, exact)",
+    )
+    record(
+        "stats.zero_width_intervals_one_row",
+        float(min(v[1] for v in cov1.values())),
+        "narrowest width > 0",
+        min(v[1] for v in cov1.values()) > 0,
+    )
 
     # 1b. repeats: simulation (no exact enumeration), the df rules of the clustered interval side by side.
     se_cover = mc_se(0.95, cover_sims)
@@ -483,37 +564,58 @@ def run(quick: bool, seed: int = 20261126) -> list[dict]:
         settings = QUICK_REPEATS[icc] if quick else [(p, n) for p in ps for n in ns]
         table = {(p, n): simulated_coverage_repeats(p, n, icc, cover_sims, rng) for p, n in settings}
         reach = {(p, n): achievable_coverages_repeats(p, n, icc) for p, n in settings}
-        log(f"\ncoverage of the 95% summary CI, {REPEATS} repeats, ICC {icc} (cluster-adjusted Wilson, "
-            f"{cover_sims} sims, s.e. {100 * se_cover:.2f}%)")
+        log(
+            f"\ncoverage of the 95% summary CI, {REPEATS} repeats, ICC {icc} (cluster-adjusted Wilson, "
+            f"{cover_sims} sims, s.e. {100 * se_cover:.2f}%)"
+        )
         log(f"{'p':>5} {'n':>5} {'coverage':>9}  target ({lo:.0%}–{hi:.0%})")
         for (p, n), by_rule in table.items():
             cov = by_rule[CLUSTER_CHOSEN][0]
             feasible, below, above = reach[(p, n)]
             word = status(cov, True, below, above)
             if not feasible:
-                word += (f"; no interval using only the pass count can reach the band (nearest {100 * below:.2f}% / "
-                         f"{100 * above:.2f}%)")
+                word += (
+                    f"; no interval using only the pass count can reach the band (nearest {100 * below:.2f}% / "
+                    f"{100 * above:.2f}%)"
+                )
             log(f"{p:>5g} {n:>5d} {100 * cov:8.2f}%  {word}")
         rules = {rule: summarise([v[rule][0] for v in table.values()]) for rule in CLUSTER_RULES}
         log(f"the clustered interval's degrees of freedom, {len(table)} settings:")
         log(f"{'rule':>22} {'min':>7} {'max':>7} {'in 93–97%':>10} {'below 93%':>10}")
         for rule, row in rules.items():
-            log(f"{rule:>22} {100 * row['min']:6.2f}% {100 * row['max']:6.2f}% {row['in_band']:>10d} "
-                f"{row['below_band']:>10d}   {CLUSTER_RULES[rule]}")
+            log(
+                f"{rule:>22} {100 * row['min']:6.2f}% {100 * row['max']:6.2f}% {row['in_band']:>10d} "
+                f"{row['below_band']:>10d}   {CLUSTER_RULES[rule]}"
+            )
         values = [v[CLUSTER_CHOSEN][0] for v in table.values()]
         widths = [v[CLUSTER_CHOSEN][1] for v in table.values()]
         inside = sum(lo <= v <= hi for v in values)
-        log(f"target met: {inside}/{len(values)} (below {lo:.0%}: {sum(v < lo for v in values)}, above {hi:.0%}: "
+        log(
+            f"target met: {inside}/{len(values)} (below {lo:.0%}: {sum(v < lo for v in values)}, above {hi:.0%}: "
             f"{sum(v > hi for v in values)}); band unreachable by a count-only interval: "
-            f"{sum(not f[0] for f in reach.values())}")
-        record(f"stats.coverage_{key}_min", min(values), f"{lo:.0%}–{hi:.0%} in every setting",
-               all(lo <= v <= hi for v in values), max=max(values), settings_in_target=inside,
-               settings_below_band=sum(v < lo for v in values), settings_above_band=sum(v > hi for v in values),
-               settings_count_unreachable=sum(not f[0] for f in reach.values()), settings=len(values),
-               monte_carlo_se=se_cover, rules=rules, chosen=CLUSTER_CHOSEN,
-               missed=[f"p={p:g} n={n}: {100 * v[CLUSTER_CHOSEN][0]:.1f}%" for (p, n), v in table.items()
-                       if not lo <= v[CLUSTER_CHOSEN][0] <= hi],
-               title=f"{REPEATS} repeats, ICC {icc} (cluster-adjusted Wilson, {cover_sims} sims)")
+            f"{sum(not f[0] for f in reach.values())}"
+        )
+        record(
+            f"stats.coverage_{key}_min",
+            min(values),
+            f"{lo:.0%}–{hi:.0%} in every setting",
+            all(lo <= v <= hi for v in values),
+            max=max(values),
+            settings_in_target=inside,
+            settings_below_band=sum(v < lo for v in values),
+            settings_above_band=sum(v > hi for v in values),
+            settings_count_unreachable=sum(not f[0] for f in reach.values()),
+            settings=len(values),
+            monte_carlo_se=se_cover,
+            rules=rules,
+            chosen=CLUSTER_CHOSEN,
+            missed=[
+                f"p={p:g} n={n}: {100 * v[CLUSTER_CHOSEN][0]:.1f}%"
+                for (p, n), v in table.items()
+                if not lo <= v[CLUSTER_CHOSEN][0] <= hi
+            ],
+            title=f"{REPEATS} repeats, ICC {icc} (cluster-adjusted Wilson, {cover_sims} sims)",
+        )
         record(f"stats.zero_width_intervals_{key}", float(min(widths)), "narrowest width > 0", min(widths) > 0)
 
     # 1c. beyond the issue's grid: 3/5/10 repeats, ICC 0.1–0.8, other p and n, logit-normal prompts, unequal rows.
@@ -521,8 +623,9 @@ def run(quick: bool, seed: int = 20261126) -> list[dict]:
     for setting in fine_grid_settings(quick):
         mix, repeats, icc, p, n, varied = setting
         try:
-            fine[setting] = simulated_coverage_repeats(p, n, icc, fine_sims, rng, repeats=repeats, mix=mix,
-                                                       varied=varied)
+            fine[setting] = simulated_coverage_repeats(
+                p, n, icc, fine_sims, rng, repeats=repeats, mix=mix, varied=varied
+            )
         except ValueError:  # no logit-normal with this mean and ICC
             continue
     se_fine = mc_se(0.95, fine_sims)
@@ -538,51 +641,93 @@ def run(quick: bool, seed: int = 20261126) -> list[dict]:
             row = summarise([fine[s_][rule][0] for s_ in settings])
             if family == "all":
                 fine_rules[rule] = row
-            log(f"{family:>44} {rule:>22} {100 * row['min']:6.2f}% {100 * row['max']:6.2f}% "
-                f"{row['in_band']:>6d}/{row['settings']:<3d} {row['below_band']:>10d}")
-    low_settings = [f"{mix} {'1–' if varied else ''}{r} rows ICC {icc:g} p={p:g} n={n}: {100 * v[CLUSTER_CHOSEN][0]:.1f}%"
-                    for (mix, r, icc, p, n, varied), v in fine.items() if v[CLUSTER_CHOSEN][0] < lo]
+            log(
+                f"{family:>44} {rule:>22} {100 * row['min']:6.2f}% {100 * row['max']:6.2f}% "
+                f"{row['in_band']:>6d}/{row['settings']:<3d} {row['below_band']:>10d}"
+            )
+    low_settings = [
+        f"{mix} {'1–' if varied else ''}{r} rows ICC {icc:g} p={p:g} n={n}: {100 * v[CLUSTER_CHOSEN][0]:.1f}%"
+        for (mix, r, icc, p, n, varied), v in fine.items()
+        if v[CLUSTER_CHOSEN][0] < lo
+    ]
     log("below 93% (used rule): " + ("; ".join(low_settings) or "none"))
     chosen_fine = fine_rules[CLUSTER_CHOSEN]
-    record("stats.coverage_repeats_fine_grid_min", chosen_fine["min"],
-           f"none below {lo:.0%} (2 Monte-Carlo s.e. allowed); in {lo:.0%}–{hi:.0%} reported",
-           chosen_fine["min"] >= lo - 2 * se_fine, settings=chosen_fine["settings"],
-           settings_in_target=chosen_fine["in_band"], settings_below_band=chosen_fine["below_band"],
-           monte_carlo_se=se_fine, rules=fine_rules, chosen=CLUSTER_CHOSEN, below=low_settings)
+    record(
+        "stats.coverage_repeats_fine_grid_min",
+        chosen_fine["min"],
+        f"none below {lo:.0%} (2 Monte-Carlo s.e. allowed); in {lo:.0%}–{hi:.0%} reported",
+        chosen_fine["min"] >= lo - 2 * se_fine,
+        settings=chosen_fine["settings"],
+        settings_in_target=chosen_fine["in_band"],
+        settings_below_band=chosen_fine["below_band"],
+        monte_carlo_se=se_fine,
+        rules=fine_rules,
+        chosen=CLUSTER_CHOSEN,
+        below=low_settings,
+    )
     log(f"[stats] coverage computed in {time.perf_counter() - t0:.1f} s")
 
     # 2. type-I error ---------------------------------------------------------------------------
     t0 = time.perf_counter()
     prompts = 100
-    scenarios = [("repeats", null_repeats(null_sims, prompts, rng)),
-                 ("sweep", null_sweep(null_sims, prompts, rng)),
-                 ("independent", paired_independent(null_sims, 100 if quick else 500, rng)[0])]
+    scenarios = [
+        ("repeats", null_repeats(null_sims, prompts, rng)),
+        ("sweep", null_sweep(null_sims, prompts, rng)),
+        ("independent", paired_independent(null_sims, 100 if quick else 500, rng)[0]),
+    ]
     if not quick:  # few prompts: the clustered interval's degrees of freedom matter
         scenarios.insert(1, ("repeats_30_prompts", null_repeats(null_sims, 30, rng)))
     for key, sims in scenarios:
         rates = gate_and_mcnemar(sims)
         before = row_level_mcnemar_rejections(sims.discordant) if sims.discordant is not None else None
-        log(f"\nnull, {sims.label}: check --require-significance flags {100 * rates['gate']:.2f}% "
+        log(
+            f"\nnull, {sims.label}: check --require-significance flags {100 * rates['gate']:.2f}% "
             f"(nominal 2.5%), McNemar p < 0.05 in {100 * rates['mcnemar']:.2f}% (nominal 5%), "
             f"CI and p disagree in {100 * rates['disagree']:.2f}%"
-            + (f"; the row-level exact McNemar (rows as independent pairs) would reject in {100 * before:.2f}%"
-               if before is not None else ""))
-        record(f"stats.type1_check_{key}", rates["gate"], f"<= {GATE_ALPHA + SLACK:.3f}",
-               rates["gate"] <= GATE_ALPHA + SLACK, monte_carlo_se=mc_se(rates["gate"], null_sims),
-               sims=null_sims, scenario=sims.label)
-        record(f"stats.type1_mcnemar_{key}", rates["mcnemar"], f"<= {MCNEMAR_ALPHA + SLACK:.3f}",
-               rates["mcnemar"] <= MCNEMAR_ALPHA + SLACK, monte_carlo_se=mc_se(rates["mcnemar"], null_sims),
-               sims=null_sims, scenario=sims.label, ci_p_disagreement=rates["disagree"],
-               row_level_mcnemar_type1=before)
+            + (
+                f"; the row-level exact McNemar (rows as independent pairs) would reject in {100 * before:.2f}%"
+                if before is not None
+                else ""
+            )
+        )
+        record(
+            f"stats.type1_check_{key}",
+            rates["gate"],
+            f"<= {GATE_ALPHA + SLACK:.3f}",
+            rates["gate"] <= GATE_ALPHA + SLACK,
+            monte_carlo_se=mc_se(rates["gate"], null_sims),
+            sims=null_sims,
+            scenario=sims.label,
+        )
+        record(
+            f"stats.type1_mcnemar_{key}",
+            rates["mcnemar"],
+            f"<= {MCNEMAR_ALPHA + SLACK:.3f}",
+            rates["mcnemar"] <= MCNEMAR_ALPHA + SLACK,
+            monte_carlo_se=mc_se(rates["mcnemar"], null_sims),
+            sims=null_sims,
+            scenario=sims.label,
+            ci_p_disagreement=rates["disagree"],
+            row_level_mcnemar_type1=before,
+        )
     # 3. power ----------------------------------------------------------------------------------
     n_power = 500
     sims, discordance = paired_independent(null_sims, n_power, rng, drop=0.05)
     rates = gate_and_mcnemar(sims)
     theory = mcnemar_theory_power(0.05, discordance, n_power)
-    log(f"\npower, {sims.label} (p 0.70 → 0.65, discordance {discordance:.3f}): gate {100 * rates['gate']:.1f}%, "
-        f"McNemar {100 * rates['mcnemar']:.1f}% (theory {100 * theory:.1f}%)")
-    record("stats.power_check_drop_0.05_n500", rates["gate"], "reported (theory beside)", None,
-           mcnemar=rates["mcnemar"], theory_mcnemar=theory, monte_carlo_se=mc_se(rates["gate"], null_sims))
+    log(
+        f"\npower, {sims.label} (p 0.70 → 0.65, discordance {discordance:.3f}): gate {100 * rates['gate']:.1f}%, "
+        f"McNemar {100 * rates['mcnemar']:.1f}% (theory {100 * theory:.1f}%)"
+    )
+    record(
+        "stats.power_check_drop_0.05_n500",
+        rates["gate"],
+        "reported (theory beside)",
+        None,
+        mcnemar=rates["mcnemar"],
+        theory_mcnemar=theory,
+        monte_carlo_se=mc_se(rates["gate"], null_sims),
+    )
     log(f"[stats] tests computed in {time.perf_counter() - t0:.1f} s")
     return results
 

@@ -21,9 +21,20 @@ from common import REPO_ROOT, arg_parser, emit, log, machine, median
 def timed_run(run_dir: Path, threads: int, limit: int) -> tuple[float, list[str]]:
     import pyarrow.parquet as pq
 
-    cmd = [sys.executable, "-m", "sentech_eval.cli", "run", "backend=local", f"backend.n_threads={threads}",
-           "dataset=capitals", f"dataset.limit={limit}", "sampling=greedy", "sampling.max_tokens=32",
-           "runner.progress=false", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sentech_eval.cli",
+        "run",
+        "backend=local",
+        f"backend.n_threads={threads}",
+        "dataset=capitals",
+        f"dataset.limit={limit}",
+        "sampling=greedy",
+        "sampling.max_tokens=32",
+        "runner.progress=false",
+        f"hydra.run.dir={run_dir}",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     wall = time.perf_counter() - start
@@ -50,10 +61,22 @@ def main() -> None:
             log(f"threads {i + 1}/{pairs}: 1 thread {one:.1f} s, {cores} threads {every:.1f} s")
     chosen, reason = default_n_threads()
     ratio = median([a / o for a, o in zip(alls, ones)])
-    emit("threads.all_cores_over_one_thread_wall_ratio", ratio, "reported (the default adapts to the load)", None,
-         one_thread_s=ones, all_cores_s=alls, cores=cores, prompts=limit, identical_outputs=same,
-         default_choice=chosen, default_reason=reason, load_1m=os.getloadavg()[0], quick=args.quick,
-         machine=machine())
+    emit(
+        "threads.all_cores_over_one_thread_wall_ratio",
+        ratio,
+        "reported (the default adapts to the load)",
+        None,
+        one_thread_s=ones,
+        all_cores_s=alls,
+        cores=cores,
+        prompts=limit,
+        identical_outputs=same,
+        default_choice=chosen,
+        default_reason=reason,
+        load_1m=os.getloadavg()[0],
+        quick=args.quick,
+        machine=machine(),
+    )
     if not same:
         raise SystemExit("outputs differ between 1 thread and all cores")
 

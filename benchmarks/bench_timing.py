@@ -19,8 +19,18 @@ import tempfile
 from pathlib import Path
 
 from bench_server import SERVER_WORKERS
-from common import (CONCURRENCY, arg_parser, bare_client, echo_server, emit, log, machine, make_prompt_dataset, median,
-                    sentech_eval_run)
+from common import (
+    CONCURRENCY,
+    arg_parser,
+    bare_client,
+    echo_server,
+    emit,
+    log,
+    machine,
+    make_prompt_dataset,
+    median,
+    sentech_eval_run,
+)
 
 LATENCY_MS = 100.0
 RPS_TARGET = 0.9 * CONCURRENCY / (LATENCY_MS / 1000)
@@ -43,26 +53,49 @@ def main() -> None:
                 bare = bare_client(slow.url, dataset)
                 runs.append(run)
                 bare_medians.append(bare["median_latency_s"])
-                log(f"timing {i + 1}/{pairs}: runner {run.steady_rps:.0f} req/s, median latency "
-                    f"{median(run.latency_s) * 1000:.2f} ms; bare loop median {bare['median_latency_s'] * 1000:.2f} ms")
+                log(
+                    f"timing {i + 1}/{pairs}: runner {run.steady_rps:.0f} req/s, median latency "
+                    f"{median(run.latency_s) * 1000:.2f} ms; bare loop median {bare['median_latency_s'] * 1000:.2f} ms"
+                )
     rps = median([r.steady_rps for r in runs])
-    emit("timing.achieved_rps_at_100ms_c64", rps, f">= {RPS_TARGET:g}", rps >= RPS_TARGET,
-         each=[r.steady_rps for r in runs], requests=rows, concurrency=CONCURRENCY, quick=args.quick, machine=machine())
+    emit(
+        "timing.achieved_rps_at_100ms_c64",
+        rps,
+        f">= {RPS_TARGET:g}",
+        rps >= RPS_TARGET,
+        each=[r.steady_rps for r in runs],
+        requests=rows,
+        concurrency=CONCURRENCY,
+        quick=args.quick,
+        machine=machine(),
+    )
     runner_median = median([median(r.latency_s) for r in runs])
     bare_median = median(bare_medians)
     error_ms = (runner_median - bare_median) * 1000
-    emit("timing.median_latency_error_ms", error_ms, f"abs <= {LATENCY_TOLERANCE_MS:g}",
-         abs(error_ms) <= LATENCY_TOLERANCE_MS, runner_median_latency_ms=runner_median * 1000,
-         bare_loop_median_latency_ms=bare_median * 1000, runner_p99_latency_ms=median(
-             [sorted(r.latency_s)[int(0.99 * (len(r.latency_s) - 1))] for r in runs]) * 1000,
-         vs_delay_plus_rtt_ms=(runner_median - delay_plus_rtt) * 1000, bare_rtt_no_delay_ms=rtt * 1000,
-         quick=args.quick)
+    emit(
+        "timing.median_latency_error_ms",
+        error_ms,
+        f"abs <= {LATENCY_TOLERANCE_MS:g}",
+        abs(error_ms) <= LATENCY_TOLERANCE_MS,
+        runner_median_latency_ms=runner_median * 1000,
+        bare_loop_median_latency_ms=bare_median * 1000,
+        runner_p99_latency_ms=median([sorted(r.latency_s)[int(0.99 * (len(r.latency_s) - 1))] for r in runs]) * 1000,
+        vs_delay_plus_rtt_ms=(runner_median - delay_plus_rtt) * 1000,
+        bare_rtt_no_delay_ms=rtt * 1000,
+        quick=args.quick,
+    )
     queue = [q for r in runs for q in r.queue_s]
     recorded = sum(q is not None for q in queue) / len(queue)
     sent_from_send = all(lat is not None and lat < 10 * LATENCY_MS / 1000 for r in runs for lat in r.latency_s)
-    emit("timing.queue_s_recorded_fraction", recorded, "== 1 (queueing recorded apart from latency_s)",
-         recorded == 1.0 and sent_from_send, median_queue_ms=median([q for q in queue if q is not None]) * 1000,
-         max_queue_ms=max(q for q in queue if q is not None) * 1000, quick=args.quick)
+    emit(
+        "timing.queue_s_recorded_fraction",
+        recorded,
+        "== 1 (queueing recorded apart from latency_s)",
+        recorded == 1.0 and sent_from_send,
+        median_queue_ms=median([q for q in queue if q is not None]) * 1000,
+        max_queue_ms=max(q for q in queue if q is not None) * 1000,
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,9 @@ def log(message: str) -> None:
 def arg_parser(description: str) -> argparse.ArgumentParser:
     """The flags every benchmark script takes."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes: checks the script works (the figures mean nothing)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes: checks the script works (the figures mean nothing)"
+    )
     return parser
 
 
@@ -109,11 +110,16 @@ def make_prompt_dataset(path: Path, rows: int, batch_rows: int = 100_000) -> Pat
     with pq.ParquetWriter(path, schema) as writer:
         for start in range(0, rows, batch_rows):
             ids = range(start, min(rows, start + batch_rows))
-            writer.write_table(pa.table({
-                "id": [f"q{i:07d}" for i in ids],
-                "prompt": [f"What is {i} plus {i % 97}? Answer with the number only." for i in ids],
-                "reference": [str(i + i % 97) for i in ids],
-            }, schema=schema))
+            writer.write_table(
+                pa.table(
+                    {
+                        "id": [f"q{i:07d}" for i in ids],
+                        "prompt": [f"What is {i} plus {i % 97}? Answer with the number only." for i in ids],
+                        "reference": [str(i + i % 97) for i in ids],
+                    },
+                    schema=schema,
+                )
+            )
     return path
 
 
@@ -183,12 +189,23 @@ def process_tree_cpu_s(pid: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------- clients
-def bare_client(url: str, dataset: Path, *, concurrency: int = CONCURRENCY, limit: int | None = None,
-                key: str = BENCH_KEY) -> dict[str, Any]:
+def bare_client(
+    url: str, dataset: Path, *, concurrency: int = CONCURRENCY, limit: int | None = None, key: str = BENCH_KEY
+) -> dict[str, Any]:
     """Run ``bare_client.py`` (a plain aiohttp loop) in its own process; returns its JSON summary
     plus ``cpu_s``, the process's own CPU seconds (from ``os.wait4``)."""
-    cmd = [sys.executable, str(BENCH_DIR / "bare_client.py"), "--url", url, "--dataset", str(dataset),
-           "--concurrency", str(concurrency), "--template", json.dumps(default_request_template())]
+    cmd = [
+        sys.executable,
+        str(BENCH_DIR / "bare_client.py"),
+        "--url",
+        url,
+        "--dataset",
+        str(dataset),
+        "--concurrency",
+        str(concurrency),
+        "--template",
+        json.dumps(default_request_template()),
+    ]
     if limit is not None:
         cmd += ["--limit", str(limit)]
     env = {**os.environ, "BENCH_API_KEY": key}
@@ -198,12 +215,13 @@ def bare_client(url: str, dataset: Path, *, concurrency: int = CONCURRENCY, limi
     summary = json.loads(out.strip().splitlines()[-1])
     summary["cpu_s"] = usage.ru_utime + usage.ru_stime
     steady_cpu = sampler.cpu_between(*summary["steady_window"]) if summary["steady_window"] else None
-    summary["steady_cpu_us_per_request"] = (steady_cpu / summary["steady_requests"] * 1e6
-                                            if steady_cpu is not None else None)
+    summary["steady_cpu_us_per_request"] = (
+        steady_cpu / summary["steady_requests"] * 1e6 if steady_cpu is not None else None
+    )
     return summary
 
 
-def _run_reaped(cmd: list[str], env: dict[str, str], stdout: bool = True) -> tuple[int, Any, str, str, "CpuSampler"]:
+def _run_reaped(cmd: list[str], env: dict[str, str], stdout: bool = True) -> tuple[int, Any, str, str, CpuSampler]:
     """Run a command to completion, sampling its CPU time as it runs and reaping it with
     ``os.wait4`` for its own resource usage (peak RSS, total CPU)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -214,8 +232,13 @@ def _run_reaped(cmd: list[str], env: dict[str, str], stdout: bool = True) -> tup
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return (proc.returncode, usage, out.read().decode("utf-8", "replace"),
-                err.read().decode("utf-8", "replace").replace("\r", "\n"), sampler)
+        return (
+            proc.returncode,
+            usage,
+            out.read().decode("utf-8", "replace"),
+            err.read().decode("utf-8", "replace").replace("\r", "\n"),
+            sampler,
+        )
 
 
 class CpuSampler:
@@ -292,10 +315,18 @@ class RunResult:
         return steady_rate(self.send_times)
 
 
-def sentech_eval_run(url: str, dataset: Path, run_dir: Path, *overrides: str, key: str = BENCH_KEY,
-                     concurrency: int = CONCURRENCY, columns_only: bool = False,
-                     launcher: list[str] | None = None, extra_env: dict[str, str] | None = None,
-                     expect_ok: int | None = None) -> RunResult:
+def sentech_eval_run(
+    url: str,
+    dataset: Path,
+    run_dir: Path,
+    *overrides: str,
+    key: str = BENCH_KEY,
+    concurrency: int = CONCURRENCY,
+    columns_only: bool = False,
+    launcher: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+    expect_ok: int | None = None,
+) -> RunResult:
     """Run `sentech-eval run backend=remote` as a user would (progress bar on) and read its results.
 
     The process is reaped with ``os.wait4`` so its own peak RSS (``ru_maxrss``) is exact.
@@ -308,8 +339,17 @@ def sentech_eval_run(url: str, dataset: Path, run_dir: Path, *overrides: str, ke
     exe = Path(sys.executable).with_name("sentech-eval")
     if launcher is None:
         launcher = [str(exe)] if exe.exists() else [sys.executable, "-m", "sentech_eval.cli"]
-    cmd = [*launcher, "run", "backend=remote", f"backend.base_url={url}", f"dataset.path={dataset}",
-           f"runner.concurrency={concurrency}", "runner.progress=true", f"hydra.run.dir={run_dir}", *overrides]
+    cmd = [
+        *launcher,
+        "run",
+        "backend=remote",
+        f"backend.base_url={url}",
+        f"dataset.path={dataset}",
+        f"runner.concurrency={concurrency}",
+        "runner.progress=true",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
     env = {**os.environ, "SENTECH_API_KEY": key, **(extra_env or {})}
     launched = time.time()
     code, usage, _, err, sampler = _run_reaped(cmd, env, stdout=False)
@@ -332,8 +372,19 @@ def sentech_eval_run(url: str, dataset: Path, run_dir: Path, *overrides: str, ke
         cpu = sampler.cpu_between(lo, hi)
         steady_cpu_us = cpu / inside * 1e6 if cpu is not None else None
         startup_cpu = sampler.cpu_at(min(send))
-    return RunResult(launched, wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime, table.num_rows, ok,
-                     send, latency, queue, steady_cpu_us, startup_cpu)
+    return RunResult(
+        launched,
+        wall,
+        usage.ru_maxrss / 1024.0,
+        usage.ru_utime + usage.ru_stime,
+        table.num_rows,
+        ok,
+        send,
+        latency,
+        queue,
+        steady_cpu_us,
+        startup_cpu,
+    )
 
 
 def machine() -> dict[str, Any]:

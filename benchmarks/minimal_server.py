@@ -8,9 +8,11 @@ import signal
 
 from aiohttp import web
 
-BODY = (b'{"id":"chatcmpl-0","object":"chat.completion","created":0,"model":"m","usage":{"prompt_tokens":1,'
-        b'"completion_tokens":1,"total_tokens":2},"choices":[{"index":0,"message":{"role":"assistant",'
-        b'"content":"ok"},"finish_reason":"stop"}]}')
+BODY = (
+    b'{"id":"chatcmpl-0","object":"chat.completion","created":0,"model":"m","usage":{"prompt_tokens":1,'
+    b'"completion_tokens":1,"total_tokens":2},"choices":[{"index":0,"message":{"role":"assistant",'
+    b'"content":"ok"},"finish_reason":"stop"}]}'
+)
 
 
 async def chat(request: web.Request) -> web.Response:

@@ -20,15 +20,28 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 # In this order: the server first (the others rely on it not being the bottleneck).
-SCRIPTS = ("bench_server", "bench_runner_overhead", "bench_timing", "bench_memory", "bench_local", "bench_stats",
-           "bench_startup", "bench_threads", "bench_load", "bench_streaming", "bench_race", "bench_cache")
+SCRIPTS = (
+    "bench_server",
+    "bench_runner_overhead",
+    "bench_timing",
+    "bench_memory",
+    "bench_local",
+    "bench_stats",
+    "bench_startup",
+    "bench_threads",
+    "bench_load",
+    "bench_streaming",
+    "bench_race",
+    "bench_cache",
+)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to every script (tiny sizes)")
-    parser.add_argument("--only", action="append", metavar="NAME", choices=SCRIPTS,
-                        help="run only this script (repeatable)")
+    parser.add_argument(
+        "--only", action="append", metavar="NAME", choices=SCRIPTS, help="run only this script (repeatable)"
+    )
     args = parser.parse_args()
     names = args.only or list(SCRIPTS)
     failed_scripts: list[str] = []
@@ -59,9 +72,16 @@ def main() -> int:
             print(f"[run_all] {name} failed with exit code {proc.returncode}", file=sys.stderr, flush=True)
     judged = [r for r in records if r.get("pass") is not None]
     missed = [r["name"] for r in judged if not r["pass"]]
-    summary = {"name": "summary", "value": len(judged) - len(missed), "target": f"{len(judged)} targets met",
-               "pass": not missed and not failed_scripts, "missed": missed, "failed_scripts": failed_scripts,
-               "elapsed_s": round(time.monotonic() - started, 1), "quick": args.quick}
+    summary = {
+        "name": "summary",
+        "value": len(judged) - len(missed),
+        "target": f"{len(judged)} targets met",
+        "pass": not missed and not failed_scripts,
+        "missed": missed,
+        "failed_scripts": failed_scripts,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "quick": args.quick,
+    }
     print(json.dumps(summary), flush=True)
     return 0 if summary["pass"] else 1
 

@@ -16,14 +16,23 @@ import threading
 from sentech_eval.errors import SentechEvalError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("sentech_eval.commands.run:main", "evaluate a dataset (Hydra app: overrides, -m sweeps, --cfg job, --help)"),
+    "run": (
+        "sentech_eval.commands.run:main",
+        "evaluate a dataset (Hydra app: overrides, -m sweeps, --cfg job, --help)",
+    ),
     "serve": ("sentech_eval.commands.serve:main", "run the Sentech-compatible server (echo or llama engine)"),
     "score": ("sentech_eval.commands.score:main", "add or replace score columns in existing results, no requests"),
     "report": ("sentech_eval.commands.report:main", "summary.parquet, report.html and a markdown summary of results"),
     "compare": ("sentech_eval.commands.compare:main", "paired comparison of two runs (e.g. remote vs local)"),
     "check": ("sentech_eval.commands.check:main", "CI regression gate: exit 1 when a threshold regresses"),
-    "cache": ("sentech_eval.commands.cache:main", "response cache: stats, clear [--model M] [--older-than 30d], explain RUN_DIR PROMPT_ID"),
-    "combine": ("sentech_eval.commands.combine:main", "combine a sweep's job results into one table (after a kill, or again)"),
+    "cache": (
+        "sentech_eval.commands.cache:main",
+        "response cache: stats, clear [--model M] [--older-than 30d], explain RUN_DIR PROMPT_ID",
+    ),
+    "combine": (
+        "sentech_eval.commands.combine:main",
+        "combine a sweep's job results into one table (after a kill, or again)",
+    ),
     "fetch-model": ("sentech_eval.commands.fetch_model:main", "put the embedded default GGUF model in place"),
 }
 

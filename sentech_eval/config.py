@@ -24,17 +24,34 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from sentech_eval.errors import ConfigError
 from sentech_eval.paths import CONF_PACKAGE, conf_dir, conf_search_path, datasets_dir, default_models_dir
-from sentech_eval.secrets import environment_secrets, find_credentials, is_credential_name, is_reference_name, redact_tree
+from sentech_eval.secrets import (
+    environment_secrets,
+    find_credentials,
+    is_credential_name,
+    is_reference_name,
+    redact_tree,
+)
 from sentech_eval.types import SAMPLING_PARAMS, SAMPLING_RANGES, Sampling
 
-TOP_LEVEL_KEYS = {"experiment", "backend", "sampling", "dataset", "runner", "scorers", "sweep", "hydra", "objective", "race"}
+TOP_LEVEL_KEYS = {
+    "experiment",
+    "backend",
+    "sampling",
+    "dataset",
+    "runner",
+    "scorers",
+    "sweep",
+    "hydra",
+    "objective",
+    "race",
+}
 # runner.arrival: closed loop (the next request goes when one finishes) or an open-loop process.
 ARRIVALS = ("closed", "constant", "poisson", "gamma")
 # An open-loop client late by more than this at p99, or sending slower than this fraction of the
@@ -47,7 +64,7 @@ CACHE_ON_CORRUPT = ("continue", "stop")
 # The sampling schema: Sampling's fields, every one optional (None = not sent), no default of its own.
 SamplingConfig = dataclasses.make_dataclass(
     "SamplingConfig",
-    [(name, Optional[typing.get_args(hint)[0]], None) for name, hint in typing.get_type_hints(Sampling).items()],
+    [(name, typing.get_args(hint)[0] | None, None) for name, hint in typing.get_type_hints(Sampling).items()],
 )
 SamplingConfig.__doc__ = "Sampling parameters; null = not sent (the server's default applies)."
 
@@ -56,14 +73,14 @@ SamplingConfig.__doc__ = "Sampling parameters; null = not sent (the server's def
 class DatasetConfig:
     """Where the prompts come from and which part of them to run."""
 
-    name: Optional[str] = None  # default: the file name without .parquet
-    path: Optional[str] = None
-    limit: Optional[int] = None  # first N rows
+    name: str | None = None  # default: the file name without .parquet
+    path: str | None = None
+    limit: int | None = None  # first N rows
     num_shards: int = 1  # split across jobs: -m dataset.shard_index=0,1,2,3 dataset.num_shards=4
     shard_index: int = 0
     batch_size: int = 4096  # rows read per Parquet batch
-    columns: Optional[dict[str, Optional[str]]] = None  # dataset column -> the file's column (prompt: question)
-    shuffle_seed: Optional[int] = None  # None: file order; N: a seeded random order (limit takes its first rows)
+    columns: dict[str, str | None] | None = None  # dataset column -> the file's column (prompt: question)
+    shuffle_seed: int | None = None  # None: file order; N: a seeded random order (limit takes its first rows)
 
 
 @dataclass
@@ -73,9 +90,9 @@ class RunnerConfig:
     concurrency: int = 16  # requests in flight
     repeats: int = 1  # each prompt K times, seeds seed + repeat
     max_retries: int = 5  # on 429/5xx/timeouts/connection errors, exponential backoff with jitter
-    timeout_s: Optional[float] = None  # per attempt; null = backend.timeout_s
-    rpm: Optional[float] = None  # requests per minute (token bucket); null = unlimited
-    tpm: Optional[float] = None  # tokens per minute (token bucket); null = unlimited
+    timeout_s: float | None = None  # per attempt; null = backend.timeout_s
+    rpm: float | None = None  # requests per minute (token bucket); null = unlimited
+    tpm: float | None = None  # tokens per minute (token bucket); null = unlimited
     resume: bool = True  # re-running into the same dir skips ok rows, retries errors
     flush_rows: int = 2000  # rows per flushed Parquet part
     flush_s: float = 2.0  # ... or seconds between flushes
@@ -83,14 +100,14 @@ class RunnerConfig:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 120.0  # a server's Retry-After (429/503 only) is honoured up to this
-    max_error_rate: Optional[float] = None  # the run exits 1 when a larger share of rows are errors
+    max_error_rate: float | None = None  # the run exits 1 when a larger share of rows are errors
     arrival: str = "closed"  # closed | constant | poisson | gamma
     rate: Any = None  # open loop: requests/s, or "auto" (a closed-loop probe, then fractions of it)
     burstiness: float = 1.0  # gamma: 1 = Poisson, < 1 burstier, > 1 more regular
-    arrival_seed: Optional[int] = None  # seeds the send times; None = sampling.seed
+    arrival_seed: int | None = None  # seeds the send times; None = sampling.seed
 
     cache: str = "off"  # response cache: off | on (read+write) | refresh (write only) | only (read only)
-    cache_dir: Optional[str] = None  # None = the user cache dir (~/.cache/sentech-eval)
+    cache_dir: str | None = None  # None = the user cache dir (~/.cache/sentech-eval)
     cache_unseeded: bool = False  # serve seedless temperature > 0 requests from the cache too
     cache_on_corrupt: str = "continue"  # a damaged cache file: continue without it, or stop
 
@@ -98,9 +115,10 @@ class RunnerConfig:
     def open_loop(self) -> bool:
         """Whether requests are sent at scheduled instants instead of when a slot frees up."""
         return self.arrival != "closed"
-    stop_at_ci_half_width: Optional[float] = None  # stop once the anytime 95 % interval of stop_score is this narrow
-    stop_score: Optional[str] = None               # the score (``contains`` or ``score_contains``) for that stop
-    max_cost_usd: Optional[float] = None           # stop cleanly (resumable) once the run has cost this much
+
+    stop_at_ci_half_width: float | None = None  # stop once the anytime 95 % interval of stop_score is this narrow
+    stop_score: str | None = None  # the score (``contains`` or ``score_contains``) for that stop
+    max_cost_usd: float | None = None  # stop cleanly (resumable) once the run has cost this much
 
 
 @dataclass
@@ -127,15 +145,15 @@ class LocalBackendConfig:
     """``backend=local``: a GGUF model run in-process by llama.cpp (docs/local.md explains every key)."""
 
     kind: str = "local"
-    model_path: Optional[str] = None  # the GGUF file (conf/backend/local.yaml: the embedded model)
-    hf_repo: Optional[str] = None  # where a missing file can be fetched from (with download: true)
-    hf_file: Optional[str] = None
+    model_path: str | None = None  # the GGUF file (conf/backend/local.yaml: the embedded model)
+    hf_repo: str | None = None  # where a missing file can be fetched from (with download: true)
+    hf_file: str | None = None
     download: bool = False
     n_ctx: int = 2048  # context window (prompt + completion tokens), rounded up to a multiple of 256
-    n_threads: Optional[int] = None  # null = the cores idle at start / workers
+    n_threads: int | None = None  # null = the cores idle at start / workers
     n_batch: int = 512  # prompt tokens evaluated per batch
     n_gpu_layers: int = 0  # layers offloaded to the GPU (-1 = all); needs a CUDA/Metal build
-    chat_format: Optional[str] = None  # null = the chat template stored in the GGUF
+    chat_format: str | None = None  # null = the chat template stored in the GGUF
     workers: int = 1  # 1 = one worker thread; N > 1 = N processes, each with its own model
     reuse_prompt_cache: bool = False  # false: every request starts with a clean KV cache (honest ttft_s)
     stream: bool = True  # stream tokens so ttft_s is measured; false = one call, ttft_s empty
@@ -171,7 +189,7 @@ class RaceSettings:
 class RaceConfig(RaceSettings):
     """The ``race`` section's schema: the race's settings and the score it ranks cells by."""
 
-    score: Optional[str] = None  # ``contains`` or ``score_contains``; null: the run's only scorer
+    score: str | None = None  # ``contains`` or ``score_contains``; null: the run's only scorer
 
 
 # backend kind -> (schema, its name in the ConfigStore, group "backend")
@@ -240,8 +258,9 @@ def config_error(exc: BaseException, section: str = "") -> ConfigError:
         if not dataclasses.is_dataclass(schema):
             schema = SCHEMAS[group][0] if group in SCHEMAS else None
         nullable = schema is None or name not in {f.name for f in dataclasses.fields(schema)} or _nullable(schema, name)
-        return ConfigError(f"Config key '{key}' must be {kind}{' or null' if nullable else ''}, "
-                           f"got {getattr(cause, 'value', None)!r}.")
+        return ConfigError(
+            f"Config key '{key}' must be {kind}{' or null' if nullable else ''}, got {getattr(cause, 'value', None)!r}."
+        )
     return ConfigError(f"Config key '{key}': {message.rstrip('.')}." if key else f"{message.rstrip('.')}.")
 
 
@@ -275,8 +294,11 @@ def unknown_key_error(full_key: str, known: list[str], *, schema: Any = None) ->
     if is_credential_name(leaf) and not is_reference_name(leaf):
         return credential_in_config_error(full_key)
     close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.5)
-    hint = (f"the nearest valid key is '{parent + '.' if parent else ''}{close[0]}'" if close
-            else f"known keys are: {', '.join(sorted(known))}")
+    hint = (
+        f"the nearest valid key is '{parent + '.' if parent else ''}{close[0]}'"
+        if close
+        else f"known keys are: {', '.join(sorted(known))}"
+    )
     if schema_name:
         return ConfigError(f"Unknown config key '{full_key}' for {schema_name}; {hint}.")
     if dataclasses.is_dataclass(schema):
@@ -284,8 +306,15 @@ def unknown_key_error(full_key: str, known: list[str], *, schema: Any = None) ->
     return ConfigError(f"Unknown config key '{full_key}'; {hint} (to add a new key on purpose, write +{full_key}=…).")
 
 
-def number_setting(name: str, value: Any, *, integer: bool = False, minimum: float | None = None,
-                   positive: bool = False, default: float | int | None = None) -> Any:
+def number_setting(
+    name: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    minimum: float | None = None,
+    positive: bool = False,
+    default: float | int | None = None,
+) -> Any:
     """A numeric setting checked for type and range; ConfigError naming ``name`` (``backend.timeout_s``) otherwise.
 
     ``None`` gives ``default``; ``positive`` means > 0; ``minimum`` means >= minimum.
@@ -293,8 +322,12 @@ def number_setting(name: str, value: Any, *, integer: bool = False, minimum: flo
     if value is None:
         return default
     shown = f"{value:g}" if isinstance(value, float) else value  # as typed: -1, not -1.0
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int))
-            or not math.isfinite(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (integer and not isinstance(value, int))
+        or not math.isfinite(value)
+    ):
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"Config key '{name}' must be {kind} or null, got {value!r}.")
     if positive and value <= 0:
@@ -363,8 +396,10 @@ def dataset_from_config(cfg: DictConfig) -> DatasetConfig:
     """The dataset section, checked; ``name`` defaults to the file name."""
     values = _section(cfg, "dataset")
     if not values["path"]:
-        raise ConfigError("dataset.path is not set; pick a shipped dataset (dataset=capitals) or set "
-                          "dataset.path=FILE (.parquet, .jsonl or .csv).")
+        raise ConfigError(
+            "dataset.path is not set; pick a shipped dataset (dataset=capitals) or set "
+            "dataset.path=FILE (.parquet, .jsonl or .csv)."
+        )
     limit, num_shards, shard_index = values["limit"], values["num_shards"], values["shard_index"]
     if limit is not None and limit < 1:
         raise ConfigError(f"dataset.limit={limit} must be at least 1 (or null for every row).")
@@ -378,8 +413,10 @@ def dataset_from_config(cfg: DictConfig) -> DatasetConfig:
         raise ConfigError(f"dataset.shuffle_seed={values['shuffle_seed']} must be 0 or more (or null for file order).")
     columns = {str(k): v for k, v in (values.get("columns") or {}).items() if v is not None} or None
     if columns is not None and not all(isinstance(v, str) and v for v in columns.values()):
-        raise ConfigError("dataset.columns must map dataset columns to the file's column names, "
-                          "e.g. dataset.columns.prompt=question dataset.columns.reference=answer.")
+        raise ConfigError(
+            "dataset.columns must map dataset columns to the file's column names, "
+            "e.g. dataset.columns.prompt=question dataset.columns.reference=answer."
+        )
     values["columns"] = columns
     values["name"] = values["name"] or dataset_stem(str(values["path"]))
     values["path"] = str(values["path"])
@@ -395,16 +432,20 @@ def runner_from_config(cfg: DictConfig) -> RunnerConfig:
     if values["max_retries"] < 0:
         raise ConfigError(f"runner.max_retries={values['max_retries']} must be 0 or more.")
     if values["max_error_rate"] is not None and not 0 <= values["max_error_rate"] <= 1:
-        raise ConfigError(f"runner.max_error_rate={values['max_error_rate']:g} must be between 0 and 1 (or null: "
-                          "only a run whose every row failed exits non-zero).")
+        raise ConfigError(
+            f"runner.max_error_rate={values['max_error_rate']:g} must be between 0 and 1 (or null: "
+            "only a run whose every row failed exits non-zero)."
+        )
     for key in ("timeout_s", "rpm", "tpm", "flush_s", "backoff_base_s", "backoff_max_s", "max_retry_after_s"):
         if values[key] is not None and not math.isfinite(values[key]):
             raise ConfigError(f"Config key 'runner.{key}' must be a number or null, got {values[key]!r}.")
     shown = {k: f"{v:g}" if isinstance(v, float) else v for k, v in values.items()}  # as typed: -1, not -1.0
     for key in ("timeout_s", "rpm", "tpm", "flush_s"):
         if values[key] is not None and values[key] <= 0:
-            raise ConfigError(f"runner.{key}={shown[key]} must be greater than 0" +
-                              (" (or null for no limit)." if key != "flush_s" else "."))
+            raise ConfigError(
+                f"runner.{key}={shown[key]} must be greater than 0"
+                + (" (or null for no limit)." if key != "flush_s" else ".")
+            )
     for key in ("backoff_base_s", "backoff_max_s", "max_retry_after_s"):
         if values[key] < 0:
             raise ConfigError(f"runner.{key}={shown[key]} must be 0 or more.")
@@ -412,8 +453,10 @@ def runner_from_config(cfg: DictConfig) -> RunnerConfig:
         if values[key] is not None and values[key] <= 0:
             raise ConfigError(f"runner.{key}={values[key]} must be positive (or null for no limit).")
     if values["stop_at_ci_half_width"] is not None and not values["stop_score"]:
-        raise ConfigError(f"runner.stop_at_ci_half_width={values['stop_at_ci_half_width']} needs runner.stop_score, "
-                          "the score whose interval is watched (e.g. runner.stop_score=contains, with scorers=[contains]).")
+        raise ConfigError(
+            f"runner.stop_at_ci_half_width={values['stop_at_ci_half_width']} needs runner.stop_score, "
+            "the score whose interval is watched (e.g. runner.stop_score=contains, with scorers=[contains])."
+        )
     _check_arrival(values)
     cache = values["cache"]
     if cache not in CACHE_MODES:
@@ -429,19 +472,27 @@ def _check_arrival(merged: dict[str, Any]) -> None:
     if arrival not in ARRIVALS:
         raise ConfigError(f"runner.arrival={arrival!r} is not an arrival process; choose one of {', '.join(ARRIVALS)}.")
     if rate is not None and rate != "auto" and (isinstance(rate, bool) or not isinstance(rate, (int, float))):
-        raise ConfigError(f"runner.rate={rate!r} must be a number of requests/s (e.g. runner.rate=8), a list with "
-                          "+sweep=load (runner.rate=2,4,8), or auto (find the maximum, then sweep fractions of it).")
+        raise ConfigError(
+            f"runner.rate={rate!r} must be a number of requests/s (e.g. runner.rate=8), a list with "
+            "+sweep=load (runner.rate=2,4,8), or auto (find the maximum, then sweep fractions of it)."
+        )
     if arrival == "closed":
         if rate is not None:
-            raise ConfigError(f"runner.rate={rate} needs an open-loop arrival process: add runner.arrival=poisson "
-                              "(or constant, gamma); runner.arrival=closed sends the next request when one finishes.")
+            raise ConfigError(
+                f"runner.rate={rate} needs an open-loop arrival process: add runner.arrival=poisson "
+                "(or constant, gamma); runner.arrival=closed sends the next request when one finishes."
+            )
         return
     if rate is None or (rate != "auto" and rate <= 0):
-        raise ConfigError(f"runner.arrival={arrival} needs runner.rate, a positive number of requests/s (e.g. runner.rate=8).")
+        raise ConfigError(
+            f"runner.arrival={arrival} needs runner.rate, a positive number of requests/s (e.g. runner.rate=8)."
+        )
     if merged["burstiness"] <= 0:
         raise ConfigError(f"runner.burstiness={merged['burstiness']} must be positive (1 = Poisson, below 1 burstier).")
     if merged["arrival_seed"] is not None and merged["arrival_seed"] < 0:
-        raise ConfigError(f"runner.arrival_seed={merged['arrival_seed']} must be 0 or more (or null for sampling.seed).")
+        raise ConfigError(
+            f"runner.arrival_seed={merged['arrival_seed']} must be 0 or more (or null for sampling.seed)."
+        )
 
 
 def score_column(name: str) -> str:
@@ -505,7 +556,9 @@ def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:
         raise credential_in_config_error(secret_keys[0])
     unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
     if unknown:
-        raise ConfigError(f"Unknown config key '{unknown[0]}'; top-level keys are: {', '.join(sorted(TOP_LEVEL_KEYS - {'hydra'}))}.")
+        raise ConfigError(
+            f"Unknown config key '{unknown[0]}'; top-level keys are: {', '.join(sorted(TOP_LEVEL_KEYS - {'hydra'}))}."
+        )
     backend = cfg.get("backend")
     if not isinstance(backend, DictConfig) or not backend.get("kind"):
         raise ConfigError("backend.kind is not set; choose backend=remote or backend=local.")
@@ -533,8 +586,10 @@ def group_choices(group: str) -> list[str]:
 def unknown_choice_message(group: str, name: str) -> str:
     """One sentence for ``group=name`` that names no shipped config."""
     extra = " (or add your own with +scorers.NAME._target_=module.function)" if group == "scorers" else ""
-    return (f"Unknown {group.removesuffix('s')} {name!r}; choose one of: {', '.join(group_choices(group))}{extra}, "
-            f"or add {group}/{name}.yaml to a config dir of your own (--config-dir DIR).")
+    return (
+        f"Unknown {group.removesuffix('s')} {name!r}; choose one of: {', '.join(group_choices(group))}{extra}, "
+        f"or add {group}/{name}.yaml to a config dir of your own (--config-dir DIR)."
+    )
 
 
 @contextmanager

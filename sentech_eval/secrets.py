@@ -30,15 +30,34 @@ from sentech_eval.errors import ConfigError
 
 REDACTED = "[redacted]"
 DEFAULT_KEY_ENV = "SENTECH_API_KEY"
-FIX = ("keys never go on the command line or in config (Hydra would save them): export the key in the "
-       f"environment variable named by backend.api_key_env (default {DEFAULT_KEY_ENV})")
+FIX = (
+    "keys never go on the command line or in config (Hydra would save them): export the key in the "
+    f"environment variable named by backend.api_key_env (default {DEFAULT_KEY_ENV})"
+)
 
 # Words that make a field name a credential ("api_key", "X-Api-Key", "accessToken", "Authorization").
-CREDENTIAL_WORDS = frozenset({
-    "key", "apikey", "token", "accesstoken", "secret", "password", "passwd", "auth",
-    "authorization", "bearer", "credential", "credentials", "cookie", "signature", "jwt",
-    "sessionid", "privatekey", "clientsecret",
-})
+CREDENTIAL_WORDS = frozenset(
+    {
+        "key",
+        "apikey",
+        "token",
+        "accesstoken",
+        "secret",
+        "password",
+        "passwd",
+        "auth",
+        "authorization",
+        "bearer",
+        "credential",
+        "credentials",
+        "cookie",
+        "signature",
+        "jwt",
+        "sessionid",
+        "privatekey",
+        "clientsecret",
+    }
+)
 # A field whose last word is one of these names the *place* a key lives, not the key (api_key_env).
 REFERENCE_WORDS = frozenset({"env", "var", "variable", "file", "path"})
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -55,7 +74,9 @@ KEY_SHAPE = re.compile(
 )
 # name= or name: inside a value (a query string, a dict literal {Authorization: …}, a header line).
 # (A placeholder value — "...", "…", "$VAR", "<key>" — is not a credential.)
-_ASSIGNED_NAME = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)['\"]?\s*[:=](?!//)\s*['\"]?(?=[^\s'\",}&$<.…]*[A-Za-z0-9])(?![$<])")
+_ASSIGNED_NAME = re.compile(
+    r"([A-Za-z][A-Za-z0-9_.-]*)['\"]?\s*[:=](?!//)\s*['\"]?(?=[^\s'\",}&$<.…]*[A-Za-z0-9])(?![$<])"
+)
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 MIN_SECRET_CHARS = 8  # shorter values are not searched for (a test key like "k" is in every word)
 
@@ -227,8 +248,11 @@ def find_credentials(node: Any, prefix: str = "", secrets: Iterable[str] = ()) -
         for key, value in node.items():
             dotted = f"{prefix}.{key}" if prefix else str(key)
             if is_reference_name(str(key)):
-                if isinstance(value, str) and value and (not ENV_NAME.fullmatch(value) or _looks_random(value)
-                                                         or credential_problem(value, secrets)):
+                if (
+                    isinstance(value, str)
+                    and value
+                    and (not ENV_NAME.fullmatch(value) or _looks_random(value) or credential_problem(value, secrets))
+                ):
                     found.append(dotted)
             elif is_credential_name(str(key)) and value not in (None, "", {}, []):
                 found.append(dotted)
@@ -246,8 +270,12 @@ def redact_tree(node: Any, secrets: Iterable[str] = ()) -> Any:
     """A copy of plain config data with every credential entry (by name or value) replaced by ``[redacted]``."""
     secrets = list(secrets)
     if isinstance(node, Mapping):
-        return {k: REDACTED if (is_credential_name(str(k)) and not is_reference_name(str(k)) and v not in (None, ""))
-                else redact_tree(v, secrets) for k, v in node.items()}
+        return {
+            k: REDACTED
+            if (is_credential_name(str(k)) and not is_reference_name(str(k)) and v not in (None, ""))
+            else redact_tree(v, secrets)
+            for k, v in node.items()
+        }
     if isinstance(node, (list, tuple)):
         return [redact_tree(v, secrets) for v in node]
     if isinstance(node, str) and credential_problem(node, secrets) is not None:
@@ -268,16 +296,23 @@ class Redactor:
         self.secret = secret
         n = len(secret)
         self.min_run = max(MIN_SECRET_CHARS, n // 2)
-        head, tail = secret[:self.min_run], secret[n - self.min_run:]
+        head, tail = secret[: self.min_run], secret[n - self.min_run :]
         self._needles = (head, tail) if n >= MIN_SECRET_CHARS else ()
         if n < MIN_SECRET_CHARS:
             self._pattern = None
         else:
             # Longest prefix: head, then optionally each following character (nested, greedy).
-            prefix = re.escape(head) + "".join(f"(?:{re.escape(c)}" for c in secret[self.min_run:]) + ")?" * (n - self.min_run)
+            prefix = (
+                re.escape(head)
+                + "".join(f"(?:{re.escape(c)}" for c in secret[self.min_run :])
+                + ")?" * (n - self.min_run)
+            )
             # Longest suffix: optionally each earlier character (nested from the left), then tail.
-            suffix = "".join("(?:" for _ in range(n - self.min_run)) + "".join(
-                f"{re.escape(c)})?" for c in secret[:n - self.min_run]) + re.escape(tail)
+            suffix = (
+                "".join("(?:" for _ in range(n - self.min_run))
+                + "".join(f"{re.escape(c)})?" for c in secret[: n - self.min_run])
+                + re.escape(tail)
+            )
             self._pattern = re.compile(f"{prefix}|{suffix}")
         self._bytes_pattern = re.compile(self._pattern.pattern.encode()) if self._pattern is not None else None
         self._byte_needles = tuple(x.encode() for x in self._needles)

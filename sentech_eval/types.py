@@ -63,15 +63,17 @@ class Range:
 
 
 # The Sentech API's ranges, checked once in the config (before a run) and by `sentech-eval serve`.
-SAMPLING_RANGES: Mapping[str, Range] = MappingProxyType({
-    "temperature": Range(0.0, 2.0),
-    "top_p": Range(0.0, 1.0, low_open=True),
-    "top_k": Range(0, INT32_MAX, integer=True, note="0 disables top-k"),
-    "frequency_penalty": Range(-2.0, 2.0),
-    "presence_penalty": Range(-2.0, 2.0),
-    "max_tokens": Range(1, INT32_MAX, integer=True),
-    "seed": Range(0, 2**64 - 1, integer=True),
-})
+SAMPLING_RANGES: Mapping[str, Range] = MappingProxyType(
+    {
+        "temperature": Range(0.0, 2.0),
+        "top_p": Range(0.0, 1.0, low_open=True),
+        "top_k": Range(0, INT32_MAX, integer=True, note="0 disables top-k"),
+        "frequency_penalty": Range(-2.0, 2.0),
+        "presence_penalty": Range(-2.0, 2.0),
+        "max_tokens": Range(1, INT32_MAX, integer=True),
+        "seed": Range(0, 2**64 - 1, integer=True),
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +97,16 @@ class Sampling:
                 out[name] = value
         return out
 
-    def with_seed(self, seed: int | None) -> "Sampling":
+    def with_seed(self, seed: int | None) -> Sampling:
         """A copy with another seed (used for repeats: ``seed + repeat``)."""
         return Sampling(
-            self.temperature, self.top_p, self.top_k, self.frequency_penalty,
-            self.presence_penalty, self.max_tokens, seed,
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.frequency_penalty,
+            self.presence_penalty,
+            self.max_tokens,
+            seed,
         )
 
 

@@ -18,17 +18,33 @@ def load_reference(model_path: str, *, n_ctx: int, n_threads: int) -> Any:
     """A ``Llama`` on ``model_path`` loaded as the project loads it (same repack choice for this CPU)."""
     from sentech_eval.backends.local_worker import EngineSettings, cpu_has_amx, load_llama
 
-    return load_llama(EngineSettings(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads,
-                                     repack=not cpu_has_amx()))
+    return load_llama(
+        EngineSettings(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, repack=not cpu_has_amx())
+    )
 
 
-def direct_answer(llm: Any, messages: list[dict[str, str]], *, temperature: float, seed: int,
-                  top_p: float = 1.0, top_k: int = 0, frequency_penalty: float = 0.0,
-                  presence_penalty: float = 0.0, max_tokens: int = 256) -> dict[str, Any]:
+def direct_answer(
+    llm: Any,
+    messages: list[dict[str, str]],
+    *,
+    temperature: float,
+    seed: int,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    max_tokens: int = 256,
+) -> dict[str, Any]:
     """``create_chat_completion`` (not streamed) from a clean KV cache, every sampling value explicit."""
     llm.reset()
     return llm.create_chat_completion(
-        messages=messages, temperature=temperature, top_p=top_p, top_k=top_k,
-        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-        max_tokens=max_tokens, seed=seed, **FIXED,
+        messages=messages,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        max_tokens=max_tokens,
+        seed=seed,
+        **FIXED,
     )

@@ -15,14 +15,21 @@ from cli_helpers import REPO_ROOT
 
 OURS = ("bench_server", "bench_runner_overhead", "bench_timing", "bench_memory", "bench_startup", "bench_cache")
 EXPECTED = {
-    "server.echo_vs_minimal_rps_ratio", "server.echo_cpu_us_per_request",
-    "runner.steady_rps_ratio_vs_bare_loop", "runner.startup_to_first_request_s",
+    "server.echo_vs_minimal_rps_ratio",
+    "server.echo_cpu_us_per_request",
+    "runner.steady_rps_ratio_vs_bare_loop",
+    "runner.startup_to_first_request_s",
     "runner.steady_cpu_efficiency_vs_bare_loop",
-    "timing.achieved_rps_at_100ms_c64", "timing.median_latency_error_ms", "timing.queue_s_recorded_fraction",
-    "memory.peak_rss_mb_at_20000", "memory.peak_rss_ratio_20000_vs_2000",
+    "timing.achieved_rps_at_100ms_c64",
+    "timing.median_latency_error_ms",
+    "timing.queue_s_recorded_fraction",
+    "memory.peak_rss_mb_at_20000",
+    "memory.peak_rss_ratio_20000_vs_2000",
     "startup.one_row_run_wall_s",
-    "cache.sweep_rerun_speedup", "cache.miss_run_rps_ratio_vs_bare_loop",
-    "cache.known_config_miss_run_rps_ratio_vs_bare_loop", "cache.off_run_rps_ratio_vs_bare_loop",
+    "cache.sweep_rerun_speedup",
+    "cache.miss_run_rps_ratio_vs_bare_loop",
+    "cache.known_config_miss_run_rps_ratio_vs_bare_loop",
+    "cache.off_run_rps_ratio_vs_bare_loop",
 }
 
 

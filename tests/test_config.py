@@ -14,8 +14,15 @@ def make_cfg(**overrides):
     base = {
         "experiment": "t",
         "backend": {"kind": "remote", "base_url": "http://127.0.0.1:1/v1", "model": "m", "api_key_env": "X"},
-        "sampling": {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "frequency_penalty": 0.0,
-                     "presence_penalty": 0.0, "max_tokens": 16, "seed": 0},
+        "sampling": {
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "top_k": 40,
+            "frequency_penalty": 0.0,
+            "presence_penalty": 0.0,
+            "max_tokens": 16,
+            "seed": 0,
+        },
         "dataset": {"name": "d", "path": "d.parquet", "limit": None},
         "runner": {"concurrency": 4, "repeats": 1},
         "scorers": {},
@@ -33,22 +40,25 @@ def test_valid_config_gives_typed_sections():
     assert runner.concurrency == 4 and runner.max_retries == 5
 
 
-@pytest.mark.parametrize("key,value,fragment", [
-    ("sampling__temperature", 2.5, "sampling.temperature=2.5 is out of range"),
-    ("sampling__temperature", -0.1, "between 0 and 2"),
-    ("sampling__top_p", 0.0, "greater than 0 and at most 1"),
-    ("sampling__top_p", 1.5, "sampling.top_p"),
-    ("sampling__top_k", -1, "sampling.top_k=-1"),
-    ("sampling__frequency_penalty", 2.5, "between -2 and 2"),
-    ("sampling__presence_penalty", -3, "sampling.presence_penalty"),
-    ("sampling__max_tokens", 0, "at least 1"),
-    ("sampling__temperature", "hot", "must be a number"),
-    ("sampling__top_k", 1.5, "must be an integer"),
-    ("runner__concurrency", 0, "runner.concurrency=0 must be at least 1"),
-    ("runner__repeats", 0, "runner.repeats=0"),
-    ("dataset__limit", 0, "dataset.limit=0"),
-    ("dataset__shard_index", 3, "dataset.shard_index=3"),
-])
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [
+        ("sampling__temperature", 2.5, "sampling.temperature=2.5 is out of range"),
+        ("sampling__temperature", -0.1, "between 0 and 2"),
+        ("sampling__top_p", 0.0, "greater than 0 and at most 1"),
+        ("sampling__top_p", 1.5, "sampling.top_p"),
+        ("sampling__top_k", -1, "sampling.top_k=-1"),
+        ("sampling__frequency_penalty", 2.5, "between -2 and 2"),
+        ("sampling__presence_penalty", -3, "sampling.presence_penalty"),
+        ("sampling__max_tokens", 0, "at least 1"),
+        ("sampling__temperature", "hot", "must be a number"),
+        ("sampling__top_k", 1.5, "must be an integer"),
+        ("runner__concurrency", 0, "runner.concurrency=0 must be at least 1"),
+        ("runner__repeats", 0, "runner.repeats=0"),
+        ("dataset__limit", 0, "dataset.limit=0"),
+        ("dataset__shard_index", 3, "dataset.shard_index=3"),
+    ],
+)
 def test_out_of_range_values_are_refused_with_the_key(key, value, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         validate(make_cfg(**{key: value}))
@@ -92,19 +102,27 @@ def test_backend_settings_fill_the_schema_defaults():
 
     remote = backend_settings({"kind": "remote", "model": "m", "price": {"input_per_mtok": 1}}, RemoteBackendConfig)
     assert remote == RemoteBackendConfig(model="m")  # price is the run's, not the backend's
-    local = backend_settings(OmegaConf.create({"kind": "local", "model_path": "x.gguf", "n_ctx": 512}), LocalBackendConfig)
+    local = backend_settings(
+        OmegaConf.create({"kind": "local", "model_path": "x.gguf", "n_ctx": 512}), LocalBackendConfig
+    )
     assert (local.n_ctx, local.n_batch, local.workers, local.repack) == (512, LocalBackendConfig.n_batch, 1, "auto")
 
 
-@pytest.mark.parametrize("node, fragment", [
-    ({"kind": "remote", "base_ur": "http://x/v1"}, "Unknown config key 'backend.base_ur' for backend=remote; the nearest valid key is 'backend.base_url'."),
-    ({"kind": "remote", "timeout_s": "abc"}, "Config key 'backend.timeout_s' must be a number, got 'abc'."),
-    ({"kind": "remote", "stream": "maybe"}, "Config key 'backend.stream' must be true or false, got 'maybe'."),
-    ({"kind": "local", "n_ctx": "big"}, "Config key 'backend.n_ctx' must be an integer, got 'big'."),
-    ({"kind": "local", "n_threads": "x"}, "Config key 'backend.n_threads' must be an integer or null, got 'x'."),
-    ({"kind": "local", "api_kye": "x"}, "Unknown config key 'backend.api_kye' for backend=local"),
-    ({"kind": "local", "api_key": "x"}, "Config key 'backend.api_key' looks like a credential"),  # secrets first
-])
+@pytest.mark.parametrize(
+    "node, fragment",
+    [
+        (
+            {"kind": "remote", "base_ur": "http://x/v1"},
+            "Unknown config key 'backend.base_ur' for backend=remote; the nearest valid key is 'backend.base_url'.",
+        ),
+        ({"kind": "remote", "timeout_s": "abc"}, "Config key 'backend.timeout_s' must be a number, got 'abc'."),
+        ({"kind": "remote", "stream": "maybe"}, "Config key 'backend.stream' must be true or false, got 'maybe'."),
+        ({"kind": "local", "n_ctx": "big"}, "Config key 'backend.n_ctx' must be an integer, got 'big'."),
+        ({"kind": "local", "n_threads": "x"}, "Config key 'backend.n_threads' must be an integer or null, got 'x'."),
+        ({"kind": "local", "api_kye": "x"}, "Unknown config key 'backend.api_kye' for backend=local"),
+        ({"kind": "local", "api_key": "x"}, "Config key 'backend.api_key' looks like a credential"),  # secrets first
+    ],
+)
 def test_backend_settings_refuse_with_one_sentence(node, fragment):
     from sentech_eval.config import BACKEND_SCHEMAS, backend_settings
 
@@ -113,10 +131,19 @@ def test_backend_settings_refuse_with_one_sentence(node, fragment):
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("price, fragment", [
-    ({"input_per_mtk": 1}, "Unknown config key 'backend.price.input_per_mtk'; the nearest valid key is 'backend.price.input_per_mtok'."),
-    ({"zzz": 1}, "Unknown config key 'backend.price.zzz'; known keys are: input_per_mtok, output_per_mtok, per_hour."),
-])
+@pytest.mark.parametrize(
+    "price, fragment",
+    [
+        (
+            {"input_per_mtk": 1},
+            "Unknown config key 'backend.price.input_per_mtk'; the nearest valid key is 'backend.price.input_per_mtok'.",
+        ),
+        (
+            {"zzz": 1},
+            "Unknown config key 'backend.price.zzz'; known keys are: input_per_mtok, output_per_mtok, per_hour.",
+        ),
+    ],
+)
 def test_an_unknown_price_key_is_named_with_the_nearest_one(price, fragment):
     from sentech_eval.config import price_from_config
 
@@ -133,8 +160,11 @@ def test_shipped_yamls_extend_their_schema_and_repeat_no_default(group):
     from sentech_eval.config import BACKEND_SCHEMAS, SCHEMAS, compose_config, group_choices
     from sentech_eval.paths import conf_dir
 
-    schemas = {name: schema for schema, name in BACKEND_SCHEMAS.values()} if group == "backend" else {
-        SCHEMAS[group][1]: SCHEMAS[group][0]}
+    schemas = (
+        {name: schema for schema, name in BACKEND_SCHEMAS.values()}
+        if group == "backend"
+        else {SCHEMAS[group][1]: SCHEMAS[group][0]}
+    )
     for name in group_choices(group):
         raw = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
         base = [str(entry) for entry in raw.defaults if str(entry) in schemas]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
-
 from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
 
 BIN = Path(sys.executable).parent
@@ -22,8 +21,9 @@ BIN = Path(sys.executable).parent
 def shell(script: str, *, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run a bash script with this environment's `sentech-eval` first on PATH."""
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
-    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=full_env, timeout=timeout,
-                          cwd=REPO_ROOT)
+    return subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO_ROOT
+    )
 
 
 def free_port() -> int:
@@ -41,8 +41,12 @@ def test_readme_server_example_runs_as_written(tmp_path):
     curl = next(i for i, line in enumerate(lines) if line.startswith("curl"))
     # serve, the wait, and the first request, with the port made free and the key from the test
     port = free_port()
-    script = "\n".join(lines[serve:curl]) + "\n" + " ".join(
-        line.rstrip("\\").strip() for line in lines[curl:curl + 3]) + "\nstatus=$?\nkill %1\nexit $status\n"
+    script = (
+        "\n".join(lines[serve:curl])
+        + "\n"
+        + " ".join(line.rstrip("\\").strip() for line in lines[curl : curl + 3])
+        + "\nstatus=$?\nkill %1\nexit $status\n"
+    )
     script = script.replace("8000", str(port))
     proc = shell("set -m\n" + script, env={"SENTECH_API_KEY": TEST_KEY})
     assert proc.returncode == 0, proc.stderr
@@ -53,9 +57,11 @@ def test_documented_regex_override_works_in_a_shell(echo_server, tmp_path):
     doc = (REPO_ROOT / "docs" / "scoring.md").read_text()
     override = re.search(r"^sentech-eval run scorers=\[regex\] (.+)$", doc, re.M).group(1)
     run_dir = tmp_path / "regex"
-    proc = shell(f"sentech-eval run backend=remote backend.base_url={echo_server} dataset=capitals dataset.limit=2 "
-                 f"runner.progress=false hydra.run.dir={run_dir} scorers=[regex] {override}",
-                 env={"SENTECH_API_KEY": TEST_KEY})
+    proc = shell(
+        f"sentech-eval run backend=remote backend.base_url={echo_server} dataset=capitals dataset.limit=2 "
+        f"runner.progress=false hydra.run.dir={run_dir} scorers=[regex] {override}",
+        env={"SENTECH_API_KEY": TEST_KEY},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "mismatched input" not in proc.stderr
     meta = pq.read_schema(run_dir / "results.parquet").metadata[b"sentech_eval"].decode()
@@ -63,7 +69,9 @@ def test_documented_regex_override_works_in_a_shell(echo_server, tmp_path):
 
 
 def test_help_piped_into_head_ends_quietly():
-    proc = shell("sentech-eval --help | head -3; sentech-eval run --help | head -1; sentech-eval serve --help | head -1")
+    proc = shell(
+        "sentech-eval --help | head -3; sentech-eval run --help | head -1; sentech-eval serve --help | head -1"
+    )
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
     assert proc.stdout.startswith("usage: sentech-eval")
 

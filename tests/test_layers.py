@@ -30,7 +30,11 @@ ALLOWED: dict[str, set[str]] = {
     "scorers": {"core", "backends"},  # the LLM judge scorer asks a backend
     "engine": {"core", "backends", "scorers"},
     "server": {"core", "backends"},  # the llama engine reuses the local backend's llama.cpp set-up
-    "analysis": {"core", "backends", "engine"},  # the pairwise judge asks a backend; results are read with engine.results
+    "analysis": {
+        "core",
+        "backends",
+        "engine",
+    },  # the pairwise judge asks a backend; results are read with engine.results
     "render": {"core", "analysis"},
     "commands": {"core", "backends", "scorers", "engine", "server", "analysis", "render"},
     # The package facade (sentech_eval.load_results) and the CLI dispatcher sit on the top floor.
@@ -148,7 +152,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
                 stack.pop()
                 path.pop()
             elif state.get(child) == 1:
-                return path[path.index(child):] + [child]
+                return path[path.index(child) :] + [child]
             elif not state.get(child):
                 state[child] = 1
                 stack.append((child, iter(sorted(edges.get(child, ())))))
@@ -166,11 +170,14 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.parametrize("edges, cyclic", [
-    ({"a": {"b"}, "b": {"c"}, "c": set()}, False),
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, True),
-    ({"a": {"a2"}, "a2": set(), "b": {"b"}}, True),
-])
+@pytest.mark.parametrize(
+    "edges, cyclic",
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, False),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, True),
+        ({"a": {"a2"}, "a2": set(), "b": {"b"}}, True),
+    ],
+)
 def test_cycle_finder_sees_cycles(edges, cyclic):
     assert (find_cycle(edges) is not None) == cyclic
 
@@ -189,11 +196,11 @@ def test_floor_rules_see_a_bad_import(tmp_path):
 
 def layout_entries(readme: str) -> dict[str, str]:
     """Path -> description of every line of the README's layout tree (directories end in ``/``)."""
-    section = readme[readme.index("## Layout"):]
+    section = readme[readme.index("## Layout") :]
     end = section.find("\n## ", 5)
     section = section if end < 0 else section[:end]
-    block = section[section.index("```") + 3:]
-    block = block[block.index("\n") + 1:block.index("```")]
+    block = section[section.index("```") + 3 :]
+    block = block[block.index("\n") + 1 : block.index("```")]
     entries: dict[str, str] = {}
     parents: list[tuple[int, str]] = []  # (indent, directory) of the lines above
     for line in block.splitlines():
@@ -213,8 +220,11 @@ def package_files() -> list[str]:
     """Every module of the package and of hydra_plugins/, relative to the repository (no subpackage __init__)."""
     repo = ROOT.parent
     files = sorted(ROOT.rglob("*.py")) + sorted((repo / "hydra_plugins").rglob("*.py"))
-    return [p.relative_to(repo).as_posix() for p in files
-            if "__pycache__" not in p.parts and (p.name != "__init__.py" or p.parent == ROOT)]
+    return [
+        p.relative_to(repo).as_posix()
+        for p in files
+        if "__pycache__" not in p.parts and (p.name != "__init__.py" or p.parent == ROOT)
+    ]
 
 
 def test_readme_layout_lists_every_module():
@@ -231,8 +241,14 @@ def test_readme_layout_lists_every_module():
 
 def test_layout_reader_follows_the_indentation():
     text = "## Layout\n\n```\npkg/\n  a.py    one\n  sub/\n    b.py  two\n  c.py    three\nnext/     x\n```\n"
-    assert layout_entries(text) == {"pkg/": "", "pkg/a.py": "one", "pkg/sub/": "", "pkg/sub/b.py": "two",
-                                    "pkg/c.py": "three", "next/": "x"}
+    assert layout_entries(text) == {
+        "pkg/": "",
+        "pkg/a.py": "one",
+        "pkg/sub/": "",
+        "pkg/sub/b.py": "two",
+        "pkg/c.py": "three",
+        "next/": "x",
+    }
 
 
 ENTRY_POINT_MODULES = {"sentech_eval.cli"}
@@ -240,16 +256,24 @@ ENTRY_POINT_MODULES = {"sentech_eval.cli"}
 
 def is_main_guard(node: ast.AST) -> bool:
     """``if __name__ == "__main__":``"""
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name)
-            and node.test.left.id == "__name__" and any(isinstance(c, ast.Constant) and c.value == "__main__"
-                                                        for c in node.test.comparators))
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators)
+    )
 
 
 def test_entry_points_live_in_commands():
     """``python -m sentech_eval.<module>`` works only for the CLI: every command is ``sentech-eval <command>``."""
-    bad = [m for m, p in modules().items()
-           if floor_of(m) != "commands" and m not in ENTRY_POINT_MODULES
-           and any(is_main_guard(node) for node in ast.parse(p.read_text(encoding="utf-8")).body)]
+    bad = [
+        m
+        for m, p in modules().items()
+        if floor_of(m) != "commands"
+        and m not in ENTRY_POINT_MODULES
+        and any(is_main_guard(node) for node in ast.parse(p.read_text(encoding="utf-8")).body)
+    ]
     assert not bad, f"entry points outside commands/ (make them a `sentech-eval` subcommand): {', '.join(bad)}"
 
 
@@ -270,9 +294,14 @@ def imports_argparse(path: Path) -> bool:
 
 def test_command_line_parsing_lives_in_commands():
     """Flags are parsed in commands/ (and the cli.py dispatcher); the floors below take checked objects."""
-    bad = [m for m, p in modules().items()
-           if floor_of(m) != "commands" and m not in ENTRY_POINT_MODULES and imports_argparse(p)]
-    assert not bad, f"argparse outside commands/ (parse the flags in the command, pass a checked object down): {', '.join(bad)}"
+    bad = [
+        m
+        for m, p in modules().items()
+        if floor_of(m) != "commands" and m not in ENTRY_POINT_MODULES and imports_argparse(p)
+    ]
+    assert not bad, (
+        f"argparse outside commands/ (parse the flags in the command, pass a checked object down): {', '.join(bad)}"
+    )
 
 
 def test_argparse_rule_sees_an_import(tmp_path):

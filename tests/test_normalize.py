@@ -13,15 +13,18 @@ from sentech_eval.normalize import normalize_text
 from sentech_eval.scorers import build_scorer
 
 
-@pytest.mark.parametrize(("a", "b", "same"), [
-    ("$5", "5", True),  # symbols are not part of an answer
-    ("5 €", "5", True),
-    ("Paris!", "paris", True),
-    ("STRASSE", "straße", True),  # case-folded, not just lower-cased
-    ("Ｐａｒｉｓ", "Paris", True),  # NFKC
-    ("5", "50", False),
-    ("Paris", "Lyon", False),
-])
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("$5", "5", True),  # symbols are not part of an answer
+        ("5 €", "5", True),
+        ("Paris!", "paris", True),
+        ("STRASSE", "straße", True),  # case-folded, not just lower-cased
+        ("Ｐａｒｉｓ", "Paris", True),  # NFKC
+        ("5", "50", False),
+        ("Paris", "Lyon", False),
+    ],
+)
 def test_exact_match_and_output_agreement_agree(a, b, same):
     assert (normalize_text(a) == normalize_text(b)) is same
     exact = build_scorer("exact_match", {})

@@ -38,8 +38,9 @@ def test_a_user_config_dir_adds_options_next_to_the_shipped_ones(tmp_path):
     from cli_helpers import run_cli
 
     (tmp_path / "backend").mkdir()
-    (tmp_path / "backend" / "mine.yaml").write_text("kind: remote\nbase_url: http://127.0.0.1:9/v1\nmodel: mine\n"
-                                                    "api_key_env: MY_KEY\n")
+    (tmp_path / "backend" / "mine.yaml").write_text(
+        "kind: remote\nbase_url: http://127.0.0.1:9/v1\nmodel: mine\napi_key_env: MY_KEY\n"
+    )
     for flags in (["--config-dir", str(tmp_path)], [f"hydra.searchpath=[file://{tmp_path}]"]):
         proc = run_cli("run", *flags, "backend=mine", "--cfg", "job", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from cli_helpers import REPO_ROOT, TEST_KEY
+
 from sentech_eval.server.testing import listening_process
 
 pytestmark = pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="needs to run inside a venv")
@@ -29,8 +29,12 @@ pytestmark = pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="needs to 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(REPO_ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(REPO_ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (built,) = out.glob("sentech_eval-*.whl")
     return built
@@ -40,13 +44,33 @@ def wheel(tmp_path_factory) -> Path:
 def venv(wheel, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("venv") / "v"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
-    purelib = Path(subprocess.run([str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True, check=True).stdout.strip())
+    purelib = Path(
+        subprocess.run(
+            [str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # this environment's dependencies, after the venv's own site-packages
     deps = [p for p in {*site.getsitepackages(), sysconfig.get_paths()["purelib"]} if Path(p).is_dir()]
     (purelib / "zz_dependencies.pth").write_text("\n".join(sorted(deps)) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(root / "bin" / "python"), "install",
-                           "--no-deps", "--quiet", str(wheel)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(root / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "--quiet",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
@@ -66,15 +90,35 @@ def test_installed_run_and_serve_work_from_another_directory(venv, tmp_path):
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SENTECH_API_KEY")}
     env.update(SENTECH_API_KEY=TEST_KEY, PYTHONUNBUFFERED="1")
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import sentech_eval; print(sentech_eval.__file__)"],
-                           capture_output=True, text=True, env=env, cwd=work)
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sentech_eval; print(sentech_eval.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+    )
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr
 
     serve = [str(venv / "bin" / "sentech-eval"), "serve", "--engine", "echo", "--port", "0", "--host", "127.0.0.1"]
     with listening_process(serve, env=env, timeout_s=120, cwd=work) as (url, _):
-        proc = subprocess.run([str(venv / "bin" / "sentech-eval"), "run", "backend=remote", f"backend.base_url={url}",
-                               "dataset=capitals", "dataset.limit=5", "scorers=[contains]", "runner.progress=false",
-                               "hydra.run.dir=out"], capture_output=True, text=True, env=env, cwd=work, timeout=300)
+        proc = subprocess.run(
+            [
+                str(venv / "bin" / "sentech-eval"),
+                "run",
+                "backend=remote",
+                f"backend.base_url={url}",
+                "dataset=capitals",
+                "dataset.limit=5",
+                "scorers=[contains]",
+                "runner.progress=false",
+                "hydra.run.dir=out",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=work,
+            timeout=300,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pq.read_table(work / "out" / "results.parquet").to_pydict()
     assert table["status"] == ["ok"] * 5
@@ -83,15 +127,47 @@ def test_installed_run_and_serve_work_from_another_directory(venv, tmp_path):
     assert "95% CI" in proc.stderr and (work / "out" / "report.html").is_file()
     # a sweep goes through the shipped default sweeper (hydra_plugins/sentech_eval_grid)
     with listening_process(serve, env=env, timeout_s=120, cwd=work) as (url, _):
-        sweep = subprocess.run([str(venv / "bin" / "sentech-eval"), "run", "-m", "sampling.temperature=0,0.5",
-                                "backend=remote", f"backend.base_url={url}", "dataset=capitals", "dataset.limit=2",
-                                "runner.progress=false", "hydra.sweep.dir=sweep"],
-                               capture_output=True, text=True, env=env, cwd=work, timeout=300)
+        sweep = subprocess.run(
+            [
+                str(venv / "bin" / "sentech-eval"),
+                "run",
+                "-m",
+                "sampling.temperature=0,0.5",
+                "backend=remote",
+                f"backend.base_url={url}",
+                "dataset=capitals",
+                "dataset.limit=2",
+                "runner.progress=false",
+                "hydra.sweep.dir=sweep",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=work,
+            timeout=300,
+        )
         # hydra/sweeper=race from the installed package (2 cells x 5 prompts: one round, a tie, a winner)
-        race = subprocess.run([str(venv / "bin" / "sentech-eval"), "run", "+sweep=race_temperature", "backend=remote",
-                               f"backend.base_url={url}", "dataset=capitals", "dataset.limit=5", "race.start=5",
-                               "sampling.temperature=0.0,0.3", "sampling.top_p=0.9", "runner.progress=false",
-                               "hydra.sweep.dir=race"], capture_output=True, text=True, env=env, cwd=work, timeout=300)
+        race = subprocess.run(
+            [
+                str(venv / "bin" / "sentech-eval"),
+                "run",
+                "+sweep=race_temperature",
+                "backend=remote",
+                f"backend.base_url={url}",
+                "dataset=capitals",
+                "dataset.limit=5",
+                "race.start=5",
+                "sampling.temperature=0.0,0.3",
+                "sampling.top_p=0.9",
+                "runner.progress=false",
+                "hydra.sweep.dir=race",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=work,
+            timeout=300,
+        )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert len(pq.read_table(work / "sweep" / "results.parquet")) == 4
     assert race.returncode == 0, race.stderr[-3000:]

@@ -41,8 +41,13 @@ REPO_ROOT = HERE.parents[1]
 BASELINE_DIR = HERE / "baseline"
 THRESHOLDS_DIR = HERE / "thresholds"
 TARGETS = ("echo", "local")
-EVAL = ["dataset=capitals", "dataset.limit=20", "sampling=greedy", "scorers=[exact_match,contains]",
-        "runner.progress=false"]
+EVAL = [
+    "dataset=capitals",
+    "dataset.limit=20",
+    "sampling=greedy",
+    "scorers=[exact_match,contains]",
+    "runner.progress=false",
+]
 # Both sides of the local pair use the same llama.cpp thread count (one: a busy shared CI machine
 # does not collapse), so the only difference between them is the path: in process vs over HTTP.
 LOCAL_THREADS = 1
@@ -61,15 +66,19 @@ def run_eval(name: str, args: list[str], run_dir: Path, env: dict[str, str] | No
     """One fresh run of the benchmark eval; False if the run itself failed."""
     started = time.perf_counter()
     proc = cli("run", *args, *EVAL, f"hydra.run.dir={run_dir}", env=env)
-    print(f"[regression] {name}: run exited {proc.returncode} after {time.perf_counter() - started:.1f} s",
-          flush=True)
+    print(f"[regression] {name}: run exited {proc.returncode} after {time.perf_counter() - started:.1f} s", flush=True)
     return proc.returncode == 0 and (run_dir / "results.parquet").exists()
 
 
 def remote_args(url: str, model: str) -> list[str]:
     """The remote backend against a local server, one request at a time, seed sent."""
-    return ["backend=remote", f"backend.base_url={url}", f"backend.model={model}", "backend.send_seed=true",
-            "runner.concurrency=1"]
+    return [
+        "backend=remote",
+        f"backend.base_url={url}",
+        f"backend.model={model}",
+        "backend.send_seed=true",
+        "runner.concurrency=1",
+    ]
 
 
 def disagreements(baseline: Path, candidate: Path) -> list[str]:
@@ -91,9 +100,19 @@ def disagreements(baseline: Path, candidate: Path) -> list[str]:
 
 def gate(target: str, baseline: Path, candidate: Path, out: Path, summary: str | None) -> int:
     """`sentech-eval check` of candidate against baseline with the target's thresholds."""
-    check = ["check", "--baseline", str(baseline), "--candidate", str(candidate),
-             "--thresholds", str(THRESHOLDS_DIR / f"{target}.yaml"),
-             "--junit", str(out / f"{target}-junit.xml"), "--out", str(out / f"{target}-compare")]
+    check = [
+        "check",
+        "--baseline",
+        str(baseline),
+        "--candidate",
+        str(candidate),
+        "--thresholds",
+        str(THRESHOLDS_DIR / f"{target}.yaml"),
+        "--junit",
+        str(out / f"{target}-junit.xml"),
+        "--out",
+        str(out / f"{target}-compare"),
+    ]
     if summary:
         check += ["--summary", summary]
     return cli(*check).returncode
@@ -133,21 +152,29 @@ def run_local(out: Path, summary: str | None) -> int:
     differ = disagreements(served / "results.parquet", local / "results.parquet")
     for line in differ:
         print(f"[regression] local: {line}")
-    print(f"[regression] local: {'REGRESSED' if differ else 'ok'}: {len(differ)} pairs differ "
-          f"in {', '.join(MUST_AGREE)} between the served and the in-process model", flush=True)
+    print(
+        f"[regression] local: {'REGRESSED' if differ else 'ok'}: {len(differ)} pairs differ "
+        f"in {', '.join(MUST_AGREE)} between the served and the in-process model",
+        flush=True,
+    )
     return max(code, 1 if differ else 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
-    parser.add_argument("--update-baseline", action="store_true",
-                        help="copy the fresh echo results into baseline/ instead of checking them "
-                             "(the local target has no committed baseline)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output dir (default: results/regression/<timestamp>)")
-    parser.add_argument("--summary", default=os.environ.get("GITHUB_STEP_SUMMARY"),
-                        help="append the markdown summaries here (default: $GITHUB_STEP_SUMMARY if set)")
+    parser.add_argument(
+        "--update-baseline",
+        action="store_true",
+        help="copy the fresh echo results into baseline/ instead of checking them "
+        "(the local target has no committed baseline)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="output dir (default: results/regression/<timestamp>)")
+    parser.add_argument(
+        "--summary",
+        default=os.environ.get("GITHUB_STEP_SUMMARY"),
+        help="append the markdown summaries here (default: $GITHUB_STEP_SUMMARY if set)",
+    )
     args = parser.parse_args(argv)
 
     out = args.out or REPO_ROOT / "results" / "regression" / time.strftime("%Y-%m-%d_%H-%M-%S")

@@ -17,7 +17,6 @@ files that select another sweeper, such as ``optuna`` or ``race``, still do) and
 # sys.modules, where a dataclass with string annotations cannot be built.
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, Optional, Set, Tuple
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -29,19 +28,20 @@ class GridSweeperConf:
     """``hydra.sweeper.*`` of the grid sweeper: the basic sweeper's fields and ``check_every_job``."""
 
     _target_: str = "hydra_plugins.sentech_eval_grid.grid_sweeper.GridSweeper"
-    max_batch_size: Optional[int] = None
-    params: Optional[Dict[str, str]] = None
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
     check_every_job: bool = False
 
 
 class GridSweeper(BasicSweeper):
     """The basic sweeper's grid (``params`` and command-line sweeps, same batches), one check per group choice."""
 
-    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
-                 check_every_job: bool = False) -> None:
+    def __init__(
+        self, max_batch_size: int | None = None, params: dict[str, str] | None = None, check_every_job: bool = False
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.check_every_job = check_every_job
-        self._checked: Set[Tuple[Tuple[str, str], ...]] = set()
+        self._checked: set[tuple[tuple[str, str], ...]] = set()
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Compose the first job of each new combination of config-group overrides (raises as Hydra does)."""
@@ -53,8 +53,13 @@ class GridSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         for overrides in batch:
             parsed = parser.parse_overrides(list(overrides))
-            signature = tuple(sorted((o.key_or_group, str(o.value())) for o in parsed
-                                     if o.key_or_group in groups or o.is_add() and "." not in o.key_or_group))
+            signature = tuple(
+                sorted(
+                    (o.key_or_group, str(o.value()))
+                    for o in parsed
+                    if o.key_or_group in groups or o.is_add() and "." not in o.key_or_group
+                )
+            )
             if signature in self._checked:
                 continue
             self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))

@@ -59,9 +59,9 @@ def _combines_at_the_end(config: Any) -> bool:
 def _report(sweep_dir: Path, record: dict[str, Any], announce: bool) -> None:
     """Combine the cells' results and write report.html (with the race section) into the sweep dir;
     ``announce``: print the winner line (else the combine callback prints it, once, as the last line)."""
-    from sentech_eval.errors import SentechEvalError
     from sentech_eval.commands.report import write_report
     from sentech_eval.engine.sweep import combine
+    from sentech_eval.errors import SentechEvalError
 
     try:
         combine(sweep_dir)

@@ -26,13 +26,46 @@ from sentech_eval.analysis.pairing import PairedResults, cluster_ids
 from sentech_eval.normalize import normalize_text
 
 METRIC_COLUMNS = [
-    "metric", "column", "value", "value_a", "value_b", "diff", "ratio", "ci_low", "ci_high", "p_value",
-    "n_pairs", "wins", "ties", "losses", "n_a", "n_b", "note", "ci_method", "test", "n_clusters",
-    "ci_low_a", "ci_high_a", "ci_low_b", "ci_high_b",
+    "metric",
+    "column",
+    "value",
+    "value_a",
+    "value_b",
+    "diff",
+    "ratio",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "n_pairs",
+    "wins",
+    "ties",
+    "losses",
+    "n_a",
+    "n_b",
+    "note",
+    "ci_method",
+    "test",
+    "n_clusters",
+    "ci_low_a",
+    "ci_high_a",
+    "ci_low_b",
+    "ci_high_b",
 ]
 _INT_COLUMNS = ("n_pairs", "wins", "ties", "losses", "n_a", "n_b", "n_clusters")
-_FLOAT_COLUMNS = ("value", "value_a", "value_b", "diff", "ratio", "ci_low", "ci_high", "p_value",
-                  "ci_low_a", "ci_high_a", "ci_low_b", "ci_high_b")
+_FLOAT_COLUMNS = (
+    "value",
+    "value_a",
+    "value_b",
+    "diff",
+    "ratio",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "ci_low_a",
+    "ci_high_a",
+    "ci_low_b",
+    "ci_high_b",
+)
 
 
 def normalise_output(text: object) -> str | None:
@@ -56,8 +89,9 @@ def metric_row(metric: str, column: str | None = None, **values) -> dict:
     return row
 
 
-def score_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0,
-               cluster: str | None = None) -> list[dict]:
+def score_rows(
+    paired: PairedResults, confidence: float = 0.95, seed: int = 0, cluster: str | None = None
+) -> list[dict]:
     """One row per common score: means, CI of B − A, wins/ties/losses, McNemar-type test (0/1 scores).
 
     ``cluster`` names the column whose pairs form one unit of evidence (default: the prompt).
@@ -74,7 +108,11 @@ def score_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0,
         skipped = len(both) - n
         notes = [f"{skipped} pairs without this score on one side"] if skipped else []
         if n == 0:
-            rows.append(metric_row("score", score, n_pairs=0, note=notes[0] if notes else "no pair has this score on both sides"))
+            rows.append(
+                metric_row(
+                    "score", score, n_pairs=0, note=notes[0] if notes else "no pair has this score on both sides"
+                )
+            )
             continue
         cl = clusters[both]
         ci = stats.paired_difference_ci(a, b, clusters=cl, confidence=confidence, seed=seed)
@@ -84,12 +122,26 @@ def score_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0,
             disagreement = significance_disagreement(p_value, ci, confidence)
             if disagreement:
                 notes.append(disagreement)
-        rows.append(metric_row(
-            "score", score, value_a=float(a.mean()), value_b=float(b.mean()), diff=ci.estimate,
-            ci_low=ci.low, ci_high=ci.high, p_value=p_value, n_pairs=n,
-            wins=int((b > a).sum()), ties=int((b == a).sum()), losses=int((b < a).sum()), note="; ".join(notes),
-            ci_method=ci.method, test=test, n_clusters=ci.n_clusters,
-        ))
+        rows.append(
+            metric_row(
+                "score",
+                score,
+                value_a=float(a.mean()),
+                value_b=float(b.mean()),
+                diff=ci.estimate,
+                ci_low=ci.low,
+                ci_high=ci.high,
+                p_value=p_value,
+                n_pairs=n,
+                wins=int((b > a).sum()),
+                ties=int((b == a).sum()),
+                losses=int((b < a).sum()),
+                note="; ".join(notes),
+                ci_method=ci.method,
+                test=test,
+                n_clusters=ci.n_clusters,
+            )
+        )
     return rows
 
 
@@ -101,10 +153,14 @@ def significance_disagreement(p_value: float, ci: stats.Interval, confidence: fl
         return ""
     level = f"{1.0 - confidence:.0%}"
     if by_ci:
-        return (f"the CI excludes 0 but p = {p_value:.3g} ≥ {level}: the interval and the test are different methods "
-                "and disagree near the boundary, so treat the difference as borderline (the gate decides by the CI)")
-    return (f"p = {p_value:.3g} < {level} but the CI includes 0: the interval and the test are different methods "
-            "and disagree near the boundary, so treat the difference as borderline (the gate decides by the CI)")
+        return (
+            f"the CI excludes 0 but p = {p_value:.3g} ≥ {level}: the interval and the test are different methods "
+            "and disagree near the boundary, so treat the difference as borderline (the gate decides by the CI)"
+        )
+    return (
+        f"p = {p_value:.3g} < {level} but the CI includes 0: the interval and the test are different methods "
+        "and disagree near the boundary, so treat the difference as borderline (the gate decides by the CI)"
+    )
 
 
 def _percentile_rows(pairs: pd.DataFrame, column: str, name: str) -> list[dict]:
@@ -122,19 +178,32 @@ def _percentile_rows(pairs: pd.DataFrame, column: str, name: str) -> list[dict]:
     cache_note = f"; {n_cached} pairs with a row from the response cache left out" if n_cached else ""
     if not both.any():
         if n_cached:
-            return [metric_row(f"{name}_p50", column, n_pairs=0,
-                         note=f"no latency measured: all {n_cached} ok pairs have a row from the response cache")]
+            return [
+                metric_row(
+                    f"{name}_p50",
+                    column,
+                    n_pairs=0,
+                    note=f"no latency measured: all {n_cached} ok pairs have a row from the response cache",
+                )
+            ]
         return []
     a, b = a[both].to_numpy(dtype=float), b[both].to_numpy(dtype=float)
     rows = []
     pct_a, pct_b = stats.percentiles(a, (50, 95)), stats.percentiles(b, (50, 95))
     for q in (50, 95):
         pa, pb = pct_a[q], pct_b[q]
-        rows.append(metric_row(
-            f"{name}_p{q}", column, value_a=pa, value_b=pb, diff=pb - pa,
-            ratio=(pb / pa) if pa > 0 else None, n_pairs=int(both.sum()),
-            note="pairs where both requests succeeded" + cache_note,
-        ))
+        rows.append(
+            metric_row(
+                f"{name}_p{q}",
+                column,
+                value_a=pa,
+                value_b=pb,
+                diff=pb - pa,
+                ratio=(pb / pa) if pa > 0 else None,
+                n_pairs=int(both.sum()),
+                note="pairs where both requests succeeded" + cache_note,
+            )
+        )
     return rows
 
 
@@ -157,17 +226,32 @@ def performance_rows(paired: PairedResults) -> list[dict]:
         both = a.notna() & b.notna()
         if both.any():
             ma, mb = float(a[both].mean()), float(b[both].mean())
-            rows.append(metric_row(
-                "completion_tokens_mean", "completion_tokens", value_a=ma, value_b=mb, diff=mb - ma,
-                ratio=(mb / ma) if ma > 0 else None, n_pairs=int(both.sum()),
-                note="pairs where both requests succeeded",
-            ))
+            rows.append(
+                metric_row(
+                    "completion_tokens_mean",
+                    "completion_tokens",
+                    value_a=ma,
+                    value_b=mb,
+                    diff=mb - ma,
+                    ratio=(mb / ma) if ma > 0 else None,
+                    n_pairs=int(both.sum()),
+                    note="pairs where both requests succeeded",
+                )
+            )
     ea = _error_rate(paired.a)
     eb = _error_rate(paired.b)
-    rows.append(metric_row(
-        "error_rate", "status", value_a=ea, value_b=eb, diff=eb - ea, n_a=len(paired.a), n_b=len(paired.b),
-        note="share of all rows (paired or not) with status 'error'",
-    ))
+    rows.append(
+        metric_row(
+            "error_rate",
+            "status",
+            value_a=ea,
+            value_b=eb,
+            diff=eb - ea,
+            n_a=len(paired.a),
+            n_b=len(paired.b),
+            note="share of all rows (paired or not) with status 'error'",
+        )
+    )
     return rows
 
 
@@ -193,26 +277,45 @@ def cost_rows(paired: PairedResults, confidence: float = 0.95, cluster: str | No
     scores = cost.binary_scores(paired.a, paired.scores) if priced["a"] else paired.scores
     if priced["b"]:
         scores = [s for s in scores if s in cost.binary_scores(paired.b, paired.scores)]
-    figures = {side: cost.side_costs(getattr(paired, side), scores, _side_clusters(getattr(paired, side), cluster),
-                                     confidence) if priced[side] else {}
-               for side in ("a", "b")}
+    figures = {
+        side: cost.side_costs(getattr(paired, side), scores, _side_clusters(getattr(paired, side), cluster), confidence)
+        if priced[side]
+        else {}
+        for side in ("a", "b")
+    }
     missing = [label for side, label in (("a", paired.label_a), ("b", paired.label_b)) if not priced[side]]
     note = COST_NOTE + (f"; {' and '.join(missing)} has no cost_usd (no backend.price)" if missing else "")
 
     def row(metric: str, column: str, key: str, **extra) -> dict:
         va, vb = figures["a"].get(key, np.nan), figures["b"].get(key, np.nan)
         finite = np.isfinite(va) and np.isfinite(vb)
-        return metric_row(metric, column, value_a=va, value_b=vb, diff=vb - va if finite else None,
-                          ratio=vb / va if finite and va > 0 else None, n_a=len(paired.a), n_b=len(paired.b),
-                          note=note, **extra)
+        return metric_row(
+            metric,
+            column,
+            value_a=va,
+            value_b=vb,
+            diff=vb - va if finite else None,
+            ratio=vb / va if finite and va > 0 else None,
+            n_a=len(paired.a),
+            n_b=len(paired.b),
+            note=note,
+            **extra,
+        )
 
-    rows = [row("cost_usd", "cost_usd", "cost_usd"),
-            row("cost_per_1k_requests", "cost_usd", "cost_per_1k_requests")]
+    rows = [row("cost_usd", "cost_usd", "cost_usd"), row("cost_per_1k_requests", "cost_usd", "cost_per_1k_requests")]
     for score in scores:
         key = f"cost_per_correct_{score.removeprefix('score_')}"
-        rows.append(row("cost_per_correct", score, key,
-                        ci_low_a=figures["a"].get(f"{key}_ci_low"), ci_high_a=figures["a"].get(f"{key}_ci_high"),
-                        ci_low_b=figures["b"].get(f"{key}_ci_low"), ci_high_b=figures["b"].get(f"{key}_ci_high")))
+        rows.append(
+            row(
+                "cost_per_correct",
+                score,
+                key,
+                ci_low_a=figures["a"].get(f"{key}_ci_low"),
+                ci_high_a=figures["a"].get(f"{key}_ci_high"),
+                ci_low_b=figures["b"].get(f"{key}_ci_low"),
+                ci_high_b=figures["b"].get(f"{key}_ci_high"),
+            )
+        )
     return rows
 
 
@@ -233,9 +336,12 @@ def agreement_row(paired: PairedResults) -> dict:
     same = (na == nb) & na.notna()
     exact = pairs.loc[ok, "output_a"].astype(str) == pairs.loc[ok, "output_b"].astype(str)
     return metric_row(
-        "output_agreement", "output", value=float(same.mean()), n_pairs=int(ok.sum()),
+        "output_agreement",
+        "output",
+        value=float(same.mean()),
+        n_pairs=int(ok.sum()),
         note=f"{int(same.sum())} of {int(ok.sum())} identical after normalising case, whitespace, punctuation and symbols "
-             f"({int(exact.sum())} byte-identical)",
+        f"({int(exact.sum())} byte-identical)",
     )
 
 
@@ -243,11 +349,29 @@ def pairing_rows(paired: PairedResults) -> list[dict]:
     """How many rows paired, and how many of each side did not (never silently dropped)."""
     keys = ", ".join(paired.keys)
     return [
-        metric_row("pairs", None, value=float(paired.n_pairs), n_pairs=paired.n_pairs, n_a=len(paired.a), n_b=len(paired.b), note=f"paired on {keys}"),
-        metric_row("unpaired_a", None, value=float(paired.unpaired_a), n_a=len(paired.a),
-             note="rows of A without a partner in B"),
-        metric_row("unpaired_b", None, value=float(paired.unpaired_b), n_b=len(paired.b),
-             note="rows of B without a partner in A"),
+        metric_row(
+            "pairs",
+            None,
+            value=float(paired.n_pairs),
+            n_pairs=paired.n_pairs,
+            n_a=len(paired.a),
+            n_b=len(paired.b),
+            note=f"paired on {keys}",
+        ),
+        metric_row(
+            "unpaired_a",
+            None,
+            value=float(paired.unpaired_a),
+            n_a=len(paired.a),
+            note="rows of A without a partner in B",
+        ),
+        metric_row(
+            "unpaired_b",
+            None,
+            value=float(paired.unpaired_b),
+            n_b=len(paired.b),
+            note="rows of B without a partner in A",
+        ),
     ]
 
 
@@ -264,8 +388,7 @@ def metrics_frame(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
-def compare(paired: PairedResults, confidence: float = 0.95, seed: int = 0,
-            cluster: str | None = None) -> pd.DataFrame:
+def compare(paired: PairedResults, confidence: float = 0.95, seed: int = 0, cluster: str | None = None) -> pd.DataFrame:
     """All paired metrics of A vs B (without the judge) as one DataFrame (``cluster``: see ``score_rows``)."""
     rows = pairing_rows(paired) + score_rows(paired, confidence, seed, cluster) + performance_rows(paired)
     rows += cost_rows(paired, confidence, cluster)
@@ -338,8 +461,11 @@ def comparison_warnings(paired: PairedResults) -> list[str]:
                 "(1 for `sentech-eval serve --engine llama`) to compare models, not queues."
             )
     if paired.sampling_differences:
-        out.append("A and B used different sampling (" + "; ".join(paired.sampling_differences)
-                   + "): differences mix the systems with their settings.")
+        out.append(
+            "A and B used different sampling ("
+            + "; ".join(paired.sampling_differences)
+            + "): differences mix the systems with their settings."
+        )
     one_sided = paired.only_in_a + paired.only_in_b
     if one_sided:
         out.append(f"Scores on one side only, not compared: {', '.join(one_sided)}.")

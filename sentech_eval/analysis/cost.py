@@ -41,8 +41,9 @@ def binary_scores(df: pd.DataFrame, scores: list[str]) -> list[str]:
     return [s for s in scores if s in df.columns and stats.is_binary(pd.to_numeric(df[s], errors="coerce"))]
 
 
-def accuracy_interval(df: pd.DataFrame, score: str, clusters: Any | None = None,
-                      confidence: float = 0.95) -> stats.Interval:
+def accuracy_interval(
+    df: pd.DataFrame, score: str, clusters: Any | None = None, confidence: float = 0.95
+) -> stats.Interval:
     """The interval ``report`` gives the mean of ``score``: ok rows only, ``stats.mean_ci`` over ``clusters``."""
     values = pd.to_numeric(df[score], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     status = df["status"].to_numpy() if "status" in df.columns else np.full(len(df), "ok", dtype=object)
@@ -71,8 +72,10 @@ def cost_columns(part: pd.DataFrame, intervals: dict[str, stats.Interval]) -> di
     ``_ci_low`` / ``_ci_high`` (``<name>`` = the score without ``score_``)."""
     total = total_cost(part)
     requests = len(part)
-    out: dict[str, Any] = {COST_COLUMN: total,
-                           "cost_per_1k_requests": 1000.0 * total / requests if requests else math.nan}
+    out: dict[str, Any] = {
+        COST_COLUMN: total,
+        "cost_per_1k_requests": 1000.0 * total / requests if requests else math.nan,
+    }
     for score, ci in intervals.items():
         name = f"cost_per_correct_{score.removeprefix('score_')}"
         out[name], out[f"{name}_ci_low"], out[f"{name}_ci_high"] = cost_per_correct(total, ci)
@@ -84,8 +87,9 @@ def cost_per_correct_names(summary: pd.DataFrame) -> list[str]:
     return [c for c in summary.columns if c.startswith("cost_per_correct_") and not c.endswith(("_ci_low", "_ci_high"))]
 
 
-def side_costs(df: pd.DataFrame, scores: list[str], clusters: Any | None = None,
-               confidence: float = 0.95) -> dict[str, Any]:
+def side_costs(
+    df: pd.DataFrame, scores: list[str], clusters: Any | None = None, confidence: float = 0.95
+) -> dict[str, Any]:
     """``cost_columns`` of a whole results frame (one side of a comparison), its 0/1 scores' intervals included."""
     intervals = {s: accuracy_interval(df, s, clusters, confidence) for s in binary_scores(df, scores)}
     return cost_columns(df, intervals)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.analysis.pairing import PairedResults
+from sentech_eval.errors import ConfigError, ResultsError
 
 ALL_SCORES = "*"
 _YAML_KEYS = {"max_score_drop", "max_latency_increase", "latency_slack_ms", "max_error_rate", "require_significance"}
@@ -97,7 +97,9 @@ def load_thresholds_file(path: str | Path) -> Thresholds:
     except yaml.YAMLError as exc:
         raise ConfigError(f"The thresholds file {str(p)!r} is not valid YAML ({str(exc).splitlines()[0]}).") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"The thresholds file {str(p)!r} must be a mapping with keys {', '.join(sorted(_YAML_KEYS))}.")
+        raise ConfigError(
+            f"The thresholds file {str(p)!r} must be a mapping with keys {', '.join(sorted(_YAML_KEYS))}."
+        )
     unknown = sorted(set(data) - _YAML_KEYS)
     if unknown:
         raise ConfigError(
@@ -129,7 +131,9 @@ def resolve_scores(requested: dict[str, float], paired: PairedResults) -> dict[s
     out: dict[str, float] = {}
     if ALL_SCORES in requested:
         if not paired.scores:
-            raise ResultsError("--max-score-drop applies to every score, but baseline and candidate share no score column.")
+            raise ResultsError(
+                "--max-score-drop applies to every score, but baseline and candidate share no score column."
+            )
         for col in paired.scores:
             out[col] = requested[ALL_SCORES]
     for name, value in requested.items():
@@ -172,10 +176,17 @@ def evaluate(paired: PairedResults, metrics: pd.DataFrame, thresholds: Threshold
         name = f"score_drop[{col.removeprefix('score_')}]"
         if pd.isna(r["diff"]):
             # Errored rows carry no score: no scored pair at all is a regression, not unusable input.
-            results.append(CheckResult(
-                name, f"drop ≤ {max_drop:g}", None, None, "n/a", False,
-                f"no pair has {col} on both sides (every paired row errored on one side?)",
-            ))
+            results.append(
+                CheckResult(
+                    name,
+                    f"drop ≤ {max_drop:g}",
+                    None,
+                    None,
+                    "n/a",
+                    False,
+                    f"no pair has {col} on both sides (every paired row errored on one side?)",
+                )
+            )
             continue
         drop = -float(r["diff"])
         beyond = drop > max_drop + _EPS
@@ -188,10 +199,17 @@ def evaluate(paired: PairedResults, metrics: pd.DataFrame, thresholds: Threshold
             msg = f"{col} dropped by {drop:.4f} (> {max_drop:g}) but the paired {ci} includes 0: not significant"
         else:
             msg = f"{col} changed by {float(r['diff']):+.4f} (allowed drop {max_drop:g}), {ci}"
-        results.append(CheckResult(
-            name, f"drop ≤ {max_drop:g}" + (" (significant only)" if thresholds.require_significance else ""),
-            float(r["value_a"]), float(r["value_b"]), f"{float(r['diff']):+.4f}", not failed, msg,
-        ))
+        results.append(
+            CheckResult(
+                name,
+                f"drop ≤ {max_drop:g}" + (" (significant only)" if thresholds.require_significance else ""),
+                float(r["value_a"]),
+                float(r["value_b"]),
+                f"{float(r['diff']):+.4f}",
+                not failed,
+                msg,
+            )
+        )
     if thresholds.max_latency_increase is not None:
         limit = thresholds.max_latency_increase
         slack_s = thresholds.latency_slack_ms / 1000.0
@@ -199,24 +217,51 @@ def evaluate(paired: PairedResults, metrics: pd.DataFrame, thresholds: Threshold
         for q in ("p50", "p95"):
             r = by_metric.get((f"latency_{q}", "latency_s"))
             if r is None:
-                raise ResultsError("--max-latency-increase needs latency_s on both sides for pairs where both succeeded; none found.")
+                raise ResultsError(
+                    "--max-latency-increase needs latency_s on both sides for pairs where both succeeded; none found."
+                )
             if r["value_a"] is None or r["value_a"] != r["value_a"]:  # a row without values says why (e.g. the cache)
-                raise ResultsError(f"--max-latency-increase needs latency measured on both sides; {r['note']} "
-                                   "(re-run with runner.cache=off or refresh to measure it).")
+                raise ResultsError(
+                    f"--max-latency-increase needs latency measured on both sides; {r['note']} "
+                    "(re-run with runner.cache=off or refresh to measure it)."
+                )
             a, b = float(r["value_a"]), float(r["value_b"])
             ratio = b / a if a > 0 else (1.0 if b <= 0 else float("inf"))
             allowed = a * (1 + limit) + slack_s
             failed = b > allowed + _EPS
-            msg = (f"latency {q} {a * 1000:.1f} ms → {b * 1000:.1f} ms (×{ratio:.2f}; allowed up to "
-                   f"{allowed * 1000:.1f} ms = ×{1 + limit:.2f}{slack})")
-            results.append(CheckResult(f"latency_{q}_increase", f"increase ≤ {limit:.0%}{slack}", a * 1000, b * 1000,
-                                       f"{ratio - 1:+.1%}", not failed, msg, unit=" ms"))
+            msg = (
+                f"latency {q} {a * 1000:.1f} ms → {b * 1000:.1f} ms (×{ratio:.2f}; allowed up to "
+                f"{allowed * 1000:.1f} ms = ×{1 + limit:.2f}{slack})"
+            )
+            results.append(
+                CheckResult(
+                    f"latency_{q}_increase",
+                    f"increase ≤ {limit:.0%}{slack}",
+                    a * 1000,
+                    b * 1000,
+                    f"{ratio - 1:+.1%}",
+                    not failed,
+                    msg,
+                    unit=" ms",
+                )
+            )
     if thresholds.max_error_rate is not None:
         r = by_metric[("error_rate", "status")]
         rate = float(r["value_b"])
         failed = rate > thresholds.max_error_rate + _EPS
-        msg = (f"{rate:.2%} of {int(r['n_b'])} candidate rows failed (allowed {thresholds.max_error_rate:.2%}; "
-               f"baseline {float(r['value_a']):.2%})")
-        results.append(CheckResult("error_rate", f"≤ {thresholds.max_error_rate:.2%}", float(r["value_a"]), rate,
-                                   f"{rate:.2%}", not failed, msg))
+        msg = (
+            f"{rate:.2%} of {int(r['n_b'])} candidate rows failed (allowed {thresholds.max_error_rate:.2%}; "
+            f"baseline {float(r['value_a']):.2%})"
+        )
+        results.append(
+            CheckResult(
+                "error_rate",
+                f"≤ {thresholds.max_error_rate:.2%}",
+                float(r["value_a"]),
+                rate,
+                f"{rate:.2%}",
+                not failed,
+                msg,
+            )
+        )
     return results

@@ -93,10 +93,18 @@ async def _judge_all(backend: Backend, sampling: Sampling, pairs: pd.DataFrame, 
         a, b = str(row["output_a"]), str(row["output_b"])
         first, second = (a, b) if order == "AB" else (b, a)
         async with semaphore:
-            completion = await complete_with_retries(backend, _messages(row, first, second), sampling,
-                                                     max_attempts=MAX_ATTEMPTS)
-        record = {"prompt_id": row["prompt_id"], "repeat": int(row["repeat"]), "order": order,
-                  "verdict": None, "prefers": None, "error": None, "latency_s": completion.latency_s}
+            completion = await complete_with_retries(
+                backend, _messages(row, first, second), sampling, max_attempts=MAX_ATTEMPTS
+            )
+        record = {
+            "prompt_id": row["prompt_id"],
+            "repeat": int(row["repeat"]),
+            "order": order,
+            "verdict": None,
+            "prefers": None,
+            "error": None,
+            "latency_s": completion.latency_s,
+        }
         if completion.http_status in (401, 403):
             # A rejected key is a set-up failure, not a verdict: every further request would fail too.
             raise AuthenticationError(
@@ -136,9 +144,17 @@ def judge_pairs(paired: PairedResults, overrides: list[str], limit: int | None =
         pairs = pairs.head(limit)
     same = pairs["output_a"].map(normalise_output) == pairs["output_b"].map(normalise_output)
     records = [
-        {"prompt_id": r["prompt_id"], "repeat": int(r["repeat"]), "order": order, "verdict": "identical outputs",
-         "prefers": "tie", "error": None, "latency_s": None}
-        for _, r in pairs[same].iterrows() for order in ("AB", "BA")
+        {
+            "prompt_id": r["prompt_id"],
+            "repeat": int(r["repeat"]),
+            "order": order,
+            "verdict": "identical outputs",
+            "prefers": "tie",
+            "error": None,
+            "latency_s": None,
+        }
+        for _, r in pairs[same].iterrows()
+        for order in ("AB", "BA")
     ]
     to_ask = pairs[~same]
     if len(to_ask):
@@ -171,15 +187,37 @@ def judge_rows(judgements: pd.DataFrame, confidence: float = 0.95, seed: int = 0
     both = judgements.dropna(subset=["prefers"]).groupby(["prompt_id", "repeat"])["prefers"]
     consistent = both.agg(lambda s: len(s) == 2 and s.nunique() == 1)
     counted = both.size() == 2
-    rows.append(metric_row(
-        "judge_preference_b", "output", value=rate, ci_low=low, ci_high=high, n_pairs=len(per_pair), ci_method=method,
-        wins=int((per_pair > 0.5).sum()), ties=int((per_pair == 0.5).sum()), losses=int((per_pair < 0.5).sum()),
-        note=f"B preferred = 1, tie = 0.5, A = 0; both orders asked; {errors} judge errors in {requests} requests",
-    ))
-    rows.append(metric_row(
-        "judge_position_consistency", "output", value=float(consistent[counted].mean()) if counted.any() else None,
-        n_pairs=int(counted.sum()), note="share of pairs whose two verdicts (order swapped) name the same winner",
-    ))
-    rows.append(metric_row("judge_errors", "output", value=float(errors), n_pairs=requests,
-                     note="failed judge requests or replies without a verdict (left out of the rate)"))
+    rows.append(
+        metric_row(
+            "judge_preference_b",
+            "output",
+            value=rate,
+            ci_low=low,
+            ci_high=high,
+            n_pairs=len(per_pair),
+            ci_method=method,
+            wins=int((per_pair > 0.5).sum()),
+            ties=int((per_pair == 0.5).sum()),
+            losses=int((per_pair < 0.5).sum()),
+            note=f"B preferred = 1, tie = 0.5, A = 0; both orders asked; {errors} judge errors in {requests} requests",
+        )
+    )
+    rows.append(
+        metric_row(
+            "judge_position_consistency",
+            "output",
+            value=float(consistent[counted].mean()) if counted.any() else None,
+            n_pairs=int(counted.sum()),
+            note="share of pairs whose two verdicts (order swapped) name the same winner",
+        )
+    )
+    rows.append(
+        metric_row(
+            "judge_errors",
+            "output",
+            value=float(errors),
+            n_pairs=requests,
+            note="failed judge requests or replies without a verdict (left out of the rate)",
+        )
+    )
     return rows

@@ -23,8 +23,10 @@ from sentech_eval.types import SAMPLING_FIELDS
 BASE_KEYS = ("prompt_id", "repeat")
 
 # score_<name> columns that are bookkeeping of a scorer (e.g. the LLM judge's own cost), not scores.
-_NOT_A_SCORE = re.compile(r"_(detail|latency_s|latency|ttft_s|tokens|prompt_tokens|completion_tokens|"
-                          r"total_tokens|error|status|raw|cost)$")
+_NOT_A_SCORE = re.compile(
+    r"_(detail|latency_s|latency|ttft_s|tokens|prompt_tokens|completion_tokens|"
+    r"total_tokens|error|status|raw|cost)$"
+)
 
 
 @dataclass
@@ -53,7 +55,9 @@ def read_results(path: str | Path, role: str) -> pd.DataFrame:
     """Load one side (file, run dir or sweep dir); ResultsError naming ``role`` if it is unusable."""
     p = Path(path)
     if not p.exists():
-        raise ResultsError(f"The {role} results {str(p)!r} do not exist; pass a results.parquet file, a run dir or a sweep dir.")
+        raise ResultsError(
+            f"The {role} results {str(p)!r} do not exist; pass a results.parquet file, a run dir or a sweep dir."
+        )
     df = load_results(p)
     if df is None or len(df) == 0:
         raise ResultsError(f"The {role} results {str(p)!r} contain no rows; point at a finished run.")
@@ -113,8 +117,14 @@ def pair_results(a_path: str | Path, b_path: str | Path, role_a: str = "A", role
     return pair_frames(a, b, role_a, role_b, a_path, b_path)
 
 
-def pair_frames(a: pd.DataFrame, b: pd.DataFrame, role_a: str = "A", role_b: str = "B",
-                a_path: str | Path = "A", b_path: str | Path = "B") -> PairedResults:
+def pair_frames(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    role_a: str = "A",
+    role_b: str = "B",
+    a_path: str | Path = "A",
+    b_path: str | Path = "B",
+) -> PairedResults:
     """Join two loaded results frames on the pairing keys."""
     keys = pairing_keys(a, b)
     _refuse_duplicates(a, keys, role_a, a_path)
@@ -146,9 +156,18 @@ def pair_frames(a: pd.DataFrame, b: pd.DataFrame, role_a: str = "A", role_b: str
     sa, sb = score_columns(a), score_columns(b)
     common = [c for c in sa if c in sb]
     return PairedResults(
-        pairs=pairs, keys=keys, a=a, b=b, unpaired_a=unpaired_a, unpaired_b=unpaired_b,
-        scores=common, only_in_a=[c for c in sa if c not in sb], only_in_b=[c for c in sb if c not in sa],
-        label_a=role_a, label_b=role_b, sampling_differences=differences,
+        pairs=pairs,
+        keys=keys,
+        a=a,
+        b=b,
+        unpaired_a=unpaired_a,
+        unpaired_b=unpaired_b,
+        scores=common,
+        only_in_a=[c for c in sa if c not in sb],
+        only_in_b=[c for c in sb if c not in sa],
+        label_a=role_a,
+        label_b=role_b,
+        sampling_differences=differences,
     )
 
 

@@ -73,8 +73,10 @@ def parse_slo(assignments: Sequence[str]) -> SLO:
         key, sep, raw = text.partition("=")
         name = key.removeprefix("slo.")
         if not sep or not key.startswith("slo.") or name not in SLO_KEYS:
-            raise ConfigError(f"{text!r} is not an SLO; write slo.KEY=VALUE with KEY one of {', '.join(SLO_KEYS)} "
-                              "(e.g. slo.ttft_s=0.5 slo.latency_s=2 slo.score=contains).")
+            raise ConfigError(
+                f"{text!r} is not an SLO; write slo.KEY=VALUE with KEY one of {', '.join(SLO_KEYS)} "
+                "(e.g. slo.ttft_s=0.5 slo.latency_s=2 slo.score=contains)."
+            )
         if name == "score":
             values[name] = raw.strip().removeprefix("score_")
             if not values[name]:
@@ -95,12 +97,16 @@ def check_slo(results: pd.DataFrame, slo: SLO) -> None:
     for name in slo.limits:
         if name not in results or results[name].notna().sum() == 0:
             hint = " (TTFT, TPOT and ITL need backend.stream=true)" if name in ("ttft_s", "tpot_s") else ""
-            raise ConfigError(f"slo.{name} is set but these results have no {name} values{hint}; drop slo.{name} "
-                              "or report a run that recorded it.")
+            raise ConfigError(
+                f"slo.{name} is set but these results have no {name} values{hint}; drop slo.{name} "
+                "or report a run that recorded it."
+            )
     if slo.score is not None and f"score_{slo.score}" not in results:
         known = sorted(c.removeprefix("score_") for c in results.columns if c.startswith("score_"))
-        raise ConfigError(f"slo.score={slo.score} names no score column of these results; scores present: "
-                          f"{', '.join(known) or 'none'} (add one with `sentech-eval score PATH scorers=[{slo.score}]`).")
+        raise ConfigError(
+            f"slo.score={slo.score} names no score column of these results; scores present: "
+            f"{', '.join(known) or 'none'} (add one with `sentech-eval score PATH scorers=[{slo.score}]`)."
+        )
 
 
 def meets_slo(results: pd.DataFrame, slo: SLO) -> np.ndarray:
@@ -176,8 +182,9 @@ def load_row(part: pd.DataFrame, slo: SLO) -> dict:
     requested = part["request_rate"].dropna().unique() if "request_rate" in part else []
     lag = part["send_lag_s"].to_numpy(dtype=float, na_value=np.nan) if "send_lag_s" in part else np.array([np.nan])
     row["send_lag_s_p99"] = _percentiles(lag)[99]
-    row["schedule_kept"] = schedule_kept(row["achieved_rps"], float(requested[0]) if len(requested) else None,
-                                         row["send_lag_s_p99"])
+    row["schedule_kept"] = schedule_kept(
+        row["achieved_rps"], float(requested[0]) if len(requested) else None, row["send_lag_s_p99"]
+    )
     if slo.active:
         meets = meets_slo(part, slo)
         row["slo_attainment"] = float(meets.mean()) if n else float("nan")
@@ -217,8 +224,11 @@ def saturation_knee(rates: Sequence[float], p99_latency: Sequence[float]) -> int
     Points are taken in order of rate; the knee is the last point before the first step whose
     relative latency growth exceeds its relative rate growth (log scale) and 10 %.
     """
-    pairs = [(float(r), float(l), i) for i, (r, l) in enumerate(zip(rates, p99_latency))
-             if r > 0 and l > 0 and math.isfinite(r) and math.isfinite(l)]
+    pairs = [
+        (float(r), float(lat), i)
+        for i, (r, lat) in enumerate(zip(rates, p99_latency))
+        if r > 0 and lat > 0 and math.isfinite(r) and math.isfinite(lat)
+    ]
     pairs.sort()
     for (r0, l0, i0), (r1, l1, _) in zip(pairs, pairs[1:]):
         growth = math.log(l1 / l0)

@@ -91,8 +91,13 @@ def _clean(*columns: Any, clusters: Any | None = None) -> tuple[list[np.ndarray]
     return [a[keep] for a in arrays], cl
 
 
-def bootstrap_ci(values: Any, clusters: Any | None = None, confidence: float = 0.95,
-                 n_resamples: int = DEFAULT_RESAMPLES, seed: int | None = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Any,
+    clusters: Any | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int | None = 0,
+) -> tuple[float, float, float]:
     """(mean, low, high): the mean of the non-NaN values and its percentile-bootstrap CI.
 
     With ``clusters`` the resampling unit is the cluster (prompt), not the row.
@@ -112,8 +117,14 @@ def bootstrap_ci(values: Any, clusters: Any | None = None, confidence: float = 0
     return mean, float(low), float(high)
 
 
-def paired_bootstrap_ci(a: Any, b: Any, clusters: Any | None = None, confidence: float = 0.95,
-                        n_resamples: int = DEFAULT_RESAMPLES, seed: int | None = 0) -> tuple[float, float, float]:
+def paired_bootstrap_ci(
+    a: Any,
+    b: Any,
+    clusters: Any | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int | None = 0,
+) -> tuple[float, float, float]:
     """(diff, low, high) for ``diff = mean(a - b)`` over pairs where both are present.
 
     ``a[i]`` and ``b[i]`` must be the same item (same prompt and repeat) under two systems;
@@ -158,7 +169,7 @@ METHOD_DESCRIPTIONS = {
     WILSON: "Wilson score interval (0/1 score, one row per prompt)",
     MIDP: "mid-p exact interval (mid-p Clopper–Pearson; 0/1 score, one row per prompt)",
     WILSON_CLUSTERED: "cluster-adjusted Wilson interval (0/1 score, several rows per prompt: Wilson at the "
-                      "effective n = n / design effect, Satterthwaite degrees of freedom)",
+    "effective n = n / design effect, Satterthwaite degrees of freedom)",
     BOOTSTRAP: "percentile bootstrap over rows (one row per prompt)",
     BOOTSTRAP_CLUSTERED: "percentile bootstrap resampling prompts (several rows per prompt)",
     NEWCOMBE: "Newcombe hybrid score interval for paired proportions (one pair per prompt)",
@@ -244,8 +255,7 @@ def midp_interval(successes: Any, n: Any, confidence: float = 0.95) -> tuple[np.
     return low, high
 
 
-def _cluster_variance(y: np.ndarray, m: np.ndarray, est: np.ndarray, rows: np.ndarray,
-                      k: np.ndarray) -> np.ndarray:
+def _cluster_variance(y: np.ndarray, m: np.ndarray, est: np.ndarray, rows: np.ndarray, k: np.ndarray) -> np.ndarray:
     """Cluster-robust (ratio-estimator) variance of ``est = Σy / Σm``; along the last axis, m = 0 pads."""
     resid = y - est[..., None] * m
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -270,9 +280,12 @@ def satterthwaite_df(resid: Any, present: Any) -> np.ndarray:
         return np.where((v > 0) & (s2 > 0), 2.0 * v * v / np.where(s2 > 0, k * s2, 1.0), np.nan)
 
 
-def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95,
-                                 df_rule: Callable[[np.ndarray, np.ndarray], np.ndarray] = satterthwaite_df,
-                                 ) -> dict[str, np.ndarray]:
+def clustered_wilson_from_totals(
+    y: Any,
+    m: Any,
+    confidence: float = 0.95,
+    df_rule: Callable[[np.ndarray, np.ndarray], np.ndarray] = satterthwaite_df,
+) -> dict[str, np.ndarray]:
     """Cluster-adjusted Wilson interval from per-cluster successes ``y`` and rows ``m`` (last axis).
 
     Leading axes are independent data sets (the simulation suite passes thousands at once);
@@ -316,8 +329,16 @@ def clustered_wilson_from_totals(y: Any, m: Any, confidence: float = 0.95,
     floor = rows / np.maximum(deff_max, 1.0) * (z / t_k) ** 2
     n_eff = np.where(clustered, np.maximum(rows / deff * (z / t_df) ** 2, floor), rows / deff)
     low, high = wilson_interval(est * n_eff, n_eff, confidence)
-    return {"estimate": est, "low": low, "high": high, "n_eff": n_eff, "design_effect": deff,
-            "df": np.where(clustered, df, np.inf), "rows": rows, "clusters": k}
+    return {
+        "estimate": est,
+        "low": low,
+        "high": high,
+        "n_eff": n_eff,
+        "design_effect": deff,
+        "df": np.where(clustered, df, np.inf),
+        "rows": rows,
+        "clusters": k,
+    }
 
 
 def _codes(clusters: Any | None, size: int) -> np.ndarray:
@@ -346,12 +367,24 @@ def proportion_ci(values: Any, clusters: Any | None = None, confidence: float = 
         low, high = midp_interval(y.sum(), arr.size, confidence)
         return Interval(float(arr.mean()), float(low), float(high), MIDP, int(arr.size), int(y.size))
     r = clustered_wilson_from_totals(y, m, confidence)
-    return Interval(float(r["estimate"]), float(r["low"]), float(r["high"]), WILSON_CLUSTERED, int(arr.size),
-                    int(y.size), float(r["design_effect"]))
+    return Interval(
+        float(r["estimate"]),
+        float(r["low"]),
+        float(r["high"]),
+        WILSON_CLUSTERED,
+        int(arr.size),
+        int(y.size),
+        float(r["design_effect"]),
+    )
 
 
-def mean_ci(values: Any, clusters: Any | None = None, confidence: float = 0.95,
-            n_resamples: int = DEFAULT_RESAMPLES, seed: int | None = 0) -> Interval:
+def mean_ci(
+    values: Any,
+    clusters: Any | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int | None = 0,
+) -> Interval:
     """Interval of a score's mean, method chosen by the data (see the module docstring).
 
     0/1 scores get ``proportion_ci``; other scores the percentile bootstrap resampling clusters.
@@ -364,8 +397,9 @@ def mean_ci(values: Any, clusters: Any | None = None, confidence: float = 0.95,
     codes = _codes(cl, arr.size)
     n_clusters = int(codes.max()) + 1
     clustered = n_clusters < arr.size
-    mean, low, high = bootstrap_ci(arr, clusters=codes if clustered else None, confidence=confidence,
-                                   n_resamples=n_resamples, seed=seed)
+    mean, low, high = bootstrap_ci(
+        arr, clusters=codes if clustered else None, confidence=confidence, n_resamples=n_resamples, seed=seed
+    )
     return Interval(mean, low, high, BOOTSTRAP_CLUSTERED if clustered else BOOTSTRAP, int(arr.size), n_clusters)
 
 
@@ -398,15 +432,27 @@ def newcombe_from_totals(ya: Any, yb: Any, m: Any, confidence: float = 0.95) -> 
     diff = pb - pa
     d_low_b, d_high_a = pb - b["low"], a["high"] - pa
     d_high_b, d_low_a = b["high"] - pb, pa - a["low"]
-    low = diff - np.sqrt(np.maximum(d_low_b ** 2 - 2 * corr * d_low_b * d_high_a + d_high_a ** 2, 0.0))
-    high = diff + np.sqrt(np.maximum(d_high_b ** 2 - 2 * corr * d_high_b * d_low_a + d_low_a ** 2, 0.0))
-    return {"estimate": diff, "low": np.maximum(low, -1.0), "high": np.minimum(high, 1.0), "corr": corr,
-            "rows": rows, "clusters": k,
-            "design_effect": np.maximum(a["design_effect"], b["design_effect"])}
+    low = diff - np.sqrt(np.maximum(d_low_b**2 - 2 * corr * d_low_b * d_high_a + d_high_a**2, 0.0))
+    high = diff + np.sqrt(np.maximum(d_high_b**2 - 2 * corr * d_high_b * d_low_a + d_low_a**2, 0.0))
+    return {
+        "estimate": diff,
+        "low": np.maximum(low, -1.0),
+        "high": np.minimum(high, 1.0),
+        "corr": corr,
+        "rows": rows,
+        "clusters": k,
+        "design_effect": np.maximum(a["design_effect"], b["design_effect"]),
+    }
 
 
-def paired_difference_ci(a: Any, b: Any, clusters: Any | None = None, confidence: float = 0.95,
-                         n_resamples: int = DEFAULT_RESAMPLES, seed: int | None = 0) -> Interval:
+def paired_difference_ci(
+    a: Any,
+    b: Any,
+    clusters: Any | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int | None = 0,
+) -> Interval:
     """Interval of mean(b − a) over the pairs where both are present, method chosen by the data.
 
     0/1 scores on both sides: the Newcombe interval (cluster-adjusted when clusters hold several
@@ -421,11 +467,18 @@ def paired_difference_ci(a: Any, b: Any, clusters: Any | None = None, confidence
     if is_binary(a_arr) and is_binary(b_arr):
         m = np.bincount(codes).astype(float)
         r = newcombe_from_totals(np.bincount(codes, weights=a_arr), np.bincount(codes, weights=b_arr), m, confidence)
-        return Interval(float(r["estimate"]), float(r["low"]), float(r["high"]),
-                        NEWCOMBE_CLUSTERED if clustered else NEWCOMBE, int(a_arr.size), n_clusters,
-                        float(r["design_effect"]))
-    diff, low, high = bootstrap_ci(b_arr - a_arr, clusters=codes if clustered else None, confidence=confidence,
-                                   n_resamples=n_resamples, seed=seed)
+        return Interval(
+            float(r["estimate"]),
+            float(r["low"]),
+            float(r["high"]),
+            NEWCOMBE_CLUSTERED if clustered else NEWCOMBE,
+            int(a_arr.size),
+            n_clusters,
+            float(r["design_effect"]),
+        )
+    diff, low, high = bootstrap_ci(
+        b_arr - a_arr, clusters=codes if clustered else None, confidence=confidence, n_resamples=n_resamples, seed=seed
+    )
     return Interval(diff, low, high, BOOTSTRAP_CLUSTERED if clustered else BOOTSTRAP, int(a_arr.size), n_clusters)
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from sentech_eval.analysis import cost, stats
-from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.engine.results import is_quality_score, load_results
+from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.types import SAMPLING_PARAMS
 
 SAMPLING_COLUMNS = SAMPLING_PARAMS
@@ -96,10 +96,14 @@ def cache_note(summary: pd.DataFrame) -> str | None:
         return None
     cached, total = int(summary["n_cached"].sum()), int(summary["n"].sum())
     if cached == total:
-        return (f"All {total} rows came from the response cache: these results measured no latency "
-                "(latency and tokens/s are empty; the rows keep the original requests' latency_s).")
-    return (f"{cached} of {total} rows came from the response cache: scores use every row; latency and tokens/s "
-            f"use the {total - cached} fresh rows only.")
+        return (
+            f"All {total} rows came from the response cache: these results measured no latency "
+            "(latency and tokens/s are empty; the rows keep the original requests' latency_s)."
+        )
+    return (
+        f"{cached} of {total} rows came from the response cache: scores use every row; latency and tokens/s "
+        f"use the {total - cached} fresh rows only."
+    )
 
 
 def cluster_column(df: pd.DataFrame, cluster: str | None = None) -> str | None:
@@ -121,13 +125,20 @@ def decode_tokens_per_s(ok: pd.DataFrame) -> np.ndarray:
     if not {"ttft_s", "latency_s", "completion_tokens"} <= set(ok.columns):
         return np.array([])
     tokens = ok["completion_tokens"].to_numpy(dtype=float, na_value=np.nan)
-    decode_s = ok["latency_s"].to_numpy(dtype=float, na_value=np.nan) - ok["ttft_s"].to_numpy(dtype=float, na_value=np.nan)
+    decode_s = ok["latency_s"].to_numpy(dtype=float, na_value=np.nan) - ok["ttft_s"].to_numpy(
+        dtype=float, na_value=np.nan
+    )
     usable = (tokens > 1) & (decode_s > 0)
     return (tokens[usable] - 1.0) / decode_s[usable]
 
 
-def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = stats.DEFAULT_RESAMPLES,
-              seed: int = 0, cluster: str | None = None) -> pd.DataFrame:
+def summarize(
+    df: pd.DataFrame,
+    confidence: float = 0.95,
+    n_resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = 0,
+    cluster: str | None = None,
+) -> pd.DataFrame:
     """One row per configuration; see the module docstring for the columns.
 
     ``cluster`` names the column whose rows are one unit of evidence (default ``prompt_id``).
@@ -176,20 +187,35 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95, n_resamples: int = sta
         if has_ttft:
             for q, v in stats.percentiles(fresh["ttft_s"].to_numpy(dtype=float, na_value=np.nan), TTFT_QS).items():
                 row[f"ttft_s_p{q}"] = v
-        completion = ok["completion_tokens"].to_numpy(dtype=float, na_value=np.nan) if "completion_tokens" in ok else np.array([np.nan])
-        prompt_tokens = part["prompt_tokens"].to_numpy(dtype=float, na_value=np.nan) if "prompt_tokens" in part else np.array([np.nan])
+        completion = (
+            ok["completion_tokens"].to_numpy(dtype=float, na_value=np.nan)
+            if "completion_tokens" in ok
+            else np.array([np.nan])
+        )
+        prompt_tokens = (
+            part["prompt_tokens"].to_numpy(dtype=float, na_value=np.nan)
+            if "prompt_tokens" in part
+            else np.array([np.nan])
+        )
         row["completion_tokens_mean"] = float(np.nanmean(completion)) if np.any(~np.isnan(completion)) else np.nan
         # NaN when no row has a prompt count (a server that reports no usage while streaming): not 0
         row["prompt_tokens_sum"] = int(np.nansum(prompt_tokens)) if np.any(~np.isnan(prompt_tokens)) else np.nan
-        completion_all = part["completion_tokens"].to_numpy(dtype=float, na_value=np.nan) if "completion_tokens" in part else np.array([np.nan])
+        completion_all = (
+            part["completion_tokens"].to_numpy(dtype=float, na_value=np.nan)
+            if "completion_tokens" in part
+            else np.array([np.nan])
+        )
         row["completion_tokens_sum"] = int(np.nansum(completion_all))
         # throughput: what the fresh rows did in the time they took (cached rows took no time here)
         wall = _wall_seconds(fresh_part) if "latency_s" in part and len(fresh_part) else None
         if wall is None and "latency_s" in fresh:
             busy = float(np.nansum(latency))
             wall = busy if busy > 0 else None
-        fresh_completion = (fresh_part["completion_tokens"].to_numpy(dtype=float, na_value=np.nan)
-                            if "completion_tokens" in part else np.array([np.nan]))
+        fresh_completion = (
+            fresh_part["completion_tokens"].to_numpy(dtype=float, na_value=np.nan)
+            if "completion_tokens" in part
+            else np.array([np.nan])
+        )
         row["wall_s"] = wall if wall is not None else np.nan
         row["output_tokens_per_s"] = int(np.nansum(fresh_completion)) / wall if wall else np.nan
         decode = decode_tokens_per_s(fresh)

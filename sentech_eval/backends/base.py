@@ -38,7 +38,7 @@ class Backend(Protocol):
     advertised_capacity: int | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any, concurrency: int) -> "Backend":
+    def from_config(cls, cfg: Any, concurrency: int) -> Backend:
         """Build from the ``backend`` config node for a run of ``concurrency`` requests in flight."""
         raise NotImplementedError
 

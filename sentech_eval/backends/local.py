@@ -170,7 +170,7 @@ class LocalBackend(Backend):
             ) from exc
 
     @classmethod
-    def from_config(cls, cfg: Any, concurrency: int = 1) -> "LocalBackend":
+    def from_config(cls, cfg: Any, concurrency: int = 1) -> LocalBackend:
         """Build from the ``backend`` config node; BackendError if the model or llama_cpp is missing."""
         local = backend_settings(cfg, LocalBackendConfig)
         if not local.model_path:
@@ -241,10 +241,15 @@ class LocalBackend(Backend):
         replaces its path by the file's sha256), the llama.cpp build and the load settings."""
         meta = self._metadata
         return {
-            "backend": self.kind, "model": self.model, "model_path": self.settings.model_path,
-            "llama_cpp_python": meta.get("llama_cpp_python_version"), "n_ctx": meta.get("n_ctx"),
-            "chat_format": meta.get("chat_format"), "n_gpu_layers": self.settings.n_gpu_layers,
-            "stream": self.settings.stream, "seed_sent": True,
+            "backend": self.kind,
+            "model": self.model,
+            "model_path": self.settings.model_path,
+            "llama_cpp_python": meta.get("llama_cpp_python_version"),
+            "n_ctx": meta.get("n_ctx"),
+            "chat_format": meta.get("chat_format"),
+            "n_gpu_layers": self.settings.n_gpu_layers,
+            "stream": self.settings.stream,
+            "seed_sent": True,
         }
 
     async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:

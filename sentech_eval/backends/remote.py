@@ -128,8 +128,10 @@ def _readable(message: Any) -> str:
     else:
         text = _STACK.sub("", message)
         if _PYDANTIC_REPORT.match(text):  # pydantic's str(ValidationError) of dict reprs
-            items = [{"loc": [p.strip(" '") for p in loc.split(",") if p.strip(" '")], "msg": msg1 or msg2}
-                     for loc, msg1, msg2 in _PYDANTIC_ITEM.findall(text)]
+            items = [
+                {"loc": [p.strip(" '") for p in loc.split(",") if p.strip(" '")], "msg": msg1 or msg2}
+                for loc, msg1, msg2 in _PYDANTIC_ITEM.findall(text)
+            ]
             text = _field_errors(items) or text
     text = " ".join(text.split())
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
@@ -172,17 +174,34 @@ def parse_completion_body(raw: bytes, content_type: str) -> Completion:
         content = choice["message"]["content"]
         usage = body["usage"]
         prompt_tokens, completion_tokens, total_tokens = (
-            usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+            usage["total_tokens"],
+        )
         finish_reason = choice.get("finish_reason")
         model = body.get("model")
-        if (type(content) is str and content and not content.isspace() and type(prompt_tokens) is int
-                and type(completion_tokens) is int and type(total_tokens) is int
-                and 0 <= prompt_tokens <= MAX_TOKEN_COUNT and 0 <= completion_tokens <= MAX_TOKEN_COUNT
-                and 0 <= total_tokens <= MAX_TOKEN_COUNT
-                and (finish_reason is None or type(finish_reason) is str) and _is_json_type(content_type)):
-            return Completion(output=content, finish_reason=finish_reason,
-                              response_model=model if type(model) is str else None, prompt_tokens=prompt_tokens,
-                              completion_tokens=completion_tokens, total_tokens=total_tokens, usage_source="server")
+        if (
+            type(content) is str
+            and content
+            and not content.isspace()
+            and type(prompt_tokens) is int
+            and type(completion_tokens) is int
+            and type(total_tokens) is int
+            and 0 <= prompt_tokens <= MAX_TOKEN_COUNT
+            and 0 <= completion_tokens <= MAX_TOKEN_COUNT
+            and 0 <= total_tokens <= MAX_TOKEN_COUNT
+            and (finish_reason is None or type(finish_reason) is str)
+            and _is_json_type(content_type)
+        ):
+            return Completion(
+                output=content,
+                finish_reason=finish_reason,
+                response_model=model if type(model) is str else None,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=total_tokens,
+                usage_source="server",
+            )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
         pass
     return _parse_completion_body_checked(raw, content_type)
@@ -200,23 +219,36 @@ def _parse_completion_body_checked(raw: bytes, content_type: str) -> Completion:
             problem = exc
     if body is None:
         if _is_html(raw):
-            return Completion(status="error", error=f"response is an HTML page ({_html_title(raw)!r}, content-type "
-                                                    f"{content_type or 'none'}), not a JSON chat completion")
+            return Completion(
+                status="error",
+                error=f"response is an HTML page ({_html_title(raw)!r}, content-type "
+                f"{content_type or 'none'}), not a JSON chat completion",
+            )
         if not _is_json_type(content_type):
-            return Completion(status="error", error=f"response has content-type {content_type or 'none'!r}, "
-                                                    f"not application/json: {_snippet(raw)!r}")
+            return Completion(
+                status="error",
+                error=f"response has content-type {content_type or 'none'!r}, not application/json: {_snippet(raw)!r}",
+            )
         if not raw.strip():
             return Completion(status="error", error="response body is empty")
         if problem is not None:
-            return Completion(status="error", error=f"response body is not valid JSON ({_json_problem(problem)}): {_snippet(raw)!r}")
+            return Completion(
+                status="error", error=f"response body is not valid JSON ({_json_problem(problem)}): {_snippet(raw)!r}"
+            )
     if not isinstance(body, dict):
         return Completion(status="error", error=f"response body is a JSON {type(body).__name__}, not an object")
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         if "choices" not in body and ("message" in body or "error" in body):
-            return Completion(status="error", error="response has no 'choices' but an error: " + error_message(200, raw))
-        return Completion(status="error", error="response has no 'choices'" if "choices" not in body
-                          else f"response 'choices' is {_describe(choices)}, not a non-empty list")
+            return Completion(
+                status="error", error="response has no 'choices' but an error: " + error_message(200, raw)
+            )
+        return Completion(
+            status="error",
+            error="response has no 'choices'"
+            if "choices" not in body
+            else f"response 'choices' is {_describe(choices)}, not a non-empty list",
+        )
     choice = choices[0]
     if not isinstance(choice, dict):
         return Completion(status="error", error=f"response choices[0] is {_describe(choice)}, not an object")
@@ -226,13 +258,20 @@ def _parse_completion_body_checked(raw: bytes, content_type: str) -> Completion:
     if not isinstance(message, dict):
         return Completion(status="error", error="response choices[0] has no 'message' object")
     if not isinstance(content, str):
-        return Completion(status="error", error=f"response choices[0].message.content is {_describe(content)}, not a string")
+        return Completion(
+            status="error", error=f"response choices[0].message.content is {_describe(content)}, not a string"
+        )
     if not content.strip():
         return Completion(status="error", error="response content is empty", finish_reason=finish_reason)
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    completion = completion_with_usage(Completion(
-        output=content, finish_reason=finish_reason,
-        response_model=body["model"] if isinstance(body.get("model"), str) else None), usage)
+    completion = completion_with_usage(
+        Completion(
+            output=content,
+            finish_reason=finish_reason,
+            response_model=body["model"] if isinstance(body.get("model"), str) else None,
+        ),
+        usage,
+    )
     if completion.status == "ok":
         completion.usage_source = "server" if completion.completion_tokens is not None else "none"
     return completion
@@ -257,10 +296,16 @@ def completion_with_usage(completion: Completion, usage: dict[str, Any]) -> Comp
     """Set the token counts from a server's ``usage``; an out-of-range count makes the row an error saying so."""
     problem = usage_problem(usage)
     if problem is not None:
-        return Completion(status="error", error=problem, output=completion.output,
-                          finish_reason=completion.finish_reason, ttft_s=completion.ttft_s)
+        return Completion(
+            status="error",
+            error=problem,
+            output=completion.output,
+            finish_reason=completion.finish_reason,
+            ttft_s=completion.ttft_s,
+        )
     completion.prompt_tokens, completion.completion_tokens, completion.total_tokens = (
-        _int_or_none(usage.get(name)) for name in USAGE_FIELDS)
+        _int_or_none(usage.get(name)) for name in USAGE_FIELDS
+    )
     return completion
 
 
@@ -311,7 +356,9 @@ def check_base_url(base_url: str) -> None:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         shown = "(a URL carrying a credential)" if problem else base_url
-        raise ConfigError(f"backend.base_url={shown!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1).")
+        raise ConfigError(
+            f"backend.base_url={shown!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)."
+        )
     if problem is not None:
         raise ConfigError(
             f"backend.base_url is refused: {problem}; keys never go in config — export the key in the environment "
@@ -323,8 +370,11 @@ def check_api_key(api_key: str, env_name: str) -> None:
     """A key must be printable ASCII without spaces (it goes into an HTTP header); never echoes the key."""
     for index, char in enumerate(api_key):
         if not 0x21 <= ord(char) <= 0x7E:
-            kind = "a control character" if ord(char) < 0x20 or ord(char) == 0x7F else (
-                "a space" if char.isspace() else "a non-ASCII character")
+            kind = (
+                "a control character"
+                if ord(char) < 0x20 or ord(char) == 0x7F
+                else ("a space" if char.isspace() else "a non-ASCII character")
+            )
             raise BackendError(
                 f"The key in the environment variable {env_name} contains {kind} at position {index + 1} of "
                 f"{len(api_key)}; export the key again without it (a copy-paste often adds a line break)."
@@ -352,11 +402,20 @@ class RemoteBackend(Backend):
 
     kind = "remote"
 
-    def __init__(self, base_url: str, model: str, api_key: str, *, timeout_s: float = RemoteBackendConfig.timeout_s,
-                 stream: bool = RemoteBackendConfig.stream, send_seed: bool = RemoteBackendConfig.send_seed,
-                 include_usage: bool = RemoteBackendConfig.include_usage, concurrency: int = RunnerConfig.concurrency,
-                 max_response_mb: float = RemoteBackendConfig.max_response_mb,
-                 follow_redirects: bool = RemoteBackendConfig.follow_redirects) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str,
+        *,
+        timeout_s: float = RemoteBackendConfig.timeout_s,
+        stream: bool = RemoteBackendConfig.stream,
+        send_seed: bool = RemoteBackendConfig.send_seed,
+        include_usage: bool = RemoteBackendConfig.include_usage,
+        concurrency: int = RunnerConfig.concurrency,
+        max_response_mb: float = RemoteBackendConfig.max_response_mb,
+        follow_redirects: bool = RemoteBackendConfig.follow_redirects,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.model = model
@@ -381,7 +440,7 @@ class RemoteBackend(Backend):
         self._watchdog: asyncio.Task | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any, concurrency: int) -> "RemoteBackend":
+    def from_config(cls, cfg: Any, concurrency: int) -> RemoteBackend:
         """Build from the ``backend`` config node (checked against ``RemoteBackendConfig``); the key
         comes from the environment only."""
         remote: RemoteBackendConfig = backend_settings(cfg, RemoteBackendConfig)
@@ -390,8 +449,10 @@ class RemoteBackend(Backend):
         number_setting("backend.max_response_mb", remote.max_response_mb, positive=True)
         env_name = remote.api_key_env
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):
-            raise ConfigError("backend.api_key_env must be the NAME of an environment variable (like SENTECH_API_KEY), "
-                              "not the key itself; export the key in that variable.")
+            raise ConfigError(
+                "backend.api_key_env must be the NAME of an environment variable (like SENTECH_API_KEY), "
+                "not the key itself; export the key in that variable."
+            )
         api_key = os.environ.get(env_name, "").strip()
         if not api_key:
             raise BackendError(
@@ -399,21 +460,41 @@ class RemoteBackend(Backend):
                 "or use backend=local (embedded model, no key), or start `sentech-eval serve` and point backend.base_url at it."
             )
         check_api_key(api_key, env_name)
-        backend = cls(remote.base_url, remote.model, api_key, timeout_s=float(remote.timeout_s), stream=remote.stream,
-                      send_seed=remote.send_seed, include_usage=remote.include_usage, concurrency=concurrency,
-                      max_response_mb=float(remote.max_response_mb), follow_redirects=remote.follow_redirects)
+        backend = cls(
+            remote.base_url,
+            remote.model,
+            api_key,
+            timeout_s=float(remote.timeout_s),
+            stream=remote.stream,
+            send_seed=remote.send_seed,
+            include_usage=remote.include_usage,
+            concurrency=concurrency,
+            max_response_mb=float(remote.max_response_mb),
+            follow_redirects=remote.follow_redirects,
+        )
         backend.auth_hint = f"; check the key in the environment variable {env_name}"
         return backend
 
     def metadata(self) -> dict[str, Any]:
         """Endpoint and model (never the key)."""
-        return {"kind": self.kind, "url": self.url, "model": self.model, "stream": self.stream,
-                "max_response_mb": self.max_response_mb, "follow_redirects": self.follow_redirects}
+        return {
+            "kind": self.kind,
+            "url": self.url,
+            "model": self.model,
+            "stream": self.stream,
+            "max_response_mb": self.max_response_mb,
+            "follow_redirects": self.follow_redirects,
+        }
 
     def cache_identity(self) -> dict[str, Any]:
         """What identifies this backend's answers for the response cache (never the key)."""
-        return {"backend": self.kind, "base_url": self.base_url, "model": self.model, "stream": self.stream,
-                "seed_sent": self.send_seed}
+        return {
+            "backend": self.kind,
+            "base_url": self.base_url,
+            "model": self.model,
+            "stream": self.stream,
+            "seed_sent": self.send_seed,
+        }
 
     def set_timeout(self, timeout_s: float) -> None:
         """Per-attempt timeout (the runner's ``runner.timeout_s`` overrides the backend's)."""
@@ -424,8 +505,9 @@ class RemoteBackend(Backend):
             connector = aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=300)
             # Header lines and SSE lines are not limited by aiohttp's line buffer: stream lines are split
             # here (any length the model can produce); a body's size is capped by max_response_mb.
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers,
-                                                  timeout=aiohttp.ClientTimeout(total=None))
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, timeout=aiohttp.ClientTimeout(total=None)
+            )
             self._watchdog = asyncio.ensure_future(self._watch())
         return self._session
 
@@ -468,12 +550,18 @@ class RemoteBackend(Backend):
         return b"".join(chunks)
 
     def _too_large(self, size: int, start: float, status: int | None) -> Completion:
-        return Completion(status="error", http_status=status, latency_s=time.perf_counter() - start, retryable=False,
-                          error=f"response body is larger than backend.max_response_mb={self.max_response_mb:g} "
-                                "(not read further); raise backend.max_response_mb if answers this large are expected")
+        return Completion(
+            status="error",
+            http_status=status,
+            latency_s=time.perf_counter() - start,
+            retryable=False,
+            error=f"response body is larger than backend.max_response_mb={self.max_response_mb:g} "
+            "(not read further); raise backend.max_response_mb if answers this large are expected",
+        )
 
-    async def _follow(self, session: aiohttp.ClientSession, resp: aiohttp.ClientResponse,
-                      data: bytes) -> tuple[aiohttp.ClientResponse, str | None]:
+    async def _follow(
+        self, session: aiohttp.ClientSession, resp: aiohttp.ClientResponse, data: bytes
+    ) -> tuple[aiohttp.ClientResponse, str | None]:
         """After a 3xx: follow it only when ``follow_redirects`` and same-origin (re-POSTing the same body).
 
         Returns the final response and, for a redirect that is not followed, the Location it named.
@@ -511,11 +599,18 @@ class RemoteBackend(Backend):
                 resp, redirected_to = await self._follow(session, resp, data)
                 status = resp.status
             if redirected_to is not None:
-                why = ("it is not the same origin as backend.base_url" if self.follow_redirects
-                       else "redirects are not followed (set backend.base_url to the final URL, or "
-                            "backend.follow_redirects=true for a same-origin redirect)")
-                result = Completion(status="error", http_status=status, latency_s=time.perf_counter() - start,
-                                    error=f"HTTP {status}: the server redirected to {redirected_to}; {why}")
+                why = (
+                    "it is not the same origin as backend.base_url"
+                    if self.follow_redirects
+                    else "redirects are not followed (set backend.base_url to the final URL, or "
+                    "backend.follow_redirects=true for a same-origin redirect)"
+                )
+                result = Completion(
+                    status="error",
+                    http_status=status,
+                    latency_s=time.perf_counter() - start,
+                    error=f"HTTP {status}: the server redirected to {redirected_to}; {why}",
+                )
             elif status != 200:
                 limit = min(ERROR_BODY_BYTES, self.max_response_bytes)
                 try:
@@ -525,9 +620,14 @@ class RemoteBackend(Backend):
                 if status == 404:
                     message += f" (no endpoint at {self.url}; backend.base_url usually ends in /v1)"
                 retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
-                result = Completion(status="error", http_status=status, error=message,
-                                    latency_s=time.perf_counter() - start, retryable=status in RETRYABLE_STATUS,
-                                    retry_after_s=retry_after)
+                result = Completion(
+                    status="error",
+                    http_status=status,
+                    error=message,
+                    latency_s=time.perf_counter() - start,
+                    retryable=status in RETRYABLE_STATUS,
+                    retry_after_s=retry_after,
+                )
             else:
                 if self._capacity_unread:
                     self._capacity_unread = False
@@ -558,17 +658,23 @@ class RemoteBackend(Backend):
             self._expired.discard(task)
             task.uncancel()
             result = self._failure(f"timed out after {timeout_s:g} s", start, retryable=True)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             result = self._failure(f"timed out after {timeout_s:g} s", start, retryable=True)
         except aiohttp.ClientPayloadError as exc:
-            result = self._failure(f"response body was cut off before its end ({_payload_reason(exc)})", start,
-                                   retryable=True)
+            result = self._failure(
+                f"response body was cut off before its end ({_payload_reason(exc)})", start, retryable=True
+            )
         except aiohttp.ClientConnectorCertificateError as exc:
-            result = self._failure(f"TLS certificate verification failed for {self.base_url} ({_exc_text(exc)}); "
-                                   "the server needs a valid certificate", start, retryable=False)
+            result = self._failure(
+                f"TLS certificate verification failed for {self.base_url} ({_exc_text(exc)}); "
+                "the server needs a valid certificate",
+                start,
+                retryable=False,
+            )
         except aiohttp.ServerDisconnectedError as exc:
-            result = self._failure(f"the server closed the connection without answering ({_exc_text(exc)})", start,
-                                   retryable=True)
+            result = self._failure(
+                f"the server closed the connection without answering ({_exc_text(exc)})", start, retryable=True
+            )
         except aiohttp.ClientConnectionError as exc:
             result = self._failure(f"connection error: {type(exc).__name__}: {_exc_text(exc)}", start, retryable=True)
         except aiohttp.ClientResponseError as exc:  # a malformed status line or header from the server
@@ -576,8 +682,9 @@ class RemoteBackend(Backend):
         except aiohttp.ClientError as exc:
             result = self._failure(f"request failed: {type(exc).__name__}: {_exc_text(exc)}", start, retryable=False)
         except aiohttp.http_exceptions.HttpProcessingError as exc:  # e.g. a header line beyond aiohttp's limit
-            result = self._failure(f"the server's answer is not valid HTTP ({type(exc).__name__}: {exc.message})",
-                                   start, retryable=False)
+            result = self._failure(
+                f"the server's answer is not valid HTTP ({type(exc).__name__}: {exc.message})", start, retryable=False
+            )
         finally:
             if resp is not None:
                 resp.release()
@@ -647,14 +754,27 @@ class RemoteBackend(Backend):
                 try:
                     chunk = orjson.loads(payload)
                 except orjson.JSONDecodeError as exc:
-                    return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft,
-                                      error=f"stream chunk is not valid JSON ({_json_problem(exc)}): {_snippet(redact(payload))!r}")
+                    return Completion(
+                        status="error",
+                        output="".join(pieces) or None,
+                        ttft_s=ttft,
+                        error=f"stream chunk is not valid JSON ({_json_problem(exc)}): {_snippet(redact(payload))!r}",
+                    )
                 if not isinstance(chunk, dict):
-                    return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft,
-                                      error=f"stream chunk is a JSON {type(chunk).__name__}, not an object")
+                    return Completion(
+                        status="error",
+                        output="".join(pieces) or None,
+                        ttft_s=ttft,
+                        error=f"stream chunk is a JSON {type(chunk).__name__}, not an object",
+                    )
                 if "choices" not in chunk and ("message" in chunk or "error" in chunk):
-                    return Completion(status="error", output="".join(pieces) or None, ttft_s=ttft, retryable=True,
-                                      error="the stream reported an error mid-way: " + error_message(200, redact(payload))[10:])
+                    return Completion(
+                        status="error",
+                        output="".join(pieces) or None,
+                        ttft_s=ttft,
+                        retryable=True,
+                        error="the stream reported an error mid-way: " + error_message(200, redact(payload))[10:],
+                    )
                 if isinstance(chunk.get("usage"), dict):
                     usage = chunk["usage"]
                 if response_model is None and isinstance(chunk.get("model"), str):
@@ -675,28 +795,53 @@ class RemoteBackend(Backend):
                         finish_reason = choice["finish_reason"]
         except aiohttp.ClientPayloadError as exc:
             output = "".join(pieces)
-            return Completion(status="error", output=output or None, ttft_s=ttft, retryable=True,
-                              error=f"the stream was cut mid-way (the connection closed before 'data: [DONE]' after "
-                                    f"{len(output)} characters: {_payload_reason(exc)})")
-        except ResponseTooLarge as exc:
+            return Completion(
+                status="error",
+                output=output or None,
+                ttft_s=ttft,
+                retryable=True,
+                error=f"the stream was cut mid-way (the connection closed before 'data: [DONE]' after "
+                f"{len(output)} characters: {_payload_reason(exc)})",
+            )
+        except ResponseTooLarge:
             output = "".join(pieces)
-            return Completion(status="error", output=output or None, ttft_s=ttft,
-                              error=f"the stream is larger than backend.max_response_mb={self.max_response_mb:g} "
-                                    "(not read further); raise backend.max_response_mb if answers this large are expected")
+            return Completion(
+                status="error",
+                output=output or None,
+                ttft_s=ttft,
+                error=f"the stream is larger than backend.max_response_mb={self.max_response_mb:g} "
+                "(not read further); raise backend.max_response_mb if answers this large are expected",
+            )
         output = "".join(pieces)
         if not done:
-            return Completion(status="error", output=output or None, ttft_s=ttft, retryable=True,
-                              error=f"the stream was cut mid-way (ended before 'data: [DONE]' after {len(output)} characters)")
+            return Completion(
+                status="error",
+                output=output or None,
+                ttft_s=ttft,
+                retryable=True,
+                error=f"the stream was cut mid-way (ended before 'data: [DONE]' after {len(output)} characters)",
+            )
         if not output.strip() and finish_reason is not None:
             return Completion(status="error", error="stream finished with empty content", finish_reason=finish_reason)
         problem = usage_problem(usage)
         if problem is not None:
-            return Completion(status="error", error=problem, output=output, finish_reason=finish_reason, ttft_s=ttft,
-                              response_model=response_model)
+            return Completion(
+                status="error",
+                error=problem,
+                output=output,
+                finish_reason=finish_reason,
+                ttft_s=ttft,
+                response_model=response_model,
+            )
         if finish_reason is None:  # [DONE] but no choice ever finished: the server gave up on this answer
-            return Completion(status="error", output=output or None, ttft_s=ttft, retryable=True,
-                              error=f"the stream ended without a finish_reason after {len(output)} characters: cut "
-                                    "short by the server (llama_cpp.server: start it with --interrupt_requests false)")
+            return Completion(
+                status="error",
+                output=output or None,
+                ttft_s=ttft,
+                retryable=True,
+                error=f"the stream ended without a finish_reason after {len(output)} characters: cut "
+                "short by the server (llama_cpp.server: start it with --interrupt_requests false)",
+            )
         prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
         completion_tokens = _int_or_none(usage.get("completion_tokens"))
         total_tokens = _int_or_none(usage.get("total_tokens"))
@@ -707,9 +852,15 @@ class RemoteBackend(Backend):
             if prompt_tokens is not None:
                 total_tokens = prompt_tokens + completion_tokens
         return Completion(
-            output=output, finish_reason=finish_reason, ttft_s=ttft, response_model=response_model,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total_tokens,
-            itl_s=[b - a for a, b in zip(times, times[1:])], usage_source=usage_source,
+            output=output,
+            finish_reason=finish_reason,
+            ttft_s=ttft,
+            response_model=response_model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=total_tokens,
+            itl_s=[b - a for a, b in zip(times, times[1:])],
+            usage_source=usage_source,
         )
 
     async def aclose(self) -> None:

@@ -18,8 +18,9 @@ from sentech_eval.types import Completion, Sampling
 RETRY_AFTER_CEILING_S = 600.0
 
 
-def backoff_delay(attempt: int, *, base_s: float, max_s: float, retry_after_s: float | None,
-                  rng: random.Random) -> float:
+def backoff_delay(
+    attempt: int, *, base_s: float, max_s: float, retry_after_s: float | None, rng: random.Random
+) -> float:
     """Seconds to wait before attempt ``attempt + 1``.
 
     Exponential backoff ``base_s * 2**(attempt-1)`` capped at ``max_s``, with jitter (a uniform draw
@@ -33,10 +34,16 @@ def backoff_delay(attempt: int, *, base_s: float, max_s: float, retry_after_s: f
     return delay
 
 
-async def complete_with_retries(backend: Backend, messages: list[dict[str, str]], sampling: Sampling, *,
-                                max_attempts: int = 3, base_s: float = RunnerConfig.backoff_base_s,
-                                max_s: float = RunnerConfig.backoff_max_s,
-                                rng: random.Random | None = None) -> Completion:
+async def complete_with_retries(
+    backend: Backend,
+    messages: list[dict[str, str]],
+    sampling: Sampling,
+    *,
+    max_attempts: int = 3,
+    base_s: float = RunnerConfig.backoff_base_s,
+    max_s: float = RunnerConfig.backoff_max_s,
+    rng: random.Random | None = None,
+) -> Completion:
     """``backend.complete`` tried up to ``max_attempts`` times while the answer is retryable.
 
     Waits ``backoff_delay`` between attempts; the returned completion's ``attempts`` counts them.
@@ -49,5 +56,6 @@ async def complete_with_retries(backend: Backend, messages: list[dict[str, str]]
         if completion.status == "ok" or not completion.retryable or attempt >= max_attempts:
             completion.attempts = attempt
             return completion
-        await asyncio.sleep(backoff_delay(attempt, base_s=base_s, max_s=max_s,
-                                          retry_after_s=completion.retry_after_s, rng=rng))
+        await asyncio.sleep(
+            backoff_delay(attempt, base_s=base_s, max_s=max_s, retry_after_s=completion.retry_after_s, rng=rng)
+        )

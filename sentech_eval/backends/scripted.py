@@ -34,20 +34,40 @@ class Call:
     ended: float | None = None
 
 
-def answer(output: str = "ok", *, latency_s: float = 0.001, prompt_tokens: int = 3, completion_tokens: int = 1) -> Completion:
+def answer(
+    output: str = "ok", *, latency_s: float = 0.001, prompt_tokens: int = 3, completion_tokens: int = 1
+) -> Completion:
     """An ok completion."""
-    return Completion(output=output, finish_reason="stop", prompt_tokens=prompt_tokens,
-                      completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens,
-                      latency_s=latency_s, status="ok", http_status=200)
+    return Completion(
+        output=output,
+        finish_reason="stop",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        latency_s=latency_s,
+        status="ok",
+        http_status=200,
+    )
 
 
-def failure(http_status: int | None, *, retryable: bool | None = None, retry_after_s: float | None = None,
-            error: str | None = None) -> Completion:
+def failure(
+    http_status: int | None,
+    *,
+    retryable: bool | None = None,
+    retry_after_s: float | None = None,
+    error: str | None = None,
+) -> Completion:
     """A failed completion; retryable by default for 429, 5xx and connection errors (``http_status=None``)."""
     if retryable is None:
         retryable = http_status is None or http_status == 429 or http_status >= 500
-    return Completion(status="error", http_status=http_status, error=error or f"HTTP {http_status}",
-                      retryable=retryable, retry_after_s=retry_after_s, latency_s=0.001)
+    return Completion(
+        status="error",
+        http_status=http_status,
+        error=error or f"HTTP {http_status}",
+        retryable=retryable,
+        retry_after_s=retry_after_s,
+        latency_s=0.001,
+    )
 
 
 Plan = Callable[[Call], "Completion | Awaitable[Completion]"]
@@ -58,8 +78,9 @@ class ScriptedBackend(Backend):
 
     kind = "scripted"
 
-    def __init__(self, plan: Plan, *, model: str = "scripted", max_concurrency: int | None = None,
-                 auth_hint: str = "") -> None:
+    def __init__(
+        self, plan: Plan, *, model: str = "scripted", max_concurrency: int | None = None, auth_hint: str = ""
+    ) -> None:
         self.plan = plan
         self.model = model
         self.max_concurrency = max_concurrency
@@ -69,7 +90,7 @@ class ScriptedBackend(Backend):
         self.closed = False
 
     @classmethod
-    def from_config(cls, cfg: Any, concurrency: int) -> "ScriptedBackend":
+    def from_config(cls, cfg: Any, concurrency: int) -> ScriptedBackend:
         """Not configurable: a scripted backend is built in code."""
         raise NotImplementedError("ScriptedBackend is built in code: ScriptedBackend(plan)")
 

@@ -1,22 +1,29 @@
 """``sentech-eval cache``: look into and prune the response cache (see docs/cache.md).
 
-    sentech-eval cache stats                              entries, size on disk, hits by model
-    sentech-eval cache clear [--model M] [--older-than 30d]
-    sentech-eval cache explain RUN_DIR PROMPT_ID [--repeat R]
+sentech-eval cache stats                              entries, size on disk, hits by model
+sentech-eval cache clear [--model M] [--older-than 30d]
+sentech-eval cache explain RUN_DIR PROMPT_ID [--repeat R]
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
 from sentech_eval.engine.cache import (
-    FLOAT_FIELDS, CachedAnswer, Entry, ResponseStore, cache_path, default_cache_dir, differing_fields, key_of,
+    FLOAT_FIELDS,
+    CachedAnswer,
+    Entry,
+    ResponseStore,
+    cache_path,
+    default_cache_dir,
+    differing_fields,
+    key_of,
 )
 from sentech_eval.engine.results import RESULTS_FILE, read_metadata, read_run_table
 from sentech_eval.errors import CacheError, ConfigError, ResultsError
@@ -31,14 +38,16 @@ def parse_duration(text: str) -> float:
     """'30d', '12h', '90m', '45s', '2w' -> seconds; ConfigError naming the flag otherwise."""
     match = DURATION.match(text)
     if not match:
-        raise ConfigError(f"--older-than {text!r} is not a duration; write a number and a unit: 45s, 90m, 12h, 30d or 2w.")
+        raise ConfigError(
+            f"--older-than {text!r} is not a duration; write a number and a unit: 45s, 90m, 12h, 30d or 2w."
+        )
     return float(match[1]) * UNIT_S[match[2]]
 
 
 def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _size(n: int) -> str:
@@ -64,8 +73,10 @@ def stats(path: Path) -> str:
         width = max(12, *(len(m) for m in info["models"]))
         lines.append(f"{'model':<{width}}  {'entries':>8}  {'hits':>8}  {'oldest':<20}  newest")
         for model, row in sorted(info["models"].items()):
-            lines.append(f"{model:<{width}}  {row['entries']:>8}  {row['hits']:>8}  {_when(row['oldest']):<20}  "
-                         f"{_when(row['newest'])}")
+            lines.append(
+                f"{model:<{width}}  {row['entries']:>8}  {row['hits']:>8}  {_when(row['oldest']):<20}  "
+                f"{_when(row['newest'])}"
+            )
     return "\n".join(lines)
 
 
@@ -87,8 +98,12 @@ def clear(path: Path, model: str | None, older_than: str | None) -> str:
         removed = store.clear(model=model, older_than_s=older_than_s)
     finally:
         store.close()
-    what = " and ".join(filter(None, [f"model {model!r}" if model else "",
-                                      f"older than {older_than}" if older_than else ""])) or "all"
+    what = (
+        " and ".join(
+            filter(None, [f"model {model!r}" if model else "", f"older than {older_than}" if older_than else ""])
+        )
+        or "all"
+    )
     return f"response cache: removed {removed} entries ({what}) from {path}."
 
 
@@ -97,16 +112,20 @@ def _run_rows(run_dir: Path, prompt_id: str, repeat: int | None) -> tuple[list[d
     run_dir = run_dir.parent if run_dir.is_file() else run_dir
     table = read_run_table(run_dir)
     if table is None:
-        raise ResultsError(f"No results under {run_dir}; pass the run dir of a `sentech-eval run` "
-                           "(the one holding results.parquet; for a sweep, one job's dir).")
+        raise ResultsError(
+            f"No results under {run_dir}; pass the run dir of a `sentech-eval run` "
+            "(the one holding results.parquet; for a sweep, one job's dir)."
+        )
     mask = pc.equal(table.column("prompt_id"), prompt_id)
     if repeat is not None:
         mask = pc.and_(mask, pc.equal(table.column("repeat"), repeat))
     rows = table.filter(mask).to_pylist()
     if not rows:
         where = f" repeat {repeat}" if repeat is not None else ""
-        raise ResultsError(f"The results in {run_dir} have no row for prompt_id {prompt_id!r}{where}; "
-                           "check the id (the prompt_id column) and --repeat.")
+        raise ResultsError(
+            f"The results in {run_dir} have no row for prompt_id {prompt_id!r}{where}; "
+            "check the id (the prompt_id column) and --repeat."
+        )
     metadata: dict[str, Any] = {}
     if (run_dir / RESULTS_FILE).exists():
         metadata = read_metadata(run_dir / RESULTS_FILE)
@@ -134,23 +153,34 @@ def _show(value: Any) -> str:
 def explain_row(row: dict[str, Any], meta: dict[str, Any], store: ResponseStore | None) -> list[str]:
     """The lines explaining one row: its key fields, whether it is cached, and the nearest entries."""
     cache_meta = meta.get("cache") or {}
-    head = f"prompt {row['prompt_id']!r}, repeat {row['repeat']} (run {row.get('run_id')}, config {row.get('config_id')}):"
+    head = (
+        f"prompt {row['prompt_id']!r}, repeat {row['repeat']} (run {row.get('run_id')}, config {row.get('config_id')}):"
+    )
     if not cache_meta or cache_meta.get("mode", "off") == "off" or not row.get("cache_key"):
-        return [head, "  this run did not use the response cache (runner.cache=off), so it recorded no cache key; "
-                      "re-run with runner.cache=on to cache its answers."]
+        return [
+            head,
+            "  this run did not use the response cache (runner.cache=off), so it recorded no cache key; "
+            "re-run with runner.cache=on to cache its answers.",
+        ]
     fields = row_key_fields(row, cache_meta.get("context") or {})
     digest = row["messages_sha256"]
     key = key_of(fields, digest)
     lines = [head, f"  cache mode: {cache_meta.get('mode')}   file: {cache_meta.get('path')}"]
     if row.get("cached"):
-        lines.append(f"  this row was answered from the cache (the original request was made by run {row.get('cached_from')}).")
+        lines.append(
+            f"  this row was answered from the cache (the original request was made by run {row.get('cached_from')})."
+        )
     elif row.get("status") == "ok":
-        lines.append("  a miss: the request was sent" + (" and its ok answer written to the cache."
-                                                         if cache_meta.get("mode") in ("on", "refresh") else "."))
+        lines.append(
+            "  a miss: the request was sent"
+            + (" and its ok answer written to the cache." if cache_meta.get("mode") in ("on", "refresh") else ".")
+        )
     else:
         lines.append(f"  a miss, not cached: status {row.get('status')} ({row.get('error')}); errors are never cached.")
-    lines.append(f"  key: {row['cache_key']}" + ("" if key == row["cache_key"] else
-                                                 f"  (recomputed from the fields below: {key}; they differ!)"))
+    lines.append(
+        f"  key: {row['cache_key']}"
+        + ("" if key == row["cache_key"] else f"  (recomputed from the fields below: {key}; they differ!)")
+    )
     lines.append("  key fields:")
     width = max(len(n) for n in [*fields, "messages_sha256"])
     for name in sorted(fields):
@@ -166,16 +196,22 @@ def explain_row(row: dict[str, Any], meta: dict[str, Any], store: ResponseStore 
     lines.append("  in the cache now: no.")
     same = [e for e in store.entries(messages_digest=digest) if e.key != row["cache_key"]]
     if same:
-        lines.append(f"  nearest cached entries for the same messages ({len(same)} in all), and the fields that differ:")
+        lines.append(
+            f"  nearest cached entries for the same messages ({len(same)} in all), and the fields that differ:"
+        )
         lines += _nearest(fields, same)
         return lines
     others = store.entries(prompt_id=str(row["prompt_id"]))
     if others:
-        lines.append(f"  no cached entry has these exact messages; {len(others)} entries for prompt id "
-                     f"{row['prompt_id']!r} have other messages (the prompt text changed), nearest first:")
+        lines.append(
+            f"  no cached entry has these exact messages; {len(others)} entries for prompt id "
+            f"{row['prompt_id']!r} have other messages (the prompt text changed), nearest first:"
+        )
         lines += _nearest({**fields, "messages_sha256": digest}, others, with_digest=True)
     else:
-        lines.append("  no cached entry has these messages or this prompt id: it was never answered ok with the cache on.")
+        lines.append(
+            "  no cached entry has these messages or this prompt id: it was never answered ok with the cache on."
+        )
     return lines
 
 
@@ -214,23 +250,32 @@ def explain(run_dir: Path, prompt_id: str, repeat: int | None, cache_dir: str | 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     """The argparse parser of ``sentech-eval cache``."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="Look into and prune the response cache (runner.cache=on|refresh|only; docs/cache.md).",
+        prog=prog,
+        description="Look into and prune the response cache (runner.cache=on|refresh|only; docs/cache.md).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"The cache file is {cache_path(None)} unless --cache-dir (or runner.cache_dir for runs) says otherwise.\n"
-               "examples:\n  sentech-eval cache stats\n  sentech-eval cache clear --model my-model --older-than 30d\n"
-               "  sentech-eval cache explain results/capitals/2026-11-26_01-00-00 capital-007 --repeat 0")
+        "examples:\n  sentech-eval cache stats\n  sentech-eval cache clear --model my-model --older-than 30d\n"
+        "  sentech-eval cache explain results/capitals/2026-11-26_01-00-00 capital-007 --repeat 0",
+    )
     sub = parser.add_subparsers(dest="action", required=True, metavar="{stats,clear,explain}")
     p_stats = sub.add_parser("stats", help="entries, size on disk, hits by model")
     p_clear = sub.add_parser("clear", help="delete entries (all, one model's, or older than a duration)")
     p_clear.add_argument("--model", help="only this model's entries (the model column of the results)")
-    p_clear.add_argument("--older-than", metavar="AGE", help="only entries written longer ago than AGE: 45s, 90m, 12h, 30d, 2w")
-    p_explain = sub.add_parser("explain", help="a row's key fields; on a miss, the nearest cached entries and what differs")
+    p_clear.add_argument(
+        "--older-than", metavar="AGE", help="only entries written longer ago than AGE: 45s, 90m, 12h, 30d, 2w"
+    )
+    p_explain = sub.add_parser(
+        "explain", help="a row's key fields; on a miss, the nearest cached entries and what differs"
+    )
     p_explain.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run dir (holding results.parquet)")
     p_explain.add_argument("prompt_id", metavar="PROMPT_ID", help="the row's prompt_id")
     p_explain.add_argument("--repeat", type=int, default=None, help="only this repeat (default: every repeat)")
     for p in (p_stats, p_clear, p_explain):
-        p.add_argument("--cache-dir", default=None,
-                       help=f"the cache dir (default {default_cache_dir()}; explain: the one the run recorded)")
+        p.add_argument(
+            "--cache-dir",
+            default=None,
+            help=f"the cache dir (default {default_cache_dir()}; explain: the one the run recorded)",
+        )
     return parser
 
 

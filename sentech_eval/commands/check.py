@@ -22,31 +22,57 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="CI regression gate: compare a candidate run with a baseline run (paired rows) and exit 1 "
-                    "when a threshold regresses, 2 when the input is unusable, 0 otherwise.",
+        "when a threshold regresses, 2 when the input is unusable, 0 otherwise.",
     )
     parser.add_argument("--baseline", required=True, help="baseline results (file, run dir or sweep dir)")
     parser.add_argument("--candidate", required=True, help="candidate results (file, run dir or sweep dir)")
     parser.add_argument("--thresholds", metavar="FILE", help="YAML file with thresholds (the command line wins)")
-    parser.add_argument("--max-score-drop", action="append", default=[], metavar="SCORE=DROP",
-                        help="largest allowed absolute drop of a score's mean, e.g. exact_match=0.02 "
-                             "(repeatable; a bare number applies to every score)")
-    parser.add_argument("--max-latency-increase", type=float, metavar="REL",
-                        help="largest allowed relative increase of latency p50 and p95, e.g. 0.10")
-    parser.add_argument("--latency-slack-ms", type=float, metavar="MS",
-                        help="absolute allowance added to the latency limit (default: 0)")
-    parser.add_argument("--max-error-rate", type=float, metavar="SHARE",
-                        help="largest allowed share of candidate rows with status 'error', e.g. 0.01")
-    parser.add_argument("--require-significance", action="store_true", default=None,
-                        help="a score drop counts only when its paired 95%% CI excludes zero (Newcombe for 0/1 "
-                             "scores, cluster-adjusted when a prompt has several pairs; the clustered bootstrap "
-                             "otherwise)")
+    parser.add_argument(
+        "--max-score-drop",
+        action="append",
+        default=[],
+        metavar="SCORE=DROP",
+        help="largest allowed absolute drop of a score's mean, e.g. exact_match=0.02 "
+        "(repeatable; a bare number applies to every score)",
+    )
+    parser.add_argument(
+        "--max-latency-increase",
+        type=float,
+        metavar="REL",
+        help="largest allowed relative increase of latency p50 and p95, e.g. 0.10",
+    )
+    parser.add_argument(
+        "--latency-slack-ms",
+        type=float,
+        metavar="MS",
+        help="absolute allowance added to the latency limit (default: 0)",
+    )
+    parser.add_argument(
+        "--max-error-rate",
+        type=float,
+        metavar="SHARE",
+        help="largest allowed share of candidate rows with status 'error', e.g. 0.01",
+    )
+    parser.add_argument(
+        "--require-significance",
+        action="store_true",
+        default=None,
+        help="a score drop counts only when its paired 95%% CI excludes zero (Newcombe for 0/1 "
+        "scores, cluster-adjusted when a prompt has several pairs; the clustered bootstrap "
+        "otherwise)",
+    )
     parser.add_argument("--junit", metavar="PATH", help="write JUnit XML (one testcase per threshold)")
-    parser.add_argument("--summary", metavar="PATH", help="also append the markdown summary to PATH "
-                        "(e.g. $GITHUB_STEP_SUMMARY)")
+    parser.add_argument(
+        "--summary", metavar="PATH", help="also append the markdown summary to PATH (e.g. $GITHUB_STEP_SUMMARY)"
+    )
     parser.add_argument("--out", metavar="DIR", help="also write compare.parquet and compare.html into DIR")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    parser.add_argument("--cluster", metavar="COLUMN", default=None,
-                        help="column whose pairs are one unit of evidence for the CIs (default: prompt_id)")
+    parser.add_argument(
+        "--cluster",
+        metavar="COLUMN",
+        default=None,
+        help="column whose pairs are one unit of evidence for the CIs (default: prompt_id)",
+    )
     return parser
 
 
@@ -67,8 +93,9 @@ def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
     if args.require_significance:
         t.require_significance = True
     if t.is_empty():
-        raise ConfigError("No thresholds given; pass --max-score-drop, --max-latency-increase, --max-error-rate "
-                          "or --thresholds FILE.")
+        raise ConfigError(
+            "No thresholds given; pass --max-score-drop, --max-latency-increase, --max-error-rate or --thresholds FILE."
+        )
     return t
 
 

@@ -17,11 +17,16 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval combine") -> i
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Combine a Hydra multirun's job results into its sweep dir: results.parquet (every job's "
-                    "rows, with `job` and `overrides` columns), trials.parquet (one row per job) and sweep.json. "
-                    "Jobs killed mid-run contribute the rows they had flushed.",
+        "rows, with `job` and `overrides` columns), trials.parquet (one row per job) and sweep.json. "
+        "Jobs killed mid-run contribute the rows they had flushed.",
     )
-    parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR",
-                        help="a sweep dir (hydra.sweep.dir), e.g. results/capitals/multirun/2026-11-25_10-00-00")
+    parser.add_argument(
+        "sweep_dirs",
+        nargs="+",
+        type=Path,
+        metavar="SWEEP_DIR",
+        help="a sweep dir (hydra.sweep.dir), e.g. results/capitals/multirun/2026-11-25_10-00-00",
+    )
     args = parser.parse_args(argv)
     for sweep_dir in args.sweep_dirs:
         print_combined(combine(sweep_dir))  # ResultsError: one line and exit 2 (sentech_eval.cli)

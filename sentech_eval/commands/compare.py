@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sentech_eval.analysis.compare import comparison_warnings, compare, default_label, disagreements, metrics_frame
+from sentech_eval.analysis.compare import compare, comparison_warnings, default_label, disagreements, metrics_frame
 from sentech_eval.analysis.judge import judge_pairs, judge_rows
 from sentech_eval.analysis.pairing import pair_results
 from sentech_eval.errors import ConfigError
@@ -25,12 +25,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Paired comparison of two results (files, run dirs or sweep dirs): scores with paired 95% CIs "
-                    "(Newcombe for 0/1 scores, the bootstrap otherwise) and McNemar-type p-values (exact McNemar with "
-                    "one pair per prompt, the clustered McNemar with several), latency/TTFT/token ratios, error rates "
-                    "and output agreement. The prompt is the unit of evidence: repeats and sweep points of one prompt "
-                    "are never counted as independent pairs.",
+        "(Newcombe for 0/1 scores, the bootstrap otherwise) and McNemar-type p-values (exact McNemar with "
+        "one pair per prompt, the clustered McNemar with several), latency/TTFT/token ratios, error rates "
+        "and output agreement. The prompt is the unit of evidence: repeats and sweep points of one prompt "
+        "are never counted as independent pairs.",
         epilog="Writes compare.parquet and compare.html into --out (default: the current directory) and prints a "
-               "markdown summary. Put --judge last: every argument after it is a Hydra override.",
+        "markdown summary. Put --judge last: every argument after it is a Hydra override.",
     )
     parser.add_argument("a", help="results A (the reference, e.g. the remote run)")
     parser.add_argument("b", help="results B (e.g. the local run); differences are B − A")
@@ -38,13 +38,22 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--examples", type=int, default=10, help="disagreeing pairs shown in the HTML (default: 10)")
     parser.add_argument("--confidence", type=float, default=0.95, help="CI level (default: 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    parser.add_argument("--cluster", metavar="COLUMN", default=None,
-                        help="column whose pairs are one unit of evidence (default: prompt_id)")
+    parser.add_argument(
+        "--cluster",
+        metavar="COLUMN",
+        default=None,
+        help="column whose pairs are one unit of evidence (default: prompt_id)",
+    )
     parser.add_argument("--label-a", default=None, help="name for A in the outputs (default: its backend/model)")
     parser.add_argument("--label-b", default=None, help="name for B in the outputs")
-    parser.add_argument("--judge", nargs="+", metavar="OVERRIDE", default=None,
-                        help="pairwise LLM judge: Hydra overrides such as backend=local or backend=remote "
-                             "backend.base_url=... (asks twice, order swapped)")
+    parser.add_argument(
+        "--judge",
+        nargs="+",
+        metavar="OVERRIDE",
+        default=None,
+        help="pairwise LLM judge: Hydra overrides such as backend=local or backend=remote "
+        "backend.base_url=... (asks twice, order swapped)",
+    )
     parser.add_argument("--judge-limit", type=int, default=None, help="judge at most this many pairs")
     return parser
 
@@ -61,8 +70,9 @@ def main(argv: list[str], prog: str = "sentech-eval compare") -> int:
     judgements = None
     if args.judge:
         judgements = judge_pairs(paired, args.judge, limit=args.judge_limit)
-        metrics = pd.concat([metrics, metrics_frame(judge_rows(judgements, args.confidence, args.seed))],
-                            ignore_index=True)
+        metrics = pd.concat(
+            [metrics, metrics_frame(judge_rows(judgements, args.confidence, args.seed))], ignore_index=True
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics.to_parquet(out / "compare.parquet", index=False)

@@ -17,10 +17,16 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sentech_eval.config import composer
-from sentech_eval.engine.estimate import Estimate, History, backend_identity, estimate_run, format_estimates, history_from_results
+from sentech_eval.engine.estimate import (
+    Estimate,
+    History,
+    backend_identity,
+    estimate_run,
+    format_estimates,
+    history_from_results,
+)
 from sentech_eval.engine.race_sweep import cell_labels
 from sentech_eval.errors import SentechEvalError
-
 
 PROBE_PROMPTS = 3
 FLAGS = ("--estimate", "--estimate=noprobe")
@@ -37,12 +43,15 @@ def _probe(cfg: DictConfig) -> History | None:
 
     from sentech_eval.engine.evaluation import run_evaluation
 
-    probe_cfg = OmegaConf.merge(cfg, {"dataset": {"limit": PROBE_PROMPTS}, "runner": {"progress": False, "repeats": 1},
-                                      "scorers": None})
+    probe_cfg = OmegaConf.merge(
+        cfg, {"dataset": {"limit": PROBE_PROMPTS}, "runner": {"progress": False, "repeats": 1}, "scorers": None}
+    )
     probe_cfg.scorers = {}
     with tempfile.TemporaryDirectory(prefix="sentech-eval-probe-") as tmp:
-        print(f"sentech-eval estimate: no earlier runs of this backend/model; probing with {PROBE_PROMPTS} requests ...",
-              file=sys.stderr)
+        print(
+            f"sentech-eval estimate: no earlier runs of this backend/model; probing with {PROBE_PROMPTS} requests ...",
+            file=sys.stderr,
+        )
         asyncio.run(run_evaluation(probe_cfg, Path(tmp)))
         kind, model = backend_identity(cfg)
         history = history_from_results(Path(tmp), kind, model)
@@ -121,6 +130,3 @@ def run(argv: list[str]) -> int:
     except (SentechEvalError, HydraException) as exc:
         print(f"sentech-eval run --estimate: error: {exc}", file=sys.stderr)
         return 2
-
-
-

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sentech_eval.backends.model_files import EMBEDDED_MODEL, embedded_model_path, fetch_embedded_model, is_valid_embedded_model
+from sentech_eval.backends.model_files import (
+    EMBEDDED_MODEL,
+    embedded_model_path,
+    fetch_embedded_model,
+    is_valid_embedded_model,
+)
 from sentech_eval.paths import MODELS_DIR_ENV, default_models_dir
 
 
@@ -20,7 +25,9 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval fetch-model") 
         ),
     )
     parser.add_argument(
-        "--dest", metavar="DIR", default=None,
+        "--dest",
+        metavar="DIR",
+        default=None,
         help=f"directory for the model (default: ${MODELS_DIR_ENV} or ~/.cache/sentech-eval/models; now {default_models_dir()})",
     )
     args = parser.parse_args(argv)

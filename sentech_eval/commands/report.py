@@ -26,8 +26,13 @@ def output_dir(path: str | Path) -> Path:
     return path.parent if path.is_file() else path
 
 
-def write_report(path: str | Path, out: str | Path | None = None, top: int = 10,
-                 cluster: str | None = None, slo: load_metrics.SLO | None = None) -> tuple[pd.DataFrame, Path, Path]:
+def write_report(
+    path: str | Path,
+    out: str | Path | None = None,
+    top: int = 10,
+    cluster: str | None = None,
+    slo: load_metrics.SLO | None = None,
+) -> tuple[pd.DataFrame, Path, Path]:
     """Load, summarise and write summary.parquet and report.html (and load.parquet for a load run,
     see ``analysis.slo.is_load_run``); returns (summary, summary path, html path).
 
@@ -50,8 +55,9 @@ def write_report(path: str | Path, out: str | Path | None = None, top: int = 10,
     summary.to_parquet(summary_path, index=False)
     race = load_race(output_dir(path))  # a race sweep's dir: add its race section
     extra = [race_section_html(*race)] if race is not None else []
-    html_path.write_text(build_html(df, summary, str(path), top=top, load_section=load_section,
-                                          extra_sections=extra), encoding="utf-8")
+    html_path.write_text(
+        build_html(df, summary, str(path), top=top, load_section=load_section, extra_sections=extra), encoding="utf-8"
+    )
     return summary, summary_path, html_path
 
 
@@ -70,25 +76,34 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval report") -> in
     )
     parser.add_argument("path", help="a run dir, a sweep dir or a results.parquet file")
     parser.add_argument(
-        "slo", nargs="*", metavar="slo.KEY=VALUE",
+        "slo",
+        nargs="*",
+        metavar="slo.KEY=VALUE",
         help="service-level objectives for goodput: slo.ttft_s, slo.tpot_s, slo.latency_s (seconds) and "
-             "slo.score=NAME (quality goodput counts requests within every limit that score 1 on score_NAME); "
-             "adds a load table (load.parquet, a Load section with the saturation knee) to the report",
+        "slo.score=NAME (quality goodput counts requests within every limit that score 1 on score_NAME); "
+        "adds a load table (load.parquet, a Load section with the saturation knee) to the report",
     )
     parser.add_argument("--out", help="directory to write summary.parquet and report.html (default: PATH's directory)")
     parser.add_argument("--top", type=int, default=10, help="how many worst-scoring examples to show (default 10)")
-    parser.add_argument("--cluster", metavar="COLUMN", default=None,
-                        help="column whose rows are one unit of evidence for the CIs (default: prompt_id; "
-                             "rows of one prompt, e.g. repeats, are never counted as independent)")
+    parser.add_argument(
+        "--cluster",
+        metavar="COLUMN",
+        default=None,
+        help="column whose rows are one unit of evidence for the CIs (default: prompt_id; "
+        "rows of one prompt, e.g. repeats, are never counted as independent)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     slo = load_metrics.parse_slo(args.slo)
-    summary, summary_path, html_path = write_report(args.path, args.out, max(0, args.top), cluster=args.cluster,
-                                                    slo=slo)
+    summary, summary_path, html_path = write_report(
+        args.path, args.out, max(0, args.top), cluster=args.cluster, slo=slo
+    )
     print(report_markdown(summary, str(args.path)))
     load_path = html_path.parent / LOAD_FILE
     if load_path.exists():
         table = pd.read_parquet(load_path)
         print(load_markdown(table, slo, load_metrics.load_knees(table)))
-    written = f"{summary_path}, {load_path} and {html_path}" if load_path.exists() else f"{summary_path} and {html_path}"
+    written = (
+        f"{summary_path}, {load_path} and {html_path}" if load_path.exists() else f"{summary_path} and {html_path}"
+    )
     print(f"wrote {written}", file=sys.stderr)
     return 0

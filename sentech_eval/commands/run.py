@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra._internal.hydra import Hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
@@ -48,7 +48,9 @@ def _override_value(argv: list[str], key: str) -> str | None:
 def check_output_dirs(argv: list[str]) -> None:
     """Before Hydra writes .hydra/ there: an explicit run dir must be usable and free (a second run into it
     stops here, naming the process that holds it); an explicit sweep dir must be usable."""
-    multirun = any(arg in ("-m", "--multirun") for arg in argv) or any(arg.lstrip("+").startswith("sweep=") for arg in argv)
+    multirun = any(arg in ("-m", "--multirun") for arg in argv) or any(
+        arg.lstrip("+").startswith("sweep=") for arg in argv
+    )
     run_dir = _override_value(argv, "hydra.run.dir")
     sweep_dir = _override_value(argv, "hydra.sweep.dir")
     if run_dir and "${" not in run_dir and not multirun:
@@ -65,7 +67,9 @@ def check_group_choices(argv: list[str]) -> None:
 
     Skipped when the user adds config dirs of their own (--config-dir, hydra.searchpath): Hydra checks then.
     """
-    if any(arg.startswith(("--config-dir", "-cd", "--config-path", "-cp")) or "hydra.searchpath" in arg for arg in argv):
+    if any(
+        arg.startswith(("--config-dir", "-cd", "--config-path", "-cp")) or "hydra.searchpath" in arg for arg in argv
+    ):
         return
     for arg in argv:
         match = GROUP_CHOICE.match(arg.lstrip("+"))
@@ -151,8 +155,10 @@ def report_end_of_run(cfg: DictConfig, summary: dict[str, Any]) -> str | None:
     if outcome.rows and not outcome.ok:
         failure = f"every request failed ({outcome.errors} of {outcome.rows} rows are errors; see above)."
     elif limit is not None and outcome.error_rate > float(limit):
-        failure = (f"{outcome.errors} of {outcome.rows} rows are errors ({outcome.error_rate:.1%}), "
-                   f"above runner.max_error_rate={float(limit):g}.")
+        failure = (
+            f"{outcome.errors} of {outcome.rows} rows are errors ({outcome.error_rate:.1%}), "
+            f"above runner.max_error_rate={float(limit):g}."
+        )
     if failure:
         print(f"sentech-eval run: error: {failure}", file=sys.stderr)
     return failure
@@ -225,8 +231,10 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     except OSError as exc:
         if exc.errno not in UNWRITABLE or exc.filename is None:
             raise
-        raise RunDirError(f"Cannot write {exc.filename} ({exc.strerror}); choose a writable hydra.run.dir "
-                          "(or hydra.sweep.dir) and free disk space if it is full.") from None
+        raise RunDirError(
+            f"Cannot write {exc.filename} ({exc.strerror}); choose a writable hydra.run.dir "
+            "(or hydra.sweep.dir) and free disk space if it is full."
+        ) from None
     finally:
         if full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -235,19 +243,33 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     return 0
 
 
-UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST,
-              errno.EISDIR}
+UNWRITABLE = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+}
 
 
 def explain_hydra_error(exc: BaseException) -> ConfigError:
     """One sentence for a composition error; an unknown key names the nearest valid one."""
     cause = exc.__cause__
-    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "parent_node", None) is not None and cause.key:
+    if (
+        isinstance(cause, (ConfigAttributeError, ConfigKeyError))
+        and getattr(cause, "parent_node", None) is not None
+        and cause.key
+    ):
         full_key = str(cause.full_key or cause.key)
         schema = OmegaConf.get_type(cause.parent_node)
         return unknown_key_error(full_key, [str(k) for k in cause.parent_node.keys()], schema=schema)
     if isinstance(exc, OverrideParseException):
         reason = " ".join(str(exc.message).split()).split(" See https://")[0].strip()
-        return ConfigError(f"Cannot parse the override {exc.override!r} ({reason}); quote values with special "
-                           "characters, e.g. 'key=\"a(b)\"' (see https://hydra.cc/docs/advanced/override_grammar/basic/).")
+        return ConfigError(
+            f"Cannot parse the override {exc.override!r} ({reason}); quote values with special "
+            "characters, e.g. 'key=\"a(b)\"' (see https://hydra.cc/docs/advanced/override_grammar/basic/)."
+        )
     return config_error(exc)

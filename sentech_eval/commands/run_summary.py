@@ -49,7 +49,9 @@ def read_outcome(results: Path) -> RunOutcome:
     errors = table.filter(pc.equal(table.column("status"), "error"))
     kinds = Counter(zip(errors.column("http_status").to_pylist(), map(_short, errors.column("error").to_pylist())))
     return RunOutcome(
-        rows=table.num_rows, ok=table.num_rows - errors.num_rows, errors=errors.num_rows,
+        rows=table.num_rows,
+        ok=table.num_rows - errors.num_rows,
+        errors=errors.num_rows,
         error_kinds=[(status, message, n) for (status, message), n in kinds.most_common()],
     )
 
@@ -62,7 +64,9 @@ def error_lines(outcome: RunOutcome, limit: int = 3) -> list[str]:
         lines.append(f"  errors: {where} × {n}: {message or '(no message)'}")
     rest = sum(n for _, _, n in outcome.error_kinds[limit:])
     if rest:
-        lines.append(f"  errors: {rest} more of {len(outcome.error_kinds) - limit} other kind(s); see the 'error' column")
+        lines.append(
+            f"  errors: {rest} more of {len(outcome.error_kinds) - limit} other kind(s); see the 'error' column"
+        )
     return lines
 
 
@@ -93,16 +97,21 @@ def summary_lines(summary_row: dict[str, Any], scores: list[str]) -> list[str]:
     per_answer = summary_row.get("completion_tokens_mean")
     prompt_known = prompt_tokens is not None and prompt_tokens == prompt_tokens
     if prompt_known or completion:
-        tokens = f"tokens {int(prompt_tokens)} prompt + {int(completion or 0)} completion" if prompt_known else (
-            f"tokens {int(completion)} completion")
+        tokens = (
+            f"tokens {int(prompt_tokens)} prompt + {int(completion or 0)} completion"
+            if prompt_known
+            else (f"tokens {int(completion)} completion")
+        )
         if per_answer is not None and per_answer == per_answer:
             tokens += f" ({per_answer:.1f} per answer)"
         if not prompt_known:  # no row has a prompt count: say so rather than print 0
             tokens += ", no prompt count from the server"
     else:
         tokens = ""
-    lines.append(f"  latency p50 {_fmt_s(summary_row.get('latency_s_p50'))}, "
-                 f"p95 {_fmt_s(summary_row.get('latency_s_p95'))}" + (f"; {tokens}" if tokens else ""))
+    lines.append(
+        f"  latency p50 {_fmt_s(summary_row.get('latency_s_p50'))}, "
+        f"p95 {_fmt_s(summary_row.get('latency_s_p95'))}" + (f"; {tokens}" if tokens else "")
+    )
     return lines
 
 

@@ -13,10 +13,9 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +91,9 @@ async def score_table(table: pa.Table, scorers: list[Scorer], concurrency: int =
         try:
             arrays[col] = pa.array(values[col], type=typ)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ConfigError(f"Column {col!r} got values that are not {typ} ({exc}); fix the scorer that writes it.") from None
+            raise ConfigError(
+                f"Column {col!r} got values that are not {typ} ({exc}); fix the scorer that writes it."
+            ) from None
     return arrays
 
 
@@ -131,7 +132,7 @@ async def rescore_file(path: Path, scorers: list[Scorer], scorer_config: Any = N
     new = replace_columns(table, arrays)
     metadata = dict(new.schema.metadata or {})
     metadata[SCORING_METADATA_KEY] = json.dumps(
-        {"scored_at": datetime.now(timezone.utc).isoformat(), "scorers": scorer_config}, default=str
+        {"scored_at": datetime.now(UTC).isoformat(), "scorers": scorer_config}, default=str
     ).encode()
     new = new.replace_schema_metadata(metadata)
     write_atomic(new, path)
@@ -163,7 +164,9 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval score") -> int
     )
     parser.add_argument("path", help="a results.parquet file, a run dir or a sweep dir")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, at least scorers=[...]")
-    parser.add_argument("--concurrency", type=int, default=16, help="rows scored at once (matters for the judge; default 16)")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="rows scored at once (matters for the judge; default 16)"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.concurrency < 1:
         raise ConfigError(f"--concurrency={args.concurrency} must be at least 1.")

@@ -27,7 +27,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("listening and auth")
     g.add_argument("--host", default=DEFAULTS.host, help="interface to bind (default: %(default)s)")
-    g.add_argument("--port", type=int, default=DEFAULTS.port, help="port to bind; 0 picks a free port, printed on start (default: %(default)s)")
+    g.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULTS.port,
+        help="port to bind; 0 picks a free port, printed on start (default: %(default)s)",
+    )
     g.add_argument(
         "--api-key-env",
         default="SENTECH_API_KEY",
@@ -36,34 +41,64 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     g.add_argument("--no-auth", action="store_true", help="accept requests without an API key")
     g.add_argument(
-        "--max-body-bytes", type=int, default=DEFAULTS.options.max_body_bytes, help="larger request bodies get 413 (default: %(default)s)"
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULTS.options.max_body_bytes,
+        help="larger request bodies get 413 (default: %(default)s)",
     )
     g.add_argument(
-        "--stream-usage", choices=STREAM_USAGE, default=DEFAULTS.options.stream_usage,
+        "--stream-usage",
+        choices=STREAM_USAGE,
+        default=DEFAULTS.options.stream_usage,
         help="token usage in streamed answers: always (on the last chunk; the Sentech contract), requested "
         "(only with stream_options.include_usage, as OpenAI and vLLM), never (as llama_cpp.server) (default: %(default)s)",
     )
     g.add_argument(
-        "--workers", type=int, default=DEFAULTS.options.workers, help="server processes sharing the port (SO_REUSEPORT); each loads its own engine (default: %(default)s)"
+        "--workers",
+        type=int,
+        default=DEFAULTS.options.workers,
+        help="server processes sharing the port (SO_REUSEPORT); each loads its own engine (default: %(default)s)",
     )
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=ENGINES, default=DEFAULTS.engine,
-                   help="what produces the answers; oracle: right with a known probability of the sampling "
-                        "parameters, for checking races (docs/server.md) (default: %(default)s)")
-    g.add_argument("--accuracy-peak", type=float, default=DEFAULTS.accuracy_peak,
-                   help="oracle engine: accuracy at its best setting, temperature 0.3 and top_p 0.9 (default: %(default)s)")
-    g.add_argument("--model", metavar="PATH", help=f"GGUF file for --engine llama (default: {DEFAULT_GGUF}; the dir is $SENTECH_MODELS_DIR when set)")
-    g.add_argument("--n-ctx", type=int, default=DEFAULTS.n_ctx, help="context length for --engine llama (default: %(default)s)")
     g.add_argument(
-        "--n-threads", type=int, default=None, help="CPU threads for --engine llama (default: the cores idle at start, i.e. available cores minus the "
-        "load average, split between --workers; see docs/local.md)"
+        "--engine",
+        choices=ENGINES,
+        default=DEFAULTS.engine,
+        help="what produces the answers; oracle: right with a known probability of the sampling "
+        "parameters, for checking races (docs/server.md) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--accuracy-peak",
+        type=float,
+        default=DEFAULTS.accuracy_peak,
+        help="oracle engine: accuracy at its best setting, temperature 0.3 and top_p 0.9 (default: %(default)s)",
+    )
+    g.add_argument(
+        "--model",
+        metavar="PATH",
+        help=f"GGUF file for --engine llama (default: {DEFAULT_GGUF}; the dir is $SENTECH_MODELS_DIR when set)",
+    )
+    g.add_argument(
+        "--n-ctx", type=int, default=DEFAULTS.n_ctx, help="context length for --engine llama (default: %(default)s)"
+    )
+    g.add_argument(
+        "--n-threads",
+        type=int,
+        default=None,
+        help="CPU threads for --engine llama (default: the cores idle at start, i.e. available cores minus the "
+        "load average, split between --workers; see docs/local.md)",
     )
     g.add_argument(
         "--datasets-dir",
         metavar="DIR",
         help=f"echo engine: answer prompts found in DIR/*.parquet with their reference (default: {DEFAULT_DATASETS_DIR})",
     )
-    g.add_argument("--latency-ms", type=float, default=DEFAULTS.latency_ms, help="echo engine: fixed delay before each answer (default: %(default)s)")
+    g.add_argument(
+        "--latency-ms",
+        type=float,
+        default=DEFAULTS.latency_ms,
+        help="echo engine: fixed delay before each answer (default: %(default)s)",
+    )
     g.add_argument(
         "--tokens-per-s",
         type=float,
@@ -94,17 +129,50 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "cuts it), like vLLM's ignore_eos (default: the answer's own length)",
     )
     g.add_argument(
-        "--seed", type=int, default=DEFAULTS.seed, help="seeds fault injection and answers to requests that send no seed (default: %(default)s)"
+        "--seed",
+        type=int,
+        default=DEFAULTS.seed,
+        help="seeds fault injection and answers to requests that send no seed (default: %(default)s)",
     )
     g = p.add_argument_group("fault injection (seeded by --seed, deterministic in request order)")
-    g.add_argument("--error-rate", type=float, default=DEFAULTS.options.faults.error_rate, help="fraction of requests answered with --error-status (default: %(default)s)")
-    g.add_argument("--error-status", type=int, choices=ERROR_STATUSES, default=DEFAULTS.options.faults.error_status, help="status of injected errors (default: %(default)s)")
     g.add_argument(
-        "--retry-after", type=float, default=None, metavar="S", help="Retry-After seconds sent with injected 429/503 (default: none)"
+        "--error-rate",
+        type=float,
+        default=DEFAULTS.options.faults.error_rate,
+        help="fraction of requests answered with --error-status (default: %(default)s)",
     )
-    g.add_argument("--drop-rate", type=float, default=DEFAULTS.options.faults.drop_rate, help="fraction of requests whose connection is closed unanswered (default: %(default)s)")
-    g.add_argument("--slow-rate", type=float, default=DEFAULTS.options.faults.slow_rate, help="fraction of requests delayed by --slow-ms (default: %(default)s)")
-    g.add_argument("--slow-ms", type=float, default=DEFAULTS.options.faults.slow_ms, help="delay of slow requests, in milliseconds (default: %(default)s)")
+    g.add_argument(
+        "--error-status",
+        type=int,
+        choices=ERROR_STATUSES,
+        default=DEFAULTS.options.faults.error_status,
+        help="status of injected errors (default: %(default)s)",
+    )
+    g.add_argument(
+        "--retry-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="Retry-After seconds sent with injected 429/503 (default: none)",
+    )
+    g.add_argument(
+        "--drop-rate",
+        type=float,
+        default=DEFAULTS.options.faults.drop_rate,
+        help="fraction of requests whose connection is closed unanswered (default: %(default)s)",
+    )
+    g.add_argument(
+        "--slow-rate",
+        type=float,
+        default=DEFAULTS.options.faults.slow_rate,
+        help="fraction of requests delayed by --slow-ms (default: %(default)s)",
+    )
+    g.add_argument(
+        "--slow-ms",
+        type=float,
+        default=DEFAULTS.options.faults.slow_ms,
+        help="delay of slow requests, in milliseconds (default: %(default)s)",
+    )
     return p
 
 

@@ -32,8 +32,9 @@ OPEN_ARRIVALS = ARRIVALS[1:]
 BLOCK = 4096
 
 
-def arrival_gaps(kind: str, rate: float, count: int, *, burstiness: float = 1.0,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
+def arrival_gaps(
+    kind: str, rate: float, count: int, *, burstiness: float = 1.0, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """``count`` gaps (seconds) between consecutive arrivals of process ``kind`` at ``rate``/s."""
     if kind not in OPEN_ARRIVALS:
         raise ValueError(f"arrival {kind!r} has no gaps; choose one of {', '.join(OPEN_ARRIVALS)}")
@@ -65,8 +66,9 @@ def _offsets(kind: str, rate: float, burstiness: float, rng: np.random.Generator
         yield from offsets.tolist()
 
 
-def schedule_report(send_offsets: list[float], send_lags: list[float],
-                    requested_rps: float) -> tuple[float | None, float | None, str | None]:
+def schedule_report(
+    send_offsets: list[float], send_lags: list[float], requested_rps: float
+) -> tuple[float | None, float | None, str | None]:
     """(achieved send rate, p99 send lag, a warning or None) of an open-loop run's first attempts."""
     if len(send_offsets) < 2:
         return None, (float(np.percentile(send_lags, 99)) if send_lags else None), None
@@ -81,9 +83,11 @@ def schedule_report(send_offsets: list[float], send_lags: list[float],
         problems.append(f"achieved {achieved:.1f} req/s < {MIN_ACHIEVED_FRACTION:.0%} of {requested_rps:g}")
     warning = None
     if problems:
-        warning = ("the client could not keep its schedule (" + ", ".join(problems) + "): the latencies describe the "
-                   "client as much as the server; lower runner.rate, raise runner.concurrency, or run the client "
-                   "on a less loaded machine")
+        warning = (
+            "the client could not keep its schedule (" + ", ".join(problems) + "): the latencies describe the "
+            "client as much as the server; lower runner.rate, raise runner.concurrency, or run the client "
+            "on a less loaded machine"
+        )
     return achieved, p99, warning
 
 
@@ -100,11 +104,21 @@ class ArrivalHook(RunHook):
     answer), ``arrival`` and ``request_rate``. With ``arrival="closed"`` it only labels the rows.
     """
 
-    def __init__(self, arrival: str, rate: float | None, *, burstiness: float = 1.0, seed: int = 0,
-                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        arrival: str,
+        rate: float | None,
+        *,
+        burstiness: float = 1.0,
+        seed: int = 0,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
         self.arrival, self.rate = arrival, rate
-        self._schedule = (arrival_offsets(arrival, float(rate), burstiness=burstiness, seed=seed)
-                          if arrival != "closed" and rate is not None else None)
+        self._schedule = (
+            arrival_offsets(arrival, float(rate), burstiness=burstiness, seed=seed)
+            if arrival != "closed" and rate is not None
+            else None
+        )
         self.sleep = sleep or asyncio.sleep  # the runner binds its stop-aware Pacer.sleep
         self._origin = 0.0
         self._started = False
@@ -113,8 +127,13 @@ class ArrivalHook(RunHook):
 
     def columns(self) -> dict[str, pa.DataType]:
         """scheduled_s, send_lag_s, e2e_from_schedule_s, arrival, request_rate."""
-        return {"scheduled_s": pa.float64(), "send_lag_s": pa.float64(), "e2e_from_schedule_s": pa.float64(),
-                "arrival": pa.string(), "request_rate": pa.float64()}
+        return {
+            "scheduled_s": pa.float64(),
+            "send_lag_s": pa.float64(),
+            "e2e_from_schedule_s": pa.float64(),
+            "arrival": pa.string(),
+            "request_rate": pa.float64(),
+        }
 
     async def before_send(self, item: Item) -> Completion | None:
         """Label the row, and in an open loop wait until the item's scheduled instant."""

@@ -33,8 +33,9 @@ CHECK_GROWTH = 1.02  # the interval is recomputed each time the sequence grows b
 class CostHook(RunHook):
     """``cost_usd`` per row, and the ``runner.max_cost_usd`` ceiling."""
 
-    def __init__(self, price: Price, concurrency: int, *, spent_before: float = 0.0,
-                 max_cost_usd: float | None = None) -> None:
+    def __init__(
+        self, price: Price, concurrency: int, *, spent_before: float = 0.0, max_cost_usd: float | None = None
+    ) -> None:
         self.price = price
         self.concurrency = max(1, concurrency)
         self.spent = spent_before
@@ -62,17 +63,27 @@ class CostHook(RunHook):
         """Stop once the ceiling is reached."""
         if self.max_cost_usd is not None and self.spent >= self.max_cost_usd:
             self.reached = True
-            return (f"runner.max_cost_usd={self.max_cost_usd:g} reached (${self.spent:.4f} spent in this run dir then; "
-                    "the requests already in flight were finished and count too, see the cost above); re-run into "
-                    "the same dir with a higher runner.max_cost_usd to send the rest")
+            return (
+                f"runner.max_cost_usd={self.max_cost_usd:g} reached (${self.spent:.4f} spent in this run dir then; "
+                "the requests already in flight were finished and count too, see the cost above); re-run into "
+                "the same dir with a higher runner.max_cost_usd to send the rest"
+            )
         return None
 
 
 class PrecisionStopHook(RunHook):
     """Stop once the anytime-valid interval of one score is narrow enough."""
 
-    def __init__(self, score: str, half_width: float, order: Iterable[Any], repeats: int, *,
-                 confidence: float = 0.95, done: Mapping[str, list[float]] | None = None) -> None:
+    def __init__(
+        self,
+        score: str,
+        half_width: float,
+        order: Iterable[Any],
+        repeats: int,
+        *,
+        confidence: float = 0.95,
+        done: Mapping[str, list[float]] | None = None,
+    ) -> None:
         self.score, self.half_width, self.repeats, self.confidence = score, half_width, repeats, confidence
         self.rank = {str(pid): k for k, pid in enumerate(order)}
         self.pending: dict[str, list[float]] = {}
@@ -110,7 +121,9 @@ class PrecisionStopHook(RunHook):
         self.interval = (mean, low, high)
         if not math.isnan(low) and (high - low) / 2 <= self.half_width:
             self.reached = True
-            return (f"the anytime-valid {self.confidence:.0%} interval of {self.score} is [{low:.3f}, {high:.3f}] "
-                    f"(mean {mean:.3f}, half-width {(high - low) / 2:.3f} <= runner.stop_at_ci_half_width="
-                    f"{self.half_width:g}) after {len(self.sequence)} prompts")
+            return (
+                f"the anytime-valid {self.confidence:.0%} interval of {self.score} is [{low:.3f}, {high:.3f}] "
+                f"(mean {mean:.3f}, half-width {(high - low) / 2:.3f} <= runner.stop_at_ci_half_width="
+                f"{self.half_width:g}) after {len(self.sequence)} prompts"
+            )
         return None

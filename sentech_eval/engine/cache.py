@@ -50,11 +50,21 @@ MERGE_ROWS = 50_000
 MERGE_CHARS = 64_000_000
 MERGE_S = 60.0
 FLOAT_FIELDS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
-ANSWER_FIELDS = ("output", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens",
-                 "latency_s", "ttft_s", "http_status")
+ANSWER_FIELDS = (
+    "output",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_s",
+    "ttft_s",
+    "http_status",
+)
 NOT_IN_CACHE = "not in cache (runner.cache=only sends no request)"
-UNSEEDED_REFUSED = ("not served from cache: a seedless request at temperature > 0 is a new sample each time "
-                    "(runner.cache=only sends no request; set runner.cache_unseeded=true to serve it anyway)")
+UNSEEDED_REFUSED = (
+    "not served from cache: a seedless request at temperature > 0 is a new sample each time "
+    "(runner.cache=only sends no request; set runner.cache_unseeded=true to serve it anyway)"
+)
 
 PREFETCH_CHUNK = 500  # keys per ``SELECT … WHERE key IN (…)``
 # Two tables: ``configs`` holds each distinct set of key fields (everything but the messages) once;
@@ -163,8 +173,10 @@ class Entry:
 
 def unusable_message(path: Path, exc: BaseException) -> str:
     """One sentence: which cache file is unusable, why, and the fix."""
-    return (f"The response cache {path} is unusable ({exc}); delete it with `sentech-eval cache clear` "
-            f"(or `rm {path}`), point runner.cache_dir elsewhere, or run with runner.cache=off.")
+    return (
+        f"The response cache {path} is unusable ({exc}); delete it with `sentech-eval cache clear` "
+        f"(or `rm {path}`), point runner.cache_dir elsewhere, or run with runner.cache=off."
+    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -176,10 +188,18 @@ def _connect(path: Path) -> sqlite3.Connection:
 def _answer(completion: Completion, run_id: str, prompt_id: str, dataset: str, started_at: float) -> dict[str, Any]:
     c = completion
     return {
-        "output": c.output, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-        "completion_tokens": c.completion_tokens, "total_tokens": c.total_tokens, "latency_s": c.latency_s,
-        "ttft_s": c.ttft_s, "http_status": c.http_status, "run_id": run_id, "prompt_id": prompt_id,
-        "dataset": dataset, "started_at": started_at,
+        "output": c.output,
+        "finish_reason": c.finish_reason,
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.total_tokens,
+        "latency_s": c.latency_s,
+        "ttft_s": c.ttft_s,
+        "http_status": c.http_status,
+        "run_id": run_id,
+        "prompt_id": prompt_id,
+        "dataset": dataset,
+        "started_at": started_at,
     }
 
 
@@ -207,8 +227,10 @@ class ResponseStore:
         try:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise CacheError(f"The response cache {self.path} was written by a newer sentech-eval (format {version}, "
-                                 f"this one reads {SCHEMA_VERSION}); upgrade, or point runner.cache_dir elsewhere.")
+                raise CacheError(
+                    f"The response cache {self.path} was written by a newer sentech-eval (format {version}, "
+                    f"this one reads {SCHEMA_VERSION}); upgrade, or point runner.cache_dir elsewhere."
+                )
             if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
@@ -240,37 +262,62 @@ class ResponseStore:
         read transaction per item)."""
         found: dict[str, CachedAnswer] = {}
         for start in range(0, len(keys), PREFETCH_CHUNK):
-            chunk = orjson.dumps(keys[start:start + PREFETCH_CHUNK])
+            chunk = orjson.dumps(keys[start : start + PREFETCH_CHUNK])
             for key, raw in self._db.execute(
-                    "SELECT key, answer FROM responses WHERE key IN (SELECT value FROM json_each(?))", (chunk,)):
+                "SELECT key, answer FROM responses WHERE key IN (SELECT value FROM json_each(?))", (chunk,)
+            ):
                 found[key] = _cached_answer(key, raw)
         return found
 
-    def entries(self, *, messages_digest: str | None = None, prompt_id: str | None = None,
-                limit: int = 200) -> list[Entry]:
+    def entries(
+        self, *, messages_digest: str | None = None, prompt_id: str | None = None, limit: int = 200
+    ) -> list[Entry]:
         """Stored entries for one messages digest or one prompt id, newest first (a scan)."""
-        where, value = (("r.messages_sha256 = ?", messages_digest) if messages_digest is not None
-                        else ("json_extract(r.answer, '$.prompt_id') = ?", prompt_id))
+        where, value = (
+            ("r.messages_sha256 = ?", messages_digest)
+            if messages_digest is not None
+            else ("json_extract(r.answer, '$.prompt_id') = ?", prompt_id)
+        )
         rows = self._db.execute(
             "SELECT r.key, r.messages_sha256, c.model, c.fields, r.answer, r.created_at FROM responses r "
-            f"JOIN configs c ON c.id = r.config WHERE {where} ORDER BY r.created_at DESC LIMIT ?", (value, limit))
+            f"JOIN configs c ON c.id = r.config WHERE {where} ORDER BY r.created_at DESC LIMIT ?",
+            (value, limit),
+        )
         out = []
         for key, digest, model, fields, raw, created_at in rows.fetchall():
             answer = orjson.loads(raw)
-            out.append(Entry(key, digest, model, orjson.loads(fields), answer.get("run_id"), answer.get("prompt_id"),
-                             answer.get("dataset"), created_at))
+            out.append(
+                Entry(
+                    key,
+                    digest,
+                    model,
+                    orjson.loads(fields),
+                    answer.get("run_id"),
+                    answer.get("prompt_id"),
+                    answer.get("dataset"),
+                    created_at,
+                )
+            )
         return out
 
     def stats(self) -> dict[str, Any]:
         """Entries, bytes on disk, and per model: entries, hits, oldest and newest entry."""
-        per_model = {m: {"entries": n, "hits": 0, "oldest": lo, "newest": hi} for m, n, lo, hi in self._db.execute(
-            "SELECT c.model, COUNT(*), MIN(r.created_at), MAX(r.created_at) FROM responses r "
-            "JOIN configs c ON c.id = r.config GROUP BY c.model")}
+        per_model = {
+            m: {"entries": n, "hits": 0, "oldest": lo, "newest": hi}
+            for m, n, lo, hi in self._db.execute(
+                "SELECT c.model, COUNT(*), MIN(r.created_at), MAX(r.created_at) FROM responses r "
+                "JOIN configs c ON c.id = r.config GROUP BY c.model"
+            )
+        }
         for model, hits in self._db.execute("SELECT model, hits FROM hits"):
             per_model.setdefault(model, {"entries": 0, "hits": 0, "oldest": None, "newest": None})["hits"] = hits
         size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
-        return {"path": str(self.path), "entries": sum(v["entries"] for v in per_model.values()), "bytes": size,
-                "models": per_model}
+        return {
+            "path": str(self.path),
+            "entries": sum(v["entries"] for v in per_model.values()),
+            "bytes": size,
+            "models": per_model,
+        }
 
     # ---- writes
     def stage_many(self, rows: Iterable[tuple[str, str, str, str, dict[str, Any]]], db: sqlite3.Connection) -> int:
@@ -281,13 +328,19 @@ class ResponseStore:
         if not rows:
             return 0
         now, dumps = time.time(), orjson.dumps
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS staged (key TEXT NOT NULL, fields TEXT NOT NULL, "
-                   "model TEXT NOT NULL, messages_sha256 TEXT NOT NULL, answer TEXT NOT NULL, created_at REAL NOT NULL)")
+        db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS staged (key TEXT NOT NULL, fields TEXT NOT NULL, "
+            "model TEXT NOT NULL, messages_sha256 TEXT NOT NULL, answer TEXT NOT NULL, created_at REAL NOT NULL)"
+        )
         db.execute("BEGIN")
         try:
-            db.executemany("INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?)",
-                           [(key, fields, model, digest, dumps(answer).decode(), now)
-                            for key, fields, model, digest, answer in rows])
+            db.executemany(
+                "INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (key, fields, model, digest, dumps(answer).decode(), now)
+                    for key, fields, model, digest, answer in rows
+                ],
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -302,9 +355,11 @@ class ResponseStore:
         with _Transaction(db):
             moved = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0]
             db.execute("INSERT OR IGNORE INTO configs (fields, model) SELECT DISTINCT fields, model FROM temp.staged")
-            db.execute("INSERT OR REPLACE INTO responses (key, config, messages_sha256, answer, created_at) "
-                       "SELECT s.key, c.id, s.messages_sha256, s.answer, s.created_at "
-                       "FROM temp.staged s JOIN configs c ON c.fields = s.fields ORDER BY s.key, s.rowid")
+            db.execute(
+                "INSERT OR REPLACE INTO responses (key, config, messages_sha256, answer, created_at) "
+                "SELECT s.key, c.id, s.messages_sha256, s.answer, s.created_at "
+                "FROM temp.staged s JOIN configs c ON c.fields = s.fields ORDER BY s.key, s.rowid"
+            )
             db.execute("DELETE FROM temp.staged")
         return moved
 
@@ -313,8 +368,11 @@ class ResponseStore:
         if not hits_by_model:
             return
         with _Transaction(self._db):
-            self._db.executemany("INSERT INTO hits (model, hits) VALUES (?, ?) "
-                                 "ON CONFLICT(model) DO UPDATE SET hits = hits + excluded.hits", hits_by_model.items())
+            self._db.executemany(
+                "INSERT INTO hits (model, hits) VALUES (?, ?) "
+                "ON CONFLICT(model) DO UPDATE SET hits = hits + excluded.hits",
+                hits_by_model.items(),
+            )
 
     def clear(self, *, model: str | None = None, older_than_s: float | None = None) -> int:
         """Delete entries (all, one model's, and/or those older than ``older_than_s``); returns how many."""
@@ -342,16 +400,19 @@ class ResponseStore:
         """SHA-256 of a file, remembered per (path, mtime, size) so a model is hashed once, not per run."""
         real = os.path.realpath(path)
         st = os.stat(real)
-        row = self._db.execute("SELECT sha256 FROM file_hashes WHERE path = ? AND mtime_ns = ? AND size = ?",
-                               (real, st.st_mtime_ns, st.st_size)).fetchone()
+        row = self._db.execute(
+            "SELECT sha256 FROM file_hashes WHERE path = ? AND mtime_ns = ? AND size = ?",
+            (real, st.st_mtime_ns, st.st_size),
+        ).fetchone()
         if row is not None:
             return row[0]
         with open(real, "rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         with _Transaction(self._db):
             self._db.execute("DELETE FROM file_hashes WHERE path = ?", (real,))
-            self._db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)",
-                             (real, st.st_mtime_ns, st.st_size, digest))
+            self._db.execute(
+                "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (real, st.st_mtime_ns, st.st_size, digest)
+            )
         return digest
 
     def writer_connection(self) -> sqlite3.Connection:
@@ -423,8 +484,12 @@ class Lookup:
 
 
 # The result columns the cache adds to a run's rows (only when the cache is on).
-CACHE_COLUMNS = {"cached": pa.bool_(), "cached_from": pa.string(), "cache_key": pa.string(),
-                 "messages_sha256": pa.string()}
+CACHE_COLUMNS = {
+    "cached": pa.bool_(),
+    "cached_from": pa.string(),
+    "cache_key": pa.string(),
+    "messages_sha256": pa.string(),
+}
 
 
 class RunCache(RunHook):
@@ -442,8 +507,18 @@ class RunCache(RunHook):
     rest of the run (``"continue"``).
     """
 
-    def __init__(self, store: ResponseStore, mode: str, context: dict[str, Any], *, run_id: str, dataset: str,
-                 unseeded_ok: bool = False, on_corrupt: str = "continue", merge_rows: int = MERGE_ROWS) -> None:
+    def __init__(
+        self,
+        store: ResponseStore,
+        mode: str,
+        context: dict[str, Any],
+        *,
+        run_id: str,
+        dataset: str,
+        unseeded_ok: bool = False,
+        on_corrupt: str = "continue",
+        merge_rows: int = MERGE_ROWS,
+    ) -> None:
         if mode not in MODES or mode == "off":
             raise ValueError(f"RunCache mode must be on, refresh or only, not {mode!r}")
         self.store = store
@@ -474,8 +549,12 @@ class RunCache(RunHook):
 
     def describe(self) -> dict[str, Any]:
         """What goes in the results' metadata: mode, file, and the run's fixed key fields."""
-        return {"mode": self.mode, "path": str(self.store.path), "context": self.context,
-                "unseeded_ok": self.unseeded_ok}
+        return {
+            "mode": self.mode,
+            "path": str(self.store.path),
+            "context": self.context,
+            "unseeded_ok": self.unseeded_ok,
+        }
 
     def repeat_keys(self, repeat: int, sampling: Sampling) -> RepeatKeys:
         """The key fields of one repeat (built once per repeat)."""
@@ -485,8 +564,9 @@ class RunCache(RunHook):
             if sampling.seed is None:
                 fields["repeat"] = repeat  # no seed tells repeats apart: their number does
             text = canonical_json(fields)
-            keys = self._repeats[repeat] = RepeatKeys(fields, text.decode(), text + b"\n",
-                                                      is_servable(fields, self.unseeded_ok))
+            keys = self._repeats[repeat] = RepeatKeys(
+                fields, text.decode(), text + b"\n", is_servable(fields, self.unseeded_ok)
+            )
         return keys
 
     def _reads_for(self, repeat: int, keys: RepeatKeys) -> bool:
@@ -510,8 +590,12 @@ class RunCache(RunHook):
         if lookup is None:
             return None  # the cache turned itself off (a damaged file)
         a = lookup.answer
-        columns = {"cached": a is not None, "cached_from": a.run_id if a is not None else None,
-                   "cache_key": lookup.key, "messages_sha256": lookup.messages_sha256}
+        columns = {
+            "cached": a is not None,
+            "cached_from": a.run_id if a is not None else None,
+            "cache_key": lookup.key,
+            "messages_sha256": lookup.messages_sha256,
+        }
         if item.columns is None:
             item.columns = columns
         else:
@@ -519,9 +603,16 @@ class RunCache(RunHook):
         if a is not None:
             if a.started_at is not None:
                 item.started_at = a.started_at
-            return Completion(output=a.output, finish_reason=a.finish_reason, prompt_tokens=a.prompt_tokens,
-                              completion_tokens=a.completion_tokens, total_tokens=a.total_tokens,
-                              latency_s=a.latency_s, ttft_s=a.ttft_s, http_status=a.http_status)
+            return Completion(
+                output=a.output,
+                finish_reason=a.finish_reason,
+                prompt_tokens=a.prompt_tokens,
+                completion_tokens=a.completion_tokens,
+                total_tokens=a.total_tokens,
+                latency_s=a.latency_s,
+                ttft_s=a.ttft_s,
+                http_status=a.http_status,
+            )
         if self.mode == "only":  # read only: a miss is an error row, and nothing is sent
             return Completion(status="error", error=NOT_IN_CACHE if lookup.servable else UNSEEDED_REFUSED)
         return None
@@ -531,8 +622,13 @@ class RunCache(RunHook):
         columns = item.columns
         if completion.status != "ok" or not columns or columns.get("cached") is not False:
             return
-        self.remember(Lookup(columns["cache_key"], columns["messages_sha256"], None, True), completion,
-                      item.started_at, str(item.prompt.id), item.repeat)
+        self.remember(
+            Lookup(columns["cache_key"], columns["messages_sha256"], None, True),
+            completion,
+            item.started_at,
+            str(item.prompt.id),
+            item.repeat,
+        )
 
     def before_batch(self, prompts: Sequence[Prompt], repeat: int, sampling: Sampling) -> None:
         """Work out the keys of a batch of prompts (one repeat) and read their answers in bulk.
@@ -557,8 +653,10 @@ class RunCache(RunHook):
         servable, get = keys.servable, found.get
         # the messages object itself is kept and compared by identity: a reused prompt id can never
         # pick up another prompt's key
-        self._ready.update(((prompt.id, repeat), (prompt.messages, key, digest, get(key) if found else None, servable))
-                           for prompt, digest, key in zip(prompts, digests, item_keys))
+        self._ready.update(
+            ((prompt.id, repeat), (prompt.messages, key, digest, get(key) if found else None, servable))
+            for prompt, digest, key in zip(prompts, digests, item_keys)
+        )
 
     def lookup(self, prompt: Any, repeat: int, sampling: Sampling) -> Lookup | None:
         """The item's key and, when reading and servable, its cached answer; None if the cache is off."""
@@ -592,8 +690,11 @@ class RunCache(RunHook):
         self._pending.append((lookup, completion, started_at, prompt_id, self._repeats[repeat].fields_json))
         if completion.output:
             self._pending_chars += len(completion.output)
-        if (len(self._pending) >= self.merge_rows or self._pending_chars >= MERGE_CHARS
-                or time.monotonic() - self._last_flush >= MERGE_S):
+        if (
+            len(self._pending) >= self.merge_rows
+            or self._pending_chars >= MERGE_CHARS
+            or time.monotonic() - self._last_flush >= MERGE_S
+        ):
             self.flush()
 
     def _write(self, pending: list[tuple[Any, ...]]) -> int:
@@ -601,9 +702,16 @@ class RunCache(RunHook):
         if self._writer_db is None:
             self._writer_db = self.store.writer_connection()
         run_id, dataset, model = self.run_id, self.dataset, self._model
-        rows = [(lookup.key, fields_json, model, lookup.messages_sha256,
-                 _answer(completion, run_id, prompt_id, dataset, started_at))
-                for lookup, completion, started_at, prompt_id, fields_json in pending]
+        rows = [
+            (
+                lookup.key,
+                fields_json,
+                model,
+                lookup.messages_sha256,
+                _answer(completion, run_id, prompt_id, dataset, started_at),
+            )
+            for lookup, completion, started_at, prompt_id, fields_json in pending
+        ]
         self.store.stage_many(rows, self._writer_db)
         return self.store.merge_staged(self._writer_db)
 
@@ -662,12 +770,23 @@ class RunCache(RunHook):
         message = unusable_message(self.store.path, exc)
         if self.on_corrupt == "stop":
             raise CacheError(message) from None
-        print(f"sentech-eval: {message[:-1]}; this run goes on without the cache "
-              "(runner.cache_on_corrupt=stop stops instead).", file=sys.stderr)
+        print(
+            f"sentech-eval: {message[:-1]}; this run goes on without the cache "
+            "(runner.cache_on_corrupt=stop stops instead).",
+            file=sys.stderr,
+        )
 
 
-def open_run_cache(backend: Backend, *, mode: str, cache_dir: str | None, run_id: str, dataset: str,
-                   unseeded_ok: bool = False, on_corrupt: str = "continue") -> RunCache | None:
+def open_run_cache(
+    backend: Backend,
+    *,
+    mode: str,
+    cache_dir: str | None,
+    run_id: str,
+    dataset: str,
+    unseeded_ok: bool = False,
+    on_corrupt: str = "continue",
+) -> RunCache | None:
     """The run's cache, or None when the mode is ``off``, the backend cannot be keyed, or the file is
     unusable and ``on_corrupt="continue"`` (one sentence on stderr); CacheError with ``"stop"``."""
     if mode == "off":
@@ -680,13 +799,20 @@ def open_run_cache(backend: Backend, *, mode: str, cache_dir: str | None, run_id
         message = str(exc) if isinstance(exc, CacheError) else unusable_message(path, exc)
         if on_corrupt == "stop":
             raise CacheError(message) from None
-        print(f"sentech-eval: {message[:-1]}; this run goes on without the cache "
-              "(runner.cache_on_corrupt=stop stops instead).", file=sys.stderr)
+        print(
+            f"sentech-eval: {message[:-1]}; this run goes on without the cache "
+            "(runner.cache_on_corrupt=stop stops instead).",
+            file=sys.stderr,
+        )
         return None
     if context is None:
         store.close()
-        print(f"sentech-eval: the {backend.kind} backend does not say what identifies its answers "
-              "(its cache_identity() gives none), so this run goes on without the cache.", file=sys.stderr)
+        print(
+            f"sentech-eval: the {backend.kind} backend does not say what identifies its answers "
+            "(its cache_identity() gives none), so this run goes on without the cache.",
+            file=sys.stderr,
+        )
         return None
-    return RunCache(store, mode, context, run_id=run_id, dataset=dataset, unseeded_ok=unseeded_ok,
-                    on_corrupt=on_corrupt)
+    return RunCache(
+        store, mode, context, run_id=run_id, dataset=dataset, unseeded_ok=unseeded_ok, on_corrupt=on_corrupt
+    )

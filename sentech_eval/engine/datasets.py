@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sentech_eval.errors import DatasetError
 from sentech_eval.engine.results import CORE_NAMES
+from sentech_eval.errors import DatasetError
 from sentech_eval.types import NO_EXTRA, Prompt
 
 ROLES = ("system", "user", "assistant")
@@ -81,8 +81,11 @@ class _MappedFile:
         self._theirs = columns
         ours_of = {theirs: ours for ours, theirs in columns.items()}
         shadowed = set(columns) - set(columns.values())  # a file column named like a mapped target is hidden
-        fields = [f.with_name(ours_of.get(f.name, f.name)) for f in file.schema_arrow
-                  if f.name in ours_of or f.name not in shadowed]
+        fields = [
+            f.with_name(ours_of.get(f.name, f.name))
+            for f in file.schema_arrow
+            if f.name in ours_of or f.name not in shadowed
+        ]
         self.schema_arrow = pa.schema(fields)
         self.metadata = file.metadata
 
@@ -104,17 +107,21 @@ def _read_text_table(path: Path, columns: dict[str, str]) -> pa.Table:
     try:
         if is_csv:
             delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-            table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                                   convert_options=pacsv.ConvertOptions(
-                                       column_types={name: pa.string() for name in text}))
+            table = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in text}),
+            )
         else:
             table = pajson.read_json(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DatasetError(f"Dataset {path} is not valid {kind} ({' '.join(str(exc).split())}); "
-                           "fix the file or convert it to Parquet.") from None
+        raise DatasetError(
+            f"Dataset {path} is not valid {kind} ({' '.join(str(exc).split())}); fix the file or convert it to Parquet."
+        ) from None
     for i, field in enumerate(table.schema):
-        if field.name in text and (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
-                                   or pa.types.is_boolean(field.type)):
+        if field.name in text and (
+            pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or pa.types.is_boolean(field.type)
+        ):
             table = table.set_column(i, field.name, pc.cast(table.column(i), pa.string()))
     return table
 
@@ -123,19 +130,25 @@ def _check_columns(path: Path, file: Any, columns: dict[str, str]) -> None:
     names = file.schema_arrow.names
     for ours, theirs in columns.items():
         if ours not in INPUT_COLUMNS:
-            raise DatasetError(f"dataset.columns.{ours} is not a dataset column; map one of: {', '.join(INPUT_COLUMNS)} "
-                               f"(e.g. dataset.columns.prompt=question).")
+            raise DatasetError(
+                f"dataset.columns.{ours} is not a dataset column; map one of: {', '.join(INPUT_COLUMNS)} "
+                f"(e.g. dataset.columns.prompt=question)."
+            )
         if theirs not in names:
-            raise DatasetError(f"Dataset {path}: dataset.columns.{ours}={theirs!r} names no column of the file; "
-                               f"its columns are: {', '.join(names)}.")
+            raise DatasetError(
+                f"Dataset {path}: dataset.columns.{ours}={theirs!r} names no column of the file; "
+                f"its columns are: {', '.join(names)}."
+            )
 
 
 def _open(path: Path, columns: dict[str, str] | None = None) -> Any:
     """The file as a ``pq.ParquetFile`` (or a stand-in with the same parts), columns mapped."""
     columns = dict(columns or {})
     if not path.exists():
-        raise DatasetError(f"Dataset {path} does not exist; set dataset.path to a Parquet, JSON Lines or CSV file "
-                           "or pick dataset=capitals.")
+        raise DatasetError(
+            f"Dataset {path} does not exist; set dataset.path to a Parquet, JSON Lines or CSV file "
+            "or pick dataset=capitals."
+        )
     if path.is_dir():
         raise DatasetError(f"Dataset {path} is a directory; set dataset.path to one Parquet, JSON Lines or CSV file.")
     suffix = path.suffix.lower()
@@ -160,8 +173,13 @@ def _is_string(t: pa.DataType) -> bool:
 def _check_schema(path: Path, schema: pa.Schema) -> str:
     names = schema.names
     if "id" not in names:
-        raise _fail(path, "id", None, "missing",
-                    "add a unique string or integer id column, or name yours with dataset.columns.id=NAME")
+        raise _fail(
+            path,
+            "id",
+            None,
+            "missing",
+            "add a unique string or integer id column, or name yours with dataset.columns.id=NAME",
+        )
     id_type = schema.field("id").type
     if not (_is_string(id_type) or pa.types.is_integer(id_type)):
         raise _fail(path, "id", None, f"has type {id_type}", "ids must be strings or integers")
@@ -171,40 +189,60 @@ def _check_schema(path: Path, schema: pa.Schema) -> str:
         ok = (pa.types.is_list(mtype) or pa.types.is_large_list(mtype)) and pa.types.is_struct(mtype.value_type)
         if ok:
             fields = {f.name: f.type for f in mtype.value_type}
-            ok = "role" in fields and "content" in fields and _is_string(fields["role"]) and _is_string(fields["content"])
+            ok = (
+                "role" in fields
+                and "content" in fields
+                and _is_string(fields["role"])
+                and _is_string(fields["content"])
+            )
         if not ok:
-            raise _fail(path, "messages", None, f"has type {mtype}", "it must be a list of {role: string, content: string}")
+            raise _fail(
+                path, "messages", None, f"has type {mtype}", "it must be a list of {role: string, content: string}"
+            )
     elif "prompt" in names:
         form = "prompt"
         for column in ("prompt", "system"):
             if column in names and not _is_string(schema.field(column).type):
                 raise _fail(path, column, None, f"has type {schema.field(column).type}", "it must be a string column")
     else:
-        raise _fail(path, "messages", None, "missing (and no 'prompt' column either)",
-                    "add a 'prompt' string column or a 'messages' list column, or name yours with "
-                    "dataset.columns.prompt=NAME")
-    if "reference" in names and not (_is_string(schema.field("reference").type) or pa.types.is_null(schema.field("reference").type)):
+        raise _fail(
+            path,
+            "messages",
+            None,
+            "missing (and no 'prompt' column either)",
+            "add a 'prompt' string column or a 'messages' list column, or name yours with dataset.columns.prompt=NAME",
+        )
+    if "reference" in names and not (
+        _is_string(schema.field("reference").type) or pa.types.is_null(schema.field("reference").type)
+    ):
         raise _fail(path, "reference", None, f"has type {schema.field('reference').type}", "cast it to string")
     return form
 
 
-def _selected_mask(num_rows: int, start: int, limit: int | None, num_shards: int, shard_index: int) -> list[bool] | None:
+def _selected_mask(
+    num_rows: int, start: int, limit: int | None, num_shards: int, shard_index: int
+) -> list[bool] | None:
     """None = every row in the batch is selected."""
     if num_shards == 1 and (limit is None or start + num_rows <= limit):
         return None
-    return [
-        (limit is None or i < limit) and i % num_shards == shard_index
-        for i in range(start, start + num_rows)
-    ]
+    return [(limit is None or i < limit) and i % num_shards == shard_index for i in range(start, start + num_rows)]
 
 
 class ParquetDataset:
     """A checked dataset (Parquet read in batches so memory does not grow with its size; JSON Lines
     and CSV read whole); ``columns`` maps the dataset's column names to the file's."""
 
-    def __init__(self, path: str | Path, *, limit: int | None = None, num_shards: int = 1,
-                 shard_index: int = 0, batch_size: int = 4096, columns: dict[str, str] | None = None,
-                 shuffle_seed: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        limit: int | None = None,
+        num_shards: int = 1,
+        shard_index: int = 0,
+        batch_size: int = 4096,
+        columns: dict[str, str] | None = None,
+        shuffle_seed: int | None = None,
+    ) -> None:
         self.path = Path(path)
         self.limit, self.num_shards, self.shard_index = limit, num_shards, shard_index
         self.shuffle_seed = shuffle_seed
@@ -215,8 +253,13 @@ class ParquetDataset:
         self.extra_fields = tuple(f for f in schema if f.name not in INPUT_COLUMNS)
         for f in self.extra_fields:
             if f.name in CORE_NAMES or f.name in SWEEP_COLUMNS or f.name.startswith(RESERVED_PREFIXES):
-                raise _fail(self.path, f.name, None, "the name is reserved (a results column has it)",
-                            f"rename the column (e.g. to 'data_{f.name.lstrip('_')}')")
+                raise _fail(
+                    self.path,
+                    f.name,
+                    None,
+                    "the name is reserved (a results column has it)",
+                    f"rename the column (e.g. to 'data_{f.name.lstrip('_')}')",
+                )
         self._validate_rows()
 
     def info(self) -> DatasetInfo:
@@ -233,8 +276,10 @@ class ParquetDataset:
                 return
             except (pa.ArrowException, OSError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise DatasetError(f"Dataset {self.path} is corrupt after row {start} ({reason}); write the file again "
-                                   "(e.g. pandas.DataFrame.to_parquet) or restore it from a copy.") from None
+                raise DatasetError(
+                    f"Dataset {self.path} is corrupt after row {start} ({reason}); write the file again "
+                    "(e.g. pandas.DataFrame.to_parquet) or restore it from a copy."
+                ) from None
             start += batch.num_rows
             yield batch
 
@@ -315,13 +360,23 @@ class ParquetDataset:
         bad_role = pc.invert(pc.fill_null(pc.is_in(roles, value_set=pa.array(ROLES)), False))
         if pc.any(bad_role).as_py():
             i = pc.index(bad_role, True).as_py()
-            raise _fail(self.path, "messages", start + parents[i].as_py(),
-                        f"has role {roles[i].as_py()!r}", "roles must be system, user or assistant")
+            raise _fail(
+                self.path,
+                "messages",
+                start + parents[i].as_py(),
+                f"has role {roles[i].as_py()!r}",
+                "roles must be system, user or assistant",
+            )
         empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(contents)), 0), True)
         if pc.any(empty).as_py():
             i = pc.index(empty, True).as_py()
-            raise _fail(self.path, "messages", start + parents[i].as_py(), "has a message with empty content",
-                        "every message needs text")
+            raise _fail(
+                self.path,
+                "messages",
+                start + parents[i].as_py(),
+                "has a message with empty content",
+                "every message needs text",
+            )
 
     def __iter__(self) -> Iterator[Prompt]:
         """The selected rows as Prompts, in file order."""
@@ -386,9 +441,12 @@ class ParquetDataset:
         if self.form == "messages":
             message_lists = [tuple({"role": m["role"], "content": m["content"]} for m in ms) for ms in cols["messages"]]
         elif "system" in cols:
-            message_lists = [({"role": "system", "content": system}, {"role": "user", "content": text}) if system
-                             else ({"role": "user", "content": text},)
-                             for system, text in zip(cols["system"], cols["prompt"])]
+            message_lists = [
+                ({"role": "system", "content": system}, {"role": "user", "content": text})
+                if system
+                else ({"role": "user", "content": text},)
+                for system, text in zip(cols["system"], cols["prompt"])
+            ]
         else:
             message_lists = [({"role": "user", "content": text},) for text in cols["prompt"]]
         extras: Iterable[Any] = itertools.repeat(NO_EXTRA)

@@ -45,9 +45,9 @@ class Estimate:
     requests: int
     input_tokens: float
     output_tokens: float
-    output_bound: bool           # True: output tokens are max_tokens × requests (an upper bound)
-    cost_usd: float | None       # None: no backend.price
-    wall_s: float | None         # None: no latency known
+    output_bound: bool  # True: output tokens are max_tokens × requests (an upper bound)
+    cost_usd: float | None  # None: no backend.price
+    wall_s: float | None  # None: no latency known
     basis: str
 
 
@@ -82,15 +82,20 @@ def history_from_results(results_root: Path, kind: str, model: str) -> History |
             table = pq.read_table(path, columns=["backend", "model", "status", "completion_tokens", "latency_s"])
         except Exception:  # noqa: BLE001 - an unreadable or foreign file is not history
             continue
-        mask = pc.and_(pc.and_(pc.equal(table["backend"], kind), pc.equal(table["model"], model)),
-                       pc.equal(table["status"], "ok"))
+        mask = pc.and_(
+            pc.and_(pc.equal(table["backend"], kind), pc.equal(table["model"], model)), pc.equal(table["status"], "ok")
+        )
         rows = table.filter(mask)
         tokens.extend(v for v in rows["completion_tokens"].to_pylist() if v is not None)
         latencies.extend(v for v in rows["latency_s"].to_pylist() if v is not None)
     if not latencies:
         return None
-    return History(len(latencies), statistics.fmean(tokens) if tokens else None, statistics.median(latencies),
-                   f"{len(latencies)} earlier rows of {kind}/{model} under {results_root}")
+    return History(
+        len(latencies),
+        statistics.fmean(tokens) if tokens else None,
+        statistics.median(latencies),
+        f"{len(latencies)} earlier rows of {kind}/{model} under {results_root}",
+    )
 
 
 def estimate_run(cfg: DictConfig, history: History | None, label: str = "") -> Estimate:
@@ -99,9 +104,14 @@ def estimate_run(cfg: DictConfig, history: History | None, label: str = "") -> E
     dataset_cfg = dataset_from_config(cfg)
     runner = runner_from_config(cfg)
     price: Price | None = price_from_config(cfg)
-    dataset = ParquetDataset(dataset_cfg.path, limit=dataset_cfg.limit, num_shards=dataset_cfg.num_shards,
-                             shard_index=dataset_cfg.shard_index, batch_size=dataset_cfg.batch_size,
-                             shuffle_seed=dataset_cfg.shuffle_seed)
+    dataset = ParquetDataset(
+        dataset_cfg.path,
+        limit=dataset_cfg.limit,
+        num_shards=dataset_cfg.num_shards,
+        shard_index=dataset_cfg.shard_index,
+        batch_size=dataset_cfg.batch_size,
+        shuffle_seed=dataset_cfg.shuffle_seed,
+    )
     repeats = runner.repeats
     requests = dataset.info().num_rows * repeats
     input_tokens = prompt_token_estimate(dataset) * repeats
@@ -134,18 +144,22 @@ def format_estimates(estimates: list[Estimate], note: str = "") -> str:
         out = f"≤{e.output_tokens:,.0f}" if e.output_bound else f"{e.output_tokens:,.0f}"
         cost = "n/a (no backend.price)" if e.cost_usd is None else f"${e.cost_usd:,.4f}"
         wall = "unknown" if e.wall_s is None else _duration(e.wall_s)
-        lines.append(f"  {e.label or 'run'}: {e.requests:,} requests, ~{e.input_tokens:,.0f} input tokens, "
-                     f"{out} output tokens, {cost}, ~{wall}")
+        lines.append(
+            f"  {e.label or 'run'}: {e.requests:,} requests, ~{e.input_tokens:,.0f} input tokens, "
+            f"{out} output tokens, {cost}, ~{wall}"
+        )
     total_requests = sum(e.requests for e in estimates)
     costs = [e.cost_usd for e in estimates]
     walls = [e.wall_s for e in estimates]
     total_cost = "n/a" if any(c is None for c in costs) else f"${sum(costs):,.4f}"  # type: ignore[arg-type]
     total_wall = "unknown" if any(w is None for w in walls) else _duration(sum(walls))  # type: ignore[arg-type]
-    lines.append(f"sentech-eval estimate: {len(estimates)} run(s), {total_requests:,} requests, "
-                 f"~{sum(e.input_tokens for e in estimates):,.0f} input tokens, "
-                 f"{'≤' if any(e.output_bound for e in estimates) else ''}{sum(e.output_tokens for e in estimates):,.0f} "
-                 f"output tokens, {total_cost}, ~{total_wall} one after the other{note}"
-                 + ("" if not estimates else f" (basis: {estimates[0].basis})"))
+    lines.append(
+        f"sentech-eval estimate: {len(estimates)} run(s), {total_requests:,} requests, "
+        f"~{sum(e.input_tokens for e in estimates):,.0f} input tokens, "
+        f"{'≤' if any(e.output_bound for e in estimates) else ''}{sum(e.output_tokens for e in estimates):,.0f} "
+        f"output tokens, {total_cost}, ~{total_wall} one after the other{note}"
+        + ("" if not estimates else f" (basis: {estimates[0].basis})")
+    )
     return "\n".join(lines)
 
 

@@ -143,10 +143,17 @@ class Pacer:
     waits before a retry. ``stop()`` cuts every wait short; nothing new is sent after it.
     """
 
-    def __init__(self, concurrency: int, *, rpm: float | None = None, tpm: float | None = None,
-                 backoff_base_s: float = RunnerConfig.backoff_base_s, backoff_max_s: float = RunnerConfig.backoff_max_s,
-                 max_retry_after_s: float = RunnerConfig.max_retry_after_s,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        backoff_base_s: float = RunnerConfig.backoff_base_s,
+        backoff_max_s: float = RunnerConfig.backoff_max_s,
+        max_retry_after_s: float = RunnerConfig.max_retry_after_s,
+        seed: int | None = None,
+    ) -> None:
         self.gate = AdaptiveConcurrency(concurrency)
         self.rpm = TokenBucket(rpm) if rpm else None
         self.tpm = TokenBucket(tpm) if tpm else None
@@ -178,7 +185,7 @@ class Pacer:
             return
         try:
             await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _acquire(self, estimate: float) -> None:
@@ -246,17 +253,22 @@ class Pacer:
                 self.lowest_concurrency = gate.limit if low is None else min(low, gate.limit)
         if completion.retry_after_s is not None:
             # The server asked every request of this client to wait, not just this one.
-            self.resume_at = max(self.resume_at, time.monotonic() + min(completion.retry_after_s, self.max_retry_after_s))
+            self.resume_at = max(
+                self.resume_at, time.monotonic() + min(completion.retry_after_s, self.max_retry_after_s)
+            )
 
     async def backoff(self, attempts: int, completion: Completion) -> None:
         """Wait before retrying an item that has been tried ``attempts`` times (cut short by ``stop``)."""
         retry_after = completion.retry_after_s
         if retry_after is not None:
             retry_after = min(retry_after, self.max_retry_after_s)
-        delay = backoff_delay(attempts, base_s=self.backoff_base_s, max_s=self.backoff_max_s,
-                              retry_after_s=retry_after, rng=self._rng)
+        delay = backoff_delay(
+            attempts, base_s=self.backoff_base_s, max_s=self.backoff_max_s, retry_after_s=retry_after, rng=self._rng
+        )
         self.backoff_now = delay
-        self.wait_reason = "server asked (Retry-After)" if retry_after is not None and delay <= retry_after else "backoff"
+        self.wait_reason = (
+            "server asked (Retry-After)" if retry_after is not None and delay <= retry_after else "backoff"
+        )
         await self.sleep(delay)
         self.backoff_now, self.wait_reason = 0.0, ""
 

@@ -55,8 +55,8 @@ def schedule(settings: RaceSettings, total: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------- intervals
-_SECTIONS = 15      # points tried per refinement step when locating an interval end
-_REFINEMENTS = 3    # 16**3 = 4096 steps between the mean and the bound: ends located to 1/4096 of it
+_SECTIONS = 15  # points tried per refinement step when locating an interval end
+_REFINEMENTS = 3  # 16**3 = 4096 steps between the mean and the bound: ends located to 1/4096 of it
 
 
 def _bets(y: np.ndarray, log_term: float) -> np.ndarray:
@@ -91,8 +91,9 @@ def _end(y: np.ndarray, bets: np.ndarray, inside: float, outside: float, thresho
     return float(outside)
 
 
-def anytime_interval(values: np.ndarray, confidence: float = 0.95, lower: float = 0.0,
-                     upper: float = 1.0, c: float = 0.5) -> tuple[float, float, float]:
+def anytime_interval(
+    values: np.ndarray, confidence: float = 0.95, lower: float = 0.0, upper: float = 1.0, c: float = 0.5
+) -> tuple[float, float, float]:
     """(mean, low, high) of values in ``[lower, upper]``: an anytime-valid confidence interval.
 
     The hedged-capital betting confidence sequence (Waudby-Smith & Ramdas 2024, Thm 3, with the
@@ -142,7 +143,7 @@ class CellRound:
     mean: float
     ci_low: float
     ci_high: float
-    diff: float = math.nan          # leader − cell (NaN for the leader itself)
+    diff: float = math.nan  # leader − cell (NaN for the leader itself)
     diff_low: float = math.nan
     diff_high: float = math.nan
     status: str = ALIVE
@@ -156,12 +157,13 @@ class RoundResult:
     leader: int
     cells: list[CellRound]
     finished: bool
-    ending: str = ""                # why the race ended ("" while it goes on)
+    ending: str = ""  # why the race ended ("" while it goes on)
     alive: list[int] = field(default_factory=list)
 
 
-def race_round(scores: np.ndarray, alive: list[int], settings: RaceSettings, total_cells: int,
-               last_round: bool) -> RoundResult:
+def race_round(
+    scores: np.ndarray, alive: list[int], settings: RaceSettings, total_cells: int, last_round: bool
+) -> RoundResult:
     """Decide one round. ``scores[cell, prompt]``: per-prompt mean scores in [0, 1] (NaN = none).
 
     Only rows of ``alive`` cells are read; they must cover the same prompts (the round's prefix of
@@ -184,14 +186,15 @@ def race_round(scores: np.ndarray, alive: list[int], settings: RaceSettings, tot
         rec = records[c]
         rec.diff, rec.diff_low, rec.diff_high = d, low, high
     # Eliminate cells surely worse than the leader, never below `keep` survivors (the surest first).
-    losers = sorted((c for c in alive if c != leader and records[c].diff_low > 0),
-                    key=lambda c: -records[c].diff_low)
+    losers = sorted((c for c in alive if c != leader and records[c].diff_low > 0), key=lambda c: -records[c].diff_low)
     room = max(0, len(alive) - settings.keep)
     for c in losers[:room]:
         rec = records[c]
         rec.status = ELIMINATED
-        rec.reason = (f"worse than the leader (cell {leader}) by {rec.diff:.3f}, "
-                      f"interval [{rec.diff_low:.3f}, {rec.diff_high:.3f}] above 0")
+        rec.reason = (
+            f"worse than the leader (cell {leader}) by {rec.diff:.3f}, "
+            f"interval [{rec.diff_low:.3f}, {rec.diff_high:.3f}] above 0"
+        )
     survivors = [c for c in alive if records[c].status == ALIVE]
     ending = ""
     if len(survivors) <= settings.keep:
@@ -204,9 +207,13 @@ def race_round(scores: np.ndarray, alive: list[int], settings: RaceSettings, tot
         records[leader].status = WINNER
         for c in survivors:
             if c != leader and not records[c].reason:
-                records[c].reason = ("finalist" if "keep" in ending else
-                                     "within race.min_effect of the winner" if ending.startswith("tie")
-                                     else "not separated from the winner")
+                records[c].reason = (
+                    "finalist"
+                    if "keep" in ending
+                    else "within race.min_effect of the winner"
+                    if ending.startswith("tie")
+                    else "not separated from the winner"
+                )
         records[leader].reason = ending
     return RoundResult(leader, [records[c] for c in alive], bool(ending), ending, survivors)
 

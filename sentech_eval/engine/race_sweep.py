@@ -26,21 +26,38 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from sentech_eval.config import RaceSettings, dataset_from_config, race_settings_from_config, runner_from_config, score_column
+from sentech_eval.config import (
+    RaceSettings,
+    dataset_from_config,
+    race_settings_from_config,
+    runner_from_config,
+    score_column,
+)
 from sentech_eval.engine.datasets import ParquetDataset
 from sentech_eval.engine.race import race_round, schedule
-from sentech_eval.errors import ConfigError
 from sentech_eval.engine.results import read_run_table
+from sentech_eval.errors import ConfigError
 
 RACE_FILE = "race.parquet"
 RACE_JSON = "race.json"
 CONTROLLED_KEYS = ("dataset.limit", "dataset.shuffle_seed", "hydra.sweep.subdir")
-RACE_SCHEMA = pa.schema([
-    ("round", pa.int32()), ("n", pa.int64()), ("cell", pa.int32()), ("overrides", pa.string()),
-    ("mean", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
-    ("diff_to_leader", pa.float64()), ("diff_low", pa.float64()), ("diff_high", pa.float64()),
-    ("status", pa.string()), ("reason", pa.string()), ("requests", pa.int64()),
-])
+RACE_SCHEMA = pa.schema(
+    [
+        ("round", pa.int32()),
+        ("n", pa.int64()),
+        ("cell", pa.int32()),
+        ("overrides", pa.string()),
+        ("mean", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("diff_to_leader", pa.float64()),
+        ("diff_low", pa.float64()),
+        ("diff_high", pa.float64()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("requests", pa.int64()),
+    ]
+)
 
 Launch = Callable[[Sequence[Sequence[str]], int], Sequence[Any]]
 
@@ -52,8 +69,10 @@ def settings_from_config(cfg: DictConfig) -> tuple[RaceSettings, str]:
     if not score:
         scorers = list((cfg.get("scorers") or {}).keys())
         if len(scorers) != 1:
-            raise ConfigError("race.score is not set; name the score the race ranks cells by, e.g. race.score=contains "
-                              "(with scorers=[contains]).")
+            raise ConfigError(
+                "race.score is not set; name the score the race ranks cells by, e.g. race.score=contains "
+                "(with scorers=[contains])."
+            )
         score = scorers[0]
     settings = RaceSettings(**values)  # checked and filled in by the schema: no setting is null
     try:
@@ -81,16 +100,20 @@ def _per_prompt_scores(cell_dir: Path, ids: list[str], score: str) -> tuple[np.n
     if table is None or table.num_rows == 0:
         return out, 0
     if score not in table.column_names:
-        raise ConfigError(f"The race score column {score!r} is not in the results of {cell_dir}; add its scorer "
-                          f"(scorers=[{score.removeprefix('score_')}]) or set race.score to one of the scored columns.")
+        raise ConfigError(
+            f"The race score column {score!r} is not in the results of {cell_dir}; add its scorer "
+            f"(scorers=[{score.removeprefix('score_')}]) or set race.score to one of the scored columns."
+        )
     rows = table.num_rows
     ok = table.filter(pc.equal(table.column("status"), "ok")).select(["prompt_id", score])
     values = ok.column(score).cast(pa.float64())
     if values.null_count < len(values):
         low, high = pc.min_max(values).values()
         if low.as_py() is not None and (low.as_py() < 0 or high.as_py() > 1):
-            raise ConfigError(f"The race score {score} has values outside [0, 1] in {cell_dir}; race on a 0–1 score "
-                              "such as contains, exact_match or token_f1.")
+            raise ConfigError(
+                f"The race score {score} has values outside [0, 1] in {cell_dir}; race on a 0–1 score "
+                "such as contains, exact_match or token_f1."
+            )
     means = ok.group_by("prompt_id").aggregate([(score, "mean")]).to_pydict()
     index = {pid: i for i, pid in enumerate(ids)}
     for pid, value in zip(means["prompt_id"], means[f"{score}_mean"]):
@@ -110,8 +133,13 @@ def _job_failed(cell_dir: Path) -> str | None:
     return None
 
 
-def run_race(cfg: DictConfig, cells: list[list[str]], launch: Launch, sweep_dir: Path,
-             log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict[str, Any]:
+def run_race(
+    cfg: DictConfig,
+    cells: list[list[str]],
+    launch: Launch,
+    sweep_dir: Path,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> dict[str, Any]:
     """Race the grid ``cells`` (each a list of overrides); returns the race.json record."""
     settings, score = settings_from_config(cfg)
     dataset_cfg = dataset_from_config(cfg)
@@ -119,8 +147,9 @@ def run_race(cfg: DictConfig, cells: list[list[str]], launch: Launch, sweep_dir:
         raise ConfigError("A race runs every cell on the whole dataset; drop dataset.num_shards (sharding) for it.")
     repeats = runner_from_config(cfg).repeats
     seed = 0 if dataset_cfg.shuffle_seed is None else dataset_cfg.shuffle_seed
-    dataset = ParquetDataset(dataset_cfg.path, limit=dataset_cfg.limit, batch_size=dataset_cfg.batch_size,
-                             shuffle_seed=seed)
+    dataset = ParquetDataset(
+        dataset_cfg.path, limit=dataset_cfg.limit, batch_size=dataset_cfg.batch_size, shuffle_seed=seed
+    )
     ids = [str(i) for i in dataset.prompt_ids()]
     total = len(ids)
     counts = schedule(settings, total)
@@ -128,8 +157,10 @@ def run_race(cfg: DictConfig, cells: list[list[str]], launch: Launch, sweep_dir:
     k = len(cells)
     labels = cell_labels(cells)
     dirs = [sweep_dir / f"cell_{i:02d}" for i in range(k)]
-    log(f"sentech-eval race: {k} cells on {score}, rounds of {counts} prompts (dataset.shuffle_seed={seed}); "
-        f"confidence {settings.confidence}, min_effect {settings.min_effect}, keep {settings.keep}")
+    log(
+        f"sentech-eval race: {k} cells on {score}, rounds of {counts} prompts (dataset.shuffle_seed={seed}); "
+        f"confidence {settings.confidence}, min_effect {settings.min_effect}, keep {settings.keep}"
+    )
     alive = list(range(k))
     scores = np.full((k, total), np.nan)
     requests = np.zeros(k, dtype=np.int64)
@@ -138,8 +169,10 @@ def run_race(cfg: DictConfig, cells: list[list[str]], launch: Launch, sweep_dir:
     result = None
     n = 0
     for number, n in enumerate(counts, start=1):
-        batch = [cells[c] + [f"dataset.limit={n}", f"dataset.shuffle_seed={seed}", f"hydra.sweep.subdir=cell_{c:02d}"]
-                 for c in alive]
+        batch = [
+            cells[c] + [f"dataset.limit={n}", f"dataset.shuffle_seed={seed}", f"hydra.sweep.subdir=cell_{c:02d}"]
+            for c in alive
+        ]
         log(f"sentech-eval race: round {number}/{len(counts)}: {len(alive)} cells x {n} prompts")
         launch(batch, job_idx)
         job_idx += len(batch)
@@ -150,19 +183,43 @@ def run_race(cfg: DictConfig, cells: list[list[str]], launch: Launch, sweep_dir:
             if error is not None or np.all(np.isnan(scores[c, :n])):
                 failed[c] = error or f"no {score} values (every request failed?)"
         for c, error in failed.items():
-            records.append({"round": number, "n": n, "cell": c, "overrides": labels[c], "mean": None, "ci_low": None,
-                            "ci_high": None, "diff_to_leader": None, "diff_low": None, "diff_high": None,
-                            "status": "eliminated", "reason": f"job failed: {error}", "requests": int(requests[c])})
+            records.append(
+                {
+                    "round": number,
+                    "n": n,
+                    "cell": c,
+                    "overrides": labels[c],
+                    "mean": None,
+                    "ci_low": None,
+                    "ci_high": None,
+                    "diff_to_leader": None,
+                    "diff_low": None,
+                    "diff_high": None,
+                    "status": "eliminated",
+                    "reason": f"job failed: {error}",
+                    "requests": int(requests[c]),
+                }
+            )
         alive = [c for c in alive if c not in failed]
         if not alive:
             break
         result = race_round(scores[:, :n], alive, settings, k, last_round=number == len(counts))
         for rec in result.cells:
-            records.append({"round": number, "n": n, "cell": rec.cell, "overrides": labels[rec.cell],
-                            **{f: _num(getattr(rec, f)) for f in ("mean", "ci_low", "ci_high")},
-                            "diff_to_leader": _num(rec.diff), "diff_low": _num(rec.diff_low),
-                            "diff_high": _num(rec.diff_high), "status": rec.status, "reason": rec.reason,
-                            "requests": int(requests[rec.cell])})
+            records.append(
+                {
+                    "round": number,
+                    "n": n,
+                    "cell": rec.cell,
+                    "overrides": labels[rec.cell],
+                    **{f: _num(getattr(rec, f)) for f in ("mean", "ci_low", "ci_high")},
+                    "diff_to_leader": _num(rec.diff),
+                    "diff_low": _num(rec.diff_low),
+                    "diff_high": _num(rec.diff_high),
+                    "status": rec.status,
+                    "reason": rec.reason,
+                    "requests": int(requests[rec.cell]),
+                }
+            )
             if rec.status == "eliminated":
                 log(f"sentech-eval race:   cut {labels[rec.cell]}: {rec.reason}")
         _write_race_table(sweep_dir, records)
@@ -171,21 +228,42 @@ def run_race(cfg: DictConfig, cells: list[list[str]], launch: Launch, sweep_dir:
             break
     full = k * total * repeats
     spent = int(requests.sum())
-    record: dict[str, Any] = {"settings": asdict(settings), "score": score, "cells": labels, "prompts": total,
-                              "repeats": repeats, "shuffle_seed": seed, "requests": spent, "full_grid_requests": full,
-                              "spent_fraction": spent / full if full else None, "rounds": counts[: number]}
+    record: dict[str, Any] = {
+        "settings": asdict(settings),
+        "score": score,
+        "cells": labels,
+        "prompts": total,
+        "repeats": repeats,
+        "shuffle_seed": seed,
+        "requests": spent,
+        "full_grid_requests": full,
+        "spent_fraction": spent / full if full else None,
+        "rounds": counts[:number],
+    }
     if result is None or not alive:
-        record.update(winner=None, ending="every cell's job failed", line=
-                      f"sentech-eval race: no winner: every cell's job failed (see {sweep_dir}/cell_*/job_status.json)")
+        record.update(
+            winner=None,
+            ending="every cell's job failed",
+            line=f"sentech-eval race: no winner: every cell's job failed (see {sweep_dir}/cell_*/job_status.json)",
+        )
     else:
         win = next(r for r in result.cells if r.cell == result.leader)
-        record.update(winner=labels[win.cell], winner_cell=win.cell, winner_dir=str(dirs[win.cell]), ending=result.ending,
-                      mean=win.mean, ci_low=win.ci_low, ci_high=win.ci_high, n=n,
-                      finalists=[labels[c] for c in result.alive])
+        record.update(
+            winner=labels[win.cell],
+            winner_cell=win.cell,
+            winner_dir=str(dirs[win.cell]),
+            ending=result.ending,
+            mean=win.mean,
+            ci_low=win.ci_low,
+            ci_high=win.ci_high,
+            n=n,
+            finalists=[labels[c] for c in result.alive],
+        )
         record["line"] = (
             f"sentech-eval race: winner {labels[win.cell]}: {score} {win.mean:.3f} "
             f"[{win.ci_low:.3f}, {win.ci_high:.3f}] on {n} prompts ({result.ending}); spent "
-            f"{100 * spent / full:.1f}% of the full grid's requests ({spent:,} of {full:,})")
+            f"{100 * spent / full:.1f}% of the full grid's requests ({spent:,} of {full:,})"
+        )
     tmp = sweep_dir / (RACE_JSON + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str))
     os.replace(tmp, sweep_dir / RACE_JSON)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sentech_eval.engine.hooks import Item
@@ -71,8 +71,15 @@ def last_user_text(messages: tuple[dict[str, str], ...]) -> str:
 class Recorder:
     """Rows, scores, counters and flushing for one run."""
 
-    def __init__(self, writer: ResultsWriter, identity: RunIdentity, *, scorers: list[Scorer] | None = None,
-                 flush_rows: int = 2000, flush_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        writer: ResultsWriter,
+        identity: RunIdentity,
+        *,
+        scorers: list[Scorer] | None = None,
+        flush_rows: int = 2000,
+        flush_s: float = 2.0,
+    ) -> None:
         self.writer = writer
         self.scorers = scorers or []
         self.summary = RunSummary()
@@ -81,19 +88,43 @@ class Recorder:
         self.write_error: OSError | None = None
         self.on_write_error: Callable[[OSError], None] | None = None
         self._last_flush = time.monotonic()
-        self._identity_values = (identity.run_id, identity.config_id, identity.backend, identity.model, identity.dataset)
+        self._identity_values = (
+            identity.run_id,
+            identity.config_id,
+            identity.backend,
+            identity.model,
+            identity.dataset,
+        )
         # Columns after the core ones: the dataset's extra columns, score columns, hooks' columns.
-        self._tail_names = writer.column_names[len(CORE_NAMES):]
+        self._tail_names = writer.column_names[len(CORE_NAMES) :]
 
     def values(self, item: Item, c: Completion) -> list[Any]:
         """One result row as values in the results schema's column order."""
         prompt = item.prompt
         values = [
-            *self._identity_values, str(prompt.id), item.repeat, *item.sampled,
-            c.output, c.finish_reason, c.response_model, c.prompt_tokens, c.completion_tokens, c.total_tokens, c.latency_s, c.ttft_s,
-            c.status, c.http_status, c.error, c.attempts, item.started_at, item.queue_s,
-            c.tpot_s, c.itl_s, c.usage_source,
-            last_user_text(prompt.messages), prompt.reference,
+            *self._identity_values,
+            str(prompt.id),
+            item.repeat,
+            *item.sampled,
+            c.output,
+            c.finish_reason,
+            c.response_model,
+            c.prompt_tokens,
+            c.completion_tokens,
+            c.total_tokens,
+            c.latency_s,
+            c.ttft_s,
+            c.status,
+            c.http_status,
+            c.error,
+            c.attempts,
+            item.started_at,
+            item.queue_s,
+            c.tpot_s,
+            c.itl_s,
+            c.usage_source,
+            last_user_text(prompt.messages),
+            prompt.reference,
         ]
         if self._tail_names:
             extra, cols = prompt.extra, item.columns
@@ -124,7 +155,7 @@ class Recorder:
         summary.total += 1
         summary.ok += 1
         row = dict(zip(self.writer.column_names, self.values(item, completion)))
-        row["started_at"] = datetime.fromtimestamp(row["started_at"], timezone.utc)
+        row["started_at"] = datetime.fromtimestamp(row["started_at"], UTC)
         scores = await score_row(self.scorers, row)
         row.update(scores)
         for key, value in scores.items():

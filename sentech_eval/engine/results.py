@@ -206,7 +206,7 @@ class ResultsWriter:
         self._next_part += 1
         self.rows_written += len(rows)
 
-    def close(self, keep: "callable | None" = None) -> Path:
+    def close(self, keep: callable | None = None) -> Path:
         """Flush, then merge results.parquet and every part into a new results.parquet.
 
         ``keep`` optionally filters the merged table (resume uses it to keep one row per key).
@@ -322,7 +322,7 @@ def _find_result_files(root: Path) -> list[Path]:
     return [p for p in found if not any(a in dirs for a in p.parent.parents)]
 
 
-def load_results(path: str | Path) -> "pd.DataFrame":
+def load_results(path: str | Path) -> pd.DataFrame:
     """One DataFrame from a results file, a run dir (with results.parquet) or a directory of runs."""
     path = Path(path)
     if not path.exists():

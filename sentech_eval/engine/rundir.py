@@ -57,7 +57,9 @@ def lock_run_dir(path: str | Path, what: str = "hydra.run.dir") -> None:
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise RunDirError(f"{what}={path} cannot hold a lock file ({_reason(exc)}); choose a writable {what}.") from None
+        raise RunDirError(
+            f"{what}={path} cannot hold a lock file ({_reason(exc)}); choose a writable {what}."
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

@@ -55,9 +55,19 @@ GC_YOUNG_THRESHOLD = 50_000
 class Runner:
     """Runs every (prompt, repeat) of a dataset through one backend and one sampling config."""
 
-    def __init__(self, backend: Backend, sampling: Sampling, identity: RunIdentity, writer: ResultsWriter,
-                 config: RunnerConfig, *, scorers: list[Scorer] | None = None, hooks: Sequence[RunHook] = (),
-                 done_keys: set[tuple[str, int]] | None = None, total: int | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        sampling: Sampling,
+        identity: RunIdentity,
+        writer: ResultsWriter,
+        config: RunnerConfig,
+        *,
+        scorers: list[Scorer] | None = None,
+        hooks: Sequence[RunHook] = (),
+        done_keys: set[tuple[str, int]] | None = None,
+        total: int | None = None,
+    ) -> None:
         self.backend = backend
         self.sampling = sampling
         self.identity = identity
@@ -66,11 +76,18 @@ class Runner:
         self.hooks = list(hooks)
         self.done_keys = done_keys or set()
         self.total = total
-        self.pacer = Pacer(config.concurrency, rpm=config.rpm, tpm=config.tpm, backoff_base_s=config.backoff_base_s,
-                           backoff_max_s=config.backoff_max_s, max_retry_after_s=config.max_retry_after_s,
-                           seed=sampling.seed)
-        self.recorder = Recorder(writer, identity, scorers=self.scorers, flush_rows=config.flush_rows,
-                                 flush_s=config.flush_s)
+        self.pacer = Pacer(
+            config.concurrency,
+            rpm=config.rpm,
+            tpm=config.tpm,
+            backoff_base_s=config.backoff_base_s,
+            backoff_max_s=config.backoff_max_s,
+            max_retry_after_s=config.max_retry_after_s,
+            seed=sampling.seed,
+        )
+        self.recorder = Recorder(
+            writer, identity, scorers=self.scorers, flush_rows=config.flush_rows, flush_s=config.flush_s
+        )
         self.summary = self.recorder.summary
         self.recorder.on_write_error = self._write_failed
         self._auth_error: AuthenticationError | None = None
@@ -226,8 +243,10 @@ class Runner:
 
     def _write_failed(self, exc: OSError) -> None:
         """The disk refused a flush: stop sending (unsent items stay unsent; the end of the run says how to resume)."""
-        print(f"\nsentech-eval: cannot write results ({exc.strerror or exc}); stopping — nothing new is sent.",
-              file=sys.stderr)
+        print(
+            f"\nsentech-eval: cannot write results ({exc.strerror or exc}); stopping — nothing new is sent.",
+            file=sys.stderr,
+        )
         if not self.pacer.stopping:
             self.pacer.stop()
             self.summary.interrupted = True
@@ -237,8 +256,11 @@ class Runner:
         if not self.pacer.stopping:
             self.pacer.stop()
             self.summary.interrupted = True
-            print("\nsentech-eval: stopping — finishing in-flight requests and saving results "
-                  "(press Ctrl-C again to abandon them)...", file=sys.stderr)
+            print(
+                "\nsentech-eval: stopping — finishing in-flight requests and saving results "
+                "(press Ctrl-C again to abandon them)...",
+                file=sys.stderr,
+            )
 
     async def run(self, batches: Iterator[list[Prompt]]) -> RunSummary:
         """Run every item; returns the summary. Raises AuthenticationError on a rejected key."""
@@ -246,8 +268,14 @@ class Runner:
         if self.config.progress:
             from tqdm import tqdm  # third-party, imported only when a bar is shown (start-up: benchmarks/README.md)
 
-            self._bar = tqdm(total=self.total, unit="req", desc=f"{self.identity.dataset} on {self.identity.backend}",
-                             dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+            self._bar = tqdm(
+                total=self.total,
+                unit="req",
+                desc=f"{self.identity.dataset} on {self.identity.backend}",
+                dynamic_ncols=True,
+                mininterval=0.5,
+                file=sys.stderr,
+            )
         items = self._items(batches)
         loop = asyncio.get_running_loop()
         workers = [asyncio.ensure_future(self._worker(items)) for _ in range(self.config.concurrency)]

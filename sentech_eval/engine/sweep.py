@@ -25,7 +25,7 @@ import concurrent.futures.thread  # noqa: F401 - see _combine_at_exit
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sentech_eval.engine.race_sweep import race_line
-from sentech_eval.errors import ResultsError
 from sentech_eval.engine.results import CORE_FIELDS, METADATA_KEY, PARTS_DIR, RESULTS_FILE
+from sentech_eval.errors import ResultsError
 
 SWEEP_JSON = "sweep.json"
 TRIALS_FILE = "trials.parquet"
@@ -197,9 +197,15 @@ def _trials_table(jobs: list[dict[str, Any]]) -> pa.Table:
     for job in jobs:
         summary = job["summary"]
         record: dict[str, Any] = {
-            "job": job["job"], "dir": job["dir"], "status": job["status"], "error": job["error"],
-            "overrides": " ".join(job["overrides"]), "rows": job.get("rows", 0),
-            "ok": summary.get("ok"), "errors": summary.get("errors"), "elapsed_s": summary.get("elapsed_s"),
+            "job": job["job"],
+            "dir": job["dir"],
+            "status": job["status"],
+            "error": job["error"],
+            "overrides": " ".join(job["overrides"]),
+            "rows": job.get("rows", 0),
+            "ok": summary.get("ok"),
+            "errors": summary.get("errors"),
+            "elapsed_s": summary.get("elapsed_s"),
             "objective": summary.get("objective"),
         }
         for name, value in (summary.get("scores") or {}).items():
@@ -214,9 +220,18 @@ def _trials_table(jobs: list[dict[str, Any]]) -> pa.Table:
         records.append(record)
 
     columns: dict[str, pa.Array] = {}
-    fixed = {"job": pa.int32(), "dir": pa.string(), "status": pa.string(), "error": pa.string(),
-             "overrides": pa.string(), "rows": pa.int64(), "ok": pa.int64(), "errors": pa.int64(),
-             "elapsed_s": pa.float64(), "objective": pa.float64()}
+    fixed = {
+        "job": pa.int32(),
+        "dir": pa.string(),
+        "status": pa.string(),
+        "error": pa.string(),
+        "overrides": pa.string(),
+        "rows": pa.int64(),
+        "ok": pa.int64(),
+        "errors": pa.int64(),
+        "elapsed_s": pa.float64(),
+        "objective": pa.float64(),
+    }
     for name, dtype in fixed.items():
         columns[name] = pa.array([r.get(name) for r in records], dtype)
     for name in score_keys:
@@ -259,17 +274,31 @@ def combine(sweep_dir: str | Path, status: str | None = None) -> dict[str, Any]:
     jobs.sort(key=lambda j: (j["job"], j["dir"]))
     if status is None:
         status = "complete" if all(j["status"] not in ("incomplete", "missing") for j in jobs) else "incomplete"
-    combined_at = datetime.now(timezone.utc).isoformat()
+    combined_at = datetime.now(UTC).isoformat()
     job_records = lambda: [  # noqa: E731
-        {"job": j["job"], "dir": j["dir"], "status": j["status"], "error": j["error"],
-         "overrides": j["overrides"], "rows": j.get("rows", 0),
-         "objective": j["summary"].get("objective"), "scores": j["summary"].get("scores") or {},
-         **({"unreadable": j["unreadable"]} if j.get("unreadable") else {})}
+        {
+            "job": j["job"],
+            "dir": j["dir"],
+            "status": j["status"],
+            "error": j["error"],
+            "overrides": j["overrides"],
+            "rows": j.get("rows", 0),
+            "objective": j["summary"].get("objective"),
+            "scores": j["summary"].get("scores") or {},
+            **({"unreadable": j["unreadable"]} if j.get("unreadable") else {}),
+        }
         for j in jobs
     ]
-    metadata = {"sweep": {"dir": str(sweep_dir.resolve()), "combined_at": combined_at, "status": status,
-                          "jobs": [{"job": j["job"], "dir": j["dir"], "status": j["status"],
-                                    "overrides": j["overrides"]} for j in jobs]}}
+    metadata = {
+        "sweep": {
+            "dir": str(sweep_dir.resolve()),
+            "combined_at": combined_at,
+            "status": status,
+            "jobs": [
+                {"job": j["job"], "dir": j["dir"], "status": j["status"], "overrides": j["overrides"]} for j in jobs
+            ],
+        }
+    }
     first_meta = _first_job_metadata(jobs)
     if first_meta:
         metadata.update({k: v for k, v in first_meta.items() if k in ("versions", "git_commit", "dataset")})
@@ -283,9 +312,15 @@ def combine(sweep_dir: str | Path, status: str | None = None) -> dict[str, Any]:
     for job in jobs:
         counts[job["status"]] = counts.get(job["status"], 0) + 1
     record: dict[str, Any] = {
-        "sweep_dir": str(sweep_dir.resolve()), "status": status, "combined_at": combined_at,
-        "results": RESULTS_FILE, "trials": TRIALS_FILE, "rows": rows, "jobs_total": len(jobs),
-        "job_counts": counts, "jobs": job_records(),
+        "sweep_dir": str(sweep_dir.resolve()),
+        "status": status,
+        "combined_at": combined_at,
+        "results": RESULTS_FILE,
+        "trials": TRIALS_FILE,
+        "rows": rows,
+        "jobs_total": len(jobs),
+        "job_counts": counts,
+        "jobs": job_records(),
     }
     previous = _read_json(sweep_dir / SWEEP_JSON) or {}
     for key in ("started_at", "command_overrides", "sweeper", "launcher"):
@@ -331,14 +366,18 @@ class CombineSweepResults(Callback):
         self._combined = False
         self._sweep_dir.mkdir(parents=True, exist_ok=True)
         previous = _read_json(self._sweep_dir / SWEEP_JSON) or {}
-        _write_json(self._sweep_dir / SWEEP_JSON, {
-            **previous,
-            "sweep_dir": str(self._sweep_dir.resolve()), "status": "running",
-            "started_at": datetime.now(timezone.utc).isoformat(),
-            "command_overrides": list(config.hydra.overrides.task),
-            "sweeper": str(config.hydra.sweeper.get("_target_", "")),
-            "launcher": str(config.hydra.launcher.get("_target_", "")),
-        })
+        _write_json(
+            self._sweep_dir / SWEEP_JSON,
+            {
+                **previous,
+                "sweep_dir": str(self._sweep_dir.resolve()),
+                "status": "running",
+                "started_at": datetime.now(UTC).isoformat(),
+                "command_overrides": list(config.hydra.overrides.task),
+                "sweeper": str(config.hydra.sweeper.get("_target_", "")),
+                "launcher": str(config.hydra.launcher.get("_target_", "")),
+            },
+        )
         atexit.register(self._combine_at_exit)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -361,15 +400,20 @@ class CombineSweepResults(Callback):
         try:
             print_combined(combine(self._sweep_dir, status="incomplete"))
         except Exception as exc:  # noqa: BLE001 - at exit, say what failed and how to retry
-            print(f"sentech-eval sweep: could not combine {self._sweep_dir} ({exc}); "
-                  f"retry with: sentech-eval combine {self._sweep_dir}", file=sys.stderr)
+            print(
+                f"sentech-eval sweep: could not combine {self._sweep_dir} ({exc}); "
+                f"retry with: sentech-eval combine {self._sweep_dir}",
+                file=sys.stderr,
+            )
 
 
 def print_combined(record: dict[str, Any]) -> None:
     """The one line (plus a race's winner, when there is a race) that says what ``combine`` wrote."""
     counts = ", ".join(f"{n} {s}" for s, n in sorted(record["job_counts"].items())) or "no jobs"
-    line = f"sentech-eval sweep: {record['rows']} rows from {record['jobs_total']} jobs ({counts}) -> " \
-           f"{Path(record['sweep_dir']) / RESULTS_FILE}"
+    line = (
+        f"sentech-eval sweep: {record['rows']} rows from {record['jobs_total']} jobs ({counts}) -> "
+        f"{Path(record['sweep_dir']) / RESULTS_FILE}"
+    )
     best = record.get("optimization") or {}
     if "best_params" in best:
         line += f"; best {best.get('best_value')} at {best['best_params']}"

@@ -99,7 +99,7 @@ def _examples_html(paired: PairedResults, examples: pd.DataFrame) -> str:
         prompt = r.get("prompt_a", r.get("prompt_b", ""))
         reference = r.get("reference_a", r.get("reference_b", ""))
 
-        def cell(side: str) -> str:
+        def cell(side: str, r: pd.Series = r) -> str:
             status = r.get(f"status_{side}", "ok")
             text = r.get(f"output_{side}") if str(status) == "ok" else f"[error] {r.get(f'error_{side}', '')}"
             return f"<pre>{html.escape('' if text is None or (isinstance(text, float) and math.isnan(text)) else str(text))}</pre>"
@@ -122,8 +122,10 @@ def _cost_html(metrics: pd.DataFrame) -> str:
     if not cells:
         return ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(text)}</td>" for text in row) + "</tr>" for row in cells)
-    return (f'<h2>Cost</h2><table id="cost"><thead><tr><th>cost</th><th>A</th><th>B</th><th>B/A</th></tr></thead>'
-            f"<tbody>{body}</tbody></table><p class='small'>{html.escape(note)}</p>")
+    return (
+        f'<h2>Cost</h2><table id="cost"><thead><tr><th>cost</th><th>A</th><th>B</th><th>B/A</th></tr></thead>'
+        f"<tbody>{body}</tbody></table><p class='small'>{html.escape(note)}</p>"
+    )
 
 
 def _judge_html(judgements: pd.DataFrame | None) -> str:
@@ -133,14 +135,17 @@ def _judge_html(judgements: pd.DataFrame | None) -> str:
     return "<h2>Pairwise judge verdicts</h2>" + _table(judgements, cols)
 
 
-def render_html(paired: PairedResults, metrics: pd.DataFrame, examples: pd.DataFrame,
-                judgements: pd.DataFrame | None = None) -> str:
+def render_html(
+    paired: PairedResults, metrics: pd.DataFrame, examples: pd.DataFrame, judgements: pd.DataFrame | None = None
+) -> str:
     """The whole compare.html as one string (no external files)."""
     a, b = html.escape(paired.label_a), html.escape(paired.label_b)
     scores = metrics[metrics["metric"] == "score"]
     perf = metrics[metrics["metric"].str.match(r"^(latency|ttft|completion_tokens|error_rate)")]
     costs = metrics[metrics["metric"].isin(COST_METRICS)]
-    other = metrics[~metrics.index.isin(scores.index) & ~metrics.index.isin(perf.index) & ~metrics.index.isin(costs.index)]
+    other = metrics[
+        ~metrics.index.isin(scores.index) & ~metrics.index.isin(perf.index) & ~metrics.index.isin(costs.index)
+    ]
     png = difference_plot(paired, metrics)
     plot = f'<img alt="paired differences" src="data:image/png;base64,{png}">' if png else "<p>Nothing to plot.</p>"
 
@@ -154,15 +159,35 @@ def render_html(paired: PairedResults, metrics: pd.DataFrame, examples: pd.DataF
         f"{paired.unpaired_a} unpaired rows of A, {paired.unpaired_b} of B.</p>"
         + "".join(f"<p class='small'>{n}</p>" for n in notes)
         + "<h2>Scores</h2>"
-        + _table(scores, ["column", "value_a", "value_b", "diff", "ci_low", "ci_high", "wins", "ties", "losses",
-                          "p_value", "test", "ci_method", "n_pairs", "n_clusters", "note"])
-        + "<h2>Paired differences</h2>" + plot
+        + _table(
+            scores,
+            [
+                "column",
+                "value_a",
+                "value_b",
+                "diff",
+                "ci_low",
+                "ci_high",
+                "wins",
+                "ties",
+                "losses",
+                "p_value",
+                "test",
+                "ci_method",
+                "n_pairs",
+                "n_clusters",
+                "note",
+            ],
+        )
+        + "<h2>Paired differences</h2>"
+        + plot
         + "<h2>Performance</h2>"
         + _table(perf, ["metric", "value_a", "value_b", "ratio", "diff", "n_pairs", "note"])
         + _cost_html(metrics)
         + "<h2>Pairing, agreement and judge</h2>"
         + _table(other, ["metric", "value", "ci_low", "ci_high", "n_pairs", "n_a", "n_b", "note"])
-        + "<h2>Where A and B disagree most</h2>" + _examples_html(paired, examples)
+        + "<h2>Where A and B disagree most</h2>"
+        + _examples_html(paired, examples)
         + _judge_html(judgements)
         + "</body></html>"
     )

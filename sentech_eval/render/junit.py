@@ -11,8 +11,15 @@ def junit_xml(results: list[CheckResult], summary: str) -> ET.ElementTree:
     """JUnit XML: one testcase per threshold, a <failure> for each regression."""
     failures = sum(not r.passed for r in results)
     suites = ET.Element("testsuites", name="sentech-eval check", tests=str(len(results)), failures=str(failures))
-    suite = ET.SubElement(suites, "testsuite", name="sentech-eval check", tests=str(len(results)),
-                          failures=str(failures), errors="0", skipped="0")
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name="sentech-eval check",
+        tests=str(len(results)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+    )
     for r in results:
         case = ET.SubElement(suite, "testcase", classname="sentech_eval.check", name=r.name)
         if r.passed:

@@ -33,13 +33,11 @@ def fmt(value, signed: bool = False, digits: int = 4) -> str:
     return str(value)
 
 
-
 def fmt_fixed(v, digits: int = 3) -> str:
     """A number to ``digits`` decimals, "–" for missing (the report's tables)."""
     if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)):
         return "–"
     return f"{float(v):.{digits}f}"
-
 
 
 def report_markdown(summary: pd.DataFrame, title: str) -> str:
@@ -48,12 +46,18 @@ def report_markdown(summary: pd.DataFrame, title: str) -> str:
     labels = config_labels(summary)
     header = ["configuration", "n", "errors"] + [s.removeprefix("score_") + " (95% CI)" for s in scores]
     header += ["latency p50 / p95 (s)", "output tok/s (all requests)", "decode tok/s p50 (per request)"]
-    lines = [f"## sentech-eval report: {title}", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    lines = [
+        f"## sentech-eval report: {title}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
+    ]
     for label, (_, row) in zip(labels, summary.iterrows()):
         cells = [label.replace("|", "\\|"), str(int(row["n"])), f"{100 * row['error_rate']:.1f}%"]
         for s in scores:
-            cells.append(f"{fmt_fixed(row[f'{s}_mean'])} [{fmt_fixed(row[f'{s}_ci_low'])}, {fmt_fixed(row[f'{s}_ci_high'])}]")
+            cells.append(
+                f"{fmt_fixed(row[f'{s}_mean'])} [{fmt_fixed(row[f'{s}_ci_low'])}, {fmt_fixed(row[f'{s}_ci_high'])}]"
+            )
         cells.append(f"{fmt_fixed(row['latency_s_p50'])} / {fmt_fixed(row['latency_s_p95'])}")
         cells.append(fmt_fixed(row["output_tokens_per_s"], 1))
         cells.append(fmt_fixed(row.get("decode_tokens_per_s_p50"), 1))
@@ -72,7 +76,8 @@ COST_EXPLANATION = (
     "Cost per correct answer = total cost / correct answers (errored rows cost what they cost and are never "
     "correct); its 95% CI divides the cost by the bounds of that score's 95% CI above: "
     "[cost / (n × upper), cost / (n × lower)]. When the accuracy's lower bound is 0 the cost per correct "
-    "answer has no upper bound.")
+    "answer has no upper bound."
+)
 
 
 def cost_markdown(summary: pd.DataFrame, labels: list[str]) -> list[str]:
@@ -82,8 +87,13 @@ def cost_markdown(summary: pd.DataFrame, labels: list[str]) -> list[str]:
     per_correct = cost.cost_per_correct_names(summary)
     header = ["configuration", "total cost", "per 1,000 requests"]
     header += [f"per correct answer: {c.removeprefix('cost_per_correct_')} (95% CI)" for c in per_correct]
-    lines = ["", "### Cost", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    lines = [
+        "",
+        "### Cost",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
+    ]
     for label, (_, row) in zip(labels, summary.iterrows()):
         cells = [label.replace("|", "\\|"), cost.money(row[cost.COST_COLUMN]), cost.money(row["cost_per_1k_requests"])]
         cells += [cost.interval_text(row[c], row[f"{c}_ci_low"], row[f"{c}_ci_high"]) for c in per_correct]
@@ -98,9 +108,9 @@ def cost_explanation() -> str:
     return COST_EXPLANATION
 
 
-
-def compare_markdown(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "B",
-                     warnings: list[str] | None = None) -> str:
+def compare_markdown(
+    metrics: pd.DataFrame, label_a: str = "A", label_b: str = "B", warnings: list[str] | None = None
+) -> str:
     """A markdown summary of the metrics, fit for a terminal or a pull-request comment."""
     m = metrics.set_index("metric", drop=False)
     lines = [f"## sentech-eval compare: {label_a} (A) vs {label_b} (B)", ""]
@@ -113,8 +123,11 @@ def compare_markdown(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "
         lines.append(f"⚠️ {warning}")
     scores = metrics[metrics["metric"] == "score"]
     if len(scores):
-        lines += ["", "| score | A | B | B − A | 95% CI | W/T/L (B) | p | pairs (prompts) |",
-                  "|---|---:|---:|---:|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "| score | A | B | B − A | 95% CI | W/T/L (B) | p | pairs (prompts) |",
+            "|---|---:|---:|---:|---|---:|---:|---:|",
+        ]
         for _, r in scores.iterrows():
             lines.append(
                 f"| {r['column']} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['diff'], signed=True)} | "
@@ -140,7 +153,6 @@ def compare_markdown(metrics: pd.DataFrame, label_a: str = "A", label_b: str = "
     return "\n".join(lines) + "\n"
 
 
-
 COST_METRICS = ("cost_usd", "cost_per_1k_requests", "cost_per_correct")
 
 
@@ -159,9 +171,11 @@ def compare_cost_cells(metrics: pd.DataFrame) -> tuple[list[tuple[str, str, str,
             name = "total cost" if r["metric"] == "cost_usd" else "per 1,000 requests"
             a, b = cost.money(_num(r["value_a"])), cost.money(_num(r["value_b"]))
         cells.append((name, a, b, fmt(r["ratio"])))
-    note = (f"Cost over {rows['note'].iloc[0]}. Cost per correct answer = total cost / correct answers; its 95% CI "
-            "divides the cost by the bounds of that side's accuracy interval (the interval `report` shows): "
-            "[cost / (n × upper), cost / (n × lower)]; when the accuracy's lower bound is 0 it has no upper bound.")
+    note = (
+        f"Cost over {rows['note'].iloc[0]}. Cost per correct answer = total cost / correct answers; its 95% CI "
+        "divides the cost by the bounds of that side's accuracy interval (the interval `report` shows): "
+        "[cost / (n × upper), cost / (n × lower)]; when the accuracy's lower bound is 0 it has no upper bound."
+    )
     return cells, note
 
 
@@ -217,12 +231,16 @@ def check_markdown(results: list[CheckResult], paired: PairedResults, thresholds
         )
     lines += [f"⚠️ {w}" for w in comparison_warnings(paired)]
     if thresholds.require_significance:
-        lines.append("Score drops count only when the paired 95% CI of the difference excludes zero "
-                     "(the prompt is the unit of evidence; each score names its interval and test).")
+        lines.append(
+            "Score drops count only when the paired 95% CI of the difference excludes zero "
+            "(the prompt is the unit of evidence; each score names its interval and test)."
+        )
     lines += ["", "| check | threshold | baseline | candidate | change | result |", "|---|---|---:|---:|---:|---|"]
     for r in results:
         base, cand = _value_text(r.baseline, r.unit), _value_text(r.candidate, r.unit)
-        lines.append(f"| {r.name} | {r.threshold} | {base} | {cand} | {r.observed} | {'pass' if r.passed else '**FAIL**'} |")
+        lines.append(
+            f"| {r.name} | {r.threshold} | {base} | {cand} | {r.observed} | {'pass' if r.passed else '**FAIL**'} |"
+        )
     if failed:
         lines += ["", "Regressions:"] + [f"- {r.name}: {r.message}" for r in failed]
     tolerated = [r for r in results if r.passed and "not significant" in r.message]

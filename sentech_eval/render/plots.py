@@ -21,7 +21,7 @@ DPI = 80
 MAX_LINES = 12
 
 
-def to_data_uri(fig: "plt.Figure") -> str:
+def to_data_uri(fig: plt.Figure) -> str:
     """Render ``fig`` as a PNG data URI and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
@@ -83,8 +83,9 @@ def heatmap(summary: pd.DataFrame, score: str, row_param: str, col_param: str) -
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for (r, c), value in np.ndenumerate(data):
         if np.isfinite(value):
-            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                    color="black" if value > middle else "white")
+            ax.text(
+                c, r, f"{value:.2f}", ha="center", va="center", fontsize=8, color="black" if value > middle else "white"
+            )
     fig.colorbar(image, ax=ax, label=_pretty(score))
     ax.set_title(f"{_pretty(score)} by {row_param} × {col_param}")
     return to_data_uri(fig)
@@ -150,8 +151,13 @@ def token_histograms(results: pd.DataFrame, label_of: dict, key: str = "_config"
         for i, (cfg, part) in enumerate(ok.groupby(key, sort=False)):
             if i >= MAX_LINES:
                 break
-            ax.hist(part[col].dropna().to_numpy(dtype=float), bins=bins, histtype="step", linewidth=1.5,
-                    label=label_of.get(cfg, str(cfg)))
+            ax.hist(
+                part[col].dropna().to_numpy(dtype=float),
+                bins=bins,
+                histtype="step",
+                linewidth=1.5,
+                label=label_of.get(cfg, str(cfg)),
+            )
         ax.set_xlabel(col.replace("_", " "))
         ax.set_ylabel("rows")
         ax.set_title(col.replace("_", " "))
@@ -167,7 +173,11 @@ def load_curves(load: pd.DataFrame, knees: dict) -> str | None:
         return None
     if "config_id" in load and load.groupby("config_id")["achieved_rps"].count().max() < 2:
         return None  # no configuration was run at more than one load: nothing to draw a curve of
-    panels = [(m, f"{m} (s)") for m in ("latency_s", "ttft_s", "tpot_s") if f"{m}_p99" in load and load[f"{m}_p99"].notna().any()]
+    panels = [
+        (m, f"{m} (s)")
+        for m in ("latency_s", "ttft_s", "tpot_s")
+        if f"{m}_p99" in load and load[f"{m}_p99"].notna().any()
+    ]
     rates = [c for c in ("throughput_rps", "goodput_rps", "quality_goodput_rps") if c in load and load[c].notna().any()]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.4), squeeze=False)
     groups = load.groupby("config_id", sort=False) if "config_id" in load else [("all", load)]
@@ -178,16 +188,27 @@ def load_curves(load: pd.DataFrame, knees: dict) -> str | None:
         x = part["achieved_rps"].to_numpy(dtype=float)
         for ax, (metric, _) in zip(axes[0], panels):
             for q, style in ((50, "--"), (99, "-")):
-                ax.plot(x, part[f"{metric}_p{q}"].to_numpy(dtype=float), style, marker="o", ms=3, label=f"{config} p{q}")
+                ax.plot(
+                    x, part[f"{metric}_p{q}"].to_numpy(dtype=float), style, marker="o", ms=3, label=f"{config} p{q}"
+                )
         for column in rates:
-            axes[0][-1].plot(x, part[column].to_numpy(dtype=float), marker="o", ms=3,
-                             label=f"{config} {column.removesuffix('_rps')}")
+            axes[0][-1].plot(
+                x, part[column].to_numpy(dtype=float), marker="o", ms=3, label=f"{config} {column.removesuffix('_rps')}"
+            )
         knee = knees.get(config)
         if knee is not None:
             for ax in axes[0]:
                 ax.axvline(knee, color="red", linestyle=":", linewidth=1)
-                ax.annotate(f"knee {knee:.3g}/s", (knee, 1), xycoords=("data", "axes fraction"), fontsize=7,
-                            color="red", ha="right", va="top", rotation=90)
+                ax.annotate(
+                    f"knee {knee:.3g}/s",
+                    (knee, 1),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=7,
+                    color="red",
+                    ha="right",
+                    va="top",
+                    rotation=90,
+                )
     for ax, (metric, ylabel) in zip(axes[0], panels):
         ax.set_title(f"{metric}: p50 (dashed), p99")
         ax.set_ylabel(ylabel)

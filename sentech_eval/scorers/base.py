@@ -84,8 +84,7 @@ class BaseScorer:
 
     def result(self, value: float | None, detail: str | None = None) -> dict[str, Any]:
         """The output dict for one row."""
-        return {score_column(self.name): None if value is None else float(value),
-                detail_column(self.name): detail}
+        return {score_column(self.name): None if value is None else float(value), detail_column(self.name): detail}
 
     async def score(self, row: dict[str, Any]) -> dict[str, Any]:
         return self.score_sync(row)
@@ -223,9 +222,7 @@ def build_scorer(name: str, cfg: Any = None) -> Scorer:
         cause = exc.__cause__ or exc
         if isinstance(cause, ConfigError):
             raise cause from None
-        raise ConfigError(
-            f"Scorer {name!r}: cannot build {options.get('_target_')!r}: {_one_line(cause)}."
-        ) from exc
+        raise ConfigError(f"Scorer {name!r}: cannot build {options.get('_target_')!r}: {_one_line(cause)}.") from exc
     try:
         return _as_scorer(name, built)
     except ConfigError:

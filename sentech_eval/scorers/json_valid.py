@@ -24,8 +24,9 @@ class JsonValid(BaseScorer):
 
     name = "json_valid"
 
-    def __init__(self, name: str | None = None, schema: dict | None = None, schema_path: str | None = None,
-                 extract: bool = False) -> None:
+    def __init__(
+        self, name: str | None = None, schema: dict | None = None, schema_path: str | None = None, extract: bool = False
+    ) -> None:
         super().__init__(name)
         if schema is not None and schema_path:
             raise ConfigError(f"Scorer {self.name!r}: give either schema or schema_path, not both.")

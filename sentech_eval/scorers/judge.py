@@ -70,7 +70,7 @@ def _short(text: str | None, limit: int = DETAIL_CHARS) -> str:
 def _tail(text: str | None, limit: int = DETAIL_CHARS) -> str:
     """The end of a reply (where a grade is expected), whitespace collapsed."""
     text = " ".join((text or "").split())
-    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
 class JudgeScorer:
@@ -78,10 +78,20 @@ class JudgeScorer:
 
     name = "judge"
 
-    def __init__(self, name: str | None = None, backend: Any = None, rubric: str = DEFAULT_RUBRIC,
-                 system: str | None = None, grade_min: float = 0, grade_max: float = 10,
-                 grade_pattern: str = DEFAULT_GRADE_PATTERN, sampling: Mapping[str, Any] | None = None,
-                 concurrency: int = 4, max_attempts: int = 3, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        backend: Any = None,
+        rubric: str = DEFAULT_RUBRIC,
+        system: str | None = None,
+        grade_min: float = 0,
+        grade_max: float = 10,
+        grade_pattern: str = DEFAULT_GRADE_PATTERN,
+        sampling: Mapping[str, Any] | None = None,
+        concurrency: int = 4,
+        max_attempts: int = 3,
+        backoff_s: float = 1.0,
+    ) -> None:
         if name is not None:
             self.name = str(name)
         if backend is None or (isinstance(backend, (Mapping, DictConfig)) and not backend.get("kind")):
@@ -90,11 +100,15 @@ class JudgeScorer:
                 "(kind, model, ... like the run's backend config)."
             )
         if float(grade_max) <= float(grade_min):
-            raise ConfigError(f"Scorer {self.name!r}: grade_max ({grade_max}) must be greater than grade_min ({grade_min}).")
+            raise ConfigError(
+                f"Scorer {self.name!r}: grade_max ({grade_max}) must be greater than grade_min ({grade_min})."
+            )
         try:
             self.grade_regex = re.compile(grade_pattern, re.IGNORECASE)
         except re.error as exc:
-            raise ConfigError(f"Scorer {self.name!r}: grade_pattern {grade_pattern!r} is not a valid regular expression ({exc}).") from None
+            raise ConfigError(
+                f"Scorer {self.name!r}: grade_pattern {grade_pattern!r} is not a valid regular expression ({exc})."
+            ) from None
         if self.grade_regex.groups < 1:
             raise ConfigError(f"Scorer {self.name!r}: grade_pattern must have a capture group around the number.")
         if int(concurrency) < 1 or int(max_attempts) < 1:
@@ -102,7 +116,9 @@ class JudgeScorer:
         sampling = dict(sampling or {"temperature": 0.0, "max_tokens": 256})
         unknown = sorted(set(sampling) - set(SAMPLING_FIELDS) - {"seed"})
         if unknown:
-            raise ConfigError(f"Unknown key 'scorers.{self.name}.sampling.{unknown[0]}'; known keys are: {', '.join(SAMPLING_FIELDS + ('seed',))}.")
+            raise ConfigError(
+                f"Unknown key 'scorers.{self.name}.sampling.{unknown[0]}'; known keys are: {', '.join(SAMPLING_FIELDS + ('seed',))}."
+            )
         self.sampling = Sampling(**sampling)
         self.rubric = str(rubric)
         self.system = system
@@ -141,7 +157,10 @@ class JudgeScorer:
         raw = matches[-1].group(1)
         grade = float(raw)
         if not self.grade_min <= grade <= self.grade_max:
-            return None, f"judge error: grade {raw} is outside [{_fmt(self.grade_min)}, {_fmt(self.grade_max)}]: {_tail(text)!r}"
+            return (
+                None,
+                f"judge error: grade {raw} is outside [{_fmt(self.grade_min)}, {_fmt(self.grade_max)}]: {_tail(text)!r}",
+            )
         score = (grade - self.grade_min) / (self.grade_max - self.grade_min)
         return score, f"grade {raw}/{_fmt(self.grade_max)}: {_short(text)}"
 
@@ -149,8 +168,9 @@ class JudgeScorer:
         base = score_column(self.name)
         msgs = self.messages(row)
         async with self._semaphore:
-            completion = await complete_with_retries(self.backend, msgs, self.sampling, max_attempts=self.max_attempts,
-                                                     base_s=self.backoff_s)
+            completion = await complete_with_retries(
+                self.backend, msgs, self.sampling, max_attempts=self.max_attempts, base_s=self.backoff_s
+            )
         out = {
             f"{base}_latency_s": completion.latency_s,
             f"{base}_prompt_tokens": completion.prompt_tokens,

@@ -25,5 +25,7 @@ class Length(BaseScorer):
         except (TypeError, ValueError):
             tokens = None
         output = row.get("output")
-        return {score_column(self.name): tokens,
-                f"{score_column(self.name)}_chars": float(len(output)) if output is not None else None}
+        return {
+            score_column(self.name): tokens,
+            f"{score_column(self.name)}_chars": float(len(output)) if output is not None else None,
+        }

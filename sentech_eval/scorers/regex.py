@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sentech_eval import normalize
 from sentech_eval.errors import ConfigError
 from sentech_eval.scorers.base import BaseScorer, references
-from sentech_eval import normalize
 
 
 class RegexMatch(BaseScorer):
@@ -20,19 +20,30 @@ class RegexMatch(BaseScorer):
 
     name = "regex"
 
-    def __init__(self, name: str | None = None, pattern: str | None = None, group: int | str | None = None,
-                 ignore_case: bool = True, last: bool = False, normalize_text: bool = True) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        pattern: str | None = None,
+        group: int | str | None = None,
+        ignore_case: bool = True,
+        last: bool = False,
+        normalize_text: bool = True,
+    ) -> None:
         super().__init__(name)
         if not pattern:
             raise ConfigError(f"Scorer {self.name!r} needs a pattern: set scorers.{self.name}.pattern='...'.")
         try:
             self.regex = re.compile(str(pattern), re.IGNORECASE if ignore_case else 0)
         except re.error as exc:
-            raise ConfigError(f"Scorer {self.name!r}: pattern {pattern!r} is not a valid regular expression ({exc}).") from None
+            raise ConfigError(
+                f"Scorer {self.name!r}: pattern {pattern!r} is not a valid regular expression ({exc})."
+            ) from None
         if group is None:
             group = 1 if self.regex.groups else 0
         if isinstance(group, int) and group > self.regex.groups:
-            raise ConfigError(f"Scorer {self.name!r}: pattern {pattern!r} has {self.regex.groups} group(s), not group {group}.")
+            raise ConfigError(
+                f"Scorer {self.name!r}: pattern {pattern!r} has {self.regex.groups} group(s), not group {group}."
+            )
         if isinstance(group, str) and not group.isdigit() and group not in self.regex.groupindex:
             raise ConfigError(f"Scorer {self.name!r}: pattern {pattern!r} has no group named {group!r}.")
         self.group = int(group) if isinstance(group, str) and group.isdigit() else group

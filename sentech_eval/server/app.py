@@ -219,7 +219,9 @@ class ChatServer:
         retry_after = self.options.faults.retry_after_s
         if retry_after is not None:
             headers["Retry-After"] = f"{retry_after:g}"
-        message = "Rate limit exceeded; retry later." if status == 429 else "Service temporarily unavailable; retry later."
+        message = (
+            "Rate limit exceeded; retry later." if status == 429 else "Service temporarily unavailable; retry later."
+        )
         return json_response(status, {"message": message}, headers)
 
     # -- handlers
@@ -346,8 +348,9 @@ class ChatServer:
 
     async def health(self, request: web.Request) -> web.Response:
         """``GET /health``: liveness without auth, and the capacity (requests answered at once; null = no limit)."""
-        return json_response(200, {"status": "ok", "engine": self.engine.name, "model": self.engine.model,
-                                    "capacity": self.capacity})
+        return json_response(
+            200, {"status": "ok", "engine": self.engine.name, "model": self.engine.model, "capacity": self.capacity}
+        )
 
     async def fallback(self, request: web.Request) -> web.Response:
         """Unknown routes (404) and wrong methods on known ones (405), always JSON."""

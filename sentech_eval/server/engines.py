@@ -273,9 +273,9 @@ class EchoEngine(Engine):
         if self.output_tokens is not None and len(pieces) < self.output_tokens:
             # fixed output length (as vLLM's ignore_eos): the answer, then filler words
             missing = self.output_tokens - len(pieces)
-            pieces.extend(_FILLER * (missing // len(_FILLER)) + _FILLER[:missing % len(_FILLER)])
+            pieces.extend(_FILLER * (missing // len(_FILLER)) + _FILLER[: missing % len(_FILLER)])
             if len(pieces) > self.output_tokens:
-                del pieces[self.output_tokens:]
+                del pieces[self.output_tokens :]
         if max_tokens is not None and len(pieces) > max_tokens:
             pieces = pieces[:max_tokens]
             finish = "length"
@@ -323,9 +323,13 @@ class EchoEngine(Engine):
         yield generation
 
 
-def oracle_accuracy(temperature: float | None = None, top_p: float | None = None,
-                    frequency_penalty: float | None = None, presence_penalty: float | None = None,
-                    peak: float = 0.8) -> float:
+def oracle_accuracy(
+    temperature: float | None = None,
+    top_p: float | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    peak: float = 0.8,
+) -> float:
     """The oracle engine's true accuracy at these sampling parameters (None = 0.7, 1.0, 0, 0).
 
     ``peak − 0.35·|temperature − 0.3| − 0.3·|top_p − 0.9| − 0.1·(|frequency_penalty| + |presence_penalty|)``,

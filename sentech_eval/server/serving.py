@@ -69,7 +69,9 @@ class ServeConfig:
         return [name_of.get(f, f) for cls_ in (cls, ServerOptions, FaultConfig) for f in _value_fields(cls_)]
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any], *, api_keys: Iterable[str] = (), no_auth: bool = False) -> ServeConfig:
+    def from_values(
+        cls, values: Mapping[str, Any], *, api_keys: Iterable[str] = (), no_auth: bool = False
+    ) -> ServeConfig:
         """A checked ServeConfig from flat values named as the `serve` flags (``value_names``), each put in the
         field of ServeConfig, ServerOptions or FaultConfig it names; a value None or absent keeps its default.
 
@@ -77,7 +79,9 @@ class ServeConfig:
         """
         unknown = set(values) - set(cls.value_names())
         if unknown:
-            raise TypeError(f"unknown serve value(s): {', '.join(sorted(unknown))}; known: {', '.join(cls.value_names())}")
+            raise TypeError(
+                f"unknown serve value(s): {', '.join(sorted(unknown))}; known: {', '.join(cls.value_names())}"
+            )
         given = {RENAMED.get(name, name): value for name, value in values.items() if value is not None}
         for name in ("model_path", "datasets_dir"):  # a path may come as a Path
             if name in given:
@@ -86,8 +90,12 @@ class ServeConfig:
         def fields_of(schema: type) -> dict[str, Any]:
             return {f: given[f] for f in _value_fields(schema) if f in given}
 
-        options = ServerOptions(**fields_of(ServerOptions), api_keys=tuple(api_keys), no_auth=no_auth,
-                                faults=FaultConfig(**fields_of(FaultConfig)))
+        options = ServerOptions(
+            **fields_of(ServerOptions),
+            api_keys=tuple(api_keys),
+            no_auth=no_auth,
+            faults=FaultConfig(**fields_of(FaultConfig)),
+        )
         return cls(**fields_of(cls), options=options).check()
 
     @property
@@ -161,12 +169,16 @@ def listening_line(config: ServeConfig, port: int) -> str:
         # more in flight only queue here; clients read the same number from /health or the
         # X-Sentech-Capacity header of every answer (the remote backend warns when it sends more)
         capacity = slots * config.workers
-        line += (f"; answers {capacity} request(s) at a time: run clients with "
-                 f"runner.concurrency={capacity}, more only queue inside the server")
+        line += (
+            f"; answers {capacity} request(s) at a time: run clients with "
+            f"runner.concurrency={capacity}, more only queue inside the server"
+        )
     return line
 
 
-async def _serve(config: ServeConfig, port: int, *, reuse_port: bool, announce: bool, ready_fd: int | None = None) -> None:
+async def _serve(
+    config: ServeConfig, port: int, *, reuse_port: bool, announce: bool, ready_fd: int | None = None
+) -> None:
     app = config.build_app(config.build_engine())
     runner, real_port = await start_site(app, config.host, port, reuse_port=reuse_port)
     stop = asyncio.Event()
@@ -288,5 +300,3 @@ def serve(config: ServeConfig) -> int:
         return _serve_workers(config)
     asyncio.run(_serve(config, config.port, reuse_port=False, announce=True))
     return 0
-
-

@@ -141,24 +141,32 @@ class _ThreadServer:
             await runner.cleanup()
 
 
-def serve_command(engine: str, options: dict[str, Any], *, api_key_env: str = KEY_ENV, no_auth: bool = False) -> list[str]:
+def serve_command(
+    engine: str, options: dict[str, Any], *, api_key_env: str = KEY_ENV, no_auth: bool = False
+) -> list[str]:
     """The argv of `sentech-eval serve` on a free loopback port for these options."""
     cmd = [sys.executable, "-m", "sentech_eval.cli", "serve", *serve_args(engine, options)]
     return cmd + (["--no-auth"] if no_auth else ["--api-key-env", api_key_env])
 
 
 @contextmanager
-def _subprocess_server(engine: str, api_key: str | None, options: dict[str, Any], timeout_s: float = 300) -> Iterator[str]:
+def _subprocess_server(
+    engine: str, api_key: str | None, options: dict[str, Any], timeout_s: float = 300
+) -> Iterator[str]:
     env = dict(os.environ)
     env[KEY_ENV] = api_key or ""
     env.setdefault("PYTHONUNBUFFERED", "1")
-    with listening_process(serve_command(engine, options, no_auth=not api_key), env=env, timeout_s=timeout_s) as (url, _):
+    with listening_process(serve_command(engine, options, no_auth=not api_key), env=env, timeout_s=timeout_s) as (
+        url,
+        _,
+    ):
         yield url
 
 
 @contextmanager
-def listening_process(cmd: list[str], *, env: dict[str, str] | None = None, timeout_s: float = 300,
-                      cwd: Path | None = None) -> Iterator[tuple[str, sp.Popen]]:
+def listening_process(
+    cmd: list[str], *, env: dict[str, str] | None = None, timeout_s: float = 300, cwd: Path | None = None
+) -> Iterator[tuple[str, sp.Popen]]:
     """Start ``cmd`` (in ``cwd``, default the repo root), wait for its ``listening on http://…/v1``
     line and yield ``(base_url, process)``; afterwards SIGTERM it (SIGKILL if it has not exited
     within 15 s)."""

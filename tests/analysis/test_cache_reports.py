@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 from synthetic_results import make_results, write_run
 
-from sentech_eval.cli import main as cli
 from sentech_eval.analysis.compare import compare
 from sentech_eval.analysis.pairing import pair_results
 from sentech_eval.analysis.summary import summarize
+from sentech_eval.cli import main as cli
 from sentech_eval.render.markdown import report_markdown
 
 
@@ -72,5 +72,8 @@ def test_check_refuses_a_latency_gate_when_the_candidate_came_from_the_cache(tmp
     code = cli(["check", "--baseline", str(a), "--candidate", str(b), "--max-latency-increase", "0.1"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "needs latency measured on both sides; no latency measured: all 20 ok pairs have a row from the response cache" in err
+    assert (
+        "needs latency measured on both sides; no latency measured: all 20 ok pairs have a row from the response cache"
+        in err
+    )
     assert cli(["check", "--baseline", str(a), "--candidate", str(b), "--max-score-drop", "exact_match=0"]) == 0

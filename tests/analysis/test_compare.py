@@ -11,10 +11,10 @@ import pytest
 from scipy.stats import binomtest
 from synthetic_results import make_results, write_run
 
-from sentech_eval.cli import main as cli
 from sentech_eval.analysis.compare import compare, disagreements, normalise_output
-from sentech_eval.errors import ResultsError
 from sentech_eval.analysis.pairing import pair_frames, pair_results
+from sentech_eval.cli import main as cli
+from sentech_eval.errors import ResultsError
 
 
 def metric(df: pd.DataFrame, name: str, column: str | None = None) -> pd.Series:
@@ -72,8 +72,9 @@ def test_repeats_pair_on_repeat_and_cluster_by_prompt() -> None:
 
 def test_sweeps_pair_on_the_sampling_columns_both_vary() -> None:
     a = pd.concat([make_results(temperature=t, seed=i) for i, t in enumerate((0.0, 0.7))], ignore_index=True)
-    b = pd.concat([make_results(temperature=t, seed=9 + i, backend="local") for i, t in enumerate((0.0, 0.7))],
-                  ignore_index=True)
+    b = pd.concat(
+        [make_results(temperature=t, seed=9 + i, backend="local") for i, t in enumerate((0.0, 0.7))], ignore_index=True
+    )
     paired = pair_frames(a, b)
     assert paired.keys == ["prompt_id", "repeat", "temperature"]
     assert paired.n_pairs == 80
@@ -134,7 +135,9 @@ def test_compare_cli_writes_parquet_html_and_markdown(tmp_path: Path, capsys) ->
     assert "## sentech-eval compare: remote/sentech-small (A) vs local/smollm2 (B)" in stdout
     assert "| score_exact_match | 0.95 | 0.925 | -0.025 |" in stdout
     m = pd.read_parquet(out / "compare.parquet")
-    assert {"metric", "column", "value_a", "value_b", "diff", "ci_low", "ci_high", "p_value", "n_pairs"} <= set(m.columns)
+    assert {"metric", "column", "value_a", "value_b", "diff", "ci_low", "ci_high", "p_value", "n_pairs"} <= set(
+        m.columns
+    )
     assert set(m["metric"]) >= {"score", "latency_p50", "latency_p95", "ttft_p50", "error_rate", "output_agreement"}
     page = (out / "compare.html").read_text()
     assert "<script>alert" not in page and html.escape("<script>alert('x')</script>") in page
@@ -157,8 +160,10 @@ def test_differing_sampling_is_reported(tmp_path: Path, capsys) -> None:
 
 # ------------------------------------------------------------- the prompt is the unit of evidence
 def _two_temperatures(wrong_ids: set[int], backend: str) -> pd.DataFrame:
-    return pd.concat([make_results(temperature=t, wrong_ids=wrong_ids, backend=backend, seed=i)
-                      for i, t in enumerate((0.0, 0.7))], ignore_index=True)
+    return pd.concat(
+        [make_results(temperature=t, wrong_ids=wrong_ids, backend=backend, seed=i) for i, t in enumerate((0.0, 0.7))],
+        ignore_index=True,
+    )
 
 
 def test_sweep_vs_sweep_clusters_by_prompt_with_the_clustered_mcnemar() -> None:
@@ -174,15 +179,21 @@ def test_sweep_vs_sweep_clusters_by_prompt_with_the_clustered_mcnemar() -> None:
 
 
 def test_one_pair_per_prompt_keeps_the_exact_mcnemar_and_newcombe() -> None:
-    s = metric(compare(pair_frames(make_results(wrong_ids={0}), make_results(wrong_ids={0, 5, 6}))),
-               "score", "score_exact_match")
+    s = metric(
+        compare(pair_frames(make_results(wrong_ids={0}), make_results(wrong_ids={0, 5, 6}))),
+        "score",
+        "score_exact_match",
+    )
     assert (s["ci_method"], s["test"], s["n_clusters"]) == ("newcombe", "mcnemar_exact", 40)
     assert s["p_value"] == pytest.approx(binomtest(0, 2, 0.5).pvalue)
 
 
 def test_all_ties_give_an_interval_not_a_point() -> None:
-    s = metric(compare(pair_frames(make_results(n=30, accuracy=1.0), make_results(n=30, accuracy=1.0))),
-               "score", "score_exact_match")
+    s = metric(
+        compare(pair_frames(make_results(n=30, accuracy=1.0), make_results(n=30, accuracy=1.0))),
+        "score",
+        "score_exact_match",
+    )
     assert s["diff"] == 0 and s["ci_low"] < -0.1 and s["ci_high"] > 0.1 and s["p_value"] == 1.0
 
 
@@ -192,7 +203,9 @@ def test_a_p_value_and_ci_that_disagree_are_explained(tmp_path: Path, capsys) ->
     s = metric(compare(pair_frames(a, b)), "score", "score_exact_match")
     assert s["ci_high"] < 0 and s["p_value"] == pytest.approx(0.0625)
     assert "the CI excludes 0 but p = 0.0625" in s["note"]
-    code = cli(["compare", str(write_run(a, tmp_path / "a")), str(write_run(b, tmp_path / "b")), "--out", str(tmp_path)])
+    code = cli(
+        ["compare", str(write_run(a, tmp_path / "a")), str(write_run(b, tmp_path / "b")), "--out", str(tmp_path)]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "⚠️ score_exact_match: the CI excludes 0 but p = 0.0625" in out
@@ -205,8 +218,17 @@ def test_cluster_option_groups_pairs_by_a_column_and_refuses_an_unknown_one(tmp_
         df["topic"] = [f"t{i // 4}" for i in range(len(df))]  # ten topics of four prompts
     s = metric(compare(pair_frames(a, b), cluster="topic"), "score", "score_exact_match")
     assert (s["n_clusters"], s["test"], s["ci_method"]) == (10, "mcnemar_clustered", "newcombe_clustered")
-    code = cli(["compare", str(write_run(a, tmp_path / "a")), str(write_run(b, tmp_path / "b")),
-                "--out", str(tmp_path), "--cluster", "nope"])
+    code = cli(
+        [
+            "compare",
+            str(write_run(a, tmp_path / "a")),
+            str(write_run(b, tmp_path / "b")),
+            "--out",
+            str(tmp_path),
+            "--cluster",
+            "nope",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--cluster 'nope' is not a column of the results" in err and err.count("\n") == 1
 
@@ -214,13 +236,21 @@ def test_cluster_option_groups_pairs_by_a_column_and_refuses_an_unknown_one(tmp_
 def _timed(latencies, tokens=10, start_gap_s=0.0):
     import datetime as dt
 
-    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     n = len(latencies)
-    return pd.DataFrame({
-        "prompt_id": [str(i) for i in range(n)], "repeat": 0, "status": "ok", "latency_s": latencies,
-        "completion_tokens": tokens, "started_at": [t0 + dt.timedelta(seconds=i * start_gap_s) for i in range(n)],
-        "backend": "remote", "model": "meta-llama/Meta-Llama-3.1-8B-Instruct", "response_model": "SmolLM2.gguf",
-    })
+    return pd.DataFrame(
+        {
+            "prompt_id": [str(i) for i in range(n)],
+            "repeat": 0,
+            "status": "ok",
+            "latency_s": latencies,
+            "completion_tokens": tokens,
+            "started_at": [t0 + dt.timedelta(seconds=i * start_gap_s) for i in range(n)],
+            "backend": "remote",
+            "model": "meta-llama/Meta-Llama-3.1-8B-Instruct",
+            "response_model": "SmolLM2.gguf",
+        }
+    )
 
 
 def test_compare_warns_when_one_side_measured_a_queue():
@@ -241,5 +271,7 @@ def test_compare_labels_use_the_model_that_answered():
     from sentech_eval.analysis.compare import default_label
 
     assert default_label(_timed([1.0] * 4), "A") == "remote/SmolLM2.gguf"
-    assert default_label(_timed([1.0] * 4).drop(columns="response_model"), "A") == \
-        "remote/meta-llama/Meta-Llama-3.1-8B-Instruct"
+    assert (
+        default_label(_timed([1.0] * 4).drop(columns="response_model"), "A")
+        == "remote/meta-llama/Meta-Llama-3.1-8B-Instruct"
+    )

@@ -37,7 +37,11 @@ def test_summary_cost_columns_use_the_accuracy_interval_of_the_report():
     assert row["cost_per_correct_contains"] == pytest.approx(total / correct)
     assert row["cost_per_correct_contains_ci_low"] == pytest.approx(total / (acc.n * acc.high))
     assert row["cost_per_correct_contains_ci_high"] == pytest.approx(total / (acc.n * acc.low))
-    assert row["cost_per_correct_contains_ci_low"] < row["cost_per_correct_contains"] < row["cost_per_correct_contains_ci_high"]
+    assert (
+        row["cost_per_correct_contains_ci_low"]
+        < row["cost_per_correct_contains"]
+        < row["cost_per_correct_contains_ci_high"]
+    )
 
 
 def test_all_correct_still_has_an_interval_the_bootstrap_would_collapse():
@@ -87,8 +91,13 @@ def test_report_cli_prints_writes_and_renders_the_cost(tmp_path):
     assert "### Cost" in proc.stdout and "per correct answer: contains (95% CI)" in proc.stdout
     assert "| $0.04000 | $1.00 | $0.001250 [" in proc.stdout  # $0.04 for 40 requests, 32 of them correct
     summary = pd.read_parquet(run / "summary.parquet")
-    assert {"cost_usd", "cost_per_1k_requests", "cost_per_correct_contains", "cost_per_correct_contains_ci_low",
-            "cost_per_correct_contains_ci_high"} <= set(summary.columns)
+    assert {
+        "cost_usd",
+        "cost_per_1k_requests",
+        "cost_per_correct_contains",
+        "cost_per_correct_contains_ci_low",
+        "cost_per_correct_contains_ci_high",
+    } <= set(summary.columns)
     page = (run / "report.html").read_text()
     assert "<h2>Cost</h2>" in page and 'id="cost"' in page and "$0.001250 [" in page
 

@@ -23,8 +23,18 @@ def run_check(baseline: Path, candidate: Path, *extra: str) -> int:
 
 def test_identical_results_pass(baseline: Path, tmp_path: Path, capsys) -> None:
     same = write_run(make_results(accuracy=0.9), tmp_path / "same")
-    code = run_check(baseline, same, "--max-score-drop", "exact_match=0.02", "--max-score-drop", "contains=0",
-                     "--max-latency-increase", "0.10", "--max-error-rate", "0.01")
+    code = run_check(
+        baseline,
+        same,
+        "--max-score-drop",
+        "exact_match=0.02",
+        "--max-score-drop",
+        "contains=0",
+        "--max-latency-increase",
+        "0.10",
+        "--max-error-rate",
+        "0.01",
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "PASSED" in out and "5 of 5 thresholds hold" in out
@@ -111,8 +121,10 @@ def test_require_significance_ignores_a_drop_whose_ci_includes_zero(baseline: Pa
 def test_thresholds_file_and_command_line_override(baseline: Path, tmp_path: Path) -> None:
     slow = write_run(make_results(accuracy=0.9, latency_s=0.40), tmp_path / "slow")
     file = tmp_path / "thresholds.yaml"
-    file.write_text("max_score_drop:\n  exact_match: 0.02\n  contains: 0.02\nmax_latency_increase: 0.10\n"
-                    "max_error_rate: 0.01\nrequire_significance: true\n")
+    file.write_text(
+        "max_score_drop:\n  exact_match: 0.02\n  contains: 0.02\nmax_latency_increase: 0.10\n"
+        "max_error_rate: 0.01\nrequire_significance: true\n"
+    )
     assert run_check(baseline, slow, "--thresholds", str(file)) == 1
     assert run_check(baseline, slow, "--thresholds", str(file), "--max-latency-increase", "2.0") == 0
 
@@ -127,13 +139,30 @@ def test_thresholds_file_with_unknown_key_exits_2(baseline: Path, tmp_path: Path
 def test_junit_has_one_testcase_per_threshold_and_failures_where_expected(baseline: Path, tmp_path: Path) -> None:
     cand = write_run(make_results(accuracy=0.7, latency_s=0.20), tmp_path / "cand")
     junit = tmp_path / "reports" / "check.xml"
-    code = run_check(baseline, cand, "--max-score-drop", "exact_match=0.02", "--max-score-drop", "contains=0.5",
-                     "--max-latency-increase", "0.5", "--max-error-rate", "0.01", "--junit", str(junit))
+    code = run_check(
+        baseline,
+        cand,
+        "--max-score-drop",
+        "exact_match=0.02",
+        "--max-score-drop",
+        "contains=0.5",
+        "--max-latency-increase",
+        "0.5",
+        "--max-error-rate",
+        "0.01",
+        "--junit",
+        str(junit),
+    )
     assert code == 1
     suite = ET.parse(junit).getroot().find("testsuite")
     cases = {c.get("name"): c for c in suite.findall("testcase")}
-    assert set(cases) == {"score_drop[exact_match]", "score_drop[contains]", "latency_p50_increase",
-                          "latency_p95_increase", "error_rate"}
+    assert set(cases) == {
+        "score_drop[exact_match]",
+        "score_drop[contains]",
+        "latency_p50_increase",
+        "latency_p95_increase",
+        "error_rate",
+    }
     failed = {name for name, c in cases.items() if c.find("failure") is not None}
     assert failed == {"score_drop[exact_match]"}
     assert suite.get("tests") == "5" and suite.get("failures") == "1"
@@ -161,8 +190,10 @@ def test_require_significance_counts_prompts_not_sweep_points(tmp_path: Path, ca
     # independent pairs, the drop would look significant (row-level McNemar p = 0.008); it is four
     # prompts of evidence (p = 0.125), and the clustered CI includes 0.
     def sweep(wrong: set[int], backend: str) -> pd.DataFrame:
-        return pd.concat([make_results(temperature=t, wrong_ids=wrong, backend=backend, seed=i)
-                          for i, t in enumerate((0.0, 0.7))], ignore_index=True)
+        return pd.concat(
+            [make_results(temperature=t, wrong_ids=wrong, backend=backend, seed=i) for i, t in enumerate((0.0, 0.7))],
+            ignore_index=True,
+        )
 
     base = write_run(sweep({0, 1, 2, 3}, "remote"), tmp_path / "base")
     cand = write_run(sweep({0, 1, 2, 3, 10, 11, 12, 13}, "local"), tmp_path / "cand")

@@ -7,32 +7,43 @@ import pytest
 from cli_helpers import TEST_KEY
 from synthetic_results import make_results
 
-from sentech_eval.errors import AuthenticationError, ConfigError
-from sentech_eval.analysis.pairing import pair_frames
 from sentech_eval.analysis.judge import judge_config, judge_pairs, judge_rows, parse_verdict
+from sentech_eval.analysis.pairing import pair_frames
+from sentech_eval.errors import AuthenticationError, ConfigError
 
 
-@pytest.mark.parametrize(("reply", "verdict"), [
-    ("Answer 2 names the capital.\nWinner: 2", "2"),
-    ("**Winner:** 1", "1"),
-    ("winner = TIE", "tie"),
-    ("Winner: 1 ... on reflection, Winner: 2", "2"),
-    ("Both are fine.", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("Answer 2 names the capital.\nWinner: 2", "2"),
+        ("**Winner:** 1", "1"),
+        ("winner = TIE", "tie"),
+        ("Winner: 1 ... on reflection, Winner: 2", "2"),
+        ("Both are fine.", None),
+        (None, None),
+    ],
+)
 def test_parse_verdict(reply: str | None, verdict: str | None) -> None:
     assert parse_verdict(reply) == verdict
 
 
 def test_preference_consistency_and_errors_from_verdicts() -> None:
     rows = [  # (prompt, order, prefers, error)
-        ("p1", "AB", "B", None), ("p1", "BA", "B", None),     # B twice -> 1.0, consistent
-        ("p2", "AB", "A", None), ("p2", "BA", "B", None),     # position bias -> 0.5, inconsistent
-        ("p3", "AB", "tie", None), ("p3", "BA", "tie", None),  # tie -> 0.5, consistent
-        ("p4", "AB", None, "no verdict"), ("p4", "BA", "A", None),  # one usable verdict -> 0.0
+        ("p1", "AB", "B", None),
+        ("p1", "BA", "B", None),  # B twice -> 1.0, consistent
+        ("p2", "AB", "A", None),
+        ("p2", "BA", "B", None),  # position bias -> 0.5, inconsistent
+        ("p3", "AB", "tie", None),
+        ("p3", "BA", "tie", None),  # tie -> 0.5, consistent
+        ("p4", "AB", None, "no verdict"),
+        ("p4", "BA", "A", None),  # one usable verdict -> 0.0
     ]
-    j = pd.DataFrame([{"prompt_id": p, "repeat": 0, "order": o, "verdict": "x", "prefers": w, "error": e,
-                       "latency_s": 0.1} for p, o, w, e in rows])
+    j = pd.DataFrame(
+        [
+            {"prompt_id": p, "repeat": 0, "order": o, "verdict": "x", "prefers": w, "error": e, "latency_s": 0.1}
+            for p, o, w, e in rows
+        ]
+    )
     out = {r["metric"]: r for r in judge_rows(j)}
     pref = out["judge_preference_b"]
     assert pref["value"] == pytest.approx((1.0 + 0.5 + 0.5 + 0.0) / 4)

@@ -9,19 +9,36 @@ import pandas as pd
 import pytest
 
 from sentech_eval.analysis.slo import (
-    SLO, check_slo, flat_gaps, load_summary, meets_slo, parse_slo, saturation_knee, schedule_kept,
+    SLO,
+    check_slo,
+    flat_gaps,
+    load_summary,
+    meets_slo,
+    parse_slo,
+    saturation_knee,
+    schedule_kept,
 )
 from sentech_eval.errors import ConfigError
 
 
 def _rows(n=10, start=0.0, spacing=0.1, latency=0.5, ttft=0.1, tokens=5, **extra) -> pd.DataFrame:
     started = pd.to_datetime(start + spacing * np.arange(n), unit="s", utc=True)
-    frame = pd.DataFrame({
-        "config_id": "c1", "dataset": "d", "status": "ok", "started_at": started,
-        "latency_s": latency, "ttft_s": ttft, "completion_tokens": tokens,
-        "tpot_s": (latency - ttft) / (tokens - 1), "itl_s": [[(latency - ttft) / (tokens - 1)] * (tokens - 1)] * n,
-        "arrival": "constant", "request_rate": 1 / spacing, "send_lag_s": 0.001,
-    })
+    frame = pd.DataFrame(
+        {
+            "config_id": "c1",
+            "dataset": "d",
+            "status": "ok",
+            "started_at": started,
+            "latency_s": latency,
+            "ttft_s": ttft,
+            "completion_tokens": tokens,
+            "tpot_s": (latency - ttft) / (tokens - 1),
+            "itl_s": [[(latency - ttft) / (tokens - 1)] * (tokens - 1)] * n,
+            "arrival": "constant",
+            "request_rate": 1 / spacing,
+            "send_lag_s": 0.001,
+        }
+    )
     for key, value in extra.items():
         frame[key] = value
     return frame
@@ -30,17 +47,26 @@ def _rows(n=10, start=0.0, spacing=0.1, latency=0.5, ttft=0.1, tokens=5, **extra
 def test_parse_slo_reads_limits_and_score_and_names_a_bad_one():
     slo = parse_slo(["slo.ttft_s=0.5", "slo.tpot_s=0.05", "slo.latency_s=2", "slo.score=score_contains"])
     assert slo == SLO(ttft_s=0.5, tpot_s=0.05, latency_s=2.0, score="contains")
-    for bad, text in (("slo.ttft=1", "not an SLO"), ("ttft_s=1", "not an SLO"), ("slo.latency_s=-1", "positive"),
-                      ("slo.latency_s=fast", "positive"), ("slo.score=", "needs a score name")):
+    for bad, text in (
+        ("slo.ttft=1", "not an SLO"),
+        ("ttft_s=1", "not an SLO"),
+        ("slo.latency_s=-1", "positive"),
+        ("slo.latency_s=fast", "positive"),
+        ("slo.score=", "needs a score name"),
+    ):
         with pytest.raises(ConfigError, match=text):
             parse_slo([bad])
 
 
 def test_a_row_meets_the_slo_only_if_ok_and_within_every_limit():
-    df = pd.DataFrame({"status": ["ok", "ok", "ok", "error", "ok", "ok"],
-                       "ttft_s": [0.1, 0.6, 0.1, 0.1, None, 0.1],
-                       "tpot_s": [0.01, 0.01, 0.2, 0.01, 0.01, None],
-                       "completion_tokens": [5, 5, 5, 5, 5, 1]})
+    df = pd.DataFrame(
+        {
+            "status": ["ok", "ok", "ok", "error", "ok", "ok"],
+            "ttft_s": [0.1, 0.6, 0.1, 0.1, None, 0.1],
+            "tpot_s": [0.01, 0.01, 0.2, 0.01, 0.01, None],
+            "completion_tokens": [5, 5, 5, 5, 5, 1],
+        }
+    )
     assert meets_slo(df, SLO(ttft_s=0.5, tpot_s=0.05)).tolist() == [True, False, False, False, False, True]
 
 

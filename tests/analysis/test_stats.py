@@ -124,10 +124,13 @@ def test_wilson_interval_equals_scipy(k, n):
 def midp_reference(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """The mid-p interval solved independently: scipy's binomial tails and brentq, one bound at a time."""
     alpha = (1 - confidence) / 2
+
     def tail_up(p):  # P(X > k) + P(X = k)/2: rises with p
         return scipy_stats.binom.sf(k, n, p) + 0.5 * scipy_stats.binom.pmf(k, n, p) - alpha
+
     def tail_down(p):  # P(X < k) + P(X = k)/2: falls with p
         return scipy_stats.binom.cdf(k - 1, n, p) + 0.5 * scipy_stats.binom.pmf(k, n, p) - alpha
+
     low = 0.0 if k == 0 else scipy_optimize.brentq(tail_up, 1e-12, 1 - 1e-12, xtol=1e-14)
     high = 1.0 if k == n else scipy_optimize.brentq(tail_down, 1e-12, 1 - 1e-12, xtol=1e-14)
     return low, high
@@ -189,7 +192,7 @@ def test_few_failures_on_one_prompt_do_not_make_the_clustered_interval_row_level
     y[0] = 4.0
     r = stats.clustered_wilson_from_totals(y, np.full(30, 5.0))
     resid = y - 149 / 150 * 5.0
-    nu = 2 * np.sum(resid ** 2) ** 2 / (30 * np.var(resid ** 2, ddof=1))
+    nu = 2 * np.sum(resid**2) ** 2 / (30 * np.var(resid**2, ddof=1))
     assert float(r["design_effect"]) == pytest.approx(1.0, abs=0.05) and float(r["df"]) == pytest.approx(nu)
     assert 2.0 < nu < 2.3
     row_level = stats.wilson_interval(149, 150)
@@ -199,23 +202,28 @@ def test_few_failures_on_one_prompt_do_not_make_the_clustered_interval_row_level
     # Never below the prompt count (scaled for k − 1 df): the design effect's upper bound is 5.
     assert float(r["n_eff"]) >= 30 * (z / scipy_stats.t.ppf(0.975, 29)) ** 2
     # Another rule for ν (NaN: k − 1, as benchmarks/bench_stats.py compares) scales the same effective n.
-    k_1 = stats.clustered_wilson_from_totals(y, np.full(30, 5.0),
-                                             df_rule=lambda resid, present: np.full(resid.shape[:-1], np.nan))
+    k_1 = stats.clustered_wilson_from_totals(
+        y, np.full(30, 5.0), df_rule=lambda resid, present: np.full(resid.shape[:-1], np.nan)
+    )
     t_k = scipy_stats.t.ppf(0.975, 29)
     assert float(k_1["df"]) == 29 and float(k_1["low"]) > float(r["low"])
     assert float(k_1["n_eff"]) == pytest.approx(150 / float(r["design_effect"]) * (z / t_k) ** 2)
     # Failures spread over many prompts: the design effect is estimated and the df stay near k − 1.
     rng = np.random.default_rng(2)
-    spread = stats.clustered_wilson_from_totals(rng.binomial(5, rng.beta(2, 2, size=200)).astype(float),
-                                                np.full(200, 5.0))
+    spread = stats.clustered_wilson_from_totals(
+        rng.binomial(5, rng.beta(2, 2, size=200)).astype(float), np.full(200, 5.0)
+    )
     assert float(spread["df"]) > 100 and float(spread["design_effect"]) > 1.5
 
 
-@pytest.mark.parametrize("draw, centre, kurtosis", [
-    (lambda rng, size: rng.normal(size=size), 0.0, 3.0),
-    (lambda rng, size: rng.laplace(size=size), 0.0, 6.0),
-    (lambda rng, size: rng.random(size) < 0.1, 0.1, 1 / (0.1 * 0.9) - 3.0),  # Bernoulli(0.1)
-])
+@pytest.mark.parametrize(
+    "draw, centre, kurtosis",
+    [
+        (lambda rng, size: rng.normal(size=size), 0.0, 3.0),
+        (lambda rng, size: rng.laplace(size=size), 0.0, 6.0),
+        (lambda rng, size: rng.random(size) < 0.1, 0.1, 1 / (0.1 * 0.9) - 3.0),  # Bernoulli(0.1)
+    ],
+)
 def test_satterthwaite_df_estimates_the_variance_of_the_variance(draw, centre, kurtosis):
     """ν = 2 E[V]² / Var(V) for V = Σ r_i² of k iid residuals is 2k / (κ − 1) (κ: kurtosis); the estimate finds it."""
     rng = np.random.default_rng(4)

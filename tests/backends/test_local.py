@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from llama_reference import direct_answer, load_reference
 from omegaconf import OmegaConf
 
+from sentech_eval.backends.model_files import EMBEDDED_MODEL
 from sentech_eval.config import LocalBackendConfig, compose_config
 from sentech_eval.errors import BackendError, ConfigError
-from sentech_eval.backends.model_files import EMBEDDED_MODEL
 from sentech_eval.paths import default_models_dir
 from sentech_eval.types import Sampling
-from llama_reference import direct_answer, load_reference
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[local]')")
 
@@ -84,11 +84,15 @@ def reference_llm():
     llm.close()
 
 
-@pytest.mark.parametrize("sampling", [
-    Sampling(temperature=0, seed=0),
-    Sampling(temperature=0.8, top_p=0.9, top_k=40, seed=5),
-    Sampling(temperature=0, max_tokens=4, seed=0),
-], ids=["greedy", "seeded", "length"])
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        Sampling(temperature=0, seed=0),
+        Sampling(temperature=0.8, top_p=0.9, top_k=40, seed=5),
+        Sampling(temperature=0, max_tokens=4, seed=0),
+    ],
+    ids=["greedy", "seeded", "length"],
+)
 @pytest.mark.parametrize("backend", ["streamed", "whole"])
 def test_answer_equals_llama_cpp_pythons_own_answer(request, reference_llm, backend, sampling):
     """Not "contains Paris" (that depends on this CPU's kernels): the exact answer llama-cpp-python gives."""
@@ -100,7 +104,10 @@ def test_answer_equals_llama_cpp_pythons_own_answer(request, reference_llm, back
     assert out.finish_reason == direct["choices"][0]["finish_reason"]
     usage = direct["usage"]
     assert (out.prompt_tokens, out.completion_tokens, out.total_tokens) == (
-        usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        usage["total_tokens"],
+    )
     assert request.getfixturevalue(backend).model == EMBEDDED_MODEL.file_name
 
 
@@ -140,8 +147,10 @@ def test_ttft_is_measured_and_below_latency(streamed, whole):
         (FRANCE, Sampling(temperature=0)),  # ends on the end-of-turn token: finish "stop"
         (STORY, Sampling(temperature=0, max_tokens=12)),  # cut by max_tokens: finish "length"
         (STORY, Sampling(temperature=0.9, top_p=0.95, top_k=50, seed=7, max_tokens=40)),
-        (chat("Quelle est la capitale de l'Allemagne ? Réponds en français, avec des accents."),
-         Sampling(temperature=0.7, seed=3, max_tokens=30)),
+        (
+            chat("Quelle est la capitale de l'Allemagne ? Réponds en français, avec des accents."),
+            Sampling(temperature=0.7, seed=3, max_tokens=30),
+        ),
     ],
 )
 def test_streamed_token_counts_equal_the_models_usage(streamed, whole, messages, sampling):
@@ -150,23 +159,32 @@ def test_streamed_token_counts_equal_the_models_usage(streamed, whole, messages,
     assert a.status == b.status == "ok"
     assert a.output == b.output
     assert a.finish_reason == b.finish_reason
-    assert (a.prompt_tokens, a.completion_tokens, a.total_tokens) == (b.prompt_tokens, b.completion_tokens, b.total_tokens)
+    assert (a.prompt_tokens, a.completion_tokens, a.total_tokens) == (
+        b.prompt_tokens,
+        b.completion_tokens,
+        b.total_tokens,
+    )
     assert a.prompt_tokens > 0 and a.completion_tokens > 0
 
 
 def test_every_sampling_parameter_is_applied(streamed):
     """top_k=1 is greedy whatever the temperature, so it must reach the sampler."""
     greedy = run(streamed.complete(STORY, Sampling(temperature=0, max_tokens=20))).output
-    top1 = [run(streamed.complete(STORY, Sampling(temperature=1.5, top_k=1, seed=s, max_tokens=20))).output for s in (1, 2)]
+    top1 = [
+        run(streamed.complete(STORY, Sampling(temperature=1.5, top_k=1, seed=s, max_tokens=20))).output for s in (1, 2)
+    ]
     assert top1 == [greedy, greedy]
-    penalised = run(streamed.complete(STORY, Sampling(temperature=0, presence_penalty=2.0, frequency_penalty=2.0, max_tokens=20)))
+    penalised = run(
+        streamed.complete(STORY, Sampling(temperature=0, presence_penalty=2.0, frequency_penalty=2.0, max_tokens=20))
+    )
     assert penalised.output != greedy
 
 
 def test_scripted_clock_skips_the_role_only_chunk():
     ticks = itertools.count()
-    engine = LocalEngine(EngineSettings(model_path=str(MODEL), n_ctx=512, n_threads=1, repack=False),
-                         clock=lambda: float(next(ticks)))
+    engine = LocalEngine(
+        EngineSettings(model_path=str(MODEL), n_ctx=512, n_threads=1, repack=False), clock=lambda: float(next(ticks))
+    )
     try:
         out = engine.generate(FRANCE, {"temperature": 0, "max_tokens": 4})
     finally:
@@ -178,8 +196,9 @@ def test_scripted_clock_skips_the_role_only_chunk():
 
 def test_prompt_cache_is_cleared_unless_reuse_is_asked():
     for reuse, expect_cached in ((False, False), (True, True)):
-        engine = LocalEngine(EngineSettings(model_path=str(MODEL), n_ctx=512, n_threads=1, repack=False,
-                                            reuse_prompt_cache=reuse))
+        engine = LocalEngine(
+            EngineSettings(model_path=str(MODEL), n_ctx=512, n_threads=1, repack=False, reuse_prompt_cache=reuse)
+        )
         try:
             first = engine.generate(FRANCE, {"temperature": 0})
             second = engine.generate(FRANCE, {"temperature": 0})
@@ -226,7 +245,9 @@ def test_two_worker_processes_give_the_same_outputs(streamed):
         run(pool.aclose())
     assert [c.status for c in two] == ["ok"] * len(prompts)
     assert [c.output for c in two] == [c.output for c in one]
-    assert [(c.prompt_tokens, c.completion_tokens) for c in two] == [(c.prompt_tokens, c.completion_tokens) for c in one]
+    assert [(c.prompt_tokens, c.completion_tokens) for c in two] == [
+        (c.prompt_tokens, c.completion_tokens) for c in one
+    ]
     assert all(c.ttft_s is not None and c.ttft_s < c.latency_s for c in two)
 
 
@@ -310,16 +331,26 @@ def test_sentech_eval_run_on_the_local_backend(tmp_path, reference_llm):
     dataset = tmp_path / "france.parquet"
     pq.write_table(france, dataset)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "sentech_eval.cli", "run", "backend=local", "backend.n_threads=1", "backend.n_ctx=1024",
-           f"dataset.path={dataset}", "sampling.temperature=0", "runner.progress=false", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sentech_eval.cli",
+        "run",
+        "backend=local",
+        "backend.n_threads=1",
+        "backend.n_ctx=1024",
+        f"dataset.path={dataset}",
+        "sampling.temperature=0",
+        "runner.progress=false",
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = pq.read_table(run_dir / "results.parquet").to_pylist()[0]
     assert row["backend"] == "local" and row["model"] == EMBEDDED_MODEL.file_name
     row0 = france.to_pylist()[0]
     messages = [{"role": "system", "content": row0["system"]}, {"role": "user", "content": row0["prompt"]}]
-    direct = direct_answer(reference_llm, messages, temperature=0,
-                           top_p=0.9, top_k=40, seed=0, max_tokens=256)
+    direct = direct_answer(reference_llm, messages, temperature=0, top_p=0.9, top_k=40, seed=0, max_tokens=256)
     assert row["status"] == "ok" and row["output"] == direct["choices"][0]["message"]["content"]
     assert row["completion_tokens"] == direct["usage"]["completion_tokens"]
     assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
@@ -329,13 +360,16 @@ def test_sentech_eval_run_on_the_local_backend(tmp_path, reference_llm):
     assert meta["backend"]["architecture"] == "llama" and meta["backend"]["quantization"] == "Q4_1"
 
 
-@pytest.mark.parametrize("cores,load,workers,expected", [
-    (2, 0.1, 1, 2),   # quiet: every core
-    (2, 1.6, 1, 1),   # one core busy elsewhere: a second thread would spin-wait for it
-    (2, 9.0, 1, 1),   # overloaded: still one thread
-    (8, 2.2, 2, 3),   # 6 idle cores shared by 2 workers
-    (4, 0.0, 8, 1),   # more workers than cores: at least one thread each
-])
+@pytest.mark.parametrize(
+    "cores,load,workers,expected",
+    [
+        (2, 0.1, 1, 2),  # quiet: every core
+        (2, 1.6, 1, 1),  # one core busy elsewhere: a second thread would spin-wait for it
+        (2, 9.0, 1, 1),  # overloaded: still one thread
+        (8, 2.2, 2, 3),  # 6 idle cores shared by 2 workers
+        (4, 0.0, 8, 1),  # more workers than cores: at least one thread each
+    ],
+)
 def test_default_threads_count_the_idle_cores(monkeypatch, cores, load, workers, expected):
     from sentech_eval.backends import local
 

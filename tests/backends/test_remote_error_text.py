@@ -32,12 +32,17 @@ def test_fastapi_422_field_list_names_each_field():
     for item in errors:
         item["loc"] = ["body", *item["loc"]]
     raw = json.dumps({"detail": errors}, default=str).encode()
-    assert error_message(422, raw) == ("HTTP 422: body.top_p: Input should be less than or equal to 1; "
-                                       "body.max_tokens: Input should be greater than or equal to 1")
+    assert error_message(422, raw) == (
+        "HTTP 422: body.top_p: Input should be less than or equal to 1; "
+        "body.max_tokens: Input should be greater than or equal to 1"
+    )
 
 
 def test_pydantic_report_with_a_stack_frame_keeps_fields_and_drops_the_frame():
-    text = str(validation_error()) + '\n\n  File "/srv/app.py", line 376, in create_chat_completion\n    POST /v1/chat/completions'
+    text = (
+        str(validation_error())
+        + '\n\n  File "/srv/app.py", line 376, in create_chat_completion\n    POST /v1/chat/completions'
+    )
     raw = json.dumps({"error": {"message": text, "type": "internal_server_error"}}).encode()
     message = error_message(500, raw)
     # pydantic's own str() differs from llama_cpp.server's repr form: either way no frame, one line
@@ -45,7 +50,7 @@ def test_pydantic_report_with_a_stack_frame_keeps_fields_and_drops_the_frame():
 
 
 def test_a_traceback_in_a_detail_string_is_cut_and_long_text_capped():
-    raw = json.dumps({"detail": "engine failed\nTraceback (most recent call last):\n  File \"x.py\", line 1"}).encode()
+    raw = json.dumps({"detail": 'engine failed\nTraceback (most recent call last):\n  File "x.py", line 1'}).encode()
     assert error_message(500, raw) == "HTTP 500: engine failed"
     long = json.dumps({"detail": "x" * 5000}).encode()
     assert len(error_message(500, long)) <= len("HTTP 500: ") + MAX_ERROR_CHARS + 1

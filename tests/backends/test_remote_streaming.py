@@ -30,8 +30,9 @@ def _complete(url: str, *, stream: bool = True, include_usage: bool = True, samp
 def test_known_pacing_gives_ttft_itl_tpot_and_the_identity_holds():
     # first token after 60 ms, then one every 10 ms: 25 tokens
     # (the server in its own process: on a loaded machine a shared GIL would blur the timings)
-    with running_server(api_key=KEY, ttft_ms=60, tokens_per_s=100, output_tokens=25, stream_usage="requested",
-                        subprocess=True) as url:
+    with running_server(
+        api_key=KEY, ttft_ms=60, tokens_per_s=100, output_tokens=25, stream_usage="requested", subprocess=True
+    ) as url:
         results = [_complete(url) for _ in range(3)]
     for c in results:
         assert c.status == "ok", c.error

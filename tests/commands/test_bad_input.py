@@ -44,10 +44,30 @@ def _write_datasets(d: Path) -> dict[str, Path]:
     frame("null_id", pd.DataFrame({"id": ["a", None], "prompt": ["x", "y"]}))
     frame("no_rows", pd.DataFrame({"id": pd.Series([], dtype=str), "prompt": pd.Series([], dtype=str)}))
     msgs = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-    table("bad_role", pa.table({"id": ["a", "b"], "messages": pa.array([
-        [{"role": "user", "content": "hi"}], [{"role": "system", "content": "s"}, {"role": "robot", "content": "x"}]], msgs)}))
-    table("empty_content", pa.table({"id": ["a", "b"], "messages": pa.array([
-        [{"role": "user", "content": "  "}], [{"role": "user", "content": "ok"}]], msgs)}))
+    table(
+        "bad_role",
+        pa.table(
+            {
+                "id": ["a", "b"],
+                "messages": pa.array(
+                    [
+                        [{"role": "user", "content": "hi"}],
+                        [{"role": "system", "content": "s"}, {"role": "robot", "content": "x"}],
+                    ],
+                    msgs,
+                ),
+            }
+        ),
+    )
+    table(
+        "empty_content",
+        pa.table(
+            {
+                "id": ["a", "b"],
+                "messages": pa.array([[{"role": "user", "content": "  "}], [{"role": "user", "content": "ok"}]], msgs),
+            }
+        ),
+    )
     frame("empty_prompt", pd.DataFrame({"id": [1, 2], "prompt": ["fine", ""]}))
     files["zero_bytes"] = d / "zero_bytes.parquet"
     files["zero_bytes"].write_bytes(b"")
@@ -63,19 +83,37 @@ def _write_datasets(d: Path) -> dict[str, Path]:
 CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # datasets: the sentence names file, column and row
     "missing_id": (("dataset.path={missing_id}",), ("missing_id.parquet", "column 'id'", "missing")),
-    "missing_prompt": (("dataset.path={missing_prompt}",), ("missing_prompt.parquet", "column 'messages'", "no 'prompt' column")),
+    "missing_prompt": (
+        ("dataset.path={missing_prompt}",),
+        ("missing_prompt.parquet", "column 'messages'", "no 'prompt' column"),
+    ),
     "float_ids": (("dataset.path={float_ids}",), ("float_ids.parquet", "column 'id'", "has type double")),
     "int_prompt": (("dataset.path={int_prompt}",), ("int_prompt.parquet", "column 'prompt'", "has type int64")),
-    "messages_not_list": (("dataset.path={messages_not_list}",), ("column 'messages'", "list of {role: string, content: string}")),
-    "duplicate_ids": (("dataset.path={duplicate_ids}",), ("duplicate_ids.parquet", "column 'id', row 2", "duplicate id 'a'")),
+    "messages_not_list": (
+        ("dataset.path={messages_not_list}",),
+        ("column 'messages'", "list of {role: string, content: string}"),
+    ),
+    "duplicate_ids": (
+        ("dataset.path={duplicate_ids}",),
+        ("duplicate_ids.parquet", "column 'id', row 2", "duplicate id 'a'"),
+    ),
     "null_id": (("dataset.path={null_id}",), ("null_id.parquet", "column 'id', row 1", "is null")),
     "no_rows": (("dataset.path={no_rows}",), ("no_rows.parquet", "has no rows")),
     "zero_bytes": (("dataset.path={zero_bytes}",), ("zero_bytes.parquet", "is not a readable Parquet file")),
-    "csv_without_prompt": (("dataset.path={csv_without_prompt}",), ("data.csv", "column 'messages'", "dataset.columns.prompt=NAME")),
+    "csv_without_prompt": (
+        ("dataset.path={csv_without_prompt}",),
+        ("data.csv", "column 'messages'", "dataset.columns.prompt=NAME"),
+    ),
     "text_file": (("dataset.path={text_file}",), ("data.txt", "is not a readable Parquet file", ".jsonl or .csv")),
     "missing_file": (("dataset.path={missing_file}",), ("nope.parquet", "does not exist")),
-    "bad_role": (("dataset.path={bad_role}",), ("bad_role.parquet", "column 'messages', row 1", "role 'robot'", "system, user or assistant")),
-    "empty_content": (("dataset.path={empty_content}",), ("empty_content.parquet", "column 'messages', row 0", "empty content")),
+    "bad_role": (
+        ("dataset.path={bad_role}",),
+        ("bad_role.parquet", "column 'messages', row 1", "role 'robot'", "system, user or assistant"),
+    ),
+    "empty_content": (
+        ("dataset.path={empty_content}",),
+        ("empty_content.parquet", "column 'messages', row 0", "empty content"),
+    ),
     "empty_prompt": (("dataset.path={empty_prompt}",), ("empty_prompt.parquet", "column 'prompt', row 1", "is empty")),
     # config: one sentence naming the key and what is allowed
     "unknown_runner_key": (("+runner.foo=1",), ("Unknown config key 'runner.foo'", "known keys are")),
@@ -91,7 +129,10 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "unknown_backend_group": (("backend=nope",), ("Unknown backend 'nope'", "remote")),
     "unknown_backend_kind": (("backend.kind=nope",), ("Unknown backend kind 'nope'",)),
     "unknown_scorer": (("scorers=[nope]",), ("Unknown scorer 'nope'", "exact_match")),
-    "bad_base_url": (("backend.base_url=ftp://example.com/v1",), ("backend.base_url", "must start with http:// or https://")),
+    "bad_base_url": (
+        ("backend.base_url=ftp://example.com/v1",),
+        ("backend.base_url", "must start with http:// or https://"),
+    ),
     "missing_key": (("runner.max_retries=0",), ("SENTECH_API_KEY is not set",)),
 }
 
@@ -112,11 +153,24 @@ def outcomes(tmp_path_factory):
     def run(case: str):
         overrides, _ = CASES[case]
         run_dir = root / "runs" / case
-        args = ["run", "backend=remote", f"backend.base_url={base_url}", "dataset.limit=null", "runner.progress=false",
-                f"hydra.run.dir={run_dir}", *(o.format(**{k: str(v) for k, v in files.items()}) for o in overrides)]
+        args = [
+            "run",
+            "backend=remote",
+            f"backend.base_url={base_url}",
+            "dataset.limit=null",
+            "runner.progress=false",
+            f"hydra.run.dir={run_dir}",
+            *(o.format(**{k: str(v) for k, v in files.items()}) for o in overrides),
+        ]
         case_env = dict(env) if case == "missing_key" else {**env, "SENTECH_API_KEY": KEY}
-        result = subprocess.run([sys.executable, "-m", "sentech_eval.cli", *args], capture_output=True, text=True,
-                                env=case_env, timeout=180, cwd=REPO_ROOT)
+        result = subprocess.run(
+            [sys.executable, "-m", "sentech_eval.cli", *args],
+            capture_output=True,
+            text=True,
+            env=case_env,
+            timeout=180,
+            cwd=REPO_ROOT,
+        )
         return case, (result, run_dir)
 
     with ThreadPoolExecutor(max_workers=4) as pool:

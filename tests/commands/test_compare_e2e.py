@@ -11,8 +11,13 @@ from cli_helpers import TEST_KEY, run_cli
 
 pytestmark = pytest.mark.local_model
 
-COMMON = ["dataset=capitals", "dataset.limit=6", "sampling=greedy", "scorers=[exact_match,contains]",
-          "runner.progress=false"]
+COMMON = [
+    "dataset=capitals",
+    "dataset.limit=6",
+    "sampling=greedy",
+    "scorers=[exact_match,contains]",
+    "runner.progress=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +25,14 @@ def runs(echo_server: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     """(remote run dir, local run dir) of the same six capitals prompts."""
     root = tmp_path_factory.mktemp("e2e")
     remote, local = root / "remote", root / "local"
-    r = run_cli("run", "backend=remote", f"backend.base_url={echo_server}", *COMMON, f"hydra.run.dir={remote}",
-                env={"SENTECH_API_KEY": TEST_KEY})
+    r = run_cli(
+        "run",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        *COMMON,
+        f"hydra.run.dir={remote}",
+        env={"SENTECH_API_KEY": TEST_KEY},
+    )
     assert r.returncode == 0, r.stderr
     r = run_cli("run", "backend=local", *COMMON, f"hydra.run.dir={local}")
     assert r.returncode == 0, r.stderr
@@ -50,14 +61,35 @@ def test_compare_remote_echo_with_local_model_writes_three_outputs(runs: tuple[P
 
 
 def test_check_passes_on_itself_and_flags_the_local_model_against_the_echo_baseline(
-        runs: tuple[Path, Path], tmp_path: Path) -> None:
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
     remote, local = runs
-    same = run_cli("check", "--baseline", str(local), "--candidate", str(local),
-                   "--max-score-drop", "exact_match=0", "--max-error-rate", "0")
+    same = run_cli(
+        "check",
+        "--baseline",
+        str(local),
+        "--candidate",
+        str(local),
+        "--max-score-drop",
+        "exact_match=0",
+        "--max-error-rate",
+        "0",
+    )
     assert same.returncode == 0, same.stdout + same.stderr
     junit = tmp_path / "check.xml"
-    worse = run_cli("check", "--baseline", str(remote), "--candidate", str(local),
-                    "--max-score-drop", "contains=0.02", "--max-error-rate", "0", "--junit", str(junit))
+    worse = run_cli(
+        "check",
+        "--baseline",
+        str(remote),
+        "--candidate",
+        str(local),
+        "--max-score-drop",
+        "contains=0.02",
+        "--max-error-rate",
+        "0",
+        "--junit",
+        str(junit),
+    )
     contains_local = pd.read_parquet(local / "results.parquet")["score_contains"].mean()
     assert worse.returncode == (1 if contains_local < 0.98 else 0), worse.stdout + worse.stderr
     assert junit.exists() and "score_drop[contains]" in junit.read_text()
@@ -66,8 +98,7 @@ def test_check_passes_on_itself_and_flags_the_local_model_against_the_echo_basel
 def test_pairwise_judge_on_the_local_model_records_both_orders(runs: tuple[Path, Path], tmp_path: Path) -> None:
     remote, local = runs
     out = tmp_path / "judged"
-    r = run_cli("compare", str(remote), str(local), "--out", str(out), "--judge-limit", "2",
-                "--judge", "backend=local")
+    r = run_cli("compare", str(remote), str(local), "--out", str(out), "--judge-limit", "2", "--judge", "backend=local")
     assert r.returncode == 0, r.stderr
     verdicts = pd.read_parquet(out / "judge.parquet")
     assert len(verdicts) == 4 and sorted(verdicts["order"]) == ["AB", "AB", "BA", "BA"]

@@ -10,9 +10,18 @@ KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
 
 
 def test_estimate_of_one_run_sends_nothing_and_prices_the_tokens(tmp_path):
-    proc = run_cli("run", "--estimate=noprobe", "backend=remote", "backend.base_url=http://127.0.0.1:9/v1",
-                   "dataset=capitals", "runner.repeats=2", "sampling.max_tokens=10",
-                   "+backend.price={input_per_mtok: 1.0, output_per_mtok: 2.0}", cwd=tmp_path, env=KEY_ENV)
+    proc = run_cli(
+        "run",
+        "--estimate=noprobe",
+        "backend=remote",
+        "backend.base_url=http://127.0.0.1:9/v1",
+        "dataset=capitals",
+        "runner.repeats=2",
+        "sampling.max_tokens=10",
+        "+backend.price={input_per_mtok: 1.0, output_per_mtok: 2.0}",
+        cwd=tmp_path,
+        env=KEY_ENV,
+    )
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert "1 run(s), 300 requests" in last  # 150 capitals x 2 repeats; port 9 was never contacted
@@ -24,8 +33,16 @@ def test_estimate_of_one_run_sends_nothing_and_prices_the_tokens(tmp_path):
 
 
 def test_estimate_of_a_sweep_lists_every_job_and_uses_a_probe(echo_server, tmp_path):
-    proc = run_cli("run", "--estimate", "+sweep=race_temperature", "backend=remote", f"backend.base_url={echo_server}",
-                   "dataset=capitals", cwd=tmp_path, env=KEY_ENV)
+    proc = run_cli(
+        "run",
+        "--estimate",
+        "+sweep=race_temperature",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals",
+        cwd=tmp_path,
+        env=KEY_ENV,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 16 and "15 run(s), 2,250 requests" in lines[-1]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from cli_helpers import TEST_KEY, run_cli
+
 from sentech_eval.analysis.slo import saturation_knee
 from sentech_eval.server.testing import running_server
 
@@ -23,12 +23,27 @@ ROWS = 80
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("load")
     dataset = root / "prompts.parquet"
-    pd.DataFrame({"id": [f"p{i}" for i in range(ROWS)], "prompt": [f"say {i}" for i in range(ROWS)],
-                  "reference": [f"say {i}" for i in range(ROWS)]}).to_parquet(dataset)
+    pd.DataFrame(
+        {
+            "id": [f"p{i}" for i in range(ROWS)],
+            "prompt": [f"say {i}" for i in range(ROWS)],
+            "reference": [f"say {i}" for i in range(ROWS)],
+        }
+    ).to_parquet(dataset)
     with running_server(api_key=TEST_KEY, capacity=8, ttft_ms=200, output_tokens=1, subprocess=True) as url:
-        proc = run_cli("run", "+sweep=load", "backend=remote", f"backend.base_url={url}", f"dataset.path={dataset}",
-                       "runner.arrival=constant", "runner.rate=" + ",".join(map(str, RATES)), "runner.progress=false",
-                       "scorers=[contains]", f"hydra.sweep.dir={root / 'S'}", env={"SENTECH_API_KEY": TEST_KEY})
+        proc = run_cli(
+            "run",
+            "+sweep=load",
+            "backend=remote",
+            f"backend.base_url={url}",
+            f"dataset.path={dataset}",
+            "runner.arrival=constant",
+            "runner.rate=" + ",".join(map(str, RATES)),
+            "runner.progress=false",
+            "scorers=[contains]",
+            f"hydra.sweep.dir={root / 'S'}",
+            env={"SENTECH_API_KEY": TEST_KEY},
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "S"
 
@@ -68,8 +83,14 @@ def test_report_finds_the_knee_at_capacity_over_service_time_and_counts_goodput(
 def test_bad_slo_and_bad_arrival_are_one_sentence_and_exit_2(sweep, tmp_path):
     proc = run_cli("report", str(sweep), "slo.ttft=1")
     assert proc.returncode == 2 and "not an SLO" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("run", "backend=remote", "backend.base_url=http://127.0.0.1:9/v1", "runner.rate=5",
-                   f"hydra.run.dir={tmp_path / 'x'}", env={"SENTECH_API_KEY": TEST_KEY})
+    proc = run_cli(
+        "run",
+        "backend=remote",
+        "backend.base_url=http://127.0.0.1:9/v1",
+        "runner.rate=5",
+        f"hydra.run.dir={tmp_path / 'x'}",
+        env={"SENTECH_API_KEY": TEST_KEY},
+    )
     assert proc.returncode == 2 and "runner.arrival=poisson" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -79,11 +100,22 @@ def test_rate_auto_probes_the_closed_loop_maximum_then_sweeps_fractions_of_it(tm
 
     dataset = tmp_path / "prompts.parquet"
     rows = 14 * (len(AUTO_FRACTIONS) + 1)
-    pd.DataFrame({"id": [f"p{i}" for i in range(rows)], "prompt": [f"say {i}" for i in range(rows)]}).to_parquet(dataset)
+    pd.DataFrame({"id": [f"p{i}" for i in range(rows)], "prompt": [f"say {i}" for i in range(rows)]}).to_parquet(
+        dataset
+    )
     with running_server(api_key=TEST_KEY, capacity=4, ttft_ms=50, output_tokens=1) as url:
-        proc = run_cli("run", "backend=remote", f"backend.base_url={url}", f"dataset.path={dataset}", "runner.concurrency=4",
-                       "runner.arrival=poisson", "runner.rate=auto", "runner.progress=false", f"hydra.run.dir={tmp_path / 'A'}",
-                       env={"SENTECH_API_KEY": TEST_KEY})
+        proc = run_cli(
+            "run",
+            "backend=remote",
+            f"backend.base_url={url}",
+            f"dataset.path={dataset}",
+            "runner.concurrency=4",
+            "runner.arrival=poisson",
+            "runner.rate=auto",
+            "runner.progress=false",
+            f"hydra.run.dir={tmp_path / 'A'}",
+            env={"SENTECH_API_KEY": TEST_KEY},
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "closed-loop maximum" in proc.stderr
     df = load_results(tmp_path / "A")

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import TEST_KEY, run_cli
 from scipy import optimize
 from scipy import stats as scipy_stats
+from synthetic_results import make_results, write_run
 
 from sentech_eval.analysis import stats
-from sentech_eval.errors import ResultsError
 from sentech_eval.analysis.summary import summarize, swept_parameters
 from sentech_eval.commands.report import write_report
+from sentech_eval.errors import ResultsError
 from sentech_eval.render.markdown import report_markdown
-from cli_helpers import TEST_KEY, run_cli
-from synthetic_results import make_results, write_run
 
 TEMPERATURES = (0.0, 0.5, 1.0)
 
@@ -31,14 +31,25 @@ def sweep(root: Path, temperatures=TEMPERATURES, top_ps=(1.0,), n=40, repeats=3)
     job = 0
     for t in temperatures:
         for top_p in top_ps:
-            df = make_results(n=n, repeats=repeats, accuracy=0.9 - 0.4 * t + 0.05 * (top_p < 1), temperature=t,
-                              error_ids={3, 17}, latency_s=0.1 + 0.1 * t, seed=job)
+            df = make_results(
+                n=n,
+                repeats=repeats,
+                accuracy=0.9 - 0.4 * t + 0.05 * (top_p < 1),
+                temperature=t,
+                error_ids={3, 17},
+                latency_s=0.1 + 0.1 * t,
+                seed=job,
+            )
             df["top_p"] = top_p
             df["config_id"] = f"cfg-{job}"
             df["run_id"] = f"run-{job}"
             # realistic repeat-dependent answers: the last repeat of some prompts goes wrong
             flaky = (df["repeat"] == repeats - 1) & (df["prompt_id"].isin([f"cap-{i:03d}" for i in range(30, 34)]))
-            df.loc[flaky & (df["status"] == "ok"), ["output", "score_exact_match", "score_contains"]] = ["Lyon?", 0.0, 0.0]
+            df.loc[flaky & (df["status"] == "ok"), ["output", "score_exact_match", "score_contains"]] = [
+                "Lyon?",
+                0.0,
+                0.0,
+            ]
             write_run(df, root / str(job))
             job += 1
     return root
@@ -48,12 +59,39 @@ def test_summary_has_one_row_per_temperature_and_every_column(tmp_path):
     df = pd.concat([pd.read_parquet(p) for p in sorted(sweep(tmp_path).glob("*/results.parquet"))], ignore_index=True)
     summary = summarize(df)
     assert list(summary["temperature"]) == list(TEMPERATURES)
-    expected = {"backend", "model", "dataset", "temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty",
-                "max_tokens", "seed", "n", "error_rate", "latency_s_p50", "latency_s_p90", "latency_s_p95", "latency_s_p99",
-                "ttft_s_p50", "ttft_s_p95", "completion_tokens_mean", "prompt_tokens_sum", "completion_tokens_sum",
-                "output_tokens_per_s", "decode_tokens_per_s_p50"}
+    expected = {
+        "backend",
+        "model",
+        "dataset",
+        "temperature",
+        "top_p",
+        "top_k",
+        "frequency_penalty",
+        "presence_penalty",
+        "max_tokens",
+        "seed",
+        "n",
+        "error_rate",
+        "latency_s_p50",
+        "latency_s_p90",
+        "latency_s_p95",
+        "latency_s_p99",
+        "ttft_s_p50",
+        "ttft_s_p95",
+        "completion_tokens_mean",
+        "prompt_tokens_sum",
+        "completion_tokens_sum",
+        "output_tokens_per_s",
+        "decode_tokens_per_s_p50",
+    }
     for score in ("score_exact_match", "score_contains"):
-        expected |= {f"{score}_mean", f"{score}_ci_low", f"{score}_ci_high", f"{score}_ci_method", f"{score}_n_clusters"}
+        expected |= {
+            f"{score}_mean",
+            f"{score}_ci_low",
+            f"{score}_ci_high",
+            f"{score}_ci_method",
+            f"{score}_n_clusters",
+        }
     assert expected <= set(summary.columns)
     assert not any(c.startswith("score_exact_match_detail") for c in summary.columns)
     assert swept_parameters(summary) == ["temperature"]
@@ -108,7 +146,11 @@ def _pngs(page: str) -> list[bytes]:
 def test_report_html_is_self_contained_with_plots_tables_and_escaped_text(tmp_path):
     root = sweep(tmp_path / "sweep")
     df0 = pd.read_parquet(root / "0" / "results.parquet")
-    df0.loc[df0.index[0], ["output", "score_exact_match", "score_contains"]] = ['<script>alert("x")</script> & more', 0.0, 0.0]
+    df0.loc[df0.index[0], ["output", "score_exact_match", "score_contains"]] = [
+        '<script>alert("x")</script> & more',
+        0.0,
+        0.0,
+    ]
     write_run(df0, root / "0")
     summary, summary_path, html_path = write_report(root)
     assert summary_path == root / "summary.parquet" and html_path == root / "report.html"
@@ -122,7 +164,7 @@ def test_report_html_is_self_contained_with_plots_tables_and_escaped_text(tmp_pa
     for table_id in ("summary", "summary-full", "worst", "errors"):
         assert f'<table id="{table_id}">' in page
     assert "<script>" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in page
-    worst = page[page.index('<table id="worst">'):]
+    worst = page[page.index('<table id="worst">') :]
     assert "Lyon?" in worst or "I am not sure." in worst
     assert "HTTP 503: overloaded" in page
 
@@ -143,7 +185,14 @@ def test_single_run_report_next_to_a_results_file(tmp_path):
     assert summary_path.parent == run_dir and len(summary) == 1
     page = html_path.read_text()
     assert len(_pngs(page)) == 3  # score bars, latency CDF, token histograms
-    assert page.count("<tr>", page.index('<table id="worst">'), page.index('<table id="errors">') if '<table id="errors">' in page else None) == 1 + 3
+    assert (
+        page.count(
+            "<tr>",
+            page.index('<table id="worst">'),
+            page.index('<table id="errors">') if '<table id="errors">' in page else None,
+        )
+        == 1 + 3
+    )
 
 
 def test_markdown_summary_is_a_table_with_one_line_per_configuration(tmp_path):
@@ -187,10 +236,25 @@ def test_report_renders_in_headless_chromium(tmp_path):
         shot = tmp_path / f"{page.stem}.png"
         profile = tempfile.mkdtemp(prefix="chromium-profile-")
         try:
-            subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                            f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()],
-                           capture_output=True, timeout=120, check=False)
+            subprocess.run(
+                [
+                    "chromium",
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    f"--user-data-dir={profile}",
+                    f"--screenshot={shot}",
+                    "--window-size=1280,2000",
+                    page.as_uri(),
+                ],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
         finally:
             shutil.rmtree(profile, ignore_errors=True)
         assert shot.exists(), "chromium wrote no screenshot"
@@ -211,18 +275,39 @@ def test_done_when_sweep_against_echo_server_then_report_then_rescore(tmp_path):
 
     sweep_dir = tmp_path / "D"
     with running_server(engine="echo", api_key=TEST_KEY) as url:
-        run = run_cli("run", "-m", "backend=remote", f"backend.base_url={url}", "backend.stream=true",
-                      "dataset=capitals", "dataset.limit=10", "runner.repeats=2", "sampling.seed=3",
-                      "sampling.temperature=0,0.7,1.4", "scorers=[exact_match,contains]", f"hydra.sweep.dir={sweep_dir}",
-                      env={"SENTECH_API_KEY": TEST_KEY})
+        run = run_cli(
+            "run",
+            "-m",
+            "backend=remote",
+            f"backend.base_url={url}",
+            "backend.stream=true",
+            "dataset=capitals",
+            "dataset.limit=10",
+            "runner.repeats=2",
+            "sampling.seed=3",
+            "sampling.temperature=0,0.7,1.4",
+            "scorers=[exact_match,contains]",
+            f"hydra.sweep.dir={sweep_dir}",
+            env={"SENTECH_API_KEY": TEST_KEY},
+        )
     assert run.returncode == 0, run.stderr
     done = run_cli("report", str(sweep_dir))
     assert done.returncode == 0, done.stderr
     summary = pd.read_parquet(sweep_dir / "summary.parquet")
     assert summary["temperature"].tolist() == [0.0, 0.7, 1.4]
     assert summary["n"].tolist() == [20, 20, 20]  # the sweep's combined file is not counted twice
-    for col in ("score_exact_match_mean", "score_exact_match_ci_low", "score_exact_match_ci_high", "score_contains_mean",
-                "latency_s_p50", "latency_s_p99", "ttft_s_p50", "ttft_s_p95", "output_tokens_per_s", "error_rate"):
+    for col in (
+        "score_exact_match_mean",
+        "score_exact_match_ci_low",
+        "score_exact_match_ci_high",
+        "score_contains_mean",
+        "latency_s_p50",
+        "latency_s_p99",
+        "ttft_s_p50",
+        "ttft_s_p95",
+        "output_tokens_per_s",
+        "error_rate",
+    ):
         assert summary[col].notna().all(), col
     assert summary.loc[0, "score_exact_match_mean"] == 1.0  # echo answers shipped prompts with the reference at T=0
     assert (summary["score_contains_mean"] == 1.0).all()
@@ -234,7 +319,9 @@ def test_done_when_sweep_against_echo_server_then_report_then_rescore(tmp_path):
     # the server is gone: re-scoring must not need it
     files = sorted(sweep_dir.rglob("results.parquet"))
     before = {f: pd.read_parquet(f) for f in files}
-    rescored = run_cli("score", str(sweep_dir), "scorers=[exact_match,token_f1]", "backend=remote", f"backend.base_url={url}")
+    rescored = run_cli(
+        "score", str(sweep_dir), "scorers=[exact_match,token_f1]", "backend=remote", f"backend.base_url={url}"
+    )
     assert rescored.returncode == 0, rescored.stderr
     for f in files:
         after = pd.read_parquet(f)
@@ -248,13 +335,24 @@ def test_output_throughput_and_per_request_decode_speed_are_told_apart(tmp_path)
 
     words = " ".join(f"w{i}" for i in range(21))  # echoed back: 21 tokens per answer
     data = tmp_path / "long.parquet"
-    pd.DataFrame({"id": [f"p{i}" for i in range(16)], "prompt": [f"{words} {i}" for i in range(16)],
-                  "reference": ["x"] * 16}).to_parquet(data)
+    pd.DataFrame(
+        {"id": [f"p{i}" for i in range(16)], "prompt": [f"{words} {i}" for i in range(16)], "reference": ["x"] * 16}
+    ).to_parquet(data)
     run_dir = tmp_path / "run"
     with running_server(engine="echo", api_key=TEST_KEY, tokens_per_s=40) as url:
-        run = run_cli("run", "backend=remote", f"backend.base_url={url}", "backend.stream=true", "dataset=capitals",
-                      f"dataset.path={data}", "dataset.name=long", "runner.concurrency=16", "sampling.max_tokens=64",
-                      f"hydra.run.dir={run_dir}", env={"SENTECH_API_KEY": TEST_KEY})
+        run = run_cli(
+            "run",
+            "backend=remote",
+            f"backend.base_url={url}",
+            "backend.stream=true",
+            "dataset=capitals",
+            f"dataset.path={data}",
+            "dataset.name=long",
+            "runner.concurrency=16",
+            "sampling.max_tokens=64",
+            f"hydra.run.dir={run_dir}",
+            env={"SENTECH_API_KEY": TEST_KEY},
+        )
     assert run.returncode == 0, run.stderr
     summary, _, _ = write_report(run_dir)
     row = summary.iloc[0]
@@ -271,7 +369,8 @@ def test_thirty_of_thirty_is_not_certainty_and_the_method_is_named(tmp_path):
     # mid-p lower bound for 30/30: P(X = 30)/2 = 0.025, solved by scipy (0.905, not 1)
     low = optimize.brentq(lambda p: 0.5 * scipy_stats.binom.pmf(30, 30, p) - 0.025, 0.5, 1.0, xtol=1e-14)
     assert (summary.loc[0, "score_exact_match_ci_low"], summary.loc[0, "score_exact_match_ci_high"]) == pytest.approx(
-        (low, 1.0), abs=1e-9)
+        (low, 1.0), abs=1e-9
+    )
     text = report_markdown(summary, "all right")
     assert f"1.000 [{low:.3f}, 1.000]" in text
     assert "exact_match: mid-p exact interval" in text
@@ -282,7 +381,9 @@ def test_cluster_option_takes_a_column_and_refuses_an_unknown_one(tmp_path):
     df["topic"] = [f"t{i % 4}" for i in range(len(df))]  # four topics
     by_topic = summarize(df, cluster="topic")
     by_prompt = summarize(df)
-    assert by_topic.loc[0, "score_exact_match_n_clusters"] == 4 and by_prompt.loc[0, "score_exact_match_n_clusters"] == 40
+    assert (
+        by_topic.loc[0, "score_exact_match_n_clusters"] == 4 and by_prompt.loc[0, "score_exact_match_n_clusters"] == 40
+    )
     assert by_topic.loc[0, "score_exact_match_ci_method"] == "wilson_clustered"
     run = write_run(df, tmp_path / "run")
     bad = run_cli("report", str(run), "--cluster", "topc")

@@ -6,14 +6,16 @@ import json
 
 import pandas as pd
 import pytest
+from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
 
 from sentech_eval import load_results
 from sentech_eval.engine.results import CORE_NAMES, read_metadata
-from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
 
-COLUMNS = ("run_id config_id backend model dataset prompt_id repeat temperature top_p top_k frequency_penalty "
-           "presence_penalty max_tokens seed output finish_reason prompt_tokens completion_tokens total_tokens "
-           "latency_s ttft_s status http_status error attempts started_at").split()
+COLUMNS = (
+    "run_id config_id backend model dataset prompt_id repeat temperature top_p top_k frequency_penalty "
+    "presence_penalty max_tokens seed output finish_reason prompt_tokens completion_tokens total_tokens "
+    "latency_s ttft_s status http_status error attempts started_at"
+).split()
 
 
 def remote_args(base_url, run_dir, *extra):
@@ -58,8 +60,18 @@ def test_capitals_run_writes_one_ok_row_per_dataset_row(echo_server, tmp_path):
 
 def test_streaming_records_ttft_before_latency_and_repeats_use_seed_plus_repeat(echo_server, tmp_path):
     run_dir = tmp_path / "S"
-    proc = run_cli(*remote_args(echo_server, run_dir, "dataset=arithmetic", "dataset.limit=10", "backend.stream=true",
-                                "runner.repeats=3", "sampling.seed=40"), env={"SENTECH_API_KEY": TEST_KEY})
+    proc = run_cli(
+        *remote_args(
+            echo_server,
+            run_dir,
+            "dataset=arithmetic",
+            "dataset.limit=10",
+            "backend.stream=true",
+            "runner.repeats=3",
+            "sampling.seed=40",
+        ),
+        env={"SENTECH_API_KEY": TEST_KEY},
+    )
     assert proc.returncode == 0, proc.stderr
     frame = load_results(run_dir)
     assert len(frame) == 30
@@ -71,8 +83,12 @@ def test_streaming_records_ttft_before_latency_and_repeats_use_seed_plus_repeat(
 
 def test_null_sampling_values_are_not_sent_and_limit_takes_first_rows(echo_server, tmp_path):
     run_dir = tmp_path / "N"
-    proc = run_cli(*remote_args(echo_server, run_dir, "dataset=capitals", "dataset.limit=7", "sampling.top_k=null",
-                                "sampling.max_tokens=2"), env={"SENTECH_API_KEY": TEST_KEY})
+    proc = run_cli(
+        *remote_args(
+            echo_server, run_dir, "dataset=capitals", "dataset.limit=7", "sampling.top_k=null", "sampling.max_tokens=2"
+        ),
+        env={"SENTECH_API_KEY": TEST_KEY},
+    )
     assert proc.returncode == 0, proc.stderr
     frame = load_results(run_dir)
     assert list(frame["prompt_id"]) == [f"capital-{i:03d}" for i in range(7)]
@@ -98,10 +114,13 @@ def test_wrong_key_stops_the_run_with_one_sentence(echo_server, tmp_path):
     assert len(load_results(tmp_path / "W")) == 0  # no thousands of error rows
 
 
-@pytest.mark.parametrize("args,expect", [
-    (["--help"], "Powered by Hydra"),
-    (["--cfg", "job", "backend=remote"], "base_url: https://api.sentech.ai/v1"),
-])
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["--help"], "Powered by Hydra"),
+        (["--cfg", "job", "backend=remote"], "base_url: https://api.sentech.ai/v1"),
+    ],
+)
 def test_hydra_flags_work(args, expect):
     proc = run_cli("run", *args)
     assert proc.returncode == 0, proc.stderr
@@ -109,9 +128,17 @@ def test_hydra_flags_work(args, expect):
 
 
 def test_multirun_flag_runs_one_job_per_value(echo_server, tmp_path):
-    proc = run_cli("run", "-m", "backend=remote", f"backend.base_url={echo_server}", "dataset=capitals",
-                   "dataset.limit=5", "sampling.temperature=0,0.5", f"hydra.sweep.dir={tmp_path / 'M'}",
-                   env={"SENTECH_API_KEY": TEST_KEY})
+    proc = run_cli(
+        "run",
+        "-m",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals",
+        "dataset.limit=5",
+        "sampling.temperature=0,0.5",
+        f"hydra.sweep.dir={tmp_path / 'M'}",
+        env={"SENTECH_API_KEY": TEST_KEY},
+    )
     assert proc.returncode == 0, proc.stderr
     frame = load_results(tmp_path / "M")
     assert sorted(frame["temperature"].unique()) == [0.0, 0.5]
@@ -132,10 +159,14 @@ def test_a_run_above_the_servers_advertised_capacity_warns_once(tmp_path):
     from sentech_eval.server.testing import running_server
 
     with running_server(api_key=TEST_KEY, capacity=2, latency_ms=20) as url:
-        above = run_cli(*remote_args(url, tmp_path / "above", "dataset.limit=12", "runner.concurrency=8",
-                                     "runner.progress=false"), env={"SENTECH_API_KEY": TEST_KEY})
-        within = run_cli(*remote_args(url, tmp_path / "within", "dataset.limit=4", "runner.concurrency=2",
-                                      "runner.progress=false"), env={"SENTECH_API_KEY": TEST_KEY})
+        above = run_cli(
+            *remote_args(url, tmp_path / "above", "dataset.limit=12", "runner.concurrency=8", "runner.progress=false"),
+            env={"SENTECH_API_KEY": TEST_KEY},
+        )
+        within = run_cli(
+            *remote_args(url, tmp_path / "within", "dataset.limit=4", "runner.concurrency=2", "runner.progress=false"),
+            env={"SENTECH_API_KEY": TEST_KEY},
+        )
     assert above.returncode == 0, above.stderr
     warnings = [line for line in above.stderr.splitlines() if "X-Sentech-Capacity" in line]
     assert len(warnings) == 1, above.stderr
@@ -146,8 +177,18 @@ def test_a_run_above_the_servers_advertised_capacity_warns_once(tmp_path):
 
 
 # What a remote run has no use for; importing any of it only delays the start (benchmarks/bench_startup.py).
-NOT_ON_THE_RUN_PATH = ("matplotlib", "scipy", "llama_cpp", "jsonschema", "tqdm", "pyarrow.dataset",
-                       "sentech_eval.server", "sentech_eval.render", "sentech_eval.analysis", "sentech_eval.backends.local")
+NOT_ON_THE_RUN_PATH = (
+    "matplotlib",
+    "scipy",
+    "llama_cpp",
+    "jsonschema",
+    "tqdm",
+    "pyarrow.dataset",
+    "sentech_eval.server",
+    "sentech_eval.render",
+    "sentech_eval.analysis",
+    "sentech_eval.backends.local",
+)
 
 
 def test_a_remote_run_imports_nothing_it_does_not_use(echo_server, tmp_path):
@@ -157,13 +198,17 @@ def test_a_remote_run_imports_nothing_it_does_not_use(echo_server, tmp_path):
     import sys
 
     listing = tmp_path / "modules.txt"
-    code = ("import atexit, runpy, sys\n"
-            f"atexit.register(lambda: open({str(listing)!r}, 'w').write('\\n'.join(sorted(sys.modules))))\n"
-            f"sys.argv = ['sentech-eval', *{remote_args(echo_server, tmp_path / 'R', 'dataset.limit=1', 'runner.progress=false')!r}]\n"
-            "runpy.run_module('sentech_eval.cli', run_name='__main__')\n")
+    code = (
+        "import atexit, runpy, sys\n"
+        f"atexit.register(lambda: open({str(listing)!r}, 'w').write('\\n'.join(sorted(sys.modules))))\n"
+        f"sys.argv = ['sentech-eval', *{remote_args(echo_server, tmp_path / 'R', 'dataset.limit=1', 'runner.progress=false')!r}]\n"
+        "runpy.run_module('sentech_eval.cli', run_name='__main__')\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
     env.update(SENTECH_API_KEY=TEST_KEY, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=REPO_ROOT
+    )
     assert proc.returncode == 0 and "1 ok" in proc.stderr, proc.stderr[-2000:]
     imported = set(listing.read_text().split())
     assert {"aiohttp", "sentech_eval.backends.remote", "sentech_eval.engine.runner"} <= imported  # it sees the run
@@ -171,13 +216,22 @@ def test_a_remote_run_imports_nothing_it_does_not_use(echo_server, tmp_path):
     assert not unwanted, f"a remote run imported {unwanted}"
 
 
-@pytest.mark.parametrize("argv, plain", [
-    (["backend=remote", "backend.base_url=http://h/v1", "dataset=capitals", "hydra.run.dir=out"], True),
-    (["scorers=[contains]", "+backend.price={input_per_mtok: 1}", "sampling.temperature=0.5"], True),
-    (["-m", "sampling.temperature=0,1"], False), (["--multirun"], False), (["+sweep=temperature"], False),
-    (["sweep=optimize"], False), (["--config-dir", "mine"], False), (["hydra/launcher=joblib"], False),
-    (["hydra.mode=MULTIRUN"], False), (["hydra.searchpath=[file://mine]"], False), (["--cfg", "job"], False),
-])
+@pytest.mark.parametrize(
+    "argv, plain",
+    [
+        (["backend=remote", "backend.base_url=http://h/v1", "dataset=capitals", "hydra.run.dir=out"], True),
+        (["scorers=[contains]", "+backend.price={input_per_mtok: 1}", "sampling.temperature=0.5"], True),
+        (["-m", "sampling.temperature=0,1"], False),
+        (["--multirun"], False),
+        (["+sweep=temperature"], False),
+        (["sweep=optimize"], False),
+        (["--config-dir", "mine"], False),
+        (["hydra/launcher=joblib"], False),
+        (["hydra.mode=MULTIRUN"], False),
+        (["hydra.searchpath=[file://mine]"], False),
+        (["--cfg", "job"], False),
+    ],
+)
 def test_a_plain_run_is_told_apart_from_what_can_set_hydra_mode(argv, plain):
     from sentech_eval.commands.run import is_plain_run
 
@@ -189,11 +243,16 @@ def test_no_shipped_config_outside_the_sweep_files_sets_hydra_mode():
     from sentech_eval.config import composer
     from sentech_eval.paths import conf_dir
 
-    options = [f"{path.parent.name}={path.stem}" for path in sorted(conf_dir().glob("*/*.yaml"))
-               if path.parent.name not in ("sweep", "hydra", "scorers")]
+    options = [
+        f"{path.parent.name}={path.stem}"
+        for path in sorted(conf_dir().glob("*/*.yaml"))
+        if path.parent.name not in ("sweep", "hydra", "scorers")
+    ]
     options += [f"scorers=[{path.stem}]" for path in sorted((conf_dir() / "scorers").glob("*.yaml"))]
     assert len(options) >= 15
     with composer() as compose:
         for option in options:
             assert compose([option], return_hydra_config=True).hydra.mode is None, option
-        assert str(compose(["+sweep=optimize"], return_hydra_config=True).hydra.mode) == "RunMode.MULTIRUN"  # it can fail
+        assert (
+            str(compose(["+sweep=optimize"], return_hydra_config=True).hydra.mode) == "RunMode.MULTIRUN"
+        )  # it can fail

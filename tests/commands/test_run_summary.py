@@ -6,16 +6,24 @@ from __future__ import annotations
 import re
 
 import pyarrow.parquet as pq
-
 from cli_helpers import TEST_KEY, run_cli
+
 from sentech_eval.server.testing import running_server
 
 
 def test_a_scored_run_ends_with_score_ci_latency_tokens_and_report(echo_server, tmp_path):
     run_dir = tmp_path / "scored"
-    proc = run_cli("run", "backend=remote", f"backend.base_url={echo_server}", "dataset=capitals", "dataset.limit=12",
-                   "scorers=[contains]", "runner.progress=false", f"hydra.run.dir={run_dir}",
-                   env={"SENTECH_API_KEY": TEST_KEY})
+    proc = run_cli(
+        "run",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals",
+        "dataset.limit=12",
+        "scorers=[contains]",
+        "runner.progress=false",
+        f"hydra.run.dir={run_dir}",
+        env={"SENTECH_API_KEY": TEST_KEY},
+    )
     assert proc.returncode == 0, proc.stderr
     table = pq.read_table(run_dir / "results.parquet").to_pydict()
     mean = sum(table["score_contains"]) / len(table["score_contains"])
@@ -32,8 +40,16 @@ def test_every_request_failing_lists_the_errors_and_exits_1(echo_server, tmp_pat
     """base_url without /v1: every request is a 404. The run says why and does not exit 0."""
     base = echo_server.removesuffix("/v1")
     run_dir = tmp_path / "no-v1"
-    proc = run_cli("run", "backend=remote", f"backend.base_url={base}", "dataset=capitals", "dataset.limit=3",
-                   "runner.progress=false", f"hydra.run.dir={run_dir}", env={"SENTECH_API_KEY": TEST_KEY})
+    proc = run_cli(
+        "run",
+        "backend=remote",
+        f"backend.base_url={base}",
+        "dataset=capitals",
+        "dataset.limit=3",
+        "runner.progress=false",
+        f"hydra.run.dir={run_dir}",
+        env={"SENTECH_API_KEY": TEST_KEY},
+    )
     assert proc.returncode == 1, proc.stderr
     assert re.search(r"errors: HTTP 404 × 3: ", proc.stderr), proc.stderr
     assert "every request failed (3 of 3 rows are errors" in proc.stderr
@@ -43,11 +59,19 @@ def test_every_request_failing_lists_the_errors_and_exits_1(echo_server, tmp_pat
 
 def test_max_error_rate_fails_a_partly_failed_run(tmp_path):
     with running_server(engine="echo", api_key=TEST_KEY, error_rate=0.5, error_status=500, seed=3) as url:
-        common = ["run", "backend=remote", f"backend.base_url={url}", "dataset=capitals", "dataset.limit=20",
-                  "runner.max_retries=0", "runner.progress=false"]
+        common = [
+            "run",
+            "backend=remote",
+            f"backend.base_url={url}",
+            "dataset=capitals",
+            "dataset.limit=20",
+            "runner.max_retries=0",
+            "runner.progress=false",
+        ]
         lenient = run_cli(*common, f"hydra.run.dir={tmp_path / 'a'}", env={"SENTECH_API_KEY": TEST_KEY})
-        strict = run_cli(*common, "runner.max_error_rate=0.1", f"hydra.run.dir={tmp_path / 'b'}",
-                         env={"SENTECH_API_KEY": TEST_KEY})
+        strict = run_cli(
+            *common, "runner.max_error_rate=0.1", f"hydra.run.dir={tmp_path / 'b'}", env={"SENTECH_API_KEY": TEST_KEY}
+        )
     assert lenient.returncode == 0, lenient.stderr  # some rows ok, no limit set
     assert "errors: HTTP 500 ×" in lenient.stderr
     assert strict.returncode == 1, strict.stderr

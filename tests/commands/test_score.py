@@ -22,7 +22,10 @@ def write_results(path: Path, df: pd.DataFrame) -> Path:
     """A results file as the runner writes it: Arrow table with the sentech_eval metadata key."""
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = {**(table.schema.metadata or {}), b"sentech_eval": json.dumps({"config": {"backend": {"kind": "remote"}}}).encode()}
+    meta = {
+        **(table.schema.metadata or {}),
+        b"sentech_eval": json.dumps({"config": {"backend": {"kind": "remote"}}}).encode(),
+    }
     pq.write_table(table.replace_schema_metadata(meta), path)
     return path
 
@@ -38,14 +41,16 @@ def test_rescore_replaces_adds_and_keeps_columns_and_metadata(tmp_path):
     before = pq.read_table(path)
     done = run_cli("score", str(tmp_path / "run"), "scorers=[exact_match,token_f1]")
     assert done.returncode == 0, done.stderr
-    assert "24 rows, 22 ok" in done.stdout and f"score_exact_match mean={18 / 22:.4f}" in done.stdout  # prompts 0-2 wrong, 2 errored
+    assert (
+        "24 rows, 22 ok" in done.stdout and f"score_exact_match mean={18 / 22:.4f}" in done.stdout
+    )  # prompts 0-2 wrong, 2 errored
     after = pq.read_table(path)
     df = after.to_pandas()
     assert after.schema.metadata[b"sentech_eval"] == before.schema.metadata[b"sentech_eval"]
     scoring = json.loads(after.schema.metadata[b"sentech_eval_scoring"])
     assert list(scoring["scorers"]) == ["exact_match", "token_f1"]
     assert after.column_names[: before.num_columns] == before.column_names  # replaced in place, new ones appended
-    assert after.column_names[before.num_columns:] == ["score_token_f1", "score_token_f1_detail"]
+    assert after.column_names[before.num_columns :] == ["score_token_f1", "score_token_f1_detail"]
     assert after.schema.field("score_token_f1").type == pa.float64()
     assert df[["prompt_id", "repeat", "output"]].equals(before.to_pandas()[["prompt_id", "repeat", "output"]])
     ok, err = df[df["status"] == "ok"], df[df["status"] == "error"]
@@ -67,7 +72,9 @@ def test_rescore_a_sweep_dir_needs_no_backend_or_key(tmp_path):
 
 def test_user_function_from_the_command_line(tmp_path):
     path = write_results(tmp_path / "results.parquet", results())
-    done = run_cli("score", str(path), "+scorers.starts._target_=scorers.plugins.starts_with_reference", env=PLUGINS_ENV)
+    done = run_cli(
+        "score", str(path), "+scorers.starts._target_=scorers.plugins.starts_with_reference", env=PLUGINS_ENV
+    )
     assert done.returncode == 0, done.stderr
     df = pd.read_parquet(path)
     ok = df[df["status"] == "ok"]
@@ -77,8 +84,14 @@ def test_user_function_from_the_command_line(tmp_path):
 def test_a_crash_while_scoring_leaves_the_old_file_intact(tmp_path):
     path = write_results(tmp_path / "run" / "results.parquet", results())
     original = path.read_bytes()
-    done = run_cli("score", str(path), "scorers=[exact_match]", "+scorers.die._target_=scorers.plugins.die_midway",
-                   "+scorers.die.after=5", env=PLUGINS_ENV)
+    done = run_cli(
+        "score",
+        str(path),
+        "scorers=[exact_match]",
+        "+scorers.die._target_=scorers.plugins.die_midway",
+        "+scorers.die.after=5",
+        env=PLUGINS_ENV,
+    )
     assert done.returncode == -9  # SIGKILL in the middle of scoring
     assert path.read_bytes() == original
     assert pd.read_parquet(path)["score_exact_match"].eq(0.5).all()
@@ -90,7 +103,9 @@ def test_a_scorer_writing_bad_values_fails_cleanly_without_touching_the_file(tmp
     done = run_cli("score", str(path), "+scorers.plen._target_=scorers.plugins.PromptLength", env=PLUGINS_ENV)
     assert done.returncode == 0, done.stderr  # sanity: the plug-in works
     path.write_bytes(original)
-    done = run_cli("score", str(path), "+scorers.x._target_=scorers.plugins.word_count", "+scorers.x.bogus=1", env=PLUGINS_ENV)
+    done = run_cli(
+        "score", str(path), "+scorers.x._target_=scorers.plugins.word_count", "+scorers.x.bogus=1", env=PLUGINS_ENV
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "Scorer 'x'" in done.stderr and "bogus" in done.stderr
     assert path.read_bytes() == original
@@ -102,9 +117,16 @@ def test_judge_through_the_cli_against_a_real_server(tmp_path):
     path = write_results(tmp_path / "results.parquet", df)
     env = {"JUDGE_KEY_FOR_TEST": "jk-55"}
     with running_server(engine="echo", api_key="jk-55") as url:
-        done = run_cli("score", str(path), "scorers=[judge]", f"scorers.judge.backend.base_url={url}",
-                       "scorers.judge.backend.model=grader", "scorers.judge.backend.api_key_env=JUDGE_KEY_FOR_TEST",
-                       "scorers.judge.rubric='{output}'", env=env)
+        done = run_cli(
+            "score",
+            str(path),
+            "scorers=[judge]",
+            f"scorers.judge.backend.base_url={url}",
+            "scorers.judge.backend.model=grader",
+            "scorers.judge.backend.api_key_env=JUDGE_KEY_FOR_TEST",
+            "scorers.judge.rubric='{output}'",
+            env=env,
+        )
     assert done.returncode == 0, done.stderr
     out = pd.read_parquet(path)
     assert out["score_judge"].tolist()[:3] == [1.0, 0.5, 0.0]
@@ -118,8 +140,9 @@ def test_judge_through_the_cli_against_a_real_server(tmp_path):
 
 
 def test_judge_backend_is_its_own_config_node():
-    from sentech_eval.commands.score import compose_scorers_config
     from omegaconf import OmegaConf
+
+    from sentech_eval.commands.score import compose_scorers_config
 
     cfg = compose_scorers_config(["backend=local", "scorers=[judge]", "scorers.judge.backend.model=grader"])
     judge = OmegaConf.to_container(cfg.judge, resolve=False)
@@ -128,12 +151,15 @@ def test_judge_backend_is_its_own_config_node():
     assert cfg.judge.backend.kind == "local"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["scorers=[exact_match]"], "does not exist"),
-    ([], "No scorers chosen"),
-    (["scorers=[exactmatch]"], "Unknown scorer 'exactmatch'; choose one of: contains, exact_match"),
-    (["scorers=[exact_match]", "backend.api_key=abc"], "Refusing the override 'backend.api_key=…'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["scorers=[exact_match]"], "does not exist"),
+        ([], "No scorers chosen"),
+        (["scorers=[exactmatch]"], "Unknown scorer 'exactmatch'; choose one of: contains, exact_match"),
+        (["scorers=[exact_match]", "backend.api_key=abc"], "Refusing the override 'backend.api_key=…'"),
+    ],
+)
 def test_user_errors_are_one_sentence(tmp_path, args, message):
     target = tmp_path / "missing" if message == "does not exist" else write_results(tmp_path / "r.parquet", results())
     done = run_cli("score", str(target), *args)

@@ -47,7 +47,7 @@ class CountingServer:
         finally:
             await runner.cleanup()
 
-    def start(self) -> "CountingServer":
+    def start(self) -> CountingServer:
         self._thread.start()
         if not self._ready.wait(60):
             raise TimeoutError("the counting server did not start")
@@ -75,8 +75,8 @@ def evaluate(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any], str]:
     from hydra import compose, initialize_config_dir
 
     from sentech_eval.config import register_configs
-    from sentech_eval.paths import conf_dir
     from sentech_eval.engine.evaluation import run_evaluation
+    from sentech_eval.paths import conf_dir
 
     register_configs()  # the ConfigStore schemas the YAML groups extend, as `sentech-eval run` does
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -14,8 +14,9 @@ WINNER_PREFIX = "sentech-eval race: winner "
 
 def run_race(sweep_dir: Path, *overrides: str, **kwargs: Any) -> subprocess.CompletedProcess:
     """The race_temperature sweep with ``overrides`` into ``sweep_dir`` (no progress bars); it must exit 0."""
-    proc = run_cli("run", "+sweep=race_temperature", *overrides, "runner.progress=false",
-                   f"hydra.sweep.dir={sweep_dir}", **kwargs)
+    proc = run_cli(
+        "run", "+sweep=race_temperature", *overrides, "runner.progress=false", f"hydra.sweep.dir={sweep_dir}", **kwargs
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

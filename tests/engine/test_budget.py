@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from cli_helpers import TEST_KEY, run_cli
-
-from pathlib import Path
-
 from omegaconf import OmegaConf
 
 from sentech_eval import load_results
 from sentech_eval.backends.base import create_backend
-from sentech_eval.errors import BackendError
 from sentech_eval.config import Price
 from sentech_eval.engine.budget import CostHook, PrecisionStopHook
+from sentech_eval.errors import BackendError
 from sentech_eval.types import Completion
 
 KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
@@ -25,8 +23,17 @@ PRICE = "+backend.price={input_per_mtok: 1000, output_per_mtok: 2000}"
 
 
 def run(echo_server, run_dir, *extra):
-    return run_cli("run", "backend=remote", f"backend.base_url={echo_server}", "dataset=capitals",
-                   "runner.progress=false", "runner.concurrency=4", f"hydra.run.dir={run_dir}", *extra, env=KEY_ENV)
+    return run_cli(
+        "run",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals",
+        "runner.progress=false",
+        "runner.concurrency=4",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+        env=KEY_ENV,
+    )
 
 
 def test_rows_carry_their_cost_and_the_run_prints_the_total(echo_server, tmp_path):
@@ -62,16 +69,26 @@ def test_max_cost_without_a_price_is_one_sentence(echo_server, tmp_path):
 
 
 def test_precision_stop_ends_the_run_once_the_interval_is_narrow(echo_server, tmp_path):
-    proc = run(echo_server, tmp_path / "r", "scorers=[contains]", "runner.stop_at_ci_half_width=0.1",
-               "runner.stop_score=contains")
+    proc = run(
+        echo_server,
+        tmp_path / "r",
+        "scorers=[contains]",
+        "runner.stop_at_ci_half_width=0.1",
+        "runner.stop_score=contains",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "stopped early: the anytime-valid 95% interval of score_contains" in proc.stderr
     df = load_results(tmp_path / "r")
     assert len(df) < 150  # the echo server is always right: the interval narrows long before the end
     resume = proc.stderr.split("without the precision stop) with:\n", 1)[1].splitlines()[0]
     assert "runner.stop_at_ci_half_width=null" in resume and "runner.stop_at_ci_half_width=0.1" not in resume
-    proc = run(echo_server, tmp_path / "r", "scorers=[contains]", "runner.stop_at_ci_half_width=null",
-               "runner.stop_score=contains")
+    proc = run(
+        echo_server,
+        tmp_path / "r",
+        "scorers=[contains]",
+        "runner.stop_at_ci_half_width=null",
+        "runner.stop_score=contains",
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(load_results(tmp_path / "r")) == 150 and "stopped early" not in proc.stderr
 

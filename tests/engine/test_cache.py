@@ -12,7 +12,13 @@ import pytest
 
 from sentech_eval.backends.remote import RemoteBackend
 from sentech_eval.engine.cache import (
-    ResponseStore, RunCache, backend_context, cache_path, canonical_json, key_of, messages_sha256,
+    ResponseStore,
+    RunCache,
+    backend_context,
+    cache_path,
+    canonical_json,
+    key_of,
+    messages_sha256,
     open_run_cache,
 )
 from sentech_eval.errors import CacheError
@@ -20,24 +26,48 @@ from sentech_eval.secrets import url_without_credentials
 from sentech_eval.types import Completion, Prompt, Sampling
 
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"})
-SAMPLING = Sampling(temperature=0.7, top_p=0.9, top_k=40, frequency_penalty=0.0, presence_penalty=0.0,
-                    max_tokens=64, seed=3)
+SAMPLING = Sampling(
+    temperature=0.7, top_p=0.9, top_k=40, frequency_penalty=0.0, presence_penalty=0.0, max_tokens=64, seed=3
+)
 REMOTE = {"backend": "remote", "base_url": "http://127.0.0.1:9/v1", "model": "m-1", "stream": False, "seed_sent": True}
-LOCAL = {"backend": "local", "model": "tiny.gguf", "gguf_sha256": "a" * 64, "llama_cpp_python": "0.3.36",
-         "n_ctx": 2048, "chat_format": None, "n_gpu_layers": 0, "stream": True, "seed_sent": True}
+LOCAL = {
+    "backend": "local",
+    "model": "tiny.gguf",
+    "gguf_sha256": "a" * 64,
+    "llama_cpp_python": "0.3.36",
+    "n_ctx": 2048,
+    "chat_format": None,
+    "n_gpu_layers": 0,
+    "stream": True,
+    "seed_sent": True,
+}
 
 
 def ok(output: str = "4") -> Completion:
-    return Completion(output=output, finish_reason="stop", prompt_tokens=9, completion_tokens=1, total_tokens=10,
-                      latency_s=0.125, ttft_s=None, http_status=200)
+    return Completion(
+        output=output,
+        finish_reason="stop",
+        prompt_tokens=9,
+        completion_tokens=1,
+        total_tokens=10,
+        latency_s=0.125,
+        ttft_s=None,
+        http_status=200,
+    )
 
 
 def run_cache(tmp_path: Path, context: dict, mode: str = "on", run_id: str = "run-a", **kw) -> RunCache:
     return RunCache(ResponseStore(cache_path(tmp_path)), mode, context, run_id=run_id, dataset="d", **kw)
 
 
-def write_one(tmp_path: Path, context: dict, messages=MESSAGES, sampling=SAMPLING, repeat: int = 0,
-              completion: Completion | None = None) -> None:
+def write_one(
+    tmp_path: Path,
+    context: dict,
+    messages=MESSAGES,
+    sampling=SAMPLING,
+    repeat: int = 0,
+    completion: Completion | None = None,
+) -> None:
     cache = run_cache(tmp_path, context)
     lookup = cache.lookup(Prompt("p1", messages), repeat, sampling)
     assert lookup is not None and lookup.answer is None
@@ -58,8 +88,15 @@ def test_the_same_request_hits_with_the_original_answer_and_measurements(tmp_pat
     write_one(tmp_path, REMOTE)
     answer = find(tmp_path, REMOTE)
     assert answer is not None
-    assert (answer.output, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens, answer.total_tokens,
-            answer.latency_s, answer.http_status) == ("4", "stop", 9, 1, 10, 0.125, 200)
+    assert (
+        answer.output,
+        answer.finish_reason,
+        answer.prompt_tokens,
+        answer.completion_tokens,
+        answer.total_tokens,
+        answer.latency_s,
+        answer.http_status,
+    ) == ("4", "stop", 9, 1, 10, 0.125, 200)
     assert answer.run_id == "run-a" and answer.started_at == 1_700_000_000.5
 
 
@@ -169,7 +206,10 @@ def test_a_file_hash_is_remembered_per_path_mtime_and_size(tmp_path):
 
 def test_equal_values_make_equal_keys_and_credentials_never_enter_them():
     assert canonical_json({"b": 1, "a": [1.0]}) == canonical_json({"a": [1.0], "b": 1})
-    assert url_without_credentials("https://user:secret@api.example.com:8443/v1/?api_key=s3") == "https://api.example.com:8443/v1"
+    assert (
+        url_without_credentials("https://user:secret@api.example.com:8443/v1/?api_key=s3")
+        == "https://api.example.com:8443/v1"
+    )
 
 
 def test_temperature_one_and_one_point_zero_are_one_key(tmp_path):
@@ -180,8 +220,13 @@ def test_temperature_one_and_one_point_zero_are_one_key(tmp_path):
 def test_the_remote_backend_identity_has_no_credentials(monkeypatch):
     backend = RemoteBackend("http://127.0.0.1:9/v1", "m", "sk-secret-123", stream=True, send_seed=True)
     identity = backend.cache_identity()
-    assert identity == {"backend": "remote", "base_url": "http://127.0.0.1:9/v1", "model": "m", "stream": True,
-                        "seed_sent": True}
+    assert identity == {
+        "backend": "remote",
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "m",
+        "stream": True,
+        "seed_sent": True,
+    }
     assert "sk-secret-123" not in str(identity)
 
 
@@ -199,7 +244,9 @@ def test_repeats_with_their_own_seeds_hit_per_repeat(tmp_path):
     cache = run_cache(tmp_path, REMOTE)
     for repeat in range(3):
         sampling = SAMPLING.with_seed(SAMPLING.seed + repeat)
-        cache.remember(cache.lookup(Prompt("p1", MESSAGES), repeat, sampling), ok(f"answer {repeat}"), 1.0, "p1", repeat)
+        cache.remember(
+            cache.lookup(Prompt("p1", MESSAGES), repeat, sampling), ok(f"answer {repeat}"), 1.0, "p1", repeat
+        )
     cache.close()
     for repeat in range(3):
         answer = find(tmp_path, REMOTE, sampling=SAMPLING.with_seed(SAMPLING.seed + repeat), repeat=repeat)
@@ -304,8 +351,15 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
         assert p.exitcode == 0
     store = ResponseStore(path)
     assert store.stats()["entries"] == 3000
-    assert store.get(key_of({**REMOTE, **{k: v for k, v in _fields(SAMPLING).items()}},
-                            messages_sha256(({"role": "user", "content": "question 2999"},)))).output == "2999"
+    assert (
+        store.get(
+            key_of(
+                {**REMOTE, **{k: v for k, v in _fields(SAMPLING).items()}},
+                messages_sha256(({"role": "user", "content": "question 2999"},)),
+            )
+        ).output
+        == "2999"
+    )
     store.close()
 
 
@@ -316,8 +370,11 @@ def _fields(sampling: Sampling) -> dict:
 
 
 # ------------------------------------------------------------------ a damaged file
-@pytest.mark.parametrize("content", [b"this is not a database" * 100, b"SQLite format 3\0" + os.urandom(4000)],
-                         ids=["text", "damaged header"])
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a database" * 100, b"SQLite format 3\0" + os.urandom(4000)],
+    ids=["text", "damaged header"],
+)
 def test_a_damaged_cache_file_is_one_sentence(tmp_path, content):
     path = cache_path(tmp_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -391,7 +448,9 @@ def test_a_prefetched_batch_gives_the_same_answers_as_single_lookups(tmp_path):
     bulk = run_cache(tmp_path, REMOTE)
     bulk.before_batch(prompts, 0, SAMPLING)
     got = [bulk.lookup(p, 0, SAMPLING) for p in prompts]
-    assert [(g.key, g.answer and g.answer.output) for g in got] == [(e.key, e.answer and e.answer.output) for e in expected]
+    assert [(g.key, g.answer and g.answer.output) for g in got] == [
+        (e.key, e.answer and e.answer.output) for e in expected
+    ]
     assert sum(g.answer is not None for g in got) == 600 and bulk.hits == 600 and bulk.misses == 600
     bulk.close()
 

@@ -9,12 +9,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from cache_support import evaluate
+
 from sentech_eval import load_results
 from sentech_eval.backends.model_files import EMBEDDED_MODEL
-from sentech_eval.paths import default_models_dir
 from sentech_eval.engine.results import read_metadata
+from sentech_eval.paths import default_models_dir
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[local]')")
 pytestmark = pytest.mark.local_model
@@ -26,9 +26,18 @@ REPO = Path(__file__).resolve().parents[2]
 def test_a_local_run_is_answered_from_the_cache_the_second_time(tmp_path):
     if not MODEL.is_file():
         pytest.skip(f"{MODEL} is missing; run `sentech-eval fetch-model`")
-    overrides = ["backend=local", f"backend.model_path={MODEL}", "backend.n_ctx=512", "backend.n_threads=1",
-                 f"dataset.path={REPO / 'datasets' / 'capitals.parquet'}", "dataset.limit=3", "sampling.max_tokens=8",
-                 "runner.cache=on", f"runner.cache_dir={tmp_path / 'c'}", "runner.progress=false"]
+    overrides = [
+        "backend=local",
+        f"backend.model_path={MODEL}",
+        "backend.n_ctx=512",
+        "backend.n_threads=1",
+        f"dataset.path={REPO / 'datasets' / 'capitals.parquet'}",
+        "dataset.limit=3",
+        "sampling.max_tokens=8",
+        "runner.cache=on",
+        f"runner.cache_dir={tmp_path / 'c'}",
+        "runner.progress=false",
+    ]
     first, _ = evaluate(tmp_path / "a", overrides)
     second, err = evaluate(tmp_path / "b", overrides)
     assert first["cached"] == 0 and second["cached"] == 3 and "measured no latency" in err

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from cache_support import counting_server, evaluate
 from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
+
 from sentech_eval import load_results
 from sentech_eval.cli import main as cli_main
-from sentech_eval.errors import CacheError
 from sentech_eval.engine.results import read_metadata
+from sentech_eval.errors import CacheError
 
 ENV = {"SENTECH_API_KEY": TEST_KEY}
 N = 12
@@ -30,9 +30,16 @@ def server():
 
 
 def overrides(server, cache_dir, *extra):
-    return ["backend=remote", f"backend.base_url={server.url}", "dataset=arithmetic", f"dataset.limit={N}",
-            f"dataset.path={REPO_ROOT / 'datasets' / 'arithmetic.parquet'}",
-            f"runner.cache_dir={cache_dir}", "runner.progress=false", *extra]
+    return [
+        "backend=remote",
+        f"backend.base_url={server.url}",
+        "dataset=arithmetic",
+        f"dataset.limit={N}",
+        f"dataset.path={REPO_ROOT / 'datasets' / 'arithmetic.parquet'}",
+        f"runner.cache_dir={cache_dir}",
+        "runner.progress=false",
+        *extra,
+    ]
 
 
 def run(server, run_dir, cache_dir, *extra):
@@ -63,8 +70,18 @@ def test_a_hit_returns_the_identical_answer_and_sends_nothing(server, tmp_path):
     assert not a["cached"].any() and b["cached"].all()
     merged = a.merge(b, on=["prompt_id", "repeat"], suffixes=("_a", "_b"))
     assert len(merged) == N
-    for column in ("output", "finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "latency_s",
-                   "started_at", "http_status", "cache_key", "messages_sha256"):
+    for column in (
+        "output",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "latency_s",
+        "started_at",
+        "http_status",
+        "cache_key",
+        "messages_sha256",
+    ):
         pd.testing.assert_series_equal(merged[f"{column}_a"], merged[f"{column}_b"], check_names=False)
     assert set(b["cached_from"]) == set(a["run_id"]) and b["run_id"].iloc[0] != a["run_id"].iloc[0]
     assert (b["attempts"] == 0).all()
@@ -78,7 +95,9 @@ def test_the_cache_is_off_by_default(server, tmp_path):
         err, sent = run(server, tmp_path / name, tmp_path / "c")
         assert sent == N and "from cache" not in err
     frame = load_results(tmp_path / "b")
-    assert not {"cached", "cached_from", "cache_key", "messages_sha256"} & set(frame.columns)  # the off path adds nothing
+    assert not {"cached", "cached_from", "cache_key", "messages_sha256"} & set(
+        frame.columns
+    )  # the off path adds nothing
     assert not (tmp_path / "c").exists()
 
 
@@ -151,8 +170,12 @@ def test_a_damaged_cache_file_goes_on_without_the_cache_or_stops(server, tmp_pat
         run(server, tmp_path / "b", tmp_path / "c", *SEEDED, "runner.cache_on_corrupt=stop")
     # the same through the CLI: exit 2, one sentence, no traceback, no request
     before = server.requests
-    proc = run_cli("run", *overrides(server, tmp_path / "c", *SEEDED, "runner.cache_on_corrupt=stop"),
-                   f"hydra.run.dir={tmp_path / 'd'}", env=ENV)
+    proc = run_cli(
+        "run",
+        *overrides(server, tmp_path / "c", *SEEDED, "runner.cache_on_corrupt=stop"),
+        f"hydra.run.dir={tmp_path / 'd'}",
+        env=ENV,
+    )
     assert proc.returncode == 2 and server.requests == before
     assert "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if "error:" in line][0].count("unusable") == 1
@@ -167,12 +190,22 @@ def test_a_bad_cache_mode_is_one_sentence(tmp_path):
 
 def test_explain_names_the_fields_that_differ_on_a_miss(server, tmp_path, capsys):
     run(server, tmp_path / "a", tmp_path / "c", *SEEDED, "sampling.seed=5", "sampling.top_p=0.8")
-    _, sent = run(server, tmp_path / "b", tmp_path / "c", "runner.cache=only", "backend.send_seed=true",
-                     "sampling.seed=6")
+    _, sent = run(
+        server, tmp_path / "b", tmp_path / "c", "runner.cache=only", "backend.send_seed=true", "sampling.seed=6"
+    )
     assert sent == 0
     prompt_id = load_results(tmp_path / "b")["prompt_id"].iloc[0]
-    code, text, err = cli(capsys, "cache", "explain", str(tmp_path / "b"), str(prompt_id), "--repeat", "0",
-                          "--cache-dir", str(tmp_path / "c"))
+    code, text, err = cli(
+        capsys,
+        "cache",
+        "explain",
+        str(tmp_path / "b"),
+        str(prompt_id),
+        "--repeat",
+        "0",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    )
     assert code == 0, err
     assert "not in cache" in text and "in the cache now: no." in text
     assert "they differ!" not in text  # the key recomputed from the recorded fields is the row's key
@@ -180,7 +213,9 @@ def test_explain_names_the_fields_that_differ_on_a_miss(server, tmp_path, capsys
     assert "differs in seed: 5 (this row 6), top_p: 0.8 (this row 0.9)" in text
     _, hit, _ = cli(capsys, "cache", "explain", str(tmp_path / "a"), str(prompt_id), "--cache-dir", str(tmp_path / "c"))
     assert "in the cache now: yes" in hit and "base_url" in hit and "messages_sha256" in hit
-    code, _, err = cli(capsys, "cache", "explain", str(tmp_path / "a"), "no-such-id", "--cache-dir", str(tmp_path / "c"))
+    code, _, err = cli(
+        capsys, "cache", "explain", str(tmp_path / "a"), "no-such-id", "--cache-dir", str(tmp_path / "c")
+    )
     assert code == 2 and "no row for prompt_id 'no-such-id'" in err
 
 
@@ -190,12 +225,17 @@ def test_stats_and_clear(server, tmp_path, capsys):
     code, out, err = cli(capsys, "cache", "stats", "--cache-dir", str(tmp_path / "c"))
     assert code == 0, err
     assert f"entries: {N}" in out
-    line = [l for l in out.splitlines() if l.startswith("meta-llama/Meta-Llama-3.1-8B-Instruct")][0]
+    line = [ln for ln in out.splitlines() if ln.startswith("meta-llama/Meta-Llama-3.1-8B-Instruct")][0]
     assert line.split()[1:3] == [str(N), str(N)]  # entries, hits
     code, _, err = cli(capsys, "cache", "clear", "--older-than", "thirty days", "--cache-dir", str(tmp_path / "c"))
     assert code == 2 and "--older-than 'thirty days' is not a duration" in err
-    assert "removed 0 entries" in cli(capsys, "cache", "clear", "--older-than", "30d", "--cache-dir", str(tmp_path / "c"))[1]
-    gone = cli(capsys, "cache", "clear", "--model", "meta-llama/Meta-Llama-3.1-8B-Instruct", "--cache-dir", str(tmp_path / "c"))
+    assert (
+        "removed 0 entries"
+        in cli(capsys, "cache", "clear", "--older-than", "30d", "--cache-dir", str(tmp_path / "c"))[1]
+    )
+    gone = cli(
+        capsys, "cache", "clear", "--model", "meta-llama/Meta-Llama-3.1-8B-Instruct", "--cache-dir", str(tmp_path / "c")
+    )
     assert f"removed {N} entries" in gone[1]
     damaged = tmp_path / "d" / "responses.sqlite"
     damaged.parent.mkdir()

@@ -6,10 +6,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_helpers import REPO_ROOT
 
 from sentech_eval.engine.datasets import ParquetDataset
 from sentech_eval.errors import DatasetError
-from cli_helpers import REPO_ROOT
 
 
 def write(tmp_path, frame: pd.DataFrame, name="d.parquet"):
@@ -19,8 +19,12 @@ def write(tmp_path, frame: pd.DataFrame, name="d.parquet"):
 
 
 def test_prompt_form_builds_system_and_user_messages(tmp_path):
-    path = write(tmp_path, pd.DataFrame({"id": [1, 2], "prompt": ["a?", "b?"], "system": ["S", None],
-                                         "reference": ["A", "B"], "topic": ["x", "y"]}))
+    path = write(
+        tmp_path,
+        pd.DataFrame(
+            {"id": [1, 2], "prompt": ["a?", "b?"], "system": ["S", None], "reference": ["A", "B"], "topic": ["x", "y"]}
+        ),
+    )
     prompts = list(ParquetDataset(path))
     assert prompts[0].messages == ({"role": "system", "content": "S"}, {"role": "user", "content": "a?"})
     assert prompts[1].messages == ({"role": "user", "content": "b?"},)
@@ -39,9 +43,13 @@ def test_limit_and_shards_partition_the_rows_exactly_once(tmp_path):
     path = write(tmp_path, pd.DataFrame({"id": range(103), "prompt": [f"q{i}" for i in range(103)]}))
     limited = [p.id for p in ParquetDataset(path, limit=50, batch_size=7)]
     assert limited == list(range(50))
-    shards = [[p.id for p in ParquetDataset(path, limit=50, num_shards=4, shard_index=i, batch_size=7)] for i in range(4)]
+    shards = [
+        [p.id for p in ParquetDataset(path, limit=50, num_shards=4, shard_index=i, batch_size=7)] for i in range(4)
+    ]
     assert sorted(sum(shards, [])) == list(range(50))
-    assert [ParquetDataset(path, limit=50, num_shards=4, shard_index=i).info().num_rows for i in range(4)] == [len(s) for s in shards]
+    assert [ParquetDataset(path, limit=50, num_shards=4, shard_index=i).info().num_rows for i in range(4)] == [
+        len(s) for s in shards
+    ]
 
 
 def test_batches_do_not_load_everything_at_once(tmp_path):
@@ -50,19 +58,29 @@ def test_batches_do_not_load_everything_at_once(tmp_path):
     assert len(batches) == 10 and all(len(b) == 100 for b in batches)
 
 
-@pytest.mark.parametrize("frame,fragment", [
-    (pd.DataFrame({"prompt": ["a"]}), "column 'id', the schema: missing"),
-    (pd.DataFrame({"id": [1.5], "prompt": ["a"]}), "column 'id', the schema: has type double"),
-    (pd.DataFrame({"id": [1]}), "column 'messages', the schema: missing"),
-    (pd.DataFrame({"id": [1], "prompt": [3]}), "column 'prompt', the schema: has type int64"),
-    (pd.DataFrame({"id": [1, 2, 1], "prompt": ["a", "b", "c"]}), "column 'id', row 2: duplicate id 1"),
-    (pd.DataFrame({"id": [1, 2], "prompt": ["a", "  "]}), "column 'prompt', row 1: is empty"),
-    (pd.DataFrame({"id": [1, 2], "prompt": ["a", None]}), "column 'prompt', row 1: is empty"),
-    (pd.DataFrame({"id": [1], "messages": [[{"role": "robot", "content": "x"}]]}), "column 'messages', row 0: has role 'robot'"),
-    (pd.DataFrame({"id": [1, 2], "messages": [[{"role": "user", "content": "x"}], [{"role": "user", "content": ""}]]}),
-     "column 'messages', row 1: has a message with empty content"),
-    (pd.DataFrame({"id": [1, 2], "messages": [[{"role": "user", "content": "x"}], []]}), "row 1: is an empty list"),
-])
+@pytest.mark.parametrize(
+    "frame,fragment",
+    [
+        (pd.DataFrame({"prompt": ["a"]}), "column 'id', the schema: missing"),
+        (pd.DataFrame({"id": [1.5], "prompt": ["a"]}), "column 'id', the schema: has type double"),
+        (pd.DataFrame({"id": [1]}), "column 'messages', the schema: missing"),
+        (pd.DataFrame({"id": [1], "prompt": [3]}), "column 'prompt', the schema: has type int64"),
+        (pd.DataFrame({"id": [1, 2, 1], "prompt": ["a", "b", "c"]}), "column 'id', row 2: duplicate id 1"),
+        (pd.DataFrame({"id": [1, 2], "prompt": ["a", "  "]}), "column 'prompt', row 1: is empty"),
+        (pd.DataFrame({"id": [1, 2], "prompt": ["a", None]}), "column 'prompt', row 1: is empty"),
+        (
+            pd.DataFrame({"id": [1], "messages": [[{"role": "robot", "content": "x"}]]}),
+            "column 'messages', row 0: has role 'robot'",
+        ),
+        (
+            pd.DataFrame(
+                {"id": [1, 2], "messages": [[{"role": "user", "content": "x"}], [{"role": "user", "content": ""}]]}
+            ),
+            "column 'messages', row 1: has a message with empty content",
+        ),
+        (pd.DataFrame({"id": [1, 2], "messages": [[{"role": "user", "content": "x"}], []]}), "row 1: is an empty list"),
+    ],
+)
 def test_bad_datasets_name_file_column_and_row(tmp_path, frame, fragment):
     path = write(tmp_path, frame)
     with pytest.raises(DatasetError) as info:
@@ -95,20 +113,25 @@ def test_shipped_datasets_are_valid_and_regenerate_identically(tmp_path):
         a, op, b = p.messages[-1]["content"].removeprefix("What is ").removesuffix("?").split()
         assert str(eval(f"{a}{op}{b}")) == p.reference  # noqa: S307 - our own generated digits
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("make_datasets", REPO_ROOT / "scripts" / "make_datasets.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    pd.testing.assert_frame_equal(module.capitals(), pd.read_parquet(REPO_ROOT / "datasets" / "capitals.parquet"),
-                                  check_dtype=False)
-    pd.testing.assert_frame_equal(module.arithmetic(), pd.read_parquet(REPO_ROOT / "datasets" / "arithmetic.parquet"),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        module.capitals(), pd.read_parquet(REPO_ROOT / "datasets" / "capitals.parquet"), check_dtype=False
+    )
+    pd.testing.assert_frame_equal(
+        module.arithmetic(), pd.read_parquet(REPO_ROOT / "datasets" / "arithmetic.parquet"), check_dtype=False
+    )
 
 
 def test_jsonl_and_csv_are_read_directly_with_mapped_columns(tmp_path):
     """Own data in JSON Lines or CSV, columns named otherwise: mapped, not renamed, not converted."""
     jsonl = tmp_path / "q.jsonl"
-    jsonl.write_text('{"qid": 1, "question": "What is 2+2?", "answer": 4, "topic": "math"}\n'
-                     '{"qid": 2, "question": "What is 3+4?", "answer": 7, "topic": "geo"}\n')
+    jsonl.write_text(
+        '{"qid": 1, "question": "What is 2+2?", "answer": 4, "topic": "math"}\n'
+        '{"qid": 2, "question": "What is 3+4?", "answer": 7, "topic": "geo"}\n'
+    )
     csv = tmp_path / "q.csv"
     csv.write_text("qid,question,answer,topic\n1,What is 2+2?,4,math\n2,What is 3+4?,7,geo\n")
     mapping = {"id": "qid", "prompt": "question", "reference": "answer"}
@@ -125,8 +148,11 @@ def test_jsonl_and_csv_are_read_directly_with_mapped_columns(tmp_path):
 def test_mapping_problems_name_the_key_and_the_file_columns(tmp_path):
     csv = tmp_path / "q.csv"
     csv.write_text("qid,question\n1,hi\n")
-    with pytest.raises(DatasetError, match=r"dataset.columns.prompt='prompt_text' names no column of the file; "
-                                           r"its columns are: qid, question"):
+    with pytest.raises(
+        DatasetError,
+        match=r"dataset.columns.prompt='prompt_text' names no column of the file; "
+        r"its columns are: qid, question",
+    ):
         ParquetDataset(csv, columns={"id": "qid", "prompt": "prompt_text"})
     with pytest.raises(DatasetError, match=r"dataset.columns.query is not a dataset column"):
         ParquetDataset(csv, columns={"query": "question"})
@@ -142,13 +168,16 @@ def test_mapping_works_on_parquet_too(tmp_path):
     path = write(tmp_path, pd.DataFrame({"key": ["a", "b"], "q": ["x?", "y?"], "prompt": ["ignored", "ignored"]}))
     prompts = list(ParquetDataset(path, columns={"id": "key", "prompt": "q"}, batch_size=1))
     assert [(p.id, p.messages[-1]["content"]) for p in prompts] == [("a", "x?"), ("b", "y?")]
+
+
 def test_shuffle_is_seeded_and_a_larger_limit_extends_a_smaller_one(tmp_path, monkeypatch):
     import sentech_eval.engine.datasets as datasets_module
 
     monkeypatch.setattr(datasets_module, "SHUFFLE_WINDOW", 7)  # several passes over the file
     path = tmp_path / "d.parquet"
-    pd.DataFrame({"id": range(50), "prompt": [f"p{i}" for i in range(50)], "reference": [str(i) for i in range(50)]}
-                 ).to_parquet(path, row_group_size=8)
+    pd.DataFrame(
+        {"id": range(50), "prompt": [f"p{i}" for i in range(50)], "reference": [str(i) for i in range(50)]}
+    ).to_parquet(path, row_group_size=8)
 
     def ids(**kw):
         return [p.id for p in ParquetDataset(path, batch_size=5, **kw)]

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import TEST_KEY, run_cli
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
 from sentech_eval import load_results
 from sentech_eval.commands import run as run_command
-from cli_helpers import TEST_KEY, run_cli
 
 KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
 
@@ -24,10 +24,25 @@ def test_the_console_script_runs_a_sweep_from_any_directory(echo_server, tmp_pat
     script = Path(sys.executable).with_name("sentech-eval")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env.update(KEY_ENV)
-    proc = subprocess.run([str(script), "run", "-m", "sampling.temperature=0,0.5", "backend=remote",
-                           f"backend.base_url={echo_server}", "dataset=capitals", "dataset.limit=3",
-                           "runner.progress=false", "hydra.sweep.dir=sweep"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            str(script),
+            "run",
+            "-m",
+            "sampling.temperature=0,0.5",
+            "backend=remote",
+            f"backend.base_url={echo_server}",
+            "dataset=capitals",
+            "dataset.limit=3",
+            "runner.progress=false",
+            "hydra.sweep.dir=sweep",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     frame = load_results(tmp_path / "sweep")
     assert sorted(frame["temperature"].unique()) == [0.0, 0.5] and len(frame) == 6
@@ -45,9 +60,17 @@ def test_the_default_sweeper_composes_each_value_job_once(echo_server, tmp_path,
 
     monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counting)
     monkeypatch.setenv("SENTECH_API_KEY", TEST_KEY)
-    argv = ["-m", "sampling.temperature=0,0.3,0.6,0.9", "backend=remote", f"backend.base_url={echo_server}",
-            "dataset=capitals", "dataset.limit=2", "runner.progress=false", f"hydra.sweep.dir={tmp_path / 's'}",
-            *([option] if option else [])]
+    argv = [
+        "-m",
+        "sampling.temperature=0,0.3,0.6,0.9",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals",
+        "dataset.limit=2",
+        "runner.progress=false",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        *([option] if option else []),
+    ]
     monkeypatch.setattr(sys, "argv", ["sentech-eval"])
     assert run_command.main(argv) == 0
     # the launcher composes each of the 4 jobs to run it; before that, one check (Hydra's own: all 4)
@@ -57,8 +80,17 @@ def test_the_default_sweeper_composes_each_value_job_once(echo_server, tmp_path,
 
 def test_a_bad_group_choice_in_a_later_job_stops_the_sweep_before_any_job_runs(echo_server, tmp_path):
     sweep_dir = tmp_path / "bad"
-    proc = run_cli("run", "-m", "backend=remote", f"backend.base_url={echo_server}", "dataset=capitals,no_such_dataset",
-                   "dataset.limit=2", "runner.progress=false", f"hydra.sweep.dir={sweep_dir}", env=KEY_ENV)
+    proc = run_cli(
+        "run",
+        "-m",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals,no_such_dataset",
+        "dataset.limit=2",
+        "runner.progress=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        env=KEY_ENV,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "no_such_dataset" in proc.stderr and "Traceback" not in proc.stderr
     assert not (sweep_dir / "0" / "results.parquet").exists()  # checked before the first job, as Hydra does
@@ -66,9 +98,18 @@ def test_a_bad_group_choice_in_a_later_job_stops_the_sweep_before_any_job_runs(e
 
 def test_a_bad_value_in_a_later_job_fails_that_job_and_keeps_the_others(echo_server, tmp_path):
     sweep_dir = tmp_path / "value"
-    proc = run_cli("run", "-m", "sampling.temperature=0,abc", "backend=remote", f"backend.base_url={echo_server}",
-                   "dataset=capitals", "dataset.limit=2", "runner.progress=false", f"hydra.sweep.dir={sweep_dir}",
-                   env=KEY_ENV)
+    proc = run_cli(
+        "run",
+        "-m",
+        "sampling.temperature=0,abc",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals",
+        "dataset.limit=2",
+        "runner.progress=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        env=KEY_ENV,
+    )
     assert proc.returncode == 2
     assert "sampling.temperature" in proc.stderr and "Traceback" not in proc.stderr
     assert len(load_results(sweep_dir)) == 2  # job 0's rows are kept and combined

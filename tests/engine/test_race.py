@@ -7,7 +7,12 @@ import pytest
 
 from sentech_eval.config import RaceSettings
 from sentech_eval.engine.race import (
-    ELIMINATED, WINNER, anytime_interval, race_round, schedule, simulate_race,
+    ELIMINATED,
+    WINNER,
+    anytime_interval,
+    race_round,
+    schedule,
+    simulate_race,
 )
 
 

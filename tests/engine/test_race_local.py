@@ -6,7 +6,6 @@ a directory outside the repository; only properties are asserted, never the mode
 
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 from race_support import run_race, winner_line
@@ -30,10 +29,22 @@ def race(tmp_path_factory):
     work = tmp_path_factory.mktemp("race-local")
     sweep_dir = work / "sweep"
     # One llama.cpp thread: its threads spin at barriers and crawl on a busy shared machine.
-    proc = run_race(sweep_dir, "backend=local", f"backend.model_path={MODEL}",
-                    "backend.n_threads=1", "backend.n_ctx=512", "+backend.price={per_hour: 3.6}",
-                    "sampling.temperature=0.0,1.2", "sampling.top_p=0.9", "sampling.max_tokens=8",
-                    f"dataset.limit={LIMIT}", f"race.start={START}", "race.growth=2", cwd=work, timeout=900)
+    proc = run_race(
+        sweep_dir,
+        "backend=local",
+        f"backend.model_path={MODEL}",
+        "backend.n_threads=1",
+        "backend.n_ctx=512",
+        "+backend.price={per_hour: 3.6}",
+        "sampling.temperature=0.0,1.2",
+        "sampling.top_p=0.9",
+        "sampling.max_tokens=8",
+        f"dataset.limit={LIMIT}",
+        f"race.start={START}",
+        "race.growth=2",
+        cwd=work,
+        timeout=900,
+    )
     return sweep_dir, proc
 
 

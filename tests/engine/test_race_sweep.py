@@ -20,8 +20,13 @@ PROMPTS = 200
 def oracle(tmp_path_factory):
     """An oracle server answering a 300-prompt dataset, and that dataset's path."""
     d = tmp_path_factory.mktemp("race-data")
-    pd.DataFrame({"id": [f"q{i}" for i in range(PROMPTS)], "prompt": [f"Question {i}: which token?" for i in range(PROMPTS)],
-                  "reference": [f"token{i}x" for i in range(PROMPTS)]}).to_parquet(d / "questions.parquet")
+    pd.DataFrame(
+        {
+            "id": [f"q{i}" for i in range(PROMPTS)],
+            "prompt": [f"Question {i}: which token?" for i in range(PROMPTS)],
+            "reference": [f"token{i}x" for i in range(PROMPTS)],
+        }
+    ).to_parquet(d / "questions.parquet")
     with running_server("oracle", api_key=TEST_KEY, datasets_dir=d) as url:
         yield url, d / "questions.parquet"
 
@@ -31,8 +36,16 @@ def race(oracle, tmp_path_factory):
     url, dataset = oracle
     sweep_dir = tmp_path_factory.mktemp("race") / "sweep"
     # The file's temperature axis at top_p 0.9 only (5 cells, command line wins over the file): a quick race.
-    proc = run_race(sweep_dir, "sampling.top_p=0.9", "backend=remote", f"backend.base_url={url}",
-                    f"dataset.path={dataset}", "dataset.name=questions", env=KEY_ENV, timeout=600)
+    proc = run_race(
+        sweep_dir,
+        "sampling.top_p=0.9",
+        "backend=remote",
+        f"backend.base_url={url}",
+        f"dataset.path={dataset}",
+        "dataset.name=questions",
+        env=KEY_ENV,
+        timeout=600,
+    )
     return sweep_dir, proc
 
 
@@ -78,24 +91,44 @@ def test_report_has_a_race_section(race):
 
 def test_race_needs_a_score(oracle, tmp_path):
     url, dataset = oracle
-    proc = run_cli("run", "-m", "hydra/sweeper=race", "sampling.temperature=0,1", "backend=remote",
-                   f"backend.base_url={url}", f"dataset.path={dataset}", "runner.progress=false",
-                   f"hydra.sweep.dir={tmp_path / 's'}", env=KEY_ENV)
+    proc = run_cli(
+        "run",
+        "-m",
+        "hydra/sweeper=race",
+        "sampling.temperature=0,1",
+        "backend=remote",
+        f"backend.base_url={url}",
+        f"dataset.path={dataset}",
+        "runner.progress=false",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        env=KEY_ENV,
+    )
     assert proc.returncode == 2
     assert "race.score is not set" in proc.stderr and "Traceback" not in proc.stderr
     assert "could not combine" not in proc.stderr  # the at-exit combine of the empty sweep dir works
 
 
-@pytest.mark.parametrize("override, sentence", [
-    ("race.growth=1", "race.growth=1.0 must be greater than 1."),
-    ("race.keep=abc", "Config key 'race.keep' must be an integer, got 'abc'."),
-    ("race.kep=3", "Unknown config key 'race.kep'; the nearest valid key is 'race.keep'"),
-])
+@pytest.mark.parametrize(
+    "override, sentence",
+    [
+        ("race.growth=1", "race.growth=1.0 must be greater than 1."),
+        ("race.keep=abc", "Config key 'race.keep' must be an integer, got 'abc'."),
+        ("race.kep=3", "Unknown config key 'race.kep'; the nearest valid key is 'race.keep'"),
+    ],
+)
 def test_a_bad_race_setting_is_one_sentence(oracle, tmp_path, override, sentence):
     """race.* is checked against its schema (RaceConfig, which the race sweep file extends) and its ranges."""
     url, dataset = oracle
-    proc = run_cli("run", "+sweep=race_temperature", override, "backend=remote", f"backend.base_url={url}",
-                   f"dataset.path={dataset}", f"hydra.sweep.dir={tmp_path / 's'}", env=KEY_ENV)
+    proc = run_cli(
+        "run",
+        "+sweep=race_temperature",
+        override,
+        "backend=remote",
+        f"backend.base_url={url}",
+        f"dataset.path={dataset}",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        env=KEY_ENV,
+    )
     assert proc.returncode == 2
     assert sentence in proc.stderr
     assert "Traceback" not in proc.stderr and "could not combine" not in proc.stderr
@@ -105,9 +138,18 @@ def test_a_race_under_the_joblib_launcher_picks_the_same_winner_with_the_same_re
     # The sweeper only decides which cells run each round; the launcher (here two joblib workers) runs them.
     url, dataset = oracle
     sweep_dir = tmp_path / "joblib"
-    proc = run_race(sweep_dir, "sampling.top_p=0.9", "backend=remote", f"backend.base_url={url}",
-                    f"dataset.path={dataset}", "dataset.name=questions", "hydra/launcher=joblib",
-                    "hydra.launcher.n_jobs=2", env=KEY_ENV, timeout=600)
+    proc = run_race(
+        sweep_dir,
+        "sampling.top_p=0.9",
+        "backend=remote",
+        f"backend.base_url={url}",
+        f"dataset.path={dataset}",
+        "dataset.name=questions",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        env=KEY_ENV,
+        timeout=600,
+    )
     _, parallel = winner_line(sweep_dir, proc)
     basic = json.loads((race[0] / "race.json").read_text())
     assert parallel["winner"] == basic["winner"] == "sampling.temperature=0.3"

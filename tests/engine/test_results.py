@@ -5,15 +5,31 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from sentech_eval.errors import ResultsError
 from sentech_eval.engine.results import (
-    CORE_NAMES, PARTS_DIR, ResultsWriter, keep_latest_per_key, load_results, read_metadata, results_schema,
+    CORE_NAMES,
+    PARTS_DIR,
+    ResultsWriter,
+    keep_latest_per_key,
+    load_results,
+    read_metadata,
+    results_schema,
 )
+from sentech_eval.errors import ResultsError
 
 
 def rows(n, start=0):
-    return [{"run_id": "r", "config_id": "c", "prompt_id": str(i), "repeat": 0, "status": "ok", "output": f"o{i}",
-             "latency_s": 0.1 * i} for i in range(start, start + n)]
+    return [
+        {
+            "run_id": "r",
+            "config_id": "c",
+            "prompt_id": str(i),
+            "repeat": 0,
+            "status": "ok",
+            "output": f"o{i}",
+            "latency_s": 0.1 * i,
+        }
+        for i in range(start, start + n)
+    ]
 
 
 def test_flush_writes_complete_part_files_that_survive_a_crash(tmp_path):
@@ -94,7 +110,7 @@ def test_started_at_may_mix_posix_seconds_and_datetimes_in_one_flush(tmp_path):
     """The runner adds error rows as POSIX seconds and scored rows as datetimes: both must land right."""
     import datetime
 
-    when = datetime.datetime(2026, 11, 25, 12, 0, 0, 250000, tzinfo=datetime.timezone.utc)
+    when = datetime.datetime(2026, 11, 25, 12, 0, 0, 250000, tzinfo=datetime.UTC)
     writer = ResultsWriter(tmp_path, results_schema(), {})
     values = [None] * len(writer.column_names)
     values[writer.column_names.index("started_at")] = when.timestamp()
@@ -104,8 +120,16 @@ def test_started_at_may_mix_posix_seconds_and_datetimes_in_one_flush(tmp_path):
     assert [t.to_pydatetime() for t in load_results(tmp_path)["started_at"]] == [when, when]
 
 
-@pytest.mark.parametrize("column, value", [("total_tokens", 2**64 - 1), ("prompt_tokens", -(2**70)),
-                                           ("output", "fi\ud800ne"), ("attempts", 2**40), ("latency_s", "slow")])
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        ("total_tokens", 2**64 - 1),
+        ("prompt_tokens", -(2**70)),
+        ("output", "fi\ud800ne"),
+        ("attempts", 2**40),
+        ("latency_s", "slow"),
+    ],
+)
 def test_a_value_no_column_can_hold_makes_its_row_an_error_not_a_failed_flush(tmp_path, column, value):
     writer = ResultsWriter(tmp_path, results_schema(), {"run_id": "r"})
     batch = rows(4)
@@ -146,8 +170,16 @@ def test_a_disk_that_refuses_a_flush_keeps_the_rows_for_the_next_try(tmp_path, m
 def test_keep_latest_per_key_does_not_collide_with_a_column_of_the_table(tmp_path):
     import pyarrow as pa
 
-    table = pa.table({"config_id": ["c", "c"], "prompt_id": ["1", "1"], "repeat": [0, 0], "__row": [7, 8],
-                      "__row_max": [1, 2], "status": ["error", "ok"]})
+    table = pa.table(
+        {
+            "config_id": ["c", "c"],
+            "prompt_id": ["1", "1"],
+            "repeat": [0, 0],
+            "__row": [7, 8],
+            "__row_max": [1, 2],
+            "status": ["error", "ok"],
+        }
+    )
     kept = keep_latest_per_key(table)
     assert kept.num_rows == 1 and kept.column("status").to_pylist() == ["ok"]
     assert kept.column("__row").to_pylist() == [8]

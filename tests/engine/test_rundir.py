@@ -6,8 +6,8 @@ import multiprocessing
 
 import pytest
 
-from sentech_eval.errors import RunDirError
 from sentech_eval.engine.rundir import LOCK_FILE, lock_run_dir, prepare_run_dir, unlock_run_dir
+from sentech_eval.errors import RunDirError
 
 
 def _try_lock(path: str, queue) -> None:
@@ -36,10 +36,13 @@ def test_the_lock_is_reentrant_in_one_process_and_exclusive_across_processes(tmp
     other.join(60)
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda p: (p.write_text("x"), p)[1], "is an existing file, not a directory"),
-    (lambda p: (p.write_text("x"), p / "sub")[1], "cannot be created (a part of the path is a file)"),
-])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda p: (p.write_text("x"), p)[1], "is an existing file, not a directory"),
+        (lambda p: (p.write_text("x"), p / "sub")[1], "cannot be created (a part of the path is a file)"),
+    ],
+)
 def test_a_run_dir_that_cannot_be_one_is_refused_in_one_sentence(tmp_path, make, fragment):
     path = make(tmp_path / "dir")
     with pytest.raises(RunDirError, match=r"choose (another|a writable) hydra.run.dir") as info:

@@ -34,13 +34,21 @@ def config(**overrides) -> RunnerConfig:
     return dataclasses.replace(base, **overrides)
 
 
-def run(tmp_path: Path, backend: ScriptedBackend, items: list[Prompt], cfg: RunnerConfig, *,
-        hooks: tuple[RunHook, ...] = (), schema: pa.Schema | None = None, batch: int = 1000,
-        sampling: Sampling = Sampling(temperature=0.0, seed=1)):
+def run(
+    tmp_path: Path,
+    backend: ScriptedBackend,
+    items: list[Prompt],
+    cfg: RunnerConfig,
+    *,
+    hooks: tuple[RunHook, ...] = (),
+    schema: pa.Schema | None = None,
+    batch: int = 1000,
+    sampling: Sampling = Sampling(temperature=0.0, seed=1),
+):
     """Run ``items`` and return (summary or the exception raised, rows by prompt_id, runner)."""
     writer = ResultsWriter(tmp_path, schema or results_schema(), {"test": True})
     runner = Runner(backend, sampling, IDENTITY, writer, cfg, hooks=hooks, total=len(items))
-    batches = [items[i:i + batch] for i in range(0, len(items), batch)]
+    batches = [items[i : i + batch] for i in range(0, len(items), batch)]
     try:
         outcome = asyncio.run(runner.run(iter(batches)))
     except AuthenticationError as exc:
@@ -52,11 +60,13 @@ def run(tmp_path: Path, backend: ScriptedBackend, items: list[Prompt], cfg: Runn
 
 def by_prompt(plans: dict[str, list[Completion]], default: Completion | None = None):
     """A plan answering each prompt's n-th attempt with ``plans[prompt][n-1]`` (then the last one)."""
+
     def plan(call: Call) -> Completion:
         planned = plans.get(call.prompt)
         if not planned:
             return default or answer(f"echo {call.prompt}")
         return planned[min(call.attempt, len(planned)) - 1]
+
     return plan
 
 
@@ -174,8 +184,11 @@ def test_repeats_get_seed_plus_repeat_and_resume_skips_done_keys(tmp_path):
     rows = pq.read_table(writer.close()).to_pylist()
     assert summary.skipped == 1 and summary.total == 5
     assert sorted((r["prompt_id"], r["repeat"], r["seed"], r["output"]) for r in rows) == [
-        ("p0", 0, 10, "seed 10"), ("p0", 2, 12, "seed 12"),
-        ("p1", 0, 10, "seed 10"), ("p1", 1, 11, "seed 11"), ("p1", 2, 12, "seed 12"),
+        ("p0", 0, 10, "seed 10"),
+        ("p0", 2, 12, "seed 12"),
+        ("p1", 0, 10, "seed 10"),
+        ("p1", 1, 11, "seed 11"),
+        ("p1", 2, 12, "seed 12"),
     ]
 
 

@@ -9,12 +9,12 @@ import duckdb
 import pandas as pd
 import pytest
 import yaml
+from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
 
 from sentech_eval import load_results
-from sentech_eval.engine.results import PARTS_DIR, read_metadata
 from sentech_eval.cli import main as cli_main
+from sentech_eval.engine.results import PARTS_DIR, read_metadata
 from sentech_eval.engine.sweep import combine
-from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
 
 KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
 ROW_KEY = ["config_id", "prompt_id", "repeat", "temperature"]
@@ -24,8 +24,17 @@ def sweep(echo_server, sweep_dir, *extra):
     """Run a multirun against the echo server into ``sweep_dir``; returns the finished process."""
     flags = [a for a in extra if a.startswith("-")]  # Hydra's argparse wants flags before overrides
     extra = tuple(a for a in extra if not a.startswith("-"))
-    return run_cli("run", *flags, "backend=remote", f"backend.base_url={echo_server}", "dataset=capitals",
-                   "runner.progress=false", f"hydra.sweep.dir={sweep_dir}", *extra, env=KEY_ENV)
+    return run_cli(
+        "run",
+        *flags,
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals",
+        "runner.progress=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        *extra,
+        env=KEY_ENV,
+    )
 
 
 def row_keys(frame: pd.DataFrame) -> set[tuple]:
@@ -53,7 +62,7 @@ def test_sweep_file_runs_without_m_into_one_table(temperature_sweep):
     assert len(pd.read_parquet(combined)) == len(frame)
     counts = duckdb.sql(f"SELECT temperature, count(*) AS n FROM '{combined}' GROUP BY 1 ORDER BY 1").fetchall()
     assert [n for _, n in counts] == [20] * len(per_temperature)
-    for job, group in frame.groupby("job"):
+    for _job, group in frame.groupby("job"):
         (overrides,) = group["overrides"].unique()
         (temperature,) = group["temperature"].unique()
         assert f"sampling.temperature={temperature}" in overrides.split()
@@ -79,8 +88,15 @@ def test_sweep_json_and_trials_table_describe_every_job(temperature_sweep):
 
 def test_command_line_axes_multiply_with_the_sweep_file(echo_server, tmp_path):
     sweep_dir = tmp_path / "grid"
-    proc = sweep(echo_server, sweep_dir, "+sweep=temperature", "sampling.temperature=0,1.2",
-                 "sampling.top_p=0.9,1.0", "runner.repeats=2", "dataset.limit=3")
+    proc = sweep(
+        echo_server,
+        sweep_dir,
+        "+sweep=temperature",
+        "sampling.temperature=0,1.2",
+        "sampling.top_p=0.9,1.0",
+        "runner.repeats=2",
+        "dataset.limit=3",
+    )
     assert proc.returncode == 0, proc.stderr
     frame = load_results(sweep_dir)
     grid = frame.groupby(["temperature", "top_p"]).size()
@@ -106,8 +122,14 @@ def test_a_sweep_that_aborts_midway_still_combines_the_finished_jobs(echo_server
     # Batches of one job: the second batch names a dataset that does not exist, so Hydra raises
     # between jobs and skips on_multirun_end; the exit fallback combines what was done.
     sweep_dir = tmp_path / "aborted"
-    proc = sweep(echo_server, sweep_dir, "-m", "dataset=capitals,no_such_dataset", "hydra.sweeper.max_batch_size=1",
-                 "dataset.limit=4")
+    proc = sweep(
+        echo_server,
+        sweep_dir,
+        "-m",
+        "dataset=capitals,no_such_dataset",
+        "hydra.sweeper.max_batch_size=1",
+        "dataset.limit=4",
+    )
     assert proc.returncode != 0
     record = json.loads((sweep_dir / "sweep.json").read_text())
     assert record["status"] == "incomplete" and record["rows"] == 4
@@ -139,8 +161,9 @@ def test_the_callback_combines_once_when_the_sweeper_already_did(temperature_swe
 
     sweep_dir = tmp_path / "copy"
     shutil.copytree(temperature_sweep, sweep_dir)
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": []},
-                                         "sweeper": {}, "launcher": {}}})
+    config = OmegaConf.create(
+        {"hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": []}, "sweeper": {}, "launcher": {}}}
+    )
     callback = CombineSweepResults()
     callback.on_multirun_start(config)
     combined_by_sweeper = combine(sweep_dir)
@@ -158,8 +181,9 @@ def test_the_callback_combines_once_when_the_sweeper_already_did(temperature_swe
 
 def test_shards_recombine_to_the_dataset_exactly_once(echo_server, tmp_path):
     sweep_dir = tmp_path / "shards"
-    proc = sweep(echo_server, sweep_dir, "-m", "dataset.num_shards=4", "dataset.shard_index=0,1,2,3",
-                 "sampling.temperature=0")
+    proc = sweep(
+        echo_server, sweep_dir, "-m", "dataset.num_shards=4", "dataset.shard_index=0,1,2,3", "sampling.temperature=0"
+    )
     assert proc.returncode == 0, proc.stderr
     frame = load_results(sweep_dir)
     dataset = pd.read_parquet(REPO_ROOT / "datasets" / "capitals.parquet")
@@ -169,11 +193,19 @@ def test_shards_recombine_to_the_dataset_exactly_once(echo_server, tmp_path):
     assert frame["job"].nunique() == 4
 
 
-@pytest.mark.parametrize("launcher", [
-    ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-    ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.init.include_dashboard=false",
-     "+hydra.launcher.ray.init.object_store_memory=80000000"],
-], ids=["joblib", "ray"])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        [
+            "hydra/launcher=ray",
+            "+hydra.launcher.ray.init.num_cpus=2",
+            "+hydra.launcher.ray.init.include_dashboard=false",
+            "+hydra.launcher.ray.init.object_store_memory=80000000",
+        ],
+    ],
+    ids=["joblib", "ray"],
+)
 def test_parallel_launchers_give_the_basic_launchers_rows(echo_server, tmp_path, launcher):
     args = ["-m", "sampling.temperature=0,0.7", "dataset.limit=10"]
     basic, parallel = tmp_path / "basic", tmp_path / "parallel"
@@ -193,8 +225,16 @@ def test_parallel_launchers_give_the_basic_launchers_rows(echo_server, tmp_path,
 def test_optuna_search_reports_the_best_trial_of_the_table(echo_server, tmp_path):
     sweep_dir = tmp_path / "optimize"
     # exact_match moves with temperature on the echo engine (contains, the default objective, is 1 there)
-    proc = sweep(echo_server, sweep_dir, "+sweep=optimize", "hydra.sweeper.n_trials=4", "dataset.limit=10",
-                 "sampling.temperature=choice(0.0,1.2)", "scorers=[exact_match]", "objective=score_exact_match")
+    proc = sweep(
+        echo_server,
+        sweep_dir,
+        "+sweep=optimize",
+        "hydra.sweeper.n_trials=4",
+        "dataset.limit=10",
+        "sampling.temperature=choice(0.0,1.2)",
+        "scorers=[exact_match]",
+        "objective=score_exact_match",
+    )
     assert proc.returncode == 0, proc.stderr
     frame = load_results(sweep_dir)
     trials = pd.read_parquet(sweep_dir / "trials.parquet").set_index("job")

@@ -33,7 +33,10 @@ def _sse(*chunks: dict | bytes) -> bytes:
 
 
 def _delta(text: str) -> dict:
-    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return {
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
 
 
 async def _cut_after(request: web.Request, head: bytes, declared: int | None, content_type: str) -> web.StreamResponse:
@@ -67,11 +70,16 @@ class BrokenRemote:
         if case == "non_json":
             return web.Response(body=b"this is not json at all", headers=json_type)
         if case == "html_page":
-            return web.Response(body=b"<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head><body>hi</body></html>",
-                                headers={"Content-Type": "text/html"})
+            return web.Response(
+                body=b"<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head><body>hi</body></html>",
+                headers={"Content-Type": "text/html"},
+            )
         if case == "html_error":
-            return web.Response(status=502, body=b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
-                                headers={"Content-Type": "text/html"})
+            return web.Response(
+                status=502,
+                body=b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
+                headers={"Content-Type": "text/html"},
+            )
         if case == "missing_choices":
             return web.Response(body=orjson.dumps({"id": "x", "object": "chat.completion"}), headers=json_type)
         if case == "empty_content":
@@ -92,10 +100,15 @@ class BrokenRemote:
             payload = _sse(_delta("The"), {"message": "Internal server error", "error": "engine crashed"})
             return web.Response(body=payload, headers={"Content-Type": "text/event-stream"})
         if case == "stream_garbage":
-            return web.Response(body=_sse(_delta("a"), b"[1, 2]", b"[DONE]"), headers={"Content-Type": "text/event-stream"})
+            return web.Response(
+                body=_sse(_delta("a"), b"[1, 2]", b"[DONE]"), headers={"Content-Type": "text/event-stream"}
+            )
         if case == "echo_key":  # a server that quotes the credential back in its error
-            return web.Response(status=400, body=orjson.dumps({"message": f"bad request from {request.headers['Authorization']}"}),
-                                headers=json_type)
+            return web.Response(
+                status=400,
+                body=orjson.dumps({"message": f"bad request from {request.headers['Authorization']}"}),
+                headers=json_type,
+            )
         if case.startswith("status_"):
             status = int(case.removeprefix("status_"))
             return web.Response(status=status, body=orjson.dumps({"message": f"status {status}"}), headers=json_type)

@@ -40,7 +40,9 @@ import orjson
 from aiohttp import web
 from reliability_support import app_in_thread
 
-LONG_LINE_BYTES = 900_000  # one SSE line well past aiohttp's readline buffer and the old 512 KiB limit (under the 1 MB cap)
+LONG_LINE_BYTES = (
+    900_000  # one SSE line well past aiohttp's readline buffer and the old 512 KiB limit (under the 1 MB cap)
+)
 HUGE_BYTES = 8 * 1024 * 1024  # beyond the max_response_mb=1 the tests set
 JSON = {"Content-Type": "application/json"}
 SSE = {"Content-Type": "text/event-stream"}
@@ -49,9 +51,17 @@ SSE = {"Content-Type": "text/event-stream"}
 def completion(content: str = "fine", usage: dict | None = None, finish_reason: str = "stop") -> bytes:
     """A well-formed chat completion body."""
     usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4} if usage is None else usage
-    return orjson.dumps({"id": "x", "object": "chat.completion", "model": "hostile",
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                      "finish_reason": finish_reason}], "usage": usage})
+    return orjson.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "model": "hostile",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
+            ],
+            "usage": usage,
+        }
+    )
 
 
 FINISH = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
@@ -67,7 +77,10 @@ def sse(*chunks: dict | bytes) -> bytes:
 
 def delta(text: str, usage: dict | None = None) -> dict:
     """One streamed chunk carrying ``text``."""
-    chunk: dict = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    chunk: dict = {
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
     if usage is not None:
         chunk["usage"] = usage
     return chunk
@@ -139,22 +152,34 @@ class HostileServer:
             return web.Response(status=int(status), headers={"Location": target})
         # ---- Retry-After
         retry_cases = {
-            "retry_after_huge": (429, "86400"), "retry_after_400": (400, "3600"),
-            "retry_after_date": (503, "Fri, 31 Dec 2100 23:59:59 GMT"), "retry_after_garbage": (503, "nan"),
+            "retry_after_huge": (429, "86400"),
+            "retry_after_400": (400, "3600"),
+            "retry_after_date": (503, "Fri, 31 Dec 2100 23:59:59 GMT"),
+            "retry_after_garbage": (503, "nan"),
             "retry_after_inf": (429, "inf"),
         }
         if mode in retry_cases:
             status, value = retry_cases[mode]
-            return web.Response(status=status, body=orjson.dumps({"message": f"status {status}"}),
-                                headers={**JSON, "Retry-After": value})
+            return web.Response(
+                status=status,
+                body=orjson.dumps({"message": f"status {status}"}),
+                headers={**JSON, "Retry-After": value},
+            )
         # ---- the key quoted back
         if mode == "key_cut":  # the key straddles the 160-character snippet cut
-            return web.Response(status=400, body=("e" * (160 - len(key) // 2) + key + " and more").encode(),
-                                headers={"Content-Type": "text/plain"})
+            return web.Response(
+                status=400,
+                body=("e" * (160 - len(key) // 2) + key + " and more").encode(),
+                headers={"Content-Type": "text/plain"},
+            )
         if mode == "key_prefix":
-            return web.Response(status=400, body=orjson.dumps({"message": f"bad key {key[:len(key) * 3 // 4]}"}), headers=JSON)
+            return web.Response(
+                status=400, body=orjson.dumps({"message": f"bad key {key[: len(key) * 3 // 4]}"}), headers=JSON
+            )
         if mode == "key_suffix":
-            return web.Response(status=400, body=orjson.dumps({"message": f"bad key …{key[len(key) // 4:]}"}), headers=JSON)
+            return web.Response(
+                status=400, body=orjson.dumps({"message": f"bad key …{key[len(key) // 4 :]}"}), headers=JSON
+            )
         if mode == "key_in_output":
             return web.Response(body=completion(content=f"Your key is {key}. Also Bearer {key}"), headers=JSON)
         if mode == "key_in_stream":
@@ -162,8 +187,11 @@ class HostileServer:
         if mode == "key_in_finish_reason":
             return web.Response(body=completion(finish_reason=key), headers=JSON)
         if mode == "key_in_html":
-            return web.Response(status=502, body=f"<html><head><title>{key}</title></head></html>".encode(),
-                                headers={"Content-Type": "text/html"})
+            return web.Response(
+                status=502,
+                body=f"<html><head><title>{key}</title></head></html>".encode(),
+                headers={"Content-Type": "text/html"},
+            )
         if mode == "key_in_location":
             return web.Response(status=301, headers={"Location": f"{self.other_origin}/v1?token={key}"})
         # ---- text

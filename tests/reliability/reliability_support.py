@@ -45,8 +45,9 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "sentech_eval.cli", *args]
 
 
-def run_cli(*args: str, key: str | None, timeout: float = 120,
-            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, key: str | None, timeout: float = 120, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the CLI to completion, capturing stdout and stderr."""
     env = {**cli_env(key), **(extra_env or {})}
     return subprocess.run(cli_command(*args), capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
@@ -54,8 +55,16 @@ def run_cli(*args: str, key: str | None, timeout: float = 120,
 
 def remote_run_args(base_url: str, run_dir: Path, *overrides: str, dataset: str = "arithmetic") -> list[str]:
     """Overrides of a remote run into ``run_dir`` (no progress bar, fast backoff), plus ``overrides``."""
-    return ["run", "backend=remote", f"backend.base_url={base_url}", f"dataset={dataset}", "runner.progress=false",
-            f"hydra.run.dir={run_dir}", *FAST_BACKOFF, *overrides]
+    return [
+        "run",
+        "backend=remote",
+        f"backend.base_url={base_url}",
+        f"dataset={dataset}",
+        "runner.progress=false",
+        f"hydra.run.dir={run_dir}",
+        *FAST_BACKOFF,
+        *overrides,
+    ]
 
 
 def rows(run_dir: Path) -> pd.DataFrame:

@@ -18,8 +18,17 @@ import time
 
 import pandas as pd
 import pytest
-from reliability_support import (REPO_ROOT, assert_one_row_per_key, assert_one_sentence, cli_command, cli_env, new_key,
-                                 remote_run_args, rows, run_cli)
+from reliability_support import (
+    REPO_ROOT,
+    assert_one_row_per_key,
+    assert_one_sentence,
+    cli_command,
+    cli_env,
+    new_key,
+    remote_run_args,
+    rows,
+    run_cli,
+)
 
 from sentech_eval.engine.results import PARTS_DIR, RESULTS_FILE, read_metadata
 from sentech_eval.server.testing import running_server
@@ -27,7 +36,8 @@ from sentech_eval.server.testing import running_server
 
 def _prompts(path, n=5, **extra_columns):
     pd.DataFrame({"id": range(n), "prompt": [f"What is {i} plus {i}?" for i in range(n)], **extra_columns}).to_parquet(
-        path, compression="zstd")
+        path, compression="zstd"
+    )
     return path
 
 
@@ -41,56 +51,74 @@ def test_corrupt_parquet_pages_behind_an_intact_footer(tmp_path):
     assert_one_sentence(result, f"Dataset {path} is corrupt after row 0", "write the file again")
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("backend.timeout_s=abc", "Config key 'backend.timeout_s' must be a number, got 'abc'"),
-    ("backend.timeout_s=-1", "backend.timeout_s=-1 must be greater than 0"),
-    ("backend.timeout_s=0", "backend.timeout_s=0 must be greater than 0"),
-    ("backend.max_response_mb=-5", "backend.max_response_mb=-5 must be greater than 0"),
-    ("backend.follow_redirects=maybe", "Config key 'backend.follow_redirects' must be true or false, got 'maybe'"),
-    ("runner.timeout_s=-1", "runner.timeout_s=-1 must be greater than 0"),
-    ("runner.backoff_base_s=-1", "runner.backoff_base_s=-1 must be 0 or more"),
-    ("runner.backoff_max_s=-0.5", "runner.backoff_max_s=-0.5 must be 0 or more"),
-    ("runner.flush_s=-1", "runner.flush_s=-1 must be greater than 0"),
-    ("runner.flush_s=abc", "Config key 'runner.flush_s' must be a number, got 'abc'"),
-    ("runner.max_retry_after_s=-1", "runner.max_retry_after_s=-1 must be 0 or more"),
-    ("runner.rpm=nan", "Config key 'runner.rpm' must be a number or null"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("backend.timeout_s=abc", "Config key 'backend.timeout_s' must be a number, got 'abc'"),
+        ("backend.timeout_s=-1", "backend.timeout_s=-1 must be greater than 0"),
+        ("backend.timeout_s=0", "backend.timeout_s=0 must be greater than 0"),
+        ("backend.max_response_mb=-5", "backend.max_response_mb=-5 must be greater than 0"),
+        ("backend.follow_redirects=maybe", "Config key 'backend.follow_redirects' must be true or false, got 'maybe'"),
+        ("runner.timeout_s=-1", "runner.timeout_s=-1 must be greater than 0"),
+        ("runner.backoff_base_s=-1", "runner.backoff_base_s=-1 must be 0 or more"),
+        ("runner.backoff_max_s=-0.5", "runner.backoff_max_s=-0.5 must be 0 or more"),
+        ("runner.flush_s=-1", "runner.flush_s=-1 must be greater than 0"),
+        ("runner.flush_s=abc", "Config key 'runner.flush_s' must be a number, got 'abc'"),
+        ("runner.max_retry_after_s=-1", "runner.max_retry_after_s=-1 must be 0 or more"),
+        ("runner.rpm=nan", "Config key 'runner.rpm' must be a number or null"),
+    ],
+)
 def test_non_numeric_and_negative_settings(tmp_path, override, fragment):
-    result = run_cli("run", "backend=remote", "backend.base_url=http://127.0.0.1:9/v1", override,
-                     f"hydra.run.dir={tmp_path / 'run'}", key=new_key())
+    result = run_cli(
+        "run",
+        "backend=remote",
+        "backend.base_url=http://127.0.0.1:9/v1",
+        override,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        key=new_key(),
+    )
     assert_one_sentence(result, fragment)
 
 
-@pytest.mark.parametrize("typo, nearest", [
-    ("sampling.temprature=0.5", "sampling.temperature"),
-    ("runner.concurency=4", "runner.concurrency"),
-    ("dataset.limt=3", "dataset.limit"),
-    ("backend.base_ur=http://x/v1", "backend.base_url"),
-    ("sampling.top-p=0.5", "sampling.top_p"),
-])
+@pytest.mark.parametrize(
+    "typo, nearest",
+    [
+        ("sampling.temprature=0.5", "sampling.temperature"),
+        ("runner.concurency=4", "runner.concurrency"),
+        ("dataset.limt=3", "dataset.limit"),
+        ("backend.base_ur=http://x/v1", "backend.base_url"),
+        ("sampling.top-p=0.5", "sampling.top_p"),
+    ],
+)
 def test_a_key_typo_names_the_nearest_valid_key(tmp_path, typo, nearest):
     result = run_cli("run", "backend=remote", typo, f"hydra.run.dir={tmp_path / 'run'}", key=new_key())
     key = typo.split("=")[0]
     assert_one_sentence(result, f"Unknown config key '{key}'", f"the nearest valid key is '{nearest}'")
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda p: (p.write_text("x"), p)[1], "is an existing file, not a directory"),
-    (lambda p: (p.write_text("x"), p / "run")[1], "cannot be created (a part of the path is a file)"),
-])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda p: (p.write_text("x"), p)[1], "is an existing file, not a directory"),
+        (lambda p: (p.write_text("x"), p / "run")[1], "cannot be created (a part of the path is a file)"),
+    ],
+)
 def test_a_run_dir_that_cannot_be_one(tmp_path, make, fragment):
     run_dir = make(tmp_path / "taken")
     result = run_cli("run", f"hydra.run.dir={run_dir}", key=None)
     assert_one_sentence(result, f"hydra.run.dir={run_dir}", fragment)
 
 
-@pytest.mark.parametrize("char, kind", [("\x01", "a control character"), ("\n", "a control character"),
-                                        (" ", "a space"), ("é", "a non-ASCII character")])
+@pytest.mark.parametrize(
+    "char, kind",
+    [("\x01", "a control character"), ("\n", "a control character"), (" ", "a space"), ("é", "a non-ASCII character")],
+)
 def test_a_key_with_a_bad_character(tmp_path, char, kind):
     key = new_key()
     bad = key[:10] + char + key[10:]
-    result = run_cli("run", "backend=remote", "backend.base_url=http://127.0.0.1:9/v1",
-                     f"hydra.run.dir={tmp_path / 'run'}", key=bad)
+    result = run_cli(
+        "run", "backend=remote", "backend.base_url=http://127.0.0.1:9/v1", f"hydra.run.dir={tmp_path / 'run'}", key=bad
+    )
     assert_one_sentence(result, f"contains {kind} at position 11", "SENTECH_API_KEY")
     assert key[:10] not in result.stderr and key[10:] not in result.stderr
 
@@ -107,7 +135,9 @@ def test_a_dataset_given_by_path_is_named_after_its_file(tmp_path):
     key = new_key()
     path = _prompts(tmp_path / "my_questions.parquet")
     with running_server(engine="echo", api_key=key) as url:
-        result = run_cli(*remote_run_args(url, tmp_path / "run", f"dataset.path={path}", "runner.progress=true"), key=key)
+        result = run_cli(
+            *remote_run_args(url, tmp_path / "run", f"dataset.path={path}", "runner.progress=true"), key=key
+        )
     assert result.returncode == 0, result.stderr
     df = rows(tmp_path / "run")
     assert set(df["dataset"]) == {"my_questions"}
@@ -134,11 +164,19 @@ def test_a_full_disk_during_the_merge_loses_nothing_and_says_how_to_finish(tmp_p
         def small_files() -> None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        full = subprocess.run(cli_command(*remote_run_args(url, run_dir, "runner.flush_rows=10")), capture_output=True,
-                              text=True, env=cli_env(key), cwd=REPO_ROOT, timeout=120, preexec_fn=small_files)
+        full = subprocess.run(
+            cli_command(*remote_run_args(url, run_dir, "runner.flush_rows=10")),
+            capture_output=True,
+            text=True,
+            env=cli_env(key),
+            cwd=REPO_ROOT,
+            timeout=120,
+            preexec_fn=small_files,
+        )
         assert len(list((run_dir / PARTS_DIR).glob("part-*.parquet"))) == 20
-        line = assert_one_sentence(full, f"Could not write {run_dir / RESULTS_FILE}",
-                                   f"every row is safe in {run_dir / PARTS_DIR}")
+        line = assert_one_sentence(
+            full, f"Could not write {run_dir / RESULTS_FILE}", f"every row is safe in {run_dir / PARTS_DIR}"
+        )
         assert "Traceback" not in full.stderr
         command = shlex.split(full.stderr.strip().splitlines()[-1])
         assert command[:2] == ["sentech-eval", "run"] and f"hydra.run.dir={run_dir}" in command, line
@@ -156,8 +194,14 @@ def test_ctrl_c_during_the_merge_exits_130_with_a_message(tmp_path):
     run_dir = tmp_path / "run"
     with running_server(engine="echo", api_key=key) as url:
         args = remote_run_args(url, run_dir, "runner.flush_rows=1", "runner.repeats=6", "runner.concurrency=32")
-        proc = subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=cli_env(key), cwd=REPO_ROOT)
+        proc = subprocess.Popen(
+            cli_command(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(key),
+            cwd=REPO_ROOT,
+        )
         tmp = run_dir / (RESULTS_FILE + ".tmp")
         deadline = time.monotonic() + 180
         while not tmp.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -169,7 +213,9 @@ def test_ctrl_c_during_the_merge_exits_130_with_a_message(tmp_path):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err
         assert "Traceback" not in err
-        assert "interrupted while merging results.parquet" in err and f"every row is safe in {run_dir / PARTS_DIR}" in err
+        assert (
+            "interrupted while merging results.parquet" in err and f"every row is safe in {run_dir / PARTS_DIR}" in err
+        )
         assert not tmp.exists()
         command = shlex.split(err.strip().splitlines()[-1])
         assert command[:2] == ["sentech-eval", "run"]
@@ -183,11 +229,26 @@ def test_ctrl_c_during_the_merge_exits_130_with_a_message(tmp_path):
 def test_ctrl_c_in_a_sweep_prints_a_command_that_resumes_the_same_sweep_dir(tmp_path):
     key = new_key()
     with running_server(engine="echo", api_key=key, latency_ms=30) as url:
-        args = ["run", "-m", "backend=remote", f"backend.base_url={url}", "dataset=arithmetic", "runner.progress=false",
-                "sampling.temperature=0,0.5", "runner.concurrency=4", "runner.flush_s=0.1",
-                f"hydra.sweep.dir={tmp_path}/sweep_${{now:%H-%M-%S-%f}}"]
-        proc = subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=cli_env(key), cwd=REPO_ROOT)
+        args = [
+            "run",
+            "-m",
+            "backend=remote",
+            f"backend.base_url={url}",
+            "dataset=arithmetic",
+            "runner.progress=false",
+            "sampling.temperature=0,0.5",
+            "runner.concurrency=4",
+            "runner.flush_s=0.1",
+            f"hydra.sweep.dir={tmp_path}/sweep_${{now:%H-%M-%S-%f}}",
+        ]
+        proc = subprocess.Popen(
+            cli_command(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(key),
+            cwd=REPO_ROOT,
+        )
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob(f"sweep_*/0/{PARTS_DIR}/part-*.parquet")) and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
@@ -213,11 +274,20 @@ def test_ctrl_c_in_a_sweep_prints_a_command_that_resumes_the_same_sweep_dir(tmp_
     assert sweep.get("status") != "incomplete"
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (("scorers=[numeric]", "scorers.numeric.tolerance=abc"), "Scorer 'numeric': bad options"),
-    (("scorers=[regex]", "scorers.regex.pattern='(unclosed'"), "Scorer 'regex'"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (("scorers=[numeric]", "scorers.numeric.tolerance=abc"), "Scorer 'numeric': bad options"),
+        (("scorers=[regex]", "scorers.regex.pattern='(unclosed'"), "Scorer 'regex'"),
+    ],
+)
 def test_bad_scorer_options(tmp_path, overrides, fragment):
-    result = run_cli("run", "backend=remote", "backend.base_url=http://127.0.0.1:9/v1", *overrides,
-                     f"hydra.run.dir={tmp_path / 'run'}", key=new_key())
+    result = run_cli(
+        "run",
+        "backend=remote",
+        "backend.base_url=http://127.0.0.1:9/v1",
+        *overrides,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        key=new_key(),
+    )
     assert_one_sentence(result, fragment)

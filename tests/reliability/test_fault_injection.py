@@ -33,10 +33,14 @@ def _assert_thousand_ok(df: pd.DataFrame) -> None:
     assert df["attempts"].max() <= 11
 
 
-@pytest.mark.parametrize("faults", [
-    {"error_rate": 0.3, "error_status": 503},
-    {"drop_rate": 0.3},
-], ids=["503", "drop"])
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"error_rate": 0.3, "error_status": 503},
+        {"drop_rate": 0.3},
+    ],
+    ids=["503", "drop"],
+)
 def test_thousand_requests_through_flaky_server_all_end_ok(tmp_path, faults):
     key = new_key()
     with running_server(engine="echo", api_key=key, seed=7, **faults) as url:
@@ -50,8 +54,9 @@ def test_thousand_requests_through_flaky_server_all_end_ok(tmp_path, faults):
 def test_answers_slower_than_timeout_are_abandoned_and_retried(tmp_path):
     key = new_key()
     with running_server(engine="echo", api_key=key, seed=7, slow_rate=0.1, slow_ms=1500) as url:
-        result = run_cli(*remote_run_args(url, tmp_path / "run", *THOUSAND, "runner.timeout_s=0.3",
-                                          "runner.concurrency=32"), key=key)
+        result = run_cli(
+            *remote_run_args(url, tmp_path / "run", *THOUSAND, "runner.timeout_s=0.3", "runner.concurrency=32"), key=key
+        )
     assert result.returncode == 0, result.stderr
     df = rows(tmp_path / "run")
     _report("slow", df)
@@ -82,10 +87,20 @@ def test_429_with_retry_after_is_obeyed(tmp_path):
     """One request at a time: the next request cannot start before every Retry-After has passed."""
     key = new_key()
     retry_after = 0.25
-    with running_server(engine="echo", api_key=key, seed=3, error_rate=0.3, error_status=429,
-                        retry_after=retry_after) as url:
-        result = run_cli(*remote_run_args(url, tmp_path / "run", "dataset.limit=30", "runner.concurrency=1",
-                                          "runner.max_retries=10", "runner.backoff_max_s=0.02"), key=key)
+    with running_server(
+        engine="echo", api_key=key, seed=3, error_rate=0.3, error_status=429, retry_after=retry_after
+    ) as url:
+        result = run_cli(
+            *remote_run_args(
+                url,
+                tmp_path / "run",
+                "dataset.limit=30",
+                "runner.concurrency=1",
+                "runner.max_retries=10",
+                "runner.backoff_max_s=0.02",
+            ),
+            key=key,
+        )
     assert result.returncode == 0, result.stderr
     df = rows(tmp_path / "run").sort_values("started_at").reset_index(drop=True)
     _report("429", df)
@@ -103,8 +118,12 @@ def test_429_with_retry_after_is_obeyed(tmp_path):
 def test_429s_lower_the_concurrency(tmp_path):
     key = new_key()
     with running_server(engine="echo", api_key=key, seed=4, error_rate=0.5, error_status=429) as url:
-        result = run_cli(*remote_run_args(url, tmp_path / "run", "dataset.limit=100", "runner.concurrency=16",
-                                          "runner.max_retries=12"), key=key)
+        result = run_cli(
+            *remote_run_args(
+                url, tmp_path / "run", "dataset.limit=100", "runner.concurrency=16", "runner.max_retries=12"
+            ),
+            key=key,
+        )
     assert result.returncode == 0, result.stderr
     assert (rows(tmp_path / "run")["status"] == "ok").all()
     match = re.search(r"429s lowered the concurrency to as low as (\d+) of 16", result.stderr)
@@ -112,10 +131,14 @@ def test_429s_lower_the_concurrency(tmp_path):
     assert int(match.group(1)) <= 8
 
 
-@pytest.mark.parametrize(("overrides", "server_options", "status", "fragment"), [
-    (("sampling.max_tokens=3000000000",), {}, 400, "max_tokens must be at most"),
-    (("dataset.limit=5",), {"max_body_bytes": 64}, 413, "larger than the limit"),
-], ids=["400", "413"])
+@pytest.mark.parametrize(
+    ("overrides", "server_options", "status", "fragment"),
+    [
+        (("sampling.max_tokens=3000000000",), {}, 400, "max_tokens must be at most"),
+        (("dataset.limit=5",), {"max_body_bytes": 64}, 413, "larger than the limit"),
+    ],
+    ids=["400", "413"],
+)
 def test_client_errors_are_never_retried(tmp_path, overrides, server_options, status, fragment):
     key = new_key()
     with running_server(engine="echo", api_key=key, **server_options) as url:

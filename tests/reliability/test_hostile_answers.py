@@ -31,11 +31,19 @@ PLAIN: dict[str, tuple[str, str | None, int]] = {
     "gzip_bomb": ("error", "response body is larger than backend.max_response_mb=1", 1),
     "huge_error": ("error", "HTTP 500: an error body over 1 MB (not read further)", 2),
     "long_header": ("error", "the server's answer is not valid HTTP", 1),
-    "redirect_301_cross": ("error", "HTTP 301: the server redirected to {other}/v1/chat/completions; redirects are not followed", 1),
+    "redirect_301_cross": (
+        "error",
+        "HTTP 301: the server redirected to {other}/v1/chat/completions; redirects are not followed",
+        1,
+    ),
     "redirect_302_cross": ("error", "HTTP 302: the server redirected to {other}/v1/chat/completions", 1),
     "redirect_307_cross": ("error", "HTTP 307: the server redirected to {other}/v1/chat/completions", 1),
     "redirect_308_cross": ("error", "HTTP 308: the server redirected to {other}/v1/chat/completions", 1),
-    "redirect_307_same": ("error", "HTTP 307: the server redirected to {self}/v2/chat/completions; redirects are not followed", 1),
+    "redirect_307_same": (
+        "error",
+        "HTTP 307: the server redirected to {self}/v2/chat/completions; redirects are not followed",
+        1,
+    ),
     "invalid_utf8": ("error", "response body is not valid JSON (", 1),
     "lone_surrogate": ("error", "response body is not valid JSON (", 1),
     "deep_json": ("error", "response body is not valid JSON (", 1),
@@ -63,14 +71,27 @@ def _dataset(path, modes) -> str:
 
 def _run(url, tmp_path, modes, key, *extra):
     data = _dataset(tmp_path / "modes.parquet", modes)
-    return run_cli("run", "backend=remote", f"backend.base_url={url}", f"dataset.path={data}", "runner.progress=false",
-                   f"hydra.run.dir={tmp_path / 'run'}", "runner.backoff_base_s=0.01", "runner.backoff_max_s=0.05",
-                   "runner.max_retries=1", "runner.max_retry_after_s=0.1", *MB_CAP, *extra, key=key, timeout=300)
+    return run_cli(
+        "run",
+        "backend=remote",
+        f"backend.base_url={url}",
+        f"dataset.path={data}",
+        "runner.progress=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "runner.backoff_base_s=0.01",
+        "runner.backoff_max_s=0.05",
+        "runner.max_retries=1",
+        "runner.max_retry_after_s=0.1",
+        *MB_CAP,
+        *extra,
+        key=key,
+        timeout=300,
+    )
 
 
 def _key_parts(key: str) -> list[str]:
     """Every 8-character piece of the key: none may be stored anywhere."""
-    return [key[i:i + 8] for i in range(0, len(key) - 7)]
+    return [key[i : i + 8] for i in range(0, len(key) - 7)]
 
 
 def _check(df: pd.DataFrame, expected: dict, key: str, fill: dict[str, str]) -> None:
@@ -133,16 +154,32 @@ def test_a_same_origin_redirect_is_followed_only_when_asked(tmp_path, mode):
 
 def test_a_redirect_loop_ends_in_an_error_row(tmp_path):
     with hostile_server() as (url, _state):
-        result = _run(url, tmp_path, {"redirect_307_loop": None, "ok": None}, new_key(), "backend.follow_redirects=true")
+        result = _run(
+            url, tmp_path, {"redirect_307_loop": None, "ok": None}, new_key(), "backend.follow_redirects=true"
+        )
     assert result.returncode == 0, result.stderr  # (a run whose every row failed would exit 1)
     error = rows(tmp_path / "run").set_index("prompt_id").loc["redirect_307_loop", "error"]
     assert re.search(r"HTTP 307: the server redirected to .* \(more than 5 redirects\)", error), error
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("4", 4), ("1000000", 1_000_000), ("1000001", None), ("0", None), ("-3", None), ("4.5", None), ("1e3", None),
-    ("abc", None), ("4, 8", None), ("99999999999999999999", None), ("", None), ("+4", None), ("0x10", None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("4", 4),
+        ("1000000", 1_000_000),
+        ("1000001", None),
+        ("0", None),
+        ("-3", None),
+        ("4.5", None),
+        ("1e3", None),
+        ("abc", None),
+        ("4, 8", None),
+        ("99999999999999999999", None),
+        ("", None),
+        ("+4", None),
+        ("0x10", None),
+    ],
+)
 def test_an_advertised_capacity_is_parsed_defensively(value, expected):
     """A server's X-Sentech-Capacity header is untrusted: only a plain positive integer counts; the answer stays ok."""
     import asyncio

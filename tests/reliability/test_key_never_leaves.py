@@ -67,8 +67,13 @@ def test_an_override_shape_carrying_the_key_leaves_no_trace(tmp_path, shape, cap
     monkeypatch.setenv("SENTECH_API_KEY", key)
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
-    arg = shape.format(key=key, tmp=tmp_path, basic=base64.b64encode(f"user:{key}".encode()).decode(),
-                       b64=base64.b64encode(key.encode()).decode(), quoted=quote(quote(key, safe=""), safe=""))
+    arg = shape.format(
+        key=key,
+        tmp=tmp_path,
+        basic=base64.b64encode(f"user:{key}".encode()).decode(),
+        b64=base64.b64encode(key.encode()).decode(),
+        quoted=quote(quote(key, safe=""), safe=""),
+    )
     code = main(["run", "backend=remote", arg, f"hydra.run.dir={run_dir}"])
     out, err = capsys.readouterr()
     assert_one_sentence(subprocess.CompletedProcess([], code, out, err), "Refusing", "SENTECH_API_KEY")
@@ -81,22 +86,44 @@ def test_a_run_whose_server_quotes_the_key_back_stores_none_of_it(tmp_path):
     key = new_key()
     home = tmp_path / "home"
     home.mkdir()
-    modes = ["ok", "key_cut", "key_prefix", "key_suffix", "key_in_output", "key_in_finish_reason", "key_in_html",
-             "key_in_location"]
+    modes = [
+        "ok",
+        "key_cut",
+        "key_prefix",
+        "key_suffix",
+        "key_in_output",
+        "key_in_finish_reason",
+        "key_in_html",
+        "key_in_location",
+    ]
     data = tmp_path / "modes.parquet"
     pd.DataFrame({"id": modes, "prompt": [f"mode:{m}" for m in modes]}).to_parquet(data)
     with hostile_server() as (url, _state):
-        hostile = run_cli(*remote_run_args(url, tmp_path / "hostile", f"dataset.path={data}", "runner.progress=true",
-                                           "runner.max_retries=1"), key=key, extra_env={"HOME": str(home)})
+        hostile = run_cli(
+            *remote_run_args(
+                url, tmp_path / "hostile", f"dataset.path={data}", "runner.progress=true", "runner.max_retries=1"
+            ),
+            key=key,
+            extra_env={"HOME": str(home)},
+        )
     with running_server(engine="echo", api_key=key, seed=3, error_rate=0.3, error_status=503) as url:
-        streamed = run_cli(*remote_run_args(url, tmp_path / "streamed", "dataset.limit=30", "backend.stream=true",
-                                            "runner.progress=true", "runner.max_retries=0"),
-                           key=key, extra_env={"HOME": str(home)})
+        streamed = run_cli(
+            *remote_run_args(
+                url,
+                tmp_path / "streamed",
+                "dataset.limit=30",
+                "backend.stream=true",
+                "runner.progress=true",
+                "runner.max_retries=0",
+            ),
+            key=key,
+            extra_env={"HOME": str(home)},
+        )
     for result in (hostile, streamed):
         assert result.returncode == 0, result.stderr
         assert key not in result.stdout + result.stderr
-        for piece in (key[i:i + 12] for i in range(len(key) - 11)):
+        for piece in (key[i : i + 12] for i in range(len(key) - 11)):
             assert piece not in result.stdout + result.stderr
     assert _grep(key, tmp_path / "hostile", tmp_path / "streamed", home / ".cache") == ""
-    for piece in {key[:len(key) // 2], key[-(len(key) // 2):]}:  # a long part of the key is found nowhere either
+    for piece in {key[: len(key) // 2], key[-(len(key) // 2) :]}:  # a long part of the key is found nowhere either
         assert _grep(piece, tmp_path / "hostile", tmp_path / "streamed", home / ".cache") == ""

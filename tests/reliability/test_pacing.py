@@ -21,8 +21,10 @@ def test_rpm_is_enforced_across_concurrent_requests(tmp_path):
     key = new_key()
     rpm, n = 600, 20
     with running_server(engine="echo", api_key=key) as url:
-        result = run_cli(*remote_run_args(url, tmp_path / "run", f"dataset.limit={n}", f"runner.rpm={rpm}",
-                                          "runner.concurrency=16"), key=key)
+        result = run_cli(
+            *remote_run_args(url, tmp_path / "run", f"dataset.limit={n}", f"runner.rpm={rpm}", "runner.concurrency=16"),
+            key=key,
+        )
     assert result.returncode == 0, result.stderr
     df = rows(tmp_path / "run")
     assert len(df) == n and (df["status"] == "ok").all()
@@ -40,8 +42,17 @@ def test_tpm_is_enforced(tmp_path):
     key = new_key()
     tpm, n = 4800, 10
     with running_server(engine="echo", api_key=key) as url:
-        result = run_cli(*remote_run_args(url, tmp_path / "run", f"dataset.limit={n}", f"runner.tpm={tpm}",
-                                          "sampling.max_tokens=8", "runner.concurrency=16"), key=key)
+        result = run_cli(
+            *remote_run_args(
+                url,
+                tmp_path / "run",
+                f"dataset.limit={n}",
+                f"runner.tpm={tpm}",
+                "sampling.max_tokens=8",
+                "runner.concurrency=16",
+            ),
+            key=key,
+        )
     assert result.returncode == 0, result.stderr
     df = rows(tmp_path / "run")
     assert len(df) == n and (df["status"] == "ok").all()

@@ -13,8 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_support import (REPO_ROOT, assert_one_row_per_key, cli_command, cli_env, new_key, remote_run_args,
-                                 rows, run_cli)
+from reliability_support import (
+    REPO_ROOT,
+    assert_one_row_per_key,
+    cli_command,
+    cli_env,
+    new_key,
+    remote_run_args,
+    rows,
+    run_cli,
+)
 
 from sentech_eval.engine.results import PARTS_DIR
 from sentech_eval.server.testing import running_server
@@ -23,8 +31,9 @@ SLOW_RUN = ("runner.concurrency=4", "runner.flush_s=0.1")
 
 
 def _start(args: list[str], key: str) -> subprocess.Popen:
-    return subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(key), cwd=REPO_ROOT)
+    return subprocess.Popen(
+        cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(key), cwd=REPO_ROOT
+    )
 
 
 def _wait_for_parts(run_dir: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:

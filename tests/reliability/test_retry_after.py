@@ -18,20 +18,31 @@ from reliability_support import new_key, rows, run_cli
 
 def _run(url, tmp_path, modes, *extra, progress=False):
     data = tmp_path / "modes.parquet"
-    pd.DataFrame({"id": [f"{m}-{i}" for i, m in enumerate(modes)], "prompt": [f"mode:{m}" for m in modes]}).to_parquet(data)
+    pd.DataFrame({"id": [f"{m}-{i}" for i, m in enumerate(modes)], "prompt": [f"mode:{m}" for m in modes]}).to_parquet(
+        data
+    )
     started = time.perf_counter()
-    result = run_cli("run", "backend=remote", f"backend.base_url={url}", f"dataset.path={data}",
-                     f"runner.progress={'true' if progress else 'false'}", f"hydra.run.dir={tmp_path / 'run'}",
-                     "runner.backoff_base_s=0.01", "runner.backoff_max_s=0.05", "runner.max_retries=1", *extra,
-                     key=new_key(), timeout=300)
+    result = run_cli(
+        "run",
+        "backend=remote",
+        f"backend.base_url={url}",
+        f"dataset.path={data}",
+        f"runner.progress={'true' if progress else 'false'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "runner.backoff_base_s=0.01",
+        "runner.backoff_max_s=0.05",
+        "runner.max_retries=1",
+        *extra,
+        key=new_key(),
+        timeout=300,
+    )
     return result, time.perf_counter() - started
 
 
 def test_retry_after_is_capped_and_shown_on_the_progress_bar(tmp_path):
     modes = ["retry_after_huge", "retry_after_date", "retry_after_inf", "retry_after_garbage", "ok"]
     with hostile_server() as (url, state):
-        result, took = _run(url, tmp_path, modes, "runner.max_retry_after_s=1.5", "runner.concurrency=1",
-                            progress=True)
+        result, took = _run(url, tmp_path, modes, "runner.max_retry_after_s=1.5", "runner.concurrency=1", progress=True)
     assert result.returncode == 0, result.stderr
     df = rows(tmp_path / "run").set_index("prompt_id")
     assert (df.loc[[f"{m}-{i}" for i, m in enumerate(modes[:-1])], "attempts"] == 2).all()

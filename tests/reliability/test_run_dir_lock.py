@@ -13,8 +13,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from reliability_support import (REPO_ROOT, assert_one_row_per_key, assert_one_sentence, cli_command, cli_env, new_key,
-                                 remote_run_args, rows, run_cli)
+from reliability_support import (
+    REPO_ROOT,
+    assert_one_row_per_key,
+    assert_one_sentence,
+    cli_command,
+    cli_env,
+    new_key,
+    remote_run_args,
+    rows,
+    run_cli,
+)
 
 from sentech_eval.engine.results import PARTS_DIR
 from sentech_eval.engine.rundir import LOCK_FILE
@@ -24,8 +33,9 @@ SLOW_RUN = ("runner.concurrency=2", "runner.flush_s=0.1")  # with 300 ms answers
 
 
 def _start(args: list[str], key: str) -> subprocess.Popen:
-    return subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(key), cwd=REPO_ROOT)
+    return subprocess.Popen(
+        cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(key), cwd=REPO_ROOT
+    )
 
 
 def _wait_for_parts(run_dir, proc: subprocess.Popen, timeout: float = 60) -> None:

@@ -41,8 +41,12 @@ def test_a_run_leaves_no_trace_of_the_key(tmp_path):
     key = new_key()
     run_dir = tmp_path / "run"
     with running_server(engine="echo", api_key=key, seed=2, error_rate=0.3, error_status=503) as url:
-        result = run_cli(*remote_run_args(url, run_dir, "dataset.limit=50", "runner.max_retries=0",
-                                          "runner.progress=true", "runner.flush_rows=10"), key=key)
+        result = run_cli(
+            *remote_run_args(
+                url, run_dir, "dataset.limit=50", "runner.max_retries=0", "runner.progress=true", "runner.flush_rows=10"
+            ),
+            key=key,
+        )
     assert result.returncode == 0, result.stderr
     df = rows(run_dir)
     assert len(df) == 50 and (df["status"] == "error").any() and (df["status"] == "ok").any()
@@ -63,15 +67,18 @@ def test_a_rejected_key_is_not_repeated_in_the_error(tmp_path):
     _assert_key_nowhere(wrong, run_dir, result.stdout, result.stderr)
 
 
-@pytest.mark.parametrize("override", [
-    "backend.api_key={key}",
-    "+backend.api_key={key}",
-    "+backend.token={key}",
-    "++backend.headers.Authorization=Bearer {key}",
-    "backend.base_url=https://user:{key}@api.example.com/v1",
-    "backend.base_url='https://api.example.com/v1?api_key={key}'",
-    "backend.api_key_env={key}",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "backend.api_key={key}",
+        "+backend.api_key={key}",
+        "+backend.token={key}",
+        "++backend.headers.Authorization=Bearer {key}",
+        "backend.base_url=https://user:{key}@api.example.com/v1",
+        "backend.base_url='https://api.example.com/v1?api_key={key}'",
+        "backend.api_key_env={key}",
+    ],
+)
 def test_an_override_carrying_a_key_is_refused_before_hydra_saves_it(tmp_path, override, capsys, monkeypatch):
     """In-process `sentech-eval run OVERRIDE` (the refusal happens before Hydra starts, so no process is needed)."""
     from sentech_eval.cli import main
@@ -81,7 +88,9 @@ def test_an_override_carrying_a_key_is_refused_before_hydra_saves_it(tmp_path, o
     run_dir = tmp_path / "run"
     code = main(["run", "backend=remote", override.format(key=key), f"hydra.run.dir={run_dir}"])
     out, err = capsys.readouterr()
-    assert assert_one_sentence(subprocess.CompletedProcess([], code, out, err), "SENTECH_API_KEY", "environment variable")
+    assert assert_one_sentence(
+        subprocess.CompletedProcess([], code, out, err), "SENTECH_API_KEY", "environment variable"
+    )
     assert "Refusing the override" in err
     assert not run_dir.exists()  # refused before Hydra created the run dir and saved overrides.yaml
     assert key not in out + err
@@ -124,9 +133,28 @@ def _https_server(tmp_path: Path, key: str) -> Iterator[tuple[str, Path]]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")
     cert, pkey = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(pkey), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(pkey),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, pkey)
     config = make_config("echo", api_key=key)
@@ -139,8 +167,11 @@ def test_tls_certificates_are_verified(tmp_path):
     with _https_server(tmp_path, key) as (url, cert):
         untrusted = run_cli(*remote_run_args(url, tmp_path / "untrusted", "dataset.limit=3"), key=key)
         # The standard way to trust a private CA works (verification on, with that CA).
-        trusted = run_cli(*remote_run_args(url, tmp_path / "trusted", "dataset.limit=3"), key=key,
-                          extra_env={"SSL_CERT_FILE": str(cert)})
+        trusted = run_cli(
+            *remote_run_args(url, tmp_path / "trusted", "dataset.limit=3"),
+            key=key,
+            extra_env={"SSL_CERT_FILE": str(cert)},
+        )
     assert untrusted.returncode == 1, untrusted.stderr  # every row failed: said, exit 1, rows kept
     assert "every request failed" in untrusted.stderr and "Traceback" not in untrusted.stderr
     df = rows(tmp_path / "untrusted")

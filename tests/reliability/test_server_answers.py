@@ -8,6 +8,7 @@ retried (the host counts requests per row), and a 403 stops the run like a 401.
 from __future__ import annotations
 
 import json
+
 import pandas as pd
 import pytest
 from broken_remote import broken_remote
@@ -51,9 +52,19 @@ def _dataset(path, cases) -> str:
 
 def _args(url: str, tmp_path, cases, *extra: str) -> list[str]:
     data = _dataset(tmp_path / "cases.parquet", cases)
-    return ["run", "backend=remote", f"backend.base_url={url}", f"dataset.path={data}", "dataset.name=cases",
-            "runner.progress=false", f"hydra.run.dir={tmp_path / 'run'}", "runner.backoff_base_s=0.01",
-            "runner.backoff_max_s=0.05", "runner.max_retries=1", *extra]
+    return [
+        "run",
+        "backend=remote",
+        f"backend.base_url={url}",
+        f"dataset.path={data}",
+        "dataset.name=cases",
+        "runner.progress=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "runner.backoff_base_s=0.01",
+        "runner.backoff_max_s=0.05",
+        "runner.max_retries=1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +112,16 @@ def test_403_stops_the_run_with_one_sentence(tmp_path):
     with broken_remote() as (url, host):
         data = tmp_path / "cases.parquet"
         pd.DataFrame({"id": range(100), "prompt": ["case:status_403"] * 100}).to_parquet(data)
-        result = run_cli("run", "backend=remote", f"backend.base_url={url}", f"dataset.path={data}",
-                         "runner.progress=false", f"hydra.run.dir={tmp_path / 'run'}", "runner.concurrency=4",
-                         key=new_key())
+        result = run_cli(
+            "run",
+            "backend=remote",
+            f"backend.base_url={url}",
+            f"dataset.path={data}",
+            "runner.progress=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "runner.concurrency=4",
+            key=new_key(),
+        )
     assert_one_sentence(result, "The server rejected the API key", "HTTP 403", "SENTECH_API_KEY")
     assert host.hits["status_403"] <= 4  # the requests already in flight, not 100
     assert len(rows(tmp_path / "run")) == 0
@@ -111,9 +129,14 @@ def test_403_stops_the_run_with_one_sentence(tmp_path):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(
-        st.sampled_from(["choices", "message", "content", "delta", "usage", "finish_reason", "error", "x"]),
-        children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["choices", "message", "content", "delta", "usage", "finish_reason", "error", "x"]),
+            children,
+            max_size=4,
+        )
+    ),
     max_leaves=20,
 )
 

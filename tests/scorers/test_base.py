@@ -8,14 +8,20 @@ import pyarrow as pa
 import pytest
 from omegaconf import OmegaConf
 
+from sentech_eval.commands.score import compose_scorers_config
 from sentech_eval.errors import ConfigError
+from sentech_eval.paths import conf_dir
 from sentech_eval.scorers import FunctionScorer, Scorer, build_scorers, null_scores, score_row, score_schema
 from sentech_eval.scorers.base import SCORERS
-from sentech_eval.commands.score import compose_scorers_config
-from sentech_eval.paths import conf_dir
 
-ROW = {"output": "Paris is the capital.", "reference": "Paris", "prompt": "Capital of France?",
-       "prompt_id": "p1", "completion_tokens": 4, "status": "ok"}
+ROW = {
+    "output": "Paris is the capital.",
+    "reference": "Paris",
+    "prompt": "Capital of France?",
+    "prompt_id": "p1",
+    "completion_tokens": 4,
+    "status": "ok",
+}
 
 
 def run(coro):
@@ -77,8 +83,9 @@ def test_user_function_from_config_with_options():
 
 
 def test_user_function_returning_dict_and_async_function():
-    [words, length] = build_scorers({"short": {"_target_": "scorers.plugins.word_count"},
-                                     "chars": {"_target_": "scorers.plugins.async_len"}})
+    [words, length] = build_scorers(
+        {"short": {"_target_": "scorers.plugins.word_count"}, "chars": {"_target_": "scorers.plugins.async_len"}}
+    )
     assert run(words.score(ROW)) == {"score_short": 0.0, "score_short_detail": "4 words"}
     assert run(length.score(ROW))["score_chars"] == float(len(ROW["output"]))
 
@@ -102,13 +109,22 @@ def test_user_class_from_config():
 
 def test_duplicate_columns_are_refused():
     with pytest.raises(ConfigError, match="both write column 'score_x'"):
-        build_scorers({"x": {"_target_": "scorers.plugins.async_len"},
-                       "y": {"_target_": "scorers.plugins.PromptLength", "name": "x"}})
+        build_scorers(
+            {
+                "x": {"_target_": "scorers.plugins.async_len"},
+                "y": {"_target_": "scorers.plugins.PromptLength", "name": "x"},
+            }
+        )
 
 
 def test_score_row_and_null_scores_cover_every_column():
     scorers = build_scorers(["exact_match", "length"])
-    assert list(score_schema(scorers)) == ["score_exact_match", "score_exact_match_detail", "score_length", "score_length_chars"]
+    assert list(score_schema(scorers)) == [
+        "score_exact_match",
+        "score_exact_match_detail",
+        "score_length",
+        "score_length_chars",
+    ]
     out = run(score_row(scorers, ROW))
     assert out["score_exact_match"] == 0.0 and out["score_length"] == 4.0
     assert null_scores(scorers) == dict.fromkeys(score_schema(scorers))

@@ -41,6 +41,7 @@ def judge_rows(cfg, rows):
             return scorer, await asyncio.gather(*(scorer.score(r) for r in rows))
         finally:
             await scorer.aclose()
+
     return asyncio.run(go())
 
 
@@ -49,10 +50,17 @@ def row(output, reference="Paris"):
 
 
 def test_grade_is_parsed_normalised_and_costs_recorded(judge_url):
-    scorer, outs = judge_rows({"backend": backend(judge_url), "rubric": "{output}"},
-                              [row("Grade: 8"), row("I think... Grade: 3\nGrade: 10"), row("grade = 0")])
-    assert set(scorer.columns()) == {"score_judge", "score_judge_detail", "score_judge_latency_s",
-                                     "score_judge_prompt_tokens", "score_judge_completion_tokens"}
+    scorer, outs = judge_rows(
+        {"backend": backend(judge_url), "rubric": "{output}"},
+        [row("Grade: 8"), row("I think... Grade: 3\nGrade: 10"), row("grade = 0")],
+    )
+    assert set(scorer.columns()) == {
+        "score_judge",
+        "score_judge_detail",
+        "score_judge_latency_s",
+        "score_judge_prompt_tokens",
+        "score_judge_completion_tokens",
+    }
     assert [o["score_judge"] for o in outs] == [0.8, 1.0, 0.0]  # the last grade in a reply wins
     assert outs[0]["score_judge_detail"].startswith("grade 8/10")
     for o in outs:
@@ -61,14 +69,16 @@ def test_grade_is_parsed_normalised_and_costs_recorded(judge_url):
 
 
 def test_custom_grade_range(judge_url):
-    _, [out] = judge_rows({"backend": backend(judge_url), "rubric": "{output}", "grade_min": 1, "grade_max": 5},
-                          [row("Grade: 4")])
+    _, [out] = judge_rows(
+        {"backend": backend(judge_url), "rubric": "{output}", "grade_min": 1, "grade_max": 5}, [row("Grade: 4")]
+    )
     assert out["score_judge"] == pytest.approx(0.75)
 
 
 def test_unparseable_and_out_of_range_grades_are_recorded_errors(judge_url):
-    _, outs = judge_rows({"backend": backend(judge_url), "rubric": "{output}"},
-                         [row("Paris, clearly"), row("Grade: 12")])
+    _, outs = judge_rows(
+        {"backend": backend(judge_url), "rubric": "{output}"}, [row("Paris, clearly"), row("Grade: 12")]
+    )
     assert outs[0]["score_judge"] is None
     assert outs[0]["score_judge_detail"].startswith("judge error: no grade found in reply: 'Paris, clearly'")
     assert outs[1]["score_judge"] is None
@@ -80,13 +90,16 @@ def test_default_rubric_reaches_the_judge_and_echo_reply_has_no_grade(judge_url)
     # the echo judge repeats the default rubric, whose last line is "Grade: <number>": no usable grade
     _, [out] = judge_rows({"backend": backend(judge_url)}, [row("Paris")])
     assert out["score_judge"] is None and "no grade found" in out["score_judge_detail"]
-    assert out["score_judge_detail"].endswith("End your reply with one line of the form Grade: <number>'")  # the reply's end
+    assert out["score_judge_detail"].endswith(
+        "End your reply with one line of the form Grade: <number>'"
+    )  # the reply's end
 
 
 def test_judge_request_failures_are_recorded_not_raised():
     with running_server(engine="echo", api_key=KEY, error_rate=1.0, error_status=503) as url:
-        _, outs = judge_rows({"backend": backend(url), "rubric": "{output}", "max_attempts": 2, "backoff_s": 0.01},
-                             [row("Grade: 5")] * 3)
+        _, outs = judge_rows(
+            {"backend": backend(url), "rubric": "{output}", "max_attempts": 2, "backoff_s": 0.01}, [row("Grade: 5")] * 3
+        )
     for out in outs:
         assert out["score_judge"] is None
         assert out["score_judge_detail"].startswith("judge error (HTTP 503):")

@@ -41,8 +41,17 @@ class Reply:
         return json.loads(self.text)
 
 
-def post(base_url: str, body=None, *, key: str | None = KEY, raw: bytes | None = None, path="/chat/completions",
-         method="POST", headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+def post(
+    base_url: str,
+    body=None,
+    *,
+    key: str | None = KEY,
+    raw: bytes | None = None,
+    path="/chat/completions",
+    method="POST",
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> Reply:
     """POST (or another method) with urllib; HTTP errors come back as replies, not exceptions."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
@@ -54,5 +63,3 @@ def post(base_url: str, body=None, *, key: str | None = KEY, raw: bytes | None =
             return Reply(r.status, r.read().decode(), dict(r.headers))
     except urllib.error.HTTPError as e:
         return Reply(e.code, e.read().decode(), dict(e.headers))
-
-

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from server_helpers import KEY, SEED_BODY, SEED_CURL_DATA, post
 
 from sentech_eval.server.testing import running_server
-
-from server_helpers import KEY, SEED_BODY, SEED_CURL_DATA, post
 
 
 def test_seed_curl_body_answers_field_by_field(server):
@@ -57,9 +56,7 @@ def test_no_auth_server_accepts_anything():
         assert post(url, SEED_BODY, key=None).status == 200
 
 
-@pytest.mark.parametrize(
-    "messages", [[], None, "hello", {"role": "user", "content": "hi"}, 3, "__missing__"]
-)
+@pytest.mark.parametrize("messages", [[], None, "hello", {"role": "user", "content": "hi"}, 3, "__missing__"])
 def test_empty_or_missing_messages_get_exact_400(server, messages):
     body = dict(SEED_BODY)
     if messages == "__missing__":
@@ -150,7 +147,9 @@ def test_chunked_body_over_the_limit_gets_413():
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
         payload = json.dumps({**SEED_BODY, "messages": [{"role": "user", "content": "y" * 5000}]}).encode()
         conn.request(
-            "POST", "/v1/chat/completions", body=iter([payload[:100], payload[100:]]),
+            "POST",
+            "/v1/chat/completions",
+            body=iter([payload[:100], payload[100:]]),
             headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
             encode_chunked=True,
         )
@@ -201,12 +200,16 @@ def parse_sse(text: str) -> tuple[list[dict], bool]:
     events = [block for block in text.split("\n\n") if block.strip()]
     assert all(e.startswith("data: ") for e in events), events
     done = events[-1] == "data: [DONE]"
-    return [json.loads(e[len("data: "):]) for e in events if e != "data: [DONE]"], done
+    return [json.loads(e[len("data: ") :]) for e in events if e != "data: [DONE]"], done
 
 
 def test_stream_shape_and_done(server):
-    body = {**SEED_BODY, "stream": True, "temperature": 0,
-            "messages": [{"role": "user", "content": "one two three four five"}]}
+    body = {
+        **SEED_BODY,
+        "stream": True,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "one two three four five"}],
+    }
     reply = post(server, body)
     assert reply.status == 200
     assert reply.headers["Content-Type"].startswith("text/event-stream")
@@ -228,8 +231,12 @@ def test_stream_shape_and_done(server):
 
 
 def test_stream_and_plain_agree(server):
-    body = {**SEED_BODY, "temperature": 0, "max_tokens": 3,
-            "messages": [{"role": "user", "content": "  alpha  beta\ngamma delta epsilon"}]}
+    body = {
+        **SEED_BODY,
+        "temperature": 0,
+        "max_tokens": 3,
+        "messages": [{"role": "user", "content": "  alpha  beta\ngamma delta epsilon"}],
+    }
     plain = post(server, body).json()
     chunks, done = parse_sse(post(server, {**body, "stream": True}).text)
     streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
@@ -250,8 +257,10 @@ def test_client_leaving_mid_stream_is_not_an_error(caplog):
         body = json.dumps({"messages": [{"role": "user", "content": " ".join(["w"] * 40)}], "stream": True}).encode()
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-                + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                + KEY.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                + body
             )
             assert sock.recv(100).startswith(b"HTTP/1.1 200")
         time.sleep(0.5)  # the server tries to write the next chunks into the closed connection

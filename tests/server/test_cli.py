@@ -20,15 +20,21 @@ CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sentech_eval
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
-    return subprocess.run([*CLI, "serve", *args], capture_output=True, text=True, env={**base, **(env or {})},
-                          timeout=timeout)
+    return subprocess.run(
+        [*CLI, "serve", *args], capture_output=True, text=True, env={**base, **(env or {})}, timeout=timeout
+    )
 
 
 def test_console_script_serves_the_seed_curl_example():
     env = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
     env["SENTECH_API_KEY"] = "cli-key"
-    proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--engine", "echo"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--port", "0", "--engine", "echo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         match = re.fullmatch(r"sentech-eval serve: listening on (http://127\.0\.0\.1:(\d+)/v1) \(engine echo\)\n", line)
@@ -85,9 +91,25 @@ def test_missing_model_file_is_one_sentence(tmp_path):
 
 def test_help_explains_every_flag():
     text = build_parser("sentech-eval serve").format_help()
-    for flag in ["--host", "--port", "--engine", "--model", "--api-key-env", "--no-auth", "--latency-ms",
-                 "--tokens-per-s", "--seed", "--error-rate", "--error-status", "--retry-after", "--drop-rate",
-                 "--slow-rate", "--slow-ms", "--max-body-bytes", "--workers"]:
+    for flag in [
+        "--host",
+        "--port",
+        "--engine",
+        "--model",
+        "--api-key-env",
+        "--no-auth",
+        "--latency-ms",
+        "--tokens-per-s",
+        "--seed",
+        "--error-rate",
+        "--error-status",
+        "--retry-after",
+        "--drop-rate",
+        "--slow-rate",
+        "--slow-ms",
+        "--max-body-bytes",
+        "--workers",
+    ]:
         assert flag in text
     for action in build_parser("x")._actions:
         assert action.help, action.option_strings
@@ -95,10 +117,27 @@ def test_help_explains_every_flag():
 
 OPTION_SETS = [
     {},
-    {"latency_ms": 2.5, "tokens_per_s": 40, "ttft_ms": 3, "capacity": 2, "output_tokens": 7, "seed": 9,
-     "stream_usage": "never", "max_body_bytes": 4096, "datasets_dir": "datasets"},
-    {"error_rate": 0.25, "error_status": 429, "retry_after": 0.5, "drop_rate": 0.1, "slow_rate": 0.2, "slow_ms": 4,
-     "seed": 3, "workers": 2},
+    {
+        "latency_ms": 2.5,
+        "tokens_per_s": 40,
+        "ttft_ms": 3,
+        "capacity": 2,
+        "output_tokens": 7,
+        "seed": 9,
+        "stream_usage": "never",
+        "max_body_bytes": 4096,
+        "datasets_dir": "datasets",
+    },
+    {
+        "error_rate": 0.25,
+        "error_status": 429,
+        "retry_after": 0.5,
+        "drop_rate": 0.1,
+        "slow_rate": 0.2,
+        "slow_ms": 4,
+        "seed": 3,
+        "workers": 2,
+    },
     {"model": "/m/x.gguf", "n_ctx": 512, "n_threads": 1},
 ]
 
@@ -110,10 +149,15 @@ def test_test_servers_get_the_config_the_cli_builds(options):
     assert make_config(engine, None, **options) == parse_config(serve_args(engine, options) + ["--no-auth"])
 
 
-@pytest.mark.parametrize("options, needle", [
-    ({"capacity": 0}, "--capacity must be >= 1"), ({"error_rate": 2}, "--error-rate must be between 0 and 1"),
-    ({"stream_usage": "sometimes"}, "--stream-usage must be one of"), ({"workers": 0}, "--workers must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"capacity": 0}, "--capacity must be >= 1"),
+        ({"error_rate": 2}, "--error-rate must be between 0 and 1"),
+        ({"stream_usage": "sometimes"}, "--stream-usage must be one of"),
+        ({"workers": 0}, "--workers must be >= 1"),
+    ],
+)
 def test_a_config_built_without_flags_is_checked_as_the_cli_checks_it(options, needle):
     from sentech_eval.errors import ConfigError
 
@@ -133,10 +177,12 @@ def test_workers_share_one_port_and_stop_together():
 
     async def burst(url):
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer w"}) as session:
+
             async def one(i):
                 body = {"messages": [{"role": "user", "content": f"request {i}"}], "temperature": 0}
                 async with session.post(url + "/chat/completions", json=body) as resp:
                     return resp.status, (await resp.json())["choices"][0]["message"]["content"]
+
             return await asyncio.gather(*[one(i) for i in range(200)])
 
     with running_server(api_key="w", workers=2) as url:

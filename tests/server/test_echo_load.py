@@ -29,8 +29,9 @@ async def _post(session, url, body):
 async def _stream_events(session, url, body) -> tuple[list[dict], list[float]]:
     """The JSON events of one streamed answer and the time each arrived."""
     events, times = [], []
-    async with session.post(url + "/chat/completions", json={**body, "stream": True},
-                            headers={"Authorization": f"Bearer {KEY}"}) as r:
+    async with session.post(
+        url + "/chat/completions", json={**body, "stream": True}, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
         assert r.status == 200
         async for line in r.content:
             if line.startswith(b"data: {"):
@@ -123,15 +124,22 @@ def test_output_tokens_fixes_the_length_and_max_tokens_still_cuts():
     gen = asyncio.run(engine.complete(ChatRequest(messages=[{"role": "user", "content": "Paris is nice"}])))
     assert gen.completion_tokens == 50 and len(gen.text.split()) == 50
     assert gen.text.startswith("Paris is nice ") and gen.finish_reason == "stop"
-    cut = asyncio.run(engine.complete(ChatRequest(messages=[{"role": "user", "content": "x"}], sampling=Sampling(max_tokens=7))))
+    cut = asyncio.run(
+        engine.complete(ChatRequest(messages=[{"role": "user", "content": "x"}], sampling=Sampling(max_tokens=7)))
+    )
     assert cut.completion_tokens == 7 and cut.finish_reason == "length"
 
 
-@pytest.mark.parametrize("mode, include_usage, expect", [
-    ("always", False, "on the finish chunk"), ("always", True, "own chunk"),
-    ("requested", False, "none"), ("requested", True, "own chunk"),
-    ("never", True, "none"),
-])
+@pytest.mark.parametrize(
+    "mode, include_usage, expect",
+    [
+        ("always", False, "on the finish chunk"),
+        ("always", True, "own chunk"),
+        ("requested", False, "none"),
+        ("requested", True, "own chunk"),
+        ("never", True, "none"),
+    ],
+)
 def test_stream_usage_modes(mode, include_usage, expect):
     body = _body(stream_options={"include_usage": True}) if include_usage else _body()
 
@@ -155,8 +163,10 @@ def test_stream_usage_modes(mode, include_usage, expect):
 def test_bad_stream_options_is_a_400_naming_the_field():
     async def main(url):
         async with aiohttp.ClientSession() as session:
-            return (await _post(session, url, _body(stream=True, stream_options={"include_usage": "yes"})),
-                    await _post(session, url, _body(stream=True, stream_options=[1])))
+            return (
+                await _post(session, url, _body(stream=True, stream_options={"include_usage": "yes"})),
+                await _post(session, url, _body(stream=True, stream_options=[1])),
+            )
 
     with running_server(api_key=KEY) as url:
         (s1, b1), (s2, b2) = asyncio.run(main(url))
@@ -165,10 +175,13 @@ def test_bad_stream_options_is_a_400_naming_the_field():
 
 
 def test_serve_rejects_bad_knobs_in_one_sentence():
-    from sentech_eval.errors import ConfigError
     from sentech_eval.commands.serve import parse_config
+    from sentech_eval.errors import ConfigError
 
-    for flags, text in ((["--capacity", "0"], "--capacity must be >= 1"), (["--ttft-ms", "-1"], "--ttft-ms must be >= 0"),
-                        (["--output-tokens", "0"], "--output-tokens must be >= 1")):
+    for flags, text in (
+        (["--capacity", "0"], "--capacity must be >= 1"),
+        (["--ttft-ms", "-1"], "--ttft-ms must be >= 0"),
+        (["--output-tokens", "0"], "--output-tokens must be >= 1"),
+    ):
         with pytest.raises(ConfigError, match=text):
             parse_config(["--no-auth", *flags])

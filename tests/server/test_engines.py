@@ -17,8 +17,11 @@ KEY = "engine-key"
 
 
 def ask(url, content, **fields):
-    body = {**SEED_BODY, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}],
-            **fields}
+    body = {
+        **SEED_BODY,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}],
+        **fields,
+    }
     reply = post(url, body, key=KEY)
     assert reply.status == 200, reply.text
     return reply.json()
@@ -27,10 +30,16 @@ def ask(url, content, **fields):
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("datasets")
-    pd.DataFrame({"id": ["a", "b"], "prompt": ["What is 2 + 2?", "Name a colour."],
-                  "reference": ["4", "Deep sky blue"]}).to_parquet(d / "tiny.parquet")
-    pd.DataFrame({"id": [1], "messages": [[{"role": "system", "content": "x"}, {"role": "user", "content": "Hi there"}]],
-                  "reference": ["Hello!"]}).to_parquet(d / "chat.parquet")
+    pd.DataFrame(
+        {"id": ["a", "b"], "prompt": ["What is 2 + 2?", "Name a colour."], "reference": ["4", "Deep sky blue"]}
+    ).to_parquet(d / "tiny.parquet")
+    pd.DataFrame(
+        {
+            "id": [1],
+            "messages": [[{"role": "system", "content": "x"}, {"role": "user", "content": "Hi there"}]],
+            "reference": ["Hello!"],
+        }
+    ).to_parquet(d / "chat.parquet")
     (d / "broken.parquet").write_text("not parquet")
     return d
 
@@ -67,10 +76,16 @@ def test_shipped_datasets_are_answered_by_default(server):
 
 
 def test_temperature_zero_is_stable_and_seeded_answers_reproduce(echo):
-    outputs = {ask(echo, "What is 2 + 2?", temperature=0, seed=s)["choices"][0]["message"]["content"] for s in range(10)}
+    outputs = {
+        ask(echo, "What is 2 + 2?", temperature=0, seed=s)["choices"][0]["message"]["content"] for s in range(10)
+    }
     assert outputs == {"4"}
-    by_seed = [ask(echo, "What is 2 + 2?", temperature=1.0, seed=s)["choices"][0]["message"]["content"] for s in range(30)]
-    again = [ask(echo, "What is 2 + 2?", temperature=1.0, seed=s)["choices"][0]["message"]["content"] for s in range(30)]
+    by_seed = [
+        ask(echo, "What is 2 + 2?", temperature=1.0, seed=s)["choices"][0]["message"]["content"] for s in range(30)
+    ]
+    again = [
+        ask(echo, "What is 2 + 2?", temperature=1.0, seed=s)["choices"][0]["message"]["content"] for s in range(30)
+    ]
     assert by_seed == again
     assert len(set(by_seed)) > 1
     assert all("4" in text for text in by_seed)
@@ -103,8 +118,11 @@ def test_latency_and_tokens_per_second_slow_answers_down():
         ask(url, "one two three four five six seven eight nine ten", temperature=0)  # 10 tokens: 0.12 + 0.2 s
         elapsed = time.perf_counter() - start
         assert elapsed >= 0.3
-        stream = post(url, {**SEED_BODY, "stream": True, "temperature": 0,
-                            "messages": [{"role": "user", "content": "a b c d e"}]}, key=KEY)
+        stream = post(
+            url,
+            {**SEED_BODY, "stream": True, "temperature": 0, "messages": [{"role": "user", "content": "a b c d e"}]},
+            key=KEY,
+        )
         chunks = [json.loads(b[6:]) for b in stream.text.split("\n\n") if b.startswith("data: {")]
         assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "a b c d e"
 
@@ -113,7 +131,9 @@ def test_engine_direct_stream_and_complete_agree():
     import asyncio
 
     engine = EchoEngine(datasets_dir=None)
-    request = ChatRequest(messages=[{"role": "user", "content": "x  y\tz w"}], sampling=Sampling(max_tokens=3), stream=True)
+    request = ChatRequest(
+        messages=[{"role": "user", "content": "x  y\tz w"}], sampling=Sampling(max_tokens=3), stream=True
+    )
 
     async def go():
         pieces = [p async for p in engine.stream(request)]

@@ -12,11 +12,25 @@ from server_helpers import SEED_BODY, post
 from sentech_eval.server.testing import running_server
 
 KEY = "fuzz-key"
-FIELDS = ["model", "messages", "temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty",
-          "max_tokens", "seed", "stream"]
+FIELDS = [
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "top_k",
+    "frequency_penalty",
+    "presence_penalty",
+    "max_tokens",
+    "seed",
+    "stream",
+]
 
 json_scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
     | st.sampled_from([0, 1, -1, 0.5, 2, 2.0001, -2, 1e308, -0.0, 2**63, 2**64, "user", "", "0.7"])
 )
 json_values = st.recursive(
@@ -61,7 +75,7 @@ def check(reply):
 def _post_json(url, body):
     raw = json.dumps(body, allow_nan=True).encode()  # NaN/Infinity are not JSON: the server must say 400
     reply = post(url, raw=raw, key=KEY)
-    reply.json = (lambda text=reply.text: json.loads(text) if not text.startswith("data: ") else {})  # type: ignore[method-assign]
+    reply.json = lambda text=reply.text: json.loads(text) if not text.startswith("data: ") else {}  # type: ignore[method-assign]
     return reply
 
 

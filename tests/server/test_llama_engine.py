@@ -22,10 +22,13 @@ N_THREADS = 1  # one thread: OpenMP spin-waits collapse when the shared 2-core m
 
 pytestmark = [
     pytest.mark.local_model,
-    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                       reason="llama-cpp-python is not installed (pip install -e '.[local]')"),
-    pytest.mark.skipif(not DEFAULT_GGUF.is_file(),
-                       reason=f"{DEFAULT_GGUF} is missing (run `sentech-eval fetch-model`)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp") is None,
+        reason="llama-cpp-python is not installed (pip install -e '.[local]')",
+    ),
+    pytest.mark.skipif(
+        not DEFAULT_GGUF.is_file(), reason=f"{DEFAULT_GGUF} is missing (run `sentech-eval fetch-model`)"
+    ),
 ]
 KEY = "llama-key"
 
@@ -60,11 +63,15 @@ def test_seed_curl_example_gets_a_real_completion(llama):
     assert body["usage"]["prompt_tokens"] > 10 and body["usage"]["completion_tokens"] > 0
 
 
-@pytest.mark.parametrize("fields", [
-    {"temperature": 0, "seed": 0},  # greedy
-    {"temperature": 0.7, "seed": 11},  # sampled: the seed must reach llama.cpp unchanged
-    {"temperature": 0, "seed": 0, "max_tokens": 6},  # cut short
-], ids=["greedy", "seeded", "length"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"temperature": 0, "seed": 0},  # greedy
+        {"temperature": 0.7, "seed": 11},  # sampled: the seed must reach llama.cpp unchanged
+        {"temperature": 0, "seed": 0, "max_tokens": 6},  # cut short
+    ],
+    ids=["greedy", "seeded", "length"],
+)
 def test_answer_equals_llama_cpp_pythons_own_answer_on_this_machine(llama, reference_llm, fields):
     body = {**SEED_BODY, **fields}
     served = chat(llama, **fields).json()
@@ -78,14 +85,18 @@ def test_same_seed_same_output_different_seeds_differ(llama):
     story = [{"role": "user", "content": "Write one sentence about a dragon."}]
     a = chat(llama, messages=story, temperature=1.2, seed=11, max_tokens=24).json()["choices"][0]["message"]["content"]
     b = chat(llama, messages=story, temperature=1.2, seed=11, max_tokens=24).json()["choices"][0]["message"]["content"]
-    others = {chat(llama, messages=story, temperature=1.2, seed=s, max_tokens=24).json()["choices"][0]["message"]["content"]
-              for s in (12, 13, 14)}
+    others = {
+        chat(llama, messages=story, temperature=1.2, seed=s, max_tokens=24).json()["choices"][0]["message"]["content"]
+        for s in (12, 13, 14)
+    }
     assert a == b
     assert others - {a}
 
 
 def test_max_tokens_gives_length(llama):
-    body = chat(llama, temperature=0, max_tokens=5, messages=[{"role": "user", "content": "Count from one to fifty."}]).json()
+    body = chat(
+        llama, temperature=0, max_tokens=5, messages=[{"role": "user", "content": "Count from one to fifty."}]
+    ).json()
     assert body["usage"]["completion_tokens"] == 5
     assert body["choices"][0]["finish_reason"] == "length"
 
@@ -125,8 +136,11 @@ def test_a_client_that_leaves_frees_the_model(llama):
     import socket
     import time
 
-    long_body = {"messages": [{"role": "user", "content": "Write a 1000-word essay on the history of Rome."}],
-                 "temperature": 0, "max_tokens": 300}
+    long_body = {
+        "messages": [{"role": "user", "content": "Write a 1000-word essay on the history of Rome."}],
+        "temperature": 0,
+        "max_tokens": 300,
+    }
     start = time.perf_counter()
     full = chat(llama, **long_body).json()
     full_s = time.perf_counter() - start
@@ -135,8 +149,12 @@ def test_a_client_that_leaves_frees_the_model(llama):
     host, port = llama.split("//")[1].split("/")[0].split(":")
     raw = json.dumps({**SEED_BODY, **long_body}).encode()
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-                     + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(raw) + raw)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(raw)
+            + raw
+        )
         time.sleep(0.1 * full_s)
     start = time.perf_counter()
     follow_up = chat(llama, temperature=0, max_tokens=8).json()

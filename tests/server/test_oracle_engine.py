@@ -19,8 +19,9 @@ PROMPTS = [f"Question number {i}?" for i in range(400)]
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("oracle-datasets")
-    pd.DataFrame({"id": range(len(PROMPTS)), "prompt": PROMPTS,
-                  "reference": [f"answer-{i}" for i in range(len(PROMPTS))]}).to_parquet(d / "q.parquet")
+    pd.DataFrame(
+        {"id": range(len(PROMPTS)), "prompt": PROMPTS, "reference": [f"answer-{i}" for i in range(len(PROMPTS))]}
+    ).to_parquet(d / "q.parquet")
     return d
 
 
@@ -39,8 +40,10 @@ def test_hit_rate_matches_the_formula_and_better_settings_dominate(dataset_dir):
 
     def right(temperature, top_p, seed=7):
         sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed)
-        return [engine.answer(ChatRequest(messages=[{"role": "user", "content": p}], sampling=sampling)) == f"answer-{i}"
-                for i, p in enumerate(PROMPTS)]
+        return [
+            engine.answer(ChatRequest(messages=[{"role": "user", "content": p}], sampling=sampling)) == f"answer-{i}"
+            for i, p in enumerate(PROMPTS)
+        ]
 
     best, worse = right(0.3, 0.9), right(1.2, 1.0)
     assert sum(best) / len(PROMPTS) == pytest.approx(0.8, abs=0.06)  # 400 draws: sd 0.02
@@ -54,7 +57,7 @@ def test_hit_rate_matches_the_formula_and_better_settings_dominate(dataset_dir):
 def test_serves_the_reference_or_a_wrong_answer_over_http(dataset_dir):
     with running_server("oracle", api_key=KEY, datasets_dir=dataset_dir, accuracy_peak=0.99) as url:
         answers = []
-        for i, prompt in enumerate(PROMPTS[:40]):
+        for prompt in PROMPTS[:40]:
             body = {**SEED_BODY, "messages": [{"role": "user", "content": prompt}], "temperature": 0.3, "top_p": 0.9}
             reply = post(url, body, key=KEY)
             assert reply.status == 200, reply.text
@@ -66,8 +69,8 @@ def test_serves_the_reference_or_a_wrong_answer_over_http(dataset_dir):
 
 
 def test_bad_accuracy_peak_is_one_sentence():
-    from sentech_eval.errors import ConfigError
     from sentech_eval.commands.serve import parse_config
+    from sentech_eval.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--accuracy-peak"):
         parse_config(["--engine", "oracle", "--accuracy-peak", "1.5", "--no-auth"])
