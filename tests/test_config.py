@@ -216,7 +216,7 @@ def _table_defaults(text: str) -> dict[str, str]:
 
 
 def test_docs_give_the_schema_defaults():
-    """docs/local.md's table and the README's backend rows state the schemas' defaults (no drift)."""
+    """docs/local.md's table and docs/reference.md's backend rows state the schemas' defaults (no drift)."""
     import dataclasses
 
     import yaml
@@ -231,7 +231,7 @@ def test_docs_give_the_schema_defaults():
             assert yaml.safe_load(local_doc[field.name]) == field.default, f"docs/local.md: {field.name}"
             checked += 1
     assert checked >= 8
-    readme = _table_defaults((REPO_ROOT / "README.md").read_text(encoding="utf-8"))
+    readme = _table_defaults((REPO_ROOT / "docs" / "reference.md").read_text(encoding="utf-8"))
     remote = {f.name: f.default for f in dataclasses.fields(RemoteBackendConfig)}
     checked = 0
     for keys, cell in readme.items():
@@ -239,6 +239,6 @@ def test_docs_give_the_schema_defaults():
         values = [v.strip().strip("`") for v in cell.split("/")] if len(names) > 1 else [cell]
         for name, value in zip(names, values):
             if name in remote and name != "kind":
-                assert yaml.safe_load(value) == remote[name], f"README config table: backend.{name}"
+                assert yaml.safe_load(value) == remote[name], f"docs/reference.md config table: backend.{name}"
                 checked += 1
     assert checked >= 6

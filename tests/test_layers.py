@@ -195,7 +195,7 @@ def test_floor_rules_see_a_bad_import(tmp_path):
 
 
 def layout_entries(readme: str) -> dict[str, str]:
-    """Path -> description of every line of the README's layout tree (directories end in ``/``)."""
+    """Path -> description of every line of a layout tree (docs/architecture.md) (directories end in ``/``)."""
     section = readme[readme.index("## Layout") :]
     end = section.find("\n## ", 5)
     section = section if end < 0 else section[:end]
@@ -228,15 +228,17 @@ def package_files() -> list[str]:
 
 
 def test_readme_layout_lists_every_module():
-    """The README's layout tree has one line, with a description, for every module (and names none that is gone)."""
-    entries = layout_entries((ROOT.parent / "README.md").read_text(encoding="utf-8"))
+    """docs/architecture.md's layout tree has one line, with a description, for every module (and names none that is gone)."""
+    entries = layout_entries((ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8"))
     files = package_files()
     missing = [f for f in files if f not in entries]
-    assert not missing, f"add one line per module to the README's layout section: {', '.join(missing)}"
+    assert not missing, f"add one line per module to the layout section of docs/architecture.md: {', '.join(missing)}"
     undescribed = [f for f in files if not entries[f]]
-    assert not undescribed, f"say in one line what these do in the README's layout: {', '.join(undescribed)}"
+    assert not undescribed, (
+        f"say in one line what these do in the layout of docs/architecture.md: {', '.join(undescribed)}"
+    )
     gone = [p for p in entries if p.endswith(".py") and p not in files]
-    assert not gone, f"the README's layout names modules that do not exist: {', '.join(gone)}"
+    assert not gone, f"docs/architecture.md's layout names modules that do not exist: {', '.join(gone)}"
 
 
 def test_layout_reader_follows_the_indentation():
