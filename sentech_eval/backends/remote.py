@@ -1,5 +1,8 @@
 """The remote backend: the Sentech Chat Completions API (or any OpenAI-compatible server) over aiohttp.
 
+This module is the HTTP transport (session, request, timeouts, redirects, size caps); reading an
+answer is ``remote_answers`` (a body, an error body, headers) and ``remote_sse`` (a stream).
+
 One ``aiohttp.ClientSession`` per run, its connector sized to the runner's concurrency. The API
 key is read from the environment variable named by ``backend.api_key_env`` and is never put in a
 row, an error message or metadata. Every request failure becomes a ``Completion`` with
@@ -10,7 +13,6 @@ whether trying again can help (429, 5xx, timeouts, dropped connections).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
 import re
 import time
@@ -23,328 +25,26 @@ import aiohttp.http_exceptions
 import orjson
 
 from sentech_eval.backends.base import Backend
+from sentech_eval.backends.remote_answers import (
+    ResponseTooLarge,
+    error_message,
+    exception_text,
+    media_type,
+    parse_capacity,
+    parse_completion_body,
+    parse_retry_after,
+    payload_reason,
+)
+from sentech_eval.backends.remote_sse import read_stream
 from sentech_eval.config import RemoteBackendConfig, RunnerConfig, backend_settings, number_setting
 from sentech_eval.errors import BackendError, ConfigError
 from sentech_eval.secrets import Redactor, environment_secrets, url_credential
-from sentech_eval.types import CAPACITY_HEADER, MAX_ADVERTISED_CAPACITY, Completion, Sampling, time_per_output_token
+from sentech_eval.types import CAPACITY_HEADER, Completion, Sampling, time_per_output_token
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
-SNIPPET = 160
 ERROR_BODY_BYTES = 1 << 20  # an error body is read up to 1 MiB: its message is at the start
 MAX_REDIRECTS = 5
-# A usage count a server may report: 0 ≤ n ≤ this (no context window holds a billion tokens).
-MAX_TOKEN_COUNT = 1_000_000_000
-USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
-
-
-_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
-
-
-class ResponseTooLarge(Exception):
-    """A body beyond ``backend.max_response_mb``."""
-
-
-def _snippet(raw: bytes) -> str:
-    text = raw[:SNIPPET].decode("utf-8", "replace").replace("\n", " ").strip()
-    return text + ("…" if len(raw) > SNIPPET else "")
-
-
-def _is_html(raw: bytes) -> bool:
-    head = raw[:512].lstrip().lower()
-    return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head
-
-
-def _html_title(raw: bytes) -> str:
-    match = _TITLE.search(raw[:4096])
-    title = match.group(1).decode("utf-8", "replace").strip() if match else ""
-    return " ".join(title.split()) or _snippet(raw)
-
-
-def _json_problem(exc: Exception) -> str:
-    """orjson's reason without the position noise, e.g. 'unexpected end of data: line 1 column 40 (char 39)'."""
-    return str(exc).strip() or type(exc).__name__
-
-
-def media_type(header: str) -> str:
-    """A Content-Type header's media type: 'application/json; charset=utf-8' -> 'application/json'.
-
-    (aiohttp's ``resp.content_type`` parses the whole header with the email package: dearer.)
-    """
-    return header.partition(";")[0].strip().lower()
-
-
-def _is_json_type(content_type: str) -> bool:
-    return content_type == "application/json" or content_type.endswith("+json")
-
-
-def error_message(status: int, raw: bytes) -> str:
-    """The server's own error text, from the Sentech, OpenAI or ``detail`` error shapes."""
-    if not raw.strip():
-        return f"HTTP {status}: empty error body"
-    if _is_html(raw):
-        return f"HTTP {status}: an HTML error page ({_html_title(raw)!r}) instead of a JSON error"
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return f"HTTP {status}: non-JSON error body: {_snippet(raw)!r}"
-    if isinstance(body, dict):
-        message, detail = body.get("message"), body.get("error")
-        if isinstance(detail, dict):  # OpenAI: {"error": {"message": ...}}
-            message, detail = detail.get("message") or message, None
-        if message is None and "detail" in body:  # FastAPI: {"detail": "..."} or a 422's list of field errors
-            message = body["detail"]
-        if message is not None:
-            detail = _readable(detail) if isinstance(detail, str) else ""
-            return f"HTTP {status}: {_readable(message)}" + (f" ({detail})" if detail else "")
-    return f"HTTP {status}: {_snippet(raw)!r}"
-
-
-# A server's error text may carry a Python stack frame (llama_cpp.server appends one) or a pydantic
-# validation report; the row keeps the field and the reason only.
-_STACK = re.compile(r"\s*(Traceback \(most recent call last\)|File \"[^\"]*\", line \d+).*", re.DOTALL)
-_PYDANTIC_REPORT = re.compile(r"^\s*\d+ validation errors?\b")
-_PYDANTIC_ITEM = re.compile(r"""'loc': \(([^)]*)\), 'msg': (?:'([^']*)'|"([^"]*)")""")
-MAX_ERROR_CHARS = 300
-
-
-def _field_errors(items: list[Any]) -> str | None:
-    """'body.top_p: Input should be less than or equal to 1' from FastAPI/pydantic ``[{"loc": [...], "msg": ...}]``."""
-    parts = []
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("msg"), str):
-            loc = item.get("loc")
-            where = ".".join(str(p) for p in loc) if isinstance(loc, (list, tuple)) and loc else ""
-            parts.append(f"{where}: {item['msg']}" if where else item["msg"])
-    return "; ".join(dict.fromkeys(parts)) or None
-
-
-def _readable(message: Any) -> str:
-    """A server's error message as one line: field errors named, stack frames dropped, at most 300 characters."""
-    if isinstance(message, list):
-        text = _field_errors(message) or _short(message)
-    elif not isinstance(message, str):
-        text = orjson.dumps(message).decode() if isinstance(message, (dict, int, float, bool)) else repr(message)
-    else:
-        text = _STACK.sub("", message)
-        if _PYDANTIC_REPORT.match(text):  # pydantic's str(ValidationError) of dict reprs
-            items = [
-                {"loc": [p.strip(" '") for p in loc.split(",") if p.strip(" '")], "msg": msg1 or msg2}
-                for loc, msg1, msg2 in _PYDANTIC_ITEM.findall(text)
-            ]
-            text = _field_errors(items) or text
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        try:
-            seconds = when.timestamp() - time.time()
-        except (OverflowError, OSError, ValueError):
-            return None
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        return None  # nan / inf: not a delay
-    return max(0.0, seconds)
-
-
-def parse_capacity(value: str | None) -> int | None:
-    """A server's advertised capacity (``X-Sentech-Capacity: 4``) as an int; None for anything but a
-    plain positive integer up to ``MAX_ADVERTISED_CAPACITY`` (a header is untrusted input)."""
-    if value is None or not 0 < len(value) <= 7 or not value.isascii() or not value.isdigit():
-        return None
-    capacity = int(value)
-    return capacity if 0 < capacity <= MAX_ADVERTISED_CAPACITY else None
-
-
-def parse_completion_body(raw: bytes, content_type: str) -> Completion:
-    """Turn a 200 body into a Completion; anything malformed becomes a precise error."""
-    try:  # the hot path: a well-formed answer, checked with as few Python steps as possible
-        body = orjson.loads(raw)
-        choice = body["choices"][0]
-        content = choice["message"]["content"]
-        usage = body["usage"]
-        prompt_tokens, completion_tokens, total_tokens = (
-            usage["prompt_tokens"],
-            usage["completion_tokens"],
-            usage["total_tokens"],
-        )
-        finish_reason = choice.get("finish_reason")
-        model = body.get("model")
-        if (
-            type(content) is str
-            and content
-            and not content.isspace()
-            and type(prompt_tokens) is int
-            and type(completion_tokens) is int
-            and type(total_tokens) is int
-            and 0 <= prompt_tokens <= MAX_TOKEN_COUNT
-            and 0 <= completion_tokens <= MAX_TOKEN_COUNT
-            and 0 <= total_tokens <= MAX_TOKEN_COUNT
-            and (finish_reason is None or type(finish_reason) is str)
-            and _is_json_type(content_type)
-        ):
-            return Completion(
-                output=content,
-                finish_reason=finish_reason,
-                response_model=model if type(model) is str else None,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=total_tokens,
-                usage_source="server",
-            )
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-        pass
-    return _parse_completion_body_checked(raw, content_type)
-
-
-def _parse_completion_body_checked(raw: bytes, content_type: str) -> Completion:
-    """The slow path: find exactly what is wrong with a body (or accept an unusual but valid one)."""
-    # Hot path first: a JSON content type and a body that parses (an HTML page or an empty body
-    # never does, and an answer that merely mentions "<html" is not an HTML page).
-    body = problem = None
-    if _is_json_type(content_type):
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            problem = exc
-    if body is None:
-        if _is_html(raw):
-            return Completion(
-                status="error",
-                error=f"response is an HTML page ({_html_title(raw)!r}, content-type "
-                f"{content_type or 'none'}), not a JSON chat completion",
-            )
-        if not _is_json_type(content_type):
-            return Completion(
-                status="error",
-                error=f"response has content-type {content_type or 'none'!r}, not application/json: {_snippet(raw)!r}",
-            )
-        if not raw.strip():
-            return Completion(status="error", error="response body is empty")
-        if problem is not None:
-            return Completion(
-                status="error", error=f"response body is not valid JSON ({_json_problem(problem)}): {_snippet(raw)!r}"
-            )
-    if not isinstance(body, dict):
-        return Completion(status="error", error=f"response body is a JSON {type(body).__name__}, not an object")
-    choices = body.get("choices")
-    if not isinstance(choices, list) or not choices:
-        if "choices" not in body and ("message" in body or "error" in body):
-            return Completion(
-                status="error", error="response has no 'choices' but an error: " + error_message(200, raw)
-            )
-        return Completion(
-            status="error",
-            error="response has no 'choices'"
-            if "choices" not in body
-            else f"response 'choices' is {_describe(choices)}, not a non-empty list",
-        )
-    choice = choices[0]
-    if not isinstance(choice, dict):
-        return Completion(status="error", error=f"response choices[0] is {_describe(choice)}, not an object")
-    message = choice.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    finish_reason = choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None
-    if not isinstance(message, dict):
-        return Completion(status="error", error="response choices[0] has no 'message' object")
-    if not isinstance(content, str):
-        return Completion(
-            status="error", error=f"response choices[0].message.content is {_describe(content)}, not a string"
-        )
-    if not content.strip():
-        return Completion(status="error", error="response content is empty", finish_reason=finish_reason)
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    completion = completion_with_usage(
-        Completion(
-            output=content,
-            finish_reason=finish_reason,
-            response_model=body["model"] if isinstance(body.get("model"), str) else None,
-        ),
-        usage,
-    )
-    if completion.status == "ok":
-        completion.usage_source = "server" if completion.completion_tokens is not None else "none"
-    return completion
-
-
-def usage_problem(usage: dict[str, Any]) -> str | None:
-    """Why a server's ``usage`` cannot be stored (a count that is not a whole number in 0..10^9), or None."""
-    for name in USAGE_FIELDS:
-        value = usage.get(name)
-        if value is None:
-            continue
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"response usage.{name} is {_describe(value)} ({_short(value)}), not a whole number"
-        if not 0 <= value <= MAX_TOKEN_COUNT:
-            return f"response usage.{name}={value} is out of range (a token count is between 0 and {MAX_TOKEN_COUNT:,})"
-    return None
-
-
-def completion_with_usage(completion: Completion, usage: dict[str, Any]) -> Completion:
-    """Set the token counts from a server's ``usage``; an out-of-range count makes the row an error saying so."""
-    problem = usage_problem(usage)
-    if problem is not None:
-        return Completion(
-            status="error",
-            error=problem,
-            output=completion.output,
-            finish_reason=completion.finish_reason,
-            ttft_s=completion.ttft_s,
-        )
-    completion.prompt_tokens, completion.completion_tokens, completion.total_tokens = (
-        _int_or_none(usage.get(name)) for name in USAGE_FIELDS
-    )
-    return completion
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "…"
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "missing or null"
-    if isinstance(value, list):
-        return "an empty list" if not value else "a list"
-    if isinstance(value, str):
-        return "an empty string" if not value else "a string"
-    return f"a {type(value).__name__}"
-
-
-def _payload_reason(exc: BaseException) -> str:
-    """The innermost readable reason of an aiohttp payload error (e.g. 'Not enough data to satisfy ...')."""
-    seen = exc
-    while seen is not None:
-        message = getattr(seen, "message", None)
-        if isinstance(message, str) and message:
-            return message
-        seen = seen.__cause__ or seen.__context__
-    text = str(exc)
-    inner = re.search(r"message='([^']+)'", text)
-    return inner.group(1) if inner else (text or type(exc).__name__)
-
-
-def _exc_text(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def check_base_url(base_url: str) -> None:
@@ -634,7 +334,7 @@ class RemoteBackend(Backend):
                     self.advertised_capacity = parse_capacity(resp.headers.get(CAPACITY_HEADER))
                 content_type = media_type(resp.headers.get("Content-Type", ""))
                 if self.stream and content_type == "text/event-stream":
-                    result = await self._read_stream(resp, start)
+                    result = await read_stream(resp, start, max_response_mb=self.max_response_mb, redact=redact)
                 else:
                     declared = resp.content_length
                     if declared is not None and declared <= self.max_response_bytes and not _encoded(resp):
@@ -662,25 +362,31 @@ class RemoteBackend(Backend):
             result = self._failure(f"timed out after {timeout_s:g} s", start, retryable=True)
         except aiohttp.ClientPayloadError as exc:
             result = self._failure(
-                f"response body was cut off before its end ({_payload_reason(exc)})", start, retryable=True
+                f"response body was cut off before its end ({payload_reason(exc)})", start, retryable=True
             )
         except aiohttp.ClientConnectorCertificateError as exc:
             result = self._failure(
-                f"TLS certificate verification failed for {self.base_url} ({_exc_text(exc)}); "
+                f"TLS certificate verification failed for {self.base_url} ({exception_text(exc)}); "
                 "the server needs a valid certificate",
                 start,
                 retryable=False,
             )
         except aiohttp.ServerDisconnectedError as exc:
             result = self._failure(
-                f"the server closed the connection without answering ({_exc_text(exc)})", start, retryable=True
+                f"the server closed the connection without answering ({exception_text(exc)})", start, retryable=True
             )
         except aiohttp.ClientConnectionError as exc:
-            result = self._failure(f"connection error: {type(exc).__name__}: {_exc_text(exc)}", start, retryable=True)
+            result = self._failure(
+                f"connection error: {type(exc).__name__}: {exception_text(exc)}", start, retryable=True
+            )
         except aiohttp.ClientResponseError as exc:  # a malformed status line or header from the server
-            result = self._failure(f"the server's answer is not valid HTTP ({_exc_text(exc)})", start, retryable=False)
+            result = self._failure(
+                f"the server's answer is not valid HTTP ({exception_text(exc)})", start, retryable=False
+            )
         except aiohttp.ClientError as exc:
-            result = self._failure(f"request failed: {type(exc).__name__}: {_exc_text(exc)}", start, retryable=False)
+            result = self._failure(
+                f"request failed: {type(exc).__name__}: {exception_text(exc)}", start, retryable=False
+            )
         except aiohttp.http_exceptions.HttpProcessingError as exc:  # e.g. a header line beyond aiohttp's limit
             result = self._failure(
                 f"the server's answer is not valid HTTP ({type(exc).__name__}: {exc.message})", start, retryable=False
@@ -710,158 +416,6 @@ class RemoteBackend(Backend):
         if sampling is not self._body_for:  # the runner reuses one Sampling object per repeat
             self._body_for, self._body_fields = sampling, self.request_body([], sampling)
         return orjson.dumps({**self._body_fields, "messages": messages})
-
-    async def _lines(self, resp: aiohttp.ClientResponse) -> Any:
-        """The stream's lines, of any length (aiohttp's own readline stops at its buffer size); capped in total."""
-        pending = bytearray()
-        size = 0
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > self.max_response_bytes:
-                resp.close()
-                raise ResponseTooLarge(size)
-            pending += chunk
-            if b"\n" not in chunk:
-                continue  # a long line grows in place until its end arrives
-            *lines, tail = bytes(pending).split(b"\n")
-            pending = bytearray(tail)
-            for line in lines:
-                yield line
-        if pending:
-            yield bytes(pending)
-
-    async def _read_stream(self, resp: aiohttp.ClientResponse, start: float) -> Completion:
-        """Read OpenAI-style SSE chunks; ttft_s at the first chunk with non-empty content, itl_s the
-        gaps between content chunks; token counts from the server's usage, else the content chunks."""
-        pieces: list[str] = []
-        times: list[float] = []  # perf_counter at each content chunk
-        clock = time.perf_counter
-        ttft = None
-        finish_reason = None
-        response_model = None
-        usage: dict[str, Any] = {}
-        done = False
-        redact = self._redactor.raw
-        try:
-            async for line in self._lines(resp):
-                line = line.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    done = True
-                    break
-                try:
-                    chunk = orjson.loads(payload)
-                except orjson.JSONDecodeError as exc:
-                    return Completion(
-                        status="error",
-                        output="".join(pieces) or None,
-                        ttft_s=ttft,
-                        error=f"stream chunk is not valid JSON ({_json_problem(exc)}): {_snippet(redact(payload))!r}",
-                    )
-                if not isinstance(chunk, dict):
-                    return Completion(
-                        status="error",
-                        output="".join(pieces) or None,
-                        ttft_s=ttft,
-                        error=f"stream chunk is a JSON {type(chunk).__name__}, not an object",
-                    )
-                if "choices" not in chunk and ("message" in chunk or "error" in chunk):
-                    return Completion(
-                        status="error",
-                        output="".join(pieces) or None,
-                        ttft_s=ttft,
-                        retryable=True,
-                        error="the stream reported an error mid-way: " + error_message(200, redact(payload))[10:],
-                    )
-                if isinstance(chunk.get("usage"), dict):
-                    usage = chunk["usage"]
-                if response_model is None and isinstance(chunk.get("model"), str):
-                    response_model = chunk["model"]
-                choices = chunk.get("choices")
-                for choice in choices if isinstance(choices, list) else ():
-                    if not isinstance(choice, dict):
-                        continue
-                    delta = choice.get("delta")
-                    content = delta.get("content") if isinstance(delta, dict) else None
-                    if isinstance(content, str) and content:
-                        now = clock()
-                        if ttft is None:
-                            ttft = now - start
-                        times.append(now)
-                        pieces.append(content)
-                    if isinstance(choice.get("finish_reason"), str):
-                        finish_reason = choice["finish_reason"]
-        except aiohttp.ClientPayloadError as exc:
-            output = "".join(pieces)
-            return Completion(
-                status="error",
-                output=output or None,
-                ttft_s=ttft,
-                retryable=True,
-                error=f"the stream was cut mid-way (the connection closed before 'data: [DONE]' after "
-                f"{len(output)} characters: {_payload_reason(exc)})",
-            )
-        except ResponseTooLarge:
-            output = "".join(pieces)
-            return Completion(
-                status="error",
-                output=output or None,
-                ttft_s=ttft,
-                error=f"the stream is larger than backend.max_response_mb={self.max_response_mb:g} "
-                "(not read further); raise backend.max_response_mb if answers this large are expected",
-            )
-        output = "".join(pieces)
-        if not done:
-            return Completion(
-                status="error",
-                output=output or None,
-                ttft_s=ttft,
-                retryable=True,
-                error=f"the stream was cut mid-way (ended before 'data: [DONE]' after {len(output)} characters)",
-            )
-        if not output.strip() and finish_reason is not None:
-            return Completion(status="error", error="stream finished with empty content", finish_reason=finish_reason)
-        problem = usage_problem(usage)
-        if problem is not None:
-            return Completion(
-                status="error",
-                error=problem,
-                output=output,
-                finish_reason=finish_reason,
-                ttft_s=ttft,
-                response_model=response_model,
-            )
-        if finish_reason is None:  # [DONE] but no choice ever finished: the server gave up on this answer
-            return Completion(
-                status="error",
-                output=output or None,
-                ttft_s=ttft,
-                retryable=True,
-                error=f"the stream ended without a finish_reason after {len(output)} characters: cut "
-                "short by the server (llama_cpp.server: start it with --interrupt_requests false)",
-            )
-        prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
-        completion_tokens = _int_or_none(usage.get("completion_tokens"))
-        total_tokens = _int_or_none(usage.get("total_tokens"))
-        if completion_tokens is not None:
-            usage_source = "server"
-        else:  # a server that sends no usage: one content chunk is one token (as vLLM's client counts)
-            usage_source, completion_tokens = "chunks", len(times)
-            if prompt_tokens is not None:
-                total_tokens = prompt_tokens + completion_tokens
-        return Completion(
-            output=output,
-            finish_reason=finish_reason,
-            ttft_s=ttft,
-            response_model=response_model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=total_tokens,
-            itl_s=[b - a for a, b in zip(times, times[1:])],
-            usage_source=usage_source,
-        )
 
     async def aclose(self) -> None:
         """Close the HTTP session."""

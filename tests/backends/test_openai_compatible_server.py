@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 from cli_helpers import TEST_KEY, run_cli
 
-from sentech_eval.backends.remote import error_message
+from sentech_eval.backends.remote_answers import error_message
 from sentech_eval.paths import embedded_model_path
 
 pytest.importorskip(

@@ -1,4 +1,4 @@
-"""A server's error body becomes one readable line (remote.error_message), whatever its shape.
+"""A server's error body becomes one readable line (remote_answers.error_message), whatever its shape.
 
 The validation reports are made by pydantic itself (the library FastAPI and llama_cpp.server use),
 not written by hand: FastAPI answers a 422 with ``{"detail": exc.errors()}``; llama_cpp.server
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from sentech_eval.backends.remote import MAX_ERROR_CHARS, error_message
+from sentech_eval.backends.remote_answers import MAX_ERROR_CHARS, error_message
 
 pydantic = pytest.importorskip("pydantic")
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reliability_support import assert_one_sentence, new_key, rows, run_cli
 
-from sentech_eval.backends.remote import parse_completion_body
+from sentech_eval.backends.remote_answers import parse_completion_body
 
 # case -> (attempts with runner.max_retries=1, fragment of the error; None = the row is ok)
 CASES: dict[str, tuple[int, str | None]] = {
