@@ -37,6 +37,7 @@ from sentech_eval.secrets import (
     is_credential_name,
     is_reference_name,
     redact_tree,
+    secret_in_resolved,
 )
 from sentech_eval.types import SAMPLING_PARAMS, SAMPLING_RANGES, Sampling
 
@@ -232,7 +233,32 @@ def dataset_stem(path: str) -> str:
     name = Path(path).name
     for suffix in (".gz", ".zst", ".parquet", ".jsonl", ".json", ".csv", ".pq"):
         name = name.removesuffix(suffix)
-    return name or "dataset"
+    return name if name not in ("", ".", "..") else "dataset"
+
+
+# Config values that become a directory's name under results/ (conf/config.yaml: results/${experiment}/…;
+# experiment defaults to ${dataset.name}).
+DIRECTORY_NAME_KEYS = ("experiment",)
+
+
+def directory_name_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot name a directory inside the results dir (a path separator, '..', a NUL), or None."""
+    if not isinstance(value, str):
+        return None
+    if "/" in value or "\\" in value or "\0" in value or value.strip() in (".", ".."):
+        return (
+            f"{key}={value!r} becomes a directory name under results/ and must not hold a path separator, "
+            f"'..' or a NUL; choose a plain name (e.g. {key}=my-eval), or set hydra.run.dir=PATH for another place."
+        )
+    return None
+
+
+def check_directory_names(values: dict[str, Any]) -> None:
+    """Refuse names that would put a run outside its results dir (``experiment=../../x``)."""
+    for key in DIRECTORY_NAME_KEYS:
+        problem = directory_name_problem(key, values.get(key))
+        if problem is not None:
+            raise ConfigError(problem)
 
 
 def config_error(exc: BaseException, section: str = "") -> ConfigError:
@@ -559,6 +585,7 @@ def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:
         raise ConfigError(
             f"Unknown config key '{unknown[0]}'; top-level keys are: {', '.join(sorted(TOP_LEVEL_KEYS - {'hydra'}))}."
         )
+    check_directory_names({key: _resolved_value(cfg, key) for key in DIRECTORY_NAME_KEYS})
     backend = cfg.get("backend")
     if not isinstance(backend, DictConfig) or not backend.get("kind"):
         raise ConfigError("backend.kind is not set; choose backend=remote or backend=local.")
@@ -627,6 +654,103 @@ def composer(job_name: str = "sentech-eval") -> Iterator[Callable[..., DictConfi
             yield compose_one
     finally:
         GlobalHydra.instance().clear()
+
+
+def _config_dirs(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(overrides, the user's config dirs) from ``sentech-eval run``'s arguments; flags dropped."""
+    overrides, dirs = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--config-dir", "-cd"):
+            dirs.append(next(args, ""))
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.partition("=")[2])
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+        elif arg in ("--config-name", "-cn", "--config-path", "-cp", "--experimental-rerun"):
+            next(args, None)
+    return overrides, [d for d in dirs if d]
+
+
+def _resolved_value(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=False)
+    except OmegaConfBaseException:
+        return None  # (a value only Hydra's running job can resolve, e.g. ${hydra:runtime.output_dir})
+
+
+def check_resolved_overrides(argv: list[str], secrets: Iterable[str]) -> None:
+    """Before Hydra writes anything: the config ``sentech-eval run ARGV`` asks for, resolved, holds no secret
+    (``secrets``: the values of the key's variables) and names no directory outside results/.
+
+    Literal overrides are checked as given; the config is composed and resolved only when an override
+    interpolates (``${…}``) or config dirs of the user's are added (the shipped config reads no variable).
+    A value only the running job can resolve is skipped; one sweep value with an interpolation is composed
+    on its own.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides, dirs = _config_dirs(argv)
+    literal = {}
+    for arg in overrides:
+        name, sep, value = arg.partition("=")
+        if sep and "${" not in value:
+            literal[name.lstrip("+~")] = value.strip().strip("'\"")
+    if "experiment" not in literal and not any(a.lstrip("+~").startswith("experiment=") for a in overrides):
+        literal["experiment"] = literal.get("dataset.name")  # experiment: ${dataset.name}
+    check_directory_names(literal)
+    if not dirs and not any("hydra.searchpath" in a for a in overrides) and not any("${" in a for a in overrides):
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return  # Hydra says what is wrong with it
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    if dirs:
+        fixed.append(f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in dirs)}]")
+    trials = [fixed]
+    for o in parsed:
+        if o.is_sweep_override():
+            for value in o.sweep_string_iterator() if not o.is_hydra_override() else ():
+                if "${" in value:
+                    trials.append([*fixed, f"{o.get_key_element()}={value}"])
+    secrets = list(secrets)
+    interpolating = [a.partition("=")[0].lstrip("+~") for a in overrides if "${" in a]
+    try:
+        with composer() as compose:
+            for trial in trials:
+                cfg = compose(trial, return_hydra_config=True)
+                _refuse_resolved(cfg, secrets, interpolating)
+    except ConfigError as exc:
+        if "holds the value of" in str(exc) or "becomes a directory name" in str(exc):
+            raise
+        return  # a composition error: Hydra reports it in its own words
+
+
+def _refuse_resolved(cfg: DictConfig, secrets: list[str], interpolating: list[str]) -> None:
+    values: dict[str, Any] = {}
+    for key in (*DIRECTORY_NAME_KEYS, "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.job.name"):
+        values[key] = _resolved_value(cfg, key)
+    plain = {}
+    for key in cfg:
+        if key == "hydra":
+            continue
+        try:
+            plain[key] = OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=False)
+        except OmegaConfBaseException:
+            continue
+        except (TypeError, ValueError, AttributeError):
+            continue
+    found = secret_in_resolved({**plain, **{k: v for k, v in values.items() if k.startswith("hydra")}}, secrets)
+    if found is not None:
+        through = f" (through the override {', '.join(repr(n + '=…') for n in interpolating)})" if interpolating else ""
+        raise ConfigError(
+            f"Refusing the config: '{found}' resolves to a value that holds the value of a credential environment "
+            f"variable{through}; Hydra would write it into the run dir's name, its saved config and the results — "
+            "a key is read from the variable named by backend.api_key_env only, never interpolated."
+        )
+    check_directory_names(values)
 
 
 def compose_config(overrides: list[str], *, job_name: str = "sentech-eval") -> DictConfig:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import html
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -129,6 +131,44 @@ def _base64_decoded(text: str) -> Iterator[str]:
                 yield decoded
 
 
+_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|[0-7]{1,3}|[/\\\"'bfnrt])")
+_PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
+_CHAR_REF = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+
+
+def _unescape_backslashes(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        token = match.group(0)[1:]
+        if token[0] in "uUx":
+            code = int(token[1:], 16)
+            return chr(code) if code <= 0x10FFFF else match.group(0)
+        if token[0].isdigit():
+            return chr(int(token, 8))
+        return {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}.get(token, token)
+
+    return _ESCAPE.sub(one, text)
+
+
+def escaped_views(text: str) -> list[str]:
+    """What ``text`` may decode to, when it holds escapes (``\\u0073``, ``%73``, ``&#115;``), repeated up to
+    three times; ``[]`` for text without any (the common case costs three searches)."""
+    views: list[str] = []
+    current = text
+    for _ in range(3):
+        decoded = current
+        if "\\" in decoded and _ESCAPE.search(decoded):
+            decoded = _unescape_backslashes(decoded)
+        if "%" in decoded and _PERCENT.search(decoded):
+            decoded = unquote(decoded)
+        if "&" in decoded and _CHAR_REF.search(decoded):
+            decoded = html.unescape(decoded)
+        if decoded == current:
+            break
+        views.append(decoded)
+        current = decoded
+    return views
+
+
 def decodings(text: str) -> list[str]:
     """``text`` as given and as it may decode: percent-encoding (repeated), backslash escapes, base64 runs."""
     views = [text]
@@ -231,13 +271,66 @@ def shown_name(arg: str, secrets: Iterable[str] = ()) -> str:
     return f"the override '{name}=…'"
 
 
+# An OmegaConf resolver that reads an environment variable: ${oc.env:NAME}, ${oc.env:'NAME',default}, ${env:NAME}.
+_ENV_RESOLVER = re.compile(r"\$\{\s*(?:oc\.env|env)\s*:\s*(['\"]?)\s*((?:\$\{[^}]*\}|[^,}'\"\s])*)")
+
+
+def key_env_names(argv: Iterable[str]) -> set[str]:
+    """The variables that hold a key: ``backend.api_key_env`` (default SENTECH_API_KEY, and any set in ``argv``)
+    and every credential-named variable of the environment (``OPENAI_API_KEY``, ``HF_TOKEN`` …)."""
+    return {DEFAULT_KEY_ENV, *_key_env_names(argv), *(n for n in os.environ if is_credential_name(n))}
+
+
+def interpolation_problem(value: str, key_envs: Iterable[str]) -> str | None:
+    """Why a value's interpolation would read a key (``${oc.env:SENTECH_API_KEY}``), or None.
+
+    Refused whether or not the variable is set: once resolved, Hydra writes the value into the run dir's
+    name, ``.hydra/hydra.yaml``, results and messages. A variable name that is itself an interpolation
+    (``${oc.env:${x}}``) is refused too: what it reads cannot be known before it is resolved.
+    """
+    if "${" not in value:
+        return None
+    names = {n.upper() for n in key_envs}
+    for _quote, name in _ENV_RESOLVER.findall(value):
+        name = name.strip()
+        if "${" in name:
+            return "it reads an environment variable whose name is itself an interpolation (${oc.env:${…}})"
+        if name.upper() in names or is_credential_name(name):
+            return f"it reads the key's environment variable {name} through an interpolation (${{oc.env:{name}}})"
+    return None
+
+
 def refuse_secret_overrides(argv: list[str]) -> None:
-    """Raise ConfigError (one sentence) for the first argument that would carry a credential; never echoes it."""
+    """Raise ConfigError (one sentence) for the first argument that would carry a credential; never echoes it.
+
+    Also refused: an interpolation that reads the key's environment variable (``${oc.env:SENTECH_API_KEY}``).
+    """
     secrets = environment_secrets(_key_env_names(argv))
+    key_envs = key_env_names(argv)
     for arg in argv:
-        problem = override_problem(arg, secrets)
+        problem = override_problem(arg, secrets) or interpolation_problem(arg, key_envs)
         if problem is not None:
             raise ConfigError(f"Refusing {shown_name(arg, secrets)}: {problem}; {FIX}.")
+
+
+def secret_in_resolved(node: Any, secrets: Iterable[str], prefix: str = "") -> str | None:
+    """The dotted name of the first string in resolved config data that holds a secret's value (in any
+    encoding ``decodings`` knows), or None."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            found = secret_in_resolved(value, secrets, f"{prefix}.{key}" if prefix else str(key))
+            if found is not None:
+                return found
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            found = secret_in_resolved(value, secrets, f"{prefix}[{index}]")
+            if found is not None:
+                return found
+    elif isinstance(node, str) and len(node) >= MIN_SECRET_CHARS:
+        for view in decodings(node):
+            if any(secret in view for secret in secrets):
+                return prefix
+    return None
 
 
 def find_credentials(node: Any, prefix: str = "", secrets: Iterable[str] = ()) -> list[str]:
@@ -318,13 +411,29 @@ class Redactor:
         self._byte_needles = tuple(x.encode() for x in self._needles)
 
     def text(self, value: str | None) -> str | None:
-        """``value`` with the secret (or a long part of it) replaced by ``[redacted]``."""
+        """``value`` with the secret (or a long part of it) replaced by ``[redacted]``.
+
+        The secret is also looked for in the value as it decodes (JSON/Python escapes such as ``\\u0073k-…``,
+        percent-encoding, HTML character references): when a decoding shows it, the decoded value is what is
+        kept, redacted.
+        """
         if value is None or self._pattern is None:
             return value
-        for needle in self._needles:
-            if needle in value:
-                return self._pattern.sub(REDACTED, value)
+        for view in (*reversed(escaped_views(value)), value):  # the most decoded first
+            for needle in self._needles:
+                if needle in view:
+                    return self._pattern.sub(REDACTED, view)
         return value
+
+    def completion_fields(self, record: Any) -> None:
+        """Redact, in place, every text field of a record a server filled (a ``Completion``: output, error,
+        finish_reason, response_model …): the one place server text is cleaned before it is stored or printed."""
+        for field in dataclasses.fields(record):
+            value = getattr(record, field.name)
+            if isinstance(value, str):
+                cleaned = self.text(value)
+                if cleaned is not value:
+                    setattr(record, field.name, cleaned)
 
     def raw(self, value: bytes) -> bytes:
         """The same for a raw body, before anything cuts it into a snippet."""

@@ -183,3 +183,38 @@ def test_redaction_covers_the_key_and_long_prefixes_and_suffixes():
 
 def test_a_key_too_short_to_be_secret_is_not_searched_for():
     assert Redactor("k").text("Stockholm") == "Stockholm"
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda k: "".join(f"\\u{ord(c):04x}" for c in k),  # JSON-escaped
+        lambda k: "\\u0073" + k[1:],  # one character escaped
+        lambda k: "".join(f"%{ord(c):02X}" for c in k),  # percent-encoded
+        lambda k: "".join(f"&#{ord(c)};" for c in k),  # HTML character references
+        lambda k: "".join(f"\\x{ord(c):02x}" for c in k),
+    ],
+)
+def test_the_redactor_finds_the_key_in_the_value_as_it_decodes(encode):
+    from sentech_eval.secrets import Redactor
+
+    key = "sk-" + "a1B2c3D4e5F6g7H8i9J0kLmN"
+    cleaned = Redactor(key).text(f"model {encode(key)} end")
+    assert cleaned == "model [redacted] end"
+    assert Redactor(key).text("plain text with \\n and 100% and &amp;") == "plain text with \\n and 100% and &amp;"
+
+
+def test_the_redactor_cleans_every_text_field_of_a_completion():
+    from sentech_eval.secrets import Redactor
+    from sentech_eval.types import Completion
+
+    key = "sk-" + "a1B2c3D4e5F6g7H8i9J0kLmN"
+    done = Completion(output=key, response_model=f"m-{key}", finish_reason=key, error=f"e {key}", latency_s=1.0)
+    Redactor(key).completion_fields(done)
+    assert (done.output, done.response_model, done.finish_reason, done.error) == (
+        "[redacted]",
+        "m-[redacted]",
+        "[redacted]",
+        "e [redacted]",
+    )
+    assert done.latency_s == 1.0

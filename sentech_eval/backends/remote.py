@@ -399,13 +399,7 @@ class RemoteBackend(Backend):
                 if self._expired and task in self._expired:  # our cancel surfaced as another error
                     self._expired.discard(task)
                     task.uncancel()
-        text = self._redactor.text
-        if result.error is not None:
-            result.error = text(result.error)
-        if result.output is not None:
-            result.output = text(result.output)
-        if result.finish_reason is not None:
-            result.finish_reason = text(result.finish_reason)
+        self._redactor.completion_fields(result)  # every text the server filled, as decoded and stored
         return result
 
     @staticmethod

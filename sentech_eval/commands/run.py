@@ -28,12 +28,19 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from sentech_eval.commands import estimate
 from sentech_eval.commands.run_summary import end_of_run
-from sentech_eval.config import config_error, group_choices, register_configs, unknown_choice_message, unknown_key_error
+from sentech_eval.config import (
+    check_resolved_overrides,
+    config_error,
+    group_choices,
+    register_configs,
+    unknown_choice_message,
+    unknown_key_error,
+)
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir, unlock_run_dir
 from sentech_eval.errors import ConfigError, RunDirError, SentechEvalError
 from sentech_eval.paths import conf_search_path
-from sentech_eval.secrets import refuse_secret_overrides
+from sentech_eval.secrets import environment_secrets, key_env_names, refuse_secret_overrides
 
 
 def _override_value(argv: list[str], key: str) -> str | None:
@@ -212,6 +219,7 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     """Entry for ``sentech-eval run``: hand the arguments to Hydra."""
     refuse_secret_overrides(argv)
     check_group_choices(argv)
+    check_resolved_overrides(argv, environment_secrets(key_env_names(argv)))
     check_output_dirs(argv)
     os.environ[ARGV_ENV] = json.dumps(list(argv))
     register_configs()

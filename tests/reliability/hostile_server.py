@@ -22,7 +22,10 @@ Modes (by class):
 - key: ``key_cut`` (non-JSON error body with the key placed across the 160-character cut),
   ``key_prefix`` (a JSON error quoting 3/4 of the key), ``key_in_output`` (a 200 quoting the key),
   ``key_in_stream`` (an SSE answer quoting it), ``key_in_finish_reason``, ``key_in_html`` (an HTML
-  title), ``key_in_location`` (a redirect whose Location carries it), ``key_suffix`` (the last 3/4).
+  title), ``key_in_location`` (a redirect whose Location carries it), ``key_suffix`` (the last 3/4),
+  ``key_in_model`` / ``key_in_stream_model`` (the answer's ``model`` field), and the key JSON-escaped
+  (``\\u0073k-…``: only the decoded value shows it) in ``key_escaped_in_model``, ``key_escaped_in_output``,
+  ``key_escaped_in_stream``, ``key_escaped_in_error``; ``key_percent_in_location`` (percent-encoded).
 - text: ``invalid_utf8``, ``lone_surrogate``, ``deep_json``.
 - capacity: ``capacity=<value>`` answers ok with ``X-Sentech-Capacity: <value>`` (garbage, huge, negative…).
 - ``ok`` answers normally.
@@ -62,6 +65,11 @@ def completion(content: str = "fine", usage: dict | None = None, finish_reason: 
             "usage": usage,
         }
     )
+
+
+def json_escaped(text: str) -> str:
+    """``text`` with every character written as a JSON ``\\uXXXX`` escape (``sk-1`` -> ``\\u0073\\u006b…``)."""
+    return "".join(f"\\u{ord(c):04x}" for c in text)
 
 
 FINISH = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
@@ -192,6 +200,27 @@ class HostileServer:
                 body=f"<html><head><title>{key}</title></head></html>".encode(),
                 headers={"Content-Type": "text/html"},
             )
+        if mode in ("key_in_model", "key_escaped_in_model"):  # the answer's own "model" field names the key
+            quoted = json_escaped(key) if mode == "key_escaped_in_model" else key
+            return web.Response(
+                body=completion().replace(b'"model":"hostile"', f'"model":"{quoted}"'.encode()), headers=JSON
+            )
+        if mode == "key_in_stream_model":
+            chunk = {**delta("fine"), "model": key}
+            return web.Response(body=sse(chunk), headers=SSE)
+        if mode == "key_escaped_in_output":  # JSON-escaped on the wire: only the decoded value shows the key
+            return web.Response(body=completion().replace(b"fine", f"key {json_escaped(key)}".encode()), headers=JSON)
+        if mode == "key_escaped_in_stream":
+            return web.Response(
+                body=sse(f'{{"choices":[{{"index":0,"delta":{{"content":"{json_escaped(key)}"}}}}]}}'.encode()),
+                headers=SSE,
+            )
+        if mode == "key_escaped_in_error":
+            body = f'{{"error": {{"message": "bad key {json_escaped(key)}"}}}}'.encode()
+            return web.Response(status=400, body=body, headers=JSON)
+        if mode == "key_percent_in_location":
+            encoded = "".join(f"%{ord(c):02X}" for c in key)
+            return web.Response(status=301, headers={"Location": f"{self.other_origin}/v1?next={encoded}"})
         if mode == "key_in_location":
             return web.Response(status=301, headers={"Location": f"{self.other_origin}/v1?token={key}"})
         # ---- text

@@ -54,12 +54,19 @@ PLAIN: dict[str, tuple[str, str | None, int]] = {
     "key_in_finish_reason": ("ok", None, 1),
     "key_in_html": ("error", "HTTP 502: an HTML error page ('[redacted]')", 2),
     "key_in_location": ("error", "HTTP 301: the server redirected to {other}/v1?token=[redacted]", 1),
+    "key_in_model": ("ok", None, 1),
+    "key_escaped_in_model": ("ok", None, 1),
+    "key_escaped_in_output": ("ok", None, 1),
+    "key_escaped_in_error": ("error", "HTTP 400: bad key [redacted]", 1),
+    "key_percent_in_location": ("error", "HTTP 301: the server redirected to {other}/v1?next=[redacted]", 1),
 }
 STREAMED: dict[str, tuple[str, str | None, int]] = {
     "ok": ("ok", None, 1),
     "long_sse_line": ("ok", None, 1),
     "stream_usage_overflow": ("error", "response usage.prompt_tokens=1180591620717411303424 is out of range", 1),
     "key_in_stream": ("ok", None, 1),
+    "key_in_stream_model": ("ok", None, 1),
+    "key_escaped_in_stream": ("ok", None, 1),
     "huge_chunked": ("error", "larger than backend.max_response_mb=1", 1),
 }
 
@@ -103,7 +110,7 @@ def _check(df: pd.DataFrame, expected: dict, key: str, fill: dict[str, str]) -> 
         if fragment is not None:
             assert fragment.format(**fill) in row["error"], f"{mode}: {row['error']!r}"
         assert row["attempts"] == attempts, f"{mode}: {row['attempts']} attempts"
-    text = df[["output", "error", "finish_reason"]].astype(str).to_string()
+    text = df.select_dtypes(include=["object", "string"]).astype(str).to_string()  # every text column
     for part in _key_parts(key):
         assert part not in text, f"a piece of the key ({part!r}) was stored"
 
@@ -124,6 +131,9 @@ def test_plain_answers_from_a_hostile_server(tmp_path):
     by_id = df.set_index("prompt_id")
     assert "Your key is [redacted]. Also Bearer [redacted]" == by_id.loc["key_in_output", "output"]
     assert by_id.loc["key_in_finish_reason", "finish_reason"] == "[redacted]"
+    assert by_id.loc["key_in_model", "response_model"] == "[redacted]"
+    assert by_id.loc["key_escaped_in_model", "response_model"] == "[redacted]"
+    assert by_id.loc["key_escaped_in_output", "output"] == "key [redacted]"
     assert elapsed < 120
 
 
@@ -137,6 +147,8 @@ def test_streamed_answers_from_a_hostile_server(tmp_path):
     by_id = df.set_index("prompt_id")
     assert len(by_id.loc["long_sse_line", "output"]) == LONG_LINE_BYTES  # a line of any length is read whole
     assert by_id.loc["key_in_stream", "output"] == "Your key is [redacted]"
+    assert by_id.loc["key_in_stream_model", "response_model"] == "[redacted]"
+    assert by_id.loc["key_escaped_in_stream", "output"] == "[redacted]"
 
 
 @pytest.mark.parametrize("mode", ["redirect_307_same", "redirect_308_same"])

@@ -82,6 +82,76 @@ def test_an_override_shape_carrying_the_key_leaves_no_trace(tmp_path, shape, cap
     assert _grep(key, tmp_path, home / ".cache") == ""
 
 
+# Interpolations that would resolve to the key: refused before Hydra writes anything (run dir, .hydra/,
+# job_status.json), naming the override. ALIAS_KEY holds a copy of the key under a name that is no credential's.
+INTERPOLATIONS = [
+    ("backend.model=${{oc.env:SENTECH_API_KEY}}", "'backend.model=…'"),
+    ("dataset.name=${{oc.env:SENTECH_API_KEY}}", "'dataset.name=…'"),
+    ("experiment=x-${{oc.env:SENTECH_API_KEY,none}}", "'experiment=…'"),
+    ("hydra.run.dir={tmp}/run/${{oc.env:SENTECH_API_KEY}}", "'hydra.run.dir=…'"),
+    ("+backend.note=${{oc.env: 'SENTECH_API_KEY'}}", "'backend.note=…'"),
+    ("backend.model=${{oc.env:${{oc.env:WHICH}}}}", "'backend.model=…'"),
+    ("backend.model=${{env:MY_KEY_ENV}}", "MY_KEY_ENV"),  # the variable backend.api_key_env names
+    ("backend.model=${{oc.env:ALIAS_KEY}}", "'backend.model=…'"),  # found by its resolved value
+    ("backend.model=m-${{oc.decode:'${{oc.env:ALIAS_KEY}}'}}", "'backend.model=…'"),
+    ("dataset.path={tmp}/${{oc.env:ALIAS_KEY}}.parquet", "'dataset.path=…'"),  # -> dataset.name -> experiment dir
+    ("hydra.run.dir={tmp}/run/${{oc.env:ALIAS_KEY}}", "'hydra.run.dir=…'"),
+    ("backend.model=a,${{oc.env:ALIAS_KEY}}", "'backend.model=…'"),  # one value of a sweep
+]
+
+
+@pytest.mark.parametrize("shape, named", INTERPOLATIONS)
+def test_an_interpolation_that_would_resolve_to_the_key_is_refused_before_anything_is_written(
+    tmp_path, shape, named, capsys, monkeypatch
+):
+    from sentech_eval.cli import main
+
+    key = new_key()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SENTECH_API_KEY", key)
+    monkeypatch.setenv("MY_KEY_ENV", key)
+    monkeypatch.setenv("ALIAS_KEY", key)
+    monkeypatch.setenv("WHICH", "SENTECH_API_KEY")
+    monkeypatch.chdir(tmp_path)
+    arg = shape.format(tmp=tmp_path)
+    argv = ["run", "backend=remote", arg]
+    if "MY_KEY_ENV" in shape:
+        argv.append("backend.api_key_env=MY_KEY_ENV")
+    if "hydra.run.dir" not in shape:
+        argv.append(f"hydra.run.dir={tmp_path / 'run'}")
+    if "," in shape and "oc.env:" in shape.split(",")[1]:
+        argv.insert(1, "-m")
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert_one_sentence(subprocess.CompletedProcess([], code, out, err), "Refusing", named)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists(), "Hydra wrote before the refusal"
+    assert key not in out + err
+    assert _grep(key, tmp_path) == ""
+
+
+@pytest.mark.parametrize("arg", ["backend.model=${oc.env:HOME}", "experiment=e-${oc.env:USER,me}"])
+def test_an_interpolation_of_another_variable_still_runs(tmp_path, arg, capsys, monkeypatch):
+    """Only the key's variables are refused: the check does not stop ordinary interpolations."""
+    from sentech_eval.config import check_resolved_overrides
+
+    monkeypatch.setenv("SENTECH_API_KEY", new_key())
+    check_resolved_overrides(["backend=remote", arg], [new_key()])  # no ConfigError
+
+
+@pytest.mark.parametrize(
+    "arg", ["experiment=../../x", "experiment=a/b", "dataset.name=../up", "experiment=..", "experiment=${oc.env:HOME}"]
+)
+def test_a_name_that_becomes_a_directory_cannot_leave_the_results_dir(tmp_path, arg, capsys, monkeypatch):
+    from sentech_eval.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    code = main(["run", "backend=remote", arg])
+    out, err = capsys.readouterr()
+    assert_one_sentence(subprocess.CompletedProcess([], code, out, err), "becomes a directory name under results/")
+    assert list(tmp_path.iterdir()) == [], "something was written"
+
+
 def test_a_run_whose_server_quotes_the_key_back_stores_none_of_it(tmp_path):
     key = new_key()
     home = tmp_path / "home"
@@ -95,6 +165,11 @@ def test_a_run_whose_server_quotes_the_key_back_stores_none_of_it(tmp_path):
         "key_in_finish_reason",
         "key_in_html",
         "key_in_location",
+        "key_in_model",
+        "key_escaped_in_model",
+        "key_escaped_in_output",
+        "key_escaped_in_error",
+        "key_percent_in_location",
     ]
     data = tmp_path / "modes.parquet"
     pd.DataFrame({"id": modes, "prompt": [f"mode:{m}" for m in modes]}).to_parquet(data)
