@@ -64,8 +64,18 @@ CORE_FIELDS: tuple[pa.Field, ...] = (
 )
 CORE_NAMES = tuple(f.name for f in CORE_FIELDS)
 KEY_COLUMNS = ("config_id", "prompt_id", "repeat")
-# score_* columns that are facts about a scorer (details, the judge's cost), not a quality score.
-SCORE_AUX_SUFFIXES = ("_detail", "_latency_s", "_prompt_tokens", "_completion_tokens")
+# score_* columns that are facts about a scorer (details, the judge's cost, code_exec's sandbox and
+# times), not a quality score.
+SCORE_AUX_SUFFIXES = (
+    "_detail",
+    "_latency_s",
+    "_prompt_tokens",
+    "_completion_tokens",
+    "_sandbox",
+    "_cpu_s",
+    "_wall_s",
+    "_cpu_limit_s",
+)
 
 
 def is_quality_score(column: str) -> bool:

@@ -57,6 +57,7 @@ SCORERS: dict[str, str] = {
     "json_valid": "sentech_eval.scorers.json_valid:JsonValid",
     "length": "sentech_eval.scorers.length:Length",
     "judge": "sentech_eval.scorers.judge:JudgeScorer",
+    "code_exec": "sentech_eval.scorers.code_exec:CodeExec",
 }
 
 
