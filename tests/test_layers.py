@@ -21,7 +21,7 @@ PACKAGE = "sentech_eval"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 # The core: modules at the top of the package that import nothing of ours but each other.
-CORE_MODULES = {"types", "errors", "config", "secrets", "paths", "provenance", "normalize", "sandbox"}
+CORE_MODULES = {"types", "errors", "config", "secrets", "paths", "provenance", "normalize", "sandbox", "escaping"}
 
 # floor -> the floors it may import (besides itself).
 ALLOWED: dict[str, set[str]] = {

@@ -27,6 +27,7 @@ from sentech_eval.engine.cache import (
 )
 from sentech_eval.engine.results import RESULTS_FILE, read_metadata, read_run_table
 from sentech_eval.errors import CacheError, ConfigError, ResultsError
+from sentech_eval.escaping import terminal_lines
 from sentech_eval.types import SAMPLING_PARAMS
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -287,5 +288,5 @@ def main(argv: list[str], prog: str = "sentech-eval cache") -> int:
     elif args.action == "clear":
         print(clear(cache_path(args.cache_dir), args.model, args.older_than))
     else:
-        print(explain(args.run_dir, args.prompt_id, args.repeat, args.cache_dir))
+        print(terminal_lines(explain(args.run_dir, args.prompt_id, args.repeat, args.cache_dir)))
     return 0

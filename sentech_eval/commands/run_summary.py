@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from sentech_eval.engine.results import read_parquet
+from sentech_eval.escaping import terminal_text
 
 MESSAGE_LIMIT = 160
 
@@ -39,7 +40,7 @@ class RunOutcome:
 
 
 def _short(text: str | None) -> str:
-    text = " ".join((text or "").split())
+    text = terminal_text(" ".join((text or "").split()))  # a server's message: control characters shown escaped
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 

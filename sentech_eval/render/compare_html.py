@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 
 import numpy as np
@@ -44,10 +43,7 @@ def _table(df: pd.DataFrame, columns: list[str]) -> str:
 
 def difference_plot(paired: PairedResults, metrics: pd.DataFrame) -> str | None:
     """PNG (base64) with the per-score B − A difference and its CI, and per-pair latency differences."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sentech_eval.render.plots import plt, png_bytes  # (matplotlib: Agg, labels are text, never maths)
 
     scores = metrics[(metrics["metric"] == "score") & metrics["diff"].notna()]
     pairs = paired.pairs
@@ -82,10 +78,7 @@ def difference_plot(paired: PairedResults, metrics: pd.DataFrame) -> str | None:
         ax.set_ylabel("pairs")
         ax.set_title("Latency")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(fig, dpi=100)).decode("ascii")
 
 
 def _examples_html(paired: PairedResults, examples: pd.DataFrame) -> str:

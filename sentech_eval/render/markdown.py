@@ -15,6 +15,7 @@ from sentech_eval.analysis.gate import CheckResult, Thresholds
 from sentech_eval.analysis.pairing import PairedResults
 from sentech_eval.analysis.stats import METHOD_DESCRIPTIONS
 from sentech_eval.analysis.summary import cache_note, config_labels, interval_notes
+from sentech_eval.escaping import markdown_text
 
 
 def fmt(value, signed: bool = False, digits: int = 4) -> str:
@@ -43,17 +44,17 @@ def fmt_fixed(v, digits: int = 3) -> str:
 def report_markdown(summary: pd.DataFrame, title: str) -> str:
     """A GitHub-flavoured markdown table of the summary (for stdout / a CI job summary)."""
     scores = [c[: -len("_mean")] for c in summary.columns if c.startswith("score_") and c.endswith("_mean")]
-    labels = config_labels(summary)
-    header = ["configuration", "n", "errors"] + [s.removeprefix("score_") + " (95% CI)" for s in scores]
+    labels = [markdown_text(label) for label in config_labels(summary)]  # model names come from servers
+    header = ["configuration", "n", "errors"] + [markdown_text(s.removeprefix("score_")) + " (95% CI)" for s in scores]
     header += ["latency p50 / p95 (s)", "output tok/s (all requests)", "decode tok/s p50 (per request)"]
     lines = [
-        f"## sentech-eval report: {title}",
+        f"## sentech-eval report: {markdown_text(title)}",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
     ]
     for label, (_, row) in zip(labels, summary.iterrows()):
-        cells = [label.replace("|", "\\|"), str(int(row["n"])), f"{100 * row['error_rate']:.1f}%"]
+        cells = [label, str(int(row["n"])), f"{100 * row['error_rate']:.1f}%"]
         for s in scores:
             cells.append(
                 f"{fmt_fixed(row[f'{s}_mean'])} [{fmt_fixed(row[f'{s}_ci_low'])}, {fmt_fixed(row[f'{s}_ci_high'])}]"
@@ -86,7 +87,9 @@ def cost_markdown(summary: pd.DataFrame, labels: list[str]) -> list[str]:
         return []
     per_correct = cost.cost_per_correct_names(summary)
     header = ["configuration", "total cost", "per 1,000 requests"]
-    header += [f"per correct answer: {c.removeprefix('cost_per_correct_')} (95% CI)" for c in per_correct]
+    header += [
+        f"per correct answer: {markdown_text(c.removeprefix('cost_per_correct_'))} (95% CI)" for c in per_correct
+    ]
     lines = [
         "",
         "### Cost",
@@ -95,7 +98,7 @@ def cost_markdown(summary: pd.DataFrame, labels: list[str]) -> list[str]:
         "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
     ]
     for label, (_, row) in zip(labels, summary.iterrows()):
-        cells = [label.replace("|", "\\|"), cost.money(row[cost.COST_COLUMN]), cost.money(row["cost_per_1k_requests"])]
+        cells = [label, cost.money(row[cost.COST_COLUMN]), cost.money(row["cost_per_1k_requests"])]
         cells += [cost.interval_text(row[c], row[f"{c}_ci_low"], row[f"{c}_ci_high"]) for c in per_correct]
         lines.append("| " + " | ".join(cells) + " |")
     if per_correct:
@@ -113,6 +116,7 @@ def compare_markdown(
 ) -> str:
     """A markdown summary of the metrics, fit for a terminal or a pull-request comment."""
     m = metrics.set_index("metric", drop=False)
+    label_a, label_b = markdown_text(label_a), markdown_text(label_b)
     lines = [f"## sentech-eval compare: {label_a} (A) vs {label_b} (B)", ""]
     pairs = m.loc["pairs"]
     lines.append(
@@ -120,7 +124,7 @@ def compare_markdown(
         f"{int(m.loc['unpaired_b', 'value'])} of B."
     )
     for warning in warnings or []:
-        lines.append(f"⚠️ {warning}")
+        lines.append(f"⚠️ {markdown_text(warning)}")
     scores = metrics[metrics["metric"] == "score"]
     if len(scores):
         lines += [
@@ -130,7 +134,7 @@ def compare_markdown(
         ]
         for _, r in scores.iterrows():
             lines.append(
-                f"| {r['column']} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['diff'], signed=True)} | "
+                f"| {markdown_text(r['column'])} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['diff'], signed=True)} | "
                 f"[{fmt(r['ci_low'], signed=True)}, {fmt(r['ci_high'], signed=True)}] | "
                 f"{fmt(r['wins'])}/{fmt(r['ties'])}/{fmt(r['losses'])} | {fmt(r['p_value'])} | "
                 f"{fmt(r['n_pairs'])} ({fmt(r['n_clusters'])}) |"
@@ -140,7 +144,9 @@ def compare_markdown(
     if len(perf):
         lines += ["", "| performance | A | B | B/A |", "|---|---:|---:|---:|"]
         for _, r in perf.iterrows():
-            lines.append(f"| {r['metric']} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['ratio'])} |")
+            lines.append(
+                f"| {markdown_text(r['metric'])} | {fmt(r['value_a'])} | {fmt(r['value_b'])} | {fmt(r['ratio'])} |"
+            )
     lines += compare_cost_markdown(metrics)
     agree = m.loc["output_agreement"]
     lines += ["", f"Output agreement: {fmt(agree['value'])} ({agree['note']})."]
@@ -164,7 +170,7 @@ def compare_cost_cells(metrics: pd.DataFrame) -> tuple[list[tuple[str, str, str,
     cells = []
     for _, r in rows.iterrows():
         if r["metric"] == "cost_per_correct":
-            name = f"per correct answer: {str(r['column']).removeprefix('score_')} (95% CI)"
+            name = f"per correct answer: {markdown_text(str(r['column']).removeprefix('score_'))} (95% CI)"
             a = cost.interval_text(_num(r["value_a"]), _num(r["ci_low_a"]), _num(r["ci_high_a"]))
             b = cost.interval_text(_num(r["value_b"]), _num(r["ci_low_b"]), _num(r["ci_high_b"]))
         else:
@@ -204,7 +210,7 @@ def method_lines(scores: pd.DataFrame) -> list[str]:
     for _, r in scores.iterrows():
         note = str(r.get("note") or "")
         if "disagree" in note:
-            lines.append(f"⚠️ {r['column']}: {note}.")
+            lines.append(f"⚠️ {markdown_text(r['column'])}: {markdown_text(note)}.")
     return lines
 
 
@@ -221,15 +227,16 @@ def check_markdown(results: list[CheckResult], paired: PairedResults, thresholds
     lines = [
         f"## sentech-eval check: {verdict}",
         "",
-        f"{len(results) - len(failed)} of {len(results)} thresholds hold. Baseline: {paired.label_a}; "
-        f"candidate: {paired.label_b}; {paired.n_pairs} pairs on {', '.join(paired.keys)}.",
+        f"{len(results) - len(failed)} of {len(results)} thresholds hold. Baseline: {markdown_text(paired.label_a)}; "
+        f"candidate: {markdown_text(paired.label_b)}; {paired.n_pairs} pairs on "
+        f"{markdown_text(', '.join(paired.keys))}.",
     ]
     if paired.unpaired_a or paired.unpaired_b:
         lines.append(
             f"⚠️ Unpaired rows (not in the score checks): {paired.unpaired_a} of the baseline, "
             f"{paired.unpaired_b} of the candidate."
         )
-    lines += [f"⚠️ {w}" for w in comparison_warnings(paired)]
+    lines += [f"⚠️ {markdown_text(w)}" for w in comparison_warnings(paired)]
     if thresholds.require_significance:
         lines.append(
             "Score drops count only when the paired 95% CI of the difference excludes zero "
@@ -239,12 +246,13 @@ def check_markdown(results: list[CheckResult], paired: PairedResults, thresholds
     for r in results:
         base, cand = _value_text(r.baseline, r.unit), _value_text(r.candidate, r.unit)
         lines.append(
-            f"| {r.name} | {r.threshold} | {base} | {cand} | {r.observed} | {'pass' if r.passed else '**FAIL**'} |"
+            f"| {markdown_text(r.name)} | {markdown_text(r.threshold)} | {base} | {cand} | {markdown_text(r.observed)} "
+            f"| {'pass' if r.passed else '**FAIL**'} |"
         )
     if failed:
-        lines += ["", "Regressions:"] + [f"- {r.name}: {r.message}" for r in failed]
+        lines += ["", "Regressions:"] + [f"- {markdown_text(r.name)}: {markdown_text(r.message)}" for r in failed]
     tolerated = [r for r in results if r.passed and "not significant" in r.message]
     if tolerated:
         lines += ["", "Drops beyond the threshold that are not significant (tolerated):"]
-        lines += [f"- {r.name}: {r.message}" for r in tolerated]
+        lines += [f"- {markdown_text(r.name)}: {markdown_text(r.message)}" for r in tolerated]
     return "\n".join(lines) + "\n"

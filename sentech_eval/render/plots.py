@@ -8,25 +8,48 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["text.parse_math"] = False  # labels are text (a model name may hold "$"), never maths
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from sentech_eval.escaping import terminal_text  # noqa: E402
 
 DPI = 80
 MAX_LINES = 12
 
 
+def as_plain_text(fig: plt.Figure) -> None:
+    """Every text of ``fig`` (titles, labels, legends, ticks) as plain text: a model or dataset name is data, so
+    its control characters are shown escaped; ``$`` is never maths (``text.parse_math`` is off for every plot)."""
+    for text in fig.findobj(matplotlib.text.Text):
+        raw = text.get_text()
+        if raw and terminal_text(raw) != raw:
+            text.set_text(terminal_text(raw))
+
+
+def png_bytes(fig: plt.Figure, **savefig: object) -> bytes:
+    """``fig`` as PNG bytes (its texts as plain text; a glyph the font lacks is drawn as a box, not warned
+    about on the terminal); the figure is closed."""
+    as_plain_text(fig)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+        fig.savefig(buf, format="png", **savefig)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def to_data_uri(fig: plt.Figure) -> str:
     """Render ``fig`` as a PNG data URI and close it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    png = png_bytes(fig, dpi=DPI, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _pretty(col: str) -> str:
