@@ -28,5 +28,6 @@ setup(
     package_data={
         **{name: ["*.yaml"] for name in DATA_PACKAGES if name.startswith("sentech_eval.conf")},
         "sentech_eval.datasets_shipped": ["*.parquet", "README.md"],
+        "sentech_eval.view": ["static/*.css", "static/*.js"],  # the viewer's stylesheet and script
     },
 )

@@ -34,6 +34,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "sentech_eval.commands.combine:main",
         "combine a sweep's job results into one table (after a kill, or again)",
     ),
+    "view": (
+        "sentech_eval.commands.view:main",
+        "browse every run, row and sweep in a local web app: runs, rows, sweeps, compare, history",
+    ),
     "fetch-model": ("sentech_eval.commands.fetch_model:main", "put the embedded default GGUF model in place"),
 }
 

@@ -36,11 +36,13 @@ ALLOWED: dict[str, set[str]] = {
         "engine",
     },  # the pairwise judge asks a backend; results are read with engine.results
     "render": {"core", "analysis"},
-    "commands": {"core", "backends", "scorers", "engine", "server", "analysis", "render"},
+    # the viewer reads results (engine.results), numbers from analysis, pictures from render
+    "view": {"core", "engine", "analysis", "render"},
+    "commands": {"core", "backends", "scorers", "engine", "server", "analysis", "render", "view"},
     # The package facade (sentech_eval.load_results) and the CLI dispatcher sit on the top floor.
-    "top": {"core", "backends", "scorers", "engine", "server", "analysis", "render", "commands"},
+    "top": {"core", "backends", "scorers", "engine", "server", "analysis", "render", "view", "commands"},
 }
-SUBPACKAGES = {"backends", "scorers", "engine", "server", "analysis", "render", "commands"}
+SUBPACKAGES = {"backends", "scorers", "engine", "server", "analysis", "render", "view", "commands"}
 TOP_MODULES = {"__init__", "cli"}
 
 

@@ -83,6 +83,8 @@ def test_the_wheel_ships_configs_and_datasets(wheel):
         assert f"sentech_eval/datasets_shipped/{data.name}" in names, data
     for plugin in (REPO_ROOT / "hydra_plugins").rglob("*.py"):  # the sweepers (grid, the default; race)
         assert plugin.relative_to(REPO_ROOT).as_posix() in names, plugin
+    for static in ("view.css", "view.js"):  # `sentech-eval view` needs no network: its front end ships here
+        assert f"sentech_eval/view/static/{static}" in names, static
 
 
 def test_installed_run_and_serve_work_from_another_directory(venv, tmp_path):

@@ -245,3 +245,65 @@ def load_curves(load: pd.DataFrame, knees: dict) -> str | None:
         ax.legend(fontsize=6)
     fig.tight_layout()
     return to_data_uri(fig)
+
+
+def score_tradeoff(
+    summary: pd.DataFrame, score: str, x_col: str, x_label: str, front: Sequence[bool], labels: Sequence[str]
+) -> str | None:
+    """Mean ``score`` (95% CI as error bars) against a cost such as ``cost_usd`` or ``latency_s_p50``,
+    one point per configuration, the Pareto front (``front``, e.g. ``analysis.pareto.pareto_front``) joined and ringed."""
+    mean, low, high = f"{score}_mean", f"{score}_ci_low", f"{score}_ci_high"
+    if mean not in summary or x_col not in summary:
+        return None
+    x = summary[x_col].to_numpy(dtype=float)
+    y = summary[mean].to_numpy(dtype=float)
+    usable = np.isfinite(x) & np.isfinite(y)
+    if not usable.any():
+        return None
+    front = np.asarray(front, dtype=bool) & usable
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    err = np.vstack([y - summary[low].to_numpy(dtype=float), summary[high].to_numpy(dtype=float) - y])
+    ax.errorbar(
+        x[usable], y[usable], yerr=np.clip(err[:, usable], 0, None), fmt="o", capsize=3, color="#4c72b0", alpha=0.8
+    )
+    if front.any():
+        order = np.argsort(x[front])
+        ax.plot(x[front][order], y[front][order], "-", color="#c44e52", linewidth=1.5, label="Pareto front")
+        ax.scatter(x[front], y[front], s=120, facecolors="none", edgecolors="#c44e52", linewidths=1.5)
+        for xi, yi, label in zip(x[front], y[front], np.asarray(labels, dtype=object)[front]):
+            ax.annotate(str(label)[:28], (xi, yi), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(f"{_pretty(score)} (mean, 95% CI)")
+    ax.set_title(f"{_pretty(score)} vs {x_label}")
+    ax.grid(alpha=0.3)
+    return to_data_uri(fig)
+
+
+def score_history(points: pd.DataFrame, score: str) -> str | None:
+    """A score over time, one point per run (``started_at``, ``mean``, ``ci_low``, ``ci_high``) with its
+    95% CI as a band, and the run's latency p50 (``latency_s_p50``) below it."""
+    points = points.dropna(subset=["started_at"]).sort_values("started_at")
+    if points.empty:
+        return None
+    when = pd.to_datetime(points["started_at"], utc=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.0, 4.8), sharex=True, height_ratios=[2, 1])
+    y = points["mean"].to_numpy(dtype=float)
+    top.fill_between(
+        when,
+        points["ci_low"].to_numpy(dtype=float),
+        points["ci_high"].to_numpy(dtype=float),
+        alpha=0.25,
+        label="95% CI",
+    )
+    top.plot(when, y, marker="o", label=_pretty(score))
+    top.set_ylabel(f"{_pretty(score)} (mean)")
+    top.set_title(f"{_pretty(score)} per run")
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8)
+    if "latency_s_p50" in points:
+        bottom.plot(when, points["latency_s_p50"].to_numpy(dtype=float), marker="o", color="#55a868")
+    bottom.set_ylabel("latency p50 (s)")
+    bottom.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    return to_data_uri(fig)

@@ -1,0 +1,282 @@
+"""What the viewer knows about a run, computed once per file identity (in the viewer's worker process).
+
+``run_digest`` reads a run's files (the text columns left out), checks which are damaged, and returns
+plain JSON-able data: the runs-page line and the summary rows of ``analysis.summary.summarize`` (the
+numbers of ``report``, never recomputed here). ``run_plots`` adds the pictures of ``render.plots``
+(and the load and race sections of ``render``); ``sweep_extras`` the heatmap and the score against
+cost and latency with the Pareto front (``analysis.pareto``); ``compare_digest`` the paired statistics
+of ``analysis.compare`` and the rows that flipped; ``history_plot`` a score over a series of runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sentech_eval.analysis import slo as load_metrics
+from sentech_eval.analysis.compare import compare, comparison_warnings, default_label
+from sentech_eval.analysis.pairing import pair_frames
+from sentech_eval.analysis.pareto import pareto_front
+from sentech_eval.analysis.summary import (
+    cache_note,
+    cached_mask,
+    config_keys,
+    config_labels,
+    interval_notes,
+    score_columns,
+    summarize,
+    swept_parameters,
+)
+from sentech_eval.engine.results import METADATA_KEY, keep_latest_per_key
+from sentech_eval.render import plots
+from sentech_eval.render.load import load_html
+from sentech_eval.render.race import load_race, race_section_html
+
+# Columns the summary does not need: left out so a large run's digest stays small.
+TEXT_COLUMNS = ("output", "prompt", "reference", "error", "messages", "system")
+FLIP_TEXT_LIMIT = 4000
+MAX_FLIPS = 5000
+
+
+def _jsonable(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Records with NaN as None and numpy values as Python ones."""
+    return json.loads(frame.to_json(orient="records", date_format="iso", default_handler=str))
+
+
+def _open(path: str, problems: list[str]) -> pq.ParquetFile | None:
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, never raised
+        problems.append(f"{path}: not readable Parquet ({type(exc).__name__}: {str(exc)[:200]})")
+        return None
+
+
+def read_frame(files: list[str], with_text: bool = False) -> tuple[pd.DataFrame | None, list[str], dict[str, Any]]:
+    """The rows of a run's files as one frame (damaged files reported, not raised), and the first file's
+    ``sentech_eval`` metadata. Text columns are left out unless ``with_text``."""
+    problems: list[str] = []
+    tables = []
+    metadata: dict[str, Any] = {}
+    for path in files:
+        handle = _open(path, problems)
+        if handle is None:
+            continue
+        names = handle.schema_arrow.names
+        columns = names if with_text else [c for c in names if c not in TEXT_COLUMNS and not c.endswith("_detail")]
+        try:
+            table = handle.read(columns=columns)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
+            continue
+        if not metadata:
+            raw = (handle.schema_arrow.metadata or {}).get(METADATA_KEY)
+            try:
+                metadata = json.loads(raw) if raw else {}
+            except ValueError:
+                metadata = {}
+        tables.append(table.replace_schema_metadata(None))
+    if not tables:
+        return None, problems, metadata
+    table = pa.concat_tables(tables, promote_options="permissive")
+    if len(tables) > 1 and all(k in table.column_names for k in ("config_id", "prompt_id", "repeat")):
+        table = keep_latest_per_key(table)
+    return table.to_pandas(), problems, metadata
+
+
+def _first(values: pd.Series) -> list[str]:
+    return sorted({str(v) for v in values.dropna().unique()})[:5]
+
+
+def run_digest(files: list[str]) -> dict[str, Any]:
+    """The runs-page line and the summary of a run's files (see the module docstring)."""
+    df, problems, metadata = read_frame(files)
+    digest: dict[str, Any] = {"problems": problems, "status": "ok"}
+    if df is None:
+        digest["status"] = "damaged" if problems else "empty"
+        return digest
+    digest["columns"] = list(df.columns)
+    digest["n_rows"] = len(df)
+    if "status" not in df.columns or "prompt_id" not in df.columns:
+        digest["status"] = "foreign"
+        return digest
+    if df.empty:
+        digest["status"] = "empty"
+        return digest
+    status = df["status"].astype(str)
+    digest["n_ok"] = int((status == "ok").sum())
+    digest["n_error"] = int((status != "ok").sum())
+    for col in ("dataset", "backend", "model", "config_id"):
+        digest[col] = _first(df[col]) if col in df.columns else []
+    if "started_at" in df.columns and df["started_at"].notna().any():
+        digest["started_at"] = pd.to_datetime(df["started_at"], utc=True).min().isoformat()
+    digest["git_commit"] = metadata.get("git_commit")
+    summary = summarize(df)
+    labels = config_labels(summary)
+    scores = score_columns(df)
+    digest["scores"] = scores
+    digest["labels"] = labels
+    digest["summary"] = _jsonable(summary)
+    digest["swept"] = [p for p in swept_parameters(summary) if p not in ("backend", "model", "dataset")]
+    digest["interval_notes"] = interval_notes(summary)
+    digest["cache_note"] = cache_note(summary)
+    digest["is_load"] = bool(load_metrics.is_load_run(df, load_metrics.SLO()))
+    digest["sampling_values"] = {
+        c: sorted(float(v) for v in df[c].dropna().unique())[:50]
+        for c in ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
+        if c in df.columns and pd.api.types.is_numeric_dtype(df[c]) and df[c].nunique() > 1
+    }
+    digest["repeats"] = int(df["repeat"].max()) + 1 if "repeat" in df.columns and df["repeat"].notna().any() else 1
+    digest["cost_usd"] = float(summary["cost_usd"].sum()) if "cost_usd" in summary else None
+    return digest
+
+
+def _config_index(df: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
+    """For each row, the position of its configuration in the summary (-1 if none)."""
+    keys = config_keys(df)
+    if not keys:
+        return pd.Series(0, index=df.index)
+
+    def key(values) -> tuple:
+        return tuple(None if (isinstance(v, float) and math.isnan(v)) or v is None else str(v) for v in values)
+
+    lookup = {key(row): i for i, row in enumerate(summary[keys].itertuples(index=False))}
+    return pd.Series([lookup.get(key(v), -1) for v in df[keys].itertuples(index=False)], index=df.index)
+
+
+def run_plots(files: list[str], run_dir: str) -> dict[str, Any]:
+    """The run page's pictures (``render.plots``), its load section and race section (``render``)."""
+    df, problems, _ = read_frame(files)
+    out: dict[str, Any] = {"plots": [], "load_html": None, "race_html": None, "problems": problems}
+    if df is None or "status" not in df.columns or df.empty:
+        return out
+    summary = summarize(df)
+    labels = config_labels(summary)
+    scores = score_columns(df)
+    swept = [p for p in swept_parameters(summary) if p not in ("backend", "model", "dataset")]
+    images: list[tuple[str, str | None]] = []
+    if swept:
+        for score in scores:
+            for param in swept:
+                others = [p for p in swept if p != param]
+                images.append((f"{score} vs {param}", plots.score_vs_param(summary, score, param, others)))
+    else:
+        images.append(("scores", plots.score_bars(summary, scores, labels)))
+    df["_config"] = _config_index(df, summary)
+    label_of = dict(enumerate(labels))
+    if "latency_s" in df.columns:
+        images.append(("latency CDF", plots.latency_cdf(df[~cached_mask(df)], label_of)))
+    images.append(("token histograms", plots.token_histograms(df, label_of)))
+    out["plots"] = [(alt, uri) for alt, uri in images if uri]
+    slo = load_metrics.SLO()
+    if load_metrics.is_load_run(df, slo):
+        table = load_metrics.load_summary(df, slo)
+        out["load_html"] = load_html(table, slo, load_metrics.load_knees(table))
+    race = load_race(Path(run_dir))
+    if race is not None:
+        out["race_html"] = race_section_html(*race)
+    return out
+
+
+def sweep_extras(summary_records: list[dict[str, Any]], labels: list[str], score: str, x: str, y: str) -> dict:
+    """The sweep page's heatmap over ``x`` × ``y`` for ``score`` and ``score`` against cost and latency
+    with the Pareto front marked."""
+    summary = pd.DataFrame(summary_records)
+    out: dict[str, Any] = {"heatmap": None, "tradeoffs": []}
+    if x and y and x != y and x in summary and y in summary:
+        out["heatmap"] = plots.heatmap(summary, score, x, y)
+    mean = f"{score}_mean"
+    if mean not in summary:
+        return out
+    for column, label in (
+        ("cost_usd", "total cost (USD)"),
+        ("latency_s_p50", "latency p50 (s)"),
+        ("latency_s_p95", "latency p95 (s)"),
+    ):
+        if column in summary and summary[column].notna().any():
+            front = pareto_front(summary[mean], summary[column])
+            uri = plots.score_tradeoff(summary, score, column, label, front, labels)
+            if uri:
+                on_front = [labels[i] for i in np.flatnonzero(front)]
+                out["tradeoffs"].append({"column": column, "label": label, "uri": uri, "front": on_front})
+    return out
+
+
+def _select(df: pd.DataFrame, config_id: str | None) -> pd.DataFrame:
+    if config_id and "config_id" in df.columns:
+        return df[df["config_id"].astype(str) == config_id]
+    return df
+
+
+def _clip(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value)
+    return text if len(text) <= FLIP_TEXT_LIMIT else text[:FLIP_TEXT_LIMIT] + " …"
+
+
+def compare_digest(
+    a_files: list[str], a_config: str | None, b_files: list[str], b_config: str | None
+) -> dict[str, Any]:
+    """``analysis.compare``'s metrics of B against A and the rows whose pass/fail flipped."""
+    frames = []
+    for role, files, config in (("A", a_files, a_config), ("B", b_files, b_config)):
+        df, problems, _ = read_frame(files, with_text=True)
+        if df is None or "prompt_id" not in df.columns or "repeat" not in df.columns:
+            return {"error": f"{role} has no readable sentech-eval rows" + (f": {problems[0]}" if problems else ".")}
+        df = _select(df, config).copy()
+        if df.empty:
+            return {"error": f"{role} has no rows of configuration {config}."}
+        df["prompt_id"] = df["prompt_id"].astype(str)
+        df["repeat"] = pd.to_numeric(df["repeat"], errors="coerce").fillna(0).astype("int64")
+        frames.append(df)
+    a, b = frames
+    try:
+        paired = pair_frames(a, b, "A", "B")
+    except Exception as exc:  # noqa: BLE001 - the refusal sentences of analysis.pairing, shown on the page
+        return {"error": str(exc)}
+    paired.label_a = default_label(a, "A")
+    paired.label_b = default_label(b, "B")
+    metrics = compare(paired)
+    pairs = paired.pairs
+    flips = []
+    for score in paired.scores:
+        sa = pd.to_numeric(pairs[f"{score}_a"], errors="coerce")
+        sb = pd.to_numeric(pairs[f"{score}_b"], errors="coerce")
+        for direction, mask in (("pass→fail", (sa == 1) & (sb == 0)), ("fail→pass", (sa == 0) & (sb == 1))):
+            for _, row in pairs[mask].head(MAX_FLIPS).iterrows():
+                flips.append(
+                    {
+                        "score": score,
+                        "direction": direction,
+                        "prompt_id": str(row["prompt_id"]),
+                        "repeat": int(row["repeat"]),
+                        "keys": {k: _clip(row[k]) for k in paired.keys if k not in ("prompt_id", "repeat")},
+                        "prompt": _clip(row.get("prompt_a", row.get("prompt"))),
+                        "reference": _clip(row.get("reference_a", row.get("reference"))),
+                        "output_a": _clip(row.get("output_a")),
+                        "output_b": _clip(row.get("output_b")),
+                        "detail_a": _clip(row.get(f"{score}_detail_a")),
+                        "detail_b": _clip(row.get(f"{score}_detail_b")),
+                    }
+                )
+    return {
+        "label_a": paired.label_a,
+        "label_b": paired.label_b,
+        "metrics": _jsonable(metrics),
+        "warnings": comparison_warnings(paired),
+        "keys": paired.keys,
+        "flips": flips,
+        "n_pairs": paired.n_pairs,
+    }
+
+
+def history_plot(points: list[dict[str, Any]], score: str) -> str | None:
+    """``render.plots.score_history`` of one score over the runs in ``points``."""
+    return plots.score_history(pd.DataFrame(points), score)

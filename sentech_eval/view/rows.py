@@ -1,0 +1,261 @@
+"""A run's rows, a page at a time: filters and paging over Parquet row groups, in the server process.
+
+``RowTable`` opens a run's files (``results.parquet`` and any ``results.parts/`` files; a damaged one
+is reported and skipped) and numbers their rows 0, 1, … across files. A filter reads only the columns
+it needs, one row group at a time, with ``pyarrow.compute``; its matching row numbers are kept (a few
+MB for a million rows) so a page turn reads only the row groups of the rows shown, and only the
+columns shown. No request reads a whole table into pandas.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+SEARCH_COLUMNS = ("prompt_id", "prompt", "output", "reference", "error")
+SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
+TEXT_PREVIEW = 160
+MASK_CACHE = 8
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """What the rows table is narrowed to; every field optional."""
+
+    status: str = ""  # "ok" or "error"
+    score: str = ""  # a score column, with ``outcome``
+    outcome: str = ""  # "pass" (== 1), "fail" (< 1) or "missing" (null)
+    repeat: int | None = None
+    config_id: str = ""
+    sampling: tuple[tuple[str, float], ...] = ()  # (column, value) pairs
+    text: str = ""  # case-insensitive substring of prompt_id, prompt, output, reference or error
+
+    @property
+    def active(self) -> bool:
+        return bool(self.status or (self.score and self.outcome) or self.repeat is not None or self.config_id) or bool(
+            self.sampling or self.text
+        )
+
+
+@dataclass
+class RowGroupRef:
+    file_index: int
+    group: int
+    first: int  # the row number of its first row
+    rows: int
+
+
+@dataclass
+class RowTable:
+    """The rows of one run's files (see the module docstring)."""
+
+    paths: list[str]
+    files: list[pq.ParquetFile | None] = field(default_factory=list)
+    groups: list[RowGroupRef] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    _masks: OrderedDict = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        first = 0
+        for index, path in enumerate(self.paths):
+            try:
+                handle = pq.ParquetFile(path)
+                meta = handle.metadata
+            except Exception as exc:  # noqa: BLE001 - a damaged file is shown as such, never raised
+                self.problems.append(f"{path}: not readable Parquet ({type(exc).__name__}: {str(exc)[:200]})")
+                self.files.append(None)
+                continue
+            self.files.append(handle)
+            for name in handle.schema_arrow.names:
+                if name not in self.columns:
+                    self.columns.append(name)
+            for g in range(meta.num_row_groups):
+                rows = meta.row_group(g).num_rows
+                self.groups.append(RowGroupRef(index, g, first, rows))
+                first += rows
+        self.total = first
+
+    def close(self) -> None:
+        for handle in self.files:
+            if handle is not None:
+                handle.close()
+
+    # ------------------------------------------------------------------ reading
+    def _read(self, ref: RowGroupRef, columns: list[str]) -> pa.Table:
+        handle = self.files[ref.file_index]
+        present = [c for c in columns if c in handle.schema_arrow.names]
+        with self._lock:  # one ParquetFile is not safe to read from two threads at once
+            table = handle.read_row_group(ref.group, columns=present)
+        for c in columns:
+            if c not in present:
+                table = table.append_column(c, pa.nulls(table.num_rows))
+        return table
+
+    def _mask(self, table: pa.Table, flt: RowFilter) -> pa.Array | None:
+        conditions = []
+        if flt.status:
+            status = pc.cast(table["status"], pa.string())
+            conditions.append(pc.equal(status, flt.status) if flt.status == "ok" else pc.not_equal(status, "ok"))
+        if flt.score and flt.outcome:
+            values = pc.cast(table[flt.score], pa.float64())
+            if flt.outcome == "pass":
+                conditions.append(pc.equal(values, 1.0))
+            elif flt.outcome == "fail":
+                conditions.append(pc.less(values, 1.0))
+            else:
+                conditions.append(pc.is_null(values))
+        if flt.repeat is not None:
+            conditions.append(pc.equal(pc.cast(table["repeat"], pa.int64()), flt.repeat))
+        if flt.config_id:
+            conditions.append(pc.equal(pc.cast(table["config_id"], pa.string()), flt.config_id))
+        for column, value in flt.sampling:
+            conditions.append(pc.equal(pc.cast(table[column], pa.float64()), value))
+        if flt.text:
+            hits = None
+            for column in SEARCH_COLUMNS:
+                if column not in table.column_names:
+                    continue
+                text = pc.cast(table[column], pa.string())
+                found = pc.fill_null(pc.match_substring(text, flt.text, ignore_case=True), False)
+                hits = found if hits is None else pc.or_(hits, found)
+            conditions.append(hits if hits is not None else pa.array([False] * table.num_rows))
+        if not conditions:
+            return None
+        mask = conditions[0]
+        for condition in conditions[1:]:
+            mask = pc.and_(mask, condition)
+        return pc.fill_null(mask, False)
+
+    def _filter_columns(self, flt: RowFilter) -> list[str]:
+        needed = []
+        if flt.status:
+            needed.append("status")
+        if flt.score and flt.outcome:
+            needed.append(flt.score)
+        if flt.repeat is not None:
+            needed.append("repeat")
+        if flt.config_id:
+            needed.append("config_id")
+        needed += [c for c, _ in flt.sampling]
+        if flt.text:
+            needed += [c for c in SEARCH_COLUMNS if c in self.columns]
+        return [c for c in dict.fromkeys(needed) if c in self.columns]
+
+    def matching(self, flt: RowFilter) -> np.ndarray | None:
+        """The row numbers matching ``flt`` (None: every row), cached for the next page turn."""
+        if not flt.active:
+            return None
+        with self._lock:
+            cached = self._masks.get(flt)
+            if cached is not None:
+                self._masks.move_to_end(flt)
+                return cached
+        columns = self._filter_columns(flt)
+        if len(columns) < len(self._filter_columns_wanted(flt)):
+            return np.array([], dtype=np.int64)  # filtering on a column these results do not have
+        found = []
+        for ref in self.groups:
+            try:
+                table = self._read(ref, columns)
+            except Exception as exc:  # noqa: BLE001
+                self._note(f"row group {ref.group} of {self.paths[ref.file_index]} cannot be read ({exc})")
+                continue
+            mask = self._mask(table, flt)
+            hits = np.flatnonzero(mask.to_numpy(zero_copy_only=False)) if mask is not None else np.arange(ref.rows)
+            found.append(hits + ref.first)
+        result = np.concatenate(found) if found else np.array([], dtype=np.int64)
+        with self._lock:
+            self._masks[flt] = result
+            while len(self._masks) > MASK_CACHE:
+                self._masks.popitem(last=False)
+        return result
+
+    def _filter_columns_wanted(self, flt: RowFilter) -> list[str]:
+        wanted = []
+        if flt.status:
+            wanted.append("status")
+        if flt.score and flt.outcome:
+            wanted.append(flt.score)
+        if flt.repeat is not None:
+            wanted.append("repeat")
+        if flt.config_id:
+            wanted.append("config_id")
+        return wanted + [c for c, _ in flt.sampling]
+
+    def _note(self, problem: str) -> None:
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+    def _group_of(self, row: int) -> RowGroupRef | None:
+        lo, hi = 0, len(self.groups) - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            ref = self.groups[mid]
+            if row < ref.first:
+                hi = mid - 1
+            elif row >= ref.first + ref.rows:
+                lo = mid + 1
+            else:
+                return ref
+        return None
+
+    def page(self, flt: RowFilter, offset: int, limit: int, columns: list[str]) -> tuple[int, list[dict[str, Any]]]:
+        """(number of matching rows, the rows ``offset`` … ``offset + limit`` with ``columns`` and ``_row``)."""
+        hits = self.matching(flt)
+        total = self.total if hits is None else len(hits)
+        offset = max(0, min(offset, max(0, total - 1)))
+        wanted = range(offset, min(total, offset + limit))
+        numbers = [int(hits[i]) if hits is not None else i for i in wanted]
+        by_group: dict[int, list[int]] = {}
+        refs: dict[int, RowGroupRef] = {}
+        for n in numbers:
+            ref = self._group_of(n)
+            if ref is None:
+                continue
+            key = id(ref)
+            refs[key] = ref
+            by_group.setdefault(key, []).append(n)
+        rows: dict[int, dict[str, Any]] = {}
+        for key, members in by_group.items():
+            ref = refs[key]
+            try:
+                table = self._read(ref, columns)
+            except Exception as exc:  # noqa: BLE001
+                self._note(f"row group {ref.group} of {self.paths[ref.file_index]} cannot be read ({exc})")
+                continue
+            taken = table.take(pa.array([n - ref.first for n in members], pa.int64())).to_pylist()
+            for n, values in zip(members, taken):
+                rows[n] = {"_row": n, **values}
+        return total, [rows[n] for n in numbers if n in rows]
+
+    def row(self, number: int) -> dict[str, Any] | None:
+        """Every column of row ``number`` (None when there is no such row or it cannot be read)."""
+        ref = self._group_of(number)
+        if ref is None:
+            return None
+        handle = self.files[ref.file_index]
+        try:
+            table = self._read(ref, handle.schema_arrow.names)
+        except Exception as exc:  # noqa: BLE001
+            self._note(f"row group {ref.group} of {self.paths[ref.file_index]} cannot be read ({exc})")
+            return None
+        values = table.slice(number - ref.first, 1).to_pylist()[0]
+        return {"_row": number, "_file": self.paths[ref.file_index], **values}
+
+
+def preview(value: Any, limit: int = TEXT_PREVIEW) -> str:
+    """A cell's text for the rows table: '' for missing, long text cut with an ellipsis."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "…"

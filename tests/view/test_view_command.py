@@ -1,0 +1,54 @@
+"""`sentech-eval view` as a user starts it: one line with the URL, Ctrl-C stops it cleanly, bad input exits 2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from cli_helpers import REPO_ROOT, run_cli
+
+
+def test_view_prints_its_url_serves_and_stops_on_ctrl_c(results_tree, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentech_eval.cli", "view", str(results_tree), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("sentech-eval view: http://127.0.0.1:") and line.endswith("/"), line
+        url = line.split(": ", 1)[1]
+        for _ in range(120):  # until every run's summary is computed (and cached)
+            with urllib.request.urlopen(url, timeout=30) as response:
+                page = response.read()
+            assert response.status == 200 and b"capitals/run-a" in page
+            if b'id="pending"' not in page:
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err and "stopped" in err
+    assert out == ""  # nothing but the URL line on stdout
+    assert (tmp_path / "cache" / "sentech-eval" / "view").is_dir()  # its cache: the user cache dir
+
+
+def test_view_refuses_a_missing_dir_in_one_sentence(tmp_path):
+    done = run_cli("view", str(tmp_path / "nope"))
+    assert done.returncode == 2 and "is not a directory" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+
+
+def test_view_help_explains_itself():
+    done = run_cli("view", "--help")
+    assert done.returncode == 0 and "--host" in done.stdout and "token" in done.stdout and "--open" in done.stdout
