@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import shutil
 import threading
 import time
@@ -82,16 +83,34 @@ def build_tree(root: Path) -> Path:
 
 @contextmanager
 def running_viewer(roots: list[Path], cache_dir: Path, token: str | None = None) -> Iterator[str]:
-    """A real viewer (the app of `sentech-eval view`) on a free loopback port; yields its base URL."""
+    """A real viewer (the app of `sentech-eval view`) on a free loopback port; yields its base URL.
+
+    The viewer's event loop lives in its own thread from start to end, so the caller's thread may run
+    a loop of its own (Playwright's sync API does).
+    """
     loop = asyncio.new_event_loop()
     viewer = Viewer(roots=list(roots), cache=DigestCache(cache_dir), token=token)
-    runner, port = loop.run_until_complete(start(viewer, "127.0.0.1", 0))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    started: queue.Queue = queue.Queue()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            runner, port = loop.run_until_complete(start(viewer, "127.0.0.1", 0))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            started.put(exc)
+            return
+        started.put(port)
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
+    port = started.get(timeout=60)
+    if isinstance(port, BaseException):
+        raise port
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
+        thread.join(30)
