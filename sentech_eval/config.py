@@ -589,7 +589,27 @@ def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:
     backend = cfg.get("backend")
     if not isinstance(backend, DictConfig) or not backend.get("kind"):
         raise ConfigError("backend.kind is not set; choose backend=remote or backend=local.")
-    return sampling_from_config(cfg), dataset_from_config(cfg), runner_from_config(cfg)
+    sampling, dataset, runner = sampling_from_config(cfg), dataset_from_config(cfg), runner_from_config(cfg)
+    check_column_limits(sampling, runner)
+    return sampling, dataset, runner
+
+
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+
+
+def check_column_limits(sampling: Sampling, runner: RunnerConfig) -> None:
+    """Refuse values whose rows could not be stored, before anything is sent (and paid for): the results'
+    ``seed`` column is int64 (repeat r sends ``seed + r``) and ``repeat`` is int32."""
+    if runner.repeats - 1 > INT32_MAX:
+        raise ConfigError(f"runner.repeats={runner.repeats} is more than the results can number (at most {INT32_MAX}).")
+    if sampling.seed is not None and sampling.seed + runner.repeats - 1 > INT64_MAX:
+        last = sampling.seed + runner.repeats - 1
+        raise ConfigError(
+            f"sampling.seed={sampling.seed} with runner.repeats={runner.repeats} gives seeds up to {last}, beyond "
+            f"what the results' seed column stores (a 64-bit signed integer, at most {INT64_MAX}); choose "
+            f"sampling.seed at most {INT64_MAX - runner.repeats + 1}."
+        )
 
 
 def config_id(backend_kind: str, model: str, sampling: Sampling) -> str:

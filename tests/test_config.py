@@ -242,3 +242,38 @@ def test_docs_give_the_schema_defaults():
                 assert yaml.safe_load(value) == remote[name], f"docs/reference.md config table: backend.{name}"
                 checked += 1
     assert checked >= 6
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["sampling.seed=9223372036854775807", "runner.repeats=2"], "sampling.seed at most 9223372036854775806"),
+        (["sampling.seed=18446744073709551615"], "beyond what the results' seed column stores"),
+        (["sampling.seed=9223372036854775800", "runner.repeats=9"], "gives seeds up to 9223372036854775808"),
+    ],
+)
+def test_a_seed_the_results_cannot_store_is_refused_before_anything_is_sent(
+    tmp_path, capsys, monkeypatch, overrides, fragment
+):
+    """The seed column is int64: repeat r sends seed + r; a value past it would be sent, paid for, then lost."""
+    from sentech_eval.cli import main
+
+    monkeypatch.setenv("SENTECH_API_KEY", "sk-" + "x1y2" * 8)
+    try:
+        code = main(
+            ["run", "backend=remote", "backend.base_url=http://127.0.0.1:9/v1", "backend.send_seed=true"]
+            + ["runner.max_retries=0", "runner.progress=false", f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+        )
+    except SystemExit as exc:  # (the Hydra task exits with its code)
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err, err
+    assert fragment in err and "results.parquet" not in err
+    assert not (tmp_path / "run" / "results.parquet").exists()
+
+
+def test_the_largest_storable_seed_passes_the_check():
+    from sentech_eval.config import INT64_MAX, RunnerConfig, check_column_limits
+    from sentech_eval.types import Sampling
+
+    check_column_limits(Sampling(seed=INT64_MAX - 1), RunnerConfig(repeats=2))

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from sentech_eval.config import compose_config
 from sentech_eval.engine.results import RESULTS_FILE
+from sentech_eval.engine.rundir import holding_run_dir
 from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.scorers.base import Scorer, build_scorers, close_scorers, null_scores, score_row, score_schema
 from sentech_eval.secrets import refuse_secret_overrides
@@ -170,21 +171,24 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval score") -> int
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.concurrency < 1:
         raise ConfigError(f"--concurrency={args.concurrency} must be at least 1.")
-    files = find_results_files(args.path)
     scorers_cfg = compose_scorers_config(args.overrides)
     if not scorers_cfg:
         raise ConfigError("No scorers chosen; pass for example scorers=[exact_match,contains] (see --help).")
     from omegaconf import OmegaConf
 
     scorer_config = OmegaConf.to_container(scorers_cfg, resolve=False)
-    return asyncio.run(_run(files, scorers_cfg, scorer_config, args.concurrency))
+    target = Path(args.path)
+    with holding_run_dir(target if target.is_dir() else target.parent, "score"):  # no run may merge meanwhile
+        files = find_results_files(args.path)
+        return asyncio.run(_run(files, scorers_cfg, scorer_config, args.concurrency))
 
 
 async def _run(files: list[Path], scorers_cfg: Any, scorer_config: Any, concurrency: int) -> int:
     scorers = build_scorers(scorers_cfg)
     try:
         for path in files:
-            table = await rescore_file(path, scorers, scorer_config, concurrency=concurrency)
+            with holding_run_dir(path.parent, "score"):  # a run resuming there would merge over these scores
+                table = await rescore_file(path, scorers, scorer_config, concurrency=concurrency)
             print(_summary_line(path, table, scorers))
     finally:
         await close_scorers(scorers)

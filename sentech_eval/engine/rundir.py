@@ -13,6 +13,8 @@ import errno
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sentech_eval.errors import RunDirError
@@ -47,8 +49,11 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def lock_run_dir(path: str | Path, what: str = "hydra.run.dir") -> None:
-    """Hold ``path`` for this process until it exits; RunDirError if another live process holds it."""
+def lock_run_dir(path: str | Path, what: str = "hydra.run.dir", command: str | None = None) -> None:
+    """Hold ``path`` for this process until it exits; RunDirError if another live process holds it.
+
+    ``command``: the sentech-eval command that wants to write there (``score``, ``combine`` …), named in
+    the message instead of ``what``."""
     path = prepare_run_dir(path, what)
     key = path.resolve()
     if key in _held or fcntl is None:
@@ -65,6 +70,11 @@ def lock_run_dir(path: str | Path, what: str = "hydra.run.dir") -> None:
     except OSError as exc:
         holder = _read_holder(fd)
         os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) and command is not None:
+            raise RunDirError(
+                f"Another sentech-eval process ({holder}) is writing into {path}; `sentech-eval {command}` would "
+                "overwrite the rows it merges — wait for it to finish (or stop it) and run this again."
+            ) from None
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise RunDirError(
                 f"Another sentech-eval run ({holder}) is writing into {path}; wait for it to finish or stop it, "
@@ -83,6 +93,21 @@ def _read_holder(fd: int) -> str:
     except OSError:
         text = ""
     return text.splitlines()[0] if text else "another process"
+
+
+@contextmanager
+def holding_run_dir(path: str | Path, command: str) -> Iterator[None]:
+    """Hold ``path``'s lock while a command (``score``, ``combine``, ``report`` …) rewrites files in it; a lock
+    this process already holds (the run's own) is kept as it was."""
+    key = Path(path).resolve()
+    if key in _held or fcntl is None or not key.is_dir():  # (no dir: nothing in it to protect, none is made)
+        yield
+        return
+    lock_run_dir(path, "the run dir", command=command)
+    try:
+        yield
+    finally:
+        unlock_run_dir(path)
 
 
 def unlock_run_dir(path: str | Path) -> None:

@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 
 from sentech_eval.engine.race_sweep import race_line
 from sentech_eval.engine.results import CORE_FIELDS, METADATA_KEY, PARTS_DIR, RESULTS_FILE
+from sentech_eval.engine.rundir import holding_run_dir
 from sentech_eval.errors import ResultsError
 
 SWEEP_JSON = "sweep.json"
@@ -170,8 +171,25 @@ def _write_combined(jobs: list[dict[str, Any]], target: Path, metadata: dict[str
             rows += job_rows
         if not sources:
             writer.write_table(pa.Table.from_batches([], schema=data_schema))
+    kept = _rows_in(target) if rows == 0 else 0
+    if kept:
+        tmp.unlink(missing_ok=True)
+        raise ResultsError(
+            f"Found no job rows to combine in {target.parent}, and its {target.name} holds {kept} rows: it is "
+            "kept as it is (an empty table never replaces rows); point combine at a multirun's hydra.sweep.dir."
+        )
     os.replace(tmp, target)
     return rows
+
+
+def _rows_in(path: Path) -> int:
+    """Rows of an existing Parquet file (0 if absent; unreadable counts as holding rows: never replaced by nothing)."""
+    if not path.exists():
+        return 0
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError):
+        return 1
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -270,6 +288,25 @@ def combine(sweep_dir: str | Path, status: str | None = None) -> dict[str, Any]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ResultsError(f"Sweep dir {sweep_dir} does not exist; pass the hydra.sweep.dir of a multirun.")
+    refuse_non_sweep_dir(sweep_dir)
+    with holding_run_dir(sweep_dir, "combine"):
+        return _combine(sweep_dir, status)
+
+
+def refuse_non_sweep_dir(path: Path) -> None:
+    """A plain run dir (its own ``.hydra/`` or job_status.json, no ``multirun.yaml``) is not a sweep: combining it
+    would replace its results with its (absent) jobs' rows."""
+    if (path / "multirun.yaml").is_file() or (path / SWEEP_JSON).is_file():
+        return
+    if (path / ".hydra").is_dir() or (path / JOB_STATUS_FILE).is_file():
+        raise ResultsError(
+            f"{path} is a run dir, not a sweep dir (it has a .hydra/ of its own and no multirun.yaml); `combine` "
+            "joins the jobs of a multirun's hydra.sweep.dir — nothing was changed. A run dir's results.parquet is "
+            "already complete; `sentech-eval report` reads it as is."
+        )
+
+
+def _combine(sweep_dir: Path, status: str | None) -> dict[str, Any]:
     jobs = [describe_job(d, sweep_dir, i) for i, d in enumerate(find_job_dirs(sweep_dir))]
     jobs.sort(key=lambda j: (j["job"], j["dir"]))
     if status is None:

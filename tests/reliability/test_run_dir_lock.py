@@ -97,3 +97,28 @@ def test_the_lock_dies_with_its_process(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "rows already done are skipped" in resumed.stderr
     _assert_every_row_once(run_dir)
+
+
+def test_score_refuses_while_a_run_writes_and_no_row_is_lost(tmp_path):
+    """`score DIR` during a (resumed) run: one sentence naming the run, nothing rewritten; the run keeps every row."""
+    run_dir = tmp_path / "run"
+    with _first_run_writing(run_dir, latency_ms=150) as (_url, key, first):
+        scored = run_cli("score", str(run_dir), "scorers=[contains]", key=None)
+        assert first.poll() is None, "the run must still be going for this test to mean anything"
+        out, err = first.communicate(timeout=120)
+    assert_one_sentence(scored, f"Another sentech-eval process (pid {first.pid} on", "`sentech-eval score`")
+    assert first.returncode == 0, err
+    _assert_every_row_once(run_dir)
+    after = run_cli("score", str(run_dir), "scorers=[contains]", key=None)  # the run is over: score may write
+    assert after.returncode == 0, after.stderr
+    assert len(rows(run_dir)) == 200
+
+
+def test_a_run_refuses_a_dir_that_score_is_rewriting(tmp_path):
+    from sentech_eval.engine.rundir import holding_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with running_server(engine="echo", api_key=(key := new_key())) as url, holding_run_dir(run_dir, "score"):
+        second = run_cli(*remote_run_args(url, run_dir), key=key)
+    assert_one_sentence(second, "Another sentech-eval run", str(run_dir))
