@@ -1,4 +1,4 @@
-# The two set-up commands of the README: `make run` and `make test`.
+# The set-up commands of the README: `make run`, `make check` (the inner loop) and `make test` (everything).
 # Each creates .venv in the repo root, installs the project (llama-cpp-python builds from
 # source once per environment, ~5 min on 2 cores) and puts the embedded model in place: the user
 # cache dir ~/.cache/sentech-eval/models, or $SENTECH_MODELS_DIR when set (the same place
@@ -9,7 +9,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench install fetch-model clean
+# Tests that start no process, no server and no llama.cpp (markers applied by tests/conftest.py).
+FAST_TESTS := not e2e and not local_model and not slow
+# `make test PYTEST_WORKERS=2` spreads the suite over pytest-xdist workers (empty: one process).
+PYTEST_WORKERS ?=
+XDIST := $(if $(PYTEST_WORKERS),-n $(PYTEST_WORKERS) --dist loadfile,)
+
+.PHONY: run check lint typecheck test bench install fetch-model clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,12 +34,24 @@ fetch-model: $(STAMP)
 run: $(STAMP)
 	$(BIN)/sentech-eval run backend=local dataset=capitals 'scorers=[contains]'
 
-## The test suite (real server on loopback ports, real llama.cpp on the embedded model).
+## The inner loop (docs/development.md): lint, format check, type check of the core and engine floors,
+## and the fast tests (in-process: no process, no server, no llama.cpp).
+check: lint typecheck
+	$(BIN)/python -m pytest -q -m "$(FAST_TESTS)"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## The whole test suite (real server on loopback ports, real llama.cpp on the embedded model).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) results/*/ .pytest_cache
+	rm -rf $(VENV) results/*/ .pytest_cache .mypy_cache .ruff_cache

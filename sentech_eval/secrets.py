@@ -233,7 +233,7 @@ def _override_name(arg: str) -> tuple[str, str | None]:
 
 
 def _key_env_names(argv: Iterable[str]) -> list[str]:
-    names = []
+    names: list[str] = []
     for arg in argv:
         name, value = _override_name(arg)
         if value is not None and is_reference_name(name):

@@ -1,30 +1,110 @@
-"""Helpers shared by the tests: run the real `sentech-eval` CLI in a fresh process."""
+"""Helpers shared by the tests: the real `sentech-eval` CLI, in a fresh process or in this one.
+
+``run_cli`` starts a process, as a user runs the command: use it where the process itself is what is
+tested (exit without teardown, signals, resource limits, a console script, a server that must not
+share the test's GIL). ``call_cli`` runs the same ``sentech_eval.cli.main`` in this process with
+stdout and stderr captured and returns the same ``CompletedProcess`` record, in a tenth of a second
+instead of a second or two: use it for everything that checks an exit code, a message or the files a
+run writes. Tests that start a process are marked ``e2e`` automatically (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import subprocess
 import sys
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from subprocess import CompletedProcess  # by name: call_cli starts no process (tests/marking.py reads the code)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_KEY = "test-key-7f3a9c"
 
 
+def cli_env(key: str | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI run: the caller's without its SENTECH_API_KEY, unbuffered, with
+    SENTECH_API_KEY set to ``key`` (unset when None), plus ``env``."""
+    full_env = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if key is not None:
+        full_env["SENTECH_API_KEY"] = key
+    full_env.update(env or {})
+    return full_env
+
+
+def cli_command(*args: str) -> list[str]:
+    """`sentech-eval ARGS…` through the current interpreter."""
+    return [sys.executable, "-m", "sentech_eval.cli", *args]
+
+
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None
-) -> subprocess.CompletedProcess:
+    *args: str,
+    key: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run `sentech-eval ARGS…` as a user would (a fresh process), capturing stdout and stderr.
 
-    The caller's SENTECH_API_KEY is not inherited: a test that needs a key passes it in ``env``.
+    The caller's SENTECH_API_KEY is not inherited: a test that needs a key passes ``key``.
     """
-    full_env = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
-    full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     return subprocess.run(
-        [sys.executable, "-m", "sentech_eval.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        cwd=cwd or REPO_ROOT,
+        cli_command(*args), capture_output=True, text=True, env=cli_env(key, env), timeout=timeout, cwd=cwd or REPO_ROOT
     )
+
+
+def call_cli(*args: str, key: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `sentech-eval ARGS…` in this process (``sentech_eval.cli.main``, the function the console
+    script calls before it exits) and return what a process would have given: exit code, stdout, stderr.
+
+    As in ``run_cli``, the caller's SENTECH_API_KEY is not inherited (``key`` sets it) and ``env`` is added. What the
+    call changes in the process is put back afterwards: the environment, ``sys.argv``, the working
+    directory, the logging handlers Hydra installs, and the run-dir locks a process would release by
+    exiting. An exception the CLI does not handle is printed as the interpreter would (a traceback on
+    stderr, exit 1), so ``"Traceback" not in result.stderr`` means the same in both helpers.
+    """
+    from sentech_eval import cli
+    from sentech_eval.engine import rundir
+
+    saved_env, saved_argv, saved_cwd = dict(os.environ), list(sys.argv), os.getcwd()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    held_before = set(rundir._held)
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update(cli_env(key, env))
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:
+                code = _exit_code(exc, err)
+            except Exception:  # noqa: BLE001 - what the interpreter does with an uncaught exception
+                traceback.print_exc(file=err)
+                code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        for handler in [h for h in root.handlers if h not in saved_handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        for path in set(rundir._held) - held_before:
+            rundir.unlock_run_dir(path)
+    return CompletedProcess(["sentech-eval", *args], code, out.getvalue(), err.getvalue())
+
+
+def _exit_code(exc: SystemExit, err: io.StringIO) -> int:
+    """The exit status of ``sys.exit(exc.code)``: None is 0, an int itself, anything else printed and 1."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=err)
+    return 1

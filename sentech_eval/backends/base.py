@@ -9,6 +9,7 @@ backends never spawn tasks of their own.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from sentech_eval.errors import ConfigError
@@ -42,7 +43,7 @@ class Backend(Protocol):
         """Build from the ``backend`` config node for a run of ``concurrency`` requests in flight."""
         raise NotImplementedError
 
-    async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
+    async def complete(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> Completion:
         """Run one chat completion; failures come back as ``status="error"``."""
         ...
 

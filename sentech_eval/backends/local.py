@@ -20,6 +20,7 @@ import dataclasses
 import importlib.util
 import multiprocessing
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,7 @@ class LocalBackend(Backend):
             "seed_sent": True,
         }
 
-    async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
+    async def complete(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> Completion:
         """Run one chat completion on a free worker; failures come back as ``status="error"``."""
         if self._closed:
             return Completion(status="error", error="The local backend is closed.")

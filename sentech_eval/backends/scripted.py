@@ -14,7 +14,7 @@ import dataclasses
 import inspect
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +94,7 @@ class ScriptedBackend(Backend):
         """Not configurable: a scripted backend is built in code."""
         raise NotImplementedError("ScriptedBackend is built in code: ScriptedBackend(plan)")
 
-    async def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
+    async def complete(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> Completion:
         """The planned completion for this call (a fresh copy, as a real backend returns a new one)."""
         prompt = messages[-1]["content"]
         self._attempts[prompt] += 1

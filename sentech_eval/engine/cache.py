@@ -185,7 +185,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _answer(completion: Completion, run_id: str, prompt_id: str, dataset: str, started_at: float) -> dict[str, Any]:
+def _answer(
+    completion: Completion, run_id: str, prompt_id: str, dataset: str, started_at: float | None
+) -> dict[str, Any]:
     c = completion
     return {
         "output": c.output,
@@ -206,7 +208,7 @@ def _answer(completion: Completion, run_id: str, prompt_id: str, dataset: str, s
 def _cached_answer(key: str, raw: str) -> CachedAnswer:
     answer = orjson.loads(raw)
     get = answer.get
-    return CachedAnswer(key, *(get(name) for name in ANSWER_FIELDS), get("run_id"), get("started_at"))
+    return CachedAnswer(key, **{name: get(name) for name in (*ANSWER_FIELDS, "run_id", "started_at")})
 
 
 class ResponseStore:
@@ -376,7 +378,8 @@ class ResponseStore:
 
     def clear(self, *, model: str | None = None, older_than_s: float | None = None) -> int:
         """Delete entries (all, one model's, and/or those older than ``older_than_s``); returns how many."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if model is not None:
             where.append("config IN (SELECT id FROM configs WHERE model = ?)")
             args.append(model)
@@ -542,7 +545,7 @@ class RunCache(RunHook):
         self._pending: list[tuple[Any, ...]] = []
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._writer_db: sqlite3.Connection | None = None  # used on the writer thread only
-        self._writes: list[concurrent.futures.Future] = []
+        self._writes: list[concurrent.futures.Future[int]] = []
         self._last_flush = time.monotonic()
         self.merge_rows = merge_rows
         self._pending_chars = 0
@@ -683,7 +686,9 @@ class RunCache(RunHook):
                 self.refused_unseeded += 1
         return result
 
-    def remember(self, lookup: Lookup, completion: Completion, started_at: float, prompt_id: str, repeat: int) -> None:
+    def remember(
+        self, lookup: Lookup, completion: Completion, started_at: float | None, prompt_id: str, repeat: int
+    ) -> None:
         """Buffer an ok answer for writing (errors are never written)."""
         if not self.writes or not self.active or completion.status != "ok":
             return

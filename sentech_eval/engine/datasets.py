@@ -330,7 +330,7 @@ class ParquetDataset:
         counts = pc.value_counts(ids)
         duplicated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
         rows = pc.indices_nonzero(pc.is_in(ids, value_set=duplicated)).to_pylist()
-        seen: set = set()
+        seen: set[Any] = set()
         for row in rows:
             value = ids[row].as_py()
             if value in seen:

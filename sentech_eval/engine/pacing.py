@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 
 from sentech_eval.backends.retry import RETRY_AFTER_CEILING_S, backoff_delay
 from sentech_eval.config import RunnerConfig
@@ -24,7 +25,7 @@ class TokenBucket:
     """A token bucket refilled at ``rate_per_min / 60`` per second, holding at most one second's
     worth plus one request (so a fresh run does not burst a whole minute's quota at once)."""
 
-    def __init__(self, rate_per_min: float, *, clock=time.monotonic) -> None:
+    def __init__(self, rate_per_min: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate_per_s = rate_per_min / 60.0
         self.capacity = max(1.0, self.rate_per_s)
         self._tokens = self.capacity
@@ -68,7 +69,7 @@ class AdaptiveConcurrency:
     last decrease does not halve the limit again.
     """
 
-    def __init__(self, limit: int, *, clock=time.monotonic) -> None:
+    def __init__(self, limit: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_limit = limit
         self.limit = limit
         self.active = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ RESULTS_FILE = "results.parquet"
 PARTS_DIR = "results.parts"
 ROW_GROUP_ROWS = 65536
 METADATA_KEY = b"sentech_eval"
+Keep = Callable[[pa.Table], pa.Table]  # a filter of the merged table (resume keeps one row per key)
 
 CORE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("run_id", pa.string()),
@@ -216,7 +217,7 @@ class ResultsWriter:
         self._next_part += 1
         self.rows_written += len(rows)
 
-    def close(self, keep: callable | None = None) -> Path:
+    def close(self, keep: Keep | None = None) -> Path:
         """Flush, then merge results.parquet and every part into a new results.parquet.
 
         ``keep`` optionally filters the merged table (resume uses it to keep one row per key).
@@ -233,7 +234,7 @@ def _readable_parts(run_dir: Path) -> list[Path]:
     return files
 
 
-def merge_parts(run_dir: Path, schema: pa.Schema, keep=None) -> Path:
+def merge_parts(run_dir: Path, schema: pa.Schema, keep: Keep | None = None) -> Path:
     """Combine results.parquet and results.parts/* into results.parquet, then remove the parts."""
     files = _readable_parts(run_dir)
     target = run_dir / RESULTS_FILE
@@ -255,7 +256,7 @@ def merge_parts(run_dir: Path, schema: pa.Schema, keep=None) -> Path:
     return target
 
 
-def _write_merged(files: list[Path], tmp: Path, schema: pa.Schema, keep) -> None:
+def _write_merged(files: list[Path], tmp: Path, schema: pa.Schema, keep: Keep | None) -> None:
     if keep is not None:
         table = pa.concat_tables([_conform(read_parquet(f), schema) for f in files]) if files else schema.empty_table()
         table = keep(table)

@@ -178,6 +178,7 @@ class Runner:
             if hooks:
                 for hook in hooks:
                     await hook.after_final(item, completion)
+            row: list[Any] | dict[str, Any]
             if scorers and completion.status == "ok":
                 row = await recorder.add_scored(item, completion)
             else:
@@ -301,8 +302,10 @@ class Runner:
             raise self._auth_error
         return self.summary
 
-    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop, workers: list[asyncio.Future]) -> list[int]:
-        installed = []
+    def _install_signal_handlers(
+        self, loop: asyncio.AbstractEventLoop, workers: Sequence[asyncio.Future[Any]]
+    ) -> list[signal.Signals]:
+        installed: list[signal.Signals] = []
 
         def on_signal() -> None:
             if self.pacer.stopping:

@@ -312,20 +312,23 @@ def _combine(sweep_dir: Path, status: str | None) -> dict[str, Any]:
     if status is None:
         status = "complete" if all(j["status"] not in ("incomplete", "missing") for j in jobs) else "incomplete"
     combined_at = datetime.now(UTC).isoformat()
-    job_records = lambda: [  # noqa: E731
-        {
-            "job": j["job"],
-            "dir": j["dir"],
-            "status": j["status"],
-            "error": j["error"],
-            "overrides": j["overrides"],
-            "rows": j.get("rows", 0),
-            "objective": j["summary"].get("objective"),
-            "scores": j["summary"].get("scores") or {},
-            **({"unreadable": j["unreadable"]} if j.get("unreadable") else {}),
-        }
-        for j in jobs
-    ]
+
+    def job_records() -> list[dict[str, Any]]:
+        return [
+            {
+                "job": j["job"],
+                "dir": j["dir"],
+                "status": j["status"],
+                "error": j["error"],
+                "overrides": j["overrides"],
+                "rows": j.get("rows", 0),
+                "objective": j["summary"].get("objective"),
+                "scores": j["summary"].get("scores") or {},
+                **({"unreadable": j["unreadable"]} if j.get("unreadable") else {}),
+            }
+            for j in jobs
+        ]
+
     metadata = {
         "sweep": {
             "dir": str(sweep_dir.resolve()),
