@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from sentech_eval.errors import ConfigError
 
@@ -124,7 +125,7 @@ class ExecResult:
     sandbox: str = ""  # "bwrap 0.8.0" or "none"
     limits: dict[str, int] = field(default_factory=dict)  # the rlimits in force (after clamping)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """A plain dict (for JSON, benchmarks)."""
         return asdict(self)
 
@@ -219,8 +220,8 @@ class Sandbox:
         if not os.path.isfile(self.python):
             raise ConfigError(f"The sandbox's Python interpreter {self.python} does not exist; set python to one.")
         if self.bwrap:
-            self._bwrap_flags = self._optional_flags()
-            self.label = self._version()
+            self._bwrap_flags = self._optional_flags(self.bwrap)
+            self.label = self._version(self.bwrap)
             result = self.run("pass", Limits(cpu_s=5, wall_s=30))
             if result.status == COMPLETED:
                 return
@@ -243,17 +244,17 @@ class Sandbox:
                 f"Cannot run {self.python} even without a sandbox: {_last_line(result.stderr) or result.reason}."
             )
 
-    def _version(self) -> str:
+    def _version(self, bwrap: str) -> str:
         try:
-            out = subprocess.run([self.bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout
+            out = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return "bwrap"
         return out.strip().replace("bubblewrap", "bwrap") or "bwrap"
 
-    def _optional_flags(self) -> list[str]:
+    def _optional_flags(self, bwrap: str) -> list[str]:
         """Flags of newer bwrap versions, used when this one has them."""
         try:
-            help_text = subprocess.run([self.bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+            help_text = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return []
         return [flag for flag in ("--disable-userns", "--size") if flag in help_text]
@@ -306,7 +307,7 @@ class Sandbox:
             env.update(HOME=workdir, TMPDIR=workdir)
             if self.uid is not None:
                 os.chown(workdir, self.uid, self.uid)
-        drop = {"user": self.uid, "group": self.uid, "extra_groups": []} if self.uid is not None else {}
+        drop: dict[str, Any] = {"user": self.uid, "group": self.uid, "extra_groups": []} if self.uid is not None else {}
         started = time.perf_counter()
         try:
             proc = subprocess.Popen(
@@ -376,9 +377,11 @@ class _Streams:
     """Feeds the job to stdin and reads stdout, stderr and the status pipe until they close or time runs out."""
 
     def __init__(
-        self, proc: subprocess.Popen, status_fd: int, job: bytes, limits: Limits, info_fd: int | None = None
+        self, proc: subprocess.Popen[bytes], status_fd: int, job: bytes, limits: Limits, info_fd: int | None = None
     ) -> None:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # all three PIPE
         self.proc = proc
+        self.stdin = proc.stdin
         self.keep = int(limits.output_kb) * 1024
         self.max_total = int(float(limits.max_output_mb) * 1024 * 1024)
         self.stdout = bytearray()
@@ -398,7 +401,7 @@ class _Streams:
             self.selector.register(stream.fileno(), selectors.EVENT_READ)
         os.set_blocking(status_fd, False)
         self.selector.register(status_fd, selectors.EVENT_READ)
-        self.stdin_fd = proc.stdin.fileno()
+        self.stdin_fd = self.stdin.fileno()
         os.set_blocking(self.stdin_fd, False)
         self.selector.register(self.stdin_fd, selectors.EVENT_WRITE)
         self.sinks = {proc.stdout.fileno(): self.stdout, proc.stderr.fileno(): self.stderr, status_fd: self.status}
@@ -444,7 +447,7 @@ class _Streams:
         self.job = self.job[sent:]
         if not self.job:
             self.selector.unregister(fd)
-            self.proc.stdin.close()
+            self.stdin.close()
 
     def _read(self, fd: int) -> None:
         try:
@@ -499,7 +502,7 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _tear_down(proc: subprocess.Popen, sandbox_pid: int | None) -> None:
+def _tear_down(proc: subprocess.Popen[bytes], sandbox_pid: int | None) -> None:
     """Kill a run now. With bwrap: SIGKILL the sandbox's PID 1, whose exit kills and reaps everything in
     its namespace before bwrap sees it go, so nothing is left when bwrap exits; bwrap itself if that fails."""
     if sandbox_pid is not None:

@@ -42,9 +42,10 @@ PROCESS_NAMES = {
     "create_subprocess_exec",
     "create_subprocess_shell",
     "ProcessPoolExecutor",
-    # the project's own starters (sentech_eval.server.testing)
+    # the project's own starters (sentech_eval.server.testing, sentech_eval.sandbox)
     "listening_process",
     "serve_command",
+    "Sandbox",
 }
 # names whose use loads llama.cpp (a model in this process, or the llama engine of a server)
 LLAMA_NAMES = {"llama_cpp", "Llama", "LocalBackend", "load_llama", "LlamaEngine", "LocalWorker"}

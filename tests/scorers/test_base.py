@@ -47,7 +47,9 @@ def test_compose_without_scorers_gives_none():
 
 
 def test_compose_unknown_scorer_names_the_known_ones():
-    with pytest.raises(ConfigError, match=r"Unknown scorer 'exactmatch'; choose one of: code_exec, contains, exact_match"):
+    with pytest.raises(
+        ConfigError, match=r"Unknown scorer 'exactmatch'; choose one of: code_exec, contains, exact_match"
+    ):
         compose_scorers_config(["scorers=[exactmatch]"])
 
 
@@ -58,7 +60,9 @@ def test_build_from_names_and_empty_configs():
 
 
 def test_unknown_name_without_target_is_a_config_error():
-    with pytest.raises(ConfigError, match="Unknown scorer 'bleu'; choose one of: code_exec, contains, exact_match, json_valid"):
+    with pytest.raises(
+        ConfigError, match="Unknown scorer 'bleu'; choose one of: code_exec, contains, exact_match, json_valid"
+    ):
         build_scorers({"bleu": {}})
 
 
