@@ -55,7 +55,8 @@ def _functions_of(item: pytest.Item) -> list[Any]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by what its code starts (a process, llama.cpp, a server) and by whether it
     started a process when it last ran."""
-    started_before = set(config.cache.get(STARTED_A_PROCESS, [])) if config.cache is not None else set()
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    started_before = set(cache.get(STARTED_A_PROCESS, [])) if cache is not None else set()
     for item in items:
         markers = {MARKER_OF_FACT[fact] for fact in facts_of(_functions_of(item))}
         if item.nodeid in started_before:
@@ -93,7 +94,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Remember which tests started a process (those that ran now replace what was remembered of them)."""
-    cache = session.config.cache
+    cache = getattr(session.config, "cache", None)
     if cache is None or not _ran:
         return
     remembered = set(cache.get(STARTED_A_PROCESS, [])) - _ran
