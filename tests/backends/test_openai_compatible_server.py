@@ -70,6 +70,31 @@ def _get(url: str, key: str = TEST_KEY) -> int:
         return exc.code
 
 
+# llama_cpp.server has no flag for llama.cpp's extra buffer types (weight repacking, AMX kernels), whose
+# AMX path dies with a general-protection fault under some hypervisors (docs/local.md, "AMX CPUs"): on such
+# CPUs the server is started with them off, as the project's own loader does (backend.repack=auto).
+WITHOUT_EXTRA_BUFTS = """
+import runpy
+import llama_cpp.llama_cpp as c
+default_params = c.llama_model_default_params
+def without_extra_bufts():
+    params = default_params()
+    params.use_extra_bufts = False
+    return params
+c.llama_model_default_params = without_extra_bufts
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
+def server_command() -> list[str]:
+    """``python -m llama_cpp.server``, or the same with repacking off on a CPU with AMX."""
+    from sentech_eval.backends.local_worker import cpu_has_amx
+
+    if cpu_has_amx():
+        return [sys.executable, "-c", WITHOUT_EXTRA_BUFTS]
+    return [sys.executable, "-m", "llama_cpp.server"]
+
+
 @contextmanager
 def llama_server(*flags: str) -> Iterator[str]:
     """`python -m llama_cpp.server` on the embedded GGUF (one thread, key TEST_KEY); yields its /v1 URL.
@@ -82,9 +107,7 @@ def llama_server(*flags: str) -> Iterator[str]:
     log = open(os.devnull, "wb")
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
+            *server_command(),
             "--model",
             str(MODEL),
             "--host",
