@@ -33,6 +33,7 @@ SCRIPTS = (
     "bench_streaming",
     "bench_race",
     "bench_cache",
+    "bench_view",
 )
 
 

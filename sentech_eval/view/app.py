@@ -16,7 +16,6 @@ import multiprocessing
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 
 from aiohttp import web
 
-from sentech_eval.view import digest as digests
 from sentech_eval.view import pages
 from sentech_eval.view.cache import DigestCache, cache_key
 from sentech_eval.view.compare_page import compare_page, flip_filter
@@ -42,6 +40,14 @@ TOKEN_COOKIE = "sentech_view_token"
 DISCOVERY_TTL_S = 2.0
 WAIT_S = 3.0  # how long a page waits for a digest before it shows "computing…" and reloads
 ROW_TABLES = 8
+
+
+def in_worker(name: str, *args: Any) -> Any:
+    """Run ``view.digest.<name>(*args)``: called in the worker process, so the server itself never
+    imports pandas or matplotlib (it stays small; the worker does the heavy reading)."""
+    from sentech_eval.view import digest
+
+    return getattr(digest, name)(*args)
 
 
 def is_loopback(host: str) -> bool:
@@ -85,8 +91,8 @@ class Viewer:
             table.close()
         self._tables.clear()
 
-    async def computed(self, key: str, func: Callable, *args: Any, wait: float = WAIT_S) -> Any | None:
-        """The cached value of ``func(*args)`` under ``key``; computing it in the worker when missing.
+    async def computed(self, key: str, name: str, *args: Any, wait: float = WAIT_S) -> Any | None:
+        """The cached value of ``view.digest.<name>(*args)`` under ``key``; computed in the worker when missing.
 
         Waits at most ``wait`` seconds; None while it is still being computed.
         """
@@ -98,11 +104,11 @@ class Viewer:
             self.start_worker()
             loop = asyncio.get_running_loop()
             try:
-                future = loop.run_in_executor(self.executor, func, *args)
+                future = loop.run_in_executor(self.executor, in_worker, name, *args)
             except concurrent.futures.BrokenExecutor:
                 self.executor = None
                 self.start_worker()
-                future = loop.run_in_executor(self.executor, func, *args)
+                future = loop.run_in_executor(self.executor, in_worker, name, *args)
             self._pending[key] = future
             future.add_done_callback(lambda f, key=key: self._finished(key, f))
         if wait <= 0:
@@ -147,11 +153,11 @@ class Viewer:
 
     async def digest(self, run: RunDir, wait: float = WAIT_S) -> dict | None:
         key = cache_key("run", run.files)
-        return await self.computed(key, digests.run_digest, self.file_paths(run), wait=wait)
+        return await self.computed(key, "run_digest", self.file_paths(run), wait=wait)
 
     async def extras(self, run: RunDir, wait: float = WAIT_S) -> dict | None:
         key = cache_key("plots", run.files, str(run.path))
-        return await self.computed(key, digests.run_plots, self.file_paths(run), str(run.path), wait=wait)
+        return await self.computed(key, "run_plots", self.file_paths(run), str(run.path), wait=wait)
 
     def table(self, run: RunDir) -> RowTable:
         key = cache_key("rows", run.files)
@@ -312,7 +318,7 @@ async def sweep_handler(request: web.Request) -> web.Response:
         y = y if y in swept else ""
         if score:
             key = cache_key("sweep", run.files, score, x, y)
-            result = await viewer.computed(key, digests.sweep_extras, digest["summary"], digest["labels"], score, x, y)
+            result = await viewer.computed(key, "sweep_extras", digest["summary"], digest["labels"], score, x, y)
             picked = {"score": score, "x": x, "y": y, "result": result}
     jobs = job_dirs(run, viewer.roots)
     return _html(sweep_page(run, digest, extras, picked, jobs))
@@ -336,7 +342,7 @@ async def compare_handler(request: web.Request) -> web.Response:
     ca, cb = request.query.get("ca", "")[:200], request.query.get("cb", "")[:200]
     key = cache_key("compare", a.files, ca, b.files, cb)
     result = await viewer.computed(
-        key, digests.compare_digest, viewer.file_paths(a), ca or None, viewer.file_paths(b), cb or None
+        key, "compare_digest", viewer.file_paths(a), ca or None, viewer.file_paths(b), cb or None
     )
     others = [viewer.lookup(r) for r in chosen[2:]] if len(chosen) > 2 else []
     flt = flip_filter(request.query)
@@ -366,7 +372,7 @@ async def history_handler(request: web.Request) -> web.Response:
                 }
                 for p in chosen["points"]
             ]
-            plot = await viewer.computed(cache_key("history", points, score), digests.history_plot, points, score)
+            plot = await viewer.computed(cache_key("history", points, score), "history_plot", points, score)
     pending = any(d is None for _, d in listed)
     return _html(history_page(groups, group, score, plot, pending))
 

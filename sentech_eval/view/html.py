@@ -13,8 +13,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from sentech_eval.render.markdown import fmt_fixed
-
 
 def esc(value: Any) -> str:
     """``value`` as HTML text (quotes escaped too, so it is safe inside an attribute)."""
@@ -30,7 +28,7 @@ def num(value: Any, digits: int = 3) -> str:
     if is_missing(value):
         return "–"
     try:
-        return fmt_fixed(float(value), digits)
+        return f"{float(value):.{digits}f}"
     except (TypeError, ValueError):
         return str(value)
 

@@ -120,21 +120,23 @@ class RowTable:
             conditions.append(pc.equal(pc.cast(table["config_id"], pa.string()), flt.config_id))
         for column, value in flt.sampling:
             conditions.append(pc.equal(pc.cast(table[column], pa.float64()), value))
-        if flt.text:
-            hits = None
-            for column in SEARCH_COLUMNS:
-                if column not in table.column_names:
-                    continue
-                text = pc.cast(table[column], pa.string())
-                found = pc.fill_null(pc.match_substring(text, flt.text, ignore_case=True), False)
-                hits = found if hits is None else pc.or_(hits, found)
-            conditions.append(hits if hits is not None else pa.array([False] * table.num_rows))
         if not conditions:
             return None
         mask = conditions[0]
         for condition in conditions[1:]:
             mask = pc.and_(mask, condition)
         return pc.fill_null(mask, False)
+
+    def _search(self, ref: RowGroupRef, text: str) -> pa.Array:
+        """Rows of one row group whose prompt_id, prompt, output, reference or error contains ``text``
+        (case-insensitive); one column read at a time, so memory holds one text column, not five."""
+        hits = pa.array(np.zeros(ref.rows, dtype=bool))
+        for column in SEARCH_COLUMNS:
+            if column not in self.columns:
+                continue
+            values = pc.cast(self._read(ref, [column])[column], pa.string())
+            hits = pc.or_(hits, pc.fill_null(pc.match_substring(values, text, ignore_case=True), False))
+        return hits
 
     def _filter_columns(self, flt: RowFilter) -> list[str]:
         needed = []
@@ -147,9 +149,7 @@ class RowTable:
         if flt.config_id:
             needed.append("config_id")
         needed += [c for c, _ in flt.sampling]
-        if flt.text:
-            needed += [c for c in SEARCH_COLUMNS if c in self.columns]
-        return [c for c in dict.fromkeys(needed) if c in self.columns]
+        return list(dict.fromkeys(needed))
 
     def matching(self, flt: RowFilter) -> np.ndarray | None:
         """The row numbers matching ``flt`` (None: every row), cached for the next page turn."""
@@ -161,36 +161,27 @@ class RowTable:
                 self._masks.move_to_end(flt)
                 return cached
         columns = self._filter_columns(flt)
-        if len(columns) < len(self._filter_columns_wanted(flt)):
+        if any(c not in self.columns for c in columns):
             return np.array([], dtype=np.int64)  # filtering on a column these results do not have
         found = []
         for ref in self.groups:
             try:
-                table = self._read(ref, columns)
-            except Exception as exc:  # noqa: BLE001
+                mask = self._mask(self._read(ref, columns), flt)
+                if flt.text:
+                    matched = self._search(ref, flt.text)
+                    mask = matched if mask is None else pc.and_(mask, matched)
+            except Exception as exc:  # noqa: BLE001 - a damaged row group is reported, the rest still shown
                 self._note(f"row group {ref.group} of {self.paths[ref.file_index]} cannot be read ({exc})")
                 continue
-            mask = self._mask(table, flt)
             hits = np.flatnonzero(mask.to_numpy(zero_copy_only=False)) if mask is not None else np.arange(ref.rows)
             found.append(hits + ref.first)
         result = np.concatenate(found) if found else np.array([], dtype=np.int64)
+        pa.default_memory_pool().release_unused()  # hand the row groups' buffers back
         with self._lock:
             self._masks[flt] = result
             while len(self._masks) > MASK_CACHE:
                 self._masks.popitem(last=False)
         return result
-
-    def _filter_columns_wanted(self, flt: RowFilter) -> list[str]:
-        wanted = []
-        if flt.status:
-            wanted.append("status")
-        if flt.score and flt.outcome:
-            wanted.append(flt.score)
-        if flt.repeat is not None:
-            wanted.append("repeat")
-        if flt.config_id:
-            wanted.append("config_id")
-        return wanted + [c for c, _ in flt.sampling]
 
     def _note(self, problem: str) -> None:
         if problem not in self.problems:
