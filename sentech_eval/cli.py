@@ -38,6 +38,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "sentech_eval.commands.view:main",
         "browse every run, row and sweep in a local web app: runs, rows, sweeps, compare, history",
     ),
+    "export": (
+        "sentech_eval.commands.export:main",
+        "export runs and sweeps to MLflow or Weights & Biases (replayed from the Parquet, idempotent)",
+    ),
     "fetch-model": ("sentech_eval.commands.fetch_model:main", "put the embedded default GGUF model in place"),
 }
 

@@ -7,7 +7,8 @@
     │   └── AuthenticationError the server rejected the API key (401/403): the run stops
     ├── ResultsError            results that cannot be read or combined
     ├── CacheError              the response cache file cannot be used (not SQLite, damaged, newer schema)
-    └── RunDirError             a run dir that cannot be used (a file, not writable, another run holds it)
+    ├── RunDirError             a run dir that cannot be used (a file, not writable, another run holds it)
+    └── TrackerError            an experiment tracker (MLflow, W&B) that refuses an export or cannot be reached
 
 Request failures are *not* exceptions: they become rows with ``status="error"``.
 """
@@ -43,3 +44,7 @@ class CacheError(SentechEvalError):
 
 class RunDirError(SentechEvalError):
     """The run dir cannot be used: it is a file, not writable, full, or another run holds its lock."""
+
+
+class TrackerError(SentechEvalError):
+    """An experiment tracker (MLflow, Weights & Biases) refused the export or could not be reached."""

@@ -38,11 +38,13 @@ ALLOWED: dict[str, set[str]] = {
     "render": {"core", "analysis"},
     # the viewer reads results (engine.results), numbers from analysis, pictures from render
     "view": {"core", "engine", "analysis", "render"},
-    "commands": {"core", "backends", "scorers", "engine", "server", "analysis", "render", "view"},
+    # export replays results into a tracker: reads them (engine), summarises (analysis), builds report.html (render)
+    "export": {"core", "engine", "analysis", "render"},
+    "commands": {"core", "backends", "scorers", "engine", "server", "analysis", "render", "view", "export"},
     # The package facade (sentech_eval.load_results) and the CLI dispatcher sit on the top floor.
-    "top": {"core", "backends", "scorers", "engine", "server", "analysis", "render", "view", "commands"},
+    "top": {"core", "backends", "scorers", "engine", "server", "analysis", "render", "view", "export", "commands"},
 }
-SUBPACKAGES = {"backends", "scorers", "engine", "server", "analysis", "render", "view", "commands"}
+SUBPACKAGES = {"backends", "scorers", "engine", "server", "analysis", "render", "view", "export", "commands"}
 TOP_MODULES = {"__init__", "cli"}
 
 

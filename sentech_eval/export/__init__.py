@@ -1,0 +1,1 @@
+"""Export finished runs and sweeps to an experiment tracker (MLflow, Weights & Biases), replayed from the Parquet."""
