@@ -60,6 +60,8 @@ TABLE_COLUMNS = (
     "completion_tokens",
 )
 MAX_PARAM_CHARS = 500
+HEX_IDS = ("git_commit", "run_id", "config_id")
+HEX = re.compile(r"[0-9a-f]{6,64}")
 
 
 @dataclass
@@ -166,9 +168,18 @@ def _ms(value: Any) -> int | None:
 
 
 def safe_strings(values: dict[str, Any]) -> dict[str, str]:
-    """``values`` as strings with every credential (by name, by shape, or a credential variable's value) blanked."""
+    """``values`` as strings with every credential (by name, by shape, or a credential variable's value) blanked.
+
+    The ids this project makes (``git_commit``, ``run_id``, ``config_id``: hex digests, which have a key's
+    shape) are kept when they are hex and hold no credential variable's value.
+    """
     secrets = environment_secrets()
-    cleaned = redact_tree({k: _text(v) for k, v in values.items() if not _missing(v)}, secrets)
+    texts = {k: _text(v) for k, v in values.items() if not _missing(v) and _text(v) != ""}
+    cleaned = redact_tree(texts, secrets)
+    for name in HEX_IDS:
+        value = texts.get(name)
+        if value is not None and HEX.fullmatch(value) and not any(s in value for s in secrets):
+            cleaned[name] = value
     return {str(k): (v if isinstance(v, str) else REDACTED) for k, v in cleaned.items()}
 
 

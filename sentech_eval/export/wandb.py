@@ -81,13 +81,15 @@ class WandbExporter:
         suffix = f"-{uuid.uuid4().hex[:8]}" if force_new else ""
         run_ids = []
         with _quiet_env():
-            for child in replay.children:
-                try:
+            try:
+                for child in replay.children:
                     run_ids.append(self._send(child, replay, group, suffix))
-                except TrackerError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - whatever W&B raises is one sentence naming where
-                    raise TrackerError(refusal(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - whatever W&B raises is one sentence naming where
+                raise TrackerError(refusal(exc)) from None
+            finally:
+                # W&B reads its environment (WANDB_MODE, WANDB_DIR …) once per process and keeps a service
+                # running: end both, so the next export sees the environment as it is then
+                self.wandb.teardown()
         return Outcome(group, run_ids)
 
     def _project(self, replay: Replay) -> str | None:

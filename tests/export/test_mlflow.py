@@ -6,6 +6,7 @@ import json
 import math
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from cli_helpers import TEST_KEY
 from mlflow import MlflowClient
@@ -77,7 +78,12 @@ def test_a_sweep_is_a_parent_run_with_one_child_per_configuration(results, store
         assert child.data.params["runner.concurrency"] == "16" and child.data.params["runner.repeats"] == "1"
         assert child.data.params["scorers"] == "contains"
         assert child.data.params["version.pandas"] == pd.__version__
-        assert "git_commit" in child.data.params
+        assert (
+            child.data.params["git_commit"]
+            == json.loads(pq.read_schema(results["sweep"] / "0" / "results.parquet").metadata[b"sentech_eval"])[
+                "git_commit"
+            ]
+        )
         assert child.data.tags["cached_share"] == "0.000"
         assert child.info.status == "FINISHED"
         assert_metrics_equal_summary(child, row)
@@ -157,8 +163,6 @@ def test_a_directory_of_runs_and_sweeps_exports_each_once(results, store):
 def test_the_key_never_reaches_the_store(results, store, tmp_path, monkeypatch):
     """Runs made with SENTECH_API_KEY set, plus metadata that carries the key where it never should:
     nothing the store holds (database and artifacts) contains it."""
-    import pyarrow.parquet as pq
-
     monkeypatch.setenv("SENTECH_API_KEY", TEST_KEY)
     planted = results["run"] / "results.parquet"
     table = pq.read_table(planted)
@@ -167,6 +171,7 @@ def test_the_key_never_reaches_the_store(results, store, tmp_path, monkeypatch):
     meta["config"]["backend"]["base_url"] = f"http://user:{TEST_KEY}@127.0.0.1:1/v1"
     meta["config"]["runner"]["concurrency"] = TEST_KEY  # a value, in a field that is not a credential's
     meta["versions"]["sentech-eval"] = f"Bearer {TEST_KEY}"
+    meta["git_commit"] = TEST_KEY  # not a commit: checked like any other value
     pq.write_table(table.replace_schema_metadata({b"sentech_eval": json.dumps(meta).encode()}), planted)
     assert export(store, results["run"].parent) == 0
 
