@@ -1,4 +1,4 @@
-"""Real run and sweep dirs for the export tests: `sentech-eval run` against the real echo server.
+"""Real run and sweep dirs for the export tests: `sentech-eval run` (in-process) against the real echo server.
 
 Made once per session (a sweep of two temperatures and a single run, both scored), then copied into
 each test's tmp dir so no test sees another's changes.
@@ -10,16 +10,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, call_cli
 
-KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
 ROWS = 6
 
 
 def _run(echo_server: str, *args: str) -> None:
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
-    proc = run_cli(
+    proc = call_cli(
         "run",
         *flags,
         "backend=remote",
@@ -29,7 +28,7 @@ def _run(echo_server: str, *args: str) -> None:
         "scorers=[contains]",
         "runner.progress=false",
         *overrides,
-        env=KEY_ENV,
+        key=TEST_KEY,
     )
     assert proc.returncode == 0, proc.stderr
 

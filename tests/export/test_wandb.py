@@ -14,6 +14,9 @@ from wandb_records import offline_runs
 from sentech_eval.cli import main as cli_main
 from sentech_eval.commands.report import write_report
 
+# wandb.init starts W&B's service (the wandb-core program) in a process of its own
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
