@@ -27,7 +27,7 @@ setup(
     package_dir=DATA_PACKAGES,
     package_data={
         **{name: ["*.yaml"] for name in DATA_PACKAGES if name.startswith("sentech_eval.conf")},
-        "sentech_eval.datasets_shipped": ["*.parquet", "README.md"],
+        "sentech_eval.datasets_shipped": ["*.parquet", "*.LICENSE", "README.md"],
         "sentech_eval.view": ["static/*.css", "static/*.js"],  # the viewer's stylesheet and script
     },
 )

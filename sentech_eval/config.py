@@ -52,6 +52,7 @@ TOP_LEVEL_KEYS = {
     "hydra",
     "objective",
     "race",
+    "report",
 }
 # runner.arrival: closed loop (the next request goes when one finishes) or an open-loop process.
 ARRIVALS = ("closed", "constant", "poisson", "gamma")
@@ -574,6 +575,28 @@ def race_settings_from_config(cfg: DictConfig) -> dict[str, Any]:
     return _section(cfg, "race")
 
 
+def parse_pass_at(value: Any, key: str = "report.pass_at") -> list[int] | None:
+    """The k of pass@k from a list or a comma-separated string ("1,10"); None for null. Each k a whole number ≥ 1."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items: list[Any] = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        items = list(value)
+    else:
+        items = [value]
+    ks = []
+    for item in items:
+        try:
+            k = int(str(item).strip())
+        except ValueError:
+            k = 0
+        if k < 1 or (isinstance(item, float) and not float(item).is_integer()):
+            raise ConfigError(f"{key} must list whole numbers of samples ≥ 1 (e.g. [1,10,100]), not {item!r}.")
+        ks.append(k)
+    return sorted(set(ks)) or None
+
+
 def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:
     """All checks that must pass before the first request."""
     container = OmegaConf.to_container(cfg, resolve=False)
@@ -586,6 +609,16 @@ def validate(cfg: DictConfig) -> tuple[Sampling, DatasetConfig, RunnerConfig]:
             f"Unknown config key '{unknown[0]}'; top-level keys are: {', '.join(sorted(TOP_LEVEL_KEYS - {'hydra'}))}."
         )
     check_directory_names({key: _resolved_value(cfg, key) for key in DIRECTORY_NAME_KEYS})
+    report = cfg.get("report")
+    if report is not None:
+        if not isinstance(report, DictConfig) or set(report.keys()) - {"pass_at"}:
+            extra = sorted(set(report.keys()) - {"pass_at"}) if isinstance(report, DictConfig) else []
+            raise ConfigError(
+                f"Unknown config key 'report.{extra[0]}'; the report section has: pass_at."
+                if extra
+                else "report must be a section (report.pass_at=[1,10])."
+            )
+        parse_pass_at(report.get("pass_at"))
     backend = cfg.get("backend")
     if not isinstance(backend, DictConfig) or not backend.get("kind"):
         raise ConfigError("backend.kind is not set; choose backend=remote or backend=local.")

@@ -164,6 +164,7 @@ NEWCOMBE = "newcombe"
 NEWCOMBE_CLUSTERED = "newcombe_clustered"
 MCNEMAR_EXACT = "mcnemar_exact"
 MCNEMAR_CLUSTERED = "mcnemar_clustered"
+PASS_AT_K = "pass_at_k"
 
 METHOD_DESCRIPTIONS = {
     WILSON: "Wilson score interval (0/1 score, one row per prompt)",
@@ -176,6 +177,8 @@ METHOD_DESCRIPTIONS = {
     NEWCOMBE_CLUSTERED: "Newcombe interval from cluster-adjusted Wilson intervals and their cluster-robust correlation",
     MCNEMAR_EXACT: "exact McNemar test (one pair per prompt)",
     MCNEMAR_CLUSTERED: "clustered McNemar test: exact sign-flip test of the per-prompt sums of B − A",
+    PASS_AT_K: "unbiased pass@k per prompt (Chen et al. 2021) averaged over prompts; cluster-adjusted Wilson "
+    "interval counting each prompt as ⌊n/k⌋ independent k-sample trials",
 }
 
 
@@ -520,6 +523,66 @@ def paired_test(a_pass: Any, b_pass: Any, clusters: Any | None = None) -> tuple[
         sums = np.bincount(codes, weights=(b_arr >= 0.5).astype(float) - (a_arr >= 0.5).astype(float))
         return sign_flip_pvalue(sums), MCNEMAR_CLUSTERED
     return mcnemar_exact(a_arr, b_arr), MCNEMAR_EXACT
+
+
+def pass_at_k(n: Any, c: Any, k: int) -> np.ndarray:
+    """The unbiased pass@k of each problem: 1 − C(n − c, k) / C(n, k) for n samples of which c passed.
+
+    The estimator of Chen et al. 2021 (the Codex paper, eq. 1): the chance that k samples drawn
+    without replacement from the n include a pass. NaN where k > n: pass@k is not defined by fewer
+    than k samples (1.0 there, as a naive formula gives, would claim success from nothing).
+    Computed through log-gamma, so n in the thousands is exact to ~1e-12.
+    """
+    n = np.asarray(n, dtype=float)
+    c = np.asarray(c, dtype=float)
+    n, c = np.broadcast_arrays(n, c)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    if np.any((c < 0) | (c > n)):
+        raise ValueError("every problem needs 0 <= c <= n")
+    fails = n - c
+    defined = k <= n
+    some_fail_set = defined & (fails >= k)  # otherwise every k-subset holds a pass
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_ratio = (
+            _scipy_special.gammaln(fails + 1)
+            - _scipy_special.gammaln(np.where(some_fail_set, fails - k, 0) + 1)
+            - _scipy_special.gammaln(n + 1)
+            + _scipy_special.gammaln(np.where(defined, n - k, 0) + 1)
+        )
+        value = np.where(some_fail_set, 1.0 - np.exp(log_ratio), 1.0)
+    value = np.where(c == 0, 0.0, np.clip(value, 0.0, 1.0))  # exactly 0 when nothing passed (no round-off)
+    return np.where(defined, value, np.nan)
+
+
+def pass_at_k_interval(n: Any, c: Any, k: int, confidence: float = 0.95) -> Interval:
+    """pass@k over problems (the mean of their ``pass_at_k``) with its interval, each problem one unit.
+
+    Every problem must have at least k samples (the caller leaves k out otherwise). The interval
+    is the cluster-adjusted Wilson interval of ``clustered_wilson_from_totals`` with each problem
+    counted as M = ⌊min n / k⌋ independent k-sample trials: M disjoint groups of k samples are
+    independent trials of pass@k, and the problem's estimate is at least as precise as their mean.
+    For k = 1 this is the interval of the mean 0/1 score (M = n); for k = n every problem counts
+    once. Like every interval here it never collapses to a point, not even when nothing passed.
+    """
+    n = np.asarray(n, dtype=float).ravel()
+    c = np.asarray(c, dtype=float).ravel()
+    if n.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), "", 0, 0)
+    if np.any(n < k):
+        raise ValueError(f"pass@{k} needs at least {k} samples of every problem (the fewest has {int(n.min())})")
+    per_problem = pass_at_k(n, c, k)
+    trials = max(1, int(n.min()) // k)
+    r = clustered_wilson_from_totals(per_problem * trials, np.full(per_problem.shape, float(trials)), confidence)
+    return Interval(
+        float(per_problem.mean()),
+        float(r["low"]),
+        float(r["high"]),
+        PASS_AT_K,
+        int(n.sum()),
+        int(n.size),
+        float(r["design_effect"]),
+    )
 
 
 def error_rate(status: Any) -> float:

@@ -10,6 +10,12 @@ bootstrap otherwise; see ``analysis.stats``), latency and TTFT percentiles, toke
 count in ``error_rate`` but never in a quality mean or a latency percentile. Rows answered from the
 response cache (``cached``) count in the quality figures; ``n_cached`` says how many there are, and
 latency, TTFT and throughput figures use the fresh rows only (NaN when every row came from the cache).
+
+pass@k (``pass_counts``, ``pass_at_columns``): when prompts were sampled more than once (or ``pass_at``
+asks for it), each configuration also gets ``pass_at_<k>`` / ``_ci_low`` / ``_ci_high`` / ``_n`` for
+the pass/fail score ``pass_score`` picks (``score_code_exec`` first): the unbiased estimator per
+prompt averaged over prompts (``stats.pass_at_k_interval``). A k larger than some prompt's number of
+scored samples is left NaN for that configuration and ``pass_at_notes`` says why in one sentence.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from sentech_eval.types import SAMPLING_PARAMS
 SAMPLING_COLUMNS = SAMPLING_PARAMS
 CONFIG_COLUMNS = ("backend", "model", "dataset") + SAMPLING_COLUMNS
 LATENCY_QS = (50, 90, 95, 99)
+DEFAULT_PASS_AT = (1, 5, 10, 100)  # the k of pass@k by default: those up to the number of samples per prompt
 TTFT_QS = (50, 95)
 
 
@@ -132,19 +139,113 @@ def decode_tokens_per_s(ok: pd.DataFrame) -> np.ndarray:
     return (tokens[usable] - 1.0) / decode_s[usable]
 
 
+def pass_score(df: pd.DataFrame, scores: Sequence[str] | None = None) -> str | None:
+    """The pass/fail score pass@k counts: ``score_code_exec`` when present, else the first 0/1 score."""
+    scores = score_columns(df) if scores is None else scores
+    ok = df["status"] == "ok" if "status" in df else pd.Series(True, index=df.index)
+    binary = [s for s in scores if stats.is_binary(df.loc[ok, s].to_numpy(dtype=float, na_value=np.nan))]
+    if "score_code_exec" in binary:
+        return "score_code_exec"
+    return binary[0] if binary else None
+
+
+def pass_counts(df: pd.DataFrame, score: str) -> pd.DataFrame:
+    """One row per configuration and prompt: ``n`` scored samples (ok rows with a score), ``c`` of them passed.
+
+    Prompts whose every row failed or went unscored are kept with n = 0 (they make a pass@k unreportable,
+    they are not dropped). Columns: the configuration keys (``config_keys``), ``prompt_id``, ``n``, ``c``.
+    """
+    keys = config_keys(df) + ["prompt_id"]
+    ok = df["status"] == "ok" if "status" in df else pd.Series(True, index=df.index)
+    values = df[score].astype(float).where(ok)
+    frame = df[keys].assign(_n=values.notna().astype(int), _c=(values >= 0.5).astype(int))
+    counts = frame.groupby(keys, dropna=False, sort=False)[["_n", "_c"]].sum().reset_index()
+    return counts.rename(columns={"_n": "n", "_c": "c"})
+
+
+def pass_at_ks(counts: pd.DataFrame, pass_at: Sequence[int] | None = None) -> list[int]:
+    """The k to report: ``pass_at`` if given, else 1, 5, 10, 100 up to the most samples any prompt has; [] when
+    nothing asks for pass@k (no ``pass_at`` and no prompt sampled more than once)."""
+    if pass_at:
+        return sorted({int(k) for k in pass_at})
+    most = int(counts["n"].max()) if len(counts) else 0
+    if most <= 1:
+        return []
+    return [k for k in DEFAULT_PASS_AT if k <= most]
+
+
+def pass_at_columns(counts: pd.DataFrame, ks: Sequence[int], score: str, confidence: float = 0.95) -> dict:
+    """pass@k columns of one configuration from its ``pass_counts`` rows (see the module docstring)."""
+    n = counts["n"].to_numpy(dtype=float)
+    c = counts["c"].to_numpy(dtype=float)
+    row: dict = {
+        "pass_at_score": score,
+        "pass_at_problems": int(n.size),
+        "pass_at_min_n": int(n.min()) if n.size else 0,
+    }
+    for k in ks:
+        enough = int((n >= k).sum())
+        row[f"pass_at_{k}_n"] = enough
+        if n.size and enough == n.size:
+            ci = stats.pass_at_k_interval(n, c, k, confidence)
+            row[f"pass_at_{k}"], row[f"pass_at_{k}_ci_low"], row[f"pass_at_{k}_ci_high"] = ci.estimate, ci.low, ci.high
+        else:  # not defined for the prompts with fewer than k samples: not reported (never 1.0 from nothing)
+            row[f"pass_at_{k}"] = row[f"pass_at_{k}_ci_low"] = row[f"pass_at_{k}_ci_high"] = np.nan
+    return row
+
+
+def pass_at_list(summary: pd.DataFrame) -> list[int]:
+    """The k of the ``pass_at_<k>`` columns of a summary, in order."""
+    ks = []
+    for col in summary.columns:
+        rest = col.removeprefix("pass_at_")
+        if col.startswith("pass_at_") and rest.isdigit():
+            ks.append(int(rest))
+    return sorted(ks)
+
+
+def pass_at_notes(summary: pd.DataFrame) -> list[str]:
+    """One sentence per configuration and k whose pass@k is not reported, saying why."""
+    notes = []
+    ks = pass_at_list(summary)
+    if not ks:
+        return notes
+    labels = config_labels(summary)
+    several = len(summary) > 1
+    for label, (_, row) in zip(labels, summary.iterrows()):
+        problems = int(row.get("pass_at_problems") or 0)
+        fewest = int(row.get("pass_at_min_n") or 0)
+        for k in ks:
+            value = row.get(f"pass_at_{k}")
+            if value == value or not problems:  # reported (not NaN), or nothing to report on
+                continue
+            short = problems - int(row.get(f"pass_at_{k}_n") or 0)
+            where = f" for {label}" if several else ""
+            notes.append(
+                f"pass@{k} is not reported{where}: {short} of {problems} prompts have fewer than {k} scored samples "
+                f"(the fewest has {fewest}); pass@k needs k samples of every prompt (runner.repeats ≥ {k})."
+            )
+    return notes
+
+
 def summarize(
     df: pd.DataFrame,
     confidence: float = 0.95,
     n_resamples: int = stats.DEFAULT_RESAMPLES,
     seed: int = 0,
     cluster: str | None = None,
+    pass_at: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """One row per configuration; see the module docstring for the columns.
 
     ``cluster`` names the column whose rows are one unit of evidence (default ``prompt_id``).
+    ``pass_at`` lists the k of pass@k (None: 1, 5, 10, 100 up to the samples per prompt, when repeated).
     """
     keys = config_keys(df)
     scores = score_columns(df)
+    passed = pass_score(df, scores) if "prompt_id" in df.columns else None
+    counts = pass_counts(df, passed) if passed else None
+    ks = pass_at_ks(counts, pass_at) if counts is not None else []
     has_ttft = "ttft_s" in df.columns and df["ttft_s"].notna().any()
     clusters_col = cluster_column(df, cluster)
     priced = cost.has_cost(df)
@@ -221,6 +322,8 @@ def summarize(
         decode = decode_tokens_per_s(fresh)
         row["decode_tokens_per_s_p50"] = float(np.median(decode)) if decode.size else np.nan
         row["requests_per_s"] = len(fresh_part) / wall if wall else np.nan
+        if ks:
+            row.update(pass_at_columns(pass_counts(part, passed), ks, passed, confidence))
         rows.append(row)
     summary = pd.DataFrame(rows)
     sort_cols = [c for c in ("backend", "model", "dataset") + SAMPLING_COLUMNS if c in summary]

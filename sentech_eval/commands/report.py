@@ -9,7 +9,10 @@ from pathlib import Path
 import pandas as pd
 
 from sentech_eval.analysis import slo as load_metrics
-from sentech_eval.analysis.summary import load, summarize
+from sentech_eval.analysis.summary import load, pass_counts, pass_score, summarize
+from sentech_eval.config import parse_pass_at
+from sentech_eval.engine.results import RESULTS_FILE, read_metadata
+from sentech_eval.errors import ConfigError
 from sentech_eval.render.load import load_html, load_markdown
 from sentech_eval.render.markdown import report_markdown
 from sentech_eval.render.race import load_race, race_section_html
@@ -17,6 +20,7 @@ from sentech_eval.render.report_html import build_html
 
 SUMMARY_FILE = "summary.parquet"
 LOAD_FILE = "load.parquet"
+PASS_AT_FILE = "pass_at_k.parquet"
 REPORT_FILE = "report.html"
 
 
@@ -32,16 +36,26 @@ def write_report(
     top: int = 10,
     cluster: str | None = None,
     slo: load_metrics.SLO | None = None,
+    pass_at: list[int] | None = None,
 ) -> tuple[pd.DataFrame, Path, Path]:
     """Load, summarise and write summary.parquet and report.html (and load.parquet for a load run,
-    see ``analysis.slo.is_load_run``); returns (summary, summary path, html path).
+    see ``analysis.slo.is_load_run``; pass_at_k.parquet when pass@k is reported); returns (summary,
+    summary path, html path).
 
     ``cluster`` names the column whose rows form one unit of evidence (default ``prompt_id``).
+    ``pass_at``: the k of pass@k (None: the run's ``report.pass_at``, else 1, 5, 10, 100 up to the repeats).
     """
     df = load(path)
-    summary = summarize(df, cluster=cluster)
+    if pass_at is None:
+        pass_at = run_pass_at(path)
+    summary = summarize(df, cluster=cluster, pass_at=pass_at)
     target = Path(out) if out else output_dir(path)
     target.mkdir(parents=True, exist_ok=True)
+    pass_path = target / PASS_AT_FILE
+    if "pass_at_score" in summary.columns:  # (config, prompt_id, n, c): what every pass@k here is made of
+        pass_counts(df, pass_score(df)).to_parquet(pass_path, index=False)
+    else:
+        pass_path.unlink(missing_ok=True)
     summary_path, html_path = target / SUMMARY_FILE, target / REPORT_FILE
     load_section = ""
     slo = slo or load_metrics.SLO()
@@ -59,6 +73,31 @@ def write_report(
         build_html(df, summary, str(path), top=top, load_section=load_section, extra_sections=extra), encoding="utf-8"
     )
     return summary, summary_path, html_path
+
+
+def run_pass_at(path: str | Path) -> list[int] | None:
+    """The ``report.pass_at`` the run at PATH was started with (from its results' metadata), or None."""
+    path = Path(path)
+    results = path if path.is_file() else path / RESULTS_FILE
+    if not results.is_file():
+        return None
+    try:
+        config = read_metadata(results).get("config") or {}
+    except (OSError, ValueError):
+        return None
+    section = config.get("report") if isinstance(config, dict) else None
+    value = section.get("pass_at") if isinstance(section, dict) else None
+    try:
+        return parse_pass_at(value)
+    except ConfigError:
+        return None
+
+
+def _pass_at_arg(text: str) -> list[int]:
+    try:
+        return parse_pass_at(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None, prog: str = "sentech-eval report") -> int:
@@ -84,6 +123,14 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval report") -> in
         "adds a load table (load.parquet, a Load section with the saturation knee) to the report",
     )
     parser.add_argument("--out", help="directory to write summary.parquet and report.html (default: PATH's directory)")
+    parser.add_argument(
+        "--pass-at",
+        type=_pass_at_arg,
+        default=None,
+        metavar="K,K,…",
+        help="the k of pass@k (e.g. 1,10,100; default: the run's report.pass_at, else 1, 5, 10, 100 up to the "
+        "samples per prompt); writes pass_at_<k> columns and pass_at_k.parquet (config, prompt_id, n, c)",
+    )
     parser.add_argument("--top", type=int, default=10, help="how many worst-scoring examples to show (default 10)")
     parser.add_argument(
         "--cluster",
@@ -95,7 +142,7 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval report") -> in
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     slo = load_metrics.parse_slo(args.slo)
     summary, summary_path, html_path = write_report(
-        args.path, args.out, max(0, args.top), cluster=args.cluster, slo=slo
+        args.path, args.out, max(0, args.top), cluster=args.cluster, slo=slo, pass_at=args.pass_at
     )
     print(report_markdown(summary, str(args.path)))
     load_path = html_path.parent / LOAD_FILE

@@ -116,6 +116,22 @@ def summary_lines(summary_row: dict[str, Any], scores: list[str]) -> list[str]:
     return lines
 
 
+def pass_at_lines(summary_row: dict[str, Any], ks: list[int]) -> list[str]:
+    """One line of pass@k with 95% CIs for one configuration (``pass@1 0.120 [0.08, 0.17] · pass@5 …``)."""
+    parts = []
+    for k in ks:
+        value = summary_row.get(f"pass_at_{k}")
+        if value is None or value != value:
+            parts.append(f"pass@{k} -")
+            continue
+        low, high = summary_row.get(f"pass_at_{k}_ci_low"), summary_row.get(f"pass_at_{k}_ci_high")
+        parts.append(f"pass@{k} {value:.3f} [{low:.3f}, {high:.3f}]")
+    if not parts:
+        return []
+    problems = summary_row.get("pass_at_problems")
+    return ["  " + " · ".join(parts) + (f"  ({int(problems)} prompts)" if problems else "")]
+
+
 def end_of_run(results: Path, *, scored: bool) -> tuple[RunOutcome, list[str]]:
     """The outcome of a finished run and the lines to print after its one-line count.
 
@@ -127,12 +143,18 @@ def end_of_run(results: Path, *, scored: bool) -> tuple[RunOutcome, list[str]]:
     lines: list[str] = []
     if outcome.ok:
         if scored:
+            from sentech_eval.analysis.summary import pass_at_list, pass_at_notes  # pandas: only for scored runs
             from sentech_eval.commands.report import write_report
 
             summary, _, html_path = write_report(results.parent)
-            scores = [c.removesuffix("_ci_low") for c in summary.columns if c.endswith("_ci_low")]
+            scores = [
+                c.removesuffix("_ci_low") for c in summary.columns if c.startswith("score_") and c.endswith("_ci_low")
+            ]
+            ks = pass_at_list(summary)
             for row in summary.to_dict("records"):
                 lines += summary_lines(row, scores)
+                lines += pass_at_lines(row, ks)
+            lines += [f"  {terminal_text(note)}" for note in pass_at_notes(summary)]
             lines += error_lines(outcome)
             lines.append(f"  report: {html_path}")
             return outcome, lines

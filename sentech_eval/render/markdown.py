@@ -16,6 +16,7 @@ from sentech_eval.analysis.pairing import PairedResults
 from sentech_eval.analysis.stats import METHOD_DESCRIPTIONS
 from sentech_eval.analysis.summary import cache_note, config_labels, interval_notes
 from sentech_eval.escaping import markdown_text
+from sentech_eval.render.pass_at_k import pass_at_k_markdown
 
 
 def fmt(value, signed: bool = False, digits: int = 4) -> str:
@@ -70,6 +71,7 @@ def report_markdown(summary: pd.DataFrame, title: str) -> str:
     if note:
         lines += ["", note]
     lines += cost_markdown(summary, labels)
+    lines += pass_at_k_markdown(summary)
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ from sentech_eval.analysis.summary import (
 )
 from sentech_eval.render import plots
 from sentech_eval.render.markdown import cost_explanation, fmt_fixed
+from sentech_eval.render.pass_at_k import pass_at_k_html
 
 TEXT_LIMIT = 2000
 
@@ -213,6 +214,9 @@ def build_html(
     else:
         score_imgs.append(_img(plots.score_bars(summary, scores, labels), "scores"))
     sections.append('<h2>Scores</h2><div class="plots">' + "".join(score_imgs) + "</div>")
+    pass_section = pass_at_k_html(summary)  # with repeats: pass@k and its best temperature per k
+    if pass_section:
+        sections.append(pass_section)
     if len(swept) >= 2 and scores:
         imgs = "".join(_img(plots.heatmap(summary, s, swept[0], swept[1]), f"{s} heatmap") for s in scores)
         sections.append(

@@ -122,6 +122,25 @@ def load_references(paths: list[Path]) -> dict[str, str]:
     return table
 
 
+def load_solutions(paths: list[Path]) -> dict[str, str]:
+    """Map prompt text -> canonical solution from dataset Parquet files with a ``canonical_solution`` column (code)."""
+    import pyarrow.parquet as pq
+
+    table: dict[str, str] = {}
+    for path in paths:
+        try:
+            names = set(pq.read_schema(path).names)
+        except Exception:  # not our business to judge other files here: skip what we cannot read
+            continue
+        if "canonical_solution" not in names or "prompt" not in names:
+            continue
+        data = pq.read_table(path, columns=["prompt", "canonical_solution"]).to_pydict()
+        for prompt, solution in zip(data["prompt"], data["canonical_solution"]):
+            if prompt is not None and solution is not None:
+                table.setdefault(str(prompt).strip(), str(solution))
+    return table
+
+
 class Capacity:
     """At most ``slots`` holders at once; the others wait in arrival order (strict FIFO).
 
@@ -323,6 +342,30 @@ class EchoEngine(Engine):
         yield generation
 
 
+def oracle_diversity(temperature: float | None = None) -> float:
+    """The oracle's share of fresh draws among code answers: min(1, temperature) (None = 0.7).
+
+    At temperature 0 every sample of a prompt repeats one draw (a model's greedy answer); at 1 and
+    above every sample is drawn afresh.
+    """
+    t = 0.7 if temperature is None else temperature
+    return min(1.0, max(0.0, t))
+
+
+def oracle_pass_at_k(k: int, temperature: float | None = None, top_p: float | None = None, peak: float = 0.8) -> float:
+    """The true pass@k of the oracle's code answers at these settings (see ``OracleEngine``).
+
+    A sample is a fresh draw with probability d (``oracle_diversity``), else the prompt's one shared
+    draw; each draw is right with probability p (``oracle_accuracy``). No sample of k is right when
+    the shared draw fails (if used) and every fresh one fails:
+    P(none) = (1 − p)·((1 − d·p)^k − (d·(1 − p))^k) + (d·(1 − p))^k.
+    """
+    p = oracle_accuracy(temperature, top_p, peak=peak)
+    d = oracle_diversity(temperature)
+    fresh_all_fail = (d * (1.0 - p)) ** k
+    return 1.0 - ((1.0 - p) * ((1.0 - d * p) ** k - fresh_all_fail) + fresh_all_fail)
+
+
 def oracle_accuracy(
     temperature: float | None = None,
     top_p: float | None = None,
@@ -350,15 +393,34 @@ class OracleEngine(EchoEngine):
     ``u < accuracy``: the same prompt and seed give the same draw at every setting, so a better
     setting is right wherever a worse one is (like a prompt that is easy for every setting).
     Prompts without a reference always get the wrong answer. Latency and usage as the echo engine.
+
+    Code answers: a prompt of a dataset with a ``canonical_solution`` column (``dataset=humaneval``)
+    is answered with that solution when right and with ``WRONG_CODE`` (a body that raises) when
+    wrong. Code is sampled the way a model samples it: a sample is a fresh draw ``hash(seed,
+    prompt)`` with probability ``oracle_diversity(temperature)`` = min(1, temperature) (itself
+    drawn from the seed), else the prompt's one shared draw; so at temperature 0 all samples of a
+    prompt agree and pass@k stays at pass@1, while higher temperatures trade accuracy for variety
+    (the Codex paper's picture: the best temperature rises with k). The true pass@k is
+    ``oracle_pass_at_k``.
     """
 
     name = "oracle"
     model = "sentech-eval/oracle"
     WRONG_ANSWER = "I am not sure."
+    WRONG_CODE = "    raise NotImplementedError('the oracle answers wrong on purpose')\n"
 
     def __init__(self, *, accuracy_peak: float = 0.8, **options: Any) -> None:
         super().__init__(**options)
         self.accuracy_peak = accuracy_peak
+        self.solutions: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Load references, and canonical solutions of code datasets."""
+        await super().start()
+        if self.datasets_dir is not None and self.datasets_dir.is_dir():
+            paths = sorted(self.datasets_dir.glob("*.parquet"))
+            if paths:
+                self.solutions = await asyncio.to_thread(load_solutions, paths)
 
     def accuracy(self, request: ChatRequest) -> float:
         """This request's probability of the right answer."""
@@ -368,13 +430,24 @@ class OracleEngine(EchoEngine):
     def answer(self, request: ChatRequest) -> str:
         """The reference with probability ``accuracy(request)``, drawn from (seed, prompt); else a wrong answer."""
         prompt = last_user_text(request.messages).strip()
+        seed = 0 if request.sampling.seed is None else request.sampling.seed
+        solution = self.solutions.get(prompt)
+        if solution is not None:
+            fresh = _uniform("fresh", seed, prompt) < oracle_diversity(request.sampling.temperature)
+            u = _uniform("draw", seed, prompt) if fresh else _uniform("shared", 0, prompt)
+            return solution if u < self.accuracy(request) else self.WRONG_CODE
         reference = self.references.get(prompt)
         if reference is None:
             return self.WRONG_ANSWER
-        seed = 0 if request.sampling.seed is None else request.sampling.seed
         digest = hashlib.blake2b(f"{seed}\0{prompt}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
         u = int.from_bytes(digest, "big") / 2.0**64
         return reference if u < self.accuracy(request) else self.WRONG_ANSWER
+
+
+def _uniform(purpose: str, seed: int, prompt: str) -> float:
+    """A uniform number in [0, 1) drawn from (purpose, seed, prompt): the same inputs, the same number."""
+    text = f"{purpose}\0{seed}\0{prompt}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") / 2.0**64
 
 
 class LlamaEngine(Engine):

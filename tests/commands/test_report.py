@@ -201,7 +201,10 @@ def test_markdown_summary_is_a_table_with_one_line_per_configuration(tmp_path):
     lines = text.strip().splitlines()
     assert lines[0] == "## sentech-eval report: sweep"
     assert lines[2].startswith("| configuration | n | errors | exact_match (95% CI) | contains (95% CI) |")
-    rows = [line for line in lines[4:] if line.startswith("| temperature=")]
+    table = (
+        lines[4 : lines.index("### pass@k")] if "### pass@k" in lines else lines[4:]
+    )  # repeats: a pass@k table follows
+    rows = [line for line in table if line.startswith("| temperature=")]
     assert len(rows) == 3 and rows[0].startswith("| temperature=0 | 120 | 5.0% | ")
 
 
@@ -209,7 +212,7 @@ def test_cli_writes_files_prints_markdown_and_explains_errors(tmp_path):
     root = sweep(tmp_path / "sweep", n=10, repeats=1)
     done = run_cli("report", str(root))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("## sentech-eval report:") and done.stdout.count("| temperature=") == 3
+    assert done.stdout.startswith("## sentech-eval report:") and done.stdout.count("| temperature=") == 3  # repeats=1
     assert (root / "summary.parquet").exists() and (root / "report.html").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -313,8 +316,10 @@ def test_done_when_sweep_against_echo_server_then_report_then_rescore(tmp_path):
     assert (summary["score_contains_mean"] == 1.0).all()
     assert (summary["ttft_s_p50"] <= summary["latency_s_p50"]).all()
     page = (sweep_dir / "report.html").read_text()
-    assert len(_pngs(page)) == 4 and "exact_match vs temperature" in page
-    assert done.stdout.count("| temperature=") == 3
+    # 4 plots + pass@k vs temperature (runner.repeats=2 and a pass/fail score)
+    assert len(_pngs(page)) == 5 and "exact_match vs temperature" in page and "pass@k vs temperature" in page
+    assert done.stdout.count("| temperature=") == 3 + 3  # the summary table and the pass@k table (repeats=2)
+    assert "### pass@k" in done.stdout
 
     # the server is gone: re-scoring must not need it
     files = sorted(sweep_dir.rglob("results.parquet"))

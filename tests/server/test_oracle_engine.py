@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from server_helpers import SEED_BODY, post
 
-from sentech_eval.server.engines import ChatRequest, OracleEngine, oracle_accuracy
+from sentech_eval.server.engines import ChatRequest, OracleEngine, oracle_accuracy, oracle_pass_at_k
 from sentech_eval.server.testing import running_server
 from sentech_eval.types import Sampling
 
@@ -74,3 +74,39 @@ def test_bad_accuracy_peak_is_one_sentence():
 
     with pytest.raises(ConfigError, match="--accuracy-peak"):
         parse_config(["--engine", "oracle", "--accuracy-peak", "1.5", "--no-auth"])
+
+
+def test_code_answers_are_the_canonical_solution_with_the_known_pass_at_k(tmp_path):
+    """A dataset with canonical_solution: right = the solution, wrong = a raising body; the share of prompts
+    with a right answer among k samples matches oracle_pass_at_k (shared draws at low temperature)."""
+    prompts = [f"def f{i}(x):\n    '''Problem {i}.'''\n" for i in range(600)]
+    pd.DataFrame(
+        {
+            "id": range(len(prompts)),
+            "prompt": prompts,
+            "reference": ["def check(candidate):\n    pass\n"] * len(prompts),
+            "canonical_solution": [f"    return {i}\n" for i in range(len(prompts))],
+        }
+    ).to_parquet(tmp_path / "code.parquet")
+    engine = OracleEngine(datasets_dir=tmp_path, accuracy_peak=0.5)
+    asyncio.run(engine.start())
+
+    def right(prompt_index: int, temperature: float, seed: int) -> bool:
+        sampling = Sampling(temperature=temperature, top_p=0.9, seed=seed)
+        request = ChatRequest(messages=[{"role": "user", "content": prompts[prompt_index]}], sampling=sampling)
+        answer = engine.answer(request)
+        assert answer in (f"    return {prompt_index}\n", OracleEngine.WRONG_CODE)
+        return answer == f"    return {prompt_index}\n"
+
+    for temperature in (0.0, 0.3, 1.0):
+        draws = [[right(i, temperature, seed) for seed in range(5)] for i in range(len(prompts))]
+        pass_1 = sum(d[0] for d in draws) / len(prompts)
+        pass_5 = sum(any(d) for d in draws) / len(prompts)
+        assert pass_1 == pytest.approx(oracle_accuracy(temperature, 0.9, peak=0.5), abs=0.06)  # sd ≤ 0.02
+        assert pass_5 == pytest.approx(oracle_pass_at_k(5, temperature, 0.9, peak=0.5), abs=0.06)
+        if temperature == 0.0:
+            assert all(len(set(d)) == 1 for d in draws)  # greedy: every sample of a prompt agrees
+    # the Codex picture in the truth itself: the best temperature rises with k
+    grid = [t / 10 for t in range(0, 16)]
+    best = {k: max(grid, key=lambda t: oracle_pass_at_k(k, t, 0.9, peak=0.5)) for k in (1, 10, 100)}
+    assert best[1] < best[10] <= best[100]
