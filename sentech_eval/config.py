@@ -62,6 +62,7 @@ MAX_P99_SEND_LAG_S = 0.010
 MIN_ACHIEVED_FRACTION = 0.98
 CACHE_MODES = ("off", "on", "refresh", "only")
 CACHE_ON_CORRUPT = ("continue", "stop")
+TRACKERS = ("mlflow", "wandb")  # runner.export: where a finished run or sweep is exported (sentech-eval export)
 
 # The sampling schema: Sampling's fields, every one optional (None = not sent), no default of its own.
 SamplingConfig = dataclasses.make_dataclass(
@@ -121,6 +122,7 @@ class RunnerConfig:
     stop_at_ci_half_width: float | None = None  # stop once the anytime 95 % interval of stop_score is this narrow
     stop_score: str | None = None  # the score (``contains`` or ``score_contains``) for that stop
     max_cost_usd: float | None = None  # stop cleanly (resumable) once the run has cost this much
+    export: str | None = None  # mlflow | wandb: export the run (or sweep) to that tracker when it ends
 
 
 @dataclass
@@ -490,6 +492,10 @@ def runner_from_config(cfg: DictConfig) -> RunnerConfig:
         raise ConfigError(f"runner.cache={cache!r} is not a cache mode; choose one of: {', '.join(CACHE_MODES)}.")
     if values["cache_on_corrupt"] not in CACHE_ON_CORRUPT:
         raise ConfigError(f"runner.cache_on_corrupt={values['cache_on_corrupt']!r} must be continue or stop.")
+    if values["export"] is not None and values["export"] not in TRACKERS:
+        raise ConfigError(
+            f"runner.export={values['export']!r} is not a tracker; choose one of: {', '.join(TRACKERS)} (or null)."
+        )
     return RunnerConfig(**values)
 
 

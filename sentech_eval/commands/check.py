@@ -1,12 +1,16 @@
 """``sentech-eval check``: the CI regression gate. Exit 0 when every threshold holds, 1 when one
 regressed, 2 for unusable input (a ``SentechEvalError``, printed as one sentence by the CLI).
-The thresholds and their evaluation are ``analysis.gate``'s.
+The thresholds and their evaluation are ``analysis.gate``'s. The verdict is also left beside the
+candidate's results as ``check.json`` (``sentech-eval export`` tags the run with it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sentech_eval.analysis.compare import compare, default_label, disagreements
@@ -16,6 +20,8 @@ from sentech_eval.errors import ConfigError
 from sentech_eval.render.compare_html import render_html
 from sentech_eval.render.junit import junit_xml
 from sentech_eval.render.markdown import check_markdown
+
+CHECK_FILE = "check.json"  # the verdict beside the candidate's results (read by `sentech-eval export`)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -121,4 +127,27 @@ def main(argv: list[str], prog: str = "sentech-eval check") -> int:
         out.mkdir(parents=True, exist_ok=True)
         metrics.to_parquet(out / "compare.parquet", index=False)
         (out / "compare.html").write_text(render_html(paired, metrics, disagreements(paired)), encoding="utf-8")
+    record_verdict(args.candidate, args.baseline, results)
     return 1 if any(not r.passed for r in results) else 0
+
+
+def record_verdict(candidate: str, baseline: str, results: list) -> None:
+    """Leave the verdict beside the candidate's results (``check.json``: passed, baseline, one entry per
+    threshold), so ``sentech-eval export`` can tag the run as gated. A dir that cannot be written is skipped:
+    the verdict is the exit code; this file is a convenience."""
+    target = Path(candidate)
+    target = target.parent if target.is_file() else target
+    record = {
+        "passed": all(r.passed for r in results),
+        "baseline": str(baseline),
+        "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "thresholds": [
+            {"name": r.name, "threshold": r.threshold, "observed": r.observed, "passed": r.passed} for r in results
+        ],
+    }
+    tmp = target / (CHECK_FILE + ".tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        os.replace(tmp, target / CHECK_FILE)
+    except OSError:
+        tmp.unlink(missing_ok=True)

@@ -3,7 +3,9 @@
 The Parquet results are the source of truth, so an export can happen any time after a run, as often as
 wanted: the tracker's runs are found again by the results' own identity and updated, never duplicated
 (``--force-new`` makes a fresh copy). ``runner.export=mlflow|wandb`` calls ``export_at_end`` when a run
-or sweep ends; there a tracker that refuses costs one warning line, never the run.
+ends (commands/run.py) or a sweep does (the ``ExportSweepAtEnd`` callback); there a tracker that refuses
+costs one warning line, never the run. W&B and MLflow take their settings from their own environment
+variables then (MLFLOW_TRACKING_URI, WANDB_MODE, WANDB_PROJECT …).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from sentech_eval.errors import ConfigError, SentechEvalError
-from sentech_eval.export.replay import find_sources, replay
 
 TRACKERS = ("mlflow", "wandb")
 DEFAULT_EXPERIMENT = "sentech-eval"
@@ -92,6 +95,9 @@ def export(
         raise ConfigError(f"Unknown tracker {tracker!r}; choose one of: {', '.join(TRACKERS)}.")
     if rows is not None and rows < 1:
         raise ConfigError(f"--rows must be at least 1, got {rows}.")
+    # imported here: `run` imports this module for export_at_end, and a run's start-up stays without pandas
+    from sentech_eval.export.replay import find_sources, replay
+
     sources = find_sources(path)
     lines = []
     exporters: dict[str, Any] = {}
@@ -145,6 +151,16 @@ def export_at_end(tracker: str | None, path: str | Path, what: str = "run") -> N
             f"retry with: sentech-eval export {tracker} {path}",
             file=sys.stderr,
         )
+
+
+class ExportSweepAtEnd(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml, listed before ``combine_sweep``: Hydra calls
+    the end hooks in reverse order, so this runs once the sweep is combined): ``runner.export``."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        """Export the combined sweep when ``runner.export`` names a tracker."""
+        runner = config.get("runner") or {}
+        export_at_end(runner.get("export"), Path(str(config.hydra.sweep.dir)), what="sweep")
 
 
 def main(argv: list[str] | None = None, prog: str = "sentech-eval export") -> int:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from sentech_eval.commands import estimate
+from sentech_eval.commands.export import export_at_end
 from sentech_eval.commands.run_summary import end_of_run
 from sentech_eval.config import (
     check_resolved_overrides,
@@ -144,6 +145,8 @@ def task(cfg: DictConfig) -> float | None:
         sys.exit(130)  # one Ctrl-C stops a whole sweep too; the sweep's exit hook still combines results
     failure = None if multirun else report_end_of_run(cfg, summary)
     _record_job_status(out_dir, "failed" if failure else "ok", failure, summary)
+    if not multirun:  # a sweep is exported once, when it ends (commands/export.py, ExportSweepAtEnd)
+        export_at_end((cfg.get("runner") or {}).get("export"), out_dir)
     if failure:
         sys.exit(1)
     return summary.get("objective")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,11 +171,13 @@ class MlflowExporter:
             run_id, old_params, old_metrics = existing.info.run_id, existing.data.params, existing.data.metrics
         timestamp = run.end_ms or run.start_ms or 0
         metrics = [
-            Metric(name, value, timestamp, 0) for name, value in run.metrics.items() if old_metrics.get(name) != value
+            Metric(metric_name(name), value, timestamp, 0)
+            for name, value in run.metrics.items()
+            if old_metrics.get(metric_name(name)) != value
         ]
         for name, values in run.steps.items():
-            if old_metrics.get(name) is None or existing is None:
-                metrics += [Metric(name, v, timestamp, step) for step, v in enumerate(values) if v == v]
+            if old_metrics.get(metric_name(name)) is None or existing is None:
+                metrics += [Metric(metric_name(name), v, timestamp, step) for step, v in enumerate(values) if v == v]
         params = [Param(name, value) for name, value in run.params.items() if name not in old_params]
         tag_list = [RunTag(name, value) for name, value in tags.items()]
         for start in range(0, max(len(metrics), len(params), len(tag_list)), BATCH["params"]):
@@ -190,6 +193,11 @@ class MlflowExporter:
             self.client.log_dict(run_id, table_json(run.table), TABLE_FILE)
         self.client.set_terminated(run_id, "FINISHED", end_time=run.end_ms)
         return run_id, existing is None
+
+
+def metric_name(name: str) -> str:
+    """A summary column as an MLflow metric name (letters, digits, ``_ - . /`` and spaces; ``pass@1`` -> ``pass_at_1``)."""
+    return re.sub(r"[^\w\-. /]", "_", name.replace("@", "_at_"))
 
 
 def table_json(table) -> dict[str, Any]:
