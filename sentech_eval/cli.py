@@ -14,7 +14,7 @@ import sys
 import threading
 
 from sentech_eval.errors import SentechEvalError
-from sentech_eval.escaping import terminal_text
+from sentech_eval.escaping import terminal_lines
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": (
@@ -115,7 +115,7 @@ def dispatch(argv: list[str] | None = None) -> int:
         func = getattr(importlib.import_module(module_name), func_name)
         code = func(rest, prog=f"sentech-eval {command}")
     except SentechEvalError as exc:
-        print(f"sentech-eval {command}: error: {terminal_text(exc)}", file=sys.stderr)
+        print(f"sentech-eval {command}: error: {terminal_lines(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sentech-eval {command}: interrupted.", file=sys.stderr)

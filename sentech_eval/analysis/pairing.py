@@ -110,6 +110,18 @@ def _refuse_duplicates(df: pd.DataFrame, keys: list[str], role: str, path: str |
     )
 
 
+def _suffixed(df: pd.DataFrame, keys: list[str], suffix: str) -> pd.DataFrame:
+    """``df`` with ``suffix`` on every column but the pairing keys (a user's ``output_a`` becomes ``output_a_a``)."""
+    renamed = df.rename(columns={c: f"{c}{suffix}" for c in df.columns if c not in keys})
+    clash = list(renamed.columns[renamed.columns.duplicated()])
+    if clash:
+        raise ResultsError(
+            f"A results column becomes {clash[0]!r} once suffixed for the comparison, the name of a pairing key; "
+            "rename that column in the results (or the dataset) and compare again."
+        )
+    return renamed
+
+
 def pair_results(a_path: str | Path, b_path: str | Path, role_a: str = "A", role_b: str = "B") -> PairedResults:
     """Load both sides and join them; ResultsError when nothing pairs."""
     a = read_results(a_path, role_a)
@@ -129,23 +141,20 @@ def pair_frames(
     keys = pairing_keys(a, b)
     _refuse_duplicates(a, keys, role_a, a_path)
     _refuse_duplicates(b, keys, role_b, b_path)
-    merged = a.merge(b, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
-    pairs = merged[merged["_merge"] == "both"].drop(columns="_merge").reset_index(drop=True)
-    unpaired_a = int((merged["_merge"] == "left_only").sum())
-    unpaired_b = int((merged["_merge"] == "right_only").sum())
+    # Every non-key column gets its side's suffix before the join (output -> output_a), so no column of a
+    # user's (``_merge``, ``output_a`` …) can collide with the join's own names.
+    side = "__side"
+    while side in keys:
+        side += "_"
+    merged = _suffixed(a, keys, "_a").merge(_suffixed(b, keys, "_b"), on=keys, how="outer", indicator=side)
+    pairs = merged[merged[side] == "both"].drop(columns=side).reset_index(drop=True)
+    unpaired_a = int((merged[side] == "left_only").sum())
+    unpaired_b = int((merged[side] == "right_only").sum())
     if pairs.empty:
         raise ResultsError(
             f"No rows of {role_a} {str(a_path)!r} pair with {role_b} {str(b_path)!r} on {', '.join(keys)} "
             f"({len(a)} vs {len(b)} rows); compare runs of the same dataset."
         )
-    # Columns that exist on only one side keep their bare name after the merge; give them a suffix.
-    for col in list(pairs.columns):
-        if col in keys or col.endswith(("_a", "_b")):
-            continue
-        if col in a.columns and col not in b.columns:
-            pairs = pairs.rename(columns={col: f"{col}_a"})
-        elif col in b.columns and col not in a.columns:
-            pairs = pairs.rename(columns={col: f"{col}_b"})
     differences = []
     for name in SAMPLING_FIELDS:
         if name in keys or name not in a.columns or name not in b.columns:

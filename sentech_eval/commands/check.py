@@ -16,6 +16,7 @@ from pathlib import Path
 from sentech_eval.analysis.compare import compare, default_label, disagreements
 from sentech_eval.analysis.gate import Thresholds, evaluate, load_thresholds_file, number, parse_score_drop
 from sentech_eval.analysis.pairing import pair_results
+from sentech_eval.engine.rundir import prepare_run_dir
 from sentech_eval.errors import ConfigError
 from sentech_eval.render.compare_html import render_html
 from sentech_eval.render.junit import junit_xml
@@ -116,15 +117,19 @@ def main(argv: list[str], prog: str = "sentech-eval check") -> int:
     results = evaluate(paired, metrics, thresholds)
     summary = check_markdown(results, paired, thresholds)
     sys.stdout.write(summary)
-    if args.summary:
-        with open(args.summary, "a", encoding="utf-8") as fh:
-            fh.write(summary + "\n")
-    if args.junit:
-        Path(args.junit).parent.mkdir(parents=True, exist_ok=True)
-        junit_xml(results, summary).write(args.junit, encoding="utf-8", xml_declaration=True)
+    try:
+        if args.summary:
+            with open(args.summary, "a", encoding="utf-8") as fh:
+                fh.write(summary + "\n")
+        if args.junit:
+            prepare_run_dir(Path(args.junit).parent, "--junit's directory")
+            junit_xml(results, summary).write(args.junit, encoding="utf-8", xml_declaration=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot write {exc.filename} ({exc.strerror}); give --summary / --junit a writable file path."
+        ) from None
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = prepare_run_dir(args.out, "--out")
         metrics.to_parquet(out / "compare.parquet", index=False)
         (out / "compare.html").write_text(render_html(paired, metrics, disagreements(paired)), encoding="utf-8")
     record_verdict(args.candidate, args.baseline, results)

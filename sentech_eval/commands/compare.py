@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import pandas as pd
 
 from sentech_eval.analysis.compare import compare, comparison_warnings, default_label, disagreements, metrics_frame
 from sentech_eval.analysis.judge import judge_pairs, judge_rows
 from sentech_eval.analysis.pairing import pair_results
+from sentech_eval.engine.rundir import prepare_run_dir
 from sentech_eval.errors import ConfigError
 from sentech_eval.render.compare_html import render_html
 from sentech_eval.render.markdown import compare_markdown
@@ -73,8 +73,7 @@ def main(argv: list[str], prog: str = "sentech-eval compare") -> int:
         metrics = pd.concat(
             [metrics, metrics_frame(judge_rows(judgements, args.confidence, args.seed))], ignore_index=True
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(args.out, "--out")  # an existing file, an unwritable place: one sentence
     metrics.to_parquet(out / "compare.parquet", index=False)
     if judgements is not None:
         judgements.to_parquet(out / "judge.parquet", index=False)

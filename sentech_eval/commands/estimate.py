@@ -27,7 +27,7 @@ from sentech_eval.engine.estimate import (
 )
 from sentech_eval.engine.race_sweep import cell_labels
 from sentech_eval.errors import SentechEvalError
-from sentech_eval.escaping import terminal_text
+from sentech_eval.escaping import terminal_lines
 
 PROBE_PROMPTS = 3
 FLAGS = ("--estimate", "--estimate=noprobe")
@@ -129,5 +129,5 @@ def run(argv: list[str]) -> int:
     try:
         return main(argv)
     except (SentechEvalError, HydraException) as exc:
-        print(f"sentech-eval run --estimate: error: {terminal_text(exc)}", file=sys.stderr)
+        print(f"sentech-eval run --estimate: error: {terminal_lines(exc)}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from sentech_eval.analysis import slo as load_metrics
 from sentech_eval.analysis.summary import load, pass_counts, pass_score, summarize
 from sentech_eval.config import parse_pass_at
 from sentech_eval.engine.results import RESULTS_FILE, read_metadata
+from sentech_eval.engine.rundir import holding_run_dir, prepare_run_dir
 from sentech_eval.errors import ConfigError
 from sentech_eval.render.load import load_html, load_markdown
 from sentech_eval.render.markdown import report_markdown
@@ -49,8 +50,14 @@ def write_report(
     if pass_at is None:
         pass_at = run_pass_at(path)
     summary = summarize(df, cluster=cluster, pass_at=pass_at)
-    target = Path(out) if out else output_dir(path)
-    target.mkdir(parents=True, exist_ok=True)
+    target = prepare_run_dir(Path(out) if out else output_dir(path), "--out")  # an existing file: one sentence
+    with holding_run_dir(target, "report"):  # a run merging into this dir meanwhile would be overwritten
+        return _write_report(df, summary, path, target, top, slo)
+
+
+def _write_report(
+    df: pd.DataFrame, summary: pd.DataFrame, path: str | Path, target: Path, top: int, slo: load_metrics.SLO | None
+) -> tuple[pd.DataFrame, Path, Path]:
     pass_path = target / PASS_AT_FILE
     if "pass_at_score" in summary.columns:  # (config, prompt_id, n, c): what every pass@k here is made of
         pass_counts(df, pass_score(df)).to_parquet(pass_path, index=False)

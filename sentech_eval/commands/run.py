@@ -40,7 +40,7 @@ from sentech_eval.config import (
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir, unlock_run_dir
 from sentech_eval.errors import ConfigError, RunDirError, SentechEvalError
-from sentech_eval.escaping import terminal_text
+from sentech_eval.escaping import terminal_lines
 from sentech_eval.paths import conf_search_path
 from sentech_eval.secrets import environment_secrets, key_env_names, refuse_secret_overrides
 
@@ -121,7 +121,7 @@ def task(cfg: DictConfig) -> float | None:
     try:
         summary = evaluate(cfg, out_dir)
     except SentechEvalError as exc:
-        print(f"sentech-eval run: error: {terminal_text(exc)}", file=sys.stderr)
+        print(f"sentech-eval run: error: {terminal_lines(exc)}", file=sys.stderr)
         _record_job_status(out_dir, "failed", str(exc), None)
         if multirun:
             return None
@@ -132,7 +132,7 @@ def task(cfg: DictConfig) -> float | None:
     except Exception as exc:  # noqa: BLE001 - a multirun must go on; a single run shows the traceback
         if not multirun:
             raise
-        print(f"sentech-eval run: job failed: {type(exc).__name__}: {terminal_text(exc)}", file=sys.stderr)
+        print(f"sentech-eval run: job failed: {type(exc).__name__}: {terminal_lines(exc)}", file=sys.stderr)
         _record_job_status(out_dir, "failed", f"{type(exc).__name__}: {exc}", None)
         return None
     finally:

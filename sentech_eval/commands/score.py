@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sentech_eval.config import compose_config
-from sentech_eval.engine.results import RESULTS_FILE
+from sentech_eval.engine.results import RESULTS_FILE, read_parquet
 from sentech_eval.engine.rundir import holding_run_dir
 from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.scorers.base import Scorer, build_scorers, close_scorers, null_scores, score_row, score_schema
@@ -123,10 +123,7 @@ def write_atomic(table: pa.Table, target: Path) -> None:
 
 async def rescore_file(path: Path, scorers: list[Scorer], scorer_config: Any = None, concurrency: int = 16) -> pa.Table:
     """Score every ok row of one results file and replace the file atomically; returns the new table."""
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ResultsError(f"Results file {path} is not readable Parquet ({exc}).") from None
+    table = read_parquet(path)  # not Parquet: one sentence naming it; the file is kept
     if "output" not in table.column_names:
         raise ResultsError(f"Results file {path} has no 'output' column; is it a sentech-eval results file?")
     arrays = await score_table(table, scorers, concurrency=concurrency)

@@ -42,9 +42,11 @@ from sentech_eval.engine.results import (
     PARTS_DIR,
     RESULTS_FILE,
     ResultsWriter,
+    check_resumable,
     keep_latest_per_key,
     read_run_table,
     results_schema,
+    resume_schema,
 )
 from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir
 from sentech_eval.engine.runner import RunIdentity, Runner, RunSummary
@@ -55,9 +57,8 @@ from sentech_eval.secrets import environment_secrets, redact_tree
 from sentech_eval.types import Prompt
 
 
-def _done_keys(out_dir: Path, cfg_id: str) -> tuple[set[tuple[str, int]], bool]:
+def _done_keys(table: pa.Table | None, cfg_id: str) -> tuple[set[tuple[str, int]], bool]:
     """(prompt_id, repeat) pairs already ``ok`` for this configuration, and whether any rows exist."""
-    table = read_run_table(out_dir)
     if table is None or table.num_rows == 0:
         return set(), False
     mask = pc.and_(pc.equal(table.column("config_id"), cfg_id), pc.equal(table.column("status"), "ok"))
@@ -204,7 +205,10 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
         if not runner_cfg.resume:
             (out_dir / RESULTS_FILE).unlink(missing_ok=True)
             shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
-        done, resuming = _done_keys(out_dir, cfg_id)
+        previous = read_run_table(out_dir)
+        if previous is not None:
+            check_resumable(previous, out_dir)
+        done, resuming = _done_keys(previous, cfg_id)
         if done:
             print(
                 f"sentech-eval run: resuming in {out_dir}: {len(done)} rows already done are skipped.", file=sys.stderr
@@ -224,7 +228,8 @@ async def run_evaluation(cfg: DictConfig, out_dir: Path, hooks: Sequence[RunHook
         hooks = [*hooks, *budget_hooks(runner_cfg, price, out_dir, cfg_id, dataset, score_fields)]
         schema_hooks = ([ArrivalHook("closed", None)] if runner_cfg.open_loop else []) + list(hooks)
         hook_fields = [pa.field(name, dtype) for hook in schema_hooks for name, dtype in hook.columns().items()]
-        schema = results_schema(info.extra_fields, score_fields + hook_fields)
+        schema = resume_schema(results_schema(info.extra_fields, score_fields + hook_fields), previous, out_dir)
+        previous = None  # (its memory: only the merge reads those rows again)
         metadata = {
             "run_id": run_id,
             "config_id": cfg_id,

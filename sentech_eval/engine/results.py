@@ -289,9 +289,63 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """One Parquet file as a table (``pq.ParquetFile``: unlike ``pq.read_table`` it does not import
-    pyarrow.dataset, which a run does not otherwise need)."""
-    with pq.ParquetFile(path) as file:
-        return file.read(columns=columns)
+    pyarrow.dataset, which a run does not otherwise need). A file that is not Parquet, or is cut short,
+    is a ResultsError naming it (the file is left as it is)."""
+    try:
+        with pq.ParquetFile(path) as file:
+            return file.read(columns=columns)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ResultsError(unreadable_message(Path(path), exc)) from None
+
+
+def unreadable_message(path: Path, exc: BaseException) -> str:
+    """One sentence for a results file that cannot be read: what it is, that it is kept, what to do."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return (
+        f"{path} is not a readable Parquet file ({reason[:200]}); it is left untouched — move it away (or restore "
+        "it from a copy), or write into another directory."
+    )
+
+
+def concat_results(tables: list[pa.Table], paths: list[Path]) -> pa.Table:
+    """Rows of several results files as one table. A column whose type differs between them is read as text
+    in every file when it is one of the data's own (a dataset column, a scorer's detail); a core column that
+    differs is a ResultsError naming it and the files."""
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    types: dict[str, dict[str, list[Path]]] = {}
+    for table, path in zip(tables, paths, strict=True):
+        for field in table.schema:
+            types.setdefault(field.name, {}).setdefault(str(field.type), []).append(path)
+    disagree = {name: by_type for name, by_type in types.items() if len(by_type) > 1}
+    core = [name for name in disagree if name in CORE_NAMES]
+    if core:
+        (type_a, files_a), (type_b, files_b) = list(disagree[core[0]].items())[:2]
+        raise ResultsError(
+            f"Column {core[0]!r} is {type_a} in {files_a[0]} but {type_b} in {files_b[0]}; these results were "
+            "written by different versions and cannot be read as one table — report them one at a time."
+        )
+    as_text = []
+    for table in tables:
+        for name in disagree:
+            index = table.schema.get_field_index(name)
+            if index >= 0:
+                table = table.set_column(index, pa.field(name, pa.large_string()), _as_text(table.column(name)))
+        as_text.append(table)
+    return pa.concat_tables(as_text, promote_options="permissive")
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    try:
+        return column.cast(pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.chunked_array(
+            [pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.large_string())]
+        )
 
 
 def read_run_table(run_dir: str | Path) -> pa.Table | None:
@@ -299,11 +353,49 @@ def read_run_table(run_dir: str | Path) -> pa.Table | None:
     files = _readable_parts(Path(run_dir))
     if not files:
         return None
-    table = pa.concat_tables([read_parquet(f) for f in files], promote_options="permissive")
+    table = concat_results([read_parquet(f) for f in files], files)
     if len(files) > 1 and files[0].name == RESULTS_FILE:
         # A crash between writing the merged file and deleting the parts leaves rows twice.
         table = keep_latest_per_key(table)
     return table
+
+
+RESUME_COLUMNS = ("config_id", "prompt_id", "repeat", "status")
+
+
+def check_resumable(table: pa.Table, run_dir: Path) -> None:
+    """A run dir's earlier rows must be sentech-eval's own to be resumed (a foreign file is left untouched)."""
+    missing = [name for name in RESUME_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ResultsError(
+            f"{run_dir / RESULTS_FILE} was not written by sentech-eval (it has no {', '.join(map(repr, missing))} "
+            "column); it is left untouched — move it away, or choose another hydra.run.dir."
+        )
+
+
+def resume_schema(schema: pa.Schema, previous: pa.Table | None, run_dir: Path) -> pa.Schema:
+    """The schema of a resumed run: this run's columns, plus every column of the earlier rows it lacks (score
+    columns of other scorers, extra dataset columns: kept, null in the new rows). A column whose earlier values
+    cannot be stored as this run's type (a dataset column that changed type) is a ResultsError naming it."""
+    if previous is None:
+        return schema
+    for field in schema:
+        index = previous.schema.get_field_index(field.name)
+        if index < 0 or previous.schema.field(index).type == field.type:
+            continue
+        try:
+            previous.column(index).cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise ResultsError(
+                f"Column {field.name!r} of the earlier rows in {run_dir / RESULTS_FILE} is "
+                f"{previous.schema.field(index).type}, and this run makes it {field.type} (the dataset or a scorer "
+                "changed); the earlier rows cannot be merged with the new ones — resume with the same dataset, or "
+                "choose another hydra.run.dir."
+            ) from None
+    for field in previous.schema:
+        if field.name not in schema.names:
+            schema = schema.append(field.remove_metadata() if field.metadata else field)
+    return schema
 
 
 def keep_latest_per_key(table: pa.Table) -> pa.Table:
@@ -320,10 +412,18 @@ def keep_latest_per_key(table: pa.Table) -> pa.Table:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``sentech_eval`` key-value metadata of a results file."""
-    meta = pq.read_schema(path).metadata or {}
+    """The ``sentech_eval`` key-value metadata of a results file ({} for a file without it, or whose metadata
+    is not JSON); a file that is not Parquet is a ResultsError naming it."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ResultsError(unreadable_message(Path(path), exc)) from None
     raw = meta.get(METADATA_KEY)
-    return json.loads(raw) if raw else {}
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _find_result_files(root: Path) -> list[Path]:
@@ -353,5 +453,4 @@ def load_results(path: str | Path) -> pd.DataFrame:
     files = _find_result_files(path)
     if not files:
         raise ResultsError(f"No {RESULTS_FILE} found under {path}; point at a run dir or a results file.")
-    tables = [pq.read_table(f) for f in files]
-    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    return concat_results([read_parquet(f) for f in files], files).to_pandas()
