@@ -34,6 +34,7 @@ SCRIPTS = (
     "bench_race",
     "bench_cache",
     "bench_view",
+    "bench_code_exec",
 )
 
 

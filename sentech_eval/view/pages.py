@@ -185,6 +185,8 @@ def plots_section(extras: dict | None) -> str:
         out += f'<section id="load">{extras["load_html"]}</section>'
     if extras.get("race_html"):
         out += f'<section id="race-section">{extras["race_html"]}</section>'
+    if extras.get("pass_at_html"):  # render.pass_at_k, which escapes its values
+        out += f'<section id="pass-at-k-section">{extras["pass_at_html"]}</section>'
     return out
 
 

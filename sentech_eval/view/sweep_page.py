@@ -69,6 +69,8 @@ def sweep_page(run: RunDir, digest: dict | None, extras: dict | None, picked: di
             body += f'<section id="race-section">{extras["race_html"]}</section>'
         if extras.get("load_html"):
             body += f'<section id="load">{extras["load_html"]}</section>'
+        if extras.get("pass_at_html"):  # render.pass_at_k: pass@k against temperature, best per k
+            body += f'<section id="pass-at-k-section">{extras["pass_at_html"]}</section>'
     summary = digest.get("summary") or []
     labels = digest.get("labels") or []
     configs = [(str(r.get("config_id")), label) for r, label in zip(summary, labels) if r.get("config_id")]

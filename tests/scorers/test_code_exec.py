@@ -58,6 +58,9 @@ def test_first_fenced_block_else_the_whole_answer():
     assert extract_code("x = 1") == "x = 1"
     assert extract_code("Sure!\n```py\nx = 1\n") == "x = 1\n"  # cut off at max_tokens: runs to the end
     assert extract_code("  ```python\n  x = 1\n  ```") == "  x = 1\n"
+    # code first, then a fence it never opened, then prose (the embedded model does this)
+    assert extract_code("def f():\n    return 1\n```\n\nThis returns 1.") == "def f():\n    return 1\n"
+    assert extract_code("Sure:\n```python\nx = 1\n") == "x = 1\n"  # an opening fence with a language: unclosed
 
 
 def test_a_full_function_gets_the_prompts_imports_and_helpers_not_its_stub():
