@@ -23,6 +23,7 @@ import pandas as pd
 
 from sentech_eval.analysis import cost, stats
 from sentech_eval.analysis.pairing import PairedResults, cluster_ids
+from sentech_eval.analysis.summary import pass_at_ks, pass_counts, pass_score
 from sentech_eval.normalize import normalize_text
 
 METRIC_COLUMNS = [
@@ -140,6 +141,70 @@ def score_rows(
                 ci_method=ci.method,
                 test=test,
                 n_clusters=ci.n_clusters,
+            )
+        )
+    return rows
+
+
+def pass_at_rows(paired: PairedResults, confidence: float = 0.95, seed: int = 0) -> list[dict]:
+    """pass@k of A and B on the prompts both sides have, when some prompt was sampled more than once.
+
+    One row per k (``metric="pass_at_k"``, ``column="pass@k"``): each side's pass@k with its interval
+    (``stats.pass_at_k_interval``), B − A with the interval of the per-prompt differences (the prompt
+    as the unit). A k above some common prompt's samples on either side is not reported: its row
+    says why in ``note`` (never 1.0 from nothing).
+    """
+    score = pass_score(paired.a) if "prompt_id" in paired.a.columns else None
+    if score is None or score not in paired.scores or "prompt_id" not in paired.b.columns:
+        return []
+    sides = []
+    for frame in (paired.a, paired.b):
+        counts = pass_counts(frame.assign(config_id="side"), score).groupby("prompt_id")[["n", "c"]].sum()
+        sides.append(counts)
+    common = sides[0].index.intersection(sides[1].index)
+    if common.empty:
+        return []
+    a, b = sides[0].loc[common], sides[1].loc[common]
+    ks = pass_at_ks(pd.concat([a, b]).reset_index())
+    rows = []
+    for k in ks:
+        fewest = int(min(a["n"].min(), b["n"].min()))
+        if fewest < k:
+            short_a, short_b = int((a["n"] < k).sum()), int((b["n"] < k).sum())
+            rows.append(
+                metric_row(
+                    "pass_at_k",
+                    f"pass@{k}",
+                    n_clusters=len(common),
+                    note=f"not reported: {short_a} prompts of A and {short_b} of B have fewer than {k} scored "
+                    f"samples (the fewest has {fewest}); pass@k needs k samples of every prompt",
+                )
+            )
+            continue
+        ci_a = stats.pass_at_k_interval(a["n"], a["c"], k, confidence)
+        ci_b = stats.pass_at_k_interval(b["n"], b["c"], k, confidence)
+        per_a = stats.pass_at_k(a["n"].to_numpy(), a["c"].to_numpy(), k)
+        per_b = stats.pass_at_k(b["n"].to_numpy(), b["c"].to_numpy(), k)
+        diff = stats.paired_difference_ci(per_a, per_b, confidence=confidence, seed=seed)
+        rows.append(
+            metric_row(
+                "pass_at_k",
+                f"pass@{k}",
+                value_a=ci_a.estimate,
+                value_b=ci_b.estimate,
+                ci_low_a=ci_a.low,
+                ci_high_a=ci_a.high,
+                ci_low_b=ci_b.low,
+                ci_high_b=ci_b.high,
+                diff=diff.estimate,
+                ci_low=diff.low,
+                ci_high=diff.high,
+                ci_method=diff.method,
+                n_clusters=len(common),
+                wins=int((per_b > per_a).sum()),
+                ties=int((per_b == per_a).sum()),
+                losses=int((per_b < per_a).sum()),
+                note=f"of {score.removeprefix('score_')}, over the {len(common)} prompts both sides have",
             )
         )
     return rows
@@ -391,6 +456,7 @@ def metrics_frame(rows: list[dict]) -> pd.DataFrame:
 def compare(paired: PairedResults, confidence: float = 0.95, seed: int = 0, cluster: str | None = None) -> pd.DataFrame:
     """All paired metrics of A vs B (without the judge) as one DataFrame (``cluster``: see ``score_rows``)."""
     rows = pairing_rows(paired) + score_rows(paired, confidence, seed, cluster) + performance_rows(paired)
+    rows += pass_at_rows(paired, confidence, seed)
     rows += cost_rows(paired, confidence, cluster)
     rows.append(agreement_row(paired))
     return metrics_frame(rows)

@@ -142,6 +142,15 @@ def compare_markdown(
                 f"{fmt(r['n_pairs'])} ({fmt(r['n_clusters'])}) |"
             )
         lines += [""] + method_lines(scores)
+    passes = metrics[metrics["metric"] == "pass_at_k"]
+    if len(passes):
+        lines += ["", "| pass@k | A (95% CI) | B (95% CI) | B − A | 95% CI | note |", "|---|---:|---:|---:|---|---|"]
+        for _, r in passes.iterrows():
+            lines.append(
+                f"| {markdown_text(r['column'])} | {fmt(r['value_a'])} [{fmt(r['ci_low_a'])}, {fmt(r['ci_high_a'])}] | "
+                f"{fmt(r['value_b'])} [{fmt(r['ci_low_b'])}, {fmt(r['ci_high_b'])}] | {fmt(r['diff'], signed=True)} | "
+                f"[{fmt(r['ci_low'], signed=True)}, {fmt(r['ci_high'], signed=True)}] | {markdown_text(r['note'])} |"
+            )
     perf = metrics[metrics["metric"].str.match(r"^(latency|ttft|completion_tokens|error_rate)")]
     if len(perf):
         lines += ["", "| performance | A | B | B/A |", "|---|---:|---:|---:|"]

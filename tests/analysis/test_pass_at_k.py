@@ -154,3 +154,26 @@ def test_default_ks_follow_the_most_samples():
     assert pass_at_ks(counts) == [1, 5, 10]
     assert pass_at_ks(pd.DataFrame({"n": [1, 1]})) == []
     assert pass_at_ks(counts, [20, 1, 1]) == [1, 20]
+
+
+# ---------------------------------------------------------------- compare
+def test_compare_reports_each_sides_pass_at_k_and_the_difference():
+    from sentech_eval.analysis.compare import compare
+    from sentech_eval.analysis.pairing import pair_frames
+    from sentech_eval.render.markdown import compare_markdown
+
+    a = results({"a": 10, "b": 10, "c": 10}, {"a": 0, "b": 2, "c": 10}, temperatures=(0.2,))
+    b = results({"a": 10, "b": 10, "c": 10}, {"a": 5, "b": 2, "c": 10}, temperatures=(0.2,))
+    metrics = compare(pair_frames(a, b))
+    rows = metrics[metrics["metric"] == "pass_at_k"].set_index("column")
+    assert list(rows.index) == ["pass@1", "pass@5", "pass@10"]
+    five = rows.loc["pass@5"]
+    expected_a = np.mean([stats.pass_at_k(10, c, 5) for c in (0, 2, 10)])
+    expected_b = np.mean([stats.pass_at_k(10, c, 5) for c in (5, 2, 10)])
+    assert five["value_a"] == pytest.approx(expected_a) and five["value_b"] == pytest.approx(expected_b)
+    assert five["diff"] == pytest.approx(expected_b - expected_a)
+    assert five["ci_low_a"] <= five["value_a"] <= five["ci_high_a"]
+    assert "| pass@5 |" in compare_markdown(metrics)
+    fewer = results({"a": 10, "b": 4, "c": 10}, {"a": 5, "b": 2, "c": 10}, temperatures=(0.2,))
+    ten = compare(pair_frames(a, fewer)).set_index("column").loc["pass@10"]
+    assert pd.isna(ten["value_b"]) and "not reported: 0 prompts of A and 1 of B have fewer than 10" in ten["note"]
