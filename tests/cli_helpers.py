@@ -74,8 +74,9 @@ def call_cli(*args: str, key: str | None = None, env: dict[str, str] | None = No
     saved_handlers, saved_level = list(root.handlers), root.level
     held_before = set(rundir._held)
     out, err = io.StringIO(), io.StringIO()
+    call_env = cli_env(key, env)
     os.environ.clear()
-    os.environ.update(cli_env(key, env))
+    os.environ.update(call_env)
     try:
         with redirect_stdout(out), redirect_stderr(err):
             try:

@@ -30,8 +30,12 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 PROCESS, LLAMA, SERVER = "process", "llama", "server"
 
-# modules whose use starts a process
-PROCESS_MODULES = {"subprocess", "multiprocessing", "concurrent.futures.process"}
+# modules whose use starts a process: module -> the attributes that do (None: any use does)
+PROCESS_MODULES: dict[str, set[str] | None] = {
+    "subprocess": {"run", "Popen", "call", "check_call", "check_output", "getoutput", "getstatusoutput"},
+    "multiprocessing": None,
+    "concurrent.futures.process": None,
+}
 # attribute or function names that start a process whatever they are reached through
 PROCESS_NAMES = {
     "Popen",
@@ -114,7 +118,9 @@ class _Reader:
             value = namespace.get(name, _helper_module(name))
             if isinstance(value, types.ModuleType):
                 if value.__name__ in PROCESS_MODULES:
-                    self.facts.add(PROCESS)
+                    starters = PROCESS_MODULES[value.__name__]
+                    if starters is None or names & starters:  # subprocess.CompletedProcess alone starts nothing
+                        self.facts.add(PROCESS)
                 elif value.__name__.split(".")[0] == "llama_cpp":
                     self.facts.add(LLAMA)
                 elif _module_in_tests(value):  # a helper module of tests/: what the code takes from it

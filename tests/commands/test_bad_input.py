@@ -1,25 +1,22 @@
 """Every bad input of issue 7 gives its one sentence: exit 2, no traceback, before any request.
 
-Each case is a real `sentech-eval run` process (they run a few at a time, in a module fixture).
+Each case is the real `sentech-eval run` command, called in-process (``call_cli``: exit code, stdout and
+stderr as a process gives them), all of them once in a module fixture.
 ``backend.base_url`` points at a listening socket that nobody answers: the test checks that no
 connection was ever made to it, i.e. the sentence came before any request.
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_helpers import call_cli
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-bad-input-3b8e71c0"
 
 
@@ -139,7 +136,7 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Run every case (a few processes at a time); returns case -> (CompletedProcess, run_dir)."""
+    """Run every case; returns case -> (CompletedProcess, run_dir)."""
     root = tmp_path_factory.mktemp("bad_input")
     files = _write_datasets(root)
     listener = socket.socket()
@@ -147,8 +144,6 @@ def outcomes(tmp_path_factory):
     listener.listen(64)
     listener.setblocking(False)
     base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-    env = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
-    env["PYTHONUNBUFFERED"] = "1"
 
     def run(case: str):
         overrides, _ = CASES[case]
@@ -162,19 +157,10 @@ def outcomes(tmp_path_factory):
             f"hydra.run.dir={run_dir}",
             *(o.format(**{k: str(v) for k, v in files.items()}) for o in overrides),
         ]
-        case_env = dict(env) if case == "missing_key" else {**env, "SENTECH_API_KEY": KEY}
-        result = subprocess.run(
-            [sys.executable, "-m", "sentech_eval.cli", *args],
-            capture_output=True,
-            text=True,
-            env=case_env,
-            timeout=180,
-            cwd=REPO_ROOT,
-        )
+        result = call_cli(*args, key=None if case == "missing_key" else KEY)
         return case, (result, run_dir)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(pool.map(run, CASES))
+    results = dict(map(run, CASES))
     try:
         connection, _ = listener.accept()
         connection.close()

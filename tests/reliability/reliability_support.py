@@ -1,28 +1,27 @@
 """Helpers for the reliability suite: run the real `sentech-eval run` CLI against a real server.
 
-Each run is a fresh process (as a user runs it), pointed at a server on a loopback port, with a
+Each run is the CLI (``call_cli`` in the test's process, or ``run_cli`` in a fresh one where the
+process itself is tested: signals, resource limits), pointed at a server on a loopback port, with a
 small backoff so retries do not slow the suite down. Results are read back from the run dir.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pandas as pd
 from aiohttp import web
+from cli_helpers import REPO_ROOT, call_cli, cli_command, cli_env, run_cli  # noqa: F401 - the suite's CLI helpers
 
 from sentech_eval.engine.results import KEY_COLUMNS, load_results
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST_BACKOFF = ("runner.backoff_base_s=0.01", "runner.backoff_max_s=0.2")
 
 
@@ -31,26 +30,11 @@ def new_key() -> str:
     return "sk-rel-" + secrets.token_hex(16)
 
 
-def cli_env(key: str | None) -> dict[str, str]:
-    """The environment of a CLI run: the caller's, with SENTECH_API_KEY set to ``key`` (or unset)."""
-    env = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
-    env["PYTHONUNBUFFERED"] = "1"
-    if key is not None:
-        env["SENTECH_API_KEY"] = key
-    return env
-
-
-def cli_command(*args: str) -> list[str]:
-    """`sentech-eval ARGS…` through the current interpreter."""
-    return [sys.executable, "-m", "sentech_eval.cli", *args]
-
-
-def run_cli(
-    *args: str, key: str | None, timeout: float = 120, extra_env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    """Run the CLI to completion, capturing stdout and stderr."""
-    env = {**cli_env(key), **(extra_env or {})}
-    return subprocess.run(cli_command(*args), capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
+def files_holding(text: str, *paths: Path) -> list[Path]:
+    """The files under ``paths`` whose bytes hold ``text``, as `grep -r -l -a -F TEXT PATHS` lists them."""
+    needle = text.encode()
+    files = (f for root in paths if root.exists() for f in (sorted(root.rglob("*")) if root.is_dir() else [root]))
+    return [f for f in files if f.is_file() and not f.is_symlink() and needle in f.read_bytes()]
 
 
 def remote_run_args(base_url: str, run_dir: Path, *overrides: str, dataset: str = "arithmetic") -> list[str]:
@@ -78,7 +62,7 @@ def assert_one_row_per_key(df: pd.DataFrame) -> None:
     assert dup.empty, f"duplicated keys:\n{dup[list(KEY_COLUMNS) + ['status', 'run_id']].head(10)}"
 
 
-def assert_one_sentence(result: subprocess.CompletedProcess, *fragments: str) -> str:
+def assert_one_sentence(result: CompletedProcess[str], *fragments: str) -> str:
     """Exit 2, no traceback, and one error line on stderr containing every fragment; returns the line."""
     assert result.returncode == 2, f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
     assert "Traceback" not in result.stderr, result.stderr

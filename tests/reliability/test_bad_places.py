@@ -1,6 +1,7 @@
 """Bad input and bad places: one sentence, exit 2, no traceback, nothing lost.
 
-Each case is the real `sentech-eval run` CLI: corrupt Parquet pages behind an intact footer,
+Each case is the real `sentech-eval run` CLI (in-process, ``call_cli``; a process of its own where a
+signal or a resource limit is the test): corrupt Parquet pages behind an intact footer,
 non-numeric and negative settings, a run dir that is a file, a key with a control character,
 reserved column names, a key typo (named with the nearest valid key), a disk that fills up during
 the merge, Ctrl-C during the merge, and Ctrl-C in a sweep (the printed command resumes the same
@@ -22,12 +23,12 @@ from reliability_support import (
     REPO_ROOT,
     assert_one_row_per_key,
     assert_one_sentence,
+    call_cli,
     cli_command,
     cli_env,
     new_key,
     remote_run_args,
     rows,
-    run_cli,
 )
 
 from sentech_eval.engine.results import PARTS_DIR, RESULTS_FILE, read_metadata
@@ -47,7 +48,7 @@ def test_corrupt_parquet_pages_behind_an_intact_footer(tmp_path):
     for i in range(200, 1200):  # inside the column chunks; the footer (schema, row count) is intact
         raw[i] = (raw[i] * 7 + 13) % 256
     path.write_bytes(bytes(raw))
-    result = run_cli("run", f"dataset.path={path}", f"hydra.run.dir={tmp_path / 'run'}", key=None)
+    result = call_cli("run", f"dataset.path={path}", f"hydra.run.dir={tmp_path / 'run'}", key=None)
     assert_one_sentence(result, f"Dataset {path} is corrupt after row 0", "write the file again")
 
 
@@ -69,7 +70,7 @@ def test_corrupt_parquet_pages_behind_an_intact_footer(tmp_path):
     ],
 )
 def test_non_numeric_and_negative_settings(tmp_path, override, fragment):
-    result = run_cli(
+    result = call_cli(
         "run",
         "backend=remote",
         "backend.base_url=http://127.0.0.1:9/v1",
@@ -91,7 +92,7 @@ def test_non_numeric_and_negative_settings(tmp_path, override, fragment):
     ],
 )
 def test_a_key_typo_names_the_nearest_valid_key(tmp_path, typo, nearest):
-    result = run_cli("run", "backend=remote", typo, f"hydra.run.dir={tmp_path / 'run'}", key=new_key())
+    result = call_cli("run", "backend=remote", typo, f"hydra.run.dir={tmp_path / 'run'}", key=new_key())
     key = typo.split("=")[0]
     assert_one_sentence(result, f"Unknown config key '{key}'", f"the nearest valid key is '{nearest}'")
 
@@ -105,7 +106,7 @@ def test_a_key_typo_names_the_nearest_valid_key(tmp_path, typo, nearest):
 )
 def test_a_run_dir_that_cannot_be_one(tmp_path, make, fragment):
     run_dir = make(tmp_path / "taken")
-    result = run_cli("run", f"hydra.run.dir={run_dir}", key=None)
+    result = call_cli("run", f"hydra.run.dir={run_dir}", key=None)
     assert_one_sentence(result, f"hydra.run.dir={run_dir}", fragment)
 
 
@@ -116,7 +117,7 @@ def test_a_run_dir_that_cannot_be_one(tmp_path, make, fragment):
 def test_a_key_with_a_bad_character(tmp_path, char, kind):
     key = new_key()
     bad = key[:10] + char + key[10:]
-    result = run_cli(
+    result = call_cli(
         "run", "backend=remote", "backend.base_url=http://127.0.0.1:9/v1", f"hydra.run.dir={tmp_path / 'run'}", key=bad
     )
     assert_one_sentence(result, f"contains {kind} at position 11", "SENTECH_API_KEY")
@@ -126,7 +127,7 @@ def test_a_key_with_a_bad_character(tmp_path, char, kind):
 @pytest.mark.parametrize("column", ["__row", "__row_max", "status", "score_mine", "job", "latency_s"])
 def test_reserved_column_names_are_refused_up_front(tmp_path, column):
     path = _prompts(tmp_path / "data.parquet", **{column: [1, 2, 3, 4, 5]})
-    result = run_cli("run", f"dataset.path={path}", f"hydra.run.dir={tmp_path / 'run'}", key=None)
+    result = call_cli("run", f"dataset.path={path}", f"hydra.run.dir={tmp_path / 'run'}", key=None)
     assert_one_sentence(result, f"column '{column}'", "is reserved", "rename the column")
     assert not (tmp_path / "run" / RESULTS_FILE).exists()
 
@@ -135,7 +136,7 @@ def test_a_dataset_given_by_path_is_named_after_its_file(tmp_path):
     key = new_key()
     path = _prompts(tmp_path / "my_questions.parquet")
     with running_server(engine="echo", api_key=key) as url:
-        result = run_cli(
+        result = call_cli(
             *remote_run_args(url, tmp_path / "run", f"dataset.path={path}", "runner.progress=true"), key=key
         )
     assert result.returncode == 0, result.stderr
@@ -148,7 +149,7 @@ def test_a_dataset_given_by_path_is_named_after_its_file(tmp_path):
 
 def _merge_size(tmp_path, url, key) -> int:
     probe = tmp_path / "probe"
-    result = run_cli(*remote_run_args(url, probe, "runner.flush_rows=10"), key=key)
+    result = call_cli(*remote_run_args(url, probe, "runner.flush_rows=10"), key=key)
     assert result.returncode == 0, result.stderr
     return (probe / RESULTS_FILE).stat().st_size
 
@@ -180,7 +181,7 @@ def test_a_full_disk_during_the_merge_loses_nothing_and_says_how_to_finish(tmp_p
         assert "Traceback" not in full.stderr
         command = shlex.split(full.stderr.strip().splitlines()[-1])
         assert command[:2] == ["sentech-eval", "run"] and f"hydra.run.dir={run_dir}" in command, line
-        finished = run_cli(*command[1:], key=key)
+        finished = call_cli(*command[1:], key=key)
     assert finished.returncode == 0, finished.stderr
     assert "200 rows already done are skipped" in finished.stderr
     final = rows(run_dir)
@@ -219,7 +220,7 @@ def test_ctrl_c_during_the_merge_exits_130_with_a_message(tmp_path):
         assert not tmp.exists()
         command = shlex.split(err.strip().splitlines()[-1])
         assert command[:2] == ["sentech-eval", "run"]
-        finished = run_cli(*command[1:], key=key)
+        finished = call_cli(*command[1:], key=key)
     assert finished.returncode == 0, finished.stderr
     final = rows(run_dir)
     assert len(final) == 1200 and (final["status"] == "ok").all()
@@ -262,7 +263,7 @@ def test_ctrl_c_in_a_sweep_prints_a_command_that_resumes_the_same_sweep_dir(tmp_
         command = shlex.split(lines[-1])
         assert f"hydra.sweep.dir={sweep_dirs[0]}" in command and "-m" in command, lines[-1]
         saved = len(rows(sweep_dirs[0] / "0"))
-        resumed = run_cli(*command[1:], key=key, timeout=300)
+        resumed = call_cli(*command[1:], key=key)
     assert resumed.returncode == 0, resumed.stderr
     assert list(tmp_path.glob("sweep_*")) == sweep_dirs, "the resume started a new sweep dir"
     assert f"{saved} rows already done are skipped" in resumed.stderr
@@ -282,7 +283,7 @@ def test_ctrl_c_in_a_sweep_prints_a_command_that_resumes_the_same_sweep_dir(tmp_
     ],
 )
 def test_bad_scorer_options(tmp_path, overrides, fragment):
-    result = run_cli(
+    result = call_cli(
         "run",
         "backend=remote",
         "backend.base_url=http://127.0.0.1:9/v1",

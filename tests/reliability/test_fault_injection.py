@@ -11,7 +11,7 @@ import re
 
 import pandas as pd
 import pytest
-from reliability_support import assert_one_row_per_key, assert_one_sentence, new_key, remote_run_args, rows, run_cli
+from reliability_support import assert_one_row_per_key, assert_one_sentence, call_cli, new_key, remote_run_args, rows
 
 from sentech_eval.server.testing import running_server
 
@@ -44,7 +44,7 @@ def _assert_thousand_ok(df: pd.DataFrame) -> None:
 def test_thousand_requests_through_flaky_server_all_end_ok(tmp_path, faults):
     key = new_key()
     with running_server(engine="echo", api_key=key, seed=7, **faults) as url:
-        result = run_cli(*remote_run_args(url, tmp_path / "run", *THOUSAND), key=key)
+        result = call_cli(*remote_run_args(url, tmp_path / "run", *THOUSAND), key=key)
     assert result.returncode == 0, result.stderr
     df = rows(tmp_path / "run")
     _report(str(faults), df)
@@ -54,7 +54,7 @@ def test_thousand_requests_through_flaky_server_all_end_ok(tmp_path, faults):
 def test_answers_slower_than_timeout_are_abandoned_and_retried(tmp_path):
     key = new_key()
     with running_server(engine="echo", api_key=key, seed=7, slow_rate=0.1, slow_ms=1500) as url:
-        result = run_cli(
+        result = call_cli(
             *remote_run_args(url, tmp_path / "run", *THOUSAND, "runner.timeout_s=0.3", "runner.concurrency=32"), key=key
         )
     assert result.returncode == 0, result.stderr
@@ -70,7 +70,7 @@ def test_answers_slower_than_timeout_are_abandoned_and_retried(tmp_path):
 def test_retries_give_up_after_max_retries_with_the_last_error(tmp_path):
     key = new_key()
     with running_server(engine="echo", api_key=key, error_rate=1.0, error_status=503) as url:
-        result = run_cli(*remote_run_args(url, tmp_path / "run", "dataset.limit=5", "runner.max_retries=2"), key=key)
+        result = call_cli(*remote_run_args(url, tmp_path / "run", "dataset.limit=5", "runner.max_retries=2"), key=key)
     assert result.returncode == 1, result.stderr  # every row failed: said, exit 1, rows kept
     assert "every request failed" in result.stderr and "Traceback" not in result.stderr
     df = rows(tmp_path / "run")
@@ -90,7 +90,7 @@ def test_429_with_retry_after_is_obeyed(tmp_path):
     with running_server(
         engine="echo", api_key=key, seed=3, error_rate=0.3, error_status=429, retry_after=retry_after
     ) as url:
-        result = run_cli(
+        result = call_cli(
             *remote_run_args(
                 url,
                 tmp_path / "run",
@@ -118,7 +118,7 @@ def test_429_with_retry_after_is_obeyed(tmp_path):
 def test_429s_lower_the_concurrency(tmp_path):
     key = new_key()
     with running_server(engine="echo", api_key=key, seed=4, error_rate=0.5, error_status=429) as url:
-        result = run_cli(
+        result = call_cli(
             *remote_run_args(
                 url, tmp_path / "run", "dataset.limit=100", "runner.concurrency=16", "runner.max_retries=12"
             ),
@@ -142,7 +142,7 @@ def test_429s_lower_the_concurrency(tmp_path):
 def test_client_errors_are_never_retried(tmp_path, overrides, server_options, status, fragment):
     key = new_key()
     with running_server(engine="echo", api_key=key, **server_options) as url:
-        result = run_cli(*remote_run_args(url, tmp_path / "run", "dataset.limit=5", *overrides), key=key)
+        result = call_cli(*remote_run_args(url, tmp_path / "run", "dataset.limit=5", *overrides), key=key)
     # every row failed: the run says so and exits 1, but keeps every row (nothing retried, nothing lost)
     assert result.returncode == 1, result.stderr
     assert "every request failed" in result.stderr and "Traceback" not in result.stderr
@@ -155,7 +155,7 @@ def test_client_errors_are_never_retried(tmp_path, overrides, server_options, st
 
 def test_rejected_key_stops_the_run_at_once_with_one_sentence(tmp_path):
     with running_server(engine="echo", api_key=new_key()) as url:
-        result = run_cli(*remote_run_args(url, tmp_path / "run", "runner.repeats=5"), key=new_key())
+        result = call_cli(*remote_run_args(url, tmp_path / "run", "runner.repeats=5"), key=new_key())
     line = assert_one_sentence(result, "The server rejected the API key", "HTTP 401", "SENTECH_API_KEY")
     assert line.count(". ") <= 1
     df = rows(tmp_path / "run")

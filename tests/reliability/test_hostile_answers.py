@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 from hostile_server import LONG_LINE_BYTES, hostile_server
-from reliability_support import new_key, rows, run_cli
+from reliability_support import call_cli, new_key, rows
 
 MB_CAP = ("backend.max_response_mb=1",)
 
@@ -78,7 +78,7 @@ def _dataset(path, modes) -> str:
 
 def _run(url, tmp_path, modes, key, *extra):
     data = _dataset(tmp_path / "modes.parquet", modes)
-    return run_cli(
+    return call_cli(
         "run",
         "backend=remote",
         f"backend.base_url={url}",
@@ -92,7 +92,6 @@ def _run(url, tmp_path, modes, key, *extra):
         *MB_CAP,
         *extra,
         key=key,
-        timeout=300,
     )
 
 

@@ -9,7 +9,6 @@ anything; and a full run whose server quotes the key back in every way stores no
 from __future__ import annotations
 
 import base64
-import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from hostile_server import hostile_server
-from reliability_support import assert_one_sentence, new_key, remote_run_args, run_cli
+from reliability_support import assert_one_sentence, call_cli, files_holding, new_key, remote_run_args, run_cli
 
 from sentech_eval.server.testing import running_server
 
@@ -42,10 +41,8 @@ SHAPES = [
 
 
 def _grep(key: str, *paths: Path) -> str:
-    existing = [str(p) for p in paths if p.exists()]
-    if not existing:
-        return ""
-    found = subprocess.run(["grep", "-r", "-l", "-a", "-F", key, *existing], capture_output=True, text=True).stdout
+    """The files holding the key, one a line (Parquet files decoded too, metadata included)."""
+    found = "".join(f"{path}\n" for path in files_holding(key, *paths))
     for root in paths:  # Parquet pages are compressed: read them too, metadata included
         for path in root.rglob("*.parquet") if root.exists() else ():
             table = pq.read_table(path)
@@ -55,16 +52,13 @@ def _grep(key: str, *paths: Path) -> str:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_an_override_shape_carrying_the_key_leaves_no_trace(tmp_path, shape, capsys, monkeypatch):
+def test_an_override_shape_carrying_the_key_leaves_no_trace(tmp_path, shape, monkeypatch):
     """In-process (the refusal happens before Hydra starts); the key is also the configured variable's value."""
-    from sentech_eval.cli import main
-
     key = new_key()
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    monkeypatch.setenv("SENTECH_API_KEY", key)
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     arg = shape.format(
@@ -74,11 +68,10 @@ def test_an_override_shape_carrying_the_key_leaves_no_trace(tmp_path, shape, cap
         b64=base64.b64encode(key.encode()).decode(),
         quoted=quote(quote(key, safe=""), safe=""),
     )
-    code = main(["run", "backend=remote", arg, f"hydra.run.dir={run_dir}"])
-    out, err = capsys.readouterr()
-    assert_one_sentence(subprocess.CompletedProcess([], code, out, err), "Refusing", "SENTECH_API_KEY")
+    result = call_cli("run", "backend=remote", arg, f"hydra.run.dir={run_dir}", key=key)
+    assert_one_sentence(result, "Refusing", "SENTECH_API_KEY")
     assert not run_dir.exists(), "Hydra created the run dir before the refusal"
-    assert key not in out + err
+    assert key not in result.stdout + result.stderr
     assert _grep(key, tmp_path, home / ".cache") == ""
 
 
@@ -102,13 +95,10 @@ INTERPOLATIONS = [
 
 @pytest.mark.parametrize("shape, named", INTERPOLATIONS)
 def test_an_interpolation_that_would_resolve_to_the_key_is_refused_before_anything_is_written(
-    tmp_path, shape, named, capsys, monkeypatch
+    tmp_path, shape, named, monkeypatch
 ):
-    from sentech_eval.cli import main
-
     key = new_key()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SENTECH_API_KEY", key)
     monkeypatch.setenv("MY_KEY_ENV", key)
     monkeypatch.setenv("ALIAS_KEY", key)
     monkeypatch.setenv("WHICH", "SENTECH_API_KEY")
@@ -121,11 +111,10 @@ def test_an_interpolation_that_would_resolve_to_the_key_is_refused_before_anythi
         argv.append(f"hydra.run.dir={tmp_path / 'run'}")
     if "," in shape and "oc.env:" in shape.split(",")[1]:
         argv.insert(1, "-m")
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert_one_sentence(subprocess.CompletedProcess([], code, out, err), "Refusing", named)
+    result = call_cli(*argv, key=key)
+    assert_one_sentence(result, "Refusing", named)
     assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists(), "Hydra wrote before the refusal"
-    assert key not in out + err
+    assert key not in result.stdout + result.stderr
     assert _grep(key, tmp_path) == ""
 
 
@@ -141,14 +130,11 @@ def test_an_interpolation_of_another_variable_still_runs(tmp_path, arg, capsys, 
 @pytest.mark.parametrize(
     "arg", ["experiment=../../x", "experiment=a/b", "dataset.name=../up", "experiment=..", "experiment=${oc.env:HOME}"]
 )
-def test_a_name_that_becomes_a_directory_cannot_leave_the_results_dir(tmp_path, arg, capsys, monkeypatch):
-    from sentech_eval.cli import main
-
+def test_a_name_that_becomes_a_directory_cannot_leave_the_results_dir(tmp_path, arg, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    code = main(["run", "backend=remote", arg])
-    out, err = capsys.readouterr()
-    assert_one_sentence(subprocess.CompletedProcess([], code, out, err), "becomes a directory name under results/")
+    result = call_cli("run", "backend=remote", arg)
+    assert_one_sentence(result, "becomes a directory name under results/")
     assert list(tmp_path.iterdir()) == [], "something was written"
 
 
@@ -179,7 +165,7 @@ def test_a_run_whose_server_quotes_the_key_back_stores_none_of_it(tmp_path):
                 url, tmp_path / "hostile", f"dataset.path={data}", "runner.progress=true", "runner.max_retries=1"
             ),
             key=key,
-            extra_env={"HOME": str(home)},
+            env={"HOME": str(home)},
         )
     with running_server(engine="echo", api_key=key, seed=3, error_rate=0.3, error_status=503) as url:
         streamed = run_cli(
@@ -192,7 +178,7 @@ def test_a_run_whose_server_quotes_the_key_back_stores_none_of_it(tmp_path):
                 "runner.max_retries=0",
             ),
             key=key,
-            extra_env={"HOME": str(home)},
+            env={"HOME": str(home)},
         )
     for result in (hostile, streamed):
         assert result.returncode == 0, result.stderr

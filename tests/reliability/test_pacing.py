@@ -11,7 +11,7 @@ import asyncio
 import random
 
 import pytest
-from reliability_support import new_key, remote_run_args, rows, run_cli
+from reliability_support import call_cli, new_key, remote_run_args, rows
 
 from sentech_eval.engine.pacing import RETRY_AFTER_CEILING_S, AdaptiveConcurrency, TokenBucket, backoff_delay
 from sentech_eval.server.testing import running_server
@@ -21,7 +21,7 @@ def test_rpm_is_enforced_across_concurrent_requests(tmp_path):
     key = new_key()
     rpm, n = 600, 20
     with running_server(engine="echo", api_key=key) as url:
-        result = run_cli(
+        result = call_cli(
             *remote_run_args(url, tmp_path / "run", f"dataset.limit={n}", f"runner.rpm={rpm}", "runner.concurrency=16"),
             key=key,
         )
@@ -42,7 +42,7 @@ def test_tpm_is_enforced(tmp_path):
     key = new_key()
     tpm, n = 4800, 10
     with running_server(engine="echo", api_key=key) as url:
-        result = run_cli(
+        result = call_cli(
             *remote_run_args(
                 url,
                 tmp_path / "run",

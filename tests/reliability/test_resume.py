@@ -16,12 +16,12 @@ import pytest
 from reliability_support import (
     REPO_ROOT,
     assert_one_row_per_key,
+    call_cli,
     cli_command,
     cli_env,
     new_key,
     remote_run_args,
     rows,
-    run_cli,
 )
 
 from sentech_eval.engine.results import PARTS_DIR
@@ -79,7 +79,7 @@ def test_signal_stops_sending_saves_rows_and_prints_how_to_resume(tmp_path, sig)
         if sig != signal.SIGINT:
             return
         # Resume with exactly the printed command.
-        resumed = run_cli(*_resume_command(err), key=key)
+        resumed = call_cli(*_resume_command(err), key=key)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(saved)} rows already done are skipped" in resumed.stderr
     final = rows(run_dir)
@@ -123,7 +123,7 @@ def test_kill_9_then_resume_gives_exactly_one_row_per_key(tmp_path):
         proc.communicate(timeout=30)
         flushed = rows(run_dir)  # what survived: the complete part files
         assert 0 < len(flushed) < 400
-        resumed = run_cli(*args, key=key)
+        resumed = call_cli(*args, key=key)
     assert resumed.returncode == 0, resumed.stderr
     # only rows that were never flushed are requested again
     assert f"{len(flushed)} rows already done are skipped" in resumed.stderr
@@ -139,13 +139,13 @@ def test_rerun_into_the_same_dir_retries_only_the_error_rows(tmp_path):
     run_dir = tmp_path / "run"
     args = ("dataset.limit=60", "runner.max_retries=0")
     with running_server(engine="echo", api_key=key, seed=11, error_rate=0.3, error_status=500) as url:
-        first = run_cli(*remote_run_args(url, run_dir, *args), key=key)
+        first = call_cli(*remote_run_args(url, run_dir, *args), key=key)
     assert first.returncode == 0, first.stderr
     before = rows(run_dir)
     errors = before[before["status"] == "error"]
     assert 5 <= len(errors) <= 40 and (errors["http_status"] == 500).all()
     with running_server(engine="echo", api_key=key) as url:  # the API has recovered
-        second = run_cli(*remote_run_args(url, run_dir, *args), key=key)
+        second = call_cli(*remote_run_args(url, run_dir, *args), key=key)
     assert second.returncode == 0, second.stderr
     assert f"{len(errors)} ok, 0 errors, {60 - len(errors)} skipped" in second.stderr
     after = rows(run_dir)
@@ -156,7 +156,7 @@ def test_rerun_into_the_same_dir_retries_only_the_error_rows(tmp_path):
 
     # runner.resume=false starts over: every row is requested again
     with running_server(engine="echo", api_key=key) as url:
-        third = run_cli(*remote_run_args(url, run_dir, *args, "runner.resume=false"), key=key)
+        third = call_cli(*remote_run_args(url, run_dir, *args, "runner.resume=false"), key=key)
     assert third.returncode == 0, third.stderr
     fresh = rows(run_dir)
     assert len(fresh) == 60 and fresh["run_id"].nunique() == 1

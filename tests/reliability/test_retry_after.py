@@ -13,7 +13,7 @@ import time
 
 import pandas as pd
 from hostile_server import hostile_server
-from reliability_support import new_key, rows, run_cli
+from reliability_support import call_cli, new_key, rows
 
 
 def _run(url, tmp_path, modes, *extra, progress=False):
@@ -22,7 +22,7 @@ def _run(url, tmp_path, modes, *extra, progress=False):
         data
     )
     started = time.perf_counter()
-    result = run_cli(
+    result = call_cli(
         "run",
         "backend=remote",
         f"backend.base_url={url}",
@@ -34,7 +34,6 @@ def _run(url, tmp_path, modes, *extra, progress=False):
         "runner.max_retries=1",
         *extra,
         key=new_key(),
-        timeout=300,
     )
     return result, time.perf_counter() - started
 

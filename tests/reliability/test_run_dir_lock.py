@@ -17,6 +17,7 @@ from reliability_support import (
     REPO_ROOT,
     assert_one_row_per_key,
     assert_one_sentence,
+    call_cli,
     cli_command,
     cli_env,
     new_key,
@@ -29,7 +30,7 @@ from sentech_eval.engine.results import PARTS_DIR
 from sentech_eval.engine.rundir import LOCK_FILE
 from sentech_eval.server.testing import running_server
 
-SLOW_RUN = ("runner.concurrency=2", "runner.flush_s=0.1")  # with 300 ms answers: 200 rows take ~30 s
+SLOW_RUN = ("runner.concurrency=2", "runner.flush_s=0.1")  # with 100 ms answers: 200 rows take ~10 s
 
 
 def _start(args: list[str], key: str) -> subprocess.Popen:
@@ -73,9 +74,9 @@ def _assert_every_row_once(run_dir):
 
 def test_a_second_run_into_a_busy_dir_stops_at_once_naming_the_first(tmp_path):
     run_dir = tmp_path / "run"
-    with _first_run_writing(run_dir, latency_ms=300) as (url, key, first):
+    with _first_run_writing(run_dir, latency_ms=100) as (url, key, first):
         started = time.monotonic()
-        second = run_cli(*remote_run_args(url, run_dir, *SLOW_RUN), key=key)
+        second = call_cli(*remote_run_args(url, run_dir, *SLOW_RUN), key=key)
         took = time.monotonic() - started
         assert first.poll() is None, "the first run must still be going for this test to mean anything"
         out, err = first.communicate(timeout=120)
@@ -93,7 +94,7 @@ def test_the_lock_dies_with_its_process(tmp_path):
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=30)
         assert (run_dir / LOCK_FILE).exists()  # the file stays; the kernel dropped the lock with the process
-        resumed = run_cli(*remote_run_args(url, run_dir, *SLOW_RUN), key=key)
+        resumed = call_cli(*remote_run_args(url, run_dir, *SLOW_RUN), key=key)
     assert resumed.returncode == 0, resumed.stderr
     assert "rows already done are skipped" in resumed.stderr
     _assert_every_row_once(run_dir)
@@ -102,14 +103,14 @@ def test_the_lock_dies_with_its_process(tmp_path):
 def test_score_refuses_while_a_run_writes_and_no_row_is_lost(tmp_path):
     """`score DIR` during a (resumed) run: one sentence naming the run, nothing rewritten; the run keeps every row."""
     run_dir = tmp_path / "run"
-    with _first_run_writing(run_dir, latency_ms=150) as (_url, key, first):
-        scored = run_cli("score", str(run_dir), "scorers=[contains]", key=None)
+    with _first_run_writing(run_dir, latency_ms=100) as (_url, key, first):
+        scored = call_cli("score", str(run_dir), "scorers=[contains]", key=None)
         assert first.poll() is None, "the run must still be going for this test to mean anything"
         out, err = first.communicate(timeout=120)
     assert_one_sentence(scored, f"Another sentech-eval process (pid {first.pid} on", "`sentech-eval score`")
     assert first.returncode == 0, err
     _assert_every_row_once(run_dir)
-    after = run_cli("score", str(run_dir), "scorers=[contains]", key=None)  # the run is over: score may write
+    after = call_cli("score", str(run_dir), "scorers=[contains]", key=None)  # the run is over: score may write
     assert after.returncode == 0, after.stderr
     assert len(rows(run_dir)) == 200
 
@@ -120,5 +121,5 @@ def test_a_run_refuses_a_dir_that_score_is_rewriting(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with running_server(engine="echo", api_key=(key := new_key())) as url, holding_run_dir(run_dir, "score"):
-        second = run_cli(*remote_run_args(url, run_dir), key=key)
+        second = run_cli(*remote_run_args(url, run_dir), key=key)  # a process: this one's locks are re-entrant
     assert_one_sentence(second, "Another sentech-eval run", str(run_dir))

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from reliability_support import app_in_thread, assert_one_sentence, new_key, remote_run_args, rows, run_cli
+from reliability_support import (
+    app_in_thread,
+    assert_one_sentence,
+    call_cli,
+    files_holding,
+    new_key,
+    remote_run_args,
+    rows,
+    run_cli,
+)
 
 from sentech_eval.engine.results import read_metadata
 from sentech_eval.server.testing import make_config, running_server
@@ -27,8 +36,8 @@ def _files(run_dir: Path) -> list[Path]:
 
 
 def _assert_key_nowhere(key: str, run_dir: Path, *texts: str) -> None:
-    found = subprocess.run(["grep", "-r", "-l", "-a", key, str(run_dir)], capture_output=True, text=True)
-    assert found.returncode == 1 and not found.stdout, f"key found in {found.stdout}"
+    found = files_holding(key, run_dir)
+    assert not found, f"key found in {found}"
     for path in _files(run_dir):  # Parquet pages may be compressed: decode them too
         if path.suffix == ".parquet":
             assert key not in pq.read_table(path).to_pandas().astype(str).to_string()
@@ -62,7 +71,7 @@ def test_a_rejected_key_is_not_repeated_in_the_error(tmp_path):
     wrong = new_key()
     run_dir = tmp_path / "run"
     with running_server(engine="echo", api_key=new_key()) as url:
-        result = run_cli(*remote_run_args(url, run_dir), key=wrong)
+        result = call_cli(*remote_run_args(url, run_dir), key=wrong)
     assert_one_sentence(result, "HTTP 401")
     _assert_key_nowhere(wrong, run_dir, result.stdout, result.stderr)
 
@@ -79,21 +88,16 @@ def test_a_rejected_key_is_not_repeated_in_the_error(tmp_path):
         "backend.api_key_env={key}",
     ],
 )
-def test_an_override_carrying_a_key_is_refused_before_hydra_saves_it(tmp_path, override, capsys, monkeypatch):
+def test_an_override_carrying_a_key_is_refused_before_hydra_saves_it(tmp_path, override, monkeypatch):
     """In-process `sentech-eval run OVERRIDE` (the refusal happens before Hydra starts, so no process is needed)."""
-    from sentech_eval.cli import main
-
     monkeypatch.chdir(tmp_path)
     key = new_key()
     run_dir = tmp_path / "run"
-    code = main(["run", "backend=remote", override.format(key=key), f"hydra.run.dir={run_dir}"])
-    out, err = capsys.readouterr()
-    assert assert_one_sentence(
-        subprocess.CompletedProcess([], code, out, err), "SENTECH_API_KEY", "environment variable"
-    )
-    assert "Refusing the override" in err
+    result = call_cli("run", "backend=remote", override.format(key=key), f"hydra.run.dir={run_dir}")
+    assert assert_one_sentence(result, "SENTECH_API_KEY", "environment variable")
+    assert "Refusing the override" in result.stderr
     assert not run_dir.exists()  # refused before Hydra created the run dir and saved overrides.yaml
-    assert key not in out + err
+    assert key not in result.stdout + result.stderr
 
 
 def _run_with_config_file(tmp_path: Path, yaml_with_key: str) -> tuple[str, subprocess.CompletedProcess, Path]:
@@ -104,7 +108,7 @@ def _run_with_config_file(tmp_path: Path, yaml_with_key: str) -> tuple[str, subp
     conf.mkdir()
     (conf / "leaky.yaml").write_text("defaults:\n  - config\n  - _self_\n" + yaml_with_key.format(key=key))
     run_dir = tmp_path / "run"
-    result = run_cli("run", "--config-dir", str(conf), "--config-name", "leaky", f"hydra.run.dir={run_dir}", key=None)
+    result = call_cli("run", "--config-dir", str(conf), "--config-name", "leaky", f"hydra.run.dir={run_dir}", key=None)
     assert key not in result.stderr + result.stdout
     return key, result, run_dir
 
@@ -170,7 +174,7 @@ def test_tls_certificates_are_verified(tmp_path):
         trusted = run_cli(
             *remote_run_args(url, tmp_path / "trusted", "dataset.limit=3"),
             key=key,
-            extra_env={"SSL_CERT_FILE": str(cert)},
+            env={"SSL_CERT_FILE": str(cert)},
         )
     assert untrusted.returncode == 1, untrusted.stderr  # every row failed: said, exit 1, rows kept
     assert "every request failed" in untrusted.stderr and "Traceback" not in untrusted.stderr

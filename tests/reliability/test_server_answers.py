@@ -14,7 +14,7 @@ import pytest
 from broken_remote import broken_remote
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reliability_support import assert_one_sentence, new_key, rows, run_cli
+from reliability_support import assert_one_sentence, call_cli, new_key, rows
 
 from sentech_eval.backends.remote_answers import parse_completion_body
 
@@ -72,7 +72,7 @@ def broken_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("answers")
     key = new_key()
     with broken_remote() as (url, host):
-        result = run_cli(*_args(url, tmp_path, CASES, "backend.stream=true"), key=key)
+        result = call_cli(*_args(url, tmp_path, CASES, "backend.stream=true"), key=key)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     df = rows(tmp_path / "run").set_index("prompt_id")
@@ -112,7 +112,7 @@ def test_403_stops_the_run_with_one_sentence(tmp_path):
     with broken_remote() as (url, host):
         data = tmp_path / "cases.parquet"
         pd.DataFrame({"id": range(100), "prompt": ["case:status_403"] * 100}).to_parquet(data)
-        result = run_cli(
+        result = call_cli(
             "run",
             "backend=remote",
             f"backend.base_url={url}",
