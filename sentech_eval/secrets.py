@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import html
 import os
 import re
@@ -76,9 +77,28 @@ KEY_SHAPE = re.compile(
 )
 # name= or name: inside a value (a query string, a dict literal {Authorization: …}, a header line).
 # (A placeholder value — "...", "…", "$VAR", "<key>" — is not a credential.)
-_ASSIGNED_NAME = re.compile(
-    r"([A-Za-z][A-Za-z0-9_.-]*)['\"]?\s*[:=](?!//)\s*['\"]?(?=[^\s'\",}&$<.…]*[A-Za-z0-9])(?![$<])"
-)
+# Found from the ':' / '=' back to the name (each name run is read once: linear in the value's length; a
+# regex that tried every start of a long run of letters was quadratic). The value must show a letter or
+# digit within its first 64 characters.
+_ASSIGNMENT = re.compile(r"['\"]?\s*[:=](?!//)\s*['\"]?(?=[^\s'\",}&$<.…]{0,64}?[A-Za-z0-9])(?![$<])")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def assigned_names(text: str) -> list[str]:
+    """The names set in ``text`` as ``name=value`` or ``name: value`` (a query string, a dict literal, a header
+    line): 'a=1&api_key=x' -> ['a', 'api_key']. A name starts with a letter; 'http://' is no assignment."""
+    names = []
+    for match in _ASSIGNMENT.finditer(text):
+        end = start = match.start()
+        while start > 0 and text[start - 1] in _NAME_CHARS:
+            start -= 1
+        while start < end and not (text[start].isascii() and text[start].isalpha()):
+            start += 1
+        if start < end:
+            names.append(text[start:end])
+    return names
+
+
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 MIN_SECRET_CHARS = 8  # shorter values are not searched for (a test key like "k" is in every word)
 
@@ -187,8 +207,15 @@ def decodings(text: str) -> list[str]:
 
 
 def credential_problem(text: str, secrets: Iterable[str] = ()) -> str | None:
-    """Why ``text`` (a value, any encoding) carries a credential, or None."""
-    secrets = list(secrets)
+    """Why ``text`` (a value, any encoding) carries a credential, or None.
+
+    Linear in the text's length, and worked out once per (text, secrets): the command line's check and the
+    config's check of the same value share the answer."""
+    return _credential_problem(text, tuple(secrets))
+
+
+@functools.lru_cache(maxsize=4096)
+def _credential_problem(text: str, secrets: tuple[str, ...]) -> str | None:
     for view in decodings(text):
         for secret in secrets:
             if secret in view:
@@ -197,7 +224,7 @@ def credential_problem(text: str, secrets: Iterable[str] = ()) -> str | None:
             return "its value has the shape of an API key"
         if "://" in view and re.search(r"://[^/?#\s@]+@", view):
             return "the URL carries a credential (user:password@)"
-        for name in _ASSIGNED_NAME.findall(view):
+        for name in assigned_names(view):
             if is_credential_name(name) and not is_reference_name(name):
                 return f"it sets the credential field {name!r}"
     return None

@@ -218,3 +218,33 @@ def test_the_redactor_cleans_every_text_field_of_a_completion():
         "e [redacted]",
     )
     assert done.latency_s == 1.0
+
+
+@pytest.mark.parametrize("unit", ["A", "ab", "a=", "QUJD", "%41", "a_", "a-", "=", "a: ", "x.y", "sk-", "1a", "k=v&"])
+def test_the_credential_checks_are_linear_in_a_values_length(unit):
+    """A 20,000-character value took 7 s (a regex tried every start of a long run): now a doubling of the
+    length at most about doubles the time, and 40,000 characters take well under a second."""
+    import time
+
+    from sentech_eval.secrets import _credential_problem, credential_problem
+
+    def timed(n: int) -> float:
+        value = unit * (n // len(unit))
+        _credential_problem.cache_clear()
+        started = time.perf_counter()
+        credential_problem(value, ["secretvalue123"])
+        return time.perf_counter() - started
+
+    small, large = min(timed(10_000) for _ in range(3)), min(timed(40_000) for _ in range(3))
+    assert large < 1.0, large
+    assert large < 8 * small + 0.05, (small, large)  # 4x the length: about 4x the time, not 16x
+
+
+def test_the_same_value_is_checked_once():
+    from sentech_eval.secrets import _credential_problem, credential_problem
+
+    _credential_problem.cache_clear()
+    value = "model-name-" + "x" * 5000
+    credential_problem(value, ["secretvalue123"])
+    credential_problem(value, ["secretvalue123"])
+    assert _credential_problem.cache_info().hits == 1

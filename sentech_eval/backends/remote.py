@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 import aiohttp.http_exceptions
@@ -64,6 +64,13 @@ def check_base_url(base_url: str) -> None:
             f"backend.base_url is refused: {problem}; keys never go in config — export the key in the environment "
             "variable named by backend.api_key_env (default SENTECH_API_KEY)."
         )
+
+
+def endpoint_url(base_url: str, endpoint: str) -> str:
+    """``base_url`` with ``endpoint`` added to its path, before any query string:
+    ``https://h/v1?api-version=1`` + ``chat/completions`` -> ``https://h/v1/chat/completions?api-version=1``."""
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{endpoint}"))
 
 
 def check_api_key(api_key: str, env_name: str) -> None:
@@ -117,7 +124,7 @@ class RemoteBackend(Backend):
         follow_redirects: bool = RemoteBackendConfig.follow_redirects,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.url = f"{self.base_url}/chat/completions"
+        self.url = endpoint_url(base_url, "chat/completions")
         self.model = model
         self.stream = stream
         self.send_seed = send_seed
@@ -205,8 +212,12 @@ class RemoteBackend(Backend):
             connector = aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=300)
             # Header lines and SSE lines are not limited by aiohttp's line buffer: stream lines are split
             # here (any length the model can produce); a body's size is capped by max_response_mb.
+            # A benchmark client sends the same request every time: no cookie a server sets is kept or sent back.
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, timeout=aiohttp.ClientTimeout(total=None)
+                connector=connector,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=None),
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._watchdog = asyncio.ensure_future(self._watch())
         return self._session

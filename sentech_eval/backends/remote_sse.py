@@ -29,7 +29,11 @@ from sentech_eval.types import Completion
 
 
 async def sse_lines(resp: aiohttp.ClientResponse, max_bytes: int) -> AsyncIterator[bytes]:
-    """The stream's lines, of any length (aiohttp's own readline stops at its buffer size); capped in total."""
+    """The stream's lines, of any length (aiohttp's own readline stops at its buffer size); capped in total.
+
+    A line ends at CRLF, LF or a lone CR (the SSE spec allows all three); a CR at the end of a chunk waits
+    for the next one (it may be the first half of a CRLF).
+    """
     pending = bytearray()
     size = 0
     async for chunk in resp.content.iter_any():
@@ -38,14 +42,20 @@ async def sse_lines(resp: aiohttp.ClientResponse, max_bytes: int) -> AsyncIterat
             resp.close()
             raise ResponseTooLarge(size)
         pending += chunk
-        if b"\n" not in chunk:
+        if b"\n" not in chunk and b"\r" not in chunk:
             continue  # a long line grows in place until its end arrives
-        *lines, tail = bytes(pending).split(b"\n")
-        pending = bytearray(tail)
+        text = bytes(pending)
+        held = b""
+        if text.endswith(b"\r"):  # maybe half of a CRLF: decide when the next chunk comes
+            text, held = text[:-1], b"\r"
+        if b"\r" in text:
+            text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, tail = text.split(b"\n")
+        pending = bytearray(tail + held)
         for line in lines:
             yield line
     if pending:
-        yield bytes(pending)
+        yield bytes(pending).rstrip(b"\r")
 
 
 async def read_stream(

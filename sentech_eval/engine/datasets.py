@@ -73,6 +73,24 @@ class _TableFile:
         return iter(table.to_batches(max_chunksize=batch_size))
 
 
+class _DecodedFile:
+    """A file whose dictionary-encoded columns (a pandas ``category``) are read as their plain values."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.schema_arrow = pa.schema(
+            [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in file.schema_arrow]
+        )
+        self.metadata = file.metadata
+
+    def iter_batches(self, batch_size: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        for batch in self._file.iter_batches(batch_size=batch_size, columns=columns):
+            yield pa.RecordBatch.from_arrays(
+                [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns],
+                names=batch.schema.names,
+            )
+
+
 class _MappedFile:
     """A file whose columns are seen under the dataset's names (``columns``: ours -> the file's)."""
 
@@ -162,6 +180,8 @@ def _open(path: Path, columns: dict[str, str] | None = None) -> Any:
                 f"Dataset {path} is not a readable Parquet file ({exc}); give a .parquet, .jsonl or .csv file "
                 "(the suffix picks the reader)."
             ) from None
+        if any(pa.types.is_dictionary(f.type) for f in file.schema_arrow):
+            file = _DecodedFile(file)  # a pandas category column: its values are what counts
     _check_columns(path, file, columns)
     return _MappedFile(file, columns) if columns else file
 

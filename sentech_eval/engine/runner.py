@@ -41,6 +41,7 @@ from sentech_eval.engine.pacing import Pacer
 from sentech_eval.engine.recorder import Recorder, RunIdentity, RunSummary
 from sentech_eval.engine.results import ResultsWriter
 from sentech_eval.errors import AuthenticationError
+from sentech_eval.escaping import terminal_text
 from sentech_eval.scorers.base import Scorer
 from sentech_eval.types import SAMPLING_PARAMS, Completion, Prompt, Sampling
 
@@ -263,6 +264,12 @@ class Runner:
                 file=sys.stderr,
             )
 
+    def worker_count(self) -> int:
+        """``runner.concurrency`` workers, but never more than there are items to send (when that is known)."""
+        if self.total is None:
+            return self.config.concurrency
+        return max(1, min(self.config.concurrency, self.total))
+
     async def run(self, batches: Iterator[list[Prompt]]) -> RunSummary:
         """Run every item; returns the summary. Raises AuthenticationError on a rejected key."""
         self._start = time.perf_counter()
@@ -272,14 +279,14 @@ class Runner:
             self._bar = tqdm(
                 total=self.total,
                 unit="req",
-                desc=f"{self.identity.dataset} on {self.identity.backend}",
+                desc=terminal_text(f"{self.identity.dataset} on {self.identity.backend}"),
                 dynamic_ncols=True,
                 mininterval=0.5,
                 file=sys.stderr,
             )
         items = self._items(batches)
         loop = asyncio.get_running_loop()
-        workers = [asyncio.ensure_future(self._worker(items)) for _ in range(self.config.concurrency)]
+        workers = [asyncio.ensure_future(self._worker(items)) for _ in range(self.worker_count())]
         installed = self._install_signal_handlers(loop, workers)
         ticker = asyncio.ensure_future(self._tick())
         gc_thresholds = gc.get_threshold()

@@ -192,3 +192,21 @@ def test_shuffle_is_seeded_and_a_larger_limit_extends_a_smaller_one(tmp_path, mo
     assert sorted(shards[0] + shards[1]) == list(range(50))
     prompt = next(iter(ParquetDataset(path, shuffle_seed=3)))
     assert prompt.reference == str(prompt.id) and prompt.messages[-1]["content"] == f"p{prompt.id}"
+
+
+def test_a_pandas_category_column_is_read_as_its_values(tmp_path):
+    """A dictionary-encoded column (pandas ``category``) is decoded: ids, prompts, references and extras."""
+    frame = pd.DataFrame({"id": ["a", "b", "a2"], "prompt": ["p1", "p2", "p1"], "reference": ["r", "r", "s"]})
+    frame["group"] = ["g1", "g2", "g1"]
+    for column in frame.columns:
+        frame[column] = frame[column].astype("category")
+    path = tmp_path / "cat.parquet"
+    frame.to_parquet(path)
+    assert pa.types.is_dictionary(pq.read_schema(path).field("prompt").type)
+    dataset = ParquetDataset(path)
+    prompts = list(dataset)
+    assert [p.id for p in prompts] == ["a", "b", "a2"]
+    assert [p.reference for p in prompts] == ["r", "r", "s"]
+    assert [p.messages[-1]["content"] for p in prompts] == ["p1", "p2", "p1"]
+    extra = {f.name: f.type for f in dataset.info().extra_fields}
+    assert extra.get("group") == pa.string()

@@ -248,3 +248,19 @@ def test_a_before_send_hook_can_hold_items_back(tmp_path):
     # possible on a loaded machine, early is not; loop.time() and time.monotonic() are one clock)
     assert summary.ok == 6
     assert all(s >= arrivals.start + k * 0.05 - 1e-3 for k, s in enumerate(starts)), (arrivals.start, starts)
+
+
+def test_never_more_workers_than_items(tmp_path):
+    """runner.concurrency=1000000 on 6 items starts 6 workers (not a million coroutines), and sends each once."""
+    import time
+    import tracemalloc
+
+    backend = ScriptedBackend(by_prompt({}, default=answer("x")))
+    tracemalloc.start()
+    started = time.perf_counter()
+    summary, rows, runner = run(tmp_path, backend, prompts(6), config(concurrency=1_000_000))
+    elapsed = time.perf_counter() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert runner.worker_count() == 6 and len(rows) == 6 and summary.ok == 6
+    assert peak < 50 * 1024 * 1024 and elapsed < 5, (peak, elapsed)

@@ -27,6 +27,9 @@ Modes (by class):
   (``\\u0073k-…``: only the decoded value shows it) in ``key_escaped_in_model``, ``key_escaped_in_output``,
   ``key_escaped_in_stream``, ``key_escaped_in_error``; ``key_percent_in_location`` (percent-encoded).
 - text: ``invalid_utf8``, ``lone_surrogate``, ``deep_json``.
+- SSE line endings: ``sse_cr`` (events separated by a lone CR), ``sse_crlf``, ``sse_mixed``.
+- ``set_cookie`` sets a new 1 KB cookie on every answer (``cookies_received`` shows what came back);
+  ``queries`` records every request's query string (``backend.base_url`` with ``?api-version=…``).
 - capacity: ``capacity=<value>`` answers ok with ``X-Sentech-Capacity: <value>`` (garbage, huge, negative…).
 - ``ok`` answers normally.
 """
@@ -102,11 +105,15 @@ class HostileServer:
         self.v2_requests: list[tuple[str, bytes]] = []  # (method, body) received at /v2/chat/completions
         self.other_origin = other_origin
         self.base = ""  # this server's own origin, set when it listens
+        self.queries: list[str] = []  # the query string of every request to /v1/chat/completions
+        self.cookies_received: list[str] = []  # the Cookie header of every request ("" for none)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         mode = body["messages"][-1]["content"].removeprefix("mode:")
         self.hits[mode] += 1
+        self.queries.append(request.query_string)
+        self.cookies_received.append(request.headers.get("Cookie", ""))
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
         stream = bool(body.get("stream"))
         return await self.answer(request, mode, key, stream)
@@ -114,6 +121,20 @@ class HostileServer:
     async def answer(self, request: web.Request, mode: str, key: str, stream: bool) -> web.StreamResponse:  # noqa: C901
         if mode == "ok":
             return web.Response(body=completion(), headers=JSON)
+        if mode == "set_cookie":  # a server that sets a fresh 1 KB cookie on every answer
+            response = web.Response(body=completion(), headers=JSON)
+            response.set_cookie(f"c{sum(self.hits.values())}", "v" * 1000)
+            return response
+        # ---- SSE line endings: the spec allows CRLF, LF and a lone CR
+        if mode in ("sse_cr", "sse_crlf", "sse_mixed"):
+            body = sse(delta("fi"), delta("ne"))
+            if mode == "sse_cr":
+                body = body.replace(b"\n", b"\r")
+            elif mode == "sse_crlf":
+                body = body.replace(b"\n", b"\r\n")
+            else:
+                body = body.replace(b"\n\n", b"\r\r", 1).replace(b"\n\n", b"\r\n\r\n", 1)
+            return web.Response(body=body, headers=SSE)
         if mode.startswith("capacity="):
             return web.Response(body=completion(), headers={**JSON, "X-Sentech-Capacity": mode.partition("=")[2]})
         # ---- numbers

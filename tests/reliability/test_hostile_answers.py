@@ -67,6 +67,9 @@ STREAMED: dict[str, tuple[str, str | None, int]] = {
     "key_in_stream": ("ok", None, 1),
     "key_in_stream_model": ("ok", None, 1),
     "key_escaped_in_stream": ("ok", None, 1),
+    "sse_cr": ("ok", None, 1),
+    "sse_crlf": ("ok", None, 1),
+    "sse_mixed": ("ok", None, 1),
     "huge_chunked": ("error", "larger than backend.max_response_mb=1", 1),
 }
 
@@ -148,6 +151,8 @@ def test_streamed_answers_from_a_hostile_server(tmp_path):
     assert by_id.loc["key_in_stream", "output"] == "Your key is [redacted]"
     assert by_id.loc["key_in_stream_model", "response_model"] == "[redacted]"
     assert by_id.loc["key_escaped_in_stream", "output"] == "[redacted]"
+    for mode in ("sse_cr", "sse_crlf", "sse_mixed"):  # every line ending the SSE spec allows
+        assert by_id.loc[mode, "output"] == "fine", mode
 
 
 @pytest.mark.parametrize("mode", ["redirect_307_same", "redirect_308_same"])
@@ -209,3 +214,26 @@ def test_an_advertised_capacity_is_parsed_defensively(value, expected):
     with hostile_server() as (url, _):
         status, capacity = asyncio.run(ask(url))
     assert status == "ok" and capacity == expected
+
+
+def test_a_base_url_with_a_query_string_keeps_the_path_before_the_query_and_no_cookie_is_kept(tmp_path):
+    """`?api-version=…` stays a query (POST …/v1/chat/completions?api-version=…); a server's cookies never come back."""
+    key = new_key()
+    with hostile_server() as (url, state):
+        data = tmp_path / "cookies.parquet"
+        pd.DataFrame({"id": [f"c{i}" for i in range(30)], "prompt": ["mode:set_cookie"] * 30}).to_parquet(data)
+        result = run_cli(
+            "run",
+            "backend=remote",
+            # (by name: aiohttp's default jar would keep a name's cookies, never an IP address's)
+            f"backend.base_url='{url.replace('127.0.0.1', 'localhost')}?api-version=2024-06-01'",
+            f"dataset.path={data}",
+            "runner.progress=false",
+            "runner.concurrency=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            key=key,
+        )
+    assert result.returncode == 0, result.stderr
+    assert (rows(tmp_path / "run")["status"] == "ok").all()
+    assert state.queries == ["api-version=2024-06-01"] * 30
+    assert state.cookies_received == [""] * 30
