@@ -403,6 +403,11 @@ def redact_tree(node: Any, secrets: Iterable[str] = ()) -> Any:
     return node
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+
 class Redactor:
     """Blanks out one secret in text a server controls: the whole key, and any long prefix or suffix of it.
 
@@ -436,6 +441,19 @@ class Redactor:
             self._pattern = re.compile(f"{prefix}|{suffix}")
         self._bytes_pattern = re.compile(self._pattern.pattern.encode()) if self._pattern is not None else None
         self._byte_needles = tuple(x.encode() for x in self._needles)
+        # A long part of the key, base64-encoded (an echoed "Basic …" header): whatever its offset in the encoded
+        # text, one of its three alignments to base64's 3-byte groups appears in the encoding as is.
+        self._base64_needles = tuple(
+            {
+                encoded.decode()
+                for needle in self._byte_needles
+                for i in range(3)
+                for encode in (base64.b64encode, base64.urlsafe_b64encode)
+                if len(needle) - i >= 6
+                for encoded in [encode(needle[i : i + 3 * ((len(needle) - i) // 3)])]
+            }
+        )
+        self._base64_run = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 
     def text(self, value: str | None) -> str | None:
         """``value`` with the secret (or a long part of it) replaced by ``[redacted]``.
@@ -444,23 +462,42 @@ class Redactor:
         percent-encoding, HTML character references): when a decoding shows it, the decoded value is what is
         kept, redacted.
         """
-        if value is None or self._pattern is None:
+        if value is None or self._pattern is None or len(value) < self.min_run:
             return value
-        for view in (*reversed(escaped_views(value)), value):  # the most decoded first
-            for needle in self._needles:
-                if needle in view:
-                    return self._pattern.sub(REDACTED, view)
+        if "\\" in value or "%" in value or "&" in value:
+            for view in reversed(escaped_views(value)):  # the most decoded first
+                for needle in self._needles:
+                    if needle in view:
+                        return self._pattern.sub(REDACTED, view)
+        for needle in self._needles:
+            if needle in value:
+                return self._pattern.sub(REDACTED, value)
+        for needle in self._base64_needles:
+            if needle in value:
+                return self._base64_runs(value)
         return value
+
+    def _base64_runs(self, value: str) -> str:
+        """``value`` with every base64 run that decodes to text holding the key (or a long part) replaced."""
+        found = [
+            run for run in self._base64_run.findall(value) if any(self._needles_in(d) for d in _base64_decoded(run))
+        ]
+        for run in found:
+            value = value.replace(run, REDACTED)
+        return value
+
+    def _needles_in(self, text: str) -> bool:
+        return any(needle in text for needle in self._needles)
 
     def completion_fields(self, record: Any) -> None:
         """Redact, in place, every text field of a record a server filled (a ``Completion``: output, error,
         finish_reason, response_model …): the one place server text is cleaned before it is stored or printed."""
-        for field in dataclasses.fields(record):
-            value = getattr(record, field.name)
+        for name in _field_names(type(record)):
+            value = getattr(record, name)
             if isinstance(value, str):
                 cleaned = self.text(value)
                 if cleaned is not value:
-                    setattr(record, field.name, cleaned)
+                    setattr(record, name, cleaned)
 
     def raw(self, value: bytes) -> bytes:
         """The same for a raw body, before anything cuts it into a snippet."""

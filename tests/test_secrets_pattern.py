@@ -193,6 +193,9 @@ def test_a_key_too_short_to_be_secret_is_not_searched_for():
         lambda k: "".join(f"%{ord(c):02X}" for c in k),  # percent-encoded
         lambda k: "".join(f"&#{ord(c)};" for c in k),  # HTML character references
         lambda k: "".join(f"\\x{ord(c):02x}" for c in k),
+        lambda k: __import__("base64").b64encode(f"user:{k}".encode()).decode(),  # an echoed Basic header
+        lambda k: __import__("base64").urlsafe_b64encode(f"ab{k}".encode()).decode().rstrip("="),
+        lambda k: __import__("base64").b64encode(k[:20].encode()).decode(),  # a long part of it
     ],
 )
 def test_the_redactor_finds_the_key_in_the_value_as_it_decodes(encode):

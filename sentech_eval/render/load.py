@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from sentech_eval.analysis.slo import METRICS, SLO
+from sentech_eval.escaping import markdown_text
 from sentech_eval.render import plots
 
 TABLE_COLUMNS = (
@@ -68,12 +69,13 @@ def load_markdown(load: pd.DataFrame, slo: SLO, knees: dict) -> str:
         "| " + " | ".join(cols) + " |",
         "|" + "|".join([" ---: "] * len(cols)) + "|",
     ]
-    lines += ["| " + " | ".join(_text(c, row[c]) for c in cols) + " |" for _, row in load.iterrows()]
+    lines += ["| " + " | ".join(markdown_text(_text(c, row[c])) for c in cols) + " |" for _, row in load.iterrows()]
     for config, rate in knees.items():
         lines.append(
-            f"\nsaturation knee of {config}: {rate:.1f} requests/s (p99 latency grows faster than the rate after it)"
+            f"\nsaturation knee of {markdown_text(config)}: {rate:.1f} requests/s "
+            "(p99 latency grows faster than the rate after it)"
         )
-    lines += [f"\nwarning: {w}" for w in _warnings(load)]
+    lines += [f"\nwarning: {markdown_text(w)}" for w in _warnings(load)]
     return "\n".join(lines) + "\n"
 
 

@@ -222,7 +222,7 @@ def test_a_base_url_with_a_query_string_keeps_the_path_before_the_query_and_no_c
     with hostile_server() as (url, state):
         data = tmp_path / "cookies.parquet"
         pd.DataFrame({"id": [f"c{i}" for i in range(30)], "prompt": ["mode:set_cookie"] * 30}).to_parquet(data)
-        result = run_cli(
+        result = call_cli(
             "run",
             "backend=remote",
             # (by name: aiohttp's default jar would keep a name's cookies, never an IP address's)
