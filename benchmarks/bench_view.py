@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from common import REPO_ROOT, arg_parser, emit, log, machine
 
@@ -42,7 +43,9 @@ WORDS = "the capital city answer is of and a to in paris rome lima oslo cairo to
 def results_table(rows: int, seed: int = 0, run: str = "bench") -> pa.Table:
     """``rows`` result rows in the results schema (4 configurations, 2 scores, 2% errors)."""
     rng = np.random.default_rng(seed)
-    pool = np.array([" ".join(rng.choice(WORDS, size=rng.integers(2, 50))) for _ in range(4096)], dtype=object)
+    pool = np.array(
+        [" ".join(rng.choice(WORDS, size=rng.integers(2, 50))) for _ in range(min(4096, rows))], dtype=object
+    )
     prompts = np.array([f"What is the capital of country {i}? Answer with the city name only." for i in range(5000)])
     status = np.where(rng.random(rows) < 0.02, "error", "ok")
     ok = status == "ok"
@@ -71,7 +74,16 @@ def results_table(rows: int, seed: int = 0, run: str = "bench") -> pa.Table:
         "presence_penalty": pa.array(np.zeros(rows)),
         "max_tokens": pa.array(np.full(rows, 256, dtype=np.int64)),
         "seed": pa.array(np.arange(rows, dtype=np.int64) // 20000),
-        "output": pa.array(np.where(ok, pool[rng.integers(0, len(pool), rows)], None)),
+        # every output differs (as a model's do): a phrase from the pool and the row's own number
+        "output": pc.if_else(
+            pa.array(ok),
+            pc.binary_join_element_wise(
+                pa.array(pool[rng.integers(0, len(pool), rows)], pa.string()),
+                pa.array(np.arange(rows).astype(str)),
+                " #",
+            ),
+            pa.scalar(None, pa.string()),
+        ),
         "finish_reason": pa.array(np.where(ok, "stop", None)),
         "response_model": pa.array(np.full(rows, "sentech-small")),
         "prompt_tokens": pa.array(np.where(ok, 20, 0).astype(np.int64), mask=~ok),

@@ -155,9 +155,10 @@ class Viewer:
         key = cache_key("run", run.files)
         return await self.computed(key, "run_digest", self.file_paths(run), wait=wait)
 
-    async def extras(self, run: RunDir, wait: float = WAIT_S) -> dict | None:
+    async def extras(self, run: RunDir, digest: dict, wait: float = WAIT_S) -> dict | None:
         key = cache_key("plots", run.files, str(run.path))
-        return await self.computed(key, "run_plots", self.file_paths(run), str(run.path), wait=wait)
+        args = (self.file_paths(run), str(run.path), digest.get("summary") or [], digest.get("labels") or [])
+        return await self.computed(key, "run_plots", *args, wait=wait)
 
     def table(self, run: RunDir) -> RowTable:
         key = cache_key("rows", run.files)
@@ -267,7 +268,7 @@ async def run_handler(request: web.Request) -> web.Response:
     viewer: Viewer = request.app[VIEWER]
     run = viewer.lookup(request.match_info["run_id"])
     digest = await viewer.digest(run)
-    extras = await viewer.extras(run) if digest and digest.get("status") == "ok" else None
+    extras = await viewer.extras(run, digest) if digest and digest.get("status") == "ok" else None
     table = viewer.table(run)
     flt = parse_filter(request.query, table.columns)
     offset = max(0, _int(request.query.get("offset"), 0) or 0)
@@ -305,7 +306,7 @@ async def sweep_handler(request: web.Request) -> web.Response:
     viewer: Viewer = request.app[VIEWER]
     run = viewer.lookup(request.match_info["run_id"])
     digest = await viewer.digest(run) if run.files else {"status": "empty"}
-    extras = await viewer.extras(run) if digest and digest.get("status") == "ok" else None
+    extras = await viewer.extras(run, digest) if digest and digest.get("status") == "ok" else None
     picked = None
     if digest and digest.get("status") == "ok":
         scores = digest.get("scores") or []

@@ -40,8 +40,21 @@ from sentech_eval.render.load import load_html
 from sentech_eval.render.pass_at_k import pass_at_k_html
 from sentech_eval.render.race import load_race, race_section_html
 
-# Columns the summary does not need: left out so a large run's digest stays small.
+# Columns the summary and the plots do not need: left out so a large run's digest stays small.
 TEXT_COLUMNS = ("output", "prompt", "reference", "error", "messages", "system")
+UNUSED_COLUMNS = (
+    "run_id",
+    "finish_reason",
+    "response_model",
+    "total_tokens",
+    "http_status",
+    "attempts",
+    "queue_s",
+    "usage_source",
+    "cache_key",
+    "messages_sha256",
+    "cached_from",
+)
 FLIP_TEXT_LIMIT = 4000
 MAX_FLIPS = 5000
 
@@ -70,7 +83,11 @@ def read_frame(files: list[str], with_text: bool = False) -> tuple[pd.DataFrame 
         if handle is None:
             continue
         names = handle.schema_arrow.names
-        columns = names if with_text else [c for c in names if c not in TEXT_COLUMNS and not c.endswith("_detail")]
+        columns = (
+            names
+            if with_text
+            else [c for c in names if c not in TEXT_COLUMNS + UNUSED_COLUMNS and not c.endswith("_detail")]
+        )
         try:
             table = handle.read(columns=columns)
         except Exception as exc:  # noqa: BLE001
@@ -88,7 +105,15 @@ def read_frame(files: list[str], with_text: bool = False) -> tuple[pd.DataFrame 
     table = pa.concat_tables(tables, promote_options="permissive")
     if len(tables) > 1 and all(k in table.column_names for k in ("config_id", "prompt_id", "repeat")):
         table = keep_latest_per_key(table)
-    return table.to_pandas(), problems, metadata
+    # strings stay Arrow-backed (pandas' "string[pyarrow]"): a million rows would otherwise be millions
+    # of Python str objects, gigabytes for columns such as prompt_id, status or model
+    return table.to_pandas(types_mapper=_arrow_strings), problems, metadata
+
+
+def _arrow_strings(type_: pa.DataType):
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return pd.StringDtype("pyarrow")
+    return None
 
 
 def _first(values: pd.Series) -> list[str]:
@@ -151,8 +176,9 @@ def _config_index(df: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
     return pd.Series([lookup.get(key(v), -1) for v in df[keys].itertuples(index=False)], index=df.index)
 
 
-def run_plots(files: list[str], run_dir: str) -> dict[str, Any]:
-    """The run page's pictures (``render.plots``), its load section and race section (``render``)."""
+def run_plots(files: list[str], run_dir: str, summary_records: list[dict[str, Any]], labels: list[str]) -> dict:
+    """The run page's pictures (``render.plots``), its load section and race section (``render``),
+    from the files and the summary ``run_digest`` already made of them."""
     df, problems, _ = read_frame(files)
     out: dict[str, Any] = {
         "plots": [],
@@ -161,10 +187,9 @@ def run_plots(files: list[str], run_dir: str) -> dict[str, Any]:
         "pass_at_html": None,
         "problems": problems,
     }
-    if df is None or "status" not in df.columns or df.empty:
+    if df is None or "status" not in df.columns or df.empty or not summary_records:
         return out
-    summary = summarize(df)
-    labels = config_labels(summary)
+    summary = pd.DataFrame(summary_records)
     scores = score_columns(df)
     swept = [p for p in swept_parameters(summary) if p not in ("backend", "model", "dataset")]
     images: list[tuple[str, str | None]] = []

@@ -9,7 +9,9 @@ columns shown. No request reads a whole table into pandas.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ SEARCH_COLUMNS = ("prompt_id", "prompt", "output", "reference", "error")
 SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
 TEXT_PREVIEW = 160
 MASK_CACHE = 8
+SCAN_THREADS = max(1, min(4, os.cpu_count() or 1))  # a filter scans row groups in parallel (Arrow releases the GIL)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class RowTable:
     columns: list[str] = field(default_factory=list)
     _masks: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _local: threading.local = field(default_factory=threading.local)
 
     def __post_init__(self) -> None:
         first = 0
@@ -91,11 +95,19 @@ class RowTable:
                 handle.close()
 
     # ------------------------------------------------------------------ reading
+    def _handle(self, file_index: int) -> pq.ParquetFile:
+        """This thread's own reader of the file (a ParquetFile is not read from two threads at once)."""
+        handles = getattr(self._local, "handles", None)
+        if handles is None:
+            handles = self._local.handles = {}
+        if file_index not in handles:
+            handles[file_index] = pq.ParquetFile(self.paths[file_index])
+        return handles[file_index]
+
     def _read(self, ref: RowGroupRef, columns: list[str]) -> pa.Table:
-        handle = self.files[ref.file_index]
+        handle = self._handle(ref.file_index)
         present = [c for c in columns if c in handle.schema_arrow.names]
-        with self._lock:  # one ParquetFile is not safe to read from two threads at once
-            table = handle.read_row_group(ref.group, columns=present)
+        table = handle.read_row_group(ref.group, columns=present)
         for c in columns:
             if c not in present:
                 table = table.append_column(c, pa.nulls(table.num_rows))
@@ -163,8 +175,8 @@ class RowTable:
         columns = self._filter_columns(flt)
         if any(c not in self.columns for c in columns):
             return np.array([], dtype=np.int64)  # filtering on a column these results do not have
-        found = []
-        for ref in self.groups:
+
+        def scan(ref: RowGroupRef) -> np.ndarray | None:
             try:
                 mask = self._mask(self._read(ref, columns), flt)
                 if flt.text:
@@ -172,9 +184,12 @@ class RowTable:
                     mask = matched if mask is None else pc.and_(mask, matched)
             except Exception as exc:  # noqa: BLE001 - a damaged row group is reported, the rest still shown
                 self._note(f"row group {ref.group} of {self.paths[ref.file_index]} cannot be read ({exc})")
-                continue
+                return None
             hits = np.flatnonzero(mask.to_numpy(zero_copy_only=False)) if mask is not None else np.arange(ref.rows)
-            found.append(hits + ref.first)
+            return hits + ref.first
+
+        with concurrent.futures.ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="view-scan") as pool:
+            found = [hits for hits in pool.map(scan, self.groups) if hits is not None]
         result = np.concatenate(found) if found else np.array([], dtype=np.int64)
         pa.default_memory_pool().release_unused()  # hand the row groups' buffers back
         with self._lock:
