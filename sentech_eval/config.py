@@ -642,6 +642,11 @@ def check_column_limits(sampling: Sampling, runner: RunnerConfig) -> None:
     ``seed`` column is int64 (repeat r sends ``seed + r``) and ``repeat`` is int32."""
     if runner.repeats - 1 > INT32_MAX:
         raise ConfigError(f"runner.repeats={runner.repeats} is more than the results can number (at most {INT32_MAX}).")
+    if runner.max_retries + 1 > INT32_MAX:
+        raise ConfigError(
+            f"runner.max_retries={runner.max_retries} is more than the results' attempts column counts "
+            f"(at most {INT32_MAX - 1})."
+        )
     if sampling.seed is not None and sampling.seed + runner.repeats - 1 > INT64_MAX:
         last = sampling.seed + runner.repeats - 1
         raise ConfigError(

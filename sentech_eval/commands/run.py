@@ -223,11 +223,11 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     """Entry for ``sentech-eval run``: hand the arguments to Hydra."""
     refuse_secret_overrides(argv)
     check_group_choices(argv)
-    check_resolved_overrides(argv, environment_secrets(key_env_names(argv)))
+    register_configs()
+    register_sweepers()  # (before the resolved check: a sweep's config names the project's sweepers)
+    check_resolved_overrides(argv, environment_secrets(key_env_names(argv)))  # before anything is written
     check_output_dirs(argv)
     os.environ[ARGV_ENV] = json.dumps(list(argv))
-    register_configs()
-    register_sweepers()
     if estimate.wants_estimate(argv):
         return estimate.run(argv)
     sys.argv = [prog.replace(" ", "-")] + list(argv)
