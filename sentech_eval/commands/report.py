@@ -83,21 +83,28 @@ def _write_report(
 
 
 def run_pass_at(path: str | Path) -> list[int] | None:
-    """The ``report.pass_at`` the run at PATH was started with (from its results' metadata), or None."""
+    """The ``report.pass_at`` the run at PATH was started with (from its results' metadata), or None.
+
+    A sweep's combined results carry no job config: its jobs' results are read then (the first that set it).
+    """
     path = Path(path)
-    results = path if path.is_file() else path / RESULTS_FILE
-    if not results.is_file():
-        return None
-    try:
-        config = read_metadata(results).get("config") or {}
-    except (OSError, ValueError):
-        return None
-    section = config.get("report") if isinstance(config, dict) else None
-    value = section.get("pass_at") if isinstance(section, dict) else None
-    try:
-        return parse_pass_at(value)
-    except ConfigError:
-        return None
+    candidates = [path] if path.is_file() else [path / RESULTS_FILE, *sorted(path.glob(f"*/{RESULTS_FILE}"))]
+    for results in candidates:
+        if not results.is_file():
+            continue
+        try:
+            config = read_metadata(results).get("config") or {}
+        except (OSError, ValueError):
+            continue
+        section = config.get("report") if isinstance(config, dict) else None
+        value = section.get("pass_at") if isinstance(section, dict) else None
+        try:
+            parsed = parse_pass_at(value)
+        except ConfigError:
+            parsed = None
+        if parsed:
+            return parsed
+    return None
 
 
 def _pass_at_arg(text: str) -> list[int]:

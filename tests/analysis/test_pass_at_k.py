@@ -177,3 +177,22 @@ def test_compare_reports_each_sides_pass_at_k_and_the_difference():
     fewer = results({"a": 10, "b": 4, "c": 10}, {"a": 5, "b": 2, "c": 10}, temperatures=(0.2,))
     ten = compare(pair_frames(a, fewer)).set_index("column").loc["pass@10"]
     assert pd.isna(ten["value_b"]) and "not reported: 0 prompts of A and 1 of B have fewer than 10" in ten["note"]
+
+
+def test_report_of_a_sweep_takes_report_pass_at_from_its_jobs(tmp_path):
+    """A sweep's combined results carry no job config: `report SWEEP_DIR` reads report.pass_at from a job."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sentech_eval.commands.report import run_pass_at
+
+    df = results({"a": 3, "b": 3}, {"a": 1, "b": 0})
+    job = tmp_path / "0"
+    job.mkdir()
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = {b"sentech_eval": b'{"config": {"report": {"pass_at": [1, 3]}}}'}
+    pq.write_table(table.replace_schema_metadata(meta), job / "results.parquet")
+    pq.write_table(table.replace_schema_metadata({b"sentech_eval": b'{"sweep": {}}'}), tmp_path / "results.parquet")
+    assert run_pass_at(tmp_path) == [1, 3]
+    assert run_pass_at(job / "results.parquet") == [1, 3]
+    assert run_pass_at(tmp_path / "missing") is None
