@@ -62,11 +62,12 @@ def _report(sweep_dir: Path, record: dict[str, Any], announce: bool) -> None:
     from sentech_eval.commands.report import write_report
     from sentech_eval.engine.sweep import combine
     from sentech_eval.errors import SentechEvalError
+    from sentech_eval.escaping import terminal_text
 
     try:
         combine(sweep_dir)
         write_report(sweep_dir / "results.parquet", out=sweep_dir)
     except SentechEvalError as exc:
-        print(f"sentech-eval race: no report ({exc})", file=sys.stderr)
+        print(f"sentech-eval race: no report ({terminal_text(exc)})", file=sys.stderr)
     if announce:
-        print(record["line"], file=sys.stderr)
+        print(terminal_text(record["line"]), file=sys.stderr)

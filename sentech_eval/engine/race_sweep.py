@@ -37,6 +37,7 @@ from sentech_eval.engine.datasets import ParquetDataset
 from sentech_eval.engine.race import race_round, schedule
 from sentech_eval.engine.results import read_run_table
 from sentech_eval.errors import ConfigError
+from sentech_eval.escaping import terminal_lines
 
 RACE_FILE = "race.parquet"
 RACE_JSON = "race.json"
@@ -138,7 +139,7 @@ def run_race(
     cells: list[list[str]],
     launch: Launch,
     sweep_dir: Path,
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    log: Callable[[str], None] = lambda line: print(terminal_lines(line), file=sys.stderr),
 ) -> dict[str, Any]:
     """Race the grid ``cells`` (each a list of overrides); returns the race.json record."""
     settings, score = settings_from_config(cfg)

@@ -39,6 +39,7 @@ from sentech_eval.engine.race_sweep import race_line
 from sentech_eval.engine.results import CORE_FIELDS, METADATA_KEY, PARTS_DIR, RESULTS_FILE
 from sentech_eval.engine.rundir import holding_run_dir
 from sentech_eval.errors import ResultsError
+from sentech_eval.escaping import terminal_text
 
 SWEEP_JSON = "sweep.json"
 TRIALS_FILE = "trials.parquet"
@@ -457,7 +458,7 @@ def print_combined(record: dict[str, Any]) -> None:
     best = record.get("optimization") or {}
     if "best_params" in best:
         line += f"; best {best.get('best_value')} at {best['best_params']}"
-    print(line, file=sys.stderr)
+    print(terminal_text(line), file=sys.stderr)
     race = race_line(Path(record["sweep_dir"]))
     if race:
-        print(race, file=sys.stderr)  # a race's winner stays the last line printed
+        print(terminal_text(race), file=sys.stderr)  # a race's winner stays the last line printed
