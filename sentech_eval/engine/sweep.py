@@ -124,12 +124,44 @@ def _readable_schema(path: Path) -> pa.Schema | None:
         return None
 
 
+def _unified_schema(schemas: list[pa.Schema], paths: list[Path]) -> pa.Schema:
+    """The jobs' schemas as one. A column whose type differs between jobs (a dataset column of another type
+    in one job) becomes text; a core column that differs is a ResultsError naming it and two of the files."""
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    seen: dict[str, tuple[pa.DataType, Path]] = {}
+    as_text: set[str] = set()
+    for schema, path in zip(schemas, paths, strict=True):
+        for field in schema:
+            earlier = seen.setdefault(field.name, (field.type, path))
+            if earlier[0] != field.type and not pa.types.is_null(earlier[0]) and not pa.types.is_null(field.type):
+                if field.name in {f.name for f in CORE_FIELDS}:
+                    raise ResultsError(
+                        f"Column {field.name!r} is {earlier[0]} in {earlier[1]} but {field.type} in {path}; these jobs "
+                        "were written by different versions and cannot be combined into one table."
+                    )
+                as_text.add(field.name)
+    texted = [
+        pa.schema([f.with_type(pa.large_string()) if f.name in as_text else f for f in schema]) for schema in schemas
+    ]
+    return pa.unify_schemas(texted, promote_options="permissive")
+
+
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     columns = []
     for field in schema:
         index = batch.schema.get_field_index(field.name)
         if index >= 0:
-            columns.append(batch.column(index).cast(field.type))
+            column = batch.column(index)
+            if column.type != field.type and pa.types.is_large_string(field.type):
+                try:
+                    columns.append(column.cast(field.type))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # (a list or struct column read as text)
+                    columns.append(pa.array([None if v is None else str(v) for v in column.to_pylist()], field.type))
+                continue
+            columns.append(column.cast(field.type))
         else:
             columns.append(pa.nulls(batch.num_rows, field.type))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
@@ -146,7 +178,7 @@ def _write_combined(jobs: list[dict[str, Any]], target: Path, metadata: dict[str
                 continue
             sources.append((job, path, schema.remove_metadata()))
     if sources:
-        unified = pa.unify_schemas([s for _, _, s in sources], promote_options="permissive")
+        unified = _unified_schema([s for _, _, s in sources], [p for _, p, _ in sources])
     else:
         unified = pa.schema(list(CORE_FIELDS))
     for field in SWEEP_FIELDS:

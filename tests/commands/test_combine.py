@@ -46,3 +46,18 @@ def test_an_empty_sweep_dir_still_combines_to_an_empty_table(tmp_path, capsys):
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     assert main(["combine", str(sweep)]) == 0
     assert len(pd.read_parquet(sweep / "results.parquet")) == 0
+
+
+def test_jobs_whose_extra_column_disagrees_in_type_are_combined_as_text(tmp_path, capsys):
+    """One job's dataset column is a number, the other's text: the combined table holds both, as text."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    one, two = make_results(n=5), make_results(n=5, backend="local", seed=1)
+    one["extra"], two["extra"] = 7, "seven"
+    for name, df in (("0", one), ("1", two)):
+        write_run(df, sweep / name)
+        (sweep / name / ".hydra").mkdir()
+    assert main(["combine", str(sweep)]) == 0, capsys.readouterr().err
+    combined = pd.read_parquet(sweep / "results.parquet")
+    assert len(combined) == 10 and sorted(set(combined["extra"])) == ["7", "seven"]
