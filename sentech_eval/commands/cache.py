@@ -284,9 +284,9 @@ def main(argv: list[str], prog: str = "sentech-eval cache") -> int:
     """Entry point of ``sentech-eval cache``."""
     args = build_parser(prog).parse_args(argv)
     if args.action == "stats":
-        print(stats(cache_path(args.cache_dir)))
+        print(terminal_lines(stats(cache_path(args.cache_dir))))
     elif args.action == "clear":
-        print(clear(cache_path(args.cache_dir), args.model, args.older_than))
+        print(terminal_lines(clear(cache_path(args.cache_dir), args.model, args.older_than)))
     else:
         print(terminal_lines(explain(args.run_dir, args.prompt_id, args.repeat, args.cache_dir)))
     return 0
