@@ -39,6 +39,7 @@ from sentech_eval.config import (
 )
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir, unlock_run_dir
+from sentech_eval.engine.sweep import take_sweep_exit_code
 from sentech_eval.errors import ConfigError, RunDirError, SentechEvalError
 from sentech_eval.escaping import terminal_lines
 from sentech_eval.paths import conf_search_path
@@ -217,6 +218,11 @@ def register_sweepers() -> None:
 
     for sweeper in (GridSweeper, RaceSweeper):
         plugins.register(sweeper)
+    try:  # the Ray launcher (hydra/launcher=ray, ray_cluster) needs the sweep extra's hydra-ray-launcher
+        from hydra_plugins.sentech_eval_ray.ray_launcher import SentechRayLauncher
+    except ImportError:
+        return
+    plugins.register(SentechRayLauncher)
 
 
 def main(argv: list[str], prog: str = "sentech-eval run") -> int:
@@ -252,7 +258,7 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
-    return 0
+    return take_sweep_exit_code()  # 0, or 1 for a multirun with failed jobs (engine/sweep.py says why)
 
 
 UNWRITABLE = {

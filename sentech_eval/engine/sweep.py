@@ -113,6 +113,7 @@ def describe_job(job_dir: Path, sweep_dir: Path, fallback_num: int) -> dict[str,
         "overrides": [str(o) for o in overrides],
         "summary": status_record.get("summary") or {},
         "files": files,
+        "node": status_record.get("node"),
     }
 
 
@@ -358,6 +359,7 @@ def _combine(sweep_dir: Path, status: str | None) -> dict[str, Any]:
                 "objective": j["summary"].get("objective"),
                 "scores": j["summary"].get("scores") or {},
                 **({"unreadable": j["unreadable"]} if j.get("unreadable") else {}),
+                **({"node": j["node"]} if j.get("node") else {}),
             }
             for j in jobs
         ]
@@ -426,12 +428,54 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- Hydra
-class CombineSweepResults(Callback):
-    """Hydra callback: combine the sweep's results when the multirun ends (or the process exits)."""
+ALLOW_FAILED_JOBS = "hydra.callbacks.combine_sweep.allow_failed_jobs"
+_exit_codes: list[int] = []  # what the last multirun's end asked the command to exit with
 
-    def __init__(self) -> None:
+
+def failed_jobs_exit(record: dict[str, Any], allow_failed_jobs: bool = False) -> tuple[int, list[str]]:
+    """The exit code a finished sweep's ``record`` (sweep.json) calls for, and the lines that say why.
+
+    Every job failed → 1, with each job's first error; some failed → 1 with a line per failed job (the table
+    holds the others' rows), or 0 when ``allow_failed_jobs``; none failed → 0 and no lines.
+    """
+    jobs = record.get("jobs") or []
+    failed = [j for j in jobs if j.get("status") != "ok"]
+    if not failed:
+        return 0, []
+    lines = []
+    for job in failed:
+        error = " ".join(str(job.get("error") or "no job_status.json: the job did not finish").split())
+        overrides = " ".join(job.get("overrides") or []) or "no overrides"
+        lines.append(f"sentech-eval sweep: job {job.get('job')} ({overrides}) {job.get('status')}: {error[:500]}")
+    if len(failed) == len(jobs):
+        lines.append(f"sentech-eval sweep: error: every job failed ({len(jobs)} of {len(jobs)}; first errors above).")
+        return 1, lines
+    others = f"{len(failed)} of {len(jobs)} jobs failed; {record.get('rows', 0)} rows of the other jobs are combined"
+    if allow_failed_jobs:
+        lines.append(f"sentech-eval sweep: warning: {others} ({ALLOW_FAILED_JOBS}=true).")
+        return 0, lines
+    lines.append(f"sentech-eval sweep: error: {others}; set {ALLOW_FAILED_JOBS}=true to exit 0 when some jobs fail.")
+    return 1, lines
+
+
+def take_sweep_exit_code() -> int:
+    """The exit code the last finished multirun of this process calls for (0 if none ran); resets it."""
+    code = max(_exit_codes, default=0)
+    _exit_codes.clear()
+    return code
+
+
+class CombineSweepResults(Callback):
+    """Hydra callback: combine the sweep's results when the multirun ends (or the process exits).
+
+    ``allow_failed_jobs`` (``hydra.callbacks.combine_sweep.allow_failed_jobs=true``): a sweep where only some
+    jobs failed exits 0; by default it exits 1 (a sweep where every job failed always does).
+    """
+
+    def __init__(self, allow_failed_jobs: bool = False) -> None:
         self._sweep_dir: Path | None = None
         self._combined = False
+        self.allow_failed_jobs = bool(allow_failed_jobs)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Note the sweep dir (resolving it now fixes its timestamp) and arm the exit fallback."""
@@ -462,6 +506,10 @@ class CombineSweepResults(Callback):
         if record.get("status") == "running" or "job_counts" not in record:
             record = combine(sweep_dir)
         print_combined(record)
+        code, lines = failed_jobs_exit(record, self.allow_failed_jobs)
+        for line in lines:
+            print(line, file=sys.stderr)
+        _exit_codes.append(code)
 
     def _combine_at_exit(self) -> None:
         # Runs while the interpreter shuts down, when a module that registers a threading exit hook

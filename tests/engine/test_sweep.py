@@ -109,13 +109,49 @@ def test_command_line_axes_multiply_with_the_sweep_file(echo_server, tmp_path):
 def test_a_failed_job_is_recorded_and_the_others_are_combined(echo_server, tmp_path):
     sweep_dir = tmp_path / "failing"
     proc = sweep(echo_server, sweep_dir, "-m", "sampling.temperature=0,5,0.7", "dataset.limit=4")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # some jobs failed: the table of the others, a line each, exit 1
+    failed_lines = [line for line in proc.stderr.splitlines() if line.startswith("sentech-eval sweep: job ")]
+    assert len(failed_lines) == 1 and "sampling.temperature=5" in failed_lines[0] and "failed" in failed_lines[0]
+    assert "1 of 3 jobs failed" in proc.stderr and "allow_failed_jobs=true" in proc.stderr
+    assert "Traceback" not in proc.stderr
     frame = load_results(sweep_dir)
     assert sorted(frame["temperature"].unique()) == [0.0, 0.7] and len(frame) == 8
     jobs = {j["job"]: j for j in json.loads((sweep_dir / "sweep.json").read_text())["jobs"]}
     assert [jobs[n]["status"] for n in (0, 1, 2)] == ["ok", "failed", "ok"]
     assert "sampling.temperature" in jobs[1]["error"] and "sampling.temperature=5" in jobs[1]["overrides"]
     assert jobs[1]["rows"] == 0
+    # the user may allow some failed jobs: the same sweep, resumed, exits 0 and still names the failed job
+    proc = sweep(
+        echo_server,
+        sweep_dir,
+        "-m",
+        "sampling.temperature=0,5,0.7",
+        "dataset.limit=4",
+        "hydra.callbacks.combine_sweep.allow_failed_jobs=true",
+    )
+    assert proc.returncode == 0, proc.stderr
+    failed_lines = [line for line in proc.stderr.splitlines() if line.startswith("sentech-eval sweep: job 1 (")]
+    assert len(failed_lines) == 1 and "sampling.temperature=5" in failed_lines[0]
+    assert "warning: 1 of 3 jobs failed" in proc.stderr
+
+
+def test_a_sweep_whose_every_job_failed_exits_1_with_their_errors(echo_server, tmp_path):
+    sweep_dir = tmp_path / "all-failed"
+    proc = sweep(
+        echo_server,
+        sweep_dir,
+        "-m",
+        "sampling.temperature=5,6",
+        "dataset.limit=2",
+        "hydra.callbacks.combine_sweep.allow_failed_jobs=true",  # allows some failed jobs, never all
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "every job failed (2 of 2" in proc.stderr and "Traceback" not in proc.stderr
+    for n, value in ((0, 5), (1, 6)):
+        assert any(
+            line.startswith(f"sentech-eval sweep: job {n} (") and f"sampling.temperature={value} " in line
+            for line in proc.stderr.splitlines()
+        ), proc.stderr
 
 
 def test_a_sweep_that_aborts_midway_still_combines_the_finished_jobs(echo_server, tmp_path):
