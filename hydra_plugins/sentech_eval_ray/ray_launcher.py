@@ -89,7 +89,13 @@ def enable_token_auth_if_available() -> None:
         )
     except ImportError:  # a Ray without token authentication
         return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    ray_auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = ray_auth_log.level
+    ray_auth_log.setLevel(logging.ERROR)  # its notice says to set RAY_AUTH_MODE, which nobody needs to here
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        ray_auth_log.setLevel(level)
 
 
 def connect(init_cfg: Any) -> str:
