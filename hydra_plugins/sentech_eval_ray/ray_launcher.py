@@ -26,6 +26,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -149,24 +150,15 @@ def run_job_on_node(
     register_configs()  # the ${models_dir:} / ${datasets_dir:} resolvers, in this worker process too
     node = node_label()
     sweep_dir = Path(str(sweep_config.hydra.sweep.dir))
-    job = f"job {sweep_config.hydra.job.num}"
-    problem = shared_dir_problem(sweep_dir, shared_token, node)
-    if problem is None:
-        if key is not None:
-            with key.in_environment():
-                problem = job_problem(sweep_config, node)
-        else:
-            problem = job_problem(sweep_config, node)
-    if problem is not None:
-        raise JobCannotRun(f"{job} cannot run: {problem}")
     previous_cwd = os.getcwd()
     try:
         if os.path.isdir(driver_cwd):
             os.chdir(driver_cwd)  # relative paths mean what they meant where the sweep was started
-        if key is not None:
-            with key.in_environment():
-                return node, _run_job(hydra_context, sweep_config, task_function, singleton_state)
-        return node, _run_job(hydra_context, sweep_config, task_function, singleton_state)
+        with key.in_environment() if key is not None else nullcontext():
+            problem = shared_dir_problem(sweep_dir, shared_token, node) or job_problem(sweep_config, node)
+            if problem is not None:
+                raise JobCannotRun(f"job {sweep_config.hydra.job.num} cannot run: {problem}")
+            return node, _run_job(hydra_context, sweep_config, task_function, singleton_state)
     finally:
         os.chdir(previous_cwd)
 

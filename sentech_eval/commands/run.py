@@ -37,6 +37,7 @@ from sentech_eval.config import (
     unknown_choice_message,
     unknown_key_error,
 )
+from sentech_eval.engine.cluster import refuse_job_this_node_cannot_run
 from sentech_eval.engine.evaluation import run_evaluation
 from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir, unlock_run_dir
 from sentech_eval.engine.sweep import take_sweep_exit_code
@@ -120,6 +121,8 @@ def task(cfg: DictConfig) -> float | None:
     out_dir = output_dir()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if multirun:  # a job on another node (Ray, SLURM) says what that node lacks, naming node and path
+            refuse_job_this_node_cannot_run(cfg, HydraConfig.get().job.num)
         summary = evaluate(cfg, out_dir)
     except SentechEvalError as exc:
         print(f"sentech-eval run: error: {terminal_lines(exc)}", file=sys.stderr)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sentech_eval.errors import ConfigError
 from sentech_eval.secrets import DEFAULT_KEY_ENV, ENV_NAME
 
 SHARED_CHECK_FILE = ".shared-check"
@@ -77,6 +78,13 @@ def job_problem(cfg: Any, node: str | None = None) -> str | None:
             "filesystem every node shares and give its absolute path in dataset.path."
         )
     return None
+
+
+def refuse_job_this_node_cannot_run(cfg: Any, job: Any) -> None:
+    """Raise ConfigError (one sentence naming node and path) when this node lacks what the job needs."""
+    problem = job_problem(cfg)
+    if problem is not None:
+        raise ConfigError(f"job {job} cannot run: {problem}")
 
 
 def write_shared_check(sweep_dir: Path, token: str) -> Path:

@@ -239,8 +239,9 @@ def test_shards_recombine_to_the_dataset_exactly_once(echo_server, tmp_path):
             "+hydra.launcher.ray.init.include_dashboard=false",
             "+hydra.launcher.ray.init.object_store_memory=80000000",
         ],
+        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],  # the SLURM path, on this machine
     ],
-    ids=["joblib", "ray"],
+    ids=["joblib", "ray", "submitit_local"],
 )
 def test_parallel_launchers_give_the_basic_launchers_rows(echo_server, tmp_path, launcher):
     args = ["-m", "sampling.temperature=0,0.7", "dataset.limit=10"]
