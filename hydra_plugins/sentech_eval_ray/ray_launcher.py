@@ -124,8 +124,10 @@ def connect(init_cfg: Any) -> str:
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
         reason = " ".join(str(exc).split())[:300]
         raise ConfigError(
-            f"Cannot connect to the Ray cluster at hydra.launcher.ray.init.address={address} ({reason}); start it "
-            "with `ray start --head` and give its HOST:PORT (or auto on one of its nodes)."
+            f"Cannot connect to the Ray cluster at hydra.launcher.ray.init.address={address} ({reason}); check that "
+            "it runs (`ray start --head`) at that HOST:PORT and, as Ray turns token authentication on by default, "
+            "that this machine has the cluster's token (print it with `ray get-auth-token` on the head node, then "
+            "put it in ~/.ray/auth_token here or point RAY_AUTH_TOKEN_PATH at a file holding it)."
         ) from None
     return address
 

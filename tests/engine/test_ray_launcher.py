@@ -317,3 +317,26 @@ def test_local_mode_settings_are_refused_for_a_cluster_in_one_sentence(tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "hydra.launcher.ray.init.object_store_memory is a setting for a Ray instance of its own" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("token", ["wrong", "none"])
+def test_a_driver_without_the_clusters_token_is_told_where_to_put_it(ray_cluster, tmp_path, token):
+    home = tmp_path / "home"  # no ~/.ray/auth_token here
+    home.mkdir()
+    env = ray_env(ray_cluster.token, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", HOME=str(home))
+    if token == "wrong":
+        (tmp_path / "other-token").write_text(uuid.uuid4().hex)
+        env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "other-token")
+    else:
+        del env["RAY_AUTH_TOKEN_PATH"]
+    command = cli_command(
+        "run",
+        "-m",
+        "hydra/launcher=ray_cluster",
+        f"hydra.launcher.ray.init.address={ray_cluster.address}",
+        "dataset.limit=1",
+        f"hydra.sweep.dir={tmp_path / 'refused'}",
+    )
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=SWEEP_TIMEOUT_S, cwd=REPO_ROOT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "ray get-auth-token" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
