@@ -28,6 +28,7 @@ from sentech_eval.export.replay import Replay, TrackedRun, clean_reason, exporte
 INSTALL_HINT = "Weights & Biases is not installed; install the tracker extra: pip install 'sentech-eval[track]'"
 ARTIFACT_TYPE = "sentech-eval-results"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
+INIT_TIMEOUT_S = 30.0  # W&B waits 90 s for a server that does not answer; WANDB_INIT_TIMEOUT overrides this
 # W&B's own reports of its errors, off unless the user's environment says otherwise
 QUIET_ENV = {"WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true"}
 
@@ -102,7 +103,9 @@ class WandbExporter:
     def _send(self, run: TrackedRun, replay: Replay, group: str | None, suffix: str) -> str:
         wandb = self.wandb
         run_id = tracker_id(run.key) + suffix
+        timeout = {} if os.environ.get("WANDB_INIT_TIMEOUT") else {"init_timeout": INIT_TIMEOUT_S}
         settings = wandb.Settings(
+            **timeout,
             console="off",
             silent=True,
             x_disable_stats=True,

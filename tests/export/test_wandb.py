@@ -84,3 +84,14 @@ def test_no_results_is_one_sentence_and_exit_2(tmp_path, offline, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "No results under" in err
     assert not list(offline.rglob("offline-run-*"))
+
+
+def test_a_server_that_does_not_answer_is_one_sentence_naming_it(results, offline, monkeypatch, capsys):
+    """Online mode against a closed loopback port: W&B gives up after WANDB_INIT_TIMEOUT, the export says where."""
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)  # well-formed, never checked: nothing answers
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")
+    assert export(results["run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sentech-eval export: error: W&B at http://127.0.0.1:9 refused the export")
+    assert err.count("\n") == 0 and "a" * 40 not in err
