@@ -27,7 +27,7 @@ PAGES = [
     ("row", "row/0/capitals/run-b?n=4", None),
     ("sweep", "sweep/0/sweep?x=top_p&y=temperature", None),
     ("race", "sweep/0/race", "#race-section"),
-    ("load", "sweep/0/load", "#load"),
+    ("load", "sweep/0/load", "#load-section"),
     ("compare", "compare?a=0/capitals/run-a&b=0/capitals/run-b", None),
     ("history", "history", None),
     ("hostile-row", "row/0/hostile?n=0", None),

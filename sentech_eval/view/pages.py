@@ -182,7 +182,7 @@ def plots_section(extras: dict | None) -> str:
     out = f'<h2>Plots</h2><div class="plots" id="plots">{images or "<p class=muted>nothing to draw</p>"}</div>'
     # the load and race sections come from render/ (render.load, render.race), which escape their values
     if extras.get("load_html"):
-        out += f'<section id="load">{extras["load_html"]}</section>'
+        out += f'<section id="load-section">{extras["load_html"]}</section>'
     if extras.get("race_html"):
         out += f'<section id="race-section">{extras["race_html"]}</section>'
     if extras.get("pass_at_html"):  # render.pass_at_k, which escapes its values

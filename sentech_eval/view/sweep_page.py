@@ -68,7 +68,7 @@ def sweep_page(run: RunDir, digest: dict | None, extras: dict | None, picked: di
         if extras.get("race_html"):
             body += f'<section id="race-section">{extras["race_html"]}</section>'
         if extras.get("load_html"):
-            body += f'<section id="load">{extras["load_html"]}</section>'
+            body += f'<section id="load-section">{extras["load_html"]}</section>'
         if extras.get("pass_at_html"):  # render.pass_at_k: pass@k against temperature, best per k
             body += f'<section id="pass-at-k-section">{extras["pass_at_html"]}</section>'
     summary = digest.get("summary") or []
@@ -88,4 +88,5 @@ def sweep_page(run: RunDir, digest: dict | None, extras: dict | None, picked: di
                 + select("cb", configs, configs[1][0], "B")
                 + ' <button id="compare-configs-button">compare these two configurations</button></form>'
             )
-    return page(title, body + job_list)
+    waiting = extras is None or (picked is not None and picked.get("result") is None)
+    return page(title, body + job_list, refresh=waiting)

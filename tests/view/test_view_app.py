@@ -58,7 +58,7 @@ def viewer(results_tree, tmp_path_factory):
 
 def test_runs_page_lists_every_run_with_its_numbers(viewer, results_tree):
     body = get_ready(viewer)
-    for name in ("capitals/run-a", "capitals/run-b", "sweep", "hostile", "broken", "foreign", "killed"):
+    for name in ("capitals/run-a", "capitals/run-b", "sweep", "race", "load", "hostile", "broken", "foreign", "killed"):
         assert f">{name}</a>" in body, name
     assert ">sweep/0</a>" not in body  # a combined sweep is one line, its jobs are on its page
     a = pd.read_parquet(results_tree / "capitals" / "run-a" / "results.parquet")
@@ -229,3 +229,18 @@ def test_history_follows_one_configuration(viewer):
     group = re.search(r'<option value="([^"]+)">capitals', body).group(1)
     page = get_ready(viewer + "history?group=" + urllib.request.quote(group))
     assert 'id="history"' in page and 'id="history-plot"' in page
+
+
+def test_race_page_shows_the_rounds(viewer, results_tree):
+    body = get_ready(viewer + "sweep/0/race")
+    race = pd.read_parquet(results_tree / "race" / "race.parquet")
+    assert 'id="race-section"' in body and '<table id="race">' in body
+    assert body.count("<tr><td>") >= race["cell"].nunique()  # one line per cell in its last round
+
+
+def test_load_sweep_page_shows_the_load_table_and_knee(viewer, results_tree):
+    body = get_ready(viewer + "sweep/0/load")
+    assert 'id="load-section"' in body and '<table id="load">' in body
+    jobs = pd.read_parquet(results_tree / "load" / "results.parquet")["request_rate"].nunique()
+    table = body[body.index('<table id="load">') :]
+    assert table[: table.index("</table>")].count("<tr>") == jobs + 1  # a header and one line per rate

@@ -1,7 +1,8 @@
 """A results tree made by real runs against the real server, and a real viewer on a loopback port.
 
 ``build_tree(root)`` runs `sentech-eval run` against `serve --engine oracle` (right with a known
-probability of temperature and top_p, so two runs differ and a sweep has a shape) and `--engine echo`
+probability of temperature and top_p, so two runs differ and a sweep and a race have a shape), a load
+sweep against `--engine echo --capacity 2` and `--engine echo`
 (which echoes a prompt it does not know: a dataset of script injections comes back as outputs), and
 adds the bad cases by hand: a damaged file, a foreign Parquet file and a run killed mid-way.
 """
@@ -58,6 +59,29 @@ def build_tree(root: Path) -> Path:
             "scorers=[exact_match]",
             "sampling.temperature=0,1.2",
             "sampling.top_p=0.5,1.0",
+            multirun=True,
+        )
+        _run(  # a race over two temperatures: rounds of 10, 15, … prompts, the loser cut
+            url,
+            results / "race",
+            "+sweep=race_temperature",
+            "dataset=capitals",
+            "dataset.limit=40",
+            "sampling.temperature=0.3,1.2",
+            "sampling.top_p=0.9",
+            "race.start=10",
+            multirun=True,
+        )
+    with running_server(engine="echo", api_key=TEST_KEY, capacity=2, latency_ms=50) as url:
+        # a load sweep past the server's capacity (2 at a time, 50 ms each: about 40 requests/s)
+        _run(
+            url,
+            results / "load",
+            "+sweep=load",
+            "dataset=capitals",
+            "dataset.limit=20",
+            "runner.rate=10,30,60",
+            "scorers=[contains]",
             multirun=True,
         )
     data = root / "hostile.jsonl"
