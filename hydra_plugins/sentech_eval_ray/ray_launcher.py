@@ -44,6 +44,7 @@ from sentech_eval.engine.cluster import (
     write_shared_check,
 )
 from sentech_eval.errors import ConfigError
+from sentech_eval.escaping import terminal_text
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ class SentechRayLauncher(RayLauncher):
 
     @staticmethod
     def _failed(sweep_config: DictConfig, job_dir: Path, message: str) -> JobReturn:
-        print(f"sentech-eval run: job failed: {message}", file=sys.stderr)
+        print(terminal_text(f"sentech-eval run: job failed: {message}"), file=sys.stderr)
         overrides = list(sweep_config.hydra.overrides.task)
         job_dir.mkdir(parents=True, exist_ok=True)
         record = {"status": "failed", "error": message, "summary": None, "overrides": overrides}

@@ -508,7 +508,7 @@ class CombineSweepResults(Callback):
         print_combined(record)
         code, lines = failed_jobs_exit(record, self.allow_failed_jobs)
         for line in lines:
-            print(line, file=sys.stderr)
+            print(terminal_text(line), file=sys.stderr)
         _exit_codes.append(code)
 
     def _combine_at_exit(self) -> None:
