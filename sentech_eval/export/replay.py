@@ -8,8 +8,9 @@
 - params come from the results' metadata (backend, model, dataset, sampling, the runner settings that
   matter, git commit, package versions), passed through the project's redaction rules once more;
 - metrics are the numbers of ``analysis.summary`` (the summary.parquet that ``report`` wrote when it is
-  newer than the results, else ``summarize`` on the same rows, with report's defaults) and, for a load
-  run, the rows of its load.parquet as one step per load level;
+  newer than the results, else ``summarize`` on the same rows, with report's defaults and the run's
+  ``report.pass_at``), pass@k included when present, and, for a load run, the rows of its load.parquet
+  as one step per load level;
 - files: summary.parquet, report.html (built by ``render`` when the dir has none), the rows
   (results.parquet, or a seeded sample of N rows), and a sweep's trials.parquet and sweep.json.
 
@@ -34,9 +35,10 @@ from typing import Any
 import pandas as pd
 
 from sentech_eval.analysis.summary import CONFIG_COLUMNS, SAMPLING_COLUMNS, config_keys, load, summarize
+from sentech_eval.config import parse_pass_at
 from sentech_eval.engine.results import METADATA_KEY, PARTS_DIR, RESULTS_FILE, is_quality_score, read_metadata
 from sentech_eval.engine.sweep import SWEEP_JSON, TRIALS_FILE
-from sentech_eval.errors import ResultsError
+from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.render.report_html import build_html
 from sentech_eval.secrets import REDACTED, environment_secrets, redact_tree
 
@@ -225,7 +227,11 @@ def summary_metrics(row: dict[str, Any]) -> dict[str, float]:
 
 def summary_tags(row: dict[str, Any]) -> dict[str, str]:
     """The summary's words (each score's interval method) and the share of rows answered from the cache."""
-    tags = {name: str(value) for name, value in row.items() if name.endswith("_ci_method") and isinstance(value, str)}
+    tags = {
+        name: str(value)
+        for name, value in row.items()
+        if (name.endswith("_ci_method") or name == "pass_at_score") and isinstance(value, str)
+    }
     n, cached = row.get("n"), row.get("n_cached")
     if not _missing(n) and n and not _missing(cached):
         tags["cached_share"] = f"{float(cached) / float(n):.3f}"
@@ -327,6 +333,19 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def run_pass_at(metas: list[dict[str, Any]]) -> list[int] | None:
+    """The ``report.pass_at`` the run was started with (the first metadata that sets it), as ``report`` reads it."""
+    for meta in metas:
+        section = (meta.get("config") or {}).get("report")
+        try:
+            parsed = parse_pass_at(section.get("pass_at")) if isinstance(section, dict) else None
+        except ConfigError:
+            parsed = None
+        if parsed:
+            return parsed
+    return None
+
+
 def load_steps(source: Path, row: dict[str, Any]) -> dict[str, list[float]]:
     """A load run's metrics per load level (load.parquet that ``report`` wrote), in order of achieved rate."""
     path = source / LOAD_FILE
@@ -360,11 +379,13 @@ def build_replay(source: Path, kind: str, staging: Path, rows_limit: int | None 
             f"Sweep dir {source} has no combined {RESULTS_FILE}; run `sentech-eval combine {source}` first."
         )
     df = load(source)
+    job_meta = _job_metadata(source) if kind == "sweep" else {}
+    source_meta = _metadata(source)
     summary_path = source / SUMMARY_FILE
     if _is_fresh(summary_path, source):
         summary = pd.read_parquet(summary_path)
     else:
-        summary = summarize(df)
+        summary = summarize(df, pass_at=run_pass_at([source_meta, *job_meta.values()]))
         summary_path = staging / SUMMARY_FILE
         summary.to_parquet(summary_path, index=False)
     report_path = source / REPORT_FILE
@@ -375,8 +396,6 @@ def build_replay(source: Path, kind: str, staging: Path, rows_limit: int | None 
     masks = config_masks(df, summary)
     records = summary.to_dict("records")
     verdict = check_verdict(source)
-    job_meta = _job_metadata(source) if kind == "sweep" else {}
-    source_meta = _metadata(source)
     sweep_key = f"sweep-{origin_run_id(df)}"
 
     children = []

@@ -132,3 +132,26 @@ def test_safe_strings_blank_credentials_but_keep_our_hex_ids(monkeypatch):
 def test_summary_metrics_leave_out_words_and_non_finite_numbers():
     row = {"config_id": "c", "temperature": 0.7, "n": 3, "x_ci_method": "midp", "y": float("nan"), "z": math.inf}
     assert summary_metrics(row) == {"n": 3.0}
+
+
+def test_pass_at_k_is_exported_when_prompts_were_sampled_more_than_once(tmp_path):
+    df = make_results(n=20, repeats=3, accuracy=0.6)
+    write_run(df, tmp_path / "run")
+    expected = summarize(df).to_dict("records")[0]
+    assert "pass_at_1" in expected  # the summary reports pass@k for repeated prompts
+    with replay(tmp_path / "run", "run") as plan:
+        (run,) = plan.runs
+        for name in ("pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high"):
+            assert run.metrics[name] == expected[name], name
+        assert run.tags["pass_at_score"] == expected["pass_at_score"]
+
+
+def test_a_load_run_sends_its_load_table_one_step_per_level(tmp_path, capsys):
+    write_run(make_results(n=40), tmp_path / "run")
+    assert cli_main(["report", str(tmp_path / "run"), "slo.latency_s=0.21"]) == 0
+    capsys.readouterr()
+    load = pd.read_parquet(tmp_path / "run" / "load.parquet")
+    with replay(tmp_path / "run", "run") as plan:
+        (run,) = plan.runs
+        assert run.steps["load.goodput_rps"] == [float(v) for v in load["goodput_rps"]]
+        assert "load.parquet" in run.files
