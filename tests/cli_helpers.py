@@ -10,15 +10,18 @@ run writes. Tests that start a process are marked ``e2e`` automatically (tests/c
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from subprocess import CompletedProcess  # by name: call_cli starts no process (tests/marking.py reads the code)
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_KEY = "test-key-7f3a9c"
@@ -63,8 +66,10 @@ def call_cli(*args: str, key: str | None = None, env: dict[str, str] | None = No
     As in ``run_cli``, the caller's SENTECH_API_KEY is not inherited (``key`` sets it) and ``env`` is added. What the
     call changes in the process is put back afterwards: the environment, ``sys.argv``, the working
     directory, the logging handlers Hydra installs, and the run-dir locks a process would release by
-    exiting. An exception the CLI does not handle is printed as the interpreter would (a traceback on
-    stderr, exit 1), so ``"Traceback" not in result.stderr`` means the same in both helpers.
+    exiting. The project's own ``atexit`` functions registered during the call run at its end, as the
+    console script runs them when it exits. An exception the CLI does not handle is printed as the
+    interpreter would (a traceback on stderr, exit 1), so ``"Traceback" not in result.stderr`` means
+    the same in both helpers.
     """
     from sentech_eval import cli
     from sentech_eval.engine import rundir
@@ -77,8 +82,9 @@ def call_cli(*args: str, key: str | None = None, env: dict[str, str] | None = No
     call_env = cli_env(key, env)
     os.environ.clear()
     os.environ.update(call_env)
+    at_exit = _OwnExitFunctions()
     try:
-        with redirect_stdout(out), redirect_stderr(err):
+        with redirect_stdout(out), redirect_stderr(err), at_exit:
             try:
                 code = cli.main(list(args))
             except SystemExit as exc:
@@ -86,6 +92,7 @@ def call_cli(*args: str, key: str | None = None, env: dict[str, str] | None = No
             except Exception:  # noqa: BLE001 - what the interpreter does with an uncaught exception
                 traceback.print_exc(file=err)
                 code = 1
+            at_exit.run()
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
@@ -99,6 +106,44 @@ def call_cli(*args: str, key: str | None = None, env: dict[str, str] | None = No
         for path in set(rundir._held) - held_before:
             rundir.unlock_run_dir(path)
     return CompletedProcess(["sentech-eval", *args], code, out.getvalue(), err.getvalue())
+
+
+class _OwnExitFunctions:
+    """While active, the project's ``atexit`` functions (a sweep's fallback combine …) are kept here
+    instead of in the interpreter's list; ``run`` calls them, last registered first, as the console
+    script's exit does. Other libraries' exit functions are registered as usual."""
+
+    OWN = ("sentech_eval", "hydra_plugins")
+
+    def __init__(self) -> None:
+        self.functions: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+
+    def __enter__(self) -> _OwnExitFunctions:
+        self._register, self._unregister = atexit.register, atexit.unregister
+        atexit.register, atexit.unregister = self.register, self.unregister  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        atexit.register, atexit.unregister = self._register, self._unregister  # type: ignore[assignment]
+
+    def register(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        if not str(getattr(func, "__module__", "")).startswith(self.OWN):
+            return self._register(func, *args, **kwargs)
+        self.functions.append((func, args, kwargs))
+        return func
+
+    def unregister(self, func: Callable[..., Any]) -> None:
+        self.functions = [f for f in self.functions if f[0] != func]
+        self._unregister(func)
+
+    def run(self) -> None:
+        while self.functions:
+            func, args, kwargs = self.functions.pop()
+            try:
+                func(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - as the interpreter reports a failing exit function
+                print("Exception ignored in atexit callback:", file=sys.stderr)
+                traceback.print_exc()
 
 
 def _exit_code(exc: SystemExit, err: io.StringIO) -> int:

@@ -115,7 +115,7 @@ class _Reader:
         if names & CLI_NAMES and any(_loads_the_model(s) for s in strings):
             self.facts.add(LLAMA)
         for name in names:
-            value = namespace.get(name, _helper_module(name))
+            value = namespace.get(name, _imported_module(name))
             if isinstance(value, types.ModuleType):
                 if value.__name__ in PROCESS_MODULES:
                     starters = PROCESS_MODULES[value.__name__]
@@ -136,10 +136,13 @@ def _loads_the_model(argument: str) -> bool:
     return argument.lstrip("+").startswith("backend=local") or argument in ("llama", "--engine=llama")
 
 
-def _helper_module(name: str) -> types.ModuleType | None:
-    """A helper module of tests/ imported by ``name`` inside a function (``from cli_helpers import run_cli``)."""
+def _imported_module(name: str) -> types.ModuleType | None:
+    """The module a function imports by ``name`` inside its body (``import subprocess``, ``from cli_helpers
+    import run_cli``), when it is one that matters here: a process starter or a helper module of tests/."""
     module = sys.modules.get(name)
-    return module if module is not None and _module_in_tests(module) else None
+    if module is None or not (name in PROCESS_MODULES or _module_in_tests(module)):
+        return None
+    return module
 
 
 def _module_in_tests(module: types.ModuleType) -> bool:

@@ -3,12 +3,13 @@ the test's process as it found it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 
 import pytest
-from cli_helpers import call_cli, run_cli
+from cli_helpers import TEST_KEY, call_cli, run_cli
 
 from sentech_eval import cli
 from sentech_eval.engine import rundir
@@ -74,3 +75,23 @@ def test_an_unhandled_exception_is_a_traceback_and_exit_1(monkeypatch):
     assert result.returncode == 1
     assert result.stderr.startswith("Traceback (most recent call last):")
     assert result.stderr.rstrip().endswith("RuntimeError: an unexpected failure")
+
+
+def test_the_projects_exit_functions_run_at_the_end_of_the_call(echo_server, tmp_path):
+    """A sweep that aborts between jobs is combined by its exit fallback (atexit), as when the process exits."""
+    sweep_dir = tmp_path / "aborted"
+    result = call_cli(
+        "run",
+        "-m",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals,no_such_dataset",
+        "hydra.sweeper.max_batch_size=1",
+        "dataset.limit=4",
+        "runner.progress=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        key=TEST_KEY,
+    )
+    assert result.returncode != 0
+    assert f"sentech-eval sweep: 4 rows from 1 jobs (1 ok) -> {sweep_dir / 'results.parquet'}" in result.stderr
+    assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "incomplete"

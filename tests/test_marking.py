@@ -58,6 +58,16 @@ def _starts_python_from_a_lambda():
     return (lambda: subprocess.run([sys.executable, "-c", "pass"]))()
 
 
+def _imports_subprocess_inside():
+    import subprocess as sp
+
+    return sp.run(["true"])
+
+
+def _makes_a_record_of_a_process():
+    return subprocess.CompletedProcess(["sentech-eval"], 0, "", "")
+
+
 def _imports_its_helper_inside():
     from cli_helpers import run_cli as run
 
@@ -79,8 +89,10 @@ def test_a_process_is_seen_through_helpers_lambdas_local_imports_and_classes():
         "_calls_a_helper_that_starts_a_process",
         "_starts_python_from_a_lambda",
         "_imports_its_helper_inside",
+        "_imports_subprocess_inside",
     ):
         assert facts(sample) == {PROCESS}, sample
+    assert facts("_makes_a_record_of_a_process") == set()
     assert facts("_uses_a_class_of_tests") == {PROCESS, SERVER}
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import call_cli
 from synthetic_results import make_results, write_run
 
 from sentech_eval.analysis import stats
@@ -86,7 +86,7 @@ def test_without_a_price_there_is_no_cost_anywhere(tmp_path):
 
 def test_report_cli_prints_writes_and_renders_the_cost(tmp_path):
     run = write_run(priced(make_results(n=40, accuracy=0.8), 0.001), tmp_path / "run")
-    proc = run_cli("report", str(run))
+    proc = call_cli("report", str(run))
     assert proc.returncode == 0, proc.stderr
     assert "### Cost" in proc.stdout and "per correct answer: contains (95% CI)" in proc.stdout
     assert "| $0.04000 | $1.00 | $0.001250 [" in proc.stdout  # $0.04 for 40 requests, 32 of them correct
@@ -106,7 +106,7 @@ def test_compare_shows_both_sides_and_the_ratio(tmp_path):
     a = write_run(priced(make_results(n=40, accuracy=0.8), 0.001), tmp_path / "a")
     b = write_run(priced(make_results(n=40, accuracy=0.5, backend="local", seed=1), 0.0002), tmp_path / "b")
     out = tmp_path / "cmp"
-    proc = run_cli("compare", str(a), str(b), "--out", str(out))
+    proc = call_cli("compare", str(a), str(b), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     m = pd.read_parquet(out / "compare.parquet")
     total = m[m["metric"] == "cost_usd"].iloc[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, call_cli
 from scipy import optimize
 from scipy import stats as scipy_stats
 from synthetic_results import make_results, write_run
@@ -210,15 +210,15 @@ def test_markdown_summary_is_a_table_with_one_line_per_configuration(tmp_path):
 
 def test_cli_writes_files_prints_markdown_and_explains_errors(tmp_path):
     root = sweep(tmp_path / "sweep", n=10, repeats=1)
-    done = run_cli("report", str(root))
+    done = call_cli("report", str(root))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("## sentech-eval report:") and done.stdout.count("| temperature=") == 3  # repeats=1
     assert (root / "summary.parquet").exists() and (root / "report.html").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    bad = run_cli("report", str(empty))
+    bad = call_cli("report", str(empty))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "No results.parquet found" in bad.stderr
-    helped = run_cli("report", "--help")
+    helped = call_cli("report", "--help")
     assert helped.returncode == 0 and "summary.parquet" in helped.stdout and "report.html" in helped.stdout
 
 
@@ -278,7 +278,7 @@ def test_done_when_sweep_against_echo_server_then_report_then_rescore(tmp_path):
 
     sweep_dir = tmp_path / "D"
     with running_server(engine="echo", api_key=TEST_KEY) as url:
-        run = run_cli(
+        run = call_cli(
             "run",
             "-m",
             "backend=remote",
@@ -294,7 +294,7 @@ def test_done_when_sweep_against_echo_server_then_report_then_rescore(tmp_path):
             env={"SENTECH_API_KEY": TEST_KEY},
         )
     assert run.returncode == 0, run.stderr
-    done = run_cli("report", str(sweep_dir))
+    done = call_cli("report", str(sweep_dir))
     assert done.returncode == 0, done.stderr
     summary = pd.read_parquet(sweep_dir / "summary.parquet")
     assert summary["temperature"].tolist() == [0.0, 0.7, 1.4]
@@ -324,7 +324,7 @@ def test_done_when_sweep_against_echo_server_then_report_then_rescore(tmp_path):
     # the server is gone: re-scoring must not need it
     files = sorted(sweep_dir.rglob("results.parquet"))
     before = {f: pd.read_parquet(f) for f in files}
-    rescored = run_cli(
+    rescored = call_cli(
         "score", str(sweep_dir), "scorers=[exact_match,token_f1]", "backend=remote", f"backend.base_url={url}"
     )
     assert rescored.returncode == 0, rescored.stderr
@@ -345,7 +345,7 @@ def test_output_throughput_and_per_request_decode_speed_are_told_apart(tmp_path)
     ).to_parquet(data)
     run_dir = tmp_path / "run"
     with running_server(engine="echo", api_key=TEST_KEY, tokens_per_s=40) as url:
-        run = run_cli(
+        run = call_cli(
             "run",
             "backend=remote",
             f"backend.base_url={url}",
@@ -391,8 +391,8 @@ def test_cluster_option_takes_a_column_and_refuses_an_unknown_one(tmp_path):
     )
     assert by_topic.loc[0, "score_exact_match_ci_method"] == "wilson_clustered"
     run = write_run(df, tmp_path / "run")
-    bad = run_cli("report", str(run), "--cluster", "topc")
+    bad = call_cli("report", str(run), "--cluster", "topc")
     assert bad.returncode == 2 and "--cluster 'topc' is not a column of the results" in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
-    good = run_cli("report", str(run), "--cluster", "topic")
+    good = call_cli("report", str(run), "--cluster", "topic")
     assert good.returncode == 0, good.stderr

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
+from cli_helpers import REPO_ROOT, TEST_KEY, call_cli
 
 from sentech_eval import load_results
 from sentech_eval.engine.results import CORE_NAMES, read_metadata
@@ -24,7 +24,7 @@ def remote_args(base_url, run_dir, *extra):
 
 def test_capitals_run_writes_one_ok_row_per_dataset_row(echo_server, tmp_path):
     run_dir = tmp_path / "D"
-    proc = run_cli(*remote_args(echo_server, run_dir, "dataset=capitals"), env={"SENTECH_API_KEY": TEST_KEY})
+    proc = call_cli(*remote_args(echo_server, run_dir, "dataset=capitals"), env={"SENTECH_API_KEY": TEST_KEY})
     assert proc.returncode == 0, proc.stderr
     frame = load_results(run_dir)
     dataset = pd.read_parquet(REPO_ROOT / "datasets" / "capitals.parquet")
@@ -60,7 +60,7 @@ def test_capitals_run_writes_one_ok_row_per_dataset_row(echo_server, tmp_path):
 
 def test_streaming_records_ttft_before_latency_and_repeats_use_seed_plus_repeat(echo_server, tmp_path):
     run_dir = tmp_path / "S"
-    proc = run_cli(
+    proc = call_cli(
         *remote_args(
             echo_server,
             run_dir,
@@ -83,7 +83,7 @@ def test_streaming_records_ttft_before_latency_and_repeats_use_seed_plus_repeat(
 
 def test_null_sampling_values_are_not_sent_and_limit_takes_first_rows(echo_server, tmp_path):
     run_dir = tmp_path / "N"
-    proc = run_cli(
+    proc = call_cli(
         *remote_args(
             echo_server, run_dir, "dataset=capitals", "dataset.limit=7", "sampling.top_k=null", "sampling.max_tokens=2"
         ),
@@ -100,7 +100,7 @@ def test_null_sampling_values_are_not_sent_and_limit_takes_first_rows(echo_serve
 
 
 def test_missing_key_names_the_variable_and_suggests_alternatives(tmp_path):
-    proc = run_cli(*remote_args("http://127.0.0.1:9/v1", tmp_path / "K", "dataset=capitals"), env={})
+    proc = call_cli(*remote_args("http://127.0.0.1:9/v1", tmp_path / "K", "dataset=capitals"), env={})
     assert proc.returncode == 2
     assert "SENTECH_API_KEY" in proc.stderr and "backend=local" in proc.stderr and "sentech-eval serve" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -108,7 +108,7 @@ def test_missing_key_names_the_variable_and_suggests_alternatives(tmp_path):
 
 
 def test_wrong_key_stops_the_run_with_one_sentence(echo_server, tmp_path):
-    proc = run_cli(*remote_args(echo_server, tmp_path / "W", "dataset=capitals"), env={"SENTECH_API_KEY": "wrong"})
+    proc = call_cli(*remote_args(echo_server, tmp_path / "W", "dataset=capitals"), env={"SENTECH_API_KEY": "wrong"})
     assert proc.returncode == 2
     assert "Invalid API key." in proc.stderr and "Traceback" not in proc.stderr
     assert len(load_results(tmp_path / "W")) == 0  # no thousands of error rows
@@ -122,13 +122,13 @@ def test_wrong_key_stops_the_run_with_one_sentence(echo_server, tmp_path):
     ],
 )
 def test_hydra_flags_work(args, expect):
-    proc = run_cli("run", *args)
+    proc = call_cli("run", *args)
     assert proc.returncode == 0, proc.stderr
     assert expect in proc.stdout
 
 
 def test_multirun_flag_runs_one_job_per_value(echo_server, tmp_path):
-    proc = run_cli(
+    proc = call_cli(
         "run",
         "-m",
         "backend=remote",
@@ -146,11 +146,11 @@ def test_multirun_flag_runs_one_job_per_value(echo_server, tmp_path):
 
 
 def test_top_level_help_lists_subcommands():
-    proc = run_cli("--help")
+    proc = call_cli("--help")
     assert proc.returncode == 0
     for command in ("run", "serve", "score", "report", "compare", "check"):
         assert f"  {command}" in proc.stdout
-    bad = run_cli("frobnicate")
+    bad = call_cli("frobnicate")
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
 
 
@@ -159,11 +159,11 @@ def test_a_run_above_the_servers_advertised_capacity_warns_once(tmp_path):
     from sentech_eval.server.testing import running_server
 
     with running_server(api_key=TEST_KEY, capacity=2, latency_ms=20) as url:
-        above = run_cli(
+        above = call_cli(
             *remote_args(url, tmp_path / "above", "dataset.limit=12", "runner.concurrency=8", "runner.progress=false"),
             env={"SENTECH_API_KEY": TEST_KEY},
         )
-        within = run_cli(
+        within = call_cli(
             *remote_args(url, tmp_path / "within", "dataset.limit=4", "runner.concurrency=2", "runner.progress=false"),
             env={"SENTECH_API_KEY": TEST_KEY},
         )

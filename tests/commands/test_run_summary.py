@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 
 import pyarrow.parquet as pq
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, call_cli
 
 from sentech_eval.server.testing import running_server
 
 
 def test_a_scored_run_ends_with_score_ci_latency_tokens_and_report(echo_server, tmp_path):
     run_dir = tmp_path / "scored"
-    proc = run_cli(
+    proc = call_cli(
         "run",
         "backend=remote",
         f"backend.base_url={echo_server}",
@@ -40,7 +40,7 @@ def test_every_request_failing_lists_the_errors_and_exits_1(echo_server, tmp_pat
     """base_url without /v1: every request is a 404. The run says why and does not exit 0."""
     base = echo_server.removesuffix("/v1")
     run_dir = tmp_path / "no-v1"
-    proc = run_cli(
+    proc = call_cli(
         "run",
         "backend=remote",
         f"backend.base_url={base}",
@@ -68,8 +68,8 @@ def test_max_error_rate_fails_a_partly_failed_run(tmp_path):
             "runner.max_retries=0",
             "runner.progress=false",
         ]
-        lenient = run_cli(*common, f"hydra.run.dir={tmp_path / 'a'}", env={"SENTECH_API_KEY": TEST_KEY})
-        strict = run_cli(
+        lenient = call_cli(*common, f"hydra.run.dir={tmp_path / 'a'}", env={"SENTECH_API_KEY": TEST_KEY})
+        strict = call_cli(
             *common, "runner.max_error_rate=0.1", f"hydra.run.dir={tmp_path / 'b'}", env={"SENTECH_API_KEY": TEST_KEY}
         )
     assert lenient.returncode == 0, lenient.stderr  # some rows ok, no limit set
@@ -79,6 +79,6 @@ def test_max_error_rate_fails_a_partly_failed_run(tmp_path):
 
 
 def test_max_error_rate_out_of_range_is_a_config_error(tmp_path):
-    proc = run_cli("run", "runner.max_error_rate=2", f"hydra.run.dir={tmp_path}")
+    proc = call_cli("run", "runner.max_error_rate=2", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
     assert "runner.max_error_rate=2 must be between 0 and 1" in proc.stderr

@@ -7,14 +7,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from cli_helpers import run_cli
+from cli_helpers import call_cli, run_cli
 
 WINNER_PREFIX = "sentech-eval race: winner "
 
 
-def run_race(sweep_dir: Path, *overrides: str, **kwargs: Any) -> subprocess.CompletedProcess:
-    """The race_temperature sweep with ``overrides`` into ``sweep_dir`` (no progress bars); it must exit 0."""
-    proc = run_cli(
+def run_race(sweep_dir: Path, *overrides: str, process: bool = False, **kwargs: Any) -> subprocess.CompletedProcess:
+    """The race_temperature sweep with ``overrides`` into ``sweep_dir`` (no progress bars), in this
+    process (``call_cli``) or a process of its own (``run_cli``, which also takes ``timeout`` and ``cwd``);
+    it must exit 0."""
+    proc = (run_cli if process else call_cli)(
         "run", "+sweep=race_temperature", *overrides, "runner.progress=false", f"hydra.sweep.dir={sweep_dir}", **kwargs
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, call_cli
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
 from sentech_eval import load_results
@@ -80,7 +80,7 @@ def test_the_default_sweeper_composes_each_value_job_once(echo_server, tmp_path,
 
 def test_a_bad_group_choice_in_a_later_job_stops_the_sweep_before_any_job_runs(echo_server, tmp_path):
     sweep_dir = tmp_path / "bad"
-    proc = run_cli(
+    proc = call_cli(
         "run",
         "-m",
         "backend=remote",
@@ -89,7 +89,7 @@ def test_a_bad_group_choice_in_a_later_job_stops_the_sweep_before_any_job_runs(e
         "dataset.limit=2",
         "runner.progress=false",
         f"hydra.sweep.dir={sweep_dir}",
-        env=KEY_ENV,
+        key=TEST_KEY,
     )
     assert proc.returncode == 2, proc.stderr
     assert "no_such_dataset" in proc.stderr and "Traceback" not in proc.stderr
@@ -98,7 +98,7 @@ def test_a_bad_group_choice_in_a_later_job_stops_the_sweep_before_any_job_runs(e
 
 def test_a_bad_value_in_a_later_job_fails_that_job_and_keeps_the_others(echo_server, tmp_path):
     sweep_dir = tmp_path / "value"
-    proc = run_cli(
+    proc = call_cli(
         "run",
         "-m",
         "sampling.temperature=0,abc",
@@ -108,7 +108,7 @@ def test_a_bad_value_in_a_later_job_fails_that_job_and_keeps_the_others(echo_ser
         "dataset.limit=2",
         "runner.progress=false",
         f"hydra.sweep.dir={sweep_dir}",
-        env=KEY_ENV,
+        key=TEST_KEY,
     )
     assert proc.returncode == 2
     assert "sampling.temperature" in proc.stderr and "Traceback" not in proc.stderr

@@ -42,6 +42,7 @@ def race(tmp_path_factory):
         f"dataset.limit={LIMIT}",
         f"race.start={START}",
         "race.growth=2",
+        process=True,
         cwd=work,
         timeout=900,
     )

@@ -1,4 +1,6 @@
-"""`hydra/sweeper=race` end to end: the real CLI against `serve --engine oracle`, whose best cell is known."""
+"""`hydra/sweeper=race` end to end: the real CLI against `serve --engine oracle`, whose best cell is known.
+
+The CLI runs in the test's process (``call_cli``), but under the joblib launcher (its workers are processes)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import json
 
 import pandas as pd
 import pytest
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, call_cli
 from race_support import run_race, winner_line
 
 from sentech_eval import load_results
@@ -43,8 +45,7 @@ def race(oracle, tmp_path_factory):
         f"backend.base_url={url}",
         f"dataset.path={dataset}",
         "dataset.name=questions",
-        env=KEY_ENV,
-        timeout=600,
+        key=TEST_KEY,
     )
     return sweep_dir, proc
 
@@ -91,7 +92,7 @@ def test_report_has_a_race_section(race):
 
 def test_race_needs_a_score(oracle, tmp_path):
     url, dataset = oracle
-    proc = run_cli(
+    proc = call_cli(
         "run",
         "-m",
         "hydra/sweeper=race",
@@ -101,7 +102,7 @@ def test_race_needs_a_score(oracle, tmp_path):
         f"dataset.path={dataset}",
         "runner.progress=false",
         f"hydra.sweep.dir={tmp_path / 's'}",
-        env=KEY_ENV,
+        key=TEST_KEY,
     )
     assert proc.returncode == 2
     assert "race.score is not set" in proc.stderr and "Traceback" not in proc.stderr
@@ -119,7 +120,7 @@ def test_race_needs_a_score(oracle, tmp_path):
 def test_a_bad_race_setting_is_one_sentence(oracle, tmp_path, override, sentence):
     """race.* is checked against its schema (RaceConfig, which the race sweep file extends) and its ranges."""
     url, dataset = oracle
-    proc = run_cli(
+    proc = call_cli(
         "run",
         "+sweep=race_temperature",
         override,
@@ -127,7 +128,7 @@ def test_a_bad_race_setting_is_one_sentence(oracle, tmp_path, override, sentence
         f"backend.base_url={url}",
         f"dataset.path={dataset}",
         f"hydra.sweep.dir={tmp_path / 's'}",
-        env=KEY_ENV,
+        key=TEST_KEY,
     )
     assert proc.returncode == 2
     assert sentence in proc.stderr
@@ -147,6 +148,7 @@ def test_a_race_under_the_joblib_launcher_picks_the_same_winner_with_the_same_re
         "dataset.name=questions",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
+        process=True,
         env=KEY_ENV,
         timeout=600,
     )

@@ -1,4 +1,8 @@
-"""Sweeps end to end: `sentech-eval run` multiruns against the real echo server, combined into one table."""
+"""Sweeps end to end: `sentech-eval run` multiruns against the real echo server, combined into one table.
+
+The CLI runs in the test's process (``call_cli``), but where the sweep's end is the test (the exit
+fallback that combines an aborted sweep) or its launcher starts worker processes (joblib, ray).
+"""
 
 from __future__ import annotations
 
@@ -9,22 +13,22 @@ import duckdb
 import pandas as pd
 import pytest
 import yaml
-from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
+from cli_helpers import REPO_ROOT, TEST_KEY, call_cli, run_cli
 
 from sentech_eval import load_results
 from sentech_eval.cli import main as cli_main
 from sentech_eval.engine.results import PARTS_DIR, read_metadata
 from sentech_eval.engine.sweep import combine
 
-KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
 ROW_KEY = ["config_id", "prompt_id", "repeat", "temperature"]
 
 
-def sweep(echo_server, sweep_dir, *extra):
-    """Run a multirun against the echo server into ``sweep_dir``; returns the finished process."""
+def sweep(echo_server, sweep_dir, *extra, process: bool = False):
+    """Run a multirun against the echo server into ``sweep_dir`` (in this process, or in a process of
+    its own); returns the finished command's exit code and output."""
     flags = [a for a in extra if a.startswith("-")]  # Hydra's argparse wants flags before overrides
     extra = tuple(a for a in extra if not a.startswith("-"))
-    return run_cli(
+    return (run_cli if process else call_cli)(
         "run",
         *flags,
         "backend=remote",
@@ -33,7 +37,7 @@ def sweep(echo_server, sweep_dir, *extra):
         "runner.progress=false",
         f"hydra.sweep.dir={sweep_dir}",
         *extra,
-        env=KEY_ENV,
+        key=TEST_KEY,
     )
 
 
@@ -165,6 +169,7 @@ def test_a_sweep_that_aborts_midway_still_combines_the_finished_jobs(echo_server
         "dataset=capitals,no_such_dataset",
         "hydra.sweeper.max_batch_size=1",
         "dataset.limit=4",
+        process=True,  # the fallback that combines runs as the process exits
     )
     assert proc.returncode != 0
     record = json.loads((sweep_dir / "sweep.json").read_text())
@@ -248,7 +253,7 @@ def test_parallel_launchers_give_the_basic_launchers_rows(echo_server, tmp_path,
     basic, parallel = tmp_path / "basic", tmp_path / "parallel"
     proc = sweep(echo_server, basic, *args)
     assert proc.returncode == 0, proc.stderr
-    proc = sweep(echo_server, parallel, *args, *launcher)
+    proc = sweep(echo_server, parallel, *args, *launcher, process=True)  # its workers are processes
     assert proc.returncode == 0, proc.stderr
     expected, got = load_results(basic), load_results(parallel)
     assert len(got) == len(expected) == 20
