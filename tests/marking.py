@@ -19,6 +19,7 @@ the facts into markers, and a runtime check there reports a test that started a 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 import types
@@ -63,71 +64,80 @@ SUBPROCESS_KEYWORDS = {"subprocess", "workers"}
 
 def facts_of(functions: Iterable[Callable[..., Any]]) -> set[str]:
     """The facts (PROCESS, LLAMA, SERVER) of everything ``functions`` reach."""
-    reader = _Reader()
+    facts: set[str] = set()
     for function in functions:
-        reader.visit(function)
-    return reader.facts
+        facts |= _facts(function, set())
+    return facts
 
 
-class _Reader:
-    def __init__(self) -> None:
-        self.facts: set[str] = set()
-        self.seen: set[int] = set()
+# id -> (the object, its facts): a helper or fixture is read once per session, however many tests use it
+_known: dict[int, tuple[Any, frozenset[str]]] = {}
 
-    def visit(self, obj: Any) -> None:
-        """Read a function (or every method of a class) defined in tests/, once."""
-        obj = inspect.unwrap(obj) if callable(obj) else obj
-        if isinstance(obj, types.MethodType):
-            obj = obj.__func__
-        if id(obj) in self.seen or not _defined_in_tests(obj):
-            return
-        self.seen.add(id(obj))
-        if isinstance(obj, type):
-            for member in vars(obj).values():
-                if isinstance(member, (staticmethod, classmethod)):
-                    member = member.__func__
-                elif isinstance(member, property):
-                    member = member.fget
-                if isinstance(member, types.FunctionType):
-                    self.visit(member)
-            return
-        if isinstance(obj, types.FunctionType):
-            self.read_code(obj.__code__, obj.__globals__)
 
-    def read_code(self, code: types.CodeType, namespace: dict[str, Any]) -> None:
-        names, strings, keywords = set(code.co_names), set(), set()
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                self.read_code(const, namespace)
-            elif isinstance(const, str):
-                strings.add(const)
-            elif isinstance(const, tuple) and all(isinstance(c, str) for c in const):
-                keywords.update(const)  # the keyword names of a call (and tuples of strings)
-                strings.update(const)
-        if names & PROCESS_NAMES:
-            self.facts.add(PROCESS)
-        if names & LLAMA_NAMES:
-            self.facts.add(LLAMA)
-        if names & SERVER_NAMES:
-            self.facts.add(SERVER)
-            if keywords & SUBPROCESS_KEYWORDS:
-                self.facts.add(PROCESS)
-        if names & CLI_NAMES and any(_loads_the_model(s) for s in strings):
-            self.facts.add(LLAMA)
-        for name in names:
-            value = namespace.get(name, _imported_module(name))
-            if isinstance(value, types.ModuleType):
-                if value.__name__ in PROCESS_MODULES:
-                    starters = PROCESS_MODULES[value.__name__]
-                    if starters is None or names & starters:  # subprocess.CompletedProcess alone starts nothing
-                        self.facts.add(PROCESS)
-                elif value.__name__.split(".")[0] == "llama_cpp":
-                    self.facts.add(LLAMA)
-                elif _module_in_tests(value):  # a helper module of tests/: what the code takes from it
-                    for attribute in names:
-                        self.visit(getattr(value, attribute, None))
-            elif value is not None:
-                self.visit(value)
+def _facts(obj: Any, reading: set[int]) -> frozenset[str]:
+    """The facts of a function (or of every method of a class) defined in tests/, and of what it reaches.
+    ``reading``: the objects being read further up (a cycle adds nothing)."""
+    obj = inspect.unwrap(obj) if callable(obj) else obj
+    if isinstance(obj, types.MethodType):
+        obj = obj.__func__
+    key = id(obj)
+    if key in _known:
+        return _known[key][1]
+    if key in reading or not _defined_in_tests(obj):
+        return frozenset()
+    reading.add(key)
+    facts: set[str] = set()
+    if isinstance(obj, type):
+        for member in vars(obj).values():
+            if isinstance(member, (staticmethod, classmethod)):
+                member = member.__func__
+            elif isinstance(member, property):
+                member = member.fget
+            if isinstance(member, types.FunctionType):
+                facts |= _facts(member, reading)
+    else:
+        facts |= _code_facts(obj.__code__, obj.__globals__, reading)
+    reading.discard(key)
+    _known[key] = (obj, frozenset(facts))
+    return _known[key][1]
+
+
+def _code_facts(code: types.CodeType, namespace: dict[str, Any], reading: set[int]) -> set[str]:
+    facts: set[str] = set()
+    names, strings, keywords = set(code.co_names), set(), set()
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            facts |= _code_facts(const, namespace, reading)
+        elif isinstance(const, str):
+            strings.add(const)
+        elif isinstance(const, tuple) and all(isinstance(c, str) for c in const):
+            keywords.update(const)  # the keyword names of a call (and tuples of strings)
+            strings.update(const)
+    if names & PROCESS_NAMES:
+        facts.add(PROCESS)
+    if names & LLAMA_NAMES:
+        facts.add(LLAMA)
+    if names & SERVER_NAMES:
+        facts.add(SERVER)
+        if keywords & SUBPROCESS_KEYWORDS:
+            facts.add(PROCESS)
+    if names & CLI_NAMES and any(_loads_the_model(s) for s in strings):
+        facts.add(LLAMA)
+    for name in names:
+        value = namespace[name] if name in namespace else _imported_module(name)
+        if isinstance(value, types.ModuleType):
+            if value.__name__ in PROCESS_MODULES:
+                starters = PROCESS_MODULES[value.__name__]
+                if starters is None or names & starters:  # subprocess.CompletedProcess alone starts nothing
+                    facts.add(PROCESS)
+            elif value.__name__.split(".")[0] == "llama_cpp":
+                facts.add(LLAMA)
+            elif _module_in_tests(value):  # a helper module of tests/: what the code takes from it
+                for attribute in names:
+                    facts |= _facts(getattr(value, attribute, None), reading)
+        elif value is not None:
+            facts |= _facts(value, reading)
+    return facts
 
 
 def _loads_the_model(argument: str) -> bool:
@@ -146,16 +156,18 @@ def _imported_module(name: str) -> types.ModuleType | None:
 
 
 def _module_in_tests(module: types.ModuleType) -> bool:
-    source = getattr(module, "__file__", None)
-    return source is not None and Path(source).resolve().is_relative_to(TESTS_DIR)
+    return _in_tests(getattr(module, "__file__", None))
 
 
 def _defined_in_tests(obj: Any) -> bool:
     """Whether ``obj`` is a function or class whose source is under tests/ (conftest, helpers, test files)."""
-    if not isinstance(obj, (types.FunctionType, type)):
-        return False
-    try:
-        source = inspect.getsourcefile(obj)
-    except TypeError:
-        return False
-    return source is not None and Path(source).resolve().is_relative_to(TESTS_DIR)
+    if isinstance(obj, types.FunctionType):
+        return _in_tests(obj.__code__.co_filename)
+    if isinstance(obj, type):
+        return _in_tests(getattr(sys.modules.get(obj.__module__), "__file__", None))
+    return False
+
+
+@functools.cache
+def _in_tests(filename: str | None) -> bool:
+    return filename is not None and Path(filename).resolve().is_relative_to(TESTS_DIR)
