@@ -492,7 +492,8 @@ class Redactor:
     def completion_fields(self, record: Any) -> None:
         """Redact, in place, every text field of a record a server filled (a ``Completion``: output, error,
         finish_reason, response_model …): the one place server text is cleaned before it is stored or printed."""
-        for name in _field_names(type(record)):
+        record_type: type = type(record)
+        for name in _field_names(record_type):
             value = getattr(record, name)
             if isinstance(value, str):
                 cleaned = self.text(value)
