@@ -125,10 +125,10 @@ def make_prompt_dataset(path: Path, rows: int, batch_rows: int = 100_000) -> Pat
 
 def default_request_template() -> dict[str, Any]:
     """The body fields besides ``messages`` that `sentech-eval run backend=remote` sends with the default config."""
-    from sentech_eval.config import compose_config, sampling_from_config
+    from sentech_eval.config import compose_config, job_spec
 
-    cfg = compose_config(["backend=remote"])
-    return {"model": str(cfg.backend.model), **sampling_from_config(cfg).request_fields()}
+    spec = job_spec(compose_config(["backend=remote"]))
+    return {"model": spec.model_name, **spec.sampling.request_fields()}
 
 
 # ---------------------------------------------------------------------------------------- servers

@@ -54,6 +54,6 @@ def default_models_dir() -> Path:
     return Path(cache).expanduser() / "sentech-eval" / "models"
 
 
-def embedded_model_path() -> Path:
-    """Where the embedded default model is (or will be) in the default models dir."""
-    return default_models_dir() / EMBEDDED_MODEL_FILE
+def embedded_model_path(models_dir: Path | None = None) -> Path:
+    """Where the embedded default model is (or will be) in ``models_dir`` (default: ``default_models_dir()``)."""
+    return Path(models_dir or default_models_dir()) / EMBEDDED_MODEL_FILE

@@ -374,8 +374,8 @@ def find_credentials(node: Any, prefix: str = "", secrets: Iterable[str] = ()) -
                     and (not ENV_NAME.fullmatch(value) or _looks_random(value) or credential_problem(value, secrets))
                 ):
                     found.append(dotted)
-            elif is_credential_name(str(key)) and value not in (None, "", {}, []):
-                found.append(dotted)
+            elif is_credential_name(str(key)) and value not in (None, "", {}, []) and not isinstance(value, Mapping):
+                found.append(dotted)  # a mapping is a section (scorers.token_f1): its entries are checked
             else:
                 found.extend(find_credentials(value, dotted, secrets))
     elif isinstance(node, (list, tuple)):
@@ -392,7 +392,12 @@ def redact_tree(node: Any, secrets: Iterable[str] = ()) -> Any:
     if isinstance(node, Mapping):
         return {
             k: REDACTED
-            if (is_credential_name(str(k)) and not is_reference_name(str(k)) and v not in (None, ""))
+            if (
+                is_credential_name(str(k))
+                and not is_reference_name(str(k))
+                and v not in (None, "")
+                and not isinstance(v, Mapping)
+            )
             else redact_tree(v, secrets)
             for k, v in node.items()
         }

@@ -13,7 +13,7 @@ This module imports nothing of ours.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -154,3 +154,11 @@ def time_per_output_token(latency_s: float | None, ttft_s: float | None, complet
     if latency_s is None or ttft_s is None or completion_tokens is None or completion_tokens < 2:
         return None
     return (latency_s - ttft_s) / (completion_tokens - 1)
+
+
+def last_user_text(messages: Sequence[Mapping[str, str]]) -> str:
+    """The prompt of a chat: the last user message's content (the last message's if none is from the user)."""
+    for message in reversed(messages):
+        if message["role"] == "user":
+            return message["content"]
+    return messages[-1]["content"]

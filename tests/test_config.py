@@ -1,11 +1,11 @@
-"""config.py: ranges, unknown keys, secret-looking keys, config_id stability."""
+"""sentech_eval.config: the job spec built once (ranges, unknown keys, secret-looking keys), config_id stability."""
 
 from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
 
-from sentech_eval.config import config_id, find_secret_keys, validate
+from sentech_eval.config import config_id, find_secret_keys, job_spec
 from sentech_eval.errors import ConfigError
 from sentech_eval.types import Sampling
 
@@ -34,10 +34,20 @@ def make_cfg(**overrides):
 
 
 def test_valid_config_gives_typed_sections():
-    sampling, dataset, runner = validate(make_cfg())
-    assert sampling == Sampling(0.7, 0.9, 40, 0.0, 0.0, 16, 0)
-    assert dataset.path == "d.parquet" and dataset.num_shards == 1
-    assert runner.concurrency == 4 and runner.max_retries == 5
+    spec = job_spec(make_cfg())
+    assert spec.sampling == Sampling(0.7, 0.9, 40, 0.0, 0.0, 16, 0)
+    assert spec.dataset.path == "d.parquet" and spec.dataset.num_shards == 1
+    assert spec.runner.concurrency == 4 and spec.runner.max_retries == 5
+    assert spec.backend.base_url == "http://127.0.0.1:1/v1" and spec.backend.timeout_s == 60.0  # schema default
+    assert spec.price is None and spec.race is None and spec.scorers == () and spec.experiment == "t"
+
+
+def test_the_spec_is_frozen():
+    import dataclasses
+
+    spec = job_spec(make_cfg())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.runner = None
 
 
 @pytest.mark.parametrize(
@@ -61,11 +71,11 @@ def test_valid_config_gives_typed_sections():
 )
 def test_out_of_range_values_are_refused_with_the_key(key, value, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        validate(make_cfg(**{key: value}))
+        job_spec(make_cfg(**{key: value}))
 
 
 def test_null_sampling_values_are_allowed_and_not_sent():
-    sampling, _, _ = validate(make_cfg(sampling__top_k=None, sampling__temperature=None))
+    sampling = job_spec(make_cfg(sampling__top_k=None, sampling__temperature=None)).sampling
     assert "top_k" not in sampling.request_fields()
     assert "temperature" not in sampling.request_fields()
     assert sampling.request_fields()["top_p"] == 0.9
@@ -75,13 +85,13 @@ def test_null_sampling_values_are_allowed_and_not_sent():
 @pytest.mark.parametrize("key", ["sampling__tempurature", "runner__concurency", "dataset__pth", "surprise"])
 def test_unknown_keys_are_named(key):
     with pytest.raises(ConfigError, match="Unknown config key"):
-        validate(make_cfg(**{key: 1}))
+        job_spec(make_cfg(**{key: 1}))
 
 
 @pytest.mark.parametrize("key", ["backend__api_key", "backend__token", "backend__headers__authorization", "password"])
 def test_credential_keys_are_refused(key):
     with pytest.raises(ConfigError, match="SENTECH_API_KEY"):
-        validate(make_cfg(**{key: "sk-123"}))
+        job_spec(make_cfg(**{key: "sk-123"}))
 
 
 def test_api_key_env_is_not_a_credential():
@@ -98,10 +108,10 @@ def test_config_id_is_stable_and_sensitive_to_sampling():
 
 # ---- backend schemas (RemoteBackendConfig, LocalBackendConfig): one place for keys, types and defaults
 def test_backend_settings_fill_the_schema_defaults():
-    from sentech_eval.config import LocalBackendConfig, RemoteBackendConfig, backend_settings
+    from sentech_eval.config import LocalBackendConfig, PriceConfig, RemoteBackendConfig, backend_settings
 
     remote = backend_settings({"kind": "remote", "model": "m", "price": {"input_per_mtok": 1}}, RemoteBackendConfig)
-    assert remote == RemoteBackendConfig(model="m")  # price is the run's, not the backend's
+    assert remote == RemoteBackendConfig(model="m", price=PriceConfig(input_per_mtok=1))
     local = backend_settings(
         OmegaConf.create({"kind": "local", "model_path": "x.gguf", "n_ctx": 512}), LocalBackendConfig
     )
@@ -145,11 +155,44 @@ def test_backend_settings_refuse_with_one_sentence(node, fragment):
     ],
 )
 def test_an_unknown_price_key_is_named_with_the_nearest_one(price, fragment):
-    from sentech_eval.config import price_from_config
+    with pytest.raises(ConfigError) as err:
+        job_spec(make_cfg(backend__price=price))
+    assert str(err.value) == fragment
+
+
+@pytest.mark.parametrize("form", ["typed", "added"])
+def test_price_is_a_field_of_every_backend_schema(form):
+    """``backend.price.input_per_mtok=0.15`` works as written; the old ``+backend.price={…}`` still does."""
+    from sentech_eval.config import compose_config
+
+    for backend in ("remote", "local"):
+        if form == "typed":
+            overrides = [f"backend={backend}", "backend.price.input_per_mtok=0.15", "backend.price.per_hour=2"]
+        else:
+            overrides = [f"backend={backend}", "+backend.price={input_per_mtok: 0.15, per_hour: 2}"]
+        spec = job_spec(compose_config(overrides))
+        assert (spec.price.input_per_mtok, spec.price.output_per_mtok, spec.price.per_hour) == (0.15, 0.0, 2.0)
+    assert job_spec(compose_config(["backend=remote"])).price is None
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("backend.price.input_per_mtok=-1", "backend.price.input_per_mtok=-1 must be 0 or more (USD)."),
+        ("backend.price.per_hour=abc", "Config key 'backend.price.per_hour' must be a number or null, got 'abc'."),
+    ],
+)
+def test_a_bad_price_is_one_sentence(override, fragment):
+    from sentech_eval.config import compose_config
 
     with pytest.raises(ConfigError) as err:
-        price_from_config(OmegaConf.create({"backend": {"kind": "remote", "price": price}}))
-    assert str(err.value) == fragment
+        job_spec(compose_config([override]))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_cost_ceiling_without_a_price_says_how_to_set_one():
+    with pytest.raises(ConfigError, match=r"backend.price.input_per_mtok=0.15 backend.price.output_per_mtok=0.6"):
+        job_spec(make_cfg(runner__max_cost_usd=1.0))
 
 
 @pytest.mark.parametrize("group", ["backend", "runner", "dataset", "sampling"])
@@ -277,3 +320,46 @@ def test_the_largest_storable_seed_passes_the_check():
     from sentech_eval.types import Sampling
 
     check_column_limits(Sampling(seed=INT64_MAX - 1), RunnerConfig(repeats=2))
+
+
+def test_the_spec_of_a_composed_config_keeps_the_column_mapping_and_the_scorers():
+    from sentech_eval.config import compose_config
+
+    spec = job_spec(
+        compose_config(["dataset.columns.id=qid", "dataset.columns.prompt=question", "scorers=[contains,token_f1]"])
+    )
+    assert spec.dataset.columns == {"id": "qid", "prompt": "question"}
+    assert [s.name for s in spec.scorers] == ["contains", "token_f1"]  # token_f1 is no credential
+    assert spec.scorers[0].options["_target_"].endswith(".Contains")
+    saved_columns = spec.saved_config["dataset"]["columns"]
+    assert {k: v for k, v in saved_columns.items() if v} == {"id": "qid", "prompt": "question"}
+    assert "hydra" not in spec.saved_config
+
+
+def test_the_race_sweep_file_gives_a_race_spec():
+    from sentech_eval.config import RaceSettings, compose_config
+
+    spec = job_spec(compose_config(["+sweep=race_temperature", "race.keep=2"]))
+    assert spec.race.score_column == "score_contains" and spec.race.settings == RaceSettings(keep=2)
+    with pytest.raises(ConfigError, match=r"race.growth=1(\.0)? must be greater than 1"):
+        job_spec(compose_config(["+sweep=race_temperature", "race.growth=1"]))
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("scorers.mine._target_=pkg.f", "write +scorers.mine._target_=pkg.f"),
+        ("sweep=race_temperature", "write +sweep=race_temperature"),
+        ("runner.foo=1", "Unknown config key 'runner.foo'; known keys are: arrival"),
+    ],
+)
+def test_a_key_that_needs_a_plus_says_so(override, fragment):
+    """Where a key or group needs ``+`` to be added, the sentence gives the override to type; a schema's
+    section (runner) takes no new keys, so no + is suggested there."""
+    from sentech_eval.config import compose_config
+
+    with pytest.raises(ConfigError) as err:
+        compose_config([override])
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    if override.startswith("runner"):
+        assert "+" not in str(err.value)

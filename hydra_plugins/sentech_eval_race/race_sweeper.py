@@ -28,9 +28,11 @@ class RaceSweeper(BasicSweeper):
         """Parse the grid, race it, combine and report the sweep dir."""
         # sentech_eval is imported when a race runs, not at Hydra's plugin scan, which imports this
         # module in every Hydra app of the environment (numpy, pyarrow … only for a race)
+        from sentech_eval.config import job_spec
         from sentech_eval.engine.race_sweep import run_race
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        spec = job_spec(self.config, racing=True)  # the sweep's base job, checked (a user error: one sentence, exit 2)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         cells = self.split_arguments(overrides, None)[0]
@@ -45,7 +47,7 @@ class RaceSweeper(BasicSweeper):
             return returns
 
         self.returns: list[Any] = []
-        record = run_race(self.config, cells, launch, sweep_dir)  # a user error reaches the CLI: one sentence, exit 2
+        record = run_race(spec, cells, launch, sweep_dir)  # a user error reaches the CLI: one sentence, exit 2
         _report(sweep_dir, record, announce=not _combines_at_the_end(self.config))
         return self.returns
 

@@ -9,9 +9,9 @@ are identical after normalisation count as ties without asking. A failed request
 without a verdict is recorded as a judge error and that verdict is left out; it never stops
 the comparison. Only a rejected API key (401/403) stops it, as it stops a run.
 
-The judge backend is built from the repo's ``conf/`` with Hydra's compose API, so
+The judge is a job spec (``commands/compare.py`` composes it from ``--judge``'s overrides, so
 ``--judge backend=local`` or ``--judge backend=remote backend.base_url=http://…`` work as in
-``sentech-eval run``; ``sampling=greedy`` with ``max_tokens=256`` is used unless overridden.
+``sentech-eval run``; ``sampling=greedy`` with ``max_tokens=256`` is used unless overridden).
 Every verdict is kept in ``judge.parquet`` next to ``compare.parquet``.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 
 import pandas as pd
 
@@ -28,9 +27,8 @@ from sentech_eval.analysis.compare import metric_row, normalise_output
 from sentech_eval.analysis.pairing import PairedResults
 from sentech_eval.backends.base import Backend, create_backend
 from sentech_eval.backends.retry import complete_with_retries
-from sentech_eval.config import compose_config, sampling_from_config
-from sentech_eval.errors import AuthenticationError, ConfigError
-from sentech_eval.secrets import refuse_secret_overrides
+from sentech_eval.config import JobSpec
+from sentech_eval.errors import AuthenticationError
 from sentech_eval.types import Sampling
 
 PROMPT = """You are comparing two answers to the same question.
@@ -48,28 +46,6 @@ Which answer is better: more correct, complete and helpful? Reply with one line:
 
 VERDICT = re.compile(r"winner\s*[:=]?\s*\**\s*(1|2|tie)\b", re.IGNORECASE)
 MAX_ATTEMPTS = 3
-
-
-def judge_config(overrides: list[str]) -> Any:
-    """The composed run config for the judge (``sampling=greedy`` unless overridden)."""
-
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(
-            f"--judge takes Hydra overrides such as backend=local, got {bad[0]!r}; put A and B before --judge."
-        )
-    refuse_secret_overrides(overrides)
-    names = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
-    defaults = []
-    if "sampling" not in names:
-        defaults.append("sampling=greedy")
-    if "sampling.max_tokens" not in names:
-        defaults.append("sampling.max_tokens=256")  # room for a judge that reasons before its verdict
-    overrides = [*defaults, *overrides]
-    try:
-        return compose_config(overrides, job_name="compare_judge")
-    except ConfigError as exc:
-        raise ConfigError(f"--judge {' '.join(overrides)}: {exc}") from None
 
 
 def parse_verdict(text: str | None) -> str | None:
@@ -129,11 +105,10 @@ async def _judge_all(backend: Backend, sampling: Sampling, pairs: pd.DataFrame, 
     return list(await asyncio.gather(*tasks))
 
 
-def judge_pairs(paired: PairedResults, overrides: list[str], limit: int | None = None) -> pd.DataFrame:
-    """One row per judge verdict (two per judged pair; identical outputs are ties, not asked)."""
-    cfg = judge_config(overrides)
-    sampling = sampling_from_config(cfg)
-    concurrency = int(cfg.runner.concurrency) if "runner" in cfg else 4
+def judge_pairs(paired: PairedResults, judge: JobSpec, limit: int | None = None) -> pd.DataFrame:
+    """One row per judge verdict (two per judged pair; identical outputs are ties, not asked), by the
+    backend and sampling of the ``judge`` spec."""
+    sampling, concurrency = judge.sampling, judge.runner.concurrency
     pairs = paired.pairs
     ok = pd.Series(True, index=pairs.index)
     for side in ("a", "b"):
@@ -158,7 +133,7 @@ def judge_pairs(paired: PairedResults, overrides: list[str], limit: int | None =
     ]
     to_ask = pairs[~same]
     if len(to_ask):
-        backend = create_backend(cfg.backend, concurrency)
+        backend = create_backend(judge.backend, concurrency)
 
         async def run() -> list[dict]:
             try:

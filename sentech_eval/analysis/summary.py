@@ -67,7 +67,7 @@ def config_keys(df: pd.DataFrame) -> list[str]:
     return [c for c in CONFIG_COLUMNS if c in df.columns and c != "seed"]
 
 
-def _describe(part: pd.DataFrame, col: str):
+def _config_value(part: pd.DataFrame, col: str):
     """The configuration's value of ``col``: the value if unique, else the smallest (e.g. base seed)."""
     values = part[col].dropna().unique()
     if len(values) == 0:
@@ -259,10 +259,10 @@ def summarize(
         fresh = ok[~from_cache.loc[ok.index]]
         row: dict = {}
         if "config_id" in part:
-            row["config_id"] = _describe(part, "config_id")
+            row["config_id"] = _config_value(part, "config_id")
         for col in CONFIG_COLUMNS:
             if col in part:
-                row[col] = _describe(part, col)
+                row[col] = _config_value(part, col)
         row["n"] = len(part)
         row["n_ok"] = len(ok)
         row["n_cached"] = int(from_cache.sum())

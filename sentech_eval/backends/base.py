@@ -12,6 +12,7 @@ import importlib
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from sentech_eval.config import BackendConfig
 from sentech_eval.errors import ConfigError
 from sentech_eval.types import Completion, Sampling
 
@@ -84,7 +85,8 @@ def backend_class(kind: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def create_backend(backend_cfg: Any, concurrency: int) -> Backend:
-    """Build the backend described by the ``backend`` config node."""
-    cls = backend_class(str(backend_cfg.kind))
-    return cls.from_config(backend_cfg, concurrency=concurrency)
+def create_backend(settings: BackendConfig, concurrency: int) -> Backend:
+    """Build the backend a job spec's ``backend`` describes (``JobSpec.backend``), for ``concurrency``
+    requests in flight: the one way a run, a judge and ``compare --judge`` build theirs."""
+    cls = backend_class(str(settings.kind))
+    return cls.from_config(settings, concurrency=concurrency)

@@ -100,7 +100,7 @@ def _download_from_hub(path: Path, cfg: LocalBackendConfig) -> None:
         os.replace(got, path)
 
 
-def settings_from_config(cfg: Any, workers: int) -> Any:
+def engine_settings(cfg: Any, workers: int) -> Any:
     """Check the backend config node against ``LocalBackendConfig`` (keys, types, defaults) and the
     ranges, and turn it into ``EngineSettings`` (after the file check)."""
     from sentech_eval.backends.local_worker import EngineSettings, cpu_has_amx
@@ -191,7 +191,7 @@ class LocalBackend(Backend):
         workers = local.workers
         if workers < 1:
             raise ConfigError(f"backend.workers must be at least 1 (got {workers}).")
-        settings = settings_from_config(local, workers)
+        settings = engine_settings(local, workers)
         settings = dataclasses.replace(settings, model_path=str(path))
         return cls(settings, workers=workers)
 

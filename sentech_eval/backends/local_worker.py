@@ -58,7 +58,7 @@ class EngineSettings:
     """Everything a worker needs to load its model (picklable: sent to worker processes)."""
 
     model_path: str
-    n_ctx: int = LocalBackendConfig.n_ctx  # the config schema's defaults: one place (sentech_eval/config.py)
+    n_ctx: int = LocalBackendConfig.n_ctx  # the config schema's defaults: one place (sentech_eval/config/schemas.py)
     n_threads: int = 1
     n_batch: int = LocalBackendConfig.n_batch
     n_gpu_layers: int = LocalBackendConfig.n_gpu_layers

@@ -44,11 +44,6 @@ EMBEDDED_MODEL = ModelFile(
 )
 
 
-def embedded_model_path(models_dir: Path | None = None) -> Path:
-    """Where the embedded model is (or will be) in ``models_dir`` (default: ``default_models_dir()``)."""
-    return Path(models_dir or default_models_dir()) / EMBEDDED_MODEL.file_name
-
-
 def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

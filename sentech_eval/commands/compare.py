@@ -15,10 +15,34 @@ import pandas as pd
 from sentech_eval.analysis.compare import compare, comparison_warnings, default_label, disagreements, metrics_frame
 from sentech_eval.analysis.judge import judge_pairs, judge_rows
 from sentech_eval.analysis.pairing import pair_results
+from sentech_eval.config import JobSpec, compose_config, job_spec
 from sentech_eval.engine.rundir import prepare_run_dir
 from sentech_eval.errors import ConfigError
 from sentech_eval.render.compare_html import render_html
 from sentech_eval.render.markdown import compare_markdown
+from sentech_eval.secrets import refuse_secret_overrides
+
+
+def judge_spec(overrides: list[str]) -> JobSpec:
+    """The pairwise judge's job spec from ``--judge``'s overrides (``sampling=greedy`` and
+    ``sampling.max_tokens=256`` unless overridden), composed as ``sentech-eval run`` composes its config."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(
+            f"--judge takes Hydra overrides such as backend=local, got {bad[0]!r}; put A and B before --judge."
+        )
+    refuse_secret_overrides(overrides)
+    names = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    defaults = []
+    if "sampling" not in names:
+        defaults.append("sampling=greedy")
+    if "sampling.max_tokens" not in names:
+        defaults.append("sampling.max_tokens=256")  # room for a judge that reasons before its verdict
+    overrides = [*defaults, *overrides]
+    try:
+        return job_spec(compose_config(overrides, job_name="compare_judge"))
+    except ConfigError as exc:
+        raise ConfigError(f"--judge {' '.join(overrides)}: {exc}") from None
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -69,7 +93,7 @@ def main(argv: list[str], prog: str = "sentech-eval compare") -> int:
     metrics = compare(paired, args.confidence, args.seed, cluster=args.cluster)
     judgements = None
     if args.judge:
-        judgements = judge_pairs(paired, args.judge, limit=args.judge_limit)
+        judgements = judge_pairs(paired, judge_spec(args.judge), limit=args.judge_limit)
         metrics = pd.concat(
             [metrics, metrics_frame(judge_rows(judgements, args.confidence, args.seed))], ignore_index=True
         )

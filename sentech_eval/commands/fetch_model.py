@@ -5,13 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sentech_eval.backends.model_files import (
-    EMBEDDED_MODEL,
-    embedded_model_path,
-    fetch_embedded_model,
-    is_valid_embedded_model,
-)
-from sentech_eval.paths import MODELS_DIR_ENV, default_models_dir
+from sentech_eval.backends.model_files import EMBEDDED_MODEL, fetch_embedded_model, is_valid_embedded_model
+from sentech_eval.paths import MODELS_DIR_ENV, default_models_dir, embedded_model_path
 
 
 def main(argv: list[str] | None = None, prog: str = "sentech-eval fetch-model") -> int:

@@ -1,4 +1,5 @@
-"""``sentech-eval run``: the Hydra app. The task function stays tiny; the work is in ``evaluate``.
+"""``sentech-eval run``: the Hydra app. The task function builds the job spec, runs it (``run_job``)
+and prints how the run ended; the work is in ``engine.evaluation.run_evaluation``.
 
 Every Hydra flag works (``-m``, ``--cfg job``, ``--help``, ``hydra.run.dir=…``). A user error
 stops the run with one sentence; in a multirun the failed job is recorded and the sweep goes on.
@@ -11,9 +12,11 @@ import errno
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +24,31 @@ import hydra
 from hydra._internal.hydra import Hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
-from hydra.errors import HydraException, OverrideParseException
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
 from sentech_eval.commands import estimate
 from sentech_eval.commands.export import export_at_end
-from sentech_eval.commands.run_summary import end_of_run
+from sentech_eval.commands.run_summary import end_of_run, result_lines
 from sentech_eval.config import (
+    JobSpec,
     check_resolved_overrides,
-    config_error,
     group_choices,
+    hydra_error,
+    job_spec,
     register_configs,
     unknown_choice_message,
-    unknown_key_error,
 )
 from sentech_eval.engine.cluster import refuse_job_this_node_cannot_run
-from sentech_eval.engine.evaluation import run_evaluation
-from sentech_eval.engine.rundir import ARGV_ENV, lock_run_dir, prepare_run_dir, unlock_run_dir
+from sentech_eval.engine.evaluation import RunResult, run_evaluation
+from sentech_eval.engine.rundir import lock_run_dir, prepare_run_dir, unlock_run_dir
 from sentech_eval.engine.sweep import take_sweep_exit_code
 from sentech_eval.errors import ConfigError, RunDirError, SentechEvalError
 from sentech_eval.escaping import terminal_lines
 from sentech_eval.paths import conf_search_path
-from sentech_eval.secrets import environment_secrets, key_env_names, refuse_secret_overrides
+from sentech_eval.secrets import environment_secrets, key_env_names, redact_tree, refuse_secret_overrides
 
 
 def _override_value(argv: list[str], key: str) -> str | None:
@@ -99,9 +103,33 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def evaluate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Validate, build the backend, run the dataset, write results.parquet; returns a summary dict."""
-    return asyncio.run(run_evaluation(cfg, out_dir))
+def build_spec(cfg: DictConfig, out_dir: Path) -> JobSpec:
+    """The job's spec; on a config error, Hydra's saved copy of the config loses any credential first."""
+    try:
+        return job_spec(cfg)
+    except ConfigError:
+        scrub_saved_config(cfg, out_dir)
+        raise
+
+
+def scrub_saved_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Hydra saved the composed config to ``.hydra/config.yaml`` before the job ran: if a config file
+    carried a credential (which ``job_spec`` refuses), overwrite that copy without its value."""
+    saved = out_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        return
+    container = OmegaConf.to_container(cfg, resolve=False)
+    redacted = redact_tree(container, environment_secrets())
+    if redacted != container:
+        saved.write_text(OmegaConf.to_yaml(OmegaConf.create(redacted)))
+
+
+def run_job(spec: JobSpec, out_dir: Path, resume: ResumeCommand) -> RunResult:
+    """Run the job into ``out_dir`` and print what it did (counts, cost, why it stopped, how to resume)."""
+    result = asyncio.run(run_evaluation(spec, out_dir, resume_command=resume.command()))
+    for line in result_lines(result, resume.command):
+        print(line, file=sys.stderr)
+    return result
 
 
 def _record_job_status(out_dir: Path, status: str, error: str | None, summary: dict[str, Any] | None) -> None:
@@ -121,9 +149,10 @@ def task(cfg: DictConfig) -> float | None:
     out_dir = output_dir()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        spec = build_spec(cfg, out_dir)
         if multirun:  # a job on another node (Ray, SLURM) says what that node lacks, naming node and path
-            refuse_job_this_node_cannot_run(cfg, HydraConfig.get().job.num)
-        summary = evaluate(cfg, out_dir)
+            refuse_job_this_node_cannot_run(spec, HydraConfig.get().job.num)
+        result = run_job(spec, out_dir, ResumeCommand.of_this_job(out_dir))
     except SentechEvalError as exc:
         print(f"sentech-eval run: error: {terminal_lines(exc)}", file=sys.stderr)
         _record_job_status(out_dir, "failed", str(exc), None)
@@ -144,28 +173,27 @@ def task(cfg: DictConfig) -> float | None:
             # a launcher's worker process lives on to run other jobs, and a race's next round may resume
             # this dir in another worker: the job's lock on its dir ends with the job
             unlock_run_dir(out_dir)
-    if summary.get("interrupted"):
-        _record_job_status(out_dir, "interrupted", None, summary)
+    if result.summary.interrupted:
+        _record_job_status(out_dir, "interrupted", None, result.record())
         sys.exit(130)  # one Ctrl-C stops a whole sweep too; the sweep's exit hook still combines results
-    failure = None if multirun else report_end_of_run(cfg, summary)
-    _record_job_status(out_dir, "failed" if failure else "ok", failure, summary)
+    failure = None if multirun else report_end_of_run(spec, result)
+    _record_job_status(out_dir, "failed" if failure else "ok", failure, result.record())
     if not multirun:  # a sweep is exported once, when it ends (commands/export.py, ExportSweepAtEnd)
-        export_at_end((cfg.get("runner") or {}).get("export"), out_dir)
+        export_at_end(spec.runner.export, out_dir)
     if failure:
         sys.exit(1)
-    return summary.get("objective")
+    return result.objective_value
 
 
-def report_end_of_run(cfg: DictConfig, summary: dict[str, Any]) -> str | None:
+def report_end_of_run(spec: JobSpec, result: RunResult) -> str | None:
     """Print the run's result (scores with 95% CIs, latency, tokens, errors, report.html) and
     return why the run failed: every row an error, or more errors than ``runner.max_error_rate``."""
-    results = Path(summary["results"])
-    if not results.is_file():
+    if not result.results.is_file():
         return None
-    outcome, lines = end_of_run(results, scored=bool(summary.get("scores")) or bool(cfg.get("scorers")))
+    outcome, lines = end_of_run(result.results, scored=bool(result.scores) or bool(spec.scorers))
     for line in lines:
         print(line, file=sys.stderr)
-    limit = (cfg.get("runner") or {}).get("max_error_rate")
+    limit = spec.runner.max_error_rate
     failure = None
     if outcome.rows and not outcome.ok:
         failure = f"every request failed ({outcome.errors} of {outcome.rows} rows are errors; see above)."
@@ -177,6 +205,51 @@ def report_end_of_run(cfg: DictConfig, summary: dict[str, Any]) -> str | None:
     if failure:
         print(f"sentech-eval run: error: {failure}", file=sys.stderr)
     return failure
+
+
+@dataclass(frozen=True)
+class ResumeCommand:
+    """The command that resumes a job: its overrides with the run dir pinned (``hydra.run.dir``); in a
+    sweep, the sweep as typed with its dir pinned (``hydra.sweep.dir``: each job resumes in its own dir)."""
+
+    args: tuple[str, ...]  # the overrides (and -m) as typed
+    dir_key: str  # hydra.run.dir or hydra.sweep.dir
+    dir: Path
+
+    @classmethod
+    def of_this_job(cls, out_dir: Path) -> ResumeCommand:
+        """From Hydra's state of the running job (and, in a sweep, the ``multirun.yaml`` its sweeper saved)."""
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("hydra.run.dir=")]
+            return cls(tuple(overrides), "hydra.run.dir", out_dir)
+        depth = len(Path(str(hydra_cfg.sweep.subdir)).parts)
+        sweep_dir = out_dir.parents[depth - 1] if depth else out_dir
+        typed = _sweep_as_typed(sweep_dir) or sys.argv[1:]
+        typed = [a for a in typed if not a.lstrip("+").startswith(("hydra.sweep.dir=", "hydra.mode="))]
+        if not any(a in ("-m", "--multirun") for a in typed) and not any(
+            a.lstrip("+").startswith("sweep=") for a in typed
+        ):
+            typed = ["-m", *typed]
+        return cls(tuple(typed), "hydra.sweep.dir", sweep_dir)
+
+    def command(self, replace: dict[str, str] | None = None) -> str:
+        """The shell command; ``replace`` sets keys to new values (e.g. a higher ``runner.max_cost_usd``)."""
+        replace = replace or {}
+        kept = [a for a in self.args if a.lstrip("+").split("=", 1)[0] not in replace]
+        args = kept + [f"{key}={value}" for key, value in replace.items()]
+        return shlex.join(["sentech-eval", "run", *args, f"{self.dir_key}={self.dir}"])
+
+
+def _sweep_as_typed(sweep_dir: Path) -> list[str] | None:
+    """The sweep's overrides as the user typed them, from the ``multirun.yaml`` Hydra's sweeper saved."""
+    from sentech_eval.engine.sweep import MULTIRUN_FILE  # a sweep only: no import for a plain run
+
+    try:
+        saved = OmegaConf.load(sweep_dir / MULTIRUN_FILE)
+        return [str(o) for o in saved.hydra.overrides.hydra] + [str(o) for o in saved.hydra.overrides.task]
+    except (OSError, OmegaConfBaseException):
+        return None
 
 
 def is_plain_run(argv: list[str]) -> bool:
@@ -236,7 +309,6 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
     register_sweepers()  # (before the resolved check: a sweep's config names the project's sweepers)
     check_resolved_overrides(argv, environment_secrets(key_env_names(argv)))  # before anything is written
     check_output_dirs(argv)
-    os.environ[ARGV_ENV] = json.dumps(list(argv))
     if estimate.wants_estimate(argv):
         return estimate.run(argv)
     sys.argv = [prog.replace(" ", "-")] + list(argv)
@@ -248,7 +320,7 @@ def main(argv: list[str], prog: str = "sentech-eval run") -> int:
         with mode_known_for_a_plain_run(argv):
             task()
     except (HydraException, OmegaConfBaseException) as exc:
-        raise explain_hydra_error(exc) from None
+        raise hydra_error(exc) from None
     except OSError as exc:
         if exc.errno not in UNWRITABLE or exc.filename is None:
             raise
@@ -274,23 +346,3 @@ UNWRITABLE = {
     errno.EEXIST,
     errno.EISDIR,
 }
-
-
-def explain_hydra_error(exc: BaseException) -> ConfigError:
-    """One sentence for a composition error; an unknown key names the nearest valid one."""
-    cause = exc.__cause__
-    if (
-        isinstance(cause, (ConfigAttributeError, ConfigKeyError))
-        and getattr(cause, "parent_node", None) is not None
-        and cause.key
-    ):
-        full_key = str(cause.full_key or cause.key)
-        schema = OmegaConf.get_type(cause.parent_node)
-        return unknown_key_error(full_key, [str(k) for k in cause.parent_node.keys()], schema=schema)
-    if isinstance(exc, OverrideParseException):
-        reason = " ".join(str(exc.message).split()).split(" See https://")[0].strip()
-        return ConfigError(
-            f"Cannot parse the override {exc.override!r} ({reason}); quote values with special "
-            "characters, e.g. 'key=\"a(b)\"' (see https://hydra.cc/docs/advanced/override_grammar/basic/)."
-        )
-    return config_error(exc)

@@ -13,14 +13,17 @@ HTTP status and first message, so "0 ok, 3 errors" says why.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
+from sentech_eval.engine.evaluation import RunResult
 from sentech_eval.engine.results import read_parquet
 from sentech_eval.escaping import terminal_text
+from sentech_eval.normalize import one_line
 
 MESSAGE_LIMIT = 160
 
@@ -39,16 +42,16 @@ class RunOutcome:
         return self.errors / self.rows if self.rows else 0.0
 
 
-def _short(text: str | None) -> str:
-    text = terminal_text(" ".join((text or "").split()))  # a server's message: control characters shown escaped
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
-
-
 def read_outcome(results: Path) -> RunOutcome:
     """Row counts and the error breakdown (most frequent first) of a results.parquet."""
     table = read_parquet(results, columns=["status", "http_status", "error"])
     errors = table.filter(pc.equal(table.column("status"), "error"))
-    kinds = Counter(zip(errors.column("http_status").to_pylist(), map(_short, errors.column("error").to_pylist())))
+    kinds = Counter(
+        zip(
+            errors.column("http_status").to_pylist(),
+            (terminal_text(one_line(e, MESSAGE_LIMIT)) for e in errors.column("error").to_pylist()),  # escaped
+        )
+    )
     return RunOutcome(
         rows=table.num_rows,
         ok=table.num_rows - errors.num_rows,
@@ -176,3 +179,80 @@ def _plain_lines(results: Path) -> list[str]:
     row["completion_tokens_sum"] = pc.sum(table.column("completion_tokens")).as_py() or 0
     row["completion_tokens_mean"] = pc.mean(ok.column("completion_tokens")).as_py()
     return summary_lines(row, [])
+
+
+def result_lines(result: RunResult, resume: Callable[[dict[str, str] | None], str]) -> list[str]:
+    """What a run prints when it ends, before the result: counts, cost, the cache's part, why it stopped
+    early and how to send the rest (``resume(replace)`` is the command), open-loop rates, warnings."""
+    summary = result.summary
+    line = f"sentech-eval run: {summary.ok} ok, {summary.errors} errors"
+    if summary.skipped:
+        line += f", {summary.skipped} skipped (already done)"
+    if result.cached is not None:
+        line += f", {result.cached} from cache"
+    if summary.retries:
+        line += f", {summary.retries} retries"
+    if summary.lowest_concurrency is not None:
+        line += f" (429s lowered the concurrency to as low as {summary.lowest_concurrency} of {result.concurrency})"
+    line += f" in {summary.elapsed_s:.2f} s -> {result.results}"
+    if result.scores:
+        line += "  " + " ".join(f"{k}={v:.3f}" for k, v in sorted(result.scores.items()))
+    if result.cost_usd is not None:
+        line += f"  cost ${result.cost_usd:.4f}"
+    lines = [line, *cache_lines(result)]
+    if summary.stop_reason:
+        # the stop that ended the run would end a resumed one at once: the command lifts it
+        lift: dict[str, str] = {}
+        if result.cost_ceiling is not None:
+            lift["runner.max_cost_usd"] = f"{2 * result.cost_ceiling:g}"
+        if result.precision_reached:
+            lift["runner.stop_at_ci_half_width"] = "null"
+        how = " and ".join(
+            (["with the ceiling doubled"] if result.cost_ceiling is not None else [])
+            + (["without the precision stop"] if result.precision_reached else [])
+        )
+        lines.append(
+            f"sentech-eval run: stopped early: {summary.stop_reason}. The rest can still be sent (rows already ok "
+            f"are skipped{'; here ' + how if how else ''}) with:\n  {resume(lift)}"
+        )
+    if summary.requested_rps is not None and summary.achieved_rps is not None:
+        lines.append(
+            f"sentech-eval run: open loop ({result.arrival}) at {summary.requested_rps:g} req/s: achieved "
+            f"{summary.achieved_rps:.2f} req/s, p99 send lag {1000 * (summary.send_lag_p99_s or 0):.1f} ms"
+        )
+    if summary.schedule_warning:
+        lines.append(f"sentech-eval run: warning: {summary.schedule_warning}.")
+    if result.server_capacity is not None:
+        lines.append(
+            f"sentech-eval run: warning: the server answers {result.server_capacity} request(s) at a time (its "
+            f"X-Sentech-Capacity header) but runner.concurrency={result.concurrency}: the other requests waited "
+            "inside the server, so latency_s and ttft_s include that queueing; for per-request latency run with "
+            f"runner.concurrency={result.server_capacity}."
+        )
+    if summary.interrupted:
+        lines.append(
+            f"sentech-eval run: interrupted; {summary.ok + summary.errors} rows are saved in {result.results}. "
+            f"Resume (rows already ok are skipped, errors retried) with:\n  {resume(None)}"
+        )
+    return lines
+
+
+def cache_lines(result: RunResult) -> list[str]:
+    """What the response cache did to this run's measurements (no line when it did nothing)."""
+    lines, ok, cached = [], result.summary.ok, result.cached or 0
+    if ok and cached == ok:
+        lines.append(
+            f"sentech-eval run: all {ok} ok rows came from the response cache: this run measured no latency "
+            "(their latency_s/ttft_s are the original requests')."
+        )
+    elif cached:
+        lines.append(
+            f"sentech-eval run: {cached} of {ok} ok rows came from the response cache; latency figures in "
+            f"reports use the {ok - cached} fresh rows only."
+        )
+    if result.refused_unseeded:
+        lines.append(
+            f"sentech-eval run: {result.refused_unseeded} seedless requests at temperature > 0 were not served "
+            "from the cache (set a seed that is sent, or runner.cache_unseeded=true)."
+        )
+    return lines

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sentech_eval.config import compose_config
+from sentech_eval.config import JobSpec, ScorerSpec, compose_config, job_spec
 from sentech_eval.engine.results import RESULTS_FILE, read_parquet
 from sentech_eval.engine.rundir import holding_run_dir
 from sentech_eval.errors import ConfigError, ResultsError
@@ -48,10 +48,10 @@ Rows with status "error" get null scores. Each file is replaced atomically.
 """
 
 
-def compose_scorers_config(overrides: list[str]) -> Any:
-    """The ``scorers`` node that ``sentech-eval run`` would get for these overrides."""
+def scoring_spec(overrides: list[str]) -> JobSpec:
+    """The job spec ``sentech-eval run`` would build for these overrides (its ``scorers`` are used)."""
     refuse_secret_overrides(list(overrides))
-    return compose_config(list(overrides)).get("scorers")
+    return job_spec(compose_config(list(overrides)))
 
 
 def find_results_files(path: str | Path) -> list[Path]:
@@ -168,20 +168,18 @@ def main(argv: list[str] | None = None, prog: str = "sentech-eval score") -> int
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.concurrency < 1:
         raise ConfigError(f"--concurrency={args.concurrency} must be at least 1.")
-    scorers_cfg = compose_scorers_config(args.overrides)
-    if not scorers_cfg:
+    spec = scoring_spec(args.overrides)
+    if not spec.scorers:
         raise ConfigError("No scorers chosen; pass for example scorers=[exact_match,contains] (see --help).")
-    from omegaconf import OmegaConf
-
-    scorer_config = OmegaConf.to_container(scorers_cfg, resolve=False)
+    scorer_config = spec.saved_config.get("scorers")  # resolved and redacted, for the files' metadata
     target = Path(args.path)
     with holding_run_dir(target if target.is_dir() else target.parent, "score"):  # no run may merge meanwhile
         files = find_results_files(args.path)
-        return asyncio.run(_run(files, scorers_cfg, scorer_config, args.concurrency))
+        return asyncio.run(_run(files, spec.scorers, scorer_config, args.concurrency))
 
 
-async def _run(files: list[Path], scorers_cfg: Any, scorer_config: Any, concurrency: int) -> int:
-    scorers = build_scorers(scorers_cfg)
+async def _run(files: list[Path], scorer_specs: tuple[ScorerSpec, ...], scorer_config: Any, concurrency: int) -> int:
+    scorers = build_scorers(scorer_specs)
     try:
         for path in files:
             with holding_run_dir(path.parent, "score"):  # a run resuming there would merge over these scores

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sentech_eval.config import DatasetConfig
 from sentech_eval.engine.results import CORE_NAMES
 from sentech_eval.errors import DatasetError
 from sentech_eval.types import NO_EXTRA, Prompt
@@ -248,9 +249,23 @@ def _selected_mask(
     return [(limit is None or i < limit) and i % num_shards == shard_index for i in range(start, start + num_rows)]
 
 
-class ParquetDataset:
-    """A checked dataset (Parquet read in batches so memory does not grow with its size; JSON Lines
-    and CSV read whole); ``columns`` maps the dataset's column names to the file's."""
+def open_dataset(spec: DatasetConfig) -> Dataset:
+    """The dataset a job's spec describes (file, column mapping, limit, shard, order): the one way
+    ``run``, ``run --estimate`` and a race open theirs."""
+    return Dataset(
+        str(spec.path),
+        limit=spec.limit,
+        num_shards=spec.num_shards,
+        shard_index=spec.shard_index,
+        batch_size=spec.batch_size,
+        columns={k: v for k, v in (spec.columns or {}).items() if v is not None} or None,
+        shuffle_seed=spec.shuffle_seed,
+    )
+
+
+class Dataset:
+    """A checked dataset file: Parquet (read in batches so memory does not grow with its size), JSON
+    Lines or CSV (read whole); ``columns`` maps the dataset's column names to the file's."""
 
     def __init__(
         self,

@@ -1,10 +1,11 @@
 """What a run will cost before it is sent: requests, tokens, USD and wall time.
 
-``estimate_run(cfg)`` reads the dataset (no request): requests = selected rows × repeats, input
-tokens ≈ characters / 4 of every message (+ 4 per message for the chat template). Output tokens
-and latency come from earlier runs of the same backend and model under the experiment's results
-dir (``results/<experiment>/``), or else from a probe (a few real requests into a temporary dir),
-or else output tokens are bounded by ``sampling.max_tokens`` and the wall time is unknown.
+``estimate_run(spec)`` reads the dataset the job's spec describes (no request): requests = selected
+rows × repeats, input tokens ≈ characters / 4 of every message (+ 4 per message for the chat
+template), counted locally. Output tokens and latency come from earlier runs of the same backend and
+model under the experiment's results dir (``results/<experiment>/``), or from a probe the user asked
+for (``--probe N``), or else output tokens are bounded by ``sampling.max_tokens`` and the wall time
+is unknown.
 Wall time = requests × median latency / concurrency, and never below what ``runner.rpm`` allows.
 """
 
@@ -17,10 +18,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from omegaconf import DictConfig
 
-from sentech_eval.config import Price, dataset_from_config, price_from_config, runner_from_config, sampling_from_config
-from sentech_eval.engine.datasets import ParquetDataset
+from sentech_eval.config import JobSpec, LocalBackendConfig
+from sentech_eval.engine.datasets import Dataset, open_dataset
 
 CHARS_PER_TOKEN = 4.0
 TOKENS_PER_MESSAGE = 4
@@ -51,7 +51,7 @@ class Estimate:
     basis: str
 
 
-def prompt_token_estimate(dataset: ParquetDataset) -> float:
+def prompt_token_estimate(dataset: Dataset) -> float:
     """Estimated input tokens of one pass over the dataset's selected prompts."""
     total = 0.0
     for batch in dataset.iter_prompt_batches():
@@ -61,13 +61,9 @@ def prompt_token_estimate(dataset: ParquetDataset) -> float:
     return total
 
 
-def backend_identity(cfg: DictConfig) -> tuple[str, str]:
+def backend_identity(spec: JobSpec) -> tuple[str, str]:
     """(kind, model) as the results' ``backend`` and ``model`` columns will hold them."""
-    backend = cfg.backend
-    kind = str(backend.get("kind"))
-    if kind == "local":
-        return kind, Path(str(backend.get("model_path"))).name
-    return kind, str(backend.get("model"))
+    return spec.backend.kind, spec.model_name
 
 
 def history_from_results(results_root: Path, kind: str, model: str) -> History | None:
@@ -98,20 +94,10 @@ def history_from_results(results_root: Path, kind: str, model: str) -> History |
     )
 
 
-def estimate_run(cfg: DictConfig, history: History | None, label: str = "") -> Estimate:
+def estimate_run(spec: JobSpec, history: History | None, label: str = "") -> Estimate:
     """The estimate of one configuration, given what earlier runs (or a probe) said."""
-    sampling = sampling_from_config(cfg)
-    dataset_cfg = dataset_from_config(cfg)
-    runner = runner_from_config(cfg)
-    price: Price | None = price_from_config(cfg)
-    dataset = ParquetDataset(
-        dataset_cfg.path,
-        limit=dataset_cfg.limit,
-        num_shards=dataset_cfg.num_shards,
-        shard_index=dataset_cfg.shard_index,
-        batch_size=dataset_cfg.batch_size,
-        shuffle_seed=dataset_cfg.shuffle_seed,
-    )
+    sampling, runner, price = spec.sampling, spec.runner, spec.price
+    dataset = open_dataset(spec.dataset)
     repeats = runner.repeats
     requests = dataset.info().num_rows * repeats
     input_tokens = prompt_token_estimate(dataset) * repeats
@@ -121,8 +107,8 @@ def estimate_run(cfg: DictConfig, history: History | None, label: str = "") -> E
     else:
         output_tokens, bound = float(max_tokens * requests), True
     concurrency = runner.concurrency
-    if str(cfg.backend.get("kind")) == "local":
-        concurrency = min(concurrency, int(cfg.backend.get("workers") or 1))
+    if isinstance(spec.backend, LocalBackendConfig):
+        concurrency = min(concurrency, spec.backend.workers)
     wall = None
     if history is not None and history.latency_s is not None:
         wall = requests * history.latency_s / concurrency
@@ -133,7 +119,11 @@ def estimate_run(cfg: DictConfig, history: History | None, label: str = "") -> E
         cost = (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
         if price.per_hour and wall is not None:
             cost += price.per_hour * wall / 3600
-    basis = history.source if history is not None else f"no earlier runs: output ≤ max_tokens={max_tokens} per request"
+    basis = (
+        history.source
+        if history is not None
+        else (f"no earlier runs: output ≤ max_tokens={max_tokens} per request; --probe N measures it with N requests")
+    )
     return Estimate(label, requests, input_tokens, output_tokens, bound, cost, wall, basis)
 
 

@@ -11,6 +11,7 @@ row per round × cell) and ``race.json`` (settings, winner, spend, the last line
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,16 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from omegaconf import DictConfig
 
-from sentech_eval.config import (
-    RaceSettings,
-    dataset_from_config,
-    race_settings_from_config,
-    runner_from_config,
-    score_column,
-)
-from sentech_eval.engine.datasets import ParquetDataset
+from sentech_eval.config import JobSpec
+from sentech_eval.engine.datasets import open_dataset
 from sentech_eval.engine.race import race_round, schedule
 from sentech_eval.engine.results import read_run_table
 from sentech_eval.errors import ConfigError
@@ -61,26 +55,6 @@ RACE_SCHEMA = pa.schema(
 )
 
 Launch = Callable[[Sequence[Sequence[str]], int], Sequence[Any]]
-
-
-def settings_from_config(cfg: DictConfig) -> tuple[RaceSettings, str]:
-    """(RaceSettings, score column) from ``race.*``; ConfigError names a bad or missing setting."""
-    values = race_settings_from_config(cfg)
-    score = values.pop("score", None)
-    if not score:
-        scorers = list((cfg.get("scorers") or {}).keys())
-        if len(scorers) != 1:
-            raise ConfigError(
-                "race.score is not set; name the score the race ranks cells by, e.g. race.score=contains "
-                "(with scorers=[contains])."
-            )
-        score = scorers[0]
-    settings = RaceSettings(**values)  # checked and filled in by the schema: no setting is null
-    try:
-        settings.check()
-    except ValueError as exc:
-        raise ConfigError(f"{exc}.") from None
-    return settings, score_column(str(score))
 
 
 def cell_labels(cells: Sequence[Sequence[str]]) -> list[str]:
@@ -135,22 +109,21 @@ def _job_failed(cell_dir: Path) -> str | None:
 
 
 def run_race(
-    cfg: DictConfig,
+    spec: JobSpec,
     cells: list[list[str]],
     launch: Launch,
     sweep_dir: Path,
     log: Callable[[str], None] = lambda line: print(terminal_lines(line), file=sys.stderr),
 ) -> dict[str, Any]:
-    """Race the grid ``cells`` (each a list of overrides); returns the race.json record."""
-    settings, score = settings_from_config(cfg)
-    dataset_cfg = dataset_from_config(cfg)
-    if dataset_cfg.num_shards > 1:
+    """Race the grid ``cells`` (each a list of overrides) of the sweep whose base job is ``spec``;
+    returns the race.json record."""
+    assert spec.race is not None, "the race sweeper builds its spec with job_spec(cfg, racing=True)"
+    settings, score = spec.race.settings, spec.race.score_column
+    if spec.dataset.num_shards > 1:
         raise ConfigError("A race runs every cell on the whole dataset; drop dataset.num_shards (sharding) for it.")
-    repeats = runner_from_config(cfg).repeats
-    seed = 0 if dataset_cfg.shuffle_seed is None else dataset_cfg.shuffle_seed
-    dataset = ParquetDataset(
-        dataset_cfg.path, limit=dataset_cfg.limit, batch_size=dataset_cfg.batch_size, shuffle_seed=seed
-    )
+    repeats = spec.runner.repeats
+    seed = 0 if spec.dataset.shuffle_seed is None else spec.dataset.shuffle_seed
+    dataset = open_dataset(dataclasses.replace(spec.dataset, shuffle_seed=seed))
     ids = [str(i) for i in dataset.prompt_ids()]
     total = len(ids)
     counts = schedule(settings, total)

@@ -18,7 +18,7 @@ from typing import Any
 from sentech_eval.engine.hooks import Item
 from sentech_eval.engine.results import CORE_NAMES, ResultsWriter, is_quality_score
 from sentech_eval.scorers.base import Scorer, score_row
-from sentech_eval.types import Completion
+from sentech_eval.types import Completion, last_user_text
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,6 @@ class RunSummary:
     def score_means(self) -> dict[str, float]:
         """Mean of each score column over ok rows."""
         return {k: self.score_sums[k] / self.score_counts[k] for k in self.score_sums if self.score_counts[k]}
-
-
-def last_user_text(messages: tuple[dict[str, str], ...]) -> str:
-    """The prompt column: the last user message (the last message if none is from the user)."""
-    for message in reversed(messages):
-        if message["role"] == "user":
-            return message["content"]
-    return messages[-1]["content"]
 
 
 class Recorder:

@@ -25,7 +25,6 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks; runs are n
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".sentech-eval.lock"
-ARGV_ENV = "SENTECH_EVAL_RUN_ARGV"  # `sentech-eval run`'s arguments (JSON), for the resume command of a sweep
 _held: dict[Path, int] = {}  # resolved run dir -> fd of its lock file, for this process
 
 

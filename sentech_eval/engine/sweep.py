@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sentech_eval.engine.race_sweep import race_line
 from sentech_eval.engine.results import CORE_FIELDS, METADATA_KEY, PARTS_DIR, RESULTS_FILE
@@ -45,6 +45,7 @@ SWEEP_JSON = "sweep.json"
 TRIALS_FILE = "trials.parquet"
 JOB_STATUS_FILE = "job_status.json"
 OPTUNA_RESULTS_FILE = "optimization_results.yaml"
+MULTIRUN_FILE = "multirun.yaml"  # the sweep's config as Hydra composed it (hydra.overrides: as typed)
 SWEEP_FIELDS = (pa.field("job", pa.int32()), pa.field("overrides", pa.string()))
 BATCH_ROWS = 65536
 
@@ -482,6 +483,10 @@ class CombineSweepResults(Callback):
         self._sweep_dir = Path(str(config.hydra.sweep.dir))
         self._combined = False
         self._sweep_dir.mkdir(parents=True, exist_ok=True)
+        if not (self._sweep_dir / MULTIRUN_FILE).exists():
+            # the sweep as typed, for a job's resume command (commands/run.py): Hydra's basic sweeper
+            # saves this file, others (Optuna) do not
+            OmegaConf.save(config, self._sweep_dir / MULTIRUN_FILE)
         previous = _read_json(self._sweep_dir / SWEEP_JSON) or {}
         _write_json(
             self._sweep_dir / SWEEP_JSON,

@@ -109,7 +109,9 @@ def _cost_html(summary: pd.DataFrame, labels: Sequence[str]) -> str:
     return "<h2>Cost</h2>" + _table(table, "cost") + note
 
 
-def _short(text, limit: int = TEXT_LIMIT) -> str:
+def _pre_text(text, limit: int = TEXT_LIMIT) -> str:
+    """A cell's text for a ``<pre>`` (line breaks kept, unlike ``normalize.one_line``), cut to ``limit``;
+    a missing value (None, NaN) is empty."""
     if text is None or (isinstance(text, float) and np.isnan(text)):
         return ""
     text = str(text)
@@ -138,7 +140,7 @@ def _examples_html(examples: pd.DataFrame, scores: Sequence[str], label_of: dict
             cells.append(f"<span{title}>{html.escape(fmt_fixed(r[s]))}</span>")
         tds = first + "".join(f"<td>{c}</td>" for c in cells)
         for col in ("prompt", "reference", "output"):
-            tds += f'<td class="text"><pre>{html.escape(_short(r.get(col)))}</pre></td>'
+            tds += f'<td class="text"><pre>{html.escape(_pre_text(r.get(col)))}</pre></td>'
         rows.append(f"<tr>{tds}</tr>")
     th = "".join(
         f"<th{' class=text' if h in ('configuration', 'prompt', 'reference', 'output') else ''}>{html.escape(h)}</th>"
@@ -159,7 +161,7 @@ def _errors_html(df: pd.DataFrame, label_of: dict) -> str:
         .head(20)
     )
     rows = "".join(
-        f'<tr><td class="text">{html.escape(label_of.get(cfg, ""))}</td><td class="text"><pre>{html.escape(_short(err, 500))}</pre></td><td>{n}</td></tr>'
+        f'<tr><td class="text">{html.escape(label_of.get(cfg, ""))}</td><td class="text"><pre>{html.escape(_pre_text(err, 500))}</pre></td><td>{n}</td></tr>'
         for (cfg, err), n in counts.items()
     )
     return f'<table id="errors"><thead><tr><th class="text">configuration</th><th class="text">error</th><th>rows</th></tr></thead><tbody>{rows}</tbody></table>'

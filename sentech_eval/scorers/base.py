@@ -20,11 +20,12 @@ import inspect
 import json
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from sentech_eval.config import ScorerSpec, scorers_from_config
 from sentech_eval.errors import ConfigError
 
 
@@ -237,28 +238,19 @@ def _one_line(exc: BaseException) -> str:
     return text.rstrip(".") or type(exc).__name__
 
 
-def build_scorers(scorers_cfg: Any) -> list[Scorer]:
-    """All scorers of the ``scorers`` config node (mapping name -> config, a list of names, or None)."""
-    if scorers_cfg is None:
-        return []
-    from omegaconf import DictConfig, ListConfig
-
-    if isinstance(scorers_cfg, str):
-        items = [(n.strip(), None) for n in scorers_cfg.split(",") if n.strip()]
-    elif isinstance(scorers_cfg, (list, tuple, ListConfig)):
-        items = [(str(n), None) for n in scorers_cfg]
-    elif isinstance(scorers_cfg, (Mapping, DictConfig)):
-        items = [(str(k), scorers_cfg[k]) for k in scorers_cfg]
-    else:
-        raise ConfigError(f"The scorers config must be a mapping name -> options, not {type(scorers_cfg).__name__}.")
-    scorers = [build_scorer(name, cfg) for name, cfg in items]
+def build_scorers(scorers: Sequence[ScorerSpec] | Any) -> list[Scorer]:
+    """All scorers of a job spec (``JobSpec.scorers``), or of a ``scorers`` config node (mapping
+    name -> options, a list of names, or None)."""
+    if not (isinstance(scorers, (tuple, list)) and all(isinstance(s, ScorerSpec) for s in scorers)):
+        scorers = scorers_from_config(scorers)
+    built = [build_scorer(spec.name, spec.options) for spec in scorers]
     seen: dict[str, str] = {}
-    for scorer in scorers:
+    for scorer in built:
         for col in scorer.columns():
             if col in seen:
                 raise ConfigError(f"Scorers {seen[col]!r} and {scorer.name!r} both write column {col!r}; rename one.")
             seen[col] = scorer.name
-    return scorers
+    return built
 
 
 async def score_row(scorers: list[Scorer], row: dict[str, Any]) -> dict[str, Any]:

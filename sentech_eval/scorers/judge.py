@@ -21,11 +21,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sentech_eval.backends.base import create_backend
 from sentech_eval.backends.retry import complete_with_retries
+from sentech_eval.config import backend_from_config
 from sentech_eval.errors import ConfigError
+from sentech_eval.normalize import one_line
 from sentech_eval.scorers.base import detail_column, score_column
 from sentech_eval.types import SAMPLING_FIELDS, Sampling
 
@@ -60,11 +62,6 @@ def render(template: str, values: Mapping[str, Any]) -> str:
         return "" if value is None else str(value)
 
     return _PLACEHOLDER.sub(sub, template)
-
-
-def _short(text: str | None, limit: int = DETAIL_CHARS) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _tail(text: str | None, limit: int = DETAIL_CHARS) -> str:
@@ -126,8 +123,7 @@ class JudgeScorer:
         self.max_attempts = int(max_attempts)
         self.backoff_s = float(backoff_s)
         self._semaphore = asyncio.Semaphore(int(concurrency))
-        backend_cfg = backend if isinstance(backend, DictConfig) else OmegaConf.create(dict(backend))
-        self.backend = create_backend(backend_cfg, int(concurrency))
+        self.backend = create_backend(backend_from_config(backend), int(concurrency))
 
     def columns(self) -> dict[str, pa.DataType]:
         base = score_column(self.name)
@@ -162,7 +158,7 @@ class JudgeScorer:
                 f"judge error: grade {raw} is outside [{_fmt(self.grade_min)}, {_fmt(self.grade_max)}]: {_tail(text)!r}",
             )
         score = (grade - self.grade_min) / (self.grade_max - self.grade_min)
-        return score, f"grade {raw}/{_fmt(self.grade_max)}: {_short(text)}"
+        return score, f"grade {raw}/{_fmt(self.grade_max)}: {one_line(text, DETAIL_CHARS)}"
 
     async def score(self, row: dict[str, Any]) -> dict[str, Any]:
         base = score_column(self.name)
@@ -178,7 +174,10 @@ class JudgeScorer:
         }
         if completion.status != "ok":
             status = f" (HTTP {completion.http_status})" if completion.http_status else ""
-            out[base], out[detail_column(self.name)] = None, f"judge error{status}: {_short(completion.error)}"
+            out[base], out[detail_column(self.name)] = (
+                None,
+                f"judge error{status}: {one_line(completion.error, DETAIL_CHARS)}",
+            )
         else:
             out[base], out[detail_column(self.name)] = self.parse_grade(completion.output)
         return out

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from sentech_eval.config import LocalBackendConfig
 from sentech_eval.errors import BackendError, ConfigError
 from sentech_eval.paths import datasets_dir, embedded_model_path
-from sentech_eval.types import SAMPLING_PARAMS, Sampling
+from sentech_eval.types import SAMPLING_PARAMS, Sampling, last_user_text
 
 DEFAULT_DATASETS_DIR = datasets_dir()
 DEFAULT_GGUF = embedded_model_path()  # at import; LlamaEngine looks it up again when built
@@ -87,14 +87,6 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Release the model."""
         ...
-
-
-def last_user_text(messages: list[dict[str, str]]) -> str:
-    """Content of the last user message (of the last message if there is no user message)."""
-    for message in reversed(messages):
-        if message["role"] == "user":
-            return message["content"]
-    return messages[-1]["content"]
 
 
 def load_references(paths: list[Path]) -> dict[str, str]:

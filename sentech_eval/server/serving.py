@@ -49,7 +49,7 @@ class ServeConfig:
     port: int = 8000
     engine: str = "echo"
     model_path: str | None = None
-    n_ctx: int = LocalBackendConfig.n_ctx  # the same default as backend=local (sentech_eval/config.py)
+    n_ctx: int = LocalBackendConfig.n_ctx  # the same default as backend=local (sentech_eval/config/schemas.py)
     n_threads: int | None = None
     datasets_dir: str | None = None
     options: ServerOptions = field(default_factory=ServerOptions)

@@ -7,8 +7,9 @@ import pytest
 from cli_helpers import TEST_KEY
 from synthetic_results import make_results
 
-from sentech_eval.analysis.judge import judge_config, judge_pairs, judge_rows, parse_verdict
+from sentech_eval.analysis.judge import judge_pairs, judge_rows, parse_verdict
 from sentech_eval.analysis.pairing import pair_frames
+from sentech_eval.commands.compare import judge_spec
 from sentech_eval.errors import AuthenticationError, ConfigError
 
 
@@ -55,14 +56,16 @@ def test_preference_consistency_and_errors_from_verdicts() -> None:
 
 def test_judge_overrides_must_be_overrides() -> None:
     with pytest.raises(ConfigError, match="put A and B before --judge"):
-        judge_config(["backend=local", "results/run-b"])
+        judge_spec(["backend=local", "results/run-b"])
 
 
 def test_judge_on_the_echo_server_asks_twice_per_pair(echo_server: str, monkeypatch) -> None:
     monkeypatch.setenv("SENTECH_API_KEY", TEST_KEY)
     a = make_results(n=6, wrong_ids=set())
     b = make_results(n=6, wrong_ids={0, 1})  # pairs 0 and 1 differ; 2-5 are identical (ties, not asked)
-    j = judge_pairs(pair_frames(a, b), ["backend=remote", f"backend.base_url={echo_server}", "backend.model=echo"])
+    j = judge_pairs(
+        pair_frames(a, b), judge_spec(["backend=remote", f"backend.base_url={echo_server}", "backend.model=echo"])
+    )
     assert len(j) == 12 and set(j["order"]) == {"AB", "BA"}
     asked = j[j["verdict"] != "identical outputs"]
     assert sorted(asked["prompt_id"].unique()) == ["cap-000", "cap-001"]
@@ -78,7 +81,9 @@ def test_judge_errors_are_recorded_not_fatal(monkeypatch) -> None:
     a = make_results(n=2, wrong_ids=set())
     b = make_results(n=2, wrong_ids={0, 1})
     with running_server(engine="echo", api_key=TEST_KEY, error_rate=1.0, error_status=500) as url:
-        j = judge_pairs(pair_frames(a, b), ["backend=remote", f"backend.base_url={url}", "backend.timeout_s=5"])
+        j = judge_pairs(
+            pair_frames(a, b), judge_spec(["backend=remote", f"backend.base_url={url}", "backend.timeout_s=5"])
+        )
     assert len(j) == 4 and j["prefers"].isna().all()
     assert j["error"].str.contains("HTTP 500").all()
     assert {r["metric"]: r for r in judge_rows(j)}["judge_errors"]["value"] == 4
@@ -89,4 +94,4 @@ def test_rejected_judge_key_stops_with_one_sentence(echo_server: str, monkeypatc
     a = make_results(n=3, wrong_ids=set())
     b = make_results(n=3, wrong_ids={0, 1, 2})
     with pytest.raises(AuthenticationError, match="judge backend rejected the API key"):
-        judge_pairs(pair_frames(a, b), ["backend=remote", f"backend.base_url={echo_server}"])
+        judge_pairs(pair_frames(a, b), judge_spec(["backend=remote", f"backend.base_url={echo_server}"]))

@@ -27,7 +27,7 @@ from sentech_eval.types import Sampling
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[local]')")
 
-from sentech_eval.backends.local import LocalBackend, settings_from_config  # noqa: E402
+from sentech_eval.backends.local import LocalBackend, engine_settings  # noqa: E402
 from sentech_eval.backends.local_worker import EngineSettings, LocalEngine  # noqa: E402
 
 pytestmark = pytest.mark.local_model
@@ -385,5 +385,5 @@ def test_cpu_dependent_choices_are_recorded_in_metadata(streamed):
     assert meta["n_threads"] == 1 and meta["n_threads_reason"] == "backend.n_threads"
     assert isinstance(meta["cpu_amx"], bool)
     assert meta["repack"] is (not meta["cpu_amx"]) and meta["repack_reason"].startswith("auto:")
-    auto = settings_from_config(OmegaConf.create(local_cfg(n_threads=None)), workers=1)
+    auto = engine_settings(OmegaConf.create(local_cfg(n_threads=None)), workers=1)
     assert auto.n_threads >= 1 and auto.n_threads_reason.startswith("auto:")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+import socket
+import time
 
 from cli_helpers import TEST_KEY, run_cli
+
+from sentech_eval.commands import estimate
 
 KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
 
@@ -12,13 +16,14 @@ KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
 def test_estimate_of_one_run_sends_nothing_and_prices_the_tokens(tmp_path):
     proc = run_cli(
         "run",
-        "--estimate=noprobe",
+        "--estimate",
         "backend=remote",
         "backend.base_url=http://127.0.0.1:9/v1",
         "dataset=capitals",
         "runner.repeats=2",
         "sampling.max_tokens=10",
-        "+backend.price={input_per_mtok: 1.0, output_per_mtok: 2.0}",
+        "backend.price.input_per_mtok=1.0",
+        "backend.price.output_per_mtok=2.0",
         cwd=tmp_path,
         env=KEY_ENV,
     )
@@ -32,10 +37,12 @@ def test_estimate_of_one_run_sends_nothing_and_prices_the_tokens(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_estimate_of_a_sweep_lists_every_job_and_uses_a_probe(echo_server, tmp_path):
+def test_estimate_of_a_sweep_lists_every_job_and_probes_when_asked(echo_server, tmp_path):
     proc = run_cli(
         "run",
         "--estimate",
+        "--probe",
+        "3",
         "+sweep=race_temperature",
         "backend=remote",
         f"backend.base_url={echo_server}",
@@ -56,6 +63,49 @@ def test_estimate_of_a_sweep_lists_every_job_and_uses_a_probe(echo_server, tmp_p
 
 
 def test_bad_price_is_one_sentence(tmp_path):
-    proc = run_cli("run", "--estimate=noprobe", "+backend.price={input_per_mtok: -1}", cwd=tmp_path)
+    proc = run_cli("run", "--estimate", "+backend.price={input_per_mtok: -1}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "backend.price.input_per_mtok=-1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_estimate_against_a_port_where_nothing_listens_answers_at_once(tmp_path, monkeypatch, capsys):
+    """No earlier run, a dead URL: the estimate sends nothing (no connection attempt, no retry) and answers."""
+    monkeypatch.chdir(tmp_path)  # no results/ here: no history
+    monkeypatch.delenv("SENTECH_API_KEY", raising=False)  # no key needed either: nothing is sent
+    started = time.perf_counter()
+    code = estimate.run(["--estimate", "backend=remote", f"backend.base_url=http://127.0.0.1:{_free_port()}/v1"])
+    elapsed = time.perf_counter() - started
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "1 run(s), 150 requests" in out.out and "--probe N" in out.out
+    assert "probing" not in out.err
+    assert elapsed < 5, f"{elapsed:.1f} s: something waited on the network"  # a probe with retries took 13 s
+
+
+def test_estimate_opens_no_connection_to_the_backend(tmp_path, monkeypatch, capsys):
+    """A listening socket that would see any request: --estimate connects to it zero times."""
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        code = estimate.run(["--estimate", "backend=remote", f"backend.base_url=http://127.0.0.1:{port}/v1"])
+        try:
+            listener.accept()
+            connected = True
+        except BlockingIOError:
+            connected = False
+    assert code == 0, capsys.readouterr().err
+    assert not connected
+
+
+def test_probe_without_estimate_is_one_sentence(tmp_path):
+    proc = run_cli("run", "--probe", "3", cwd=tmp_path)
+    assert proc.returncode == 2 and "--probe N goes with --estimate" in proc.stderr and "Traceback" not in proc.stderr

@@ -141,15 +141,13 @@ def test_judge_through_the_cli_against_a_real_server(tmp_path):
 
 
 def test_judge_backend_is_its_own_config_node():
-    from omegaconf import OmegaConf
+    from sentech_eval.commands.score import scoring_spec
 
-    from sentech_eval.commands.score import compose_scorers_config
-
-    cfg = compose_scorers_config(["backend=local", "scorers=[judge]", "scorers.judge.backend.model=grader"])
-    judge = OmegaConf.to_container(cfg.judge, resolve=False)
-    assert judge["backend"]["kind"] == "remote" and judge["backend"]["model"] == "grader"  # not the run's backend
-    cfg = compose_scorers_config(["scorers=[judge]", "backend@scorers.judge.backend=local"])
-    assert cfg.judge.backend.kind == "local"
+    (judge,) = scoring_spec(["backend=local", "scorers=[judge]", "scorers.judge.backend.model=grader"]).scorers
+    backend = judge.options["backend"]
+    assert backend["kind"] == "remote" and backend["model"] == "grader"  # not the run's backend
+    (judge,) = scoring_spec(["scorers=[judge]", "backend@scorers.judge.backend=local"]).scorers
+    assert judge.options["backend"]["kind"] == "local"
 
 
 @pytest.mark.parametrize(
@@ -157,7 +155,7 @@ def test_judge_backend_is_its_own_config_node():
     [
         (["scorers=[exact_match]"], "does not exist"),
         ([], "No scorers chosen"),
-        (["scorers=[exactmatch]"], "Unknown scorer 'exactmatch'; choose one of: contains, exact_match"),
+        (["scorers=[exactmatch]"], "Unknown scorer 'exactmatch'; choose one of: code_exec, contains, exact_match"),
         (["scorers=[exact_match]", "backend.api_key=abc"], "Refusing the override 'backend.api_key=…'"),
     ],
 )

@@ -69,19 +69,14 @@ def counting_server(api_key: str, **options: Any) -> Iterator[CountingServer]:
         server.stop()
 
 
-def evaluate(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any], str]:
-    """One `sentech-eval run` in this process (Hydra compose + the same ``run_evaluation``):
-    returns its summary dict and what it printed on stderr."""
-    from hydra import compose, initialize_config_dir
+def run_in_process(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any], str]:
+    """One `sentech-eval run` in this process (the config composed as `run` composes it, the same job
+    spec and ``run_job``): returns its result record and what it printed on stderr."""
+    from sentech_eval.commands.run import ResumeCommand, run_job
+    from sentech_eval.config import compose_config, job_spec
 
-    from sentech_eval.config import register_configs
-    from sentech_eval.engine.evaluation import run_evaluation
-    from sentech_eval.paths import conf_dir
-
-    register_configs()  # the ConfigStore schemas the YAML groups extend, as `sentech-eval run` does
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    spec = job_spec(compose_config(overrides))
     err = io.StringIO()
     with redirect_stderr(err):
-        summary = asyncio.run(run_evaluation(cfg, Path(run_dir)))
-    return summary, err.getvalue()
+        result = run_job(spec, Path(run_dir), ResumeCommand(tuple(overrides), "hydra.run.dir", Path(run_dir)))
+    return result.record(), err.getvalue()

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cli_helpers import TEST_KEY, run_cli
-from omegaconf import OmegaConf
 
 from sentech_eval import load_results
 from sentech_eval.backends.base import create_backend
-from sentech_eval.config import Price
+from sentech_eval.config import Price, backend_from_config
 from sentech_eval.engine.budget import CostHook, PrecisionStopHook
 from sentech_eval.errors import BackendError
 from sentech_eval.types import Completion
 
 KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
 REPO = Path(__file__).resolve().parents[2]
-PRICE = "+backend.price={input_per_mtok: 1000, output_per_mtok: 2000}"
+PRICE = ("backend.price.input_per_mtok=1000", "backend.price.output_per_mtok=2000")  # typed as written: no +
 
 
 def run(echo_server, run_dir, *extra):
@@ -37,7 +37,7 @@ def run(echo_server, run_dir, *extra):
 
 
 def test_rows_carry_their_cost_and_the_run_prints_the_total(echo_server, tmp_path):
-    proc = run(echo_server, tmp_path / "r", PRICE, "dataset.limit=20")
+    proc = run(echo_server, tmp_path / "r", *PRICE, "dataset.limit=20")
     assert proc.returncode == 0, proc.stderr
     df = load_results(tmp_path / "r")
     expected = (df["prompt_tokens"] * 1000 + df["completion_tokens"] * 2000) / 1e6
@@ -47,7 +47,7 @@ def test_rows_carry_their_cost_and_the_run_prints_the_total(echo_server, tmp_pat
 
 def test_cost_ceiling_stops_cleanly_and_a_resume_sends_only_the_rest(echo_server, tmp_path):
     run_dir = tmp_path / "r"
-    proc = run(echo_server, run_dir, PRICE, "runner.max_cost_usd=0.2")
+    proc = run(echo_server, run_dir, *PRICE, "runner.max_cost_usd=0.2")
     assert proc.returncode == 0, proc.stderr
     assert "stopped early: runner.max_cost_usd=0.2 reached" in proc.stderr and "hydra.run.dir=" in proc.stderr
     first = load_results(run_dir)
@@ -56,7 +56,7 @@ def test_cost_ceiling_stops_cleanly_and_a_resume_sends_only_the_rest(echo_server
     # the printed resume command raises the ceiling (the same ceiling would stop again at once)
     resume = proc.stderr.split("with the ceiling doubled) with:\n", 1)[1].splitlines()[0]
     assert "runner.max_cost_usd=0.4" in resume and "runner.max_cost_usd=0.2" not in resume
-    proc = run(echo_server, run_dir, PRICE, "runner.max_cost_usd=100")
+    proc = run(echo_server, run_dir, *PRICE, "runner.max_cost_usd=100")
     assert proc.returncode == 0, proc.stderr
     both = load_results(run_dir)
     assert len(both) == 150 and both["prompt_id"].is_unique
@@ -117,11 +117,12 @@ def test_cost_hook_prices_machine_time_by_concurrency():
 
 @pytest.mark.parametrize("name", ["remote", "local"])
 def test_a_backend_node_with_a_price_still_builds_its_backend(name, monkeypatch):
-    """``backend.price`` is the run's setting: judges and compare --judge build backends from the same node."""
-    assert "+backend.price=" in (REPO / "conf" / "backend" / f"{name}.yaml").read_text()  # the example is shipped
-    node = OmegaConf.create({"kind": name, "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}})
+    """``backend.price`` is a field of every backend's schema: judges and compare --judge build backends from
+    the same node."""
+    assert "backend.price." in (REPO / "conf" / "backend" / f"{name}.yaml").read_text()  # the example is shipped
+    node = backend_from_config({"kind": name, "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}})
     if name == "local":
-        node.model_path = "/nonexistent/model.gguf"  # built far enough to be past the key check
+        node = dataclasses.replace(node, model_path="/nonexistent/model.gguf")  # past the key check
         with pytest.raises(BackendError, match="model"):
             create_backend(node, concurrency=1)
     else:

@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from cache_support import evaluate
+from cache_support import run_in_process
 
 from sentech_eval import load_results
 from sentech_eval.backends.model_files import EMBEDDED_MODEL
@@ -38,8 +38,8 @@ def test_a_local_run_is_answered_from_the_cache_the_second_time(tmp_path):
         f"runner.cache_dir={tmp_path / 'c'}",
         "runner.progress=false",
     ]
-    first, _ = evaluate(tmp_path / "a", overrides)
-    second, err = evaluate(tmp_path / "b", overrides)
+    first, _ = run_in_process(tmp_path / "a", overrides)
+    second, err = run_in_process(tmp_path / "b", overrides)
     assert first["cached"] == 0 and second["cached"] == 3 and "measured no latency" in err
     a, b = load_results(tmp_path / "a"), load_results(tmp_path / "b")
     assert (a["status"] == "ok").all() and b["cached"].all()
@@ -49,5 +49,7 @@ def test_a_local_run_is_answered_from_the_cache_the_second_time(tmp_path):
     assert context["backend"] == "local" and context["n_ctx"] == 512 and context["llama_cpp_python"]
     assert "model_path" not in context
     # another load setting is another key: nothing is served
-    third, _ = evaluate(tmp_path / "c2", [o if o != "backend.n_ctx=512" else "backend.n_ctx=768" for o in overrides])
+    third, _ = run_in_process(
+        tmp_path / "c2", [o if o != "backend.n_ctx=512" else "backend.n_ctx=768" for o in overrides]
+    )
     assert third["cached"] == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from cache_support import counting_server, evaluate
+from cache_support import counting_server, run_in_process
 from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
 
 from sentech_eval import load_results
@@ -45,7 +45,7 @@ def overrides(server, cache_dir, *extra):
 def run(server, run_dir, cache_dir, *extra):
     """One run with the cache at cache_dir; returns (its stderr, requests that reached the server)."""
     before = server.requests
-    _, err = evaluate(run_dir, overrides(server, cache_dir, *extra))
+    _, err = run_in_process(run_dir, overrides(server, cache_dir, *extra))
     return err, server.requests - before
 
 

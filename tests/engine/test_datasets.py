@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from cli_helpers import REPO_ROOT
 
-from sentech_eval.engine.datasets import ParquetDataset
+from sentech_eval.engine.datasets import Dataset
 from sentech_eval.errors import DatasetError
 
 
@@ -25,7 +25,7 @@ def test_prompt_form_builds_system_and_user_messages(tmp_path):
             {"id": [1, 2], "prompt": ["a?", "b?"], "system": ["S", None], "reference": ["A", "B"], "topic": ["x", "y"]}
         ),
     )
-    prompts = list(ParquetDataset(path))
+    prompts = list(Dataset(path))
     assert prompts[0].messages == ({"role": "system", "content": "S"}, {"role": "user", "content": "a?"})
     assert prompts[1].messages == ({"role": "user", "content": "b?"},)
     assert prompts[0].reference == "A" and prompts[1].extra == {"topic": "y"}
@@ -34,27 +34,25 @@ def test_prompt_form_builds_system_and_user_messages(tmp_path):
 def test_messages_form_is_read_as_is(tmp_path):
     msgs = [[{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]]
     path = write(tmp_path, pd.DataFrame({"id": ["x"], "messages": msgs}))
-    (prompt,) = list(ParquetDataset(path))
+    (prompt,) = list(Dataset(path))
     assert prompt.messages == ({"role": "system", "content": "s"}, {"role": "user", "content": "hi"})
     assert prompt.reference is None
 
 
 def test_limit_and_shards_partition_the_rows_exactly_once(tmp_path):
     path = write(tmp_path, pd.DataFrame({"id": range(103), "prompt": [f"q{i}" for i in range(103)]}))
-    limited = [p.id for p in ParquetDataset(path, limit=50, batch_size=7)]
+    limited = [p.id for p in Dataset(path, limit=50, batch_size=7)]
     assert limited == list(range(50))
-    shards = [
-        [p.id for p in ParquetDataset(path, limit=50, num_shards=4, shard_index=i, batch_size=7)] for i in range(4)
-    ]
+    shards = [[p.id for p in Dataset(path, limit=50, num_shards=4, shard_index=i, batch_size=7)] for i in range(4)]
     assert sorted(sum(shards, [])) == list(range(50))
-    assert [ParquetDataset(path, limit=50, num_shards=4, shard_index=i).info().num_rows for i in range(4)] == [
+    assert [Dataset(path, limit=50, num_shards=4, shard_index=i).info().num_rows for i in range(4)] == [
         len(s) for s in shards
     ]
 
 
 def test_batches_do_not_load_everything_at_once(tmp_path):
     path = write(tmp_path, pd.DataFrame({"id": range(1000), "prompt": ["q"] * 1000}))
-    batches = list(ParquetDataset(path, batch_size=100).iter_prompt_batches())
+    batches = list(Dataset(path, batch_size=100).iter_prompt_batches())
     assert len(batches) == 10 and all(len(b) == 100 for b in batches)
 
 
@@ -84,7 +82,7 @@ def test_batches_do_not_load_everything_at_once(tmp_path):
 def test_bad_datasets_name_file_column_and_row(tmp_path, frame, fragment):
     path = write(tmp_path, frame)
     with pytest.raises(DatasetError) as info:
-        ParquetDataset(path)
+        Dataset(path)
     message = str(info.value)
     assert str(path) in message and fragment in message
     assert "\n" not in message
@@ -94,18 +92,18 @@ def test_empty_missing_and_non_parquet_files(tmp_path):
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"id": pa.array([], pa.int64()), "prompt": pa.array([], pa.string())}), empty)
     with pytest.raises(DatasetError, match="has no rows"):
-        ParquetDataset(empty)
+        Dataset(empty)
     with pytest.raises(DatasetError, match="does not exist"):
-        ParquetDataset(tmp_path / "nope.parquet")
+        Dataset(tmp_path / "nope.parquet")
     text = tmp_path / "data.parquet"
     text.write_text("id,prompt\n1,hi\n")
     with pytest.raises(DatasetError, match="not a readable Parquet file"):
-        ParquetDataset(text)
+        Dataset(text)
 
 
 def test_shipped_datasets_are_valid_and_regenerate_identically(tmp_path):
-    capitals = ParquetDataset(REPO_ROOT / "datasets" / "capitals.parquet")
-    arithmetic = ParquetDataset(REPO_ROOT / "datasets" / "arithmetic.parquet")
+    capitals = Dataset(REPO_ROOT / "datasets" / "capitals.parquet")
+    arithmetic = Dataset(REPO_ROOT / "datasets" / "arithmetic.parquet")
     assert capitals.info().num_rows >= 100 and arithmetic.info().num_rows >= 100
     france = [p for p in capitals if p.messages[-1]["content"] == "What is the capital of France?"]
     assert france and france[0].reference == "Paris"
@@ -136,7 +134,7 @@ def test_jsonl_and_csv_are_read_directly_with_mapped_columns(tmp_path):
     csv.write_text("qid,question,answer,topic\n1,What is 2+2?,4,math\n2,What is 3+4?,7,geo\n")
     mapping = {"id": "qid", "prompt": "question", "reference": "answer"}
     for path in (jsonl, csv):
-        dataset = ParquetDataset(path, columns=mapping)
+        dataset = Dataset(path, columns=mapping)
         prompts = list(dataset)
         assert [p.id for p in prompts] == [1, 2], path
         assert prompts[0].messages == ({"role": "user", "content": "What is 2+2?"},)
@@ -153,20 +151,20 @@ def test_mapping_problems_name_the_key_and_the_file_columns(tmp_path):
         match=r"dataset.columns.prompt='prompt_text' names no column of the file; "
         r"its columns are: qid, question",
     ):
-        ParquetDataset(csv, columns={"id": "qid", "prompt": "prompt_text"})
+        Dataset(csv, columns={"id": "qid", "prompt": "prompt_text"})
     with pytest.raises(DatasetError, match=r"dataset.columns.query is not a dataset column"):
-        ParquetDataset(csv, columns={"query": "question"})
+        Dataset(csv, columns={"query": "question"})
     with pytest.raises(DatasetError, match=r"column 'id', the schema: missing; .*dataset.columns.id=NAME"):
-        ParquetDataset(csv, columns={"prompt": "question"})
+        Dataset(csv, columns={"prompt": "question"})
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": \n')
     with pytest.raises(DatasetError, match=r"broken.jsonl is not valid JSON Lines"):
-        ParquetDataset(broken)
+        Dataset(broken)
 
 
 def test_mapping_works_on_parquet_too(tmp_path):
     path = write(tmp_path, pd.DataFrame({"key": ["a", "b"], "q": ["x?", "y?"], "prompt": ["ignored", "ignored"]}))
-    prompts = list(ParquetDataset(path, columns={"id": "key", "prompt": "q"}, batch_size=1))
+    prompts = list(Dataset(path, columns={"id": "key", "prompt": "q"}, batch_size=1))
     assert [(p.id, p.messages[-1]["content"]) for p in prompts] == [("a", "x?"), ("b", "y?")]
 
 
@@ -180,17 +178,17 @@ def test_shuffle_is_seeded_and_a_larger_limit_extends_a_smaller_one(tmp_path, mo
     ).to_parquet(path, row_group_size=8)
 
     def ids(**kw):
-        return [p.id for p in ParquetDataset(path, batch_size=5, **kw)]
+        return [p.id for p in Dataset(path, batch_size=5, **kw)]
 
     full = ids(shuffle_seed=3)
     assert sorted(full) == list(range(50)) and full != list(range(50))
     assert ids(shuffle_seed=3) == full and ids(shuffle_seed=4) != full
     assert ids(shuffle_seed=3, limit=20) == full[:20]
-    assert ParquetDataset(path, shuffle_seed=3, limit=20).info().num_rows == 20
-    assert ParquetDataset(path, shuffle_seed=3, limit=20).prompt_ids() == full[:20]
+    assert Dataset(path, shuffle_seed=3, limit=20).info().num_rows == 20
+    assert Dataset(path, shuffle_seed=3, limit=20).prompt_ids() == full[:20]
     shards = [ids(shuffle_seed=3, num_shards=2, shard_index=i) for i in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(50))
-    prompt = next(iter(ParquetDataset(path, shuffle_seed=3)))
+    prompt = next(iter(Dataset(path, shuffle_seed=3)))
     assert prompt.reference == str(prompt.id) and prompt.messages[-1]["content"] == f"p{prompt.id}"
 
 
@@ -203,7 +201,7 @@ def test_a_pandas_category_column_is_read_as_its_values(tmp_path):
     path = tmp_path / "cat.parquet"
     frame.to_parquet(path)
     assert pa.types.is_dictionary(pq.read_schema(path).field("prompt").type)
-    dataset = ParquetDataset(path)
+    dataset = Dataset(path)
     prompts = list(dataset)
     assert [p.id for p in prompts] == ["a", "b", "a2"]
     assert [p.reference for p in prompts] == ["r", "r", "s"]

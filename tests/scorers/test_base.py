@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from omegaconf import OmegaConf
 
-from sentech_eval.commands.score import compose_scorers_config
+from sentech_eval.commands.score import scoring_spec
 from sentech_eval.errors import ConfigError
 from sentech_eval.paths import conf_dir
 from sentech_eval.scorers import FunctionScorer, Scorer, build_scorers, null_scores, score_row, score_schema
@@ -34,23 +34,23 @@ def test_every_registered_scorer_has_a_config_file():
 
 
 def test_compose_selects_group_options_and_overrides():
-    cfg = compose_scorers_config(["scorers=[exact_match,contains,numeric]", "scorers.numeric.tolerance=0.5"])
-    assert list(cfg.keys()) == ["exact_match", "contains", "numeric"]
-    scorers = build_scorers(cfg)
+    specs = scoring_spec(["scorers=[exact_match,contains,numeric]", "scorers.numeric.tolerance=0.5"]).scorers
+    assert [s.name for s in specs] == ["exact_match", "contains", "numeric"]
+    scorers = build_scorers(specs)
     assert [s.name for s in scorers] == ["exact_match", "contains", "numeric"]
     assert scorers[2].tolerance == 0.5
     assert all(isinstance(s, Scorer) for s in scorers)
 
 
 def test_compose_without_scorers_gives_none():
-    assert build_scorers(compose_scorers_config([])) == []
+    assert build_scorers(scoring_spec([]).scorers) == []
 
 
 def test_compose_unknown_scorer_names_the_known_ones():
     with pytest.raises(
         ConfigError, match=r"Unknown scorer 'exactmatch'; choose one of: code_exec, contains, exact_match"
     ):
-        compose_scorers_config(["scorers=[exactmatch]"])
+        scoring_spec(["scorers=[exactmatch]"])
 
 
 def test_build_from_names_and_empty_configs():
