@@ -78,6 +78,9 @@ def _short_http_retries() -> Iterator[None]:
 
 
 def _mlflow():
+    # MLflow 3 sends usage telemetry (a DNS lookup and a request to its telemetry service) unless told not
+    # to; an export sends the results where the user points and nowhere else (unless the user set it)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         import mlflow  # noqa: F401
         from mlflow.tracking import MlflowClient

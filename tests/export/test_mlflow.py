@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -220,3 +221,13 @@ def test_a_uri_with_a_password_is_named_without_it(results, tmp_path, capsys, mo
     code = cli_main(["export", "mlflow", str(results["run"]), "--tracking-uri", "http://me:s3cret-pass@127.0.0.1:9"])
     err = capsys.readouterr().err
     assert code == 2 and "http://127.0.0.1:9" in err and "s3cret" not in err
+
+
+def test_mlflow_telemetry_is_off_unless_the_user_chose(results, store, monkeypatch):
+    """MLflow 3 would look up and call its telemetry service; the export leaves it off (a user's setting wins)."""
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    assert export(store, results["run"]) == 0
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")
+    assert export(store, results["run"]) == 0
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"
