@@ -30,7 +30,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             "Export finished runs and sweeps to MLflow or Weights & Biases, replayed from their Parquet results. "
             "A run becomes one tracker run; a sweep a parent run with one child run per configuration (W&B: a "
             "group). Params come from the results' metadata (never a key), metrics from the report's summary "
-            "(scores with 95%% CIs, error rate, latency, tokens/s, cost), artifacts are summary.parquet, "
+            "(scores with 95% CIs, error rate, latency, tokens/s, cost), artifacts are summary.parquet, "
             "report.html and the rows. A second export updates the same tracker runs. Needs the tracker extra: "
             "pip install 'sentech-eval[track]'."
         ),

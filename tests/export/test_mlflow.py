@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -231,3 +234,44 @@ def test_mlflow_telemetry_is_off_unless_the_user_chose(results, store, monkeypat
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")
     assert export(store, results["run"]) == 0
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"
+
+
+class _Forbidden(BaseHTTPRequestHandler):
+    """An MLflow server that refuses every request: 403 with MLflow's error body."""
+
+    def _refuse(self):
+        body = b'{"error_code": "PERMISSION_DENIED", "message": "User lacks permission to write."}'
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _refuse
+
+    def log_message(self, *args):  # keep the test's output clean
+        pass
+
+
+def test_a_server_without_permission_is_one_sentence_naming_it(results, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Forbidden)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        code = cli_main(["export", "mlflow", str(results["sweep"]), "--tracking-uri", uri])
+    finally:
+        server.shutdown()
+        thread.join()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert f"MLflow at {uri} refused the export" in err and "PERMISSION_DENIED" in err
+
+
+@pytest.mark.parametrize("tracker, module", [("mlflow", "mlflow"), ("wandb", "wandb")])
+def test_a_missing_tracker_package_names_the_extra(results, tracker, module, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # `import mlflow` now fails as when it is not installed
+    assert cli_main(["export", tracker, str(results["run"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'sentech-eval[track]'" in err
