@@ -274,6 +274,7 @@ async def run_handler(request: web.Request) -> web.Response:
     offset = max(0, _int(request.query.get("offset"), 0) or 0)
     if digest and digest.get("status") == "foreign":
         columns = table.columns
+        flt = RowFilter()  # not sentech-eval results: shown as they are, unfiltered
     else:
         scores = [c for c in table.columns if c.startswith("score_") and not c.endswith("_detail")]
         columns = [c for c in ROW_COLUMNS + SAMPLING_COLUMNS if c in table.columns] + scores
@@ -285,7 +286,7 @@ async def run_handler(request: web.Request) -> web.Response:
         extras,
         flt,
         total,
-        min(offset, max(0, total - 1)),
+        offset if total is None else min(offset, max(0, total - 1)),
         rows,
         table.columns,
         list(dict.fromkeys(problems)),

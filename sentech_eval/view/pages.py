@@ -257,7 +257,7 @@ def filter_params(flt: RowFilter) -> dict[str, Any]:
 
 
 def rows_section(
-    run: RunDir, digest: dict, flt: RowFilter, total: int, offset: int, rows: list[dict], columns: list[str]
+    run: RunDir, digest: dict, flt: RowFilter, total: int | None, offset: int, rows: list[dict], columns: list[str]
 ) -> str:
     scores = [c for c in (digest.get("scores") or []) if c in columns]
     varied = [c for c in SAMPLING_COLUMNS if c in (digest.get("sampling_values") or {})]
@@ -280,9 +280,12 @@ def rows_section(
         nav.append(
             link(run_url("run", run.id, **params, offset=max(0, offset - PAGE_SIZE)) + "#rows", "← previous", "prev")
         )
-    if offset + PAGE_SIZE < total:
+    if total is None or offset + PAGE_SIZE < total:
         nav.append(link(run_url("run", run.id, **params, offset=offset + PAGE_SIZE) + "#rows", "next →", "next"))
-    shown = f"rows {offset + 1}–{offset + len(rows)} of {total}" if rows else f"no rows match (of {total})"
+    if total is None:  # a text search that found this page before reading every row group
+        shown = f"rows {offset + 1}–{offset + len(rows)} of more (the search reads on as you page)"
+    else:
+        shown = f"rows {offset + 1}–{offset + len(rows)} of {total}" if rows else f"no rows match (of {total})"
     note = "filtered" if flt.active else "all rows"
     text_cols = tuple(range(len(headers) - 2, len(headers)))
     return (
@@ -310,7 +313,7 @@ def run_page(
     digest: dict | None,
     extras: dict | None,
     flt: RowFilter,
-    total: int,
+    total: int | None,
     offset: int,
     rows: list[dict],
     columns: list[str],
@@ -338,7 +341,7 @@ def run_page(
     return page(run.name, body, refresh=extras is None)
 
 
-def raw_rows_section(run: RunDir, total: int, offset: int, rows: list[dict], columns: list[str]) -> str:
+def raw_rows_section(run: RunDir, total: int | None, offset: int, rows: list[dict], columns: list[str]) -> str:
     shown = columns[:12]
     body = [[esc(row["_row"])] + [f"<pre>{esc(preview(row.get(c)))}</pre>" for c in shown] for row in rows]
     nav = []

@@ -49,6 +49,17 @@ class RowFilter:
 
 
 @dataclass
+class Scan:
+    """How far a filter has got: the matching row numbers found, the next row group to read."""
+
+    found: list[np.ndarray] = field(default_factory=list)
+    count: int = 0
+    next_group: int = 0
+    done: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
 class RowGroupRef:
     file_index: int
     group: int
@@ -163,40 +174,54 @@ class RowTable:
         needed += [c for c, _ in flt.sampling]
         return list(dict.fromkeys(needed))
 
-    def matching(self, flt: RowFilter) -> np.ndarray | None:
-        """The row numbers matching ``flt`` (None: every row), cached for the next page turn."""
+    def matching(self, flt: RowFilter, need: int | None = None) -> tuple[np.ndarray | None, bool]:
+        """(the row numbers matching ``flt`` found so far, whether that is all of them); None: every row.
+
+        Row groups are scanned in order, several at a time, and what was found is kept for the next
+        page turn. A text search stops once ``need`` matches are known (the first page of a search
+        for a common word needs a few row groups, not the file); other filters always finish.
+        """
         if not flt.active:
-            return None
+            return None, True
         with self._lock:
-            cached = self._masks.get(flt)
-            if cached is not None:
+            scan = self._masks.get(flt)
+            if scan is None:
+                scan = self._masks[flt] = Scan()
+                while len(self._masks) > MASK_CACHE:
+                    self._masks.popitem(last=False)
+            else:
                 self._masks.move_to_end(flt)
-                return cached
         columns = self._filter_columns(flt)
         if any(c not in self.columns for c in columns):
-            return np.array([], dtype=np.int64)  # filtering on a column these results do not have
+            return np.array([], dtype=np.int64), True  # filtering on a column these results do not have
+        target = need if flt.text else None
+        with scan.lock:
+            while not scan.done and (target is None or scan.count < target):
+                batch = self.groups[scan.next_group : scan.next_group + SCAN_THREADS * (4 if target is None else 1)]
+                with concurrent.futures.ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="view-scan") as pool:
+                    for hits in pool.map(lambda ref: self._scan_group(ref, columns, flt), batch):
+                        if hits is not None:
+                            scan.found.append(hits)
+                            scan.count += len(hits)
+                scan.next_group += len(batch)
+                scan.done = scan.next_group >= len(self.groups)
+            if len(scan.found) > 1:
+                scan.found = [np.concatenate(scan.found)]
+            pa.default_memory_pool().release_unused()  # hand the row groups' buffers back
+            return (scan.found[0] if scan.found else np.array([], dtype=np.int64)), scan.done
 
-        def scan(ref: RowGroupRef) -> np.ndarray | None:
-            try:
-                mask = self._mask(self._read(ref, columns), flt)
-                if flt.text:
-                    matched = self._search(ref, flt.text)
-                    mask = matched if mask is None else pc.and_(mask, matched)
-            except Exception as exc:  # noqa: BLE001 - a damaged row group is reported, the rest still shown
-                self._note(f"row group {ref.group} of {self.paths[ref.file_index]} cannot be read ({exc})")
-                return None
-            hits = np.flatnonzero(mask.to_numpy(zero_copy_only=False)) if mask is not None else np.arange(ref.rows)
-            return hits + ref.first
-
-        with concurrent.futures.ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="view-scan") as pool:
-            found = [hits for hits in pool.map(scan, self.groups) if hits is not None]
-        result = np.concatenate(found) if found else np.array([], dtype=np.int64)
-        pa.default_memory_pool().release_unused()  # hand the row groups' buffers back
-        with self._lock:
-            self._masks[flt] = result
-            while len(self._masks) > MASK_CACHE:
-                self._masks.popitem(last=False)
-        return result
+    def _scan_group(self, ref: RowGroupRef, columns: list[str], flt: RowFilter) -> np.ndarray | None:
+        """The row numbers of one row group that match ``flt`` (None if it cannot be read)."""
+        try:
+            mask = self._mask(self._read(ref, columns), flt)
+            if flt.text:
+                matched = self._search(ref, flt.text)
+                mask = matched if mask is None else pc.and_(mask, matched)
+        except Exception as exc:  # noqa: BLE001 - a damaged row group is reported, the rest still shown
+            self._note(f"row group {ref.group} of {self.paths[ref.file_index]} cannot be read ({exc})")
+            return None
+        hits = np.flatnonzero(mask.to_numpy(zero_copy_only=False)) if mask is not None else np.arange(ref.rows)
+        return hits + ref.first
 
     def _note(self, problem: str) -> None:
         if problem not in self.problems:
@@ -215,12 +240,16 @@ class RowTable:
                 return ref
         return None
 
-    def page(self, flt: RowFilter, offset: int, limit: int, columns: list[str]) -> tuple[int, list[dict[str, Any]]]:
-        """(number of matching rows, the rows ``offset`` … ``offset + limit`` with ``columns`` and ``_row``)."""
-        hits = self.matching(flt)
-        total = self.total if hits is None else len(hits)
-        offset = max(0, min(offset, max(0, total - 1)))
-        wanted = range(offset, min(total, offset + limit))
+    def page(
+        self, flt: RowFilter, offset: int, limit: int, columns: list[str]
+    ) -> tuple[int | None, list[dict[str, Any]]]:
+        """(number of matching rows, or None while a text search has not read every row group yet;
+        the rows ``offset`` … ``offset + limit`` with ``columns`` and ``_row``)."""
+        hits, complete = self.matching(flt, need=offset + limit + 1)
+        known = self.total if hits is None else len(hits)
+        total = known if complete else None
+        offset = max(0, min(offset, max(0, known - 1)))
+        wanted = range(offset, min(known, offset + limit))
         numbers = [int(hits[i]) if hits is not None else i for i in wanted]
         by_group: dict[int, list[int]] = {}
         refs: dict[int, RowGroupRef] = {}

@@ -93,3 +93,22 @@ def test_a_filter_on_a_column_the_file_lacks_matches_nothing(run_file):
     path, _ = run_file
     table = RowTable([str(path)])
     assert table.page(RowFilter(score="score_missing", outcome="pass"), 0, 10, COLUMNS)[0] == 0
+
+
+def test_a_text_search_reads_only_as_far_as_the_page_needs(run_file):
+    path, df = run_file
+    table = RowTable([str(path)])
+    flt = RowFilter(text="cap-0")  # a common match: the first page is found in the first row groups
+    want = np.flatnonzero(df["prompt_id"].str.contains("cap-0", case=False).to_numpy())
+    total, rows = table.page(flt, 0, 5, COLUMNS)
+    assert total is None and [r["_row"] for r in rows] == want[:5].tolist()
+    assert table._masks[flt].next_group < len(table.groups)  # noqa: SLF001 - it stopped early
+    seen = [r["_row"] for r in rows]
+    offset = 5
+    while True:  # paging on reads further, in order, and ends with the exact count
+        total, rows = table.page(flt, offset, 5, COLUMNS)
+        seen += [r["_row"] for r in rows]
+        offset += 5
+        if total is not None and offset >= total:
+            break
+    assert total == len(want) and seen == want.tolist()
