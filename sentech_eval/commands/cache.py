@@ -15,16 +15,8 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from sentech_eval.engine.cache import (
-    FLOAT_FIELDS,
-    CachedAnswer,
-    Entry,
-    ResponseStore,
-    cache_path,
-    default_cache_dir,
-    differing_fields,
-    key_of,
-)
+from sentech_eval.engine.cache_keys import FLOAT_FIELDS, differing_fields, key_of
+from sentech_eval.engine.cache_store import CachedAnswer, Entry, ResponseStore, cache_path, default_cache_dir
 from sentech_eval.engine.results import RESULTS_FILE, read_metadata, read_run_table
 from sentech_eval.errors import CacheError, ConfigError, ResultsError
 from sentech_eval.escaping import terminal_lines

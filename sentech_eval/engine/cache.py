@@ -1,469 +1,46 @@
-"""The response cache: answers of earlier requests, keyed on everything that can change them.
+"""One run's use of the response cache: a ``RunHook`` that answers items from the cache and writes fresh answers.
 
-One SQLite file (WAL mode, so several processes on one machine read and write it at once) holds
-one entry per key. The key is the SHA-256 of a canonical JSON form of the *key fields*:
-
-- what answers: the backend's own ``cache_identity()`` (backend kind, base URL without
-  credentials, model; for a local GGUF its file's sha256, the llama-cpp-python version and the
-  load settings that change an answer), plus ``stream``;
-- what is asked: every sampling field (``None`` = not sent), the seed of this repeat, and the
-  SHA-256 of the exact messages (``messages_sha256``); a request with no seed also carries its
-  ``repeat`` number, so repeats never collapse into one answer.
-
-Only ``status="ok"`` answers are written; a seedless request at temperature > 0 is never served
-(unless ``runner.cache_unseeded=true``). Entries are JSON, never pickles. ``ResponseStore`` is the
-file; ``RunCache`` is one run's use of it (mode, keys per repeat, buffered writes, what happens
-when the file turns out to be damaged). See docs/cache.md.
+Modes: ``on`` reads and writes, ``refresh`` writes only, ``only`` reads only (a miss is an error
+row, nothing is sent). Keys come from ``engine/cache_keys.py``, the file is ``engine/cache_store.py``;
+``RunCache`` adds the rows' ``cached``, ``cached_from``, ``cache_key`` and ``messages_sha256`` columns,
+buffers writes for a writer thread, and decides what happens when the file turns out to be damaged.
+See docs/cache.md.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import os
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
 
 from sentech_eval.backends.base import Backend
+from sentech_eval.engine.cache_keys import backend_context, canonical_json, is_servable, sampling_key_fields
+from sentech_eval.engine.cache_store import CachedAnswer, ResponseStore, answer_record, cache_path, unusable_message
 from sentech_eval.engine.hooks import Item, RunHook
 from sentech_eval.errors import CacheError
-from sentech_eval.secrets import url_without_credentials
-from sentech_eval.types import SAMPLING_PARAMS, Completion, Prompt, Sampling
+from sentech_eval.types import Completion, Prompt, Sampling
 
 MODES = ("off", "on", "refresh", "only")
 ON_CORRUPT = ("continue", "stop")
-DB_FILE = "responses.sqlite"
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction
 # Fresh answers are kept in memory and handed to the writer thread, which writes them into the file in
 # one transaction, every MERGE_ROWS answers, MERGE_CHARS characters of output or MERGE_S seconds, and
 # at the end of the run: a killed run (kill -9) loses at most this much from the cache, never a result.
 MERGE_ROWS = 50_000
 MERGE_CHARS = 64_000_000
 MERGE_S = 60.0
-FLOAT_FIELDS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
-ANSWER_FIELDS = (
-    "output",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "latency_s",
-    "ttft_s",
-    "http_status",
-)
 NOT_IN_CACHE = "not in cache (runner.cache=only sends no request)"
 UNSEEDED_REFUSED = (
     "not served from cache: a seedless request at temperature > 0 is a new sample each time "
     "(runner.cache=only sends no request; set runner.cache_unseeded=true to serve it anyway)"
 )
-
-PREFETCH_CHUNK = 500  # keys per ``SELECT … WHERE key IN (…)``
-# Two tables: ``configs`` holds each distinct set of key fields (everything but the messages) once;
-# ``responses`` one row per answer, indexed by its key only, so a write updates one B-tree besides
-# the table. ``cache explain`` and ``cache clear`` scan instead: commands a person runs now and then.
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS configs (
-        id INTEGER PRIMARY KEY,
-        fields TEXT NOT NULL UNIQUE,
-        model TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS responses (
-        key TEXT PRIMARY KEY,
-        config INTEGER NOT NULL REFERENCES configs(id),
-        messages_sha256 TEXT NOT NULL,
-        answer TEXT NOT NULL,
-        created_at REAL NOT NULL
-    )""",
-    "CREATE TABLE IF NOT EXISTS hits (model TEXT PRIMARY KEY, hits INTEGER NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS file_hashes (
-        path TEXT NOT NULL, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
-        PRIMARY KEY (path, mtime_ns, size)
-    )""",
-)
-
-
-# ---------------------------------------------------------------------------------- key fields
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/sentech-eval`` (``~/.cache/sentech-eval`` when unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "sentech-eval"
-
-
-def cache_path(cache_dir: str | os.PathLike[str] | None) -> Path:
-    """The SQLite file inside ``cache_dir`` (the default user cache dir when None)."""
-    return (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / DB_FILE
-
-
-def canonical_json(value: Any) -> bytes:
-    """JSON with sorted keys and no spaces: equal values give equal bytes."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-
-
-def messages_sha256(messages: Sequence[dict[str, str]]) -> str:
-    """SHA-256 of the exact messages (roles and contents, in order)."""
-    return hashlib.sha256(canonical_json(list(messages))).hexdigest()
-
-
-def sampling_key_fields(sampling: Sampling) -> dict[str, Any]:
-    """Every sampling field as it is sent (floats as floats, so 1 and 1.0 are one key; None = not sent)."""
-    out = {}
-    for name in SAMPLING_PARAMS:
-        value = getattr(sampling, name)
-        out[name] = float(value) if value is not None and name in FLOAT_FIELDS else value
-    return out
-
-
-def key_of(fields: dict[str, Any], messages_digest: str) -> str:
-    """The cache key: SHA-256 over the canonical key fields and the messages' SHA-256."""
-    return hashlib.sha256(canonical_json(fields) + b"\n" + messages_digest.encode()).hexdigest()
-
-
-def is_servable(fields: dict[str, Any], unseeded_ok: bool) -> bool:
-    """False for a seedless request at temperature > 0 (a new sample each time), unless allowed."""
-    if unseeded_ok or fields.get("temperature") == 0.0:
-        return True
-    return fields.get("seed") is not None and bool(fields.get("seed_sent", True))
-
-
-def differing_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Names of the key fields whose values differ between two field dicts (sorted)."""
-    return sorted(name for name in set(a) | set(b) if a.get(name) != b.get(name))
-
-
-# ---------------------------------------------------------------------------------- the file
-@dataclass(frozen=True, slots=True)
-class CachedAnswer:
-    """One cached ok answer: the original response and its measurements."""
-
-    key: str
-    output: str | None
-    finish_reason: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    total_tokens: int | None
-    latency_s: float | None
-    ttft_s: float | None
-    http_status: int | None
-    run_id: str | None
-    started_at: float | None  # POSIX seconds of the original request
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stored entry as ``cache explain`` shows it."""
-
-    key: str
-    messages_sha256: str
-    model: str
-    fields: dict[str, Any]
-    run_id: str | None
-    prompt_id: str | None
-    dataset: str | None
-    created_at: float
-
-
-def unusable_message(path: Path, exc: BaseException) -> str:
-    """One sentence: which cache file is unusable, why, and the fix."""
-    return (
-        f"The response cache {path} is unusable ({exc}); delete it with `sentech-eval cache clear` "
-        f"(or `rm {path}`), point runner.cache_dir elsewhere, or run with runner.cache=off."
-    )
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-    db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    return db
-
-
-def _answer(
-    completion: Completion, run_id: str, prompt_id: str, dataset: str, started_at: float | None
-) -> dict[str, Any]:
-    c = completion
-    return {
-        "output": c.output,
-        "finish_reason": c.finish_reason,
-        "prompt_tokens": c.prompt_tokens,
-        "completion_tokens": c.completion_tokens,
-        "total_tokens": c.total_tokens,
-        "latency_s": c.latency_s,
-        "ttft_s": c.ttft_s,
-        "http_status": c.http_status,
-        "run_id": run_id,
-        "prompt_id": prompt_id,
-        "dataset": dataset,
-        "started_at": started_at,
-    }
-
-
-def _cached_answer(key: str, raw: str) -> CachedAnswer:
-    answer = orjson.loads(raw)
-    get = answer.get
-    return CachedAnswer(key, **{name: get(name) for name in (*ANSWER_FIELDS, "run_id", "started_at")})
-
-
-class ResponseStore:
-    """The SQLite file of cached answers. Safe for several processes at once (WAL, busy timeout).
-
-    Raises ``CacheError`` (one sentence) when the file is not a sentech-eval cache or is damaged.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
-        self.path = Path(path)
-        if not create and not self.path.exists():
-            raise CacheError(f"There is no response cache at {self.path} yet; a run with runner.cache=on creates it.")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = _connect(self.path)
-        except (OSError, sqlite3.Error) as exc:
-            raise CacheError(unusable_message(self.path, exc)) from None
-        try:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise CacheError(
-                    f"The response cache {self.path} was written by a newer sentech-eval (format {version}, "
-                    f"this one reads {SCHEMA_VERSION}); upgrade, or point runner.cache_dir elsewhere."
-                )
-            if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            if version < SCHEMA_VERSION:
-                with _Transaction(self._db):
-                    for statement in _SCHEMA:
-                        self._db.execute(statement)
-                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            else:  # an existing cache: check that it has our tables (a stray SQLite file would not)
-                self._db.execute("SELECT c.fields, r.key, r.answer FROM configs c, responses r LIMIT 1").fetchall()
-        except CacheError:
-            self._db.close()
-            raise
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise CacheError(unusable_message(self.path, exc)) from None
-
-    # ---- reads
-    def has_config(self, fields_json: str) -> bool:
-        """Whether any answer was ever written for these key fields (if not, no lookup can hit)."""
-        return self._db.execute("SELECT 1 FROM configs WHERE fields = ?", (fields_json,)).fetchone() is not None
-
-    def get(self, key: str) -> CachedAnswer | None:
-        """The cached answer for ``key``, or None."""
-        return self.get_many([key]).get(key)
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, CachedAnswer]:
-        """The cached answers among ``keys`` (one query per 500 keys: a few µs a key, not one WAL
-        read transaction per item)."""
-        found: dict[str, CachedAnswer] = {}
-        for start in range(0, len(keys), PREFETCH_CHUNK):
-            chunk = orjson.dumps(keys[start : start + PREFETCH_CHUNK])
-            for key, raw in self._db.execute(
-                "SELECT key, answer FROM responses WHERE key IN (SELECT value FROM json_each(?))", (chunk,)
-            ):
-                found[key] = _cached_answer(key, raw)
-        return found
-
-    def entries(
-        self, *, messages_digest: str | None = None, prompt_id: str | None = None, limit: int = 200
-    ) -> list[Entry]:
-        """Stored entries for one messages digest or one prompt id, newest first (a scan)."""
-        where, value = (
-            ("r.messages_sha256 = ?", messages_digest)
-            if messages_digest is not None
-            else ("json_extract(r.answer, '$.prompt_id') = ?", prompt_id)
-        )
-        rows = self._db.execute(
-            "SELECT r.key, r.messages_sha256, c.model, c.fields, r.answer, r.created_at FROM responses r "
-            f"JOIN configs c ON c.id = r.config WHERE {where} ORDER BY r.created_at DESC LIMIT ?",
-            (value, limit),
-        )
-        out = []
-        for key, digest, model, fields, raw, created_at in rows.fetchall():
-            answer = orjson.loads(raw)
-            out.append(
-                Entry(
-                    key,
-                    digest,
-                    model,
-                    orjson.loads(fields),
-                    answer.get("run_id"),
-                    answer.get("prompt_id"),
-                    answer.get("dataset"),
-                    created_at,
-                )
-            )
-        return out
-
-    def stats(self) -> dict[str, Any]:
-        """Entries, bytes on disk, and per model: entries, hits, oldest and newest entry."""
-        per_model = {
-            m: {"entries": n, "hits": 0, "oldest": lo, "newest": hi}
-            for m, n, lo, hi in self._db.execute(
-                "SELECT c.model, COUNT(*), MIN(r.created_at), MAX(r.created_at) FROM responses r "
-                "JOIN configs c ON c.id = r.config GROUP BY c.model"
-            )
-        }
-        for model, hits in self._db.execute("SELECT model, hits FROM hits"):
-            per_model.setdefault(model, {"entries": 0, "hits": 0, "oldest": None, "newest": None})["hits"] = hits
-        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
-        return {
-            "path": str(self.path),
-            "entries": sum(v["entries"] for v in per_model.values()),
-            "bytes": size,
-            "models": per_model,
-        }
-
-    # ---- writes
-    def stage_many(self, rows: Iterable[tuple[str, str, str, str, dict[str, Any]]], db: sqlite3.Connection) -> int:
-        """Append entries, each ``(key, fields_json, model, messages_sha256, answer)``, to ``db``'s private
-        staging table (a TEMP table: no lock on the file, no index to update); ``merge_staged`` moves them
-        into the file. Returns how many."""
-        rows = list(rows)
-        if not rows:
-            return 0
-        now, dumps = time.time(), orjson.dumps
-        db.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS staged (key TEXT NOT NULL, fields TEXT NOT NULL, "
-            "model TEXT NOT NULL, messages_sha256 TEXT NOT NULL, answer TEXT NOT NULL, created_at REAL NOT NULL)"
-        )
-        db.execute("BEGIN")
-        try:
-            db.executemany(
-                "INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (key, fields, model, digest, dumps(answer).decode(), now)
-                    for key, fields, model, digest, answer in rows
-                ],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return len(rows)
-
-    def merge_staged(self, db: sqlite3.Connection) -> int:
-        """Move ``db``'s staged entries into the file in one transaction, in key order (an index fed in
-        order touches each page once); returns how many. A key written again is replaced."""
-        if db.execute("SELECT 1 FROM temp.sqlite_master WHERE name = 'staged'").fetchone() is None:
-            return 0
-        with _Transaction(db):
-            moved = db.execute("SELECT count(*) FROM temp.staged").fetchone()[0]
-            db.execute("INSERT OR IGNORE INTO configs (fields, model) SELECT DISTINCT fields, model FROM temp.staged")
-            db.execute(
-                "INSERT OR REPLACE INTO responses (key, config, messages_sha256, answer, created_at) "
-                "SELECT s.key, c.id, s.messages_sha256, s.answer, s.created_at "
-                "FROM temp.staged s JOIN configs c ON c.fields = s.fields ORDER BY s.key, s.rowid"
-            )
-            db.execute("DELETE FROM temp.staged")
-        return moved
-
-    def add_hits(self, hits_by_model: dict[str, int]) -> None:
-        """Add to the per-model hit counters (``cache stats``)."""
-        if not hits_by_model:
-            return
-        with _Transaction(self._db):
-            self._db.executemany(
-                "INSERT INTO hits (model, hits) VALUES (?, ?) "
-                "ON CONFLICT(model) DO UPDATE SET hits = hits + excluded.hits",
-                hits_by_model.items(),
-            )
-
-    def clear(self, *, model: str | None = None, older_than_s: float | None = None) -> int:
-        """Delete entries (all, one model's, and/or those older than ``older_than_s``); returns how many."""
-        where: list[str] = []
-        args: list[Any] = []
-        if model is not None:
-            where.append("config IN (SELECT id FROM configs WHERE model = ?)")
-            args.append(model)
-        if older_than_s is not None:
-            where.append("created_at < ?")
-            args.append(time.time() - older_than_s)
-        sql = "DELETE FROM responses" + (" WHERE " + " AND ".join(where) if where else "")
-        with _Transaction(self._db):
-            removed = self._db.execute(sql, args).rowcount
-            self._db.execute("DELETE FROM configs WHERE id NOT IN (SELECT DISTINCT config FROM responses)")
-            if model is not None and older_than_s is None:
-                self._db.execute("DELETE FROM hits WHERE model = ?", (model,))
-            elif not where:
-                self._db.execute("DELETE FROM hits")
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        if not where:
-            self._db.execute("VACUUM")
-        return removed
-
-    def file_sha256(self, path: str | os.PathLike[str]) -> str:
-        """SHA-256 of a file, remembered per (path, mtime, size) so a model is hashed once, not per run."""
-        real = os.path.realpath(path)
-        st = os.stat(real)
-        row = self._db.execute(
-            "SELECT sha256 FROM file_hashes WHERE path = ? AND mtime_ns = ? AND size = ?",
-            (real, st.st_mtime_ns, st.st_size),
-        ).fetchone()
-        if row is not None:
-            return row[0]
-        with open(real, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        with _Transaction(self._db):
-            self._db.execute("DELETE FROM file_hashes WHERE path = ?", (real,))
-            self._db.execute(
-                "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", (real, st.st_mtime_ns, st.st_size, digest)
-            )
-        return digest
-
-    def writer_connection(self) -> sqlite3.Connection:
-        """A second connection to the same file, for a writer thread."""
-        return _connect(self.path)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._db.close()
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (ROLLBACK on error): takes the write lock up front, so two
-    processes never both start a write and then deadlock upgrading their locks."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-
-
-# ---------------------------------------------------------------------------------- one run
-def backend_context(backend: Backend, store: ResponseStore) -> dict[str, Any] | None:
-    """The key fields that identify what answers: the backend's ``cache_identity()``, with a local
-    model's path replaced by its file's sha256 and a base URL stripped of credentials.
-
-    None when the backend does not describe itself (a cache would not know what answered).
-    """
-    described = backend.cache_identity()
-    if described is None:
-        return None
-    fields = dict(described)
-    model_path = fields.pop("model_path", None)
-    if model_path is not None:
-        fields["gguf_sha256"] = store.file_sha256(model_path)
-    if fields.get("base_url"):
-        fields["base_url"] = url_without_credentials(str(fields["base_url"]))
-    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -713,7 +290,7 @@ class RunCache(RunHook):
                 fields_json,
                 model,
                 lookup.messages_sha256,
-                _answer(completion, run_id, prompt_id, dataset, started_at),
+                answer_record(completion, run_id, prompt_id, dataset, started_at),
             )
             for lookup, completion, started_at, prompt_id, fields_json in pending
         ]
@@ -799,7 +376,7 @@ def open_run_cache(
     path = cache_path(cache_dir)
     try:
         store = ResponseStore(path)
-        context = backend_context(backend, store)
+        context = backend_context(backend, store.file_sha256)
     except (CacheError, sqlite3.Error) as exc:
         message = str(exc) if isinstance(exc, CacheError) else unusable_message(path, exc)
         if on_corrupt == "stop":

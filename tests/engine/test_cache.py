@@ -1,28 +1,19 @@
-"""engine/cache.py: the key (one test per key field), what is and is not cached, the SQLite file
-shared by several processes, and a damaged file."""
+"""The response cache: the key (engine/cache_keys.py, one test per key field), what is and is not cached
+(engine/cache.py), the SQLite file shared by several processes and a damaged file (engine/cache_store.py)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from sentech_eval.backends.remote import RemoteBackend
-from sentech_eval.engine.cache import (
-    ResponseStore,
-    RunCache,
-    backend_context,
-    cache_path,
-    canonical_json,
-    key_of,
-    messages_sha256,
-    open_run_cache,
-)
+from sentech_eval.engine.cache import RunCache, open_run_cache
+from sentech_eval.engine.cache_keys import backend_context, key_of, messages_sha256
+from sentech_eval.engine.cache_store import ResponseStore, cache_path
 from sentech_eval.errors import CacheError
-from sentech_eval.secrets import url_without_credentials
 from sentech_eval.types import Completion, Prompt, Sampling
 
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"})
@@ -178,56 +169,20 @@ def test_the_gguf_file_content_is_part_of_the_key(tmp_path):
     model = tmp_path / "tiny.gguf"
     model.write_bytes(b"GGUF" + b"\0" * 100)
     store = ResponseStore(cache_path(tmp_path / "c"))
-    first = backend_context(Identity(model), store)
+    first = backend_context(Identity(model), store.file_sha256)
     assert "model_path" not in first and len(first["gguf_sha256"]) == 64
     model.write_bytes(b"GGUF" + b"\1" * 100)
     os.utime(model, ns=(1, 1))  # a new mtime: the remembered hash is not reused
-    second = backend_context(Identity(model), store)
+    second = backend_context(Identity(model), store.file_sha256)
     assert second["gguf_sha256"] != first["gguf_sha256"]
     digest = messages_sha256(MESSAGES)
     assert key_of(first, digest) != key_of(second, digest)
     store.close()
 
 
-def test_a_file_hash_is_remembered_per_path_mtime_and_size(tmp_path):
-    model = tmp_path / "m.gguf"
-    model.write_bytes(b"x" * 1000)
-    store = ResponseStore(cache_path(tmp_path / "c"))
-    digest = store.file_sha256(model)
-    stat = model.stat()
-    with open(model, "r+b") as handle:  # change the bytes but keep size and mtime: the remembered hash is used
-        handle.write(b"y")
-    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert store.file_sha256(model) == digest
-    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
-    assert store.file_sha256(model) != digest
-    store.close()
-
-
-def test_equal_values_make_equal_keys_and_credentials_never_enter_them():
-    assert canonical_json({"b": 1, "a": [1.0]}) == canonical_json({"a": [1.0], "b": 1})
-    assert (
-        url_without_credentials("https://user:secret@api.example.com:8443/v1/?api_key=s3")
-        == "https://api.example.com:8443/v1"
-    )
-
-
 def test_temperature_one_and_one_point_zero_are_one_key(tmp_path):
     write_one(tmp_path, REMOTE, sampling=Sampling(temperature=1, seed=0))
     assert find(tmp_path, REMOTE, sampling=Sampling(temperature=1.0, seed=0)) is not None
-
-
-def test_the_remote_backend_identity_has_no_credentials(monkeypatch):
-    backend = RemoteBackend("http://127.0.0.1:9/v1", "m", "sk-secret-123", stream=True, send_seed=True)
-    identity = backend.cache_identity()
-    assert identity == {
-        "backend": "remote",
-        "base_url": "http://127.0.0.1:9/v1",
-        "model": "m",
-        "stream": True,
-        "seed_sent": True,
-    }
-    assert "sk-secret-123" not in str(identity)
 
 
 # ------------------------------------------------------------------ what is (not) written or served
@@ -364,25 +319,12 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
 
 
 def _fields(sampling: Sampling) -> dict:
-    from sentech_eval.engine.cache import sampling_key_fields
+    from sentech_eval.engine.cache_keys import sampling_key_fields
 
     return sampling_key_fields(sampling)
 
 
 # ------------------------------------------------------------------ a damaged file
-@pytest.mark.parametrize(
-    "content",
-    [b"this is not a database" * 100, b"SQLite format 3\0" + os.urandom(4000)],
-    ids=["text", "damaged header"],
-)
-def test_a_damaged_cache_file_is_one_sentence(tmp_path, content):
-    path = cache_path(tmp_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-    with pytest.raises(CacheError) as info:
-        ResponseStore(path)
-    message = str(info.value)
-    assert str(path) in message and "sentech-eval cache clear" in message and "\n" not in message
 
 
 def test_a_damaged_file_turns_the_cache_off_or_stops_the_run_by_setting(tmp_path, capsys):
@@ -411,18 +353,6 @@ def test_a_file_damaged_during_the_run_stops_using_the_cache(tmp_path, capsys):
     assert "malformed" in err and "goes on without the cache" in err and err.count("\n") == 1
     assert cache.lookup(Prompt("p1", MESSAGES), 0, SAMPLING) is None  # and stays off, quietly
     assert capsys.readouterr().err == ""
-
-
-def test_a_stray_sqlite_file_is_refused(tmp_path):
-    path = cache_path(tmp_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE other (x)")
-    db.execute("PRAGMA user_version = 1")
-    db.commit()
-    db.close()
-    with pytest.raises(CacheError, match="unusable"):
-        ResponseStore(path)
 
 
 def test_clear_by_model_and_age(tmp_path):
