@@ -155,3 +155,19 @@ def test_a_load_run_sends_its_load_table_one_step_per_level(tmp_path, capsys):
         (run,) = plan.runs
         assert run.steps["load.goodput_rps"] == [float(v) for v in load["goodput_rps"]]
         assert "load.parquet" in run.files
+
+
+def test_a_priced_run_sends_its_cost_figures(tmp_path):
+    df = make_results(n=40, accuracy=0.75)
+    df["cost_usd"] = 0.002
+    write_run(df, tmp_path / "run")
+    expected = summarize(df).to_dict("records")[0]
+    with replay(tmp_path / "run", "run") as plan:
+        (run,) = plan.runs
+        for name in (
+            "cost_usd",
+            "cost_per_1k_requests",
+            "cost_per_correct_contains",
+            "cost_per_correct_contains_ci_high",
+        ):
+            assert run.metrics[name] == expected[name], name
