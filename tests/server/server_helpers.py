@@ -7,7 +7,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-KEY = "test-key-1"
+from cli_helpers import TEST_KEY
+
+KEY = TEST_KEY  # the key of the shared echo server (the `echo_server` fixture of tests/conftest.py)
 
 # The seed's curl body, as-is.
 SEED_BODY = {

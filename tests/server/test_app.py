@@ -10,8 +10,8 @@ from server_helpers import KEY, SEED_BODY, SEED_CURL_DATA, post
 from sentech_eval.server.testing import running_server
 
 
-def test_seed_curl_body_answers_field_by_field(server):
-    reply = post(server, raw=SEED_CURL_DATA.encode())
+def test_seed_curl_body_answers_field_by_field(echo_server):
+    reply = post(echo_server, raw=SEED_CURL_DATA.encode())
     assert reply.status == 200
     assert reply.headers["Content-Type"].startswith("application/json")
     body = reply.json()
@@ -31,14 +31,14 @@ def test_seed_curl_body_answers_field_by_field(server):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-def test_ids_are_unique(server):
-    ids = {post(server, SEED_BODY).json()["id"] for _ in range(5)}
+def test_ids_are_unique(echo_server):
+    ids = {post(echo_server, SEED_BODY).json()["id"] for _ in range(5)}
     assert len(ids) == 5
 
 
 @pytest.mark.parametrize("key", ["wrong", "", None, KEY + "x", KEY[:-1]])
-def test_wrong_or_missing_key_gets_exact_401(server, key):
-    reply = post(server, SEED_BODY, key=key)
+def test_wrong_or_missing_key_gets_exact_401(echo_server, key):
+    reply = post(echo_server, SEED_BODY, key=key)
     assert reply.status == 401
     assert reply.text == '{"message":"Invalid API key."}'
     assert reply.json() == {"message": "Invalid API key."}
@@ -57,13 +57,13 @@ def test_no_auth_server_accepts_anything():
 
 
 @pytest.mark.parametrize("messages", [[], None, "hello", {"role": "user", "content": "hi"}, 3, "__missing__"])
-def test_empty_or_missing_messages_get_exact_400(server, messages):
+def test_empty_or_missing_messages_get_exact_400(echo_server, messages):
     body = dict(SEED_BODY)
     if messages == "__missing__":
         del body["messages"]
     else:
         body["messages"] = messages
-    reply = post(server, body)
+    reply = post(echo_server, body)
     assert reply.status == 400
     assert reply.json() == {"message": "Messages must be a non-empty array."}
 
@@ -88,8 +88,8 @@ def test_empty_or_missing_messages_get_exact_400(server, messages):
         ("model", 5, "model must be a string"),
     ],
 )
-def test_bad_fields_get_400_with_a_sentence(server, field, value, needle):
-    reply = post(server, {**SEED_BODY, field: value})
+def test_bad_fields_get_400_with_a_sentence(echo_server, field, value, needle):
+    reply = post(echo_server, {**SEED_BODY, field: value})
     assert reply.status == 400
     message = reply.json()["message"]
     assert needle in message and message.endswith(".")
@@ -105,28 +105,28 @@ def test_bad_fields_get_400_with_a_sentence(server, field, value, needle):
         ([{"content": "hi"}], "messages[0].role"),
     ],
 )
-def test_bad_messages_get_400_naming_the_item(server, messages, needle):
-    reply = post(server, {**SEED_BODY, "messages": messages})
+def test_bad_messages_get_400_naming_the_item(echo_server, messages, needle):
+    reply = post(echo_server, {**SEED_BODY, "messages": messages})
     assert reply.status == 400
     assert needle in reply.json()["message"]
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2", b"\xff\xfe", b"NaN", b'{"messages": 1e999}'])
-def test_invalid_json_gets_400(server, raw):
-    reply = post(server, raw=raw)
+def test_invalid_json_gets_400(echo_server, raw):
+    reply = post(echo_server, raw=raw)
     assert reply.status == 400
     assert "message" in reply.json()
 
 
-def test_non_object_body_gets_400(server):
-    reply = post(server, [SEED_BODY])
+def test_non_object_body_gets_400(echo_server):
+    reply = post(echo_server, [SEED_BODY])
     assert reply.status == 400
     assert reply.json()["message"].startswith("The request body must be a JSON object")
 
 
-def test_null_sampling_fields_mean_not_sent(server):
+def test_null_sampling_fields_mean_not_sent(echo_server):
     body = {**SEED_BODY, "temperature": None, "top_p": None, "max_tokens": None, "seed": None}
-    reply = post(server, body)
+    reply = post(echo_server, body)
     assert reply.status == 200
 
 
@@ -159,23 +159,23 @@ def test_chunked_body_over_the_limit_gets_413():
         conn.close()
 
 
-def test_unknown_route_is_json_404(server):
-    reply = post(server, SEED_BODY, path="/nope")
+def test_unknown_route_is_json_404(echo_server):
+    reply = post(echo_server, SEED_BODY, path="/nope")
     assert reply.status == 404
     assert "message" in reply.json()
 
 
-def test_wrong_method_is_json_405(server):
-    reply = post(server, None, method="GET")
+def test_wrong_method_is_json_405(echo_server):
+    reply = post(echo_server, None, method="GET")
     assert reply.status == 405
     assert "POST" in reply.json()["message"]
 
 
-def test_health_and_models(server):
-    assert post(server.removesuffix("/v1"), None, path="/health", method="GET", key=None).json()["status"] == "ok"
-    models = post(server, None, path="/models", method="GET")
+def test_health_and_models(echo_server):
+    assert post(echo_server.removesuffix("/v1"), None, path="/health", method="GET", key=None).json()["status"] == "ok"
+    models = post(echo_server, None, path="/models", method="GET")
     assert models.status == 200 and models.json()["data"][0]["id"]
-    assert post(server, None, path="/models", method="GET", key="bad").status == 401
+    assert post(echo_server, None, path="/models", method="GET", key="bad").status == 401
 
 
 def test_the_server_advertises_its_capacity():
@@ -189,9 +189,11 @@ def test_the_server_advertises_its_capacity():
     assert streamed.status == 200 and streamed.headers["X-Sentech-Capacity"] == "3"
 
 
-def test_a_server_without_a_limit_advertises_none(server):
-    assert post(server.removesuffix("/v1"), None, path="/health", method="GET", key=None).json()["capacity"] is None
-    assert "X-Sentech-Capacity" not in post(server, {"messages": [{"role": "user", "content": "hi"}]}).headers
+def test_a_server_without_a_limit_advertises_none(echo_server):
+    assert (
+        post(echo_server.removesuffix("/v1"), None, path="/health", method="GET", key=None).json()["capacity"] is None
+    )
+    assert "X-Sentech-Capacity" not in post(echo_server, {"messages": [{"role": "user", "content": "hi"}]}).headers
 
 
 # ------------------------------------------------------------------------------------- streaming
@@ -203,14 +205,14 @@ def parse_sse(text: str) -> tuple[list[dict], bool]:
     return [json.loads(e[len("data: ") :]) for e in events if e != "data: [DONE]"], done
 
 
-def test_stream_shape_and_done(server):
+def test_stream_shape_and_done(echo_server):
     body = {
         **SEED_BODY,
         "stream": True,
         "temperature": 0,
         "messages": [{"role": "user", "content": "one two three four five"}],
     }
-    reply = post(server, body)
+    reply = post(echo_server, body)
     assert reply.status == 200
     assert reply.headers["Content-Type"].startswith("text/event-stream")
     chunks, done = parse_sse(reply.text)
@@ -230,15 +232,15 @@ def test_stream_shape_and_done(server):
     assert last["usage"] == {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
 
 
-def test_stream_and_plain_agree(server):
+def test_stream_and_plain_agree(echo_server):
     body = {
         **SEED_BODY,
         "temperature": 0,
         "max_tokens": 3,
         "messages": [{"role": "user", "content": "  alpha  beta\ngamma delta epsilon"}],
     }
-    plain = post(server, body).json()
-    chunks, done = parse_sse(post(server, {**body, "stream": True}).text)
+    plain = post(echo_server, body).json()
+    chunks, done = parse_sse(post(echo_server, {**body, "stream": True}).text)
     streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert done
     assert streamed == plain["choices"][0]["message"]["content"] == "alpha  beta\ngamma"

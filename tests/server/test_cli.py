@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from server_helpers import SEED_CURL_DATA, post
 
 from sentech_eval.commands.serve import build_parser, parse_config
@@ -18,11 +19,10 @@ SCRIPT = Path(sys.executable).parent / "sentech-eval"
 CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sentech_eval.cli"]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k != "SENTECH_API_KEY"}
-    return subprocess.run(
-        [*CLI, "serve", *args], capture_output=True, text=True, env={**base, **(env or {})}, timeout=timeout
-    )
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`sentech-eval serve ARGS…` in a process of its own (a refusal that failed to refuse would serve forever:
+    the process's timeout ends the test)."""
+    return run_cli("serve", *args, env=env, timeout=60)
 
 
 def test_console_script_serves_the_seed_curl_example():
@@ -52,7 +52,7 @@ def test_console_script_serves_the_seed_curl_example():
 
 
 def test_refuses_to_start_without_a_key():
-    result = run_cli("--port", "0")
+    result = serve("--port", "0")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -61,7 +61,7 @@ def test_refuses_to_start_without_a_key():
 
 
 def test_custom_key_variable_is_named_in_the_refusal():
-    result = run_cli("--port", "0", "--api-key-env", "MY_SERVER_KEYS", env={"MY_SERVER_KEYS": " , "})
+    result = serve("--port", "0", "--api-key-env", "MY_SERVER_KEYS", env={"MY_SERVER_KEYS": " , "})
     assert result.returncode == 2
     assert "MY_SERVER_KEYS" in result.stderr
 
@@ -76,14 +76,14 @@ def test_custom_key_variable_is_named_in_the_refusal():
     ],
 )
 def test_bad_flags_are_one_sentence(args, needle):
-    result = run_cli("--no-auth", "--port", "0", *args)
+    result = serve("--no-auth", "--port", "0", *args)
     assert result.returncode == 2
     assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_missing_model_file_is_one_sentence(tmp_path):
     missing = tmp_path / "nowhere.gguf"
-    result = run_cli("--no-auth", "--port", "0", "--engine", "llama", "--model", str(missing))
+    result = serve("--no-auth", "--port", "0", "--engine", "llama", "--model", str(missing))
     assert result.returncode == 2
     assert str(missing) in result.stderr and "sentech-eval fetch-model" in result.stderr
     assert "Traceback" not in result.stderr

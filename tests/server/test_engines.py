@@ -62,7 +62,7 @@ def test_echoes_unknown_prompts(echo):
     assert body["usage"] == {"prompt_tokens": 2 + 4, "completion_tokens": 4, "total_tokens": 10}
 
 
-def test_shipped_datasets_are_answered_by_default(server):
+def test_shipped_datasets_are_answered_by_default(echo_server):
     import pyarrow.parquet as pq
 
     from sentech_eval.server.engines import DEFAULT_DATASETS_DIR
@@ -71,7 +71,7 @@ def test_shipped_datasets_are_answered_by_default(server):
     if not files:
         pytest.skip("no shipped datasets/*.parquet yet")
     row = pq.read_table(files[0], columns=["prompt", "reference"]).slice(3, 1).to_pylist()[0]
-    reply = post(server, {**SEED_BODY, "temperature": 0, "messages": [{"role": "user", "content": row["prompt"]}]})
+    reply = post(echo_server, {**SEED_BODY, "temperature": 0, "messages": [{"role": "user", "content": row["prompt"]}]})
     assert reply.json()["choices"][0]["message"]["content"] == row["reference"]
 
 
