@@ -243,7 +243,13 @@ def summarize(
     """
     keys = config_keys(df)
     scores = score_columns(df)
-    passed = pass_score(df, scores) if "prompt_id" in df.columns else None
+    # pass@k only where asked for or where some prompt has several samples (a repeat > 0, or a prompt id twice)
+    repeated = "prompt_id" in df.columns and (
+        bool(pass_at)
+        or ("repeat" in df.columns and bool((df["repeat"].fillna(0) > 0).any()))
+        or ("repeat" not in df.columns and df.duplicated(subset=config_keys(df) + ["prompt_id"]).any())
+    )
+    passed = pass_score(df, scores) if repeated else None
     counts = pass_counts(df, passed) if passed else None
     ks = pass_at_ks(counts, pass_at) if counts is not None else []
     has_ttft = "ttft_s" in df.columns and df["ttft_s"].notna().any()
