@@ -69,15 +69,18 @@ _FENCE_LINE = re.compile(r"^[ \t]*```([^\n`]*)$", re.MULTILINE)
 def extract_code(answer: str | None) -> str:
     """The answer's first fenced code block (an unclosed fence runs to the end), else the whole answer.
 
-    One case of a fence that closes a block it never opened: when the answer starts with text, its
-    first fence line is a bare ```` ``` ```` and the fence lines are odd in number (small models write
-    the code, then ```` ``` ````, then prose), the code is the text before that fence.
+    One case of a fence that closes a block it never opened: when the answer starts with text and its
+    first fence line is a bare ```` ``` ```` that nothing pairs (the fence lines are odd in number) or
+    that would open an empty block (small models write the code, then ```` ``` ````, then prose or
+    more blocks), the code is the text before that fence.
     """
     text = answer or ""
-    fences = list(_FENCE_LINE.finditer(text))
-    if fences and len(fences) % 2 == 1 and not fences[0].group(1).strip() and text[: fences[0].start()].strip():
-        return text[: fences[0].start()]
     match = _FENCE.search(text)
+    fences = list(_FENCE_LINE.finditer(text))
+    if fences and not fences[0].group(1).strip() and text[: fences[0].start()].strip():
+        # a bare fence after text: it closes that text when nothing pairs it, or when what it would open is empty
+        if len(fences) % 2 == 1 or (match is not None and not match.group(1).strip()):
+            return text[: fences[0].start()]
     return match.group(1) if match else text
 
 

@@ -61,6 +61,9 @@ def test_first_fenced_block_else_the_whole_answer():
     # code first, then a fence it never opened, then prose (the embedded model does this)
     assert extract_code("def f():\n    return 1\n```\n\nThis returns 1.") == "def f():\n    return 1\n"
     assert extract_code("Sure:\n```python\nx = 1\n") == "x = 1\n"  # an opening fence with a language: unclosed
+    code_then_blocks = "x = 1\n```\n\n```python\nx = 1\n```\n\n### Example\n\n```python\nprint(x)\n"
+    assert extract_code(code_then_blocks) == "x = 1\n"
+    assert extract_code("Sure!\n```\nx = 1\n```\n") == "x = 1\n"  # a bare fence that opens a block: normal
 
 
 def test_a_full_function_gets_the_prompts_imports_and_helpers_not_its_stub():
