@@ -82,3 +82,28 @@ def test_max_error_rate_out_of_range_is_a_config_error(tmp_path):
     proc = call_cli("run", "runner.max_error_rate=2", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
     assert "runner.max_error_rate=2 must be between 0 and 1" in proc.stderr
+
+
+def test_a_repeated_run_ends_with_pass_at_k_and_says_why_a_k_is_missing(echo_server, tmp_path):
+    run_dir = tmp_path / "repeated"
+    proc = call_cli(
+        "run",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals",
+        "dataset.limit=6",
+        "runner.repeats=3",
+        "scorers=[exact_match]",
+        "report.pass_at=[1,3,5]",
+        "runner.progress=false",
+        f"hydra.run.dir={run_dir}",
+        env={"SENTECH_API_KEY": TEST_KEY},
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = re.search(
+        r"pass@1 ([\d.]+) \[([\d.]+), ([\d.]+)\] · pass@3 ([\d.]+) \[[\d.]+, [\d.]+\] · pass@5 -", proc.stderr
+    )
+    assert line, proc.stderr
+    assert float(line[2]) <= float(line[1]) <= float(line[3]) and float(line[4]) >= float(line[1])
+    assert "pass@5 is not reported: 6 of 6 prompts have fewer than 5 scored samples" in proc.stderr
+    assert (run_dir / "pass_at_k.parquet").is_file()
