@@ -59,11 +59,14 @@ def run_cli(
     )
 
 
-def call_cli(*args: str, key: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def call_cli(
+    *args: str, key: str | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> CompletedProcess[str]:
     """Run `sentech-eval ARGS…` in this process (``sentech_eval.cli.main``, the function the console
     script calls before it exits) and return what a process would have given: exit code, stdout, stderr.
 
-    As in ``run_cli``, the caller's SENTECH_API_KEY is not inherited (``key`` sets it) and ``env`` is added. What the
+    As in ``run_cli``, the caller's SENTECH_API_KEY is not inherited (``key`` sets it), ``env`` is added and
+    the command runs in ``cwd`` (default: the test's working directory; run_cli's is the repository). What the
     call changes in the process is put back afterwards: the environment, ``sys.argv``, the working
     directory, the logging handlers Hydra installs, and the run-dir locks a process would release by
     exiting. The project's own ``atexit`` functions registered during the call run at its end, as the
@@ -84,6 +87,8 @@ def call_cli(*args: str, key: str | None = None, env: dict[str, str] | None = No
     os.environ.update(call_env)
     at_exit = _OwnExitFunctions()
     try:
+        if cwd is not None:
+            os.chdir(cwd)
         with redirect_stdout(out), redirect_stderr(err), at_exit:
             try:
                 code = cli.main(list(args))

@@ -35,22 +35,22 @@ def test_configs_and_datasets_are_found():
 
 
 def test_a_user_config_dir_adds_options_next_to_the_shipped_ones(tmp_path):
-    from cli_helpers import run_cli
+    from cli_helpers import call_cli
 
     (tmp_path / "backend").mkdir()
     (tmp_path / "backend" / "mine.yaml").write_text(
         "kind: remote\nbase_url: http://127.0.0.1:9/v1\nmodel: mine\napi_key_env: MY_KEY\n"
     )
     for flags in (["--config-dir", str(tmp_path)], [f"hydra.searchpath=[file://{tmp_path}]"]):
-        proc = run_cli("run", *flags, "backend=mine", "--cfg", "job", cwd=tmp_path)
+        proc = call_cli("run", *flags, "backend=mine", "--cfg", "job", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert "model: mine" in proc.stdout and "capitals.parquet" in proc.stdout  # shipped dataset still there
 
 
 def test_an_unknown_choice_names_the_options_and_the_user_config_dir():
-    from cli_helpers import run_cli
+    from cli_helpers import call_cli
 
-    proc = run_cli("run", "backend=nope")
+    proc = call_cli("run", "backend=nope")
     assert proc.returncode == 2
     assert "Unknown backend 'nope'; choose one of: llama31_8b, local, remote" in proc.stderr
     assert "--config-dir" in proc.stderr

@@ -6,7 +6,7 @@ import re
 import socket
 import time
 
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, call_cli
 
 from sentech_eval.commands import estimate
 
@@ -14,7 +14,7 @@ KEY_ENV = {"SENTECH_API_KEY": TEST_KEY}
 
 
 def test_estimate_of_one_run_sends_nothing_and_prices_the_tokens(tmp_path):
-    proc = run_cli(
+    proc = call_cli(
         "run",
         "--estimate",
         "backend=remote",
@@ -38,7 +38,7 @@ def test_estimate_of_one_run_sends_nothing_and_prices_the_tokens(tmp_path):
 
 
 def test_estimate_of_a_sweep_lists_every_job_and_probes_when_asked(echo_server, tmp_path):
-    proc = run_cli(
+    proc = call_cli(
         "run",
         "--estimate",
         "--probe",
@@ -63,7 +63,7 @@ def test_estimate_of_a_sweep_lists_every_job_and_probes_when_asked(echo_server, 
 
 
 def test_bad_price_is_one_sentence(tmp_path):
-    proc = run_cli("run", "--estimate", "+backend.price={input_per_mtok: -1}", cwd=tmp_path)
+    proc = call_cli("run", "--estimate", "+backend.price={input_per_mtok: -1}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "backend.price.input_per_mtok=-1" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -107,5 +107,5 @@ def test_estimate_opens_no_connection_to_the_backend(tmp_path, monkeypatch, caps
 
 
 def test_probe_without_estimate_is_one_sentence(tmp_path):
-    proc = run_cli("run", "--probe", "3", cwd=tmp_path)
+    proc = call_cli("run", "--probe", "3", cwd=tmp_path)
     assert proc.returncode == 2 and "--probe N goes with --estimate" in proc.stderr and "Traceback" not in proc.stderr

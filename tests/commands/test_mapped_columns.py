@@ -11,7 +11,7 @@ import json
 
 import pandas as pd
 import pytest
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, call_cli
 
 from sentech_eval import load_results
 
@@ -49,7 +49,7 @@ def mapped(request, tmp_path_factory, echo_server):
 
 
 def run(*args, cwd):
-    proc = run_cli(*args, env=KEY_ENV, cwd=cwd)
+    proc = call_cli(*args, env=KEY_ENV, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     return proc

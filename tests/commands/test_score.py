@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import call_cli, run_cli
 from synthetic_results import make_results
 
 from sentech_eval.server.testing import running_server
@@ -39,7 +39,7 @@ def results(n=12, **kw) -> pd.DataFrame:
 def test_rescore_replaces_adds_and_keeps_columns_and_metadata(tmp_path):
     path = write_results(tmp_path / "run" / "results.parquet", results())
     before = pq.read_table(path)
-    done = run_cli("score", str(tmp_path / "run"), "scorers=[exact_match,token_f1]")
+    done = call_cli("score", str(tmp_path / "run"), "scorers=[exact_match,token_f1]")
     assert done.returncode == 0, done.stderr
     assert (
         "24 rows, 22 ok" in done.stdout and f"score_exact_match mean={18 / 22:.4f}" in done.stdout
@@ -66,14 +66,14 @@ def test_rescore_a_sweep_dir_needs_no_backend_or_key(tmp_path):
     for i, t in enumerate((0.0, 0.7)):
         write_results(tmp_path / "sweep" / str(i) / "results.parquet", results(temperature=t))
     # backend=remote without any key: building a backend would fail, so none is built and nothing is sent
-    done = run_cli("score", str(tmp_path / "sweep"), "scorers=[contains]", "backend=remote")
+    done = call_cli("score", str(tmp_path / "sweep"), "scorers=[contains]", "backend=remote")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("results.parquet: 24 rows, 22 ok") == 2
 
 
 def test_user_function_from_the_command_line(tmp_path):
     path = write_results(tmp_path / "results.parquet", results())
-    done = run_cli(
+    done = call_cli(
         "score", str(path), "+scorers.starts._target_=scorers.plugins.starts_with_reference", env=PLUGINS_ENV
     )
     assert done.returncode == 0, done.stderr
@@ -85,7 +85,7 @@ def test_user_function_from_the_command_line(tmp_path):
 def test_a_crash_while_scoring_leaves_the_old_file_intact(tmp_path):
     path = write_results(tmp_path / "run" / "results.parquet", results())
     original = path.read_bytes()
-    done = run_cli(
+    done = run_cli(  # a process of its own: the scorer kills it
         "score",
         str(path),
         "scorers=[exact_match]",
@@ -101,10 +101,10 @@ def test_a_crash_while_scoring_leaves_the_old_file_intact(tmp_path):
 def test_a_scorer_writing_bad_values_fails_cleanly_without_touching_the_file(tmp_path):
     path = write_results(tmp_path / "results.parquet", results())
     original = path.read_bytes()
-    done = run_cli("score", str(path), "+scorers.plen._target_=scorers.plugins.PromptLength", env=PLUGINS_ENV)
+    done = call_cli("score", str(path), "+scorers.plen._target_=scorers.plugins.PromptLength", env=PLUGINS_ENV)
     assert done.returncode == 0, done.stderr  # sanity: the plug-in works
     path.write_bytes(original)
-    done = run_cli(
+    done = call_cli(
         "score", str(path), "+scorers.x._target_=scorers.plugins.word_count", "+scorers.x.bogus=1", env=PLUGINS_ENV
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
@@ -118,7 +118,7 @@ def test_judge_through_the_cli_against_a_real_server(tmp_path):
     path = write_results(tmp_path / "results.parquet", df)
     env = {"JUDGE_KEY_FOR_TEST": "jk-55"}
     with running_server(engine="echo", api_key="jk-55") as url:
-        done = run_cli(
+        done = call_cli(
             "score",
             str(path),
             "scorers=[judge]",
@@ -161,12 +161,12 @@ def test_judge_backend_is_its_own_config_node():
 )
 def test_user_errors_are_one_sentence(tmp_path, args, message):
     target = tmp_path / "missing" if message == "does not exist" else write_results(tmp_path / "r.parquet", results())
-    done = run_cli("score", str(target), *args)
+    done = call_cli("score", str(target), *args)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
 
 
 def test_help_explains_overrides():
-    done = run_cli("score", "--help")
+    done = call_cli("score", "--help")
     assert done.returncode == 0
     for text in ("scorers=[exact_match,contains]", "_target_", "atomically", "run dir"):
         assert text in done.stdout

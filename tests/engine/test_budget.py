@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, call_cli
 
 from sentech_eval import load_results
 from sentech_eval.backends.base import create_backend
@@ -23,7 +23,7 @@ PRICE = ("backend.price.input_per_mtok=1000", "backend.price.output_per_mtok=200
 
 
 def run(echo_server, run_dir, *extra):
-    return run_cli(
+    return call_cli(
         "run",
         "backend=remote",
         f"backend.base_url={echo_server}",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from cache_support import counting_server, run_in_process
-from cli_helpers import REPO_ROOT, TEST_KEY, run_cli
+from cli_helpers import REPO_ROOT, TEST_KEY, call_cli
 
 from sentech_eval import load_results
 from sentech_eval.cli import main as cli_main
@@ -170,7 +170,7 @@ def test_a_damaged_cache_file_goes_on_without_the_cache_or_stops(server, tmp_pat
         run(server, tmp_path / "b", tmp_path / "c", *SEEDED, "runner.cache_on_corrupt=stop")
     # the same through the CLI: exit 2, one sentence, no traceback, no request
     before = server.requests
-    proc = run_cli(
+    proc = call_cli(
         "run",
         *overrides(server, tmp_path / "c", *SEEDED, "runner.cache_on_corrupt=stop"),
         f"hydra.run.dir={tmp_path / 'd'}",
@@ -182,7 +182,7 @@ def test_a_damaged_cache_file_goes_on_without_the_cache_or_stops(server, tmp_pat
 
 
 def test_a_bad_cache_mode_is_one_sentence(tmp_path):
-    proc = run_cli("run", "backend=remote", "runner.cache=sometimes", f"hydra.run.dir={tmp_path / 'x'}", env=ENV)
+    proc = call_cli("run", "backend=remote", "runner.cache=sometimes", f"hydra.run.dir={tmp_path / 'x'}", env=ENV)
     assert proc.returncode == 2
     assert "runner.cache='sometimes' is not a cache mode; choose one of: off, on, refresh, only." in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from reliability_support import assert_one_sentence, new_key, remote_run_args, rows, run_cli
+from reliability_support import assert_one_sentence, call_cli, new_key, remote_run_args, rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synthetic_results import make_results, write_run  # noqa: E402
@@ -100,7 +100,7 @@ def test_a_run_into_a_dir_with_a_corrupt_or_foreign_results_file_sends_nothing_a
     before = spoil(run)
     key = new_key()
     with running_server(engine="echo", api_key=key) as url:
-        result = run_cli(*remote_run_args(url, run, "dataset.limit=3"), key=key)
+        result = call_cli(*remote_run_args(url, run, "dataset.limit=3"), key=key)
     assert_one_sentence(result, fragment, "left untouched")
     assert (run / "results.parquet").read_bytes() == before
     assert not (run / "results.parts").exists()
@@ -119,13 +119,13 @@ def test_a_resume_whose_dataset_column_changed_type_is_one_sentence_before_sendi
     words = _dataset(tmp_path / "words.parquet", ["a", "b", "c", "d"])
     numbers = _dataset(tmp_path / "numbers.parquet", [1, 2, 3, 4])
     with running_server(engine="echo", api_key=key) as url:
-        first = run_cli(
+        first = call_cli(
             *remote_run_args(url, run, f"dataset.path={words}", "dataset.name=d", "dataset.limit=2"), key=key
         )
         assert first.returncode == 0, first.stderr
         before = (run / "results.parquet").read_bytes()
         for _ in range(2):  # every resume says the same, and sends nothing
-            again = run_cli(*remote_run_args(url, run, f"dataset.path={numbers}", "dataset.name=d"), key=key)
+            again = call_cli(*remote_run_args(url, run, f"dataset.path={numbers}", "dataset.name=d"), key=key)
             assert_one_sentence(again, "Column 'extra'", "string", "int64", "choose another hydra.run.dir")
             assert (run / "results.parquet").read_bytes() == before
 
@@ -136,12 +136,12 @@ def test_a_resume_whose_column_can_widen_keeps_every_row(tmp_path):
     words = _dataset(tmp_path / "words.parquet", ["a", "b", "c", "d"])
     with running_server(engine="echo", api_key=key) as url:
         assert (
-            run_cli(
+            call_cli(
                 *remote_run_args(url, run, f"dataset.path={numbers}", "dataset.name=d", "dataset.limit=2"), key=key
             ).returncode
             == 0
         )
-        resumed = run_cli(*remote_run_args(url, run, f"dataset.path={words}", "dataset.name=d"), key=key)
+        resumed = call_cli(*remote_run_args(url, run, f"dataset.path={words}", "dataset.name=d"), key=key)
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(rows(run)["extra"].astype(str)) == ["1", "2", "c", "d"]
 
@@ -150,9 +150,9 @@ def test_a_resume_with_other_scorers_keeps_the_earlier_score_columns(tmp_path):
     """Section 5: the earlier rows' scores stay; the new rows have the new scorer's (and null for the old)."""
     run, key = tmp_path / "run", new_key()
     with running_server(engine="echo", api_key=key) as url:
-        first = run_cli(*remote_run_args(url, run, "dataset.limit=3", "scorers=[exact_match]"), key=key)
+        first = call_cli(*remote_run_args(url, run, "dataset.limit=3", "scorers=[exact_match]"), key=key)
         assert first.returncode == 0, first.stderr
-        second = run_cli(*remote_run_args(url, run, "dataset.limit=6", "scorers=[contains]"), key=key)
+        second = call_cli(*remote_run_args(url, run, "dataset.limit=6", "scorers=[contains]"), key=key)
     assert second.returncode == 0, second.stderr
     df = rows(run)
     assert len(df) == 6
