@@ -1,5 +1,6 @@
 """End to end: a remote run against the real echo server and a local run on the embedded GGUF,
-compared and gated with the real CLI (subprocesses, as a user runs them)."""
+compared and gated with the real CLI: the runs on the local model in a process of their own, as a user
+runs them; the rest in the test's process (``call_cli``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, call_cli, run_cli
 
 pytestmark = pytest.mark.local_model
 
@@ -25,7 +26,7 @@ def runs(echo_server: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     """(remote run dir, local run dir) of the same six capitals prompts."""
     root = tmp_path_factory.mktemp("e2e")
     remote, local = root / "remote", root / "local"
-    r = run_cli(
+    r = call_cli(
         "run",
         "backend=remote",
         f"backend.base_url={echo_server}",
@@ -42,7 +43,7 @@ def runs(echo_server: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
 def test_compare_remote_echo_with_local_model_writes_three_outputs(runs: tuple[Path, Path], tmp_path: Path) -> None:
     remote, local = runs
     out = tmp_path / "cmp"
-    r = run_cli("compare", str(remote), str(local), "--out", str(out))
+    r = call_cli("compare", str(remote), str(local), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "## sentech-eval compare: remote/" in r.stdout and "(B)" in r.stdout
     assert "6 pairs (paired on prompt_id, repeat); unpaired: 0 of A, 0 of B." in r.stdout
@@ -64,7 +65,7 @@ def test_check_passes_on_itself_and_flags_the_local_model_against_the_echo_basel
     runs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     remote, local = runs
-    same = run_cli(
+    same = call_cli(
         "check",
         "--baseline",
         str(local),
@@ -77,7 +78,7 @@ def test_check_passes_on_itself_and_flags_the_local_model_against_the_echo_basel
     )
     assert same.returncode == 0, same.stdout + same.stderr
     junit = tmp_path / "check.xml"
-    worse = run_cli(
+    worse = call_cli(
         "check",
         "--baseline",
         str(remote),
