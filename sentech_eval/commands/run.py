@@ -128,7 +128,7 @@ def run_job(spec: JobSpec, out_dir: Path, resume: ResumeCommand) -> RunResult:
     """Run the job into ``out_dir`` and print what it did (counts, cost, why it stopped, how to resume)."""
     result = asyncio.run(run_evaluation(spec, out_dir, resume_command=resume.command()))
     for line in result_lines(result, resume.command):
-        print(line, file=sys.stderr)
+        print(terminal_lines(line), file=sys.stderr)  # paths and names come from config: shown, never obeyed
     return result
 
 
@@ -192,7 +192,7 @@ def report_end_of_run(spec: JobSpec, result: RunResult) -> str | None:
         return None
     outcome, lines = end_of_run(result.results, scored=bool(result.scores) or bool(spec.scorers))
     for line in lines:
-        print(line, file=sys.stderr)
+        print(terminal_lines(line), file=sys.stderr)
     limit = spec.runner.max_error_rate
     failure = None
     if outcome.rows and not outcome.ok:

@@ -89,3 +89,25 @@ def test_the_end_of_a_run_shows_a_servers_control_characters_escaped(tmp_path):
     lines = error_lines(read_outcome(run / "results.parquet"))
     assert lines and all("\x1b" not in line and "\x07" not in line for line in lines)
     assert "\\x1b]0;pwned\\x07" in lines[0]
+
+
+def test_the_end_of_a_run_shows_control_characters_from_its_config_escaped(tmp_path, echo_server):
+    """The result lines of `run` carry the run dir and config names: shown escaped, never obeyed."""
+    from cli_helpers import TEST_KEY, call_cli
+
+    run_dir = tmp_path / "dir\x1b[31mred\x07"
+    proc = call_cli(
+        "run",
+        "backend=remote",
+        f"backend.base_url={echo_server}",
+        "dataset=capitals",
+        "dataset.limit=2",
+        "runner.progress=false",
+        f"hydra.run.dir='{run_dir}'",
+        "scorers=[contains]",
+        key=TEST_KEY,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (run_dir / "results.parquet").is_file()
+    assert "dir\\x1b[31mred\\x07" in proc.stderr  # the path is printed, escaped
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
