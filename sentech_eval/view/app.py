@@ -189,6 +189,10 @@ async def safety(request: web.Request, handler) -> web.StreamResponse:
     """The token (non-loopback hosts), the security headers and errors as pages."""
     viewer: Viewer = request.app[VIEWER]
     set_cookie = False
+    if not viewer.token and not is_loopback(request.url.host or ""):
+        # loopback without a token: a page of another site that points a name at 127.0.0.1 (DNS
+        # rebinding) arrives with its own name in Host; only loopback names are served
+        return web.Response(text="403: this viewer answers only to 127.0.0.1, ::1 or localhost.", status=403)
     if viewer.token:
         given = request.query.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
         if not secrets.compare_digest(given.encode(), viewer.token.encode()):

@@ -182,6 +182,15 @@ def test_new_runs_appear_without_a_restart(results_tree, tmp_path):
         assert ">late</a>" in get_ready(url)
 
 
+def test_a_loopback_viewer_answers_only_to_loopback_names(viewer):
+    host, port = viewer.removeprefix("http://").rstrip("/").split(":")
+    for name, expected in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200), (f"evil.example:{port}", 403)):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", "/static/view.css", headers={"Host": name})
+        assert conn.getresponse().status == expected, name
+        conn.close()
+
+
 def test_a_token_is_required_off_loopback(results_tree, tmp_path):
     with running_viewer([results_tree], tmp_path / "cache", token="s3cret") as url:
         status, body, headers = get(url)

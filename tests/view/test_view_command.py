@@ -52,3 +52,34 @@ def test_view_refuses_a_missing_dir_in_one_sentence(tmp_path):
 def test_view_help_explains_itself():
     done = run_cli("view", "--help")
     assert done.returncode == 0 and "--host" in done.stdout and "token" in done.stdout and "--open" in done.stdout
+
+
+def test_open_starts_a_browser_on_the_url_and_only_with_open(results_tree, tmp_path):
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
+    browser.chmod(0o755)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(tmp_path / "cache"), "BROWSER": str(browser)}
+    for flags in ([], ["--open"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sentech_eval.cli", "view", str(results_tree), "--port", "0", *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+        try:
+            url = proc.stdout.readline().strip().split(": ", 1)[1]
+            for _ in range(40):
+                if flags and opened.exists():
+                    break
+                time.sleep(0.25)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+        if flags:
+            assert opened.read_text().split() == [url]
+        else:
+            time.sleep(1)
+            assert not opened.exists()
