@@ -12,13 +12,21 @@ from cli_helpers import call_cli, run_cli
 WINNER_PREFIX = "sentech-eval race: winner "
 
 
-def run_race(sweep_dir: Path, *overrides: str, process: bool = False, **kwargs: Any) -> subprocess.CompletedProcess:
-    """The race_temperature sweep with ``overrides`` into ``sweep_dir`` (no progress bars), in this
-    process (``call_cli``) or a process of its own (``run_cli``, which also takes ``timeout`` and ``cwd``);
-    it must exit 0."""
-    proc = (run_cli if process else call_cli)(
-        "run", "+sweep=race_temperature", *overrides, "runner.progress=false", f"hydra.sweep.dir={sweep_dir}", **kwargs
-    )
+def race_args(sweep_dir: Path, *overrides: str) -> list[str]:
+    """`run` arguments of the race_temperature sweep with ``overrides`` into ``sweep_dir`` (no progress bars)."""
+    return ["run", "+sweep=race_temperature", *overrides, "runner.progress=false", f"hydra.sweep.dir={sweep_dir}"]
+
+
+def run_race(sweep_dir: Path, *overrides: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    """The race in this process (``call_cli`` keywords: ``key``, ``env``, ``cwd``); it must exit 0."""
+    proc = call_cli(*race_args(sweep_dir, *overrides), **kwargs)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def run_race_in_a_process(sweep_dir: Path, *overrides: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    """The race in a process of its own (``run_cli`` keywords, ``timeout`` too); it must exit 0."""
+    proc = run_cli(*race_args(sweep_dir, *overrides), **kwargs)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

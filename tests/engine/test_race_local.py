@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from race_support import run_race, winner_line
+from race_support import run_race_in_a_process, winner_line
 
 from sentech_eval import load_results
 from sentech_eval.backends.model_files import EMBEDDED_MODEL
@@ -29,7 +29,7 @@ def race(tmp_path_factory):
     work = tmp_path_factory.mktemp("race-local")
     sweep_dir = work / "sweep"
     # One llama.cpp thread: its threads spin at barriers and crawl on a busy shared machine.
-    proc = run_race(
+    proc = run_race_in_a_process(
         sweep_dir,
         "backend=local",
         f"backend.model_path={MODEL}",
@@ -42,7 +42,6 @@ def race(tmp_path_factory):
         f"dataset.limit={LIMIT}",
         f"race.start={START}",
         "race.growth=2",
-        process=True,
         cwd=work,
         timeout=900,
     )

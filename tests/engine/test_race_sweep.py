@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 from cli_helpers import TEST_KEY, call_cli
-from race_support import run_race, winner_line
+from race_support import run_race, run_race_in_a_process, winner_line
 
 from sentech_eval import load_results
 from sentech_eval.server.testing import running_server
@@ -139,7 +139,7 @@ def test_a_race_under_the_joblib_launcher_picks_the_same_winner_with_the_same_re
     # The sweeper only decides which cells run each round; the launcher (here two joblib workers) runs them.
     url, dataset = oracle
     sweep_dir = tmp_path / "joblib"
-    proc = run_race(
+    proc = run_race_in_a_process(
         sweep_dir,
         "sampling.top_p=0.9",
         "backend=remote",
@@ -148,7 +148,6 @@ def test_a_race_under_the_joblib_launcher_picks_the_same_winner_with_the_same_re
         "dataset.name=questions",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
-        process=True,
         env=KEY_ENV,
         timeout=600,
     )

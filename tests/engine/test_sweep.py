@@ -23,12 +23,11 @@ from sentech_eval.engine.sweep import combine
 ROW_KEY = ["config_id", "prompt_id", "repeat", "temperature"]
 
 
-def sweep(echo_server, sweep_dir, *extra, process: bool = False):
-    """Run a multirun against the echo server into ``sweep_dir`` (in this process, or in a process of
-    its own); returns the finished command's exit code and output."""
+def sweep_args(echo_server, sweep_dir, *extra) -> list[str]:
+    """`run` multirun arguments against the echo server into ``sweep_dir``, plus ``extra``."""
     flags = [a for a in extra if a.startswith("-")]  # Hydra's argparse wants flags before overrides
     extra = tuple(a for a in extra if not a.startswith("-"))
-    return (run_cli if process else call_cli)(
+    return [
         "run",
         *flags,
         "backend=remote",
@@ -37,8 +36,17 @@ def sweep(echo_server, sweep_dir, *extra, process: bool = False):
         "runner.progress=false",
         f"hydra.sweep.dir={sweep_dir}",
         *extra,
-        key=TEST_KEY,
-    )
+    ]
+
+
+def sweep(echo_server, sweep_dir, *extra):
+    """Run the multirun in this process; returns its exit code and output."""
+    return call_cli(*sweep_args(echo_server, sweep_dir, *extra), key=TEST_KEY)
+
+
+def sweep_in_a_process(echo_server, sweep_dir, *extra):
+    """Run the multirun in a process of its own (its exit, or its launcher's worker processes, are tested)."""
+    return run_cli(*sweep_args(echo_server, sweep_dir, *extra), key=TEST_KEY)
 
 
 def row_keys(frame: pd.DataFrame) -> set[tuple]:
@@ -162,14 +170,13 @@ def test_a_sweep_that_aborts_midway_still_combines_the_finished_jobs(echo_server
     # Batches of one job: the second batch names a dataset that does not exist, so Hydra raises
     # between jobs and skips on_multirun_end; the exit fallback combines what was done.
     sweep_dir = tmp_path / "aborted"
-    proc = sweep(
+    proc = sweep_in_a_process(  # the fallback that combines runs as the process exits
         echo_server,
         sweep_dir,
         "-m",
         "dataset=capitals,no_such_dataset",
         "hydra.sweeper.max_batch_size=1",
         "dataset.limit=4",
-        process=True,  # the fallback that combines runs as the process exits
     )
     assert proc.returncode != 0
     record = json.loads((sweep_dir / "sweep.json").read_text())
@@ -253,7 +260,7 @@ def test_parallel_launchers_give_the_basic_launchers_rows(echo_server, tmp_path,
     basic, parallel = tmp_path / "basic", tmp_path / "parallel"
     proc = sweep(echo_server, basic, *args)
     assert proc.returncode == 0, proc.stderr
-    proc = sweep(echo_server, parallel, *args, *launcher, process=True)  # its workers are processes
+    proc = sweep_in_a_process(echo_server, parallel, *args, *launcher)  # its workers are processes
     assert proc.returncode == 0, proc.stderr
     expected, got = load_results(basic), load_results(parallel)
     assert len(got) == len(expected) == 20
