@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, call_cli, run_cli
 
 from sentech_eval.analysis.slo import saturation_knee
 from sentech_eval.server.testing import running_server
@@ -63,7 +63,7 @@ def test_every_row_records_its_schedule(sweep):
 
 
 def test_report_finds_the_knee_at_capacity_over_service_time_and_counts_goodput(sweep):
-    proc = run_cli("report", str(sweep), "slo.ttft_s=0.3", "slo.latency_s=0.3", "slo.score=contains")
+    proc = call_cli("report", str(sweep), "slo.ttft_s=0.3", "slo.latency_s=0.3", "slo.score=contains")
     assert proc.returncode == 0, proc.stderr
     assert "saturation knee" in proc.stdout and "goodput_rps" in proc.stdout
     load = pd.read_parquet(sweep / "load.parquet").sort_values("request_rate")
@@ -81,9 +81,9 @@ def test_report_finds_the_knee_at_capacity_over_service_time_and_counts_goodput(
 
 
 def test_bad_slo_and_bad_arrival_are_one_sentence_and_exit_2(sweep, tmp_path):
-    proc = run_cli("report", str(sweep), "slo.ttft=1")
+    proc = call_cli("report", str(sweep), "slo.ttft=1")
     assert proc.returncode == 2 and "not an SLO" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli(
+    proc = call_cli(
         "run",
         "backend=remote",
         "backend.base_url=http://127.0.0.1:9/v1",
