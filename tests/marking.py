@@ -7,6 +7,8 @@ they name, so a helper such as ``run_cli`` counts wherever it is called from. A 
 - starts a **process** when that code reaches ``subprocess``, ``os.fork``/``posix_spawn``,
   ``asyncio.create_subprocess_*``, ``multiprocessing``, a server started with ``subprocess=True``
   or ``workers=…``, or one of the project's own process starters (``listening_process`` …);
+- also starts a process when it builds the ``code_exec`` scorer (``build_scorer("code_exec")``,
+  ``scorers=[code_exec]``): each answer runs in a sandbox;
 - loads **llama.cpp** when it reaches ``llama_cpp``, ``LocalBackend``, ``load_llama`` or the llama server
   engine, or runs the CLI (``run_cli``/``call_cli``) with ``backend=local`` or ``--engine llama``;
 - starts a **server** when it reaches ``running_server``/``running_config``, ``app_in_thread`` or an
@@ -58,6 +60,8 @@ LLAMA_NAMES = {"llama_cpp", "Llama", "LocalBackend", "load_llama", "LlamaEngine"
 SERVER_NAMES = {"running_server", "running_config", "app_in_thread", "TCPSite", "start_site", "serve_forever"}
 # calls that run the CLI; with these, a ``backend=local`` or ``--engine llama`` argument loads the model
 CLI_NAMES = {"run_cli", "call_cli", "cli_command"}
+# calls that build a scorer by name; the code_exec scorer runs each answer in a sandbox process
+SCORER_BUILDERS = {"build_scorer", "build_scorers"}
 # keyword arguments of ``running_server`` that put the server in a process of its own
 SUBPROCESS_KEYWORDS = {"subprocess", "workers"}
 
@@ -123,6 +127,8 @@ def _code_facts(code: types.CodeType, namespace: dict[str, Any], reading: set[in
             facts.add(PROCESS)
     if names & CLI_NAMES and any(_loads_the_model(s) for s in strings):
         facts.add(LLAMA)
+    if names & (CLI_NAMES | SCORER_BUILDERS) and any(_runs_programs(s) for s in strings):
+        facts.add(PROCESS)
     for name in names:
         value = namespace[name] if name in namespace else _imported_module(name)
         if isinstance(value, types.ModuleType):
@@ -144,6 +150,11 @@ def _loads_the_model(argument: str) -> bool:
     """A CLI argument that loads the embedded model: ``backend=local`` (also in ``--judge backend=local``)
     or the llama engine of ``serve``."""
     return argument.lstrip("+").startswith("backend=local") or argument in ("llama", "--engine=llama")
+
+
+def _runs_programs(argument: str) -> bool:
+    """A scorer name or CLI argument that runs programs: the code_exec scorer (``scorers=[code_exec]``)."""
+    return argument == "code_exec" or (argument.startswith("scorers=[") and "code_exec" in argument)
 
 
 def _imported_module(name: str) -> types.ModuleType | None:

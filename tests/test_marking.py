@@ -68,6 +68,16 @@ def _makes_a_record_of_a_process():
     return subprocess.CompletedProcess(["sentech-eval"], 0, "", "")
 
 
+def _scores_code_in_a_sandbox():
+    from sentech_eval.scorers import build_scorer
+
+    return build_scorer("code_exec", {"cpu_s": 1})
+
+
+def _runs_with_the_code_scorer():
+    return call_cli("run", "backend=remote", "scorers=[exact_match,code_exec]")
+
+
 def _imports_its_helper_inside():
     from cli_helpers import run_cli as run
 
@@ -90,6 +100,8 @@ def test_a_process_is_seen_through_helpers_lambdas_local_imports_and_classes():
         "_starts_python_from_a_lambda",
         "_imports_its_helper_inside",
         "_imports_subprocess_inside",
+        "_scores_code_in_a_sandbox",
+        "_runs_with_the_code_scorer",
     ):
         assert facts(sample) == {PROCESS}, sample
     assert facts("_makes_a_record_of_a_process") == set()
