@@ -228,6 +228,22 @@ def pass_at_notes(summary: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _config_parts(df: pd.DataFrame, keys: list[str]):
+    """The rows of each configuration, in the order ``groupby(keys, sort=False)`` yields them.
+
+    Each part is taken from ``df`` by its row positions: iterating the groupby itself would first copy
+    the whole frame in group order (a million-row run's frame twice in memory)."""
+    if not keys:
+        yield df
+        return
+    codes = df.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(codes.max() + 2 if len(codes) else 1))
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            yield df.take(order[start:end])
+
+
 def summarize(
     df: pd.DataFrame,
     confidence: float = 0.95,
@@ -257,12 +273,14 @@ def summarize(
     priced = cost.has_cost(df)
     binary = set(cost.binary_scores(df, scores)) if priced else set()
     rows = []
-    groups = df.groupby(keys, dropna=False, sort=False) if keys else [((), df)]
-    for _, part in groups:
+    for part in _config_parts(df, keys):
         ok = part[part["status"] == "ok"]
         from_cache = cached_mask(part)
-        fresh_part = part[~from_cache]  # what this run measured: latency, TTFT and throughput come from these
-        fresh = ok[~from_cache.loc[ok.index]]
+        # what this run measured: latency, TTFT and throughput come from these (no copy when nothing was cached:
+        # a million-row run would otherwise hold the frame twice more)
+        any_cached = bool(from_cache.any())
+        fresh_part = part[~from_cache] if any_cached else part
+        fresh = ok[~from_cache.loc[ok.index]] if any_cached else ok
         row: dict = {}
         if "config_id" in part:
             row["config_id"] = _config_value(part, "config_id")

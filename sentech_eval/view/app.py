@@ -47,7 +47,10 @@ def in_worker(name: str, *args: Any) -> Any:
     imports pandas or matplotlib (it stays small; the worker does the heavy reading)."""
     from sentech_eval.view import digest
 
-    return getattr(digest, name)(*args)
+    try:
+        return getattr(digest, name)(*args)
+    finally:
+        digest.release_memory()  # the idle worker gives its peak back
 
 
 def is_loopback(host: str) -> bool:

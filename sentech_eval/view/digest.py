@@ -10,6 +10,9 @@ of ``analysis.compare`` and the rows that flipped; ``history_plot`` a score over
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import json
 import math
 from pathlib import Path
@@ -25,6 +28,7 @@ from sentech_eval.analysis.compare import compare, comparison_warnings, default_
 from sentech_eval.analysis.pairing import pair_frames
 from sentech_eval.analysis.pareto import pareto_front
 from sentech_eval.analysis.summary import (
+    CONFIG_COLUMNS,
     cache_note,
     cached_mask,
     config_keys,
@@ -55,6 +59,8 @@ UNUSED_COLUMNS = (
     "messages_sha256",
     "cached_from",
 )
+# What the run page's plots read (with the score columns); a load run is read whole for its load table.
+PLOT_COLUMNS = ("status", "latency_s", "cached", "prompt_tokens", "completion_tokens", "itl_s") + load_metrics.LOAD_KEYS
 FLIP_TEXT_LIMIT = 4000
 MAX_FLIPS = 5000
 
@@ -72,9 +78,15 @@ def _open(path: str, problems: list[str]) -> pq.ParquetFile | None:
         return None
 
 
-def read_frame(files: list[str], with_text: bool = False) -> tuple[pd.DataFrame | None, list[str], dict[str, Any]]:
+def read_frame(
+    files: list[str], with_text: bool = False, only: tuple[str, ...] | None = None
+) -> tuple[pd.DataFrame | None, list[str], dict[str, Any]]:
     """The rows of a run's files as one frame (damaged files reported, not raised), and the first file's
-    ``sentech_eval`` metadata. Text columns are left out unless ``with_text``."""
+    ``sentech_eval`` metadata. Text columns are left out unless ``with_text``; with ``only``, just those
+    columns (where present) and the score columns are read.
+
+    A frame is built one column at a time, each column's Arrow buffers given back before the next is
+    read, so a million-row run costs about the frame's own size, not the frame plus the Arrow table."""
     problems: list[str] = []
     tables = []
     metadata: dict[str, Any] = {}
@@ -83,31 +95,87 @@ def read_frame(files: list[str], with_text: bool = False) -> tuple[pd.DataFrame 
         if handle is None:
             continue
         names = handle.schema_arrow.names
-        columns = (
-            names
-            if with_text
-            else [c for c in names if c not in TEXT_COLUMNS + UNUSED_COLUMNS and not c.endswith("_detail")]
-        )
-        try:
-            table = handle.read(columns=columns)
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
-            continue
+        columns = names if with_text else [c for c in names if kept_column(c)]
+        if only is not None:
+            columns = [c for c in columns if c in only or c.startswith("score_")]
         if not metadata:
             raw = (handle.schema_arrow.metadata or {}).get(METADATA_KEY)
             try:
                 metadata = json.loads(raw) if raw else {}
             except ValueError:
                 metadata = {}
+        if len(files) == 1:  # the usual case: straight from the file into pandas, column by column
+            try:
+                return _frame_by_column(handle, columns), problems, metadata
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
+                return None, problems, metadata
+            finally:
+                handle.close()
+                release_memory()
+        try:
+            table = handle.read(columns=columns)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
+            continue
+        finally:
+            handle.close()
         tables.append(table.replace_schema_metadata(None))
     if not tables:
         return None, problems, metadata
     table = pa.concat_tables(tables, promote_options="permissive")
-    if len(tables) > 1 and all(k in table.column_names for k in ("config_id", "prompt_id", "repeat")):
+    del tables
+    if all(k in table.column_names for k in ("config_id", "prompt_id", "repeat")):
         table = keep_latest_per_key(table)
+    frame = pd.DataFrame(index=pd.RangeIndex(table.num_rows))
+    while table.num_columns:
+        frame[table.column_names[0]] = _to_pandas(table.column(0))
+        table = table.remove_column(0)
+    del table
+    release_memory()
+    return frame, problems, metadata
+
+
+def _frame_by_column(handle: pq.ParquetFile, columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(index=pd.RangeIndex(handle.metadata.num_rows))
+    for name in columns:
+        column = handle.read(columns=[name], use_threads=False).column(0)
+        frame[name] = _to_pandas(column)  # a new block per column: no consolidation copy of the frame
+        del column
+        pa.default_memory_pool().release_unused()
+    return frame
+
+
+def _to_pandas(column: pa.ChunkedArray) -> pd.Series:
     # strings stay Arrow-backed (pandas' "string[pyarrow]"): a million rows would otherwise be millions
     # of Python str objects, gigabytes for columns such as prompt_id, status or model
-    return table.to_pandas(types_mapper=_arrow_strings), problems, metadata
+    return column.to_pandas(types_mapper=_arrow_strings)
+
+
+def kept_column(name: str) -> bool:
+    """Whether the summary and the plots read column ``name`` (text, details and bookkeeping are left out)."""
+    return name not in TEXT_COLUMNS + UNUSED_COLUMNS and not name.endswith("_detail")
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system: Arrow's pool and the C allocator keep it otherwise, and the
+    worker's resident size would stay at its peak between digests."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
 
 
 def _arrow_strings(type_: pa.DataType):
@@ -164,22 +232,41 @@ def run_digest(files: list[str]) -> dict[str, Any]:
 
 
 def _config_index(df: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
-    """For each row, the position of its configuration in the summary (-1 if none)."""
+    """For each row, the position of its configuration in the summary (-1 if none).
+
+    Keys are compared as text (missing as None); only each column's distinct values are turned into
+    text, so a million rows cost a few integer arrays, not a million tuples."""
     keys = config_keys(df)
     if not keys:
         return pd.Series(0, index=df.index)
 
-    def key(values) -> tuple:
-        return tuple(None if (isinstance(v, float) and math.isnan(v)) or v is None else str(v) for v in values)
+    def text(v) -> str | None:
+        return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
 
-    lookup = {key(row): i for i, row in enumerate(summary[keys].itertuples(index=False))}
-    return pd.Series([lookup.get(key(v), -1) for v in df[keys].itertuples(index=False)], index=df.index)
+    lookup = {tuple(text(v) for v in row): i for i, row in enumerate(summary[keys].itertuples(index=False))}
+    codes, distinct = [], []
+    for col in keys:
+        code, values = pd.factorize(df[col], use_na_sentinel=True)
+        codes.append(code)
+        distinct.append([text(v) for v in values])
+    combos, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+    positions = np.array(
+        [lookup.get(tuple(None if c < 0 else distinct[j][c] for j, c in enumerate(combo)), -1) for combo in combos],
+        dtype=np.int64,
+    )
+    return pd.Series(positions[np.asarray(inverse).reshape(-1)], index=df.index)
 
 
 def run_plots(files: list[str], run_dir: str, summary_records: list[dict[str, Any]], labels: list[str]) -> dict:
     """The run page's pictures (``render.plots``), its load section and race section (``render``),
     from the files and the summary ``run_digest`` already made of them."""
-    df, problems, _ = read_frame(files)
+    df, problems, _ = read_frame(files, only=PLOT_COLUMNS)
+    if df is not None and "config_id" not in df.columns:
+        del df
+        df, problems, _ = read_frame(files, only=PLOT_COLUMNS + CONFIG_COLUMNS)  # the configuration's keys
+    if df is not None and load_metrics.is_load_run(df, load_metrics.SLO()):
+        del df
+        df, problems, _ = read_frame(files)  # the load table reads every timing column
     out: dict[str, Any] = {
         "plots": [],
         "load_html": None,
@@ -203,8 +290,12 @@ def run_plots(files: list[str], run_dir: str, summary_records: list[dict[str, An
     df["_config"] = _config_index(df, summary)
     label_of = dict(enumerate(labels))
     if "latency_s" in df.columns:
-        images.append(("latency CDF", plots.latency_cdf(df[~cached_mask(df)], label_of)))
-    images.append(("token histograms", plots.token_histograms(df, label_of)))
+        fresh = ~cached_mask(df)
+        narrow = df[["status", "latency_s", "_config"]]
+        images.append(("latency CDF", plots.latency_cdf(narrow if fresh.all() else narrow[fresh], label_of)))
+        del narrow, fresh
+    tokens = [c for c in ("status", "prompt_tokens", "completion_tokens", "_config") if c in df.columns]
+    images.append(("token histograms", plots.token_histograms(df[tokens], label_of)))
     out["plots"] = [(alt, uri) for alt, uri in images if uri]
     slo = load_metrics.SLO()
     if load_metrics.is_load_run(df, slo):
