@@ -176,6 +176,10 @@ def _libc():
 
 
 _LIBC = _libc()
+if _LIBC is not None:
+    # a fixed threshold: large blocks (a column, a part of the frame) are mapped and unmapped, so freed
+    # frames go back to the system at once instead of staying in the heap (glibc's M_MMAP_THRESHOLD)
+    _LIBC.mallopt(-3, 128 * 1024)
 
 
 def _arrow_strings(type_: pa.DataType):

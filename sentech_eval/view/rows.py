@@ -23,6 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SEARCH_COLUMNS = ("prompt_id", "prompt", "output", "reference", "error")
+# Searched as Parquet's dictionary (their distinct values, then a lookup): columns that repeat a few values
+# over many rows. Outputs differ row by row, so their dictionary would only cost an extra decode.
+DICTIONARY_SEARCH_COLUMNS = ("prompt_id", "prompt", "reference", "error")
 SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
 TEXT_PREVIEW = 160
 MASK_CACHE = 8
@@ -152,14 +155,36 @@ class RowTable:
 
     def _search(self, ref: RowGroupRef, text: str) -> pa.Array:
         """Rows of one row group whose prompt_id, prompt, output, reference or error contains ``text``
-        (case-insensitive); one column read at a time, so memory holds one text column, not five."""
-        hits = pa.array(np.zeros(ref.rows, dtype=bool))
-        for column in SEARCH_COLUMNS:
-            if column not in self.columns:
-                continue
-            values = pc.cast(self._read(ref, [column])[column], pa.string())
-            hits = pc.or_(hits, pc.fill_null(pc.match_substring(values, text, ignore_case=True), False))
-        return hits
+        (case-insensitive).
+
+        The searched columns are read together; those with few distinct values (prompts, references,
+        errors) stay dictionary-encoded as Parquet stores them and are searched over their distinct
+        values only; a query without cased letters (``#1234``) needs no case folding at all."""
+        present = [c for c in SEARCH_COLUMNS if c in self.columns]
+        handle = self._search_handle(ref.file_index)
+        present = [c for c in present if c in handle.schema_arrow.names]
+        hits = np.zeros(ref.rows, dtype=bool)
+        if not present:
+            return pa.array(hits)
+        table = handle.read_row_group(ref.group, columns=present)
+        fold = text.lower() != text.upper()
+        for name in present:
+            for chunk, start in _chunks(table[name]):
+                found = _contains(chunk, text, fold)
+                if found is not None:
+                    hits[start : start + len(chunk)] |= found
+        return pa.array(hits)
+
+    def _search_handle(self, file_index: int) -> pq.ParquetFile:
+        """This thread's reader of the file that keeps the searched columns dictionary-encoded."""
+        handles = getattr(self._local, "search_handles", None)
+        if handles is None:
+            handles = self._local.search_handles = {}
+        if file_index not in handles:
+            handles[file_index] = pq.ParquetFile(
+                self.paths[file_index], read_dictionary=list(DICTIONARY_SEARCH_COLUMNS)
+            )
+        return handles[file_index]
 
     def _filter_columns(self, flt: RowFilter) -> list[str]:
         needed = []
@@ -286,6 +311,34 @@ class RowTable:
             return None
         values = table.slice(number - ref.first, 1).to_pylist()[0]
         return {"_row": number, "_file": self.paths[ref.file_index], **values}
+
+
+def _chunks(column: pa.ChunkedArray):
+    """(chunk, its first row) of a column."""
+    start = 0
+    for chunk in column.chunks:
+        yield chunk, start
+        start += len(chunk)
+
+
+def _contains(values: pa.Array, text: str, fold: bool) -> np.ndarray | None:
+    """Which of ``values`` contain ``text`` (case-insensitive when ``fold``); None: none can (all null)."""
+    if pa.types.is_null(values.type):
+        return None
+    if pa.types.is_dictionary(values.type):
+        # match the distinct values, then look each row's value up
+        distinct = _contains(values.dictionary, text, fold)
+        if distinct is None or not distinct.any():
+            return None
+        found = np.zeros(len(values), dtype=bool)
+        indices = values.indices
+        valid = indices.is_valid().to_numpy(zero_copy_only=False)
+        found[valid] = distinct[indices.fill_null(0).to_numpy(zero_copy_only=False)[valid]]
+        return found
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = pc.cast(values, pa.string())
+    matched = pc.match_substring(values, text, ignore_case=fold)
+    return pc.fill_null(matched, False).to_numpy(zero_copy_only=False)
 
 
 def preview(value: Any, limit: int = TEXT_PREVIEW) -> str:

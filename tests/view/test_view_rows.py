@@ -112,3 +112,22 @@ def test_a_text_search_reads_only_as_far_as_the_page_needs(run_file):
         if total is not None and offset >= total:
             break
     assert total == len(want) and seen == want.tolist()
+
+
+@pytest.mark.parametrize("text", ["SPECIAL", "q-1", "Overloaded", "#7", "é"])
+def test_a_text_search_over_every_searched_column_agrees_with_pandas(run_file, tmp_path, text):
+    """Dictionary-encoded columns (few distinct values) and plain ones, queries with and without cased letters."""
+    _, df = run_file
+    df = df.copy()
+    df["prompt"] = [f"Question {i % 7} #{i % 7}" for i in range(len(df))]
+    df["reference"] = np.where(np.arange(len(df)) % 5 == 0, None, "Paris é")
+    df.loc[11, "output"] = "see #70 and Q-1"
+    path = tmp_path / "searched.parquet"
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=29)
+    searched = ["prompt_id", "prompt", "output", "reference", "error"]
+    expected = np.zeros(len(df), dtype=bool)
+    for column in searched:
+        expected |= df[column].fillna("").astype(str).str.lower().str.contains(text.lower(), regex=False).to_numpy()
+    total, rows = RowTable([str(path)]).page(RowFilter(text=text), 0, 10_000, COLUMNS)
+    assert 0 < total < len(df)
+    assert total == int(expected.sum()) and [r["_row"] for r in rows] == np.flatnonzero(expected).tolist()
