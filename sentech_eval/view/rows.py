@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -337,7 +338,8 @@ def _contains(values: pa.Array, text: str, fold: bool) -> np.ndarray | None:
         return found
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         values = pc.cast(values, pa.string())
-    matched = pc.match_substring(values, text, ignore_case=fold)
+    # the literal as an RE2 pattern: Arrow's regex search is faster than its plain substring search
+    matched = pc.match_substring_regex(values, re.escape(text), ignore_case=fold)
     return pc.fill_null(matched, False).to_numpy(zero_copy_only=False)
 
 

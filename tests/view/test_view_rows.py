@@ -114,14 +114,14 @@ def test_a_text_search_reads_only_as_far_as_the_page_needs(run_file):
     assert total == len(want) and seen == want.tolist()
 
 
-@pytest.mark.parametrize("text", ["SPECIAL", "q-1", "Overloaded", "#7", "é"])
+@pytest.mark.parametrize("text", ["SPECIAL", "q-1", "Overloaded", "#7", "é", "(and) q-1.*"])
 def test_a_text_search_over_every_searched_column_agrees_with_pandas(run_file, tmp_path, text):
     """Dictionary-encoded columns (few distinct values) and plain ones, queries with and without cased letters."""
     _, df = run_file
     df = df.copy()
     df["prompt"] = [f"Question {i % 7} #{i % 7}" for i in range(len(df))]
     df["reference"] = np.where(np.arange(len(df)) % 5 == 0, None, "Paris é")
-    df.loc[11, "output"] = "see #70 and Q-1"
+    df.loc[11, "output"] = "see #70 (and) Q-1.* x"
     path = tmp_path / "searched.parquet"
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=29)
     searched = ["prompt_id", "prompt", "output", "reference", "error"]
