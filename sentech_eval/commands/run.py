@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sentech_eval.commands import estimate
 from sentech_eval.commands.export import export_at_end
-from sentech_eval.commands.run_summary import end_of_run, result_lines
+from sentech_eval.commands.run_summary import RunOutcome, end_of_run, read_outcome, result_lines
 from sentech_eval.config import (
     JobSpec,
     check_resolved_overrides,
@@ -176,11 +176,11 @@ def task(cfg: DictConfig) -> float | None:
     if result.summary.interrupted:
         _record_job_status(out_dir, "interrupted", None, result.record())
         sys.exit(130)  # one Ctrl-C stops a whole sweep too; the sweep's exit hook still combines results
-    failure = None if multirun else report_end_of_run(spec, result)
+    failure = job_failure(spec, result) if multirun else report_end_of_run(spec, result)
     _record_job_status(out_dir, "failed" if failure else "ok", failure, result.record())
     if not multirun:  # a sweep is exported once, when it ends (commands/export.py, ExportSweepAtEnd)
         export_at_end(spec.runner.export, out_dir)
-    if failure:
+    if failure and not multirun:  # a sweep goes on; its end names the failed jobs and exits 1
         sys.exit(1)
     return result.objective_value
 
@@ -193,18 +193,37 @@ def report_end_of_run(spec: JobSpec, result: RunResult) -> str | None:
     outcome, lines = end_of_run(result.results, scored=bool(result.scores) or bool(spec.scorers))
     for line in lines:
         print(terminal_lines(line), file=sys.stderr)
-    limit = spec.runner.max_error_rate
-    failure = None
-    if outcome.rows and not outcome.ok:
-        failure = f"every request failed ({outcome.errors} of {outcome.rows} rows are errors; see above)."
-    elif limit is not None and outcome.error_rate > float(limit):
-        failure = (
-            f"{outcome.errors} of {outcome.rows} rows are errors ({outcome.error_rate:.1%}), "
-            f"above runner.max_error_rate={float(limit):g}."
-        )
+    failure = run_failure(spec, outcome)
     if failure:
-        print(f"sentech-eval run: error: {failure}", file=sys.stderr)
+        print(f"sentech-eval run: error: {failure}; the errors are listed above.", file=sys.stderr)
     return failure
+
+
+def job_failure(spec: JobSpec, result: RunResult) -> str | None:
+    """Why one job of a sweep failed by the rule a single run exits 1 on, with its most frequent error
+    (the sweep prints it on the job's line and exits non-zero), or None."""
+    if not result.results.is_file():
+        return None
+    outcome = read_outcome(result.results)
+    failure = run_failure(spec, outcome)
+    if failure and outcome.error_kinds:
+        status, message, count = outcome.error_kinds[0]
+        where = f"HTTP {status}" if status is not None else "no HTTP answer"
+        failure += f"; the most frequent: {where} × {count}: {message or '(no message)'}"
+    return failure
+
+
+def run_failure(spec: JobSpec, outcome: RunOutcome) -> str | None:
+    """Every row an error, or more errors than ``runner.max_error_rate``: the run failed (else None)."""
+    limit = spec.runner.max_error_rate
+    if outcome.rows and not outcome.ok:
+        return f"every request failed ({outcome.errors} of {outcome.rows} rows are errors)"
+    if limit is not None and outcome.error_rate > float(limit):
+        return (
+            f"{outcome.errors} of {outcome.rows} rows are errors ({outcome.error_rate:.1%}), "
+            f"above runner.max_error_rate={float(limit):g}"
+        )
+    return None
 
 
 @dataclass(frozen=True)

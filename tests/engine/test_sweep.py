@@ -166,6 +166,38 @@ def test_a_sweep_whose_every_job_failed_exits_1_with_their_errors(echo_server, t
         ), proc.stderr
 
 
+def test_a_job_whose_every_request_failed_is_a_failed_job(tmp_path):
+    """A job whose every row is an error fails as a single run does (exit 1): the sweep says so per job."""
+    import socket
+
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sweep_dir = tmp_path / "dead"
+    proc = call_cli(
+        "run",
+        "-m",
+        "backend=remote",
+        f"backend.base_url=http://127.0.0.1:{port}/v1",
+        "dataset=capitals",
+        "dataset.limit=2",
+        "runner.max_retries=0",
+        "runner.progress=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        "sampling.temperature=0,0.5",
+        key=TEST_KEY,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "every job failed (2 of 2" in proc.stderr and "Traceback" not in proc.stderr
+    job_lines = [line for line in proc.stderr.splitlines() if line.startswith("sentech-eval sweep: job ")]
+    assert len(job_lines) == 2, proc.stderr
+    for line in job_lines:
+        assert "every request failed (2 of 2 rows are errors)" in line and "no HTTP answer" in line, line
+    jobs = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
+    assert [j["status"] for j in jobs] == ["failed", "failed"]
+    assert len(load_results(sweep_dir)) == 4  # the error rows are kept
+
+
 def test_a_sweep_that_aborts_midway_still_combines_the_finished_jobs(echo_server, tmp_path):
     # Batches of one job: the second batch names a dataset that does not exist, so Hydra raises
     # between jobs and skips on_multirun_end; the exit fallback combines what was done.
