@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import ipaddress
 import multiprocessing
+import os
 import secrets
 import time
 from collections import OrderedDict
@@ -53,6 +54,13 @@ def in_worker(name: str, *args: Any) -> Any:
         digest.release_memory()  # the idle worker gives its peak back
 
 
+def setup_worker() -> None:
+    """The worker process's initializer: memory freed after a digest goes back to the system."""
+    from sentech_eval.view import digest
+
+    digest.setup_worker_memory()
+
+
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and localhost."""
     if host == "localhost":
@@ -82,8 +90,11 @@ class Viewer:
     # ------------------------------------------------------------------ worker
     def start_worker(self) -> None:
         if self.executor is None:
+            # the worker's Arrow allocates from the C allocator from its first buffer on (Arrow's own pool
+            # keeps what a digest freed); read by the spawned worker at its start, a user's choice kept
+            os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
             self.executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=setup_worker
             )
 
     def stop(self) -> None:

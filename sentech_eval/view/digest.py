@@ -176,10 +176,17 @@ def _libc():
 
 
 _LIBC = _libc()
-if _LIBC is not None:
-    # a fixed threshold: large blocks (a column, a part of the frame) are mapped and unmapped, so freed
-    # frames go back to the system at once instead of staying in the heap (glibc's M_MMAP_THRESHOLD)
-    _LIBC.mallopt(-3, 128 * 1024)
+
+
+def setup_worker_memory() -> None:
+    """Make freed memory go back to the system at once in the worker process (its initializer).
+
+    Arrow allocates from the C allocator instead of its own pool (which keeps freed blocks), and glibc's
+    mmap threshold is fixed, so large blocks (a column, a configuration's rows) are mapped and unmapped
+    rather than left in the heap after a digest."""
+    pa.set_memory_pool(pa.system_memory_pool())
+    if _LIBC is not None:
+        _LIBC.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
 def _arrow_strings(type_: pa.DataType):
