@@ -408,9 +408,13 @@ def redact_tree(node: Any, secrets: Iterable[str] = ()) -> Any:
     return node
 
 
+_MEMO_CHARS, _MEMO_ENTRIES = 256, 4096  # Redactor.text remembers its answer for values this short, this many
+
+
 @functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(field.name for field in dataclasses.fields(cls))
+def _text_field_names(cls: type) -> tuple[str, ...]:
+    """The fields of a dataclass that may hold text (their annotation names ``str``), found once per class."""
+    return tuple(field.name for field in dataclasses.fields(cls) if "str" in str(field.type))
 
 
 class Redactor:
@@ -459,6 +463,7 @@ class Redactor:
             }
         )
         self._base64_run = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+        self._memo: dict[str, str] = {}
 
     def text(self, value: str | None) -> str | None:
         """``value`` with the secret (or a long part of it) replaced by ``[redacted]``.
@@ -469,14 +474,26 @@ class Redactor:
         """
         if value is None or self._pattern is None or len(value) < self.min_run:
             return value
+        if len(value) <= _MEMO_CHARS:  # short values repeat (a model name, a finish reason): checked once each
+            cleaned = self._memo.get(value)
+            if cleaned is None:
+                if len(self._memo) >= _MEMO_ENTRIES:
+                    self._memo.clear()
+                cleaned = self._memo[value] = self._search(value)
+            return cleaned
+        return self._search(value)
+
+    def _search(self, value: str) -> str:
+        pattern = self._pattern
+        assert pattern is not None  # text() searches only with a pattern
         if "\\" in value or "%" in value or "&" in value:
             for view in reversed(escaped_views(value)):  # the most decoded first
                 for needle in self._needles:
                     if needle in view:
-                        return self._pattern.sub(REDACTED, view)
+                        return pattern.sub(REDACTED, view)
         for needle in self._needles:
             if needle in value:
-                return self._pattern.sub(REDACTED, value)
+                return pattern.sub(REDACTED, value)
         for needle in self._base64_needles:
             if needle in value:
                 return self._base64_runs(value)
@@ -497,8 +514,10 @@ class Redactor:
     def completion_fields(self, record: Any) -> None:
         """Redact, in place, every text field of a record a server filled (a ``Completion``: output, error,
         finish_reason, response_model …): the one place server text is cleaned before it is stored or printed."""
+        if self._pattern is None:  # a key too short to search for (MIN_SECRET_CHARS): nothing to redact
+            return
         record_type: type = type(record)
-        for name in _field_names(record_type):
+        for name in _text_field_names(record_type):
             value = getattr(record, name)
             if isinstance(value, str):
                 cleaned = self.text(value)
