@@ -159,3 +159,16 @@ def _exit_code(exc: SystemExit, err: io.StringIO) -> int:
         return exc.code
     print(exc.code, file=err)
     return 1
+
+
+def processes_named(name: str) -> list[int]:
+    """Pids of every process on the machine whose comm is ``name`` (to show that none outlived a test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found

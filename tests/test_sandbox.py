@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cli_helpers import processes_named
 
 from sentech_eval import sandbox
 from sentech_eval.errors import ConfigError
@@ -41,19 +42,6 @@ def box() -> Sandbox:
 def marker() -> str:
     """A process name no other process on the machine has (15 characters at most)."""
     return "sx" + uuid.uuid4().hex[:12]
-
-
-def processes_named(name: str) -> list[int]:
-    """Pids of every process on the machine whose comm is ``name``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == name:
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 def name_process(marker: str) -> str:

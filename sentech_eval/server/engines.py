@@ -89,8 +89,9 @@ class Engine(Protocol):
         ...
 
 
-def load_references(paths: list[Path]) -> dict[str, str]:
-    """Map prompt text -> reference from dataset Parquet files (``prompt`` or ``messages`` column)."""
+def load_by_prompt(paths: list[Path], column: str) -> dict[str, str]:
+    """Map prompt text -> ``column``'s value from dataset Parquet files (keyed by their ``prompt`` column, or
+    the last user message of ``messages``); files without that column, or unreadable, are skipped."""
     import pyarrow.parquet as pq
 
     table: dict[str, str] = {}
@@ -99,38 +100,29 @@ def load_references(paths: list[Path]) -> dict[str, str]:
             names = set(pq.read_schema(path).names)
         except Exception:  # not our business to judge other files here: skip what we cannot read
             continue
-        if "reference" not in names or not ({"prompt", "messages"} & names):
+        if column not in names or not ({"prompt", "messages"} & names):
             continue
         key_column = "prompt" if "prompt" in names else "messages"
-        data = pq.read_table(path, columns=[key_column, "reference"]).to_pydict()
-        for key, reference in zip(data[key_column], data["reference"]):
-            if reference is None or key is None:
+        data = pq.read_table(path, columns=[key_column, column]).to_pydict()
+        for key, value in zip(data[key_column], data[column]):
+            if value is None or key is None:
                 continue
             if key_column == "messages":
                 if not key:
                     continue
                 key = last_user_text([{"role": m.get("role"), "content": m.get("content") or ""} for m in key])
-            table.setdefault(str(key).strip(), str(reference))
+            table.setdefault(str(key).strip(), str(value))
     return table
+
+
+def load_references(paths: list[Path]) -> dict[str, str]:
+    """Map prompt text -> reference from dataset Parquet files."""
+    return load_by_prompt(paths, "reference")
 
 
 def load_solutions(paths: list[Path]) -> dict[str, str]:
     """Map prompt text -> canonical solution from dataset Parquet files with a ``canonical_solution`` column (code)."""
-    import pyarrow.parquet as pq
-
-    table: dict[str, str] = {}
-    for path in paths:
-        try:
-            names = set(pq.read_schema(path).names)
-        except Exception:  # not our business to judge other files here: skip what we cannot read
-            continue
-        if "canonical_solution" not in names or "prompt" not in names:
-            continue
-        data = pq.read_table(path, columns=["prompt", "canonical_solution"]).to_pydict()
-        for prompt, solution in zip(data["prompt"], data["canonical_solution"]):
-            if prompt is not None and solution is not None:
-                table.setdefault(str(prompt).strip(), str(solution))
-    return table
+    return load_by_prompt(paths, "canonical_solution")
 
 
 class Capacity:

@@ -16,24 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from cli_helpers import TEST_KEY, run_cli
+from cli_helpers import TEST_KEY, processes_named, run_cli
 
 from sentech_eval import load_results, sandbox
 from sentech_eval.server.testing import running_server
 
 pytestmark = pytest.mark.skipif(not sandbox.bwrap_available(), reason="bubblewrap (bwrap) is not installed")
-
-
-def processes_named(name: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == name:
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 def hostile_programs(marker: str, port: int) -> dict[str, tuple[str, str]]:
