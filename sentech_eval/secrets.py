@@ -516,13 +516,15 @@ class Redactor:
         finish_reason, response_model …): the one place server text is cleaned before it is stored or printed."""
         if self._pattern is None:  # a key too short to search for (MIN_SECRET_CHARS): nothing to redact
             return
-        record_type: type = type(record)
-        for name in _text_field_names(record_type):
+        min_run = self.min_run
+        for name in _text_field_names(type(record)):
             value = getattr(record, name)
-            if isinstance(value, str):
+            if type(value) is str and len(value) >= min_run:  # shorter text cannot hold a long part of the key
                 cleaned = self.text(value)
                 if cleaned is not value:
                     setattr(record, name, cleaned)
+            elif isinstance(value, str) and len(value) >= min_run:  # a str subclass (rare): the same check
+                setattr(record, name, self.text(str(value)))
 
     def raw(self, value: bytes) -> bytes:
         """The same for a raw body, before anything cuts it into a snippet."""

@@ -9,24 +9,18 @@ against a single run) is refused with one sentence, because such pairs would be 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from sentech_eval.analysis.summary import score_columns
 from sentech_eval.engine.results import load_results
 from sentech_eval.errors import ConfigError, ResultsError
 from sentech_eval.types import SAMPLING_FIELDS
 
 BASE_KEYS = ("prompt_id", "repeat")
-
-# score_<name> columns that are bookkeeping of a scorer (e.g. the LLM judge's own cost), not scores.
-_NOT_A_SCORE = re.compile(
-    r"_(detail|latency_s|latency|ttft_s|tokens|prompt_tokens|completion_tokens|"
-    r"total_tokens|error|status|raw|cost)$"
-)
 
 
 @dataclass
@@ -70,18 +64,6 @@ def read_results(path: str | Path, role: str) -> pd.DataFrame:
     df["prompt_id"] = df["prompt_id"].astype(str)
     df["repeat"] = pd.to_numeric(df["repeat"], errors="coerce").fillna(0).astype("int64")
     return df
-
-
-def score_columns(df: pd.DataFrame) -> list[str]:
-    """The ``score_<name>`` columns that hold scores (numeric; not details or judge bookkeeping)."""
-    out = []
-    for col in df.columns:
-        if not col.startswith("score_") or _NOT_A_SCORE.search(col):
-            continue
-        # An all-null column is a score whose rows all errored (Parquet may store it with the null type).
-        if pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]) or df[col].isna().all():
-            out.append(col)
-    return out
 
 
 def pairing_keys(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:

@@ -352,7 +352,7 @@ class RemoteBackend(Backend):
                         raw = await resp.read()
                     else:
                         raw = await self._read_capped(resp, self.max_response_bytes)
-                    result = parse_completion_body(redact(raw), content_type)
+                    result = parse_completion_body(raw, content_type, redact)
                 result.latency_s = latency = time.perf_counter() - start
                 result.http_status = 200
                 if self.stream and result.status == "ok":

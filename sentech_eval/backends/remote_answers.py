@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -155,8 +156,12 @@ def parse_capacity(value: str | None) -> int | None:
     return capacity if 0 < capacity <= MAX_ADVERTISED_CAPACITY else None
 
 
-def parse_completion_body(raw: bytes, content_type: str) -> Completion:
-    """Turn a 200 body into a Completion; anything malformed becomes a precise error."""
+def parse_completion_body(raw: bytes, content_type: str, clean: Callable[[bytes], bytes] | None = None) -> Completion:
+    """Turn a 200 body into a Completion; anything malformed becomes a precise error.
+
+    ``clean`` (the key's redactor) is applied to the raw body before the slow path, whose error messages
+    may quote it; a well-formed answer's fields are cleaned by the caller after decoding.
+    """
     try:  # the hot path: a well-formed answer, checked with as few Python steps as possible
         body = orjson.loads(raw)
         choice = body["choices"][0]
@@ -193,7 +198,7 @@ def parse_completion_body(raw: bytes, content_type: str) -> Completion:
             )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
         pass
-    return _parse_completion_body_checked(raw, content_type)
+    return _parse_completion_body_checked(raw if clean is None else clean(raw), content_type)
 
 
 def _parse_completion_body_checked(raw: bytes, content_type: str) -> Completion:
