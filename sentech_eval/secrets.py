@@ -464,6 +464,7 @@ class Redactor:
         )
         self._base64_run = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
         self._memo: dict[str, str] = {}
+        self._previous_clean: dict[str, str] = {}  # per field: the last clean text completion_fields saw
 
     def text(self, value: str | None) -> str | None:
         """``value`` with the secret (or a long part of it) replaced by ``[redacted]``.
@@ -513,18 +514,25 @@ class Redactor:
 
     def completion_fields(self, record: Any) -> None:
         """Redact, in place, every text field of a record a server filled (a ``Completion``: output, error,
-        finish_reason, response_model …): the one place server text is cleaned before it is stored or printed."""
+        finish_reason, response_model …): the one place server text is cleaned before it is stored or printed.
+
+        A field whose text equals the same field's clean text of the previous record (the model name, repeated
+        on every answer) is not searched again; nothing else is remembered (an answer's text is new every time).
+        """
         if self._pattern is None:  # a key too short to search for (MIN_SECRET_CHARS): nothing to redact
             return
-        min_run = self.min_run
+        min_run, previous = self.min_run, self._previous_clean
         for name in _text_field_names(type(record)):
             value = getattr(record, name)
-            if type(value) is str and len(value) >= min_run:  # shorter text cannot hold a long part of the key
-                cleaned = self.text(value)
-                if cleaned is not value:
-                    setattr(record, name, cleaned)
-            elif isinstance(value, str) and len(value) >= min_run:  # a str subclass (rare): the same check
-                setattr(record, name, self.text(str(value)))
+            if not isinstance(value, str) or len(value) < min_run:  # too short to hold a long part of the key
+                continue
+            if previous.get(name) == value:
+                continue
+            cleaned = self._search(str(value))
+            if cleaned == value:
+                previous[name] = value
+            else:
+                setattr(record, name, cleaned)
 
     def raw(self, value: bytes) -> bytes:
         """The same for a raw body, before anything cuts it into a snippet."""
