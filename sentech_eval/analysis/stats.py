@@ -22,6 +22,11 @@ used depends on the data, and every interval and test says which one it is:
 Everything is vectorised with numpy (the simulation suite in benchmarks/ calls the same
 ``*_from_totals`` functions on thousands of simulated data sets at once); bootstraps use a seeded
 ``numpy.random.default_rng``. NaN values (missing scores, errored rows) are dropped first.
+
+Only ``scipy.special`` is imported with this module (the normal and Student quantiles are its
+``ndtri`` and ``stdtrit``, the very functions behind ``scipy.stats.norm.ppf`` and ``t.ppf``);
+``scipy.stats`` and ``scipy.signal`` (about 55 MB) are imported by the paired tests that use them,
+so a summary (``report``'s numbers, the viewer's worker) does without them.
 """
 
 from __future__ import annotations
@@ -31,9 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import signal as _scipy_signal
 from scipy import special as _scipy_special
-from scipy import stats as _scipy_stats
 
 DEFAULT_RESAMPLES = 2000
 # Upper bound on resamples x clusters held in memory at once (int64 indices: 8 bytes each).
@@ -151,6 +154,8 @@ def mcnemar_exact(a_pass: Any, b_pass: Any) -> float:
     n = n01 + n10
     if n == 0:
         return 1.0
+    from scipy import stats as _scipy_stats  # imported when a test needs it (see the module docstring)
+
     return float(_scipy_stats.binomtest(min(n01, n10), n, 0.5, alternative="two-sided").pvalue)
 
 
@@ -196,7 +201,13 @@ class Interval:
 
 
 def _z(confidence: float) -> float:
-    return float(_scipy_stats.norm.ppf(0.5 + confidence / 2.0))
+    return float(_scipy_special.ndtri(0.5 + confidence / 2.0))  # scipy.stats.norm.ppf
+
+
+def _t_quantile(q: float, df: Any) -> np.ndarray:
+    """Student's t quantile ``q`` at ``df`` degrees of freedom: ``scipy.stats.t.ppf(q, df)``, through the
+    function that computes it (``scipy.special.stdtrit``), without importing scipy.stats."""
+    return _scipy_special.stdtrit(np.asarray(df, dtype=float), q)
 
 
 def wilson_interval(successes: Any, n: Any, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -327,8 +338,8 @@ def clustered_wilson_from_totals(
     df = np.where(np.isfinite(df), df, k_df)
     df = np.clip(df, 1.0, k_df)
     z = _z(confidence)
-    t_df = _scipy_stats.t.ppf(0.5 + confidence / 2.0, df)
-    t_k = _scipy_stats.t.ppf(0.5 + confidence / 2.0, k_df)
+    t_df = _t_quantile(0.5 + confidence / 2.0, df)
+    t_k = _t_quantile(0.5 + confidence / 2.0, k_df)
     floor = rows / np.maximum(deff_max, 1.0) * (z / t_k) ** 2
     n_eff = np.where(clustered, np.maximum(rows / deff * (z / t_df) ** 2, floor), rows / deff)
     low, high = wilson_interval(est * n_eff, n_eff, confidence)
@@ -363,7 +374,15 @@ def proportion_ci(values: Any, clusters: Any | None = None, confidence: float = 
     (arr,), cl = _clean(values, clusters=clusters)
     if arr.size == 0:
         return Interval(float("nan"), float("nan"), float("nan"), "", 0, 0)
-    codes = _codes(cl, arr.size)
+    return proportion_ci_coded(arr, _codes(cl, arr.size), confidence)
+
+
+def proportion_ci_coded(arr: np.ndarray, codes: np.ndarray, confidence: float = 0.95) -> Interval:
+    """``proportion_ci`` of 0/1 values without NaN, whose clusters are already numbered: ``codes[i]`` is
+    value i's cluster, 0 … k − 1 in the order of the clusters' names (as ``numpy.unique`` sorts them).
+
+    The core of ``proportion_ci``; a caller that counted clusters itself (``analysis.batched_summary``)
+    gets the same interval without naming every row's cluster."""
     y = np.bincount(codes, weights=arr)
     m = np.bincount(codes).astype(float)
     if m.max() <= 1:
@@ -395,9 +414,22 @@ def mean_ci(
     (arr,), cl = _clean(values, clusters=clusters)
     if arr.size == 0:
         return Interval(float("nan"), float("nan"), float("nan"), "", 0, 0)
+    return mean_ci_coded(arr, _codes(cl, arr.size), confidence, n_resamples, seed)
+
+
+def mean_ci_coded(
+    arr: np.ndarray,
+    codes: np.ndarray,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int | None = 0,
+) -> Interval:
+    """``mean_ci`` of values without NaN whose clusters are already numbered (see ``proportion_ci_coded``):
+    its core, shared with ``analysis.batched_summary``."""
+    if arr.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), "", 0, 0)
     if is_binary(arr):
-        return proportion_ci(arr, cl, confidence)
-    codes = _codes(cl, arr.size)
+        return proportion_ci_coded(arr, codes, confidence)
     n_clusters = int(codes.max()) + 1
     clustered = n_clusters < arr.size
     mean, low, high = bootstrap_ci(
@@ -497,6 +529,9 @@ def sign_flip_pvalue(cluster_sums: Any) -> float:
     d = d[d > 0]
     if d.size == 0:
         return 1.0
+    from scipy import signal as _scipy_signal  # imported when a test needs it (see the module docstring)
+    from scipy import stats as _scipy_stats
+
     # Distribution of Σ s_i d_i on the grid −S..S (S = Σ d_i): one binomial per distinct |d|.
     pmf = np.ones(1)
     for value, count in zip(*np.unique(d, return_counts=True)):

@@ -131,10 +131,16 @@ def decode_tokens_per_s(ok: pd.DataFrame) -> np.ndarray:
     """
     if not {"ttft_s", "latency_s", "completion_tokens"} <= set(ok.columns):
         return np.array([])
-    tokens = ok["completion_tokens"].to_numpy(dtype=float, na_value=np.nan)
-    decode_s = ok["latency_s"].to_numpy(dtype=float, na_value=np.nan) - ok["ttft_s"].to_numpy(
-        dtype=float, na_value=np.nan
+    return decode_rates(
+        ok["completion_tokens"].to_numpy(dtype=float, na_value=np.nan),
+        ok["latency_s"].to_numpy(dtype=float, na_value=np.nan),
+        ok["ttft_s"].to_numpy(dtype=float, na_value=np.nan),
     )
+
+
+def decode_rates(tokens: np.ndarray, latency: np.ndarray, ttft: np.ndarray) -> np.ndarray:
+    """``decode_tokens_per_s`` of float arrays (NaN where missing), row by row."""
+    decode_s = latency - ttft
     usable = (tokens > 1) & (decode_s > 0)
     return (tokens[usable] - 1.0) / decode_s[usable]
 
@@ -349,6 +355,12 @@ def summarize(
         if ks:
             row.update(pass_at_columns(pass_counts(part, passed), ks, passed, confidence))
         rows.append(row)
+    return summary_frame(rows)
+
+
+def summary_frame(rows: list[dict]) -> pd.DataFrame:
+    """The summary of per-configuration rows (in the order their configurations first appear), sorted by
+    backend, model, dataset and sampling parameters (missing first; ties keep their order)."""
     summary = pd.DataFrame(rows)
     sort_cols = [c for c in ("backend", "model", "dataset") + SAMPLING_COLUMNS if c in summary]
     if sort_cols:
