@@ -1,11 +1,14 @@
 """What the viewer knows about a run, computed once per file identity (in the viewer's worker process).
 
-``run_digest`` reads a run's files (the text columns left out), checks which are damaged, and returns
-plain JSON-able data: the runs-page line and the summary rows of ``analysis.summary.summarize`` (the
-numbers of ``report``, never recomputed here). ``run_plots`` adds the pictures of ``render.plots``
-(and the load and race sections of ``render``); ``sweep_extras`` the heatmap and the score against
-cost and latency with the Pareto front (``analysis.pareto``); ``compare_digest`` the paired statistics
-of ``analysis.compare`` and the rows that flipped; ``history_plot`` a score over a series of runs.
+``run_digest`` reads a run's files a row group at a time (the columns it needs, never the text), checks
+which are damaged, and returns plain JSON-able data: the runs-page line and the summary rows of
+``report`` (``analysis.batched_summary``: ``analysis.summary.summarize``'s numbers without the run in
+memory whole). ``run_plots`` adds the pictures of ``render.plots`` (drawn from a compact frame of the
+ok rows: latency, tokens and configuration) and the load and race sections of ``render``;
+``sweep_extras`` the heatmap and the score against cost and latency with the Pareto front
+(``analysis.pareto``); ``compare_digest`` the paired statistics of ``analysis.compare`` and the rows
+that flipped; ``history_plot`` a score over a series of runs. matplotlib and the comparison's modules
+are imported by the functions that draw or compare, so a worker that only summarises does without them.
 """
 
 from __future__ import annotations
@@ -15,34 +18,28 @@ import ctypes.util
 import gc
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sentech_eval.analysis import slo as load_metrics
-from sentech_eval.analysis.compare import compare, comparison_warnings, default_label
-from sentech_eval.analysis.pairing import pair_frames
-from sentech_eval.analysis.pareto import pareto_front
+from sentech_eval.analysis.batched_summary import BatchedSummary, summary_columns
 from sentech_eval.analysis.summary import (
-    CONFIG_COLUMNS,
     cache_note,
     cached_mask,
     config_keys,
     config_labels,
     interval_notes,
     score_columns,
-    summarize,
     swept_parameters,
 )
-from sentech_eval.engine.results import METADATA_KEY, keep_latest_per_key
-from sentech_eval.render import plots
-from sentech_eval.render.load import load_html
-from sentech_eval.render.pass_at_k import pass_at_k_html
-from sentech_eval.render.race import load_race, race_section_html
+from sentech_eval.engine.results import KEY_COLUMNS, METADATA_KEY, ROW_GROUP_ROWS, keep_latest_per_key
 
 # Columns the summary and the plots do not need: left out so a large run's digest stays small.
 TEXT_COLUMNS = ("output", "prompt", "reference", "error", "messages", "system")
@@ -61,8 +58,23 @@ UNUSED_COLUMNS = (
 )
 # What the run page's plots read (with the score columns); a load run is read whole for its load table.
 PLOT_COLUMNS = ("status", "latency_s", "cached", "prompt_tokens", "completion_tokens", "itl_s") + load_metrics.LOAD_KEYS
+# What the runs-page line reads besides the summary's columns.
+SAMPLING_VALUE_COLUMNS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
+LINE_COLUMNS = (
+    "status",
+    "dataset",
+    "backend",
+    "model",
+    "config_id",
+    "started_at",
+    "repeat",
+    "arrival",
+    "itl_s",
+    "job",
+) + SAMPLING_VALUE_COLUMNS
 FLIP_TEXT_LIMIT = 4000
 MAX_FLIPS = 5000
+LARGE_ROWS = 200_000  # after a digest of more rows the worker hands its memory back (a full collection)
 
 
 def _jsonable(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -78,72 +90,105 @@ def _open(path: str, problems: list[str]) -> pq.ParquetFile | None:
         return None
 
 
+def _metadata(handle: pq.ParquetFile) -> dict[str, Any]:
+    raw = (handle.schema_arrow.metadata or {}).get(METADATA_KEY)
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class RunBatches:
+    """A run's files read as record batches of some columns: one file row group by row group; several files
+    (``results.parts/``) joined, the latest row of each (config_id, prompt_id, repeat) kept.
+
+    ``schema`` is the union of the files' columns (None when no file can be read), ``metadata`` the first
+    file's ``sentech_eval`` metadata, ``problems`` what could not be read (a damaged file is reported and
+    skipped; a row group that fails to read ends the batches and is reported)."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.problems: list[str] = []
+        self.metadata: dict[str, Any] = {}
+        self.handles: list[tuple[str, pq.ParquetFile]] = []
+        schemas = []
+        for path in files:
+            handle = _open(path, self.problems)
+            if handle is None:
+                continue
+            if not self.handles:
+                self.metadata = _metadata(handle)
+            self.handles.append((path, handle))
+            schemas.append(handle.schema_arrow.remove_metadata())
+        self.schema: pa.Schema | None = None
+        if schemas:
+            try:
+                self.schema = pa.unify_schemas(schemas, promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                self.problems.append(f"the files' columns do not fit together ({exc})")
+                self.close()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.schema.names) if self.schema is not None else []
+
+    def batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """The rows' ``columns`` (those the run has), a batch at a time."""
+        if len(self.handles) == 1:
+            path, handle = self.handles[0]
+            try:
+                yield from handle.iter_batches(batch_size=ROW_GROUP_ROWS, columns=columns, use_threads=False)
+            except Exception as exc:  # noqa: BLE001
+                self.problems.append(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
+            return
+        tables = []
+        for path, handle in self.handles:
+            try:
+                present = [c for c in columns + list(KEY_COLUMNS) if c in handle.schema_arrow.names]
+                tables.append(handle.read(columns=list(dict.fromkeys(present))).replace_schema_metadata(None))
+            except Exception as exc:  # noqa: BLE001
+                self.problems.append(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
+        if not tables:
+            return
+        table = pa.concat_tables(tables, promote_options="permissive")
+        del tables
+        if all(k in table.column_names for k in KEY_COLUMNS):
+            table = keep_latest_per_key(table)
+        yield from table.select([c for c in columns if c in table.column_names]).to_batches(ROW_GROUP_ROWS)
+
+    def close(self) -> None:
+        for _, handle in self.handles:
+            handle.close()
+        self.handles = []
+
+
 def read_frame(
     files: list[str], with_text: bool = False, only: tuple[str, ...] | None = None
 ) -> tuple[pd.DataFrame | None, list[str], dict[str, Any]]:
     """The rows of a run's files as one frame (damaged files reported, not raised), and the first file's
     ``sentech_eval`` metadata. Text columns are left out unless ``with_text``; with ``only``, just those
-    columns (where present) and the score columns are read.
-
-    A frame is built one column at a time, each column's Arrow buffers given back before the next is
-    read, so a million-row run costs about the frame's own size, not the frame plus the Arrow table."""
-    problems: list[str] = []
-    tables = []
-    metadata: dict[str, Any] = {}
-    for path in files:
-        handle = _open(path, problems)
-        if handle is None:
-            continue
-        names = handle.schema_arrow.names
-        columns = names if with_text else [c for c in names if kept_column(c)]
+    columns (where present) and the score columns are read. For what needs whole rows (a comparison's
+    pairs, a load run's table); the summary and the plots read batches (``RunBatches``)."""
+    run = RunBatches(files)
+    try:
+        if run.schema is None:
+            return None, run.problems, run.metadata
+        columns = [c for c in run.names if with_text or kept_column(c)]
         if only is not None:
             columns = [c for c in columns if c in only or c.startswith("score_")]
-        if not metadata:
-            raw = (handle.schema_arrow.metadata or {}).get(METADATA_KEY)
-            try:
-                metadata = json.loads(raw) if raw else {}
-            except ValueError:
-                metadata = {}
-        if len(files) == 1:  # the usual case: straight from the file into pandas, column by column
-            try:
-                return _frame_by_column(handle, columns), problems, metadata
-            except Exception as exc:  # noqa: BLE001
-                problems.append(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
-                return None, problems, metadata
-            finally:
-                handle.close()
-                release_memory()
-        try:
-            table = handle.read(columns=columns)
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
-            continue
-        finally:
-            handle.close()
-        tables.append(table.replace_schema_metadata(None))
-    if not tables:
-        return None, problems, metadata
-    table = pa.concat_tables(tables, promote_options="permissive")
-    del tables
-    if all(k in table.column_names for k in ("config_id", "prompt_id", "repeat")):
-        table = keep_latest_per_key(table)
-    frame = pd.DataFrame(index=pd.RangeIndex(table.num_rows))
-    while table.num_columns:
-        frame[table.column_names[0]] = _to_pandas(table.column(0))
-        table = table.remove_column(0)
-    del table
-    release_memory()
-    return frame, problems, metadata
-
-
-def _frame_by_column(handle: pq.ParquetFile, columns: list[str]) -> pd.DataFrame:
-    frame = pd.DataFrame(index=pd.RangeIndex(handle.metadata.num_rows))
-    for name in columns:
-        column = handle.read(columns=[name], use_threads=False).column(0)
-        frame[name] = _to_pandas(column)  # a new block per column: no consolidation copy of the frame
-        del column
-        pa.default_memory_pool().release_unused()
-    return frame
+        batches = list(run.batches(columns))
+        if not batches and run.problems:
+            return None, run.problems, run.metadata
+        schema = pa.schema([run.schema.field(c) for c in columns])
+        table = pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
+        del batches
+        frame = pd.DataFrame(index=pd.RangeIndex(table.num_rows))
+        while table.num_columns:  # a column at a time, each one's Arrow buffers given back before the next
+            frame[table.column_names[0]] = _to_pandas(table.column(0))
+            table = table.remove_column(0)
+        return frame, run.problems, run.metadata
+    finally:
+        run.close()
 
 
 def _to_pandas(column: pa.ChunkedArray) -> pd.Series:
@@ -157,10 +202,12 @@ def kept_column(name: str) -> bool:
     return name not in TEXT_COLUMNS + UNUSED_COLUMNS and not name.endswith("_detail")
 
 
-def release_memory() -> None:
+def release_memory(collect: bool = True) -> None:
     """Hand freed memory back to the system: Arrow's pool and the C allocator keep it otherwise, and the
-    worker's resident size would stay at its peak between digests."""
-    gc.collect()
+    worker's resident size would stay at its peak between digests. ``collect``: a full garbage collection
+    first (about 50 ms with pandas and scipy imported; a small run's digest needs none)."""
+    if collect:
+        gc.collect()
     pa.default_memory_pool().release_unused()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
@@ -183,10 +230,13 @@ def setup_worker_memory() -> None:
 
     Arrow allocates from the C allocator instead of its own pool (which keeps freed blocks), and glibc's
     mmap threshold is fixed, so large blocks (a column, a configuration's rows) are mapped and unmapped
-    rather than left in the heap after a digest."""
+    rather than left in the heap after a digest. The modules every digest needs are imported here and their
+    objects frozen out of the garbage collector's reach, so a collection costs little."""
     pa.set_memory_pool(pa.system_memory_pool())
     if _LIBC is not None:
         _LIBC.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    gc.collect()
+    gc.freeze()
 
 
 def _arrow_strings(type_: pa.DataType):
@@ -195,51 +245,150 @@ def _arrow_strings(type_: pa.DataType):
     return None
 
 
-def _first(values: pd.Series) -> list[str]:
-    return sorted({str(v) for v in values.dropna().unique()})[:5]
+def _plain_floats(column: pa.Array) -> np.ndarray:
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_null(column.type):
+        return np.full(len(column), np.nan)
+    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+
+
+class RunLine:
+    """The runs-page line of a run, fed the same batches as its summary: rows ok and in error, the first
+    datasets, backends, models and configurations, the earliest start, the repeats, the sampling values
+    that vary and whether it is a load run (``analysis.slo.is_load_run``'s questions)."""
+
+    KEEP = 1000  # distinct values kept per column before the largest are dropped (only the smallest are shown)
+
+    def __init__(self, names: list[str]) -> None:
+        names = [c for c in names if c in LINE_COLUMNS]  # what it is fed: LINE_COLUMNS, where the run has them
+        self.names = names
+        self.n_rows = self.n_ok = 0
+        self.distinct: dict[str, set] = {c: set() for c in ("dataset", "backend", "model", "config_id") if c in names}
+        self.sampling: dict[str, set] = {c: set() for c in SAMPLING_VALUE_COLUMNS if c in names}
+        self.sampling_several: dict[str, bool] = dict.fromkeys(self.sampling, False)
+        self.started: Any = None
+        self.repeat_max: float | None = None
+        self.open_loop = False  # some arrival other than "closed"
+        self.streamed = False  # some itl_s
+        self.jobs: dict[Any, set] = {}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.n_rows += batch.num_rows
+        status = batch.column("status")
+        if pa.types.is_dictionary(status.type):
+            status = status.dictionary_decode()
+        self.n_ok += int(pc.sum(pc.fill_null(pc.equal(pc.cast(status, pa.string()), "ok"), False)).as_py() or 0)
+        for name, seen in self.distinct.items():
+            seen.update(str(v) for v in pc.unique(batch.column(name)).to_pylist() if v is not None)
+            _keep_smallest(seen, 5, self.KEEP)
+        for name, seen in self.sampling.items():
+            values = _plain_floats(batch.column(name))
+            seen.update(float(v) for v in np.unique(values[~np.isnan(values)]))
+            if len(seen) > 1:
+                self.sampling_several[name] = True
+            _keep_smallest(seen, 50, self.KEEP)
+        if "started_at" in self.names and pa.types.is_timestamp(batch.schema.field("started_at").type):
+            first = pc.min(batch.column("started_at")).as_py()
+            if first is not None and (self.started is None or first < self.started):
+                self.started = first
+        if "repeat" in self.names:
+            repeats = _plain_floats(batch.column("repeat"))
+            if np.any(~np.isnan(repeats)):
+                top = float(np.nanmax(repeats))
+                self.repeat_max = top if self.repeat_max is None else max(self.repeat_max, top)
+        if "arrival" in self.names and not self.open_loop:
+            arrival = batch.column("arrival")
+            if pa.types.is_dictionary(arrival.type):
+                arrival = arrival.dictionary_decode()
+            arrival = pc.drop_null(arrival)
+            self.open_loop = bool(len(arrival)) and bool(
+                pc.any(pc.not_equal(pc.cast(arrival, pa.string()), "closed")).as_py()
+            )
+        if "itl_s" in self.names and not self.streamed:
+            self.streamed = batch.column("itl_s").null_count < batch.num_rows
+        if "job" in self.names and "config_id" in self.names:
+            pairs = (
+                pa.table({"c": batch.column("config_id"), "j": batch.column("job")}).group_by(["c", "j"]).aggregate([])
+            )
+            for config, job in zip(pairs.column("c").to_pylist(), pairs.column("j").to_pylist()):
+                if config is not None and job is not None:
+                    self.jobs.setdefault(config, set()).add(job)
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n_rows": self.n_rows, "n_ok": self.n_ok, "n_error": self.n_rows - self.n_ok}
+        for col in ("dataset", "backend", "model", "config_id"):
+            out[col] = sorted(self.distinct[col])[:5] if col in self.distinct else []
+        if self.started is not None:
+            out["started_at"] = pd.Timestamp(self.started).isoformat()
+        out["is_load"] = self.open_loop or self.streamed or any(len(jobs) > 1 for jobs in self.jobs.values())
+        out["sampling_values"] = {
+            c: sorted(values)[:50] for c, values in self.sampling.items() if self.sampling_several[c]
+        }
+        out["repeats"] = int(self.repeat_max) + 1 if self.repeat_max is not None else 1
+        return out
+
+
+def _keep_smallest(values: set, keep: int, limit: int) -> None:
+    if len(values) > limit:
+        for value in sorted(values)[keep:]:
+            values.discard(value)
 
 
 def run_digest(files: list[str]) -> dict[str, Any]:
     """The runs-page line and the summary of a run's files (see the module docstring)."""
-    df, problems, metadata = read_frame(files)
-    digest: dict[str, Any] = {"problems": problems, "status": "ok"}
-    if df is None:
-        digest["status"] = "damaged" if problems else "empty"
+    run = RunBatches(files)
+    try:
+        return _run_digest(run)
+    finally:
+        run.close()
+        release_memory(collect=False)
+
+
+def _run_digest(run: RunBatches) -> dict[str, Any]:
+    digest: dict[str, Any] = {"problems": run.problems, "status": "ok"}
+    if run.schema is None:
+        digest["status"] = "damaged" if run.problems else "empty"
         return digest
-    digest["columns"] = list(df.columns)
-    digest["n_rows"] = len(df)
-    if "status" not in df.columns or "prompt_id" not in df.columns:
+    names = run.names
+    digest["columns"] = [c for c in names if kept_column(c)]
+    if "status" not in names or "prompt_id" not in names:
         digest["status"] = "foreign"
+        digest["n_rows"] = sum(h.metadata.num_rows for _, h in run.handles)
         return digest
-    if df.empty:
-        digest["status"] = "empty"
+    columns = list(dict.fromkeys(summary_columns(names) + [c for c in LINE_COLUMNS if c in names]))
+    summary_rows = BatchedSummary(run.schema)
+    line = RunLine(names)
+    for batch in run.batches(columns):
+        summary_rows.add(batch)
+        line.add(batch)
+    if line.n_rows == 0:
+        digest["status"] = "damaged" if run.problems else "empty"
+        digest["n_rows"] = 0
         return digest
-    status = df["status"].astype(str)
-    digest["n_ok"] = int((status == "ok").sum())
-    digest["n_error"] = int((status != "ok").sum())
-    for col in ("dataset", "backend", "model", "config_id"):
-        digest[col] = _first(df[col]) if col in df.columns else []
-    if "started_at" in df.columns and df["started_at"].notna().any():
-        digest["started_at"] = pd.to_datetime(df["started_at"], utc=True).min().isoformat()
-    digest["git_commit"] = metadata.get("git_commit")
-    summary = summarize(df)
+    fields = line.fields()
+    digest.update(fields)
+    digest["git_commit"] = run.metadata.get("git_commit")
+    summary = summary_rows.result()
+    digest["scores"] = summary_rows.scores()
+    del summary_rows
+    if line.n_rows >= LARGE_ROWS:
+        release_memory()
     labels = config_labels(summary)
-    scores = score_columns(df)
-    digest["scores"] = scores
     digest["labels"] = labels
     digest["summary"] = _jsonable(summary)
     digest["swept"] = [p for p in swept_parameters(summary) if p not in ("backend", "model", "dataset")]
     digest["interval_notes"] = interval_notes(summary)
     digest["cache_note"] = cache_note(summary)
-    digest["is_load"] = bool(load_metrics.is_load_run(df, load_metrics.SLO()))
-    digest["sampling_values"] = {
-        c: sorted(float(v) for v in df[c].dropna().unique())[:50]
-        for c in ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
-        if c in df.columns and pd.api.types.is_numeric_dtype(df[c]) and df[c].nunique() > 1
-    }
-    digest["repeats"] = int(df["repeat"].max()) + 1 if "repeat" in df.columns and df["repeat"].notna().any() else 1
     digest["cost_usd"] = float(summary["cost_usd"].sum()) if "cost_usd" in summary else None
     return digest
+
+
+def _summary_scores(summary: pd.DataFrame) -> list[str]:
+    """The score columns a summary has (``<score>_ci_method`` for each), in order."""
+    return [
+        c.removesuffix("_ci_method") for c in summary.columns if c.startswith("score_") and c.endswith("_ci_method")
+    ]
 
 
 def _config_index(df: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
@@ -268,26 +417,97 @@ def _config_index(df: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
     return pd.Series(positions[np.asarray(inverse).reshape(-1)], index=df.index)
 
 
+def plot_frame(run: RunBatches, summary: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows as the run page's latency and token plots read them: ``status`` ("ok"), ``latency_s``
+    (missing for rows from the response cache: the CDF is of what this run measured), ``prompt_tokens``,
+    ``completion_tokens`` and ``_config`` (the row's position in the summary) - about 27 bytes a row."""
+    names = run.names
+    keys = config_keys(pd.DataFrame(columns=names))
+    wanted = ["status", "latency_s", "cached", "prompt_tokens", "completion_tokens"] + keys
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in ("latency_s", "prompt_tokens", "completion_tokens", "_config")}
+    for batch in run.batches([c for c in dict.fromkeys(wanted) if c in names]):
+        status = batch.column("status")
+        if pa.types.is_dictionary(status.type):
+            status = status.dictionary_decode()
+        ok = pc.fill_null(pc.equal(pc.cast(status, pa.string()), "ok"), False).to_numpy(zero_copy_only=False)
+        if not ok.any():
+            continue
+        fresh = np.ones(batch.num_rows, dtype=bool)
+        if "cached" in names:
+            fresh = ~pc.fill_null(pc.cast(batch.column("cached"), pa.bool_()), False).to_numpy(zero_copy_only=False)
+        for col in ("latency_s", "prompt_tokens", "completion_tokens"):
+            values = _plain_floats(batch.column(col)) if col in names else np.full(batch.num_rows, np.nan)
+            if col == "latency_s":
+                values = np.where(fresh, values, np.nan)
+            parts[col].append(values[ok])
+        if keys:
+            key_frame = pd.DataFrame({k: _to_pandas(pa.chunked_array([batch.column(k)])) for k in keys})
+            parts["_config"].append(_config_index(key_frame, summary).to_numpy()[ok].astype(np.int16))
+        else:
+            parts["_config"].append(np.zeros(int(ok.sum()), dtype=np.int16))
+    frame = pd.DataFrame({c: np.concatenate(v) if v else np.array([]) for c, v in parts.items()})
+    frame.insert(0, "status", pd.Categorical(np.full(len(frame), "ok"), categories=["error", "ok"]))
+    return frame
+
+
 def run_plots(files: list[str], run_dir: str, summary_records: list[dict[str, Any]], labels: list[str]) -> dict:
     """The run page's pictures (``render.plots``), its load section and race section (``render``),
     from the files and the summary ``run_digest`` already made of them."""
-    df, problems, _ = read_frame(files, only=PLOT_COLUMNS)
-    if df is not None and "config_id" not in df.columns:
-        del df
-        df, problems, _ = read_frame(files, only=PLOT_COLUMNS + CONFIG_COLUMNS)  # the configuration's keys
-    if df is not None and load_metrics.is_load_run(df, load_metrics.SLO()):
-        del df
-        df, problems, _ = read_frame(files)  # the load table reads every timing column
-    out: dict[str, Any] = {
-        "plots": [],
-        "load_html": None,
-        "race_html": None,
-        "pass_at_html": None,
-        "problems": problems,
-    }
-    if df is None or "status" not in df.columns or df.empty or not summary_records:
+    from sentech_eval.render import plots
+    from sentech_eval.render.pass_at_k import pass_at_k_html
+    from sentech_eval.render.race import load_race, race_section_html
+
+    out: dict[str, Any] = {"plots": [], "load_html": None, "race_html": None, "pass_at_html": None, "problems": []}
+    run = RunBatches(files)
+    try:
+        out["problems"] = run.problems
+        if run.schema is None or "status" not in run.names or not summary_records:
+            return out
+        line = RunLine(run.names)  # is it a load run? (its table reads every timing column)
+        for batch in run.batches([c for c in LINE_COLUMNS if c in run.names]):
+            line.add(batch)
+        if not line.n_rows:
+            return out
+        summary = pd.DataFrame(summary_records)
+        if line.fields()["is_load"]:
+            return _load_run_plots(files, run_dir, summary, labels, out)
+        scores = _summary_scores(summary)
+        swept = [p for p in swept_parameters(summary) if p not in ("backend", "model", "dataset")]
+        images: list[tuple[str, str | None]] = []
+        if swept:
+            for score in scores:
+                for param in swept:
+                    others = [p for p in swept if p != param]
+                    images.append((f"{score} vs {param}", plots.score_vs_param(summary, score, param, others)))
+        else:
+            images.append(("scores", plots.score_bars(summary, scores, labels)))
+        frame = plot_frame(run, summary)
+        label_of = dict(enumerate(labels))
+        if "latency_s" in run.names:
+            images.append(("latency CDF", plots.latency_cdf(frame[["status", "latency_s", "_config"]], label_of)))
+        images.append(("token histograms", plots.token_histograms(frame, label_of)))
+        del frame
+        out["plots"] = [(alt, uri) for alt, uri in images if uri]
+        race = load_race(Path(run_dir))
+        if race is not None:
+            out["race_html"] = race_section_html(*race)
+        out["pass_at_html"] = pass_at_k_html(summary) or None  # with repeats: pass@k and the best temperature per k
         return out
-    summary = pd.DataFrame(summary_records)
+    finally:
+        run.close()
+
+
+def _load_run_plots(files: list[str], run_dir: str, summary: pd.DataFrame, labels: list[str], out: dict) -> dict:
+    """``run_plots`` of a load run: the same pictures from the whole frame, and the load table with its knees."""
+    from sentech_eval.render import plots
+    from sentech_eval.render.load import load_html
+    from sentech_eval.render.pass_at_k import pass_at_k_html
+    from sentech_eval.render.race import load_race, race_section_html
+
+    df, problems, _ = read_frame(files)
+    out["problems"] = problems
+    if df is None or "status" not in df.columns or df.empty:
+        return out
     scores = score_columns(df)
     swept = [p for p in swept_parameters(summary) if p not in ("backend", "model", "dataset")]
     images: list[tuple[str, str | None]] = []
@@ -309,19 +529,21 @@ def run_plots(files: list[str], run_dir: str, summary_records: list[dict[str, An
     images.append(("token histograms", plots.token_histograms(df[tokens], label_of)))
     out["plots"] = [(alt, uri) for alt, uri in images if uri]
     slo = load_metrics.SLO()
-    if load_metrics.is_load_run(df, slo):
-        table = load_metrics.load_summary(df, slo)
-        out["load_html"] = load_html(table, slo, load_metrics.load_knees(table))
+    table = load_metrics.load_summary(df, slo)
+    out["load_html"] = load_html(table, slo, load_metrics.load_knees(table))
     race = load_race(Path(run_dir))
     if race is not None:
         out["race_html"] = race_section_html(*race)
-    out["pass_at_html"] = pass_at_k_html(summary) or None  # with repeats: pass@k and the best temperature per k
+    out["pass_at_html"] = pass_at_k_html(summary) or None
     return out
 
 
 def sweep_extras(summary_records: list[dict[str, Any]], labels: list[str], score: str, x: str, y: str) -> dict:
     """The sweep page's heatmap over ``x`` × ``y`` for ``score`` and ``score`` against cost and latency
     with the Pareto front marked."""
+    from sentech_eval.analysis.pareto import pareto_front
+    from sentech_eval.render import plots
+
     summary = pd.DataFrame(summary_records)
     out: dict[str, Any] = {"heatmap": None, "tradeoffs": []}
     if x and y and x != y and x in summary and y in summary:
@@ -360,6 +582,9 @@ def compare_digest(
     a_files: list[str], a_config: str | None, b_files: list[str], b_config: str | None
 ) -> dict[str, Any]:
     """``analysis.compare``'s metrics of B against A and the rows whose pass/fail flipped."""
+    from sentech_eval.analysis.compare import compare, comparison_warnings, default_label
+    from sentech_eval.analysis.pairing import pair_frames
+
     frames = []
     for role, files, config in (("A", a_files, a_config), ("B", b_files, b_config)):
         df, problems, _ = read_frame(files, with_text=True)
@@ -414,4 +639,6 @@ def compare_digest(
 
 def history_plot(points: list[dict[str, Any]], score: str) -> str | None:
     """``render.plots.score_history`` of one score over the runs in ``points``."""
+    from sentech_eval.render import plots
+
     return plots.score_history(pd.DataFrame(points), score)
