@@ -187,6 +187,7 @@ class Viewer:
         if not match:
             raise RuntimeError(f"the viewer printed no URL: {line!r} {self.proc.stderr.read()[-2000:]}")
         self.url = match.group(1)
+        self.start_rss_mb = rss_mb(self.proc.pid)[0]  # the server before any request: its imports
         self.worker_peak_mb = 0.0
         self.total_peak_mb = 0.0  # the largest server + worker RSS seen at one moment
         self.total_pss_peak_mb = 0.0  # the same in PSS (shared library pages counted once)
@@ -226,6 +227,13 @@ class Viewer:
             except OSError:
                 pass
 
+    def worker_rss_mb(self) -> float:
+        """The worker's RSS now (0 before it started)."""
+        try:
+            return sum(rss_mb(child)[0] for child in children(self.proc.pid))
+        except OSError:
+            return 0.0
+
     def close(self) -> None:
         self._stop.set()
         self._sampler.join(5)
@@ -253,6 +261,7 @@ def big_run(tmp: Path, rows: int) -> None:
         row = best_of(viewer.url + f"row/0/run?n={rows // 2}")
         current, peak = rss_mb(viewer.proc.pid)
         viewer.sample_worker()
+        worker_idle = viewer.worker_rss_mb()
     finally:
         viewer.close()
     total_peak = max(viewer.total_peak_mb, peak)
@@ -261,8 +270,8 @@ def big_run(tmp: Path, rows: int) -> None:
         f"view: {rows:,} rows — first visit {first:.2f} s, again {again:.3f} s; filters {error_filter:.3f} / "
         f"{fail_filter:.3f} / search {search:.3f} (one match in {rows:,} rows: {rare:.3f}) s; page turns {error_turn:.3f} / {fail_turn:.3f} / {search_turn:.3f} s; "
         f"row {row:.3f} s; viewer peak (server + worker) {total_peak:.0f} MB RSS, {viewer.total_pss_peak_mb:.0f} MB PSS; server RSS {current:.0f} MB "
-        f"(peak {peak:.0f}), worker peak {viewer.worker_peak_mb:.0f} MB "
-        f"(load {load['load_1m']})"
+        f"(at start {viewer.start_rss_mb:.0f}, peak {peak:.0f}), worker peak {viewer.worker_peak_mb:.0f} MB "
+        f"(idle after the visit {worker_idle:.0f}) (load {load['load_1m']})"
     )
     emit(
         f"view.run_page_s_at_{rows}",
@@ -294,7 +303,9 @@ def big_run(tmp: Path, rows: int) -> None:
         viewer_peak_pss_mb=viewer.total_pss_peak_mb,
         server_peak_rss_mb=peak,
         server_rss_mb=current,
+        server_start_rss_mb=viewer.start_rss_mb,
         worker_peak_rss_mb=viewer.worker_peak_mb,
+        worker_idle_rss_mb=worker_idle,
         machine=load,
     )
 
@@ -309,6 +320,7 @@ def many_runs(tmp: Path, runs: int) -> None:
         first = until_ready(viewer.url)
         again = best_of(viewer.url)
         _, peak = rss_mb(viewer.proc.pid)
+        viewer.sample_worker()
         _, body = fetch(viewer.url)
         listed = body.count('class="run-link"')
     finally:
@@ -318,7 +330,7 @@ def many_runs(tmp: Path, runs: int) -> None:
     load = machine()
     log(
         f"view: {runs:,} runs — first visit {first:.1f} s (every summary computed), again {again:.3f} s "
-        f"(server peak RSS {peak:.0f} MB, load {load['load_1m']})"
+        f"(server peak RSS {peak:.0f} MB, worker peak {viewer.worker_peak_mb:.0f} MB, load {load['load_1m']})"
     )
     emit(
         f"view.runs_page_s_at_{runs}_runs",
@@ -327,6 +339,7 @@ def many_runs(tmp: Path, runs: int) -> None:
         again <= RUNS_TARGET_S,
         first_visit_s=first,
         server_peak_rss_mb=peak,
+        worker_peak_rss_mb=viewer.worker_peak_mb,
         machine=load,
     )
 

@@ -13,6 +13,7 @@ import webbrowser
 from pathlib import Path
 
 from sentech_eval.errors import ConfigError
+from sentech_eval.view import memory
 from sentech_eval.view.app import Viewer, is_loopback, new_token, start, url_of
 from sentech_eval.view.cache import DigestCache, default_cache_dir
 
@@ -51,6 +52,7 @@ def main(argv: list[str], prog: str = "sentech-eval view") -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a port; choose 0-65535 (0 = any free port).")
     token = None if is_loopback(args.host) else new_token()
+    memory.use_system_allocator()  # what a filter or a row view read goes back to the system after it
     viewer = Viewer(roots=[r.absolute() for r in roots], cache=DigestCache(args.cache_dir), token=token)
     try:
         asyncio.run(_serve(viewer, args.host, args.port, args.open))

@@ -51,7 +51,7 @@ def in_worker(name: str, *args: Any) -> Any:
     try:
         return getattr(digest, name)(*args)
     finally:
-        digest.release_memory()  # the idle worker gives its peak back
+        digest.release_memory(collect=False)  # the idle worker gives its peak back (a large digest collects too)
 
 
 def setup_worker() -> None:
@@ -92,7 +92,7 @@ class Viewer:
         if self.executor is None:
             # the worker's Arrow allocates from the C allocator from its first buffer on (Arrow's own pool
             # keeps what a digest freed); read by the spawned worker at its start, a user's choice kept
-            os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+            os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # noqa: SIM112 - Arrow's variable
             self.executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=setup_worker
             )

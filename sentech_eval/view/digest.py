@@ -13,8 +13,6 @@ are imported by the functions that draw or compare, so a worker that only summar
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import json
 import math
@@ -40,6 +38,7 @@ from sentech_eval.analysis.summary import (
     swept_parameters,
 )
 from sentech_eval.engine.results import KEY_COLUMNS, METADATA_KEY, ROW_GROUP_ROWS, keep_latest_per_key
+from sentech_eval.view import memory
 
 # Columns the summary and the plots do not need: left out so a large run's digest stays small.
 TEXT_COLUMNS = ("output", "prompt", "reference", "error", "messages", "system")
@@ -203,38 +202,15 @@ def kept_column(name: str) -> bool:
 
 
 def release_memory(collect: bool = True) -> None:
-    """Hand freed memory back to the system: Arrow's pool and the C allocator keep it otherwise, and the
-    worker's resident size would stay at its peak between digests. ``collect``: a full garbage collection
-    first (about 50 ms with pandas and scipy imported; a small run's digest needs none)."""
-    if collect:
-        gc.collect()
-    pa.default_memory_pool().release_unused()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _libc():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # noqa: B018 - glibc only
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _libc()
+    """Hand freed memory back to the system (``view.memory.release``): the idle worker gives its peak back."""
+    memory.release(collect)
 
 
 def setup_worker_memory() -> None:
-    """Make freed memory go back to the system at once in the worker process (its initializer).
-
-    Arrow allocates from the C allocator instead of its own pool (which keeps freed blocks), and glibc's
-    mmap threshold is fixed, so large blocks (a column, a configuration's rows) are mapped and unmapped
-    rather than left in the heap after a digest. The modules every digest needs are imported here and their
-    objects frozen out of the garbage collector's reach, so a collection costs little."""
-    pa.set_memory_pool(pa.system_memory_pool())
-    if _LIBC is not None:
-        _LIBC.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    """The worker process's memory set-up (its initializer): Arrow on the C allocator (``view.memory``), and
+    the modules every digest needs imported and frozen out of the garbage collector's reach, so that a
+    collection after a large digest costs little."""
+    memory.use_system_allocator()
     gc.collect()
     gc.freeze()
 
@@ -420,7 +396,8 @@ def _config_index(df: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
 def plot_frame(run: RunBatches, summary: pd.DataFrame) -> pd.DataFrame:
     """The ok rows as the run page's latency and token plots read them: ``status`` ("ok"), ``latency_s``
     (missing for rows from the response cache: the CDF is of what this run measured), ``prompt_tokens``,
-    ``completion_tokens`` and ``_config`` (the row's position in the summary) - about 27 bytes a row."""
+    ``completion_tokens`` (float32: a picture's precision) and ``_config`` (the row's position in the
+    summary) - 15 bytes a row."""
     names = run.names
     keys = config_keys(pd.DataFrame(columns=names))
     wanted = ["status", "latency_s", "cached", "prompt_tokens", "completion_tokens"] + keys
@@ -439,7 +416,7 @@ def plot_frame(run: RunBatches, summary: pd.DataFrame) -> pd.DataFrame:
             values = _plain_floats(batch.column(col)) if col in names else np.full(batch.num_rows, np.nan)
             if col == "latency_s":
                 values = np.where(fresh, values, np.nan)
-            parts[col].append(values[ok])
+            parts[col].append(values[ok].astype(np.float32))  # a picture's precision, half the memory
         if keys:
             key_frame = pd.DataFrame({k: _to_pandas(pa.chunked_array([batch.column(k)])) for k in keys})
             parts["_config"].append(_config_index(key_frame, summary).to_numpy()[ok].astype(np.int16))
@@ -495,6 +472,7 @@ def run_plots(files: list[str], run_dir: str, summary_records: list[dict[str, An
         return out
     finally:
         run.close()
+        release_memory()  # the figures' objects hold cycles: a collection frees them
 
 
 def _load_run_plots(files: list[str], run_dir: str, summary: pd.DataFrame, labels: list[str], out: dict) -> dict:

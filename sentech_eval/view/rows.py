@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sentech_eval.view import memory
+
 SEARCH_COLUMNS = ("prompt_id", "prompt", "output", "reference", "error")
 # Searched as Parquet's dictionary (their distinct values, then a lookup): columns that repeat a few values
 # over many rows. Outputs differ row by row, so their dictionary would only cost an extra decode.
@@ -30,6 +32,7 @@ DICTIONARY_SEARCH_COLUMNS = ("prompt_id", "prompt", "reference", "error")
 SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "max_tokens")
 TEXT_PREVIEW = 160
 MASK_CACHE = 8
+READ_BATCH_ROWS = 2048  # a page or a row view decodes the row group this many rows at a time
 SCAN_THREADS = max(1, min(4, os.cpu_count() or 1))  # a filter scans row groups in parallel (Arrow releases the GIL)
 
 
@@ -233,7 +236,7 @@ class RowTable:
                 scan.done = scan.next_group >= len(self.groups)
             if len(scan.found) > 1:
                 scan.found = [np.concatenate(scan.found)]
-            pa.default_memory_pool().release_unused()  # hand the row groups' buffers back
+            memory.release()  # hand the row groups' buffers back
             return (scan.found[0] if scan.found else np.array([], dtype=np.int64)), scan.done
 
     def _scan_group(self, ref: RowGroupRef, columns: list[str], flt: RowFilter) -> np.ndarray | None:
@@ -290,14 +293,45 @@ class RowTable:
         for key, members in by_group.items():
             ref = refs[key]
             try:
-                table = self._read(ref, columns)
+                taken = self._read_rows(ref, columns, sorted(n - ref.first for n in members))
             except Exception as exc:  # noqa: BLE001
                 self._note(f"row group {ref.group} of {self.paths[ref.file_index]} cannot be read ({exc})")
                 continue
-            taken = table.take(pa.array([n - ref.first for n in members], pa.int64())).to_pylist()
-            for n, values in zip(members, taken):
+            for values in taken:
+                n = values.pop("_at") + ref.first
                 rows[n] = {"_row": n, **values}
+        memory.release()
         return total, [rows[n] for n in numbers if n in rows]
+
+    def _read_rows(self, ref: RowGroupRef, columns: list[str], positions: list[int]) -> list[dict[str, Any]]:
+        """The rows at ``positions`` (sorted, within the row group) with ``columns``, each with ``_at``.
+
+        The row group is decoded a slice of ``READ_BATCH_ROWS`` at a time and only until its last wanted row:
+        a page of outputs costs a slice of them, not the row group's 64k decoded."""
+        handle = self._handle(ref.file_index)
+        present = [c for c in columns if c in handle.schema_arrow.names]
+        out: list[dict[str, Any]] = []
+        start, wanted = 0, 0
+        batches = handle.iter_batches(
+            batch_size=READ_BATCH_ROWS, row_groups=[ref.group], columns=present, use_threads=False
+        )
+        try:
+            for batch in batches:
+                end = start + batch.num_rows
+                inside = []
+                while wanted < len(positions) and positions[wanted] < end:
+                    inside.append(positions[wanted])
+                    wanted += 1
+                if inside:
+                    taken = batch.take(pa.array([p - start for p in inside], pa.int64())).to_pylist()
+                    for at, values in zip(inside, taken):
+                        out.append({**{c: values.get(c) for c in columns}, "_at": at})
+                if wanted >= len(positions):
+                    break
+                start = end
+        finally:
+            batches.close()
+        return out
 
     def row(self, number: int) -> dict[str, Any] | None:
         """Every column of row ``number`` (None when there is no such row or it cannot be read)."""
@@ -306,11 +340,13 @@ class RowTable:
             return None
         handle = self.files[ref.file_index]
         try:
-            table = self._read(ref, handle.schema_arrow.names)
+            values = self._read_rows(ref, handle.schema_arrow.names, [number - ref.first])[0]
         except Exception as exc:  # noqa: BLE001
             self._note(f"row group {ref.group} of {self.paths[ref.file_index]} cannot be read ({exc})")
             return None
-        values = table.slice(number - ref.first, 1).to_pylist()[0]
+        finally:
+            memory.release()
+        values.pop("_at")
         return {"_row": number, "_file": self.paths[ref.file_index], **values}
 
 
