@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sentech_eval.view import pages
+from sentech_eval.view import pages, worker
 from sentech_eval.view.cache import DigestCache, cache_key
 from sentech_eval.view.compare_page import compare_page, flip_filter
 from sentech_eval.view.discovery import Gone, NotFound, RunDir, discover, job_dirs, resolve
@@ -41,24 +41,6 @@ TOKEN_COOKIE = "sentech_view_token"
 DISCOVERY_TTL_S = 2.0
 WAIT_S = 3.0  # how long a page waits for a digest before it shows "computing…" and reloads
 ROW_TABLES = 8
-
-
-def in_worker(name: str, *args: Any) -> Any:
-    """Run ``view.digest.<name>(*args)``: called in the worker process, so the server itself never
-    imports pandas or matplotlib (it stays small; the worker does the heavy reading)."""
-    from sentech_eval.view import digest
-
-    try:
-        return getattr(digest, name)(*args)
-    finally:
-        digest.release_memory(collect=False)  # the idle worker gives its peak back (a large digest collects too)
-
-
-def setup_worker() -> None:
-    """The worker process's initializer: memory freed after a digest goes back to the system."""
-    from sentech_eval.view import digest
-
-    digest.setup_worker_memory()
 
 
 def is_loopback(host: str) -> bool:
@@ -94,8 +76,14 @@ class Viewer:
             # keeps what a digest freed); read by the spawned worker at its start, a user's choice kept
             os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # noqa: SIM112 - Arrow's variable
             self.executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=setup_worker
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=worker.setup
             )
+
+    def retire_worker(self) -> None:
+        """Let the worker process end (it grew large reading a large run); the next digest starts a fresh one."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
+            self.executor = None
 
     def stop(self) -> None:
         if self.executor is not None:
@@ -118,11 +106,11 @@ class Viewer:
             self.start_worker()
             loop = asyncio.get_running_loop()
             try:
-                future = loop.run_in_executor(self.executor, in_worker, name, *args)
-            except concurrent.futures.BrokenExecutor:
+                future = loop.run_in_executor(self.executor, worker.run, name, *args)
+            except (concurrent.futures.BrokenExecutor, RuntimeError):  # broken, or shut down a moment ago
                 self.executor = None
                 self.start_worker()
-                future = loop.run_in_executor(self.executor, in_worker, name, *args)
+                future = loop.run_in_executor(self.executor, worker.run, name, *args)
             self._pending[key] = future
             future.add_done_callback(lambda f, key=key: self._finished(key, f))
         if wait <= 0:
@@ -141,7 +129,10 @@ class Viewer:
             return
         error = future.exception()
         if error is None:
-            self.cache.put(key, future.result())
+            value, peak_mb = future.result()
+            self.cache.put(key, value)
+            if peak_mb > worker.RETIRE_MB and not self._pending:
+                self.retire_worker()  # its memory goes back to the system with it
             return
         if isinstance(error, concurrent.futures.BrokenExecutor):
             self.executor = None

@@ -73,6 +73,7 @@ LINE_COLUMNS = (
 ) + SAMPLING_VALUE_COLUMNS
 FLIP_TEXT_LIMIT = 4000
 MAX_FLIPS = 5000
+BATCH_ROWS = ROW_GROUP_ROWS // 4  # a quarter of a row group decoded at a time: a few MB, whatever the run's size
 LARGE_ROWS = 200_000  # after a digest of more rows the worker hands its memory back (a full collection)
 
 
@@ -131,12 +132,12 @@ class RunBatches:
     def names(self) -> list[str]:
         return list(self.schema.names) if self.schema is not None else []
 
-    def batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
-        """The rows' ``columns`` (those the run has), a batch at a time."""
+    def batches(self, columns: list[str], rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """The rows' ``columns`` (those the run has), ``rows`` at a time."""
         if len(self.handles) == 1:
             path, handle = self.handles[0]
             try:
-                yield from handle.iter_batches(batch_size=ROW_GROUP_ROWS, columns=columns, use_threads=False)
+                yield from handle.iter_batches(batch_size=rows, columns=columns, use_threads=False)
             except Exception as exc:  # noqa: BLE001
                 self.problems.append(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
             return
@@ -153,7 +154,7 @@ class RunBatches:
         del tables
         if all(k in table.column_names for k in KEY_COLUMNS):
             table = keep_latest_per_key(table)
-        yield from table.select([c for c in columns if c in table.column_names]).to_batches(ROW_GROUP_ROWS)
+        yield from table.select([c for c in columns if c in table.column_names]).to_batches(rows)
 
     def close(self) -> None:
         for _, handle in self.handles:
