@@ -129,9 +129,9 @@ class Viewer:
             return
         error = future.exception()
         if error is None:
-            value, peak_mb = future.result()
+            value, rows_read = future.result()
             self.cache.put(key, value)
-            if peak_mb > worker.RETIRE_MB and not self._pending:
+            if rows_read >= worker.RETIRE_ROWS and not self._pending:
                 self.retire_worker()  # its memory goes back to the system with it
             return
         if isinstance(error, concurrent.futures.BrokenExecutor):

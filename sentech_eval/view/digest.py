@@ -75,6 +75,7 @@ FLIP_TEXT_LIMIT = 4000
 MAX_FLIPS = 5000
 BATCH_ROWS = ROW_GROUP_ROWS // 4  # a quarter of a row group decoded at a time: a few MB, whatever the run's size
 LARGE_ROWS = 200_000  # after a digest of more rows the worker hands its memory back (a full collection)
+ROWS_READ = [0]  # rows read since the worker's last task began (view.worker retires a worker that read many)
 
 
 def _jsonable(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -137,7 +138,9 @@ class RunBatches:
         if len(self.handles) == 1:
             path, handle = self.handles[0]
             try:
-                yield from handle.iter_batches(batch_size=rows, columns=columns, use_threads=False)
+                for batch in handle.iter_batches(batch_size=rows, columns=columns, use_threads=False):
+                    ROWS_READ[0] += batch.num_rows
+                    yield batch
             except Exception as exc:  # noqa: BLE001
                 self.problems.append(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
             return
@@ -154,6 +157,7 @@ class RunBatches:
         del tables
         if all(k in table.column_names for k in KEY_COLUMNS):
             table = keep_latest_per_key(table)
+        ROWS_READ[0] += table.num_rows
         yield from table.select([c for c in columns if c in table.column_names]).to_batches(rows)
 
     def close(self) -> None:

@@ -1,43 +1,35 @@
-"""What runs in the viewer's worker process: a digest (``view.digest``) and the worker's peak memory.
+"""What runs in the viewer's worker process: a digest (``view.digest``) and how many rows it read.
 
 The server sends ``run(name, *args)``; this module imports nothing heavy itself (the server imports it to
-name the function, and must stay without pandas and matplotlib), the worker imports ``view.digest`` on its
-first task. ``run`` answers the digest and the worker's peak resident size: a worker that grew past
-``RETIRE_MB`` (it read a large run) is retired by the server once idle, and the next digest starts a fresh
-one - its imports, not its largest run, are what stays resident beside the server.
+name the function, and must stay without pandas and matplotlib), the worker imports ``view.digest`` at its
+start. ``run`` answers the digest and the rows it read: a worker that read a large run (``RETIRE_ROWS``
+rows or more) is retired by the server once idle, and the next digest starts a fresh one - its imports,
+not its largest run, are what stays resident beside the server. Ctrl-C is the server's to handle: the
+worker ignores it (the server shuts it down).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import signal
 from typing import Any
 
-RETIRE_MB = 250.0  # a worker whose peak passed this is retired when idle (a fresh one is about 150-190 MB)
+RETIRE_ROWS = 200_000  # a worker that read this many rows for one digest is retired when idle
 
 
 def setup() -> None:
-    """The worker process's initializer: its memory set-up and the modules every digest needs."""
+    """The worker process's initializer: Ctrl-C left to the server, its memory set-up, its modules."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from sentech_eval.view import digest
 
     digest.setup_worker_memory()
 
 
-def run(name: str, *args: Any) -> tuple[Any, float]:
-    """(``view.digest.<name>(*args)``, this process's peak resident size in MB)."""
+def run(name: str, *args: Any) -> tuple[Any, int]:
+    """(``view.digest.<name>(*args)``, the rows it read)."""
     from sentech_eval.view import digest
 
+    digest.ROWS_READ[0] = 0
     try:
-        return getattr(digest, name)(*args), peak_mb()
+        return getattr(digest, name)(*args), digest.ROWS_READ[0]
     finally:
         digest.release_memory(collect=False)  # the idle worker gives its peak back (a large digest collects too)
-
-
-def peak_mb() -> float:
-    """This process's peak resident size (VmHWM) in MB; 0 where /proc does not say."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0

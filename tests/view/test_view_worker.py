@@ -1,5 +1,5 @@
 """view.worker: digests run in a worker process that imports neither aiohttp nor matplotlib for a summary, and a
-worker that grew past RETIRE_MB is retired once idle, a fresh one taking the next digest."""
+worker that read RETIRE_ROWS rows or more is retired once idle, a fresh one taking the next digest."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def digest_and_plots(viewer: Viewer) -> tuple[dict, dict, list]:
         viewer.stop()
 
 
-def test_a_worker_past_its_limit_is_retired_and_a_fresh_one_draws_the_plots(tmp_path, monkeypatch):
+def test_a_worker_that_read_a_large_run_is_retired_and_a_fresh_one_draws_the_plots(tmp_path, monkeypatch):
     write_run(tmp_path / "results")
-    monkeypatch.setattr(worker, "RETIRE_MB", 0.0)  # every worker counts as grown large
+    monkeypatch.setattr(worker, "RETIRE_ROWS", 1)  # every run counts as large
     viewer = Viewer(roots=[tmp_path / "results"], cache=DigestCache(tmp_path / "cache"))
     digest, extras, executors = digest_and_plots(viewer)
     assert digest["status"] == "ok" and digest["summary"]
@@ -57,8 +57,9 @@ def test_the_worker_summarises_without_aiohttp_or_matplotlib(tmp_path):
     write_run(tmp_path)
     probe = (
         "import sys; from sentech_eval.view import worker; worker.setup(); "
-        f"value, peak = worker.run('run_digest', [{str(tmp_path / 'run' / 'results.parquet')!r}]); "
-        "print(value['status'], peak > 0, 'aiohttp' in sys.modules, 'matplotlib' in sys.modules, 'scipy.stats' in sys.modules)"
+        f"value, rows = worker.run('run_digest', [{str(tmp_path / 'run' / 'results.parquet')!r}]); "
+        "print(value['status'], rows == value['n_rows'], 'aiohttp' in sys.modules, 'matplotlib' in sys.modules, "
+        "'scipy.stats' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["ok", "True", "False", "False", "False"]
