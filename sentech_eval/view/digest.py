@@ -402,9 +402,10 @@ def plot_frame(run: RunBatches, summary: pd.DataFrame) -> pd.DataFrame:
     """The ok rows as the run page's latency and token plots read them: ``status`` ("ok"), ``latency_s``
     (missing for rows from the response cache: the CDF is of what this run measured), ``prompt_tokens``,
     ``completion_tokens`` (float32: a picture's precision) and ``_config`` (the row's position in the
-    summary) - 15 bytes a row."""
+    summary) - 15 bytes a row, read a quarter row group at a time with Arrow alone."""
     names = run.names
     keys = config_keys(pd.DataFrame(columns=names))
+    lookup = _summary_lookup(summary, keys)
     wanted = ["status", "latency_s", "cached", "prompt_tokens", "completion_tokens"] + keys
     parts: dict[str, list[np.ndarray]] = {c: [] for c in ("latency_s", "prompt_tokens", "completion_tokens", "_config")}
     for batch in run.batches([c for c in dict.fromkeys(wanted) if c in names]):
@@ -422,14 +423,47 @@ def plot_frame(run: RunBatches, summary: pd.DataFrame) -> pd.DataFrame:
             if col == "latency_s":
                 values = np.where(fresh, values, np.nan)
             parts[col].append(values[ok].astype(np.float32))  # a picture's precision, half the memory
-        if keys:
-            key_frame = pd.DataFrame({k: _to_pandas(pa.chunked_array([batch.column(k)])) for k in keys})
-            parts["_config"].append(_config_index(key_frame, summary).to_numpy()[ok].astype(np.int16))
-        else:
-            parts["_config"].append(np.zeros(int(ok.sum()), dtype=np.int16))
+        parts["_config"].append(_config_positions(batch, keys, lookup)[ok])
     frame = pd.DataFrame({c: np.concatenate(v) if v else np.array([]) for c, v in parts.items()})
-    frame.insert(0, "status", pd.Categorical(np.full(len(frame), "ok"), categories=["error", "ok"]))
+    ok_codes = np.ones(len(frame), dtype=np.int8)  # every row "ok", without a million strings to categorise
+    frame.insert(0, "status", pd.Categorical.from_codes(ok_codes, categories=["error", "ok"]))
     return frame
+
+
+def _key_text(value: Any) -> str | None:
+    """A configuration key as text (missing as None): how a row's key is matched to a summary row's."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def _summary_lookup(summary: pd.DataFrame, keys: list[str]) -> dict[tuple, int]:
+    """Each summary row's configuration key (as text) -> its position."""
+    if not keys:
+        return {}
+    return {tuple(_key_text(v) for v in row): i for i, row in enumerate(summary[keys].itertuples(index=False))}
+
+
+def _config_positions(batch: pa.RecordBatch, keys: list[str], lookup: dict[tuple, int]) -> np.ndarray:
+    """Each row's position in the summary (-1 if none): the keys' distinct values of the batch looked up."""
+    if not keys:
+        return np.zeros(batch.num_rows, dtype=np.int16)
+    codes, distinct = [], []
+    for key in keys:
+        column = batch.column(key)
+        if pa.types.is_null(column.type):
+            codes.append(np.full(batch.num_rows, -1, dtype=np.int64))
+            distinct.append([])
+            continue
+        encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+        codes.append(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64))
+        distinct.append([_key_text(v) for v in encoded.dictionary.to_pylist()])
+    combos, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+    positions = np.array(
+        [lookup.get(tuple(None if c < 0 else distinct[j][c] for j, c in enumerate(combo)), -1) for combo in combos],
+        dtype=np.int16,
+    )
+    return positions[np.asarray(inverse).reshape(-1)]
 
 
 def run_plots(files: list[str], run_dir: str, summary_records: list[dict[str, Any]], labels: list[str]) -> dict:

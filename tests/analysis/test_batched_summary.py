@@ -11,11 +11,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from varied_results import varied_results
 
 from sentech_eval.analysis import stats
 from sentech_eval.analysis.batched_summary import BatchedSummary, summarize_batches, summary_columns
 from sentech_eval.analysis.summary import summarize
-from varied_results import varied_results
 
 
 def arrow_string_frame(table: pa.Table) -> pd.DataFrame:
