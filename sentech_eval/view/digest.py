@@ -380,16 +380,12 @@ def _config_index(df: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
     keys = config_keys(df)
     if not keys:
         return pd.Series(0, index=df.index)
-
-    def text(v) -> str | None:
-        return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
-
-    lookup = {tuple(text(v) for v in row): i for i, row in enumerate(summary[keys].itertuples(index=False))}
+    lookup = _summary_lookup(summary, keys)
     codes, distinct = [], []
     for col in keys:
         code, values = pd.factorize(df[col], use_na_sentinel=True)
         codes.append(code)
-        distinct.append([text(v) for v in values])
+        distinct.append([_key_text(v) for v in values])
     combos, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
     positions = np.array(
         [lookup.get(tuple(None if c < 0 else distinct[j][c] for j, c in enumerate(combo)), -1) for combo in combos],
@@ -466,6 +462,20 @@ def _config_positions(batch: pa.RecordBatch, keys: list[str], lookup: dict[tuple
     return positions[np.asarray(inverse).reshape(-1)]
 
 
+def _score_images(summary: pd.DataFrame, scores: list[str], labels: list[str]) -> list[tuple[str, str | None]]:
+    """Each score against each swept setting (``render.plots.score_vs_param``), or the scores' bars."""
+    from sentech_eval.render import plots
+
+    swept = [p for p in swept_parameters(summary) if p not in ("backend", "model", "dataset")]
+    if not swept:
+        return [("scores", plots.score_bars(summary, scores, labels))]
+    return [
+        (f"{score} vs {param}", plots.score_vs_param(summary, score, param, [p for p in swept if p != param]))
+        for score in scores
+        for param in swept
+    ]
+
+
 def run_plots(files: list[str], run_dir: str, summary_records: list[dict[str, Any]], labels: list[str]) -> dict:
     """The run page's pictures (``render.plots``), its load section and race section (``render``),
     from the files and the summary ``run_digest`` already made of them."""
@@ -488,15 +498,7 @@ def run_plots(files: list[str], run_dir: str, summary_records: list[dict[str, An
         if line.fields()["is_load"]:
             return _load_run_plots(files, run_dir, summary, labels, out)
         scores = _summary_scores(summary)
-        swept = [p for p in swept_parameters(summary) if p not in ("backend", "model", "dataset")]
-        images: list[tuple[str, str | None]] = []
-        if swept:
-            for score in scores:
-                for param in swept:
-                    others = [p for p in swept if p != param]
-                    images.append((f"{score} vs {param}", plots.score_vs_param(summary, score, param, others)))
-        else:
-            images.append(("scores", plots.score_bars(summary, scores, labels)))
+        images = _score_images(summary, scores, labels)
         frame = plot_frame(run, summary)
         label_of = dict(enumerate(labels))
         if "latency_s" in run.names:
@@ -526,15 +528,7 @@ def _load_run_plots(files: list[str], run_dir: str, summary: pd.DataFrame, label
     if df is None or "status" not in df.columns or df.empty:
         return out
     scores = score_columns(df)
-    swept = [p for p in swept_parameters(summary) if p not in ("backend", "model", "dataset")]
-    images: list[tuple[str, str | None]] = []
-    if swept:
-        for score in scores:
-            for param in swept:
-                others = [p for p in swept if p != param]
-                images.append((f"{score} vs {param}", plots.score_vs_param(summary, score, param, others)))
-    else:
-        images.append(("scores", plots.score_bars(summary, scores, labels)))
+    images = _score_images(summary, scores, labels)
     df["_config"] = _config_index(df, summary)
     label_of = dict(enumerate(labels))
     if "latency_s" in df.columns:
