@@ -5,7 +5,10 @@
 
 - ``workers=1``: one dedicated thread owns one ``Llama`` (a ``Llama`` is not thread-safe);
 - ``workers=N>1``: N spawned processes, each with its own ``Llama`` and ``n_threads ≈ cores/N``,
-  each answering one request at a time; a request goes to whichever worker is free.
+  each answering one request at a time; a request goes to whichever worker is free;
+- ``parallel=N>1`` (the default picks N, see ``choose_parallel``): one model and one context holding N
+  sequences decoded together by ``local_batch.BatchEngine`` (continuous batching, shared prefixes).
+  ``parallel=1`` is the one-at-a-time thread above.
 
 Setup problems (missing file, missing llama_cpp, a file llama.cpp cannot load) raise
 ``BackendError`` before the first request; a failed generation is a ``Completion`` with
@@ -62,6 +65,46 @@ def default_n_threads(workers: int = 1) -> tuple[int, str]:
     idle = max(1, int(cores - load + 0.5))
     n = max(1, min(cores, idle) // workers)
     return n, f"auto: {cores} cores, load average {load:.2f}, {workers} worker(s) -> {n} thread(s) each"
+
+
+PARALLEL_CPU = 8  # sequences per step on a CPU: more adds latency for little throughput (docs/local.md)
+PARALLEL_GPU = 16  # with layers on a GPU, decoding is memory-bound and more sequences pay
+PARALLEL_MEMORY_SHARE = 0.25  # the KV cache of all sequences may take this share of the available memory
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux /proc/meminfo's MemAvailable; None elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def choose_parallel(gpu: bool, kv_bytes_per_sequence: int, memory: int | None) -> tuple[int, str]:
+    """``backend.parallel`` when the config leaves it null: sequences decoded together, and why.
+
+    On a CPU decoding is compute-bound: batching gains ~1.4x by 8 sequences and little after (and
+    each more sequence adds latency), so 8; with layers on a GPU decoding is memory-bound, so 16.
+    Either is cut so that the KV cache of every sequence (plus the shared prefix) fits in a quarter of
+    the available memory. Figures: docs/local.md, benchmarks/bench_batching.py.
+    """
+    n = PARALLEL_GPU if gpu else PARALLEL_CPU
+    why = f"{'GPU offload' if gpu else 'CPU only'} -> {n}"
+    if memory is not None and kv_bytes_per_sequence > 0:
+        fits = int(memory * PARALLEL_MEMORY_SHARE // kv_bytes_per_sequence) - 1
+        if fits < n:
+            n = max(1, fits)
+            why += f", cut to {n}: the KV cache ({kv_bytes_per_sequence / 2**20:.0f} MiB per sequence) must fit"
+            why += f" in {PARALLEL_MEMORY_SHARE:.0%} of {memory / 2**30:.1f} GiB available"
+        else:
+            why += (
+                f" (KV cache {kv_bytes_per_sequence / 2**20:.0f} MiB per sequence, {memory / 2**30:.1f} GiB available)"
+            )
+    return n, f"auto: {why}"
 
 
 def missing_model_message(path: Path, cfg: LocalBackendConfig) -> str:
@@ -146,17 +189,24 @@ class LocalBackend(Backend):
 
     kind = "local"
 
-    def __init__(self, settings: Any, workers: int = 1):
+    def __init__(self, settings: Any, workers: int = 1, parallel: int | None = 1):
+        """``parallel``: sequences decoded together (None = choose from the machine and model; 1 =
+        one request at a time, as before batching)."""
         self.settings = settings
         self.workers = workers
+        self.parallel = parallel or 0
+        self.parallel_reason = "backend.parallel" if parallel else ""
         # More requests in flight than workers only wait in the executor's queue, a wait that
         # latency_s (timed on the worker) does not see; a runner may cap its concurrency here.
         self.max_concurrency = workers
         self.model = Path(settings.model_path).name
         self._engine = None
+        self._batch: Any = None
         self._closed = False
         try:
-            if workers == 1:
+            if parallel != 1:
+                self._start_batching(parallel)
+            elif workers == 1:
                 self._start_thread()
             else:
                 self._start_processes()
@@ -191,11 +241,34 @@ class LocalBackend(Backend):
         workers = local.workers
         if workers < 1:
             raise ConfigError(f"backend.workers must be at least 1 (got {workers}).")
+        parallel = local.parallel
+        if parallel is not None and parallel < 1:
+            raise ConfigError(f"backend.parallel must be at least 1 or null (got {parallel}).")
+        if workers > 1:
+            if parallel is not None and parallel > 1:
+                raise ConfigError(
+                    f"backend.parallel={parallel} and backend.workers={workers} cannot be combined: "
+                    "batching runs in one process; set backend.workers=1 (or backend.parallel=1)."
+                )
+            parallel = 1
         settings = engine_settings(local, workers)
         settings = dataclasses.replace(settings, model_path=str(path))
-        return cls(settings, workers=workers)
+        return cls(settings, workers=workers, parallel=parallel)
 
     # --- workers
+    def _start_batching(self, parallel: int | None) -> None:
+        from sentech_eval.backends.local_batch import BatchEngine
+
+        self._batch = BatchEngine(self.settings, parallel, choose=self._choose_parallel)
+        self.parallel = self._batch.parallel
+        self.max_concurrency = self.parallel  # the runner keeps every slot busy (it warns when it cannot)
+        self._metadata = self._batch.describe()
+
+    def _choose_parallel(self, kv_bytes_per_sequence: int) -> int:
+        gpu = self.settings.n_gpu_layers != 0
+        n, self.parallel_reason = choose_parallel(gpu, kv_bytes_per_sequence, available_memory())
+        return n
+
     def _start_thread(self) -> None:
         from sentech_eval.backends.local_worker import LocalEngine
 
@@ -233,13 +306,20 @@ class LocalBackend(Backend):
         return {
             **self._metadata,
             "workers": self.workers,
+            "parallel": self.parallel,
+            "parallel_reason": self.parallel_reason,
             "reuse_prompt_cache": self.settings.reuse_prompt_cache,
             "stream": self.settings.stream,
         }
 
     def cache_identity(self) -> dict[str, Any]:
         """What identifies this model's answers for the response cache: the GGUF file (the cache
-        replaces its path by the file's sha256), the llama.cpp build and the load settings."""
+        replaces its path by the file's sha256), the llama.cpp build and the load settings.
+
+        ``parallel`` is not part of it, as ``workers`` and ``n_threads`` are not: how many requests
+        share a batch changes float sums in the last bits (at temperature 0 a few answers differ;
+        docs/local.md measures how many), not the model or the sampling, so an answer cached at one
+        setting is an answer of the same model and sampling at any other."""
         meta = self._metadata
         return {
             "backend": self.kind,
@@ -258,6 +338,13 @@ class LocalBackend(Backend):
         if self._closed:
             return Completion(status="error", error="The local backend is closed.")
         params = {f.name: getattr(sampling, f.name) for f in dataclasses.fields(Sampling)}
+        if self._batch is not None:
+            request = self._batch.submit(list(messages), params)
+            try:
+                return await asyncio.wrap_future(request.future)
+            except asyncio.CancelledError:
+                request.cancel()  # frees its slot at the next step; the others go on
+                raise
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, self._generate, list(messages), params)
@@ -274,6 +361,9 @@ class LocalBackend(Backend):
         await asyncio.to_thread(self._shutdown)
 
     def _shutdown(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            batch.close()
         executor = getattr(self, "_executor", None)
         if executor is None:
             return

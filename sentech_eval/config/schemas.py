@@ -151,6 +151,7 @@ class LocalBackendConfig:
     n_gpu_layers: int = 0  # layers offloaded to the GPU (-1 = all); needs a CUDA/Metal build
     chat_format: str | None = None  # null = the chat template stored in the GGUF
     workers: int = 1  # 1 = one worker thread; N > 1 = N processes, each with its own model
+    parallel: int | None = None  # sequences decoded together (continuous batching); null = auto, 1 = one at a time
     reuse_prompt_cache: bool = False  # false: every request starts with a clean KV cache (honest ttft_s)
     stream: bool = True  # stream tokens so ttft_s is measured; false = one call, ttft_s empty
     repack: Any = "auto"  # llama.cpp weight repacking: true, false or auto (off on AMX CPUs)
