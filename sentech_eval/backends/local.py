@@ -339,7 +339,9 @@ class LocalBackend(Backend):
             return Completion(status="error", error="The local backend is closed.")
         params = {f.name: getattr(sampling, f.name) for f in dataclasses.fields(Sampling)}
         if self._batch is not None:
-            request = self._batch.submit(list(messages), params)
+            from sentech_eval.backends.local_worker import sampling_arguments
+
+            request = self._batch.submit(list(messages), sampling_arguments(params))
             try:
                 return await asyncio.wrap_future(request.future)
             except asyncio.CancelledError:

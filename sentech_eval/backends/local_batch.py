@@ -44,7 +44,7 @@ from typing import Any
 import llama_cpp._internals as llama_internals
 import llama_cpp.llama_cpp as llama_cpp_c
 
-from sentech_eval.backends.local_worker import EngineSettings, LocalEngine, sampling_arguments
+from sentech_eval.backends.local_worker import EngineSettings, LocalEngine
 from sentech_eval.types import Completion, time_per_output_token
 
 MIN_SHARED_PREFIX = 8  # tokens: a shorter common prefix is cheaper to recompute than to manage
@@ -111,7 +111,7 @@ class BatchRequest:
     """One chat request on its way through the scheduler."""
 
     messages: list[dict[str, str]]
-    sampling: dict[str, Any]
+    arguments: dict[str, Any]  # create_chat_completion's sampling arguments (``sampling_arguments``)
     submitted: float
     future: concurrent.futures.Future[Completion] = field(default_factory=concurrent.futures.Future)
     on_content: Callable[[str], None] | None = None  # called on the scheduler thread with each text delta
@@ -119,7 +119,7 @@ class BatchRequest:
     # filled in by the scheduler (intake)
     prompt: list[int] = field(default_factory=list)
     stops: list[bytes] = field(default_factory=list)
-    arguments: dict[str, Any] = field(default_factory=dict)
+    completion_args: dict[str, Any] = field(default_factory=dict)  # what the chat handler passed on
     problem: str | None = None  # why it cannot run (an error row)
 
     def cancel(self) -> None:
@@ -195,11 +195,15 @@ class BatchEngine:
     def submit(
         self,
         messages: list[dict[str, str]],
-        sampling: dict[str, Any],
+        arguments: dict[str, Any],
         on_content: Callable[[str], None] | None = None,
     ) -> BatchRequest:
-        """Queue one chat request; its ``future`` gets the ``Completion`` (never an exception)."""
-        request = BatchRequest(list(messages), dict(sampling), self.clock(), on_content=on_content)
+        """Queue one chat request; its ``future`` gets the ``Completion`` (never an exception).
+
+        ``arguments``: the sampling keywords of ``create_chat_completion`` as
+        ``local_worker.sampling_arguments`` makes them (every parameter, a seed);
+        ``on_content`` is called on the scheduler thread with each piece of answer text."""
+        request = BatchRequest(list(messages), dict(arguments), self.clock(), on_content=on_content)
         with self._wake:
             if self._closing:
                 request.future.set_result(Completion(status="error", error="The local backend is closed."))
@@ -306,9 +310,8 @@ class BatchEngine:
 
     def _intake(self, request: BatchRequest) -> str | None:
         try:
-            arguments = sampling_arguments(request.sampling)
             try:
-                self.llm.create_chat_completion(messages=request.messages, stream=True, **arguments)
+                self.llm.create_chat_completion(messages=request.messages, stream=True, **request.arguments)
             except _Captured as captured:
                 kwargs = captured.kwargs
             else:
@@ -326,7 +329,7 @@ class BatchEngine:
             )
         stop = kwargs.get("stop") or []
         request.stops = [s.encode("utf-8") for s in ([stop] if isinstance(stop, str) else stop)]
-        request.arguments = kwargs
+        request.completion_args = kwargs
         return None
 
     def _drop_cancelled(self) -> None:
@@ -351,7 +354,7 @@ class BatchEngine:
             self._place(request, self._slots.index(None))
 
     def _place(self, request: BatchRequest, seq: int) -> None:
-        args = request.arguments
+        args = request.completion_args
         prompt = request.prompt
         max_tokens = args.get("max_tokens")
         if max_tokens is None or max_tokens <= 0:

@@ -89,6 +89,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "load average, split between --workers; see docs/local.md)",
     )
     g.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULTS.parallel,
+        metavar="N",
+        help="--engine llama: decode N requests together in one context (continuous batching; shared prompt "
+        "prefixes are computed once); 1 = one at a time; clients should send N at once (default: %(default)s; "
+        "docs/local.md)",
+    )
+    g.add_argument(
         "--datasets-dir",
         metavar="DIR",
         help=f"echo engine: answer prompts found in DIR/*.parquet with their reference (default: {DEFAULT_DATASETS_DIR})",

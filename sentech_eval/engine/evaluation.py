@@ -183,12 +183,22 @@ def budget_hooks(
     return hooks
 
 
+def idle_slots_warning(concurrency: int, slots: int) -> str:
+    """The line printed when the runner keeps fewer requests in flight than the backend serves at once."""
+    return (
+        f"sentech-eval run: warning: runner.concurrency={concurrency} but the backend serves {slots} requests "
+        f"at once, so {slots - concurrency} of its slots stay idle; set runner.concurrency={slots}."
+    )
+
+
 def _runner_for(backend: Backend, runner_cfg: RunnerConfig) -> RunnerConfig:
     """The runner settings for this backend: no more in flight than it serves at once, its timeout set."""
     if backend.max_concurrency is not None and backend.max_concurrency < runner_cfg.concurrency:
         # More requests in flight than the backend can serve would only queue invisibly inside it;
         # queueing in the runner instead is recorded in queue_s.
         runner_cfg = dataclasses.replace(runner_cfg, concurrency=backend.max_concurrency)
+    elif backend.max_concurrency is not None and runner_cfg.concurrency < backend.max_concurrency:
+        print(idle_slots_warning(runner_cfg.concurrency, backend.max_concurrency), file=sys.stderr)
     if runner_cfg.timeout_s is not None:
         backend.set_timeout(runner_cfg.timeout_s)
     return runner_cfg

@@ -435,7 +435,8 @@ def _uniform(purpose: str, seed: int, prompt: str) -> float:
 
 
 class LlamaEngine(Engine):
-    """A GGUF model served through llama-cpp-python; one generation at a time.
+    """A GGUF model served through llama-cpp-python; one generation at a time, or ``parallel``
+    generations decoded together (continuous batching, ``sentech_eval.backends.local_batch``).
 
     Loading, sampling defaults and token counting are shared with the local backend
     (``sentech_eval.backends.local_worker``), so a served model and ``backend=local`` agree.
@@ -453,8 +454,12 @@ class LlamaEngine(Engine):
         n_threads: int | None = None,
         chat_format: str | None = None,
         seed: int = 0,
+        parallel: int = 1,
     ) -> None:
         self.model_path = Path(model_path).expanduser() if model_path else embedded_model_path()
+        self.parallel = parallel
+        self.slots = parallel  # generations at once; more wait in the batch engine's queue
+        self._batch: Any = None
         self.model = self.model_path.name
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -494,6 +499,11 @@ class LlamaEngine(Engine):
             repack=not cpu_has_amx(),  # llama.cpp's AMX kernels crash under some hypervisors
         )
         try:
+            if self.parallel > 1:
+                from sentech_eval.backends.local_batch import BatchEngine
+
+                self._batch = BatchEngine(settings, self.parallel)
+                return self._batch
             return load_llama(settings)
         except Exception as exc:  # llama.cpp reports a bad file as ValueError/RuntimeError
             raise BackendError(f"llama.cpp could not load the model {self.model_path}: {exc}") from exc
@@ -508,7 +518,8 @@ class LlamaEngine(Engine):
         """Free the model."""
         llm, self._llm = self._llm, None
         if llm is not None:
-            llm.close()
+            await asyncio.to_thread(llm.close)
+        self._batch = None
 
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         from sentech_eval.backends.local_worker import sampling_arguments
@@ -560,9 +571,50 @@ class LlamaEngine(Engine):
         assert final is not None
         return final
 
+    async def _stream_batched(self, request: ChatRequest) -> AsyncIterator[str | Generation]:
+        """Deltas from the batch engine's scheduler thread, then the ``Generation``; a client that
+        goes away (the handler is cancelled) frees its sequence at the next step."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str] = asyncio.Queue()
+        kwargs = self._kwargs(request)
+        messages = kwargs.pop("messages")
+        pending = self._batch.submit(
+            messages, kwargs, on_content=lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text)
+        )
+        done = asyncio.wrap_future(pending.future)
+        try:
+            while True:
+                getter = asyncio.ensure_future(deltas.get())
+                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                break
+            while not deltas.empty():
+                yield deltas.get_nowait()
+            completion = done.result()
+        finally:
+            if not pending.future.done():
+                pending.cancel()
+        if completion.status != "ok":
+            if "does not fit the context" in (completion.error or ""):
+                raise BadRequest(f"The prompt is too long for this model ({completion.error})")
+            raise BackendError(completion.error or "the batch engine failed")
+        yield Generation(
+            completion.output or "",
+            completion.finish_reason or "stop",
+            completion.prompt_tokens or 0,
+            completion.completion_tokens or 0,
+        )
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Generation]:
         """Deltas from a producer thread as llama.cpp makes them, then the ``Generation``."""
         assert self._lock is not None, "start() first"
+        if self._batch is not None:
+            async for item in self._stream_batched(request):
+                yield item
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         stop = threading.Event()
@@ -608,6 +660,6 @@ def build_engine(name: str, **options: Any) -> Engine:
         keys = ("latency_ms", "tokens_per_s", "seed", "datasets_dir", "accuracy_peak")
         return OracleEngine(**{k: v for k, v in options.items() if k in keys and v is not None})
     if name == "llama":
-        keys = ("model_path", "n_ctx", "n_threads", "chat_format", "seed")
+        keys = ("model_path", "n_ctx", "n_threads", "chat_format", "seed", "parallel")
         return LlamaEngine(**{k: v for k, v in options.items() if k in keys and v is not None})
     raise ConfigError(f"Unknown engine {name!r}; choose one of: {', '.join(ENGINES)}.")

@@ -51,6 +51,7 @@ class ServeConfig:
     model_path: str | None = None
     n_ctx: int = LocalBackendConfig.n_ctx  # the same default as backend=local (sentech_eval/config/schemas.py)
     n_threads: int | None = None
+    parallel: int = 1  # --engine llama: sequences decoded together (continuous batching, backends.local_batch)
     datasets_dir: str | None = None
     options: ServerOptions = field(default_factory=ServerOptions)
     latency_ms: float = 0.0
@@ -116,6 +117,10 @@ class ServeConfig:
             out.append(f"--max-body-bytes must be >= 1, got {self.options.max_body_bytes}")
         if self.workers < 1:
             out.append(f"--workers must be >= 1, got {self.workers}")
+        if self.parallel < 1:
+            out.append(f"--parallel must be >= 1, got {self.parallel}")
+        elif self.parallel > 1 and self.engine != "llama":
+            out.append(f"--parallel applies to --engine llama only (got --engine {self.engine})")
         if self.latency_ms < 0:
             out.append(f"--latency-ms must be >= 0, got {self.latency_ms}")
         if self.tokens_per_s is not None and self.tokens_per_s <= 0:
@@ -155,6 +160,7 @@ class ServeConfig:
             model_path=self.model_path,
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
+            parallel=self.parallel,
             accuracy_peak=self.accuracy_peak,
         )
 
@@ -164,7 +170,7 @@ def listening_line(config: ServeConfig, port: int) -> str:
     host = f"[{config.host}]" if ":" in config.host else config.host
     extra = f", {config.workers} workers" if config.workers > 1 else ""
     line = f"sentech-eval serve: listening on http://{host}:{port}/v1 (engine {config.engine}{extra})"
-    slots = 1 if config.engine == "llama" else config.capacity  # the engine's generations at once
+    slots = config.parallel if config.engine == "llama" else config.capacity  # the engine's generations at once
     if slots:
         # more in flight only queue here; clients read the same number from /health or the
         # X-Sentech-Capacity header of every answer (the remote backend warns when it sends more)
