@@ -29,6 +29,7 @@ SCRIPTS = (
     "bench_stats",
     "bench_startup",
     "bench_threads",
+    "bench_batching",
     "bench_load",
     "bench_streaming",
     "bench_race",

@@ -55,7 +55,7 @@ PROCESS_NAMES = {
     "Sandbox",
 }
 # names whose use loads llama.cpp (a model in this process, or the llama engine of a server)
-LLAMA_NAMES = {"llama_cpp", "Llama", "LocalBackend", "load_llama", "LlamaEngine", "LocalWorker"}
+LLAMA_NAMES = {"llama_cpp", "Llama", "LocalBackend", "load_llama", "LlamaEngine", "LocalWorker", "BatchEngine"}
 # names whose use starts a server on a loopback port in this process
 SERVER_NAMES = {"running_server", "running_config", "app_in_thread", "TCPSite", "start_site", "serve_forever"}
 # calls that run the CLI; with these, a ``backend=local`` or ``--engine llama`` argument loads the model

@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import ctypes
+import dataclasses
 import random
 import threading
 import time
@@ -43,10 +44,12 @@ from typing import Any
 
 import llama_cpp._internals as llama_internals
 import llama_cpp.llama_cpp as llama_cpp_c
+from llama_cpp._utils import suppress_stdout_stderr
 
 from sentech_eval.backends.local_worker import EngineSettings, LocalEngine
 from sentech_eval.types import Completion, time_per_output_token
 
+CTX_PAD = 256  # llama.cpp rounds a context up to a multiple of this
 MIN_SHARED_PREFIX = 8  # tokens: a shorter common prefix is cheaper to recompute than to manage
 PREFIX_SCAN = 64  # queued prompts looked at when searching a prefix to share
 _UTF8_LEADS = ((0xF0, 4), (0xE0, 3), (0xC0, 2))  # lead-byte mask -> sequence length
@@ -239,11 +242,12 @@ class BatchEngine:
 
     def _load(self) -> None:
         settings = self.settings
-        # The Llama brings the model, tokenizer, chat handler and metadata; its own context is left small.
-        self._engine = LocalEngine(settings)
+        # The Llama brings the model, tokenizer, chat handler and metadata; its own context (unused)
+        # is the smallest llama.cpp makes. Each sequence gets the window today's context has.
+        self.n_ctx_seq = -(-settings.n_ctx // CTX_PAD) * CTX_PAD
+        self._engine = LocalEngine(dataclasses.replace(settings, n_ctx=CTX_PAD))
         llm = self.llm = self._engine.llm
         llm.create_completion = _capture_completion  # type: ignore[method-assign]
-        self.n_ctx_seq = llm.n_ctx()  # each sequence's window, as today's one-at-a-time context
         if not self.parallel:
             if self._choose is None:
                 raise ValueError("BatchEngine needs parallel or choose")
@@ -257,7 +261,10 @@ class BatchEngine:
         params.n_batch = max(settings.n_batch, self.parallel + 1)
         params.n_ubatch = params.n_batch
         self.n_batch = params.n_batch
-        self.ctx = llama_internals.LlamaContext(model=llm._model, params=params, verbose=settings.verbose)
+        # llama.cpp warns that the unified cache (N + 1 windows) exceeds the training context: each
+        # sequence stays within n_ctx_seq, so the warning does not apply and is kept off the terminal.
+        with suppress_stdout_stderr(disable=settings.verbose):
+            self.ctx = llama_internals.LlamaContext(model=llm._model, params=params, verbose=settings.verbose)
         self.memory = llama_cpp_c.llama_get_memory(self.ctx.ctx)
         self.batch = llama_cpp_c.llama_batch_init(self.n_batch, 0, self.parallel + 1)
         self.vocab = llm._model.vocab
@@ -403,7 +410,7 @@ class BatchEngine:
         sampler = llama_internals.LlamaSampler()
         sampler.add_penalties(
             n_vocab=self.n_vocab,
-            penalty_last_n=self.llm.last_n_tokens_size,
+            penalty_last_n=self.n_ctx_seq,  # the whole generation, as LocalEngine (last_n_tokens_size = n_ctx)
             penalty_repeat=float(args.get("repeat_penalty", 1.0)),
             penalty_freq=float(args.get("frequency_penalty", 0.0)),
             penalty_present=float(args.get("presence_penalty", 0.0)),
@@ -583,7 +590,7 @@ class BatchEngine:
             final = slot.text if text is None else text
             if len(final) > slot.shown:  # what was held back (a partial stop or character) is shown last
                 self._show(slot, final[slot.shown :], now)
-            times = slot.content_times
+            times = slot.content_times if self.settings.stream else []  # stream=false: no ttft, as today
             ttft = times[0] - request.submitted if times else None
             completion = Completion(
                 output=final.decode("utf-8", errors="ignore"),
@@ -594,7 +601,7 @@ class BatchEngine:
                 total_tokens=prompt_tokens + completion_tokens,
                 latency_s=latency,
                 ttft_s=ttft,
-                itl_s=[b - a for a, b in zip(times, times[1:])],
+                itl_s=[b - a for a, b in zip(times, times[1:])] if self.settings.stream else None,
                 usage_source="server",
                 tpot_s=time_per_output_token(latency, ttft, completion_tokens),
             )

@@ -200,6 +200,8 @@ def result_lines(result: RunResult, resume: Callable[[dict[str, str] | None], st
     if result.cost_usd is not None:
         line += f"  cost ${result.cost_usd:.4f}"
     lines = [line, *cache_lines(result)]
+    if result.batching:
+        lines.append(f"sentech-eval run: the local model decoded requests together: {result.batching}")
     if summary.stop_reason:
         # the stop that ended the run would end a resumed one at once: the command lifts it
         lift: dict[str, str] = {}

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sentech_eval.backends.local import PARALLEL_CPU
 from sentech_eval.config import JobSpec, LocalBackendConfig
 from sentech_eval.engine.datasets import Dataset, open_dataset
 
@@ -108,7 +109,10 @@ def estimate_run(spec: JobSpec, history: History | None, label: str = "") -> Est
         output_tokens, bound = float(max_tokens * requests), True
     concurrency = runner.concurrency
     if isinstance(spec.backend, LocalBackendConfig):
-        concurrency = min(concurrency, spec.backend.workers)
+        # requests served at once: the workers, or the sequences batched together (null: the CPU default)
+        local = spec.backend
+        at_once = local.workers if local.workers > 1 or local.parallel == 1 else (local.parallel or PARALLEL_CPU)
+        concurrency = min(concurrency, at_once)
     wall = None
     if history is not None and history.latency_s is not None:
         wall = requests * history.latency_s / concurrency

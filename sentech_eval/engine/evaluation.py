@@ -62,6 +62,7 @@ class RunResult:
     precision_reached: bool = False  # the precision stop ended the run
     server_capacity: int | None = None  # what the server answers at once, when below ``concurrency``
     objective: str | None = None  # the score column whose mean is returned to Hydra sweepers (Optuna)
+    batching: str | None = None  # a local backend's continuous batching: "parallel=N (how N was chosen)"
 
     @property
     def scores(self) -> dict[str, float]:
@@ -312,6 +313,7 @@ async def run_evaluation(
             await scorer.aclose()
     cost = next((h for h in hooks if isinstance(h, CostHook)), None)
     capacity = backend.advertised_capacity
+    described = backend.metadata()
     return RunResult(
         results=path,
         summary=summary,
@@ -324,6 +326,11 @@ async def run_evaluation(
         precision_reached=any(isinstance(h, PrecisionStopHook) and h.reached for h in hooks),
         server_capacity=capacity if capacity is not None and capacity < runner_cfg.concurrency else None,
         objective=spec.objective,
+        batching=(
+            f"parallel={described['parallel']} ({described.get('parallel_reason')})"
+            if described.get("parallel", 0) > 1
+            else None
+        ),
     )
 
 

@@ -51,7 +51,8 @@ def run(coro):
 
 def local_cfg(**overrides):
     # One thread: llama.cpp's OpenMP threads spin at barriers and crawl on a busy shared machine.
-    cfg = {"kind": "local", "model_path": str(MODEL), "n_ctx": 1024, "n_threads": 1}
+    # parallel=1: the one-at-a-time path (continuous batching: tests/backends/test_local_batch.py).
+    cfg = {"kind": "local", "model_path": str(MODEL), "n_ctx": 1024, "n_threads": 1, "parallel": 1}
     cfg.update(overrides)
     return cfg
 

@@ -162,3 +162,53 @@ def test_a_client_that_leaves_frees_the_model(llama):
     assert follow_up["usage"]["completion_tokens"] <= 8
     # Without cancellation the follow-up would queue behind ~90% of the long generation.
     assert waited_s < 0.6 * full_s, (waited_s, full_s)
+
+
+# --- `serve --engine llama --parallel N`: the batch engine behind the same contract
+@pytest.fixture(scope="module")
+def llama_parallel():
+    with running_server(engine="llama", api_key=KEY, n_threads=N_THREADS, parallel=2) as url:
+        yield url
+
+
+def test_parallel_server_answers_alone_like_llama_cpp_python_and_advertises_its_slots(llama_parallel, reference_llm):
+    fields = {"temperature": 0, "seed": 0, "max_tokens": 24}
+    reply = chat(llama_parallel, **fields)
+    assert reply.headers.get("X-Sentech-Capacity") == "2"
+    body = {**SEED_BODY, **fields}
+    direct = direct_answer(reference_llm, body["messages"], **{k: body[k] for k in SAMPLING})
+    served = reply.json()
+    assert served["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
+    assert served["usage"]["completion_tokens"] == direct["usage"]["completion_tokens"]
+    streamed = chat(llama_parallel, stream=True, **fields).text
+    chunks = [json.loads(b[6:]) for b in streamed.split("\n\n") if b.startswith("data: {")]
+    assert (
+        "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        == (served["choices"][0]["message"]["content"])
+    )
+    assert chunks[-1]["usage"] == served["usage"]
+    too_long = post(llama_parallel, {**SEED_BODY, "messages": [{"role": "user", "content": "word " * 5000}]}, key=KEY)
+    assert too_long.status == 400 and "too long" in too_long.json()["message"]
+
+
+def test_parallel_server_end_to_end_through_the_remote_backend(llama_parallel, tmp_path):
+    import pandas as pd
+    from cli_helpers import call_cli
+
+    r = call_cli(
+        "run",
+        "backend=remote",
+        f"backend.base_url={llama_parallel}",
+        "dataset=capitals",
+        "dataset.limit=6",
+        "sampling=greedy",
+        "sampling.max_tokens=16",
+        "runner.concurrency=2",
+        "runner.progress=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        key=KEY,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert len(rows) == 6 and (rows["status"] == "ok").all()
+    assert (rows["completion_tokens"] > 0).all() and rows["output"].str.len().gt(0).all()
