@@ -49,6 +49,7 @@ from llama_cpp._utils import suppress_stdout_stderr
 from sentech_eval.backends.local_worker import EngineSettings, LocalEngine
 from sentech_eval.types import Completion, time_per_output_token
 
+UNIFIED_KV = False
 CTX_PAD = 256  # llama.cpp rounds a context up to a multiple of this
 MIN_SHARED_PREFIX = 8  # tokens: a shorter common prefix is cheaper to recompute than to manage
 PREFIX_SCAN = 64  # queued prompts looked at when searching a prefix to share
@@ -256,7 +257,7 @@ class BatchEngine:
         params = llama_cpp_c.llama_context_default_params()
         ctypes.pointer(params)[0] = llm.context_params
         params.n_seq_max = self.parallel + 1
-        params.kv_unified = True  # one cell pool: a shared prefix's cells belong to many sequences
+        params.kv_unified = UNIFIED_KV
         params.n_ctx = self.n_ctx_seq * (self.parallel + 1)
         params.n_batch = max(settings.n_batch, self.parallel + 1)
         params.n_ubatch = params.n_batch
@@ -386,7 +387,8 @@ class BatchEngine:
                 if self._prepare(other) is None:
                     wanted = max(wanted, common_prefix_length(prompt, other.prompt))
             wanted = min(wanted, usable)
-        if job is None and wanted >= MIN_SHARED_PREFIX and wanted > have:
+        # a new prefix when it saves at least MIN_SHARED_PREFIX more tokens than the one held (no thrashing)
+        if job is None and wanted >= MIN_SHARED_PREFIX and wanted >= have + MIN_SHARED_PREFIX:
             llama_cpp_c.llama_memory_seq_rm(self.memory, self.prefix_seq, -1, -1)
             self._prefix = []
             self._job = _PrefixJob(prompt[:wanted], waiters=[slot])
@@ -396,7 +398,12 @@ class BatchEngine:
             self._copy_prefix(slot, have)
 
     def _copy_prefix(self, slot: _Sequence, length: int) -> None:
-        llama_cpp_c.llama_memory_seq_cp(self.memory, self.prefix_seq, slot.seq, 0, length)
+        if UNIFIED_KV:
+            llama_cpp_c.llama_memory_seq_cp(self.memory, self.prefix_seq, slot.seq, 0, length)
+        else:
+            llama_cpp_c.llama_memory_seq_cp(self.memory, self.prefix_seq, slot.seq, -1, -1)
+            if length < len(self._prefix):
+                llama_cpp_c.llama_memory_seq_rm(self.memory, slot.seq, length, -1)
         slot.pos = length
         slot.shared = length
         slot.pending = slot.request.prompt[length:]

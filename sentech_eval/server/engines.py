@@ -582,21 +582,22 @@ class LlamaEngine(Engine):
             messages, kwargs, on_content=lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text)
         )
         done = asyncio.wrap_future(pending.future)
+        getter: asyncio.Future[str] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(deltas.get())
                 await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                    continue
-                getter.cancel()
-                break
+                if not getter.done():
+                    break
+                yield getter.result()
             while not deltas.empty():
                 yield deltas.get_nowait()
             completion = done.result()
         finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
             if not pending.future.done():
-                pending.cancel()
+                pending.cancel()  # the client went away: its sequence is freed at the next step
         if completion.status != "ok":
             if "does not fit the context" in (completion.error or ""):
                 raise BadRequest(f"The prompt is too long for this model ({completion.error})")

@@ -37,7 +37,8 @@ MODEL = default_models_dir() / EMBEDDED_MODEL.file_name
 SYSTEM = "You are a helpful assistant. Answer with the name of the city only."
 COUNTRIES = ("France", "Japan", "Kenya", "Peru", "Norway", "Egypt", "Chile", "India")
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
-LOOP = [{"role": "user", "content": "Count from 1 to 500, one number per line."}]  # longer than 256 tokens
+# 45 prompt tokens; listing 300 numbers takes ~900 tokens, so it cannot end before a 256-token window does
+NUMBERS = [{"role": "user", "content": "List the numbers from 1 to 300 separated by commas."}]
 N_THREADS = 1  # llama.cpp's threads spin at barriers and crawl on a busy shared 2-core machine
 
 
@@ -216,7 +217,7 @@ def test_context_limit_long_prompt_and_empty_answer_end_only_their_own_sequence(
         long_prompt = [{"role": "user", "content": "word " * 400}]
         requests = [
             engine.submit(long_prompt, sampling_arguments({"temperature": 0, "seed": 0})),
-            engine.submit(LOOP, {**sampling_arguments({"temperature": 0, "seed": 0}), "max_tokens": 1000}),
+            engine.submit(NUMBERS, {**sampling_arguments({"temperature": 0, "seed": 0}), "max_tokens": 1000}),
             engine.submit(chat("Peru"), {**sampling_arguments({"temperature": 0, "seed": 0}), "stop": every_char}),
             engine.submit(chat("Chile"), sampling_arguments({"temperature": 0, "seed": 0, "max_tokens": 16})),
         ]
@@ -248,9 +249,14 @@ def test_a_failed_decode_ends_its_batch_and_the_queue_goes_on(monkeypatch):
     monkeypatch.setattr(local_batch.llama_cpp_c, "llama_decode", failing_once)
     try:
         args = sampling_arguments({"temperature": 0, "seed": 0, "max_tokens": 8})
-        first = [engine.submit(chat(c), args) for c in COUNTRIES[:2]]
+        # prompts sharing no prefix (a shared one would be prefilled first, in a batch of its own)
+        own = [
+            [{"role": "system", "content": f"{c} is the topic."}, {"role": "user", "content": "Its capital?"}]
+            for c in COUNTRIES
+        ]
+        first = [engine.submit(messages, args) for messages in own[:2]]
         failed = [r.future.result(timeout=120) for r in first]
-        later = [engine.submit(chat(c), args).future.result(timeout=120) for c in COUNTRIES[2:4]]
+        later = [engine.submit(messages, args).future.result(timeout=120) for messages in own[2:4]]
     finally:
         engine.close()
     assert [c.status for c in failed].count("error") >= 1
