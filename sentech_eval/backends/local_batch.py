@@ -460,28 +460,36 @@ class BatchEngine:
             batch.logits[n] = logits
             n += 1
 
+        # What each sequence contributes: its next token (always), else a prompt chunk within the
+        # budget, the prefix job last. Tokens go in ascending sequence id: with a KV stream per
+        # sequence llama.cpp runs a micro-batch per run of consecutive ids (split_equal), so this
+        # order keeps a step in as few forward passes as possible.
+        budget = self.n_batch - sum(slot.next_token is not None for slot in live)
+        takes: dict[int, int] = {}
+        for slot in live:
+            if slot.next_token is None and not slot.waiting_prefix and slot.pending and budget > 0:
+                takes[slot.seq] = min(len(slot.pending), budget)
+                budget -= takes[slot.seq]
+        job = self._job
+        job_take = min(len(job.tokens) - job.done, budget) if job is not None else 0
+        prefilling: list[tuple[_Sequence, int]] = []
         for slot in live:
             slot.batch_index = -1
             if slot.next_token is not None:
                 slot.batch_index = n
                 add(slot.next_token, slot.pos, (slot.seq,), True)
-        job = self._job
+            elif slot.seq in takes:
+                take = takes[slot.seq]
+                last = take == len(slot.pending)
+                for i in range(take):
+                    add(slot.pending[i], slot.pos + i, (slot.seq,), last and i == take - 1)
+                if last:
+                    slot.batch_index = n - 1
+                prefilling.append((slot, take))
         if job is not None:
-            take = min(len(job.tokens) - job.done, self.n_batch - n)
-            for i in range(job.done, job.done + take):
+            for i in range(job.done, job.done + job_take):
                 add(job.tokens[i], i, (self.prefix_seq,), False)
-            job.in_batch = take
-        prefilling: list[tuple[_Sequence, int]] = []
-        for slot in live:
-            if slot.next_token is not None or slot.waiting_prefix or not slot.pending or n >= self.n_batch:
-                continue
-            take = min(len(slot.pending), self.n_batch - n)
-            last = take == len(slot.pending)
-            for i in range(take):
-                add(slot.pending[i], slot.pos + i, (slot.seq,), last and i == take - 1)
-            if last:
-                slot.batch_index = n - 1
-            prefilling.append((slot, take))
+            job.in_batch = job_take
         if n == 0:
             return
         batch.n_tokens = n
