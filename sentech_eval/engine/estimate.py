@@ -19,7 +19,6 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sentech_eval.backends.local import PARALLEL_CPU
 from sentech_eval.config import JobSpec, LocalBackendConfig
 from sentech_eval.engine.datasets import Dataset, open_dataset
 
@@ -110,6 +109,8 @@ def estimate_run(spec: JobSpec, history: History | None, label: str = "") -> Est
     concurrency = runner.concurrency
     if isinstance(spec.backend, LocalBackendConfig):
         # requests served at once: the workers, or the sequences batched together (null: the CPU default)
+        from sentech_eval.backends.local import PARALLEL_CPU  # here: a remote run never imports the local backend
+
         local = spec.backend
         at_once = local.workers if local.workers > 1 or local.parallel == 1 else (local.parallel or PARALLEL_CPU)
         concurrency = min(concurrency, at_once)
