@@ -294,7 +294,8 @@ class Sandbox:
 
     # ------------------------------------------------------------------ one run
     def run(self, program: str, limits: Limits | None = None) -> ExecResult:
-        """Run ``program`` (Python source) once under ``limits``; blocks until it and everything it started are gone."""
+        """Run ``program`` (Python source) once under ``limits``; blocks until it has exited and everything it
+        started has been killed (the kernel may still be finishing a killed process's exit for a few ms)."""
         limits = limits or Limits()
         nonce = secrets.token_hex(16)
         job = json.dumps({"limits": limits.rlimits(), "nonce": nonce, "program": program}).encode()

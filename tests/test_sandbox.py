@@ -44,6 +44,16 @@ def marker() -> str:
     return "sx" + uuid.uuid4().hex[:12]
 
 
+def survivors(marker: str, within_s: float = 2.0) -> list[int]:
+    """Processes named ``marker`` still there ``within_s`` after the run returned. When the sandbox's PID 1
+    is reaped the kernel has already sent SIGKILL to everything in its namespace, but a process may still be
+    finishing its exit for a few milliseconds (seen in 11 of 40 runs here): a survivor is one that stays."""
+    deadline = time.monotonic() + within_s
+    while (found := processes_named(marker)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return found
+
+
 def name_process(marker: str) -> str:
     """Program text that names the current process (its forks inherit the name)."""
     return f"open('/proc/self/comm', 'w').write({marker!r})\n"
@@ -114,7 +124,7 @@ def test_fork_bomb_stops_at_the_process_limit_and_leaves_nothing(box, marker):
     result = box.run(program, bomb)
     assert result.status == sandbox.TIMEOUT, result
     assert time.perf_counter() - started < bomb.wall_limit_s + 3
-    assert processes_named(marker) == []
+    assert survivors(marker) == []
 
 
 def test_process_limit_counts_per_sandbox(box):
@@ -173,7 +183,7 @@ def test_sleeping_forever_hits_the_wall_clock_limit(box, marker):
     assert result.status == sandbox.TIMEOUT, result
     assert "wall-clock limit of 1.5 s" in result.reason
     assert 1.5 <= result.wall_s < 4
-    assert processes_named(marker) == []
+    assert survivors(marker) == []
 
 
 def test_endless_output_is_cut_and_kept_small(box, marker):
@@ -181,7 +191,7 @@ def test_endless_output_is_cut_and_kept_small(box, marker):
     assert result.status == sandbox.KILLED, result
     assert "of output" in result.reason
     assert len(result.stdout) <= SMALL.output_kb * 1024
-    assert processes_named(marker) == []
+    assert survivors(marker) == []
 
 
 def test_a_child_that_detaches_into_its_own_session_dies_with_the_sandbox(box, marker):
@@ -204,7 +214,7 @@ def test_a_child_that_detaches_into_its_own_session_dies_with_the_sandbox(box, m
     result = box.run(program, SMALL)
     assert result.status == sandbox.COMPLETED, result
     assert result.wall_s < 3  # the detached grandchild did not keep the run open
-    assert processes_named(marker) == []
+    assert survivors(marker) == []
 
 
 def test_killing_every_visible_process_hurts_nothing_outside(box, marker):
