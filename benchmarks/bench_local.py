@@ -141,6 +141,7 @@ def cli_run(dataset: Path, run_dir: Path, n_threads: int) -> tuple[float, list[s
         "run",
         "backend=local",
         f"backend.n_threads={n_threads}",
+        "backend.parallel=1",  # the one-at-a-time path (continuous batching: bench_batching.py)
         f"dataset.path={dataset}",
         "sampling.temperature=0",
         f"sampling.max_tokens={MAX_TOKENS}",
@@ -213,8 +214,9 @@ def main() -> None:
             last_n_tokens_size=2048,
             verbose=False,
         )
+    # parallel 1: the one-at-a-time path this script measures (continuous batching: bench_batching.py)
     backend = LocalBackend.from_config(
-        {"kind": "local", "model_path": str(model), "n_ctx": 2048, "n_threads": n_threads}
+        {"kind": "local", "model_path": str(model), "n_ctx": 2048, "n_threads": n_threads, "parallel": 1}
     )
     log(f"{n_prompts} prompts x {rounds} rounds, max_tokens {MAX_TOKENS}, n_threads {n_threads}, repack {repack}")
     paired_loop(direct, backend, prompts[:2], call_args, sampling)  # warm-up
@@ -307,7 +309,9 @@ def main() -> None:
     )
 
     # workers=2 (two processes, one llama.cpp thread each) vs workers=1 (one thread, cores threads).
-    one = LocalBackend.from_config({"kind": "local", "model_path": str(model), "n_ctx": 2048, "workers": 1})
+    one = LocalBackend.from_config(
+        {"kind": "local", "model_path": str(model), "n_ctx": 2048, "workers": 1, "parallel": 1}
+    )
     one_rate, one_out, _ = backend_loop(one, prompts, sampling, concurrency=2)
     asyncio.run(one.aclose())
     two = LocalBackend.from_config({"kind": "local", "model_path": str(model), "n_ctx": 2048, "workers": 2})

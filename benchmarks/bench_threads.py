@@ -28,6 +28,7 @@ def timed_run(run_dir: Path, threads: int, limit: int) -> tuple[float, list[str]
         "run",
         "backend=local",
         f"backend.n_threads={threads}",
+        "backend.parallel=1",  # the one-at-a-time path (continuous batching: bench_batching.py)
         "dataset=capitals",
         f"dataset.limit={limit}",
         "sampling=greedy",
