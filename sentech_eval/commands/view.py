@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import webbrowser
 from pathlib import Path
@@ -54,12 +55,19 @@ def main(argv: list[str], prog: str = "sentech-eval view") -> int:
     token = None if is_loopback(args.host) else new_token()
     memory.use_system_allocator()  # what a filter or a row view read goes back to the system after it
     viewer = Viewer(roots=[r.absolute() for r in roots], cache=DigestCache(args.cache_dir), token=token)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill`, `timeout`, a service manager: as Ctrl-C
     try:
         asyncio.run(_serve(viewer, args.host, args.port, args.open))
     except KeyboardInterrupt:
         pass
+    finally:
+        viewer.stop()  # the worker processes end before the interpreter does (also when the app's cleanup did not run)
     print("sentech-eval view: stopped.", file=sys.stderr)
     return 0
+
+
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 async def _serve(viewer: Viewer, host: str, port: int, open_browser: bool) -> None:

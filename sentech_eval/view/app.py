@@ -65,6 +65,7 @@ class Viewer:
     cache: DigestCache = field(default_factory=DigestCache)
     token: str | None = None
     executor: concurrent.futures.Executor | None = None
+    _retired: list[concurrent.futures.Executor] = field(default_factory=list)  # shut down, maybe still closing
     _runs: tuple[float, list[RunDir]] = (0.0, [])
     _pending: dict[str, asyncio.Future] = field(default_factory=dict)
     _tables: OrderedDict = field(default_factory=OrderedDict)
@@ -83,12 +84,20 @@ class Viewer:
         """Let the worker process end (it grew large reading a large run); the next digest starts a fresh one."""
         if self.executor is not None:
             self.executor.shutdown(wait=False)
+            self._retired.append(self.executor)
             self.executor = None
 
     def stop(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.executor = None
+        """End the worker processes now (a digest in progress is not waited for) and wait until their
+        executors are done: one still closing at interpreter exit can make Python's own exit handler print a
+        traceback (Python 3.11's ProcessPoolExecutor wakes a manager thread whose pipe is being closed)."""
+        executors = [*self._retired, *([self.executor] if self.executor is not None else [])]
+        self.executor = None
+        self._retired.clear()
+        for executor in executors:
+            for process in list((getattr(executor, "_processes", None) or {}).values()):
+                process.terminate()
+            executor.shutdown(wait=True, cancel_futures=True)
         for table in self._tables.values():
             table.close()
         self._tables.clear()
