@@ -168,6 +168,21 @@ class _Config:
     end: Any = None
 
 
+def key_codes(batch: pa.RecordBatch, keys: list[str]) -> tuple[list[np.ndarray], list[list[Any]]]:
+    """Per key column of ``batch``: each row's code (-1 for null) and the distinct values the codes index."""
+    codes, distinct = [], []
+    for key in keys:
+        column = batch.column(key)
+        if pa.types.is_null(column.type):
+            codes.append(np.full(batch.num_rows, -1, dtype=np.int64))
+            distinct.append([])
+            continue
+        encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+        codes.append(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64))
+        distinct.append(encoded.dictionary.to_pylist())
+    return codes, distinct
+
+
 class BatchedSummary:
     """``summary.summarize`` fed a batch at a time (see the module docstring).
 
@@ -247,16 +262,7 @@ class BatchedSummary:
         if not self.keys:
             yield self._config(()), None
             return
-        codes, distinct = [], []
-        for key in self.keys:
-            column = batch.column(key)
-            if pa.types.is_null(column.type):
-                codes.append(np.full(batch.num_rows, -1, dtype=np.int64))
-                distinct.append([])
-                continue
-            encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
-            codes.append(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64))
-            distinct.append(encoded.dictionary.to_pylist())
+        codes, distinct = key_codes(batch, self.keys)
         combos, first, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_index=True, return_inverse=True)
         inverse = np.asarray(inverse).reshape(-1)
         configs = [

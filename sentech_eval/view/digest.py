@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sentech_eval.analysis import slo as load_metrics
-from sentech_eval.analysis.batched_summary import BatchedSummary, summary_columns
+from sentech_eval.analysis.batched_summary import BatchedSummary, key_codes, summary_columns
 from sentech_eval.analysis.summary import (
     cache_note,
     cached_mask,
@@ -444,16 +444,8 @@ def _config_positions(batch: pa.RecordBatch, keys: list[str], lookup: dict[tuple
     """Each row's position in the summary (-1 if none): the keys' distinct values of the batch looked up."""
     if not keys:
         return np.zeros(batch.num_rows, dtype=np.int16)
-    codes, distinct = [], []
-    for key in keys:
-        column = batch.column(key)
-        if pa.types.is_null(column.type):
-            codes.append(np.full(batch.num_rows, -1, dtype=np.int64))
-            distinct.append([])
-            continue
-        encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
-        codes.append(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64))
-        distinct.append([_key_text(v) for v in encoded.dictionary.to_pylist()])
+    codes, values = key_codes(batch, keys)
+    distinct = [[_key_text(v) for v in column_values] for column_values in values]
     combos, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
     positions = np.array(
         [lookup.get(tuple(None if c < 0 else distinct[j][c] for j, c in enumerate(combo)), -1) for combo in combos],

@@ -14,6 +14,19 @@ import pytest
 from cli_helpers import REPO_ROOT, run_cli
 
 
+def start_viewer(results_tree, tmp_path) -> subprocess.Popen:
+    """`sentech-eval view RESULTS --port 0` in its own process, its cache in ``tmp_path``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sentech_eval.cli", "view", str(results_tree), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+
+
 def worker_processes_of(pid: int) -> list[int]:
     """Pids of the processes whose parent is ``pid`` (the viewer's spawned worker, its resource tracker)."""
     children = []
@@ -29,15 +42,7 @@ def worker_processes_of(pid: int) -> list[int]:
 
 
 def test_view_prints_its_url_serves_and_stops_on_ctrl_c(results_tree, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentech_eval.cli", "view", str(results_tree), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-    )
+    proc = start_viewer(results_tree, tmp_path)
     try:
         line = proc.stdout.readline().strip()
         assert line.startswith("sentech-eval view: http://127.0.0.1:") and line.endswith("/"), line
@@ -103,15 +108,7 @@ def test_open_starts_a_browser_on_the_url_and_only_with_open(results_tree, tmp_p
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_view_stopped_by_a_signal_leaves_no_worker_behind(results_tree, tmp_path, stop):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentech_eval.cli", "view", str(results_tree), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-    )
+    proc = start_viewer(results_tree, tmp_path)
     try:
         url = proc.stdout.readline().strip().split(": ", 1)[1]
         with urllib.request.urlopen(url, timeout=30) as response:  # starts the worker (summaries)
