@@ -38,6 +38,7 @@ from sentech_eval.analysis.summary import (
     LATENCY_QS,
     TTFT_QS,
     decode_rates,
+    interval_columns,
     pass_at_columns,
     summary_frame,
 )
@@ -466,10 +467,7 @@ class BatchedSummary:
             else:  # the prompts' order by name, numbered from 0 over the kept rows (as stats._codes numbers them)
                 codes = np.unique(prompts[keep], return_inverse=True)[1].reshape(-1)
             ci = stats.mean_ci_coded(kept, codes, self.confidence, self.n_resamples, self.seed)
-            row[f"{name}_mean"], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = ci.estimate, ci.low, ci.high
-            row[f"{name}_ci_method"] = ci.method
-            row[f"{name}_n"] = ci.n
-            row[f"{name}_n_clusters"] = ci.n_clusters
+            row.update(interval_columns(name, ci))
             if name in binary:
                 accuracy[name] = ci
         if priced:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,19 @@ def score_columns(df: pd.DataFrame) -> list[str]:
         if pd.api.types.is_numeric_dtype(df[col]) or df[col].isna().all():
             cols.append(col)
     return cols
+
+
+def interval_columns(score: str, ci: stats.Interval) -> dict[str, Any]:
+    """A score's summary columns from its interval: ``<score>_mean``, ``_ci_low``, ``_ci_high``, ``_ci_method``,
+    ``_n``, ``_n_clusters``."""
+    return {
+        f"{score}_mean": ci.estimate,
+        f"{score}_ci_low": ci.low,
+        f"{score}_ci_high": ci.high,
+        f"{score}_ci_method": ci.method,
+        f"{score}_n": ci.n,
+        f"{score}_n_clusters": ci.n_clusters,
+    }
 
 
 def config_keys(df: pd.DataFrame) -> list[str]:
@@ -303,10 +317,7 @@ def summarize(
         for col in scores:
             values = stats.quality_values(part[col].to_numpy(dtype=float, na_value=np.nan), status)
             ci = stats.mean_ci(values, clusters=clusters, confidence=confidence, n_resamples=n_resamples, seed=seed)
-            row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = ci.estimate, ci.low, ci.high
-            row[f"{col}_ci_method"] = ci.method
-            row[f"{col}_n"] = ci.n
-            row[f"{col}_n_clusters"] = ci.n_clusters
+            row.update(interval_columns(col, ci))
             if col in binary:
                 accuracy[col] = ci
         if priced:
