@@ -161,3 +161,34 @@ def test_rerun_into_the_same_dir_retries_only_the_error_rows(tmp_path):
     fresh = rows(run_dir)
     assert len(fresh) == 60 and fresh["run_id"].nunique() == 1
     assert fresh["run_id"].iloc[0] not in set(after["run_id"])
+
+
+def test_ctrl_c_stops_a_batched_local_run_and_the_printed_command_finishes_it(tmp_path):
+    """backend=local with continuous batching (issue 28): Ctrl-C lets the sequences in the batch finish,
+    saves them, prints how to resume; the resume runs the rest with one row per key."""
+    run_dir = tmp_path / "run"
+    args = [
+        "run",
+        "backend=local",
+        "backend.parallel=4",
+        "dataset=capitals",
+        "dataset.limit=24",
+        "runner.flush_s=0.1",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = _start(args, "")
+    _wait_for_parts(run_dir, 1, proc, timeout=120)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "parallel=4" in err
+    saved = rows(run_dir)
+    assert 0 < len(saved) < 24 and (saved["status"] == "ok").all(), saved[["status", "error"]]
+    assert f"{len(saved)} rows are saved" in err
+    resumed = call_cli(*_resume_command(err), key="")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(saved)} rows already done are skipped" in resumed.stderr
+    final = rows(run_dir)
+    assert len(final) == 24 and (final["status"] == "ok").all()
+    assert_one_row_per_key(final)
