@@ -56,6 +56,9 @@ UNIFIED_KV = False
 CTX_PAD = 256  # llama.cpp rounds a context up to a multiple of this
 MIN_SHARED_PREFIX = 8  # tokens: a shorter common prefix is cheaper to recompute than to manage
 PREFIX_SCAN = 64  # queued prompts looked at when searching a prefix to share
+# After requests end, the scheduler waits this long (at most) for their successors before the next step,
+# so a slot is refilled at once rather than a step later (the runner submits one per answer it gets).
+REFILL_WAIT_S = 0.01
 _UTF8_LEADS = ((0xF0, 4), (0xE0, 3), (0xC0, 2))  # lead-byte mask -> sequence length
 
 
@@ -152,7 +155,6 @@ class _Sequence:
     shown: int = 0  # bytes of ``text`` already handed out as content
     multibyte_fix: int = 0
     content_times: list[float] = field(default_factory=list)
-    shared: int = 0  # prompt tokens taken from the shared prefix
 
 
 @dataclass(eq=False)
@@ -191,6 +193,8 @@ class BatchEngine:
         self.steps = 0  # llama_decode calls (for tests and benchmarks)
         self.prefix_prefills = 0  # shared prefixes prefilled
         self.shared_tokens = 0  # prompt tokens copied from a shared prefix instead of computed
+        self.prefix_copies = 0  # copies of the prefix sequence's cells into a slot
+        self.reused_tokens = 0  # prompt tokens whose cells a slot still held from its previous request
         self._thread = threading.Thread(target=self._main, name="llama-batch", daemon=True)
         self._thread.start()
         self._loaded.wait()
@@ -275,6 +279,9 @@ class BatchEngine:
         self.n_vocab = llm.n_vocab()
         self._piece = ctypes.create_string_buffer(256)
         self._slots: list[_Sequence | None] = [None] * self.parallel
+        # the tokens whose KV cells each free slot still holds (positions 0..len-1), from its last request
+        self._held: list[list[int]] = [[] for _ in range(self.parallel)]
+        self._ended = 0  # requests ended since the last admission (each may bring a successor)
         self._prefix: list[int] = []  # tokens held by the prefix sequence
         self._job: _PrefixJob | None = None
         self._described = {
@@ -302,6 +309,7 @@ class BatchEngine:
             with self._wake:
                 while not self._closing and not self._queue and not self._busy():
                     self._wake.wait()
+                self._await_refills()
                 if self._closing:
                     return
             self._drop_cancelled()
@@ -311,6 +319,20 @@ class BatchEngine:
 
     def _busy(self) -> bool:
         return any(slot is not None for slot in self._slots)
+
+    def _await_refills(self) -> None:
+        """Wait (``REFILL_WAIT_S`` at most, holding ``_wake``) for the successors of the requests that
+        just ended: the runner submits the next request when it gets an answer, a moment after the end."""
+        expected = min(self._ended, self._slots.count(None))
+        self._ended = 0
+        if not expected or not self._busy():
+            return
+        deadline = time.perf_counter() + REFILL_WAIT_S
+        while not self._closing and len(self._queue) < expected:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wake.wait(remaining)
 
     # --- admission
     def _prepare(self, request: BatchRequest) -> str | None:
@@ -362,7 +384,17 @@ class BatchEngine:
                 latency = self.clock() - request.submitted
                 request.future.set_result(Completion(status="error", error=problem, latency_s=latency))
                 continue
-            self._place(request, self._slots.index(None))
+            self._place(request, self._free_slot_for(request.prompt))
+
+    def _free_slot_for(self, prompt: list[int]) -> int:
+        """The free slot whose held cells share the most leading tokens with ``prompt`` (lowest id on ties)."""
+        best, best_shared = -1, -1
+        for seq, slot in enumerate(self._slots):
+            if slot is None:
+                shared = common_prefix_length(self._held[seq], prompt)
+                if shared > best_shared:
+                    best, best_shared = seq, shared
+        return best
 
     def _place(self, request: BatchRequest, seq: int) -> None:
         args = request.completion_args
@@ -374,10 +406,15 @@ class BatchEngine:
         slot = _Sequence(seq, request, self._sampler(args), max_tokens, pending=prompt)
         self._slots[seq] = slot
         usable = len(prompt) - 1  # the last prompt token is always decoded: its logits start the answer
+        # The slot's own cells from its previous request are reused at no cost; the prefix sequence's are
+        # copied (with a KV stream per sequence the whole stream), worth it when they bring MIN_SHARED_PREFIX more.
+        held = min(common_prefix_length(self._held[seq], prompt), usable)
+        self._held[seq] = []
         job = self._job
         if job is not None:
             share = min(common_prefix_length(job.tokens, prompt), usable)
-            if share >= MIN_SHARED_PREFIX:
+            if share >= MIN_SHARED_PREFIX and share >= held + MIN_SHARED_PREFIX:
+                llama_cpp_c.llama_memory_seq_rm(self.memory, seq, -1, -1)
                 slot.waiting_prefix = share
                 job.waiters.append(slot)
                 return
@@ -391,16 +428,28 @@ class BatchEngine:
                     wanted = max(wanted, common_prefix_length(prompt, other.prompt))
             wanted = min(wanted, usable)
         # a new prefix when it saves at least MIN_SHARED_PREFIX more tokens than the one held (no thrashing)
-        if job is None and wanted >= MIN_SHARED_PREFIX and wanted >= have + MIN_SHARED_PREFIX:
+        if job is None and wanted >= MIN_SHARED_PREFIX and wanted >= max(have, held) + MIN_SHARED_PREFIX:
             llama_cpp_c.llama_memory_seq_rm(self.memory, self.prefix_seq, -1, -1)
+            llama_cpp_c.llama_memory_seq_rm(self.memory, seq, -1, -1)
             self._prefix = []
             self._job = _PrefixJob(prompt[:wanted], waiters=[slot])
             slot.waiting_prefix = wanted
             self.prefix_prefills += 1
-        elif have >= MIN_SHARED_PREFIX:
+        elif have >= MIN_SHARED_PREFIX and have >= held + MIN_SHARED_PREFIX:
             self._copy_prefix(slot, have)
+        else:
+            self._reuse_held(slot, held)
+
+    def _reuse_held(self, slot: _Sequence, length: int) -> None:
+        """Start ``slot`` on the first ``length`` prompt tokens its cells already hold; drop the rest."""
+        llama_cpp_c.llama_memory_seq_rm(self.memory, slot.seq, length, -1)
+        slot.pos = length
+        slot.pending = slot.request.prompt[length:]
+        self.reused_tokens += length
 
     def _copy_prefix(self, slot: _Sequence, length: int) -> None:
+        self.prefix_copies += 1
+        llama_cpp_c.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
         if UNIFIED_KV:
             llama_cpp_c.llama_memory_seq_cp(self.memory, self.prefix_seq, slot.seq, 0, length)
         else:
@@ -408,7 +457,6 @@ class BatchEngine:
             if length < len(self._prefix):
                 llama_cpp_c.llama_memory_seq_rm(self.memory, slot.seq, length, -1)
         slot.pos = length
-        slot.shared = length
         slot.pending = slot.request.prompt[length:]
         self.shared_tokens += length
 
@@ -593,9 +641,15 @@ class BatchEngine:
         text: bytes | None = None,
         error: str | None = None,
     ) -> None:
-        """Free the slot and its KV cells, and answer the request."""
+        """Free the slot and answer the request. The slot keeps the cells of what it decoded (its next
+        request may start with the same tokens), unless the request failed."""
         self._slots[slot.seq] = None
-        llama_cpp_c.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+        self._ended += 1
+        if error is None:
+            self._held[slot.seq] = (slot.request.prompt + slot.completion)[: slot.pos]
+        else:
+            llama_cpp_c.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+            self._held[slot.seq] = []
         slot.sampler.close()
         request = slot.request
         now = self.clock() if now is None else now

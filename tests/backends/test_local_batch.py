@@ -275,7 +275,55 @@ def test_a_shared_prefix_is_prefilled_once_and_copied():
     assert all(c.status == "ok" for c in outs)
     assert 1 <= engine.prefix_prefills <= 2
     # the rows after the first took at least the system prompt's ~25 tokens from the prefix sequence
-    assert engine.shared_tokens >= 20 * (len(COUNTRIES) - 1)
+    # (copied once per slot at most) or, in a slot that held it from its previous row, reused it
+    assert engine.prefix_copies <= 4
+    assert engine.shared_tokens + engine.reused_tokens >= 20 * (len(COUNTRIES) - 1)
+    assert engine.reused_tokens >= 20 * (len(COUNTRIES) - 4)
+
+
+def test_a_slot_reuses_the_cells_it_holds_without_a_copy(reference_llm):
+    """Requests one after another: each starts with the system prompt its slot still holds from the one
+    before: no copy, no prefix prefill, and llama-cpp-python's own answer (from a clean cache)."""
+    engine = BatchEngine(settings(), 2)
+    args = sampling_arguments({"temperature": 0, "seed": 0, "max_tokens": 16})
+    try:
+        outs = [engine.submit(chat(c), args).future.result(timeout=120) for c in COUNTRIES[:3]]
+        copies, prefills, reused = engine.prefix_copies, engine.prefix_prefills, engine.reused_tokens
+        again = engine.submit(chat(COUNTRIES[2]), args).future.result(timeout=120)  # the very same prompt
+        reused_again = engine.reused_tokens - reused
+    finally:
+        engine.close()
+    assert (copies, prefills) == (0, 0)
+    assert reused >= 2 * 20  # rows 2 and 3 took the system prompt (~25 tokens) from their slot
+    assert reused_again == again.prompt_tokens - 1  # all but the last prompt token, whose logits start the answer
+    for country, out in zip(COUNTRIES[:3], outs):
+        direct = direct_answer(reference_llm, chat(country), temperature=0, seed=0, max_tokens=16)
+        assert out.status == "ok" and out.output == direct["choices"][0]["message"]["content"]
+    assert again.output == outs[2].output
+
+
+def test_a_slot_holding_another_prompt_reuses_only_the_tokens_in_common(reference_llm):
+    """Mixed prompts through one slot: each reuses exactly the leading tokens it shares with the prompt
+    before it (never more), and every answer is still llama-cpp-python's own."""
+    engine = BatchEngine(settings(), 1)
+    prompts = [chat("France"), STORY, chat("Japan"), NUMBERS, STORY]  # the last two share the default system prompt
+    args = sampling_arguments({"temperature": 0, "seed": 0, "max_tokens": 12})
+    requests, reused = [], []
+    try:
+        for messages in prompts:
+            before = engine.reused_tokens
+            requests.append(engine.submit(messages, args))
+            requests[-1].future.result(timeout=120)
+            reused.append(engine.reused_tokens - before)
+    finally:
+        engine.close()
+    tokens = [r.prompt for r in requests]
+    expected = [0] + [min(common_prefix_length(a, b), len(b) - 1) for a, b in zip(tokens, tokens[1:])]
+    assert reused == expected
+    assert 0 < max(expected[1:4]) < expected[4]  # the template's opening only, then a whole system prompt
+    for messages, request in zip(prompts, requests):
+        direct = direct_answer(reference_llm, messages, temperature=0, seed=0, max_tokens=12)
+        assert request.future.result().output == direct["choices"][0]["message"]["content"]
 
 
 # --- parity with the one-at-a-time path, through `run` and `compare`
