@@ -53,6 +53,9 @@ from sentech_eval.types import Completion, time_per_output_token
 # decoding, so far more answers are byte-identical to it; a unified cache (True) shares a prefix's
 # cells without copying and was ~25% faster on capitals (docs/local.md has the figures).
 UNIFIED_KV = False
+# Flash attention stays off, as in today's path (llama-cpp-python's default): on, batching was ~10% faster
+# (no shared prefix 6.23 vs 5.63 rows/s at N=8) but only 69% of those answers (88% on capitals) were
+# identical to today's path, against 95% (97%) with it off (2026-12-06, benchmarks/README.md).
 CTX_PAD = 256  # llama.cpp rounds a context up to a multiple of this
 MIN_SHARED_PREFIX = 8  # tokens: a shorter common prefix is cheaper to recompute than to manage
 PREFIX_SCAN = 64  # queued prompts looked at when searching a prefix to share
