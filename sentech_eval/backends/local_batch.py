@@ -5,16 +5,19 @@ llama.cpp context made for ``parallel`` sequences (``n_seq_max``, a KV stream pe
 thread runs the loop; callers on any thread ``submit`` chat requests and get a
 ``concurrent.futures.Future`` of a ``Completion``. Each step of the loop:
 
-1. admits queued requests into free slots. A prefix that the prompt shares with other queued prompts
-   (system prompt, few-shot preamble, the chat template's opening) is prefilled once into a dedicated
-   prefix sequence and its KV cells are copied (``llama_memory_seq_cp``) into every sequence that
-   starts with it: it is never recomputed per row;
+1. admits queued requests into free slots. A slot keeps the KV cells of its last request; a request
+   goes to the free slot whose cells share the most leading tokens with its prompt and reuses them
+   as they are (no copy). A prefix that the prompt shares with other queued prompts (system prompt,
+   few-shot preamble) and that its slot does not hold is prefilled once into a dedicated prefix
+   sequence and its KV cells are copied (``llama_memory_seq_cp``) into the slot: it is never
+   recomputed per row;
 2. builds one ``llama_batch``: the next token of every generating sequence, then prompt chunks of the
    newly admitted ones within ``n_batch`` tokens (a long prompt is spread over several steps and never
    stalls the others);
 3. calls ``llama_decode`` once, samples each sequence with its own sampler chain, detokenizes
    incrementally and ends sequences on EOS, a stop string or ``max_tokens``. A finished sequence's
-   KV cells are removed and its slot is refilled at the next step.
+   slot is refilled at the next step (after waiting ``REFILL_WAIT_S`` at most for the successors
+   the runner sends); its cells stay for the next request, unless it failed.
 
 Semantics are those of ``local_worker.LocalEngine`` (llama-cpp-python's ``create_chat_completion``):
 the chat template and stop strings come from the very handler llama-cpp-python uses (its
