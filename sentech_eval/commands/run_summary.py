@@ -231,6 +231,13 @@ def result_lines(result: RunResult, resume: Callable[[dict[str, str] | None], st
             "inside the server, so latency_s and ttft_s include that queueing; for per-request latency run with "
             f"runner.concurrency={result.server_capacity}."
         )
+    if result.idle_server_slots is not None:
+        capacity = result.concurrency + result.idle_server_slots
+        lines.append(
+            f"sentech-eval run: note: the server answers {capacity} requests at a time (its X-Sentech-Capacity "
+            f"header, e.g. `serve --engine llama --parallel {capacity}`) but runner.concurrency={result.concurrency} "
+            f"left {result.idle_server_slots} of them idle; runner.concurrency={capacity} uses them all."
+        )
     if summary.interrupted:
         lines.append(
             f"sentech-eval run: interrupted; {summary.ok + summary.errors} rows are saved in {result.results}. "

@@ -61,6 +61,7 @@ class RunResult:
     cost_ceiling: float | None = None  # runner.max_cost_usd, when reaching it stopped the run
     precision_reached: bool = False  # the precision stop ended the run
     server_capacity: int | None = None  # what the server answers at once, when below ``concurrency``
+    idle_server_slots: int | None = None  # a closed-loop run's concurrency left this many of the server's slots idle
     objective: str | None = None  # the score column whose mean is returned to Hydra sweepers (Optuna)
     batching: str | None = None  # a local backend's continuous batching: "parallel=N (how N was chosen)"
 
@@ -325,6 +326,11 @@ async def run_evaluation(
         cost_ceiling=cost.max_cost_usd if cost is not None and cost.reached else None,
         precision_reached=any(isinstance(h, PrecisionStopHook) and h.reached for h in hooks),
         server_capacity=capacity if capacity is not None and capacity < runner_cfg.concurrency else None,
+        idle_server_slots=(
+            capacity - runner_cfg.concurrency
+            if capacity is not None and capacity > runner_cfg.concurrency and not runner_cfg.open_loop
+            else None
+        ),
         objective=spec.objective,
         batching=(
             f"parallel={described['parallel']} ({described.get('parallel_reason')})"

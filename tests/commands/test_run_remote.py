@@ -176,6 +176,28 @@ def test_a_run_above_the_servers_advertised_capacity_warns_once(tmp_path):
     assert "X-Sentech-Capacity" not in within.stderr
 
 
+def test_a_run_below_the_servers_advertised_capacity_is_told_its_slots_stay_idle(tmp_path):
+    """`serve --parallel 4` (here `--capacity 4`) answers 4 at once: a run sending 1 at a time is told how to use them."""
+    from sentech_eval.server.testing import running_server
+
+    with running_server(api_key=TEST_KEY, capacity=4) as url:
+        below = call_cli(
+            *remote_args(url, tmp_path / "below", "dataset.limit=3", "runner.concurrency=1", "runner.progress=false"),
+            env={"SENTECH_API_KEY": TEST_KEY},
+        )
+        matched = call_cli(
+            *remote_args(url, tmp_path / "matched", "dataset.limit=3", "runner.concurrency=4", "runner.progress=false"),
+            env={"SENTECH_API_KEY": TEST_KEY},
+        )
+    assert below.returncode == 0, below.stderr
+    notes = [line for line in below.stderr.splitlines() if "X-Sentech-Capacity" in line]
+    assert len(notes) == 1, below.stderr
+    assert "answers 4 requests at a time" in notes[0] and "left 3 of them idle" in notes[0]
+    assert "runner.concurrency=4 uses them all" in notes[0]
+    assert matched.returncode == 0, matched.stderr
+    assert "X-Sentech-Capacity" not in matched.stderr
+
+
 # What a remote run has no use for; importing any of it only delays the start (benchmarks/bench_startup.py).
 NOT_ON_THE_RUN_PATH = (
     "matplotlib",
