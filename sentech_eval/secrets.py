@@ -463,6 +463,7 @@ class Redactor:
             }
         )
         self._base64_run = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+        self._all_needles = self._needles + self._base64_needles  # what _search looks for in unescaped text
         self._memo: dict[str, str] = {}
         self._previous_clean: dict[str, str] = {}  # per field: the last clean text completion_fields saw
 
@@ -521,14 +522,19 @@ class Redactor:
         """
         if self._pattern is None:  # a key too short to search for (MIN_SECRET_CHARS): nothing to redact
             return
-        min_run, previous = self.min_run, self._previous_clean
-        record_type: type = type(record)
-        for name in _text_field_names(record_type):
+        min_run, previous, needles = self.min_run, self._previous_clean, self._all_needles
+        for name in _text_field_names(type(record)):
             value = getattr(record, name)
-            if not isinstance(value, str) or len(value) < min_run:  # too short to hold a long part of the key
+            # too short to hold a long part of the key, or this field's previous clean text (the model name)
+            if not isinstance(value, str) or len(value) < min_run or previous.get(name) == value:
                 continue
-            if previous.get(name) == value:
-                continue
+            if "\\" not in value and "%" not in value and "&" not in value:  # no escapes: the needles tell
+                for needle in needles:
+                    if needle in value:
+                        break
+                else:  # clean: what _search would find, without its call (the common case)
+                    previous[name] = value
+                    continue
             cleaned = self._search(str(value))
             if cleaned == value:
                 previous[name] = value
