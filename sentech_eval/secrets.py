@@ -523,7 +523,8 @@ class Redactor:
         if self._pattern is None:  # a key too short to search for (MIN_SECRET_CHARS): nothing to redact
             return
         min_run, previous, needles = self.min_run, self._previous_clean, self._all_needles
-        for name in _text_field_names(type(record)):
+        record_type: type = type(record)
+        for name in _text_field_names(record_type):
             value = getattr(record, name)
             # too short to hold a long part of the key, or this field's previous clean text (the model name)
             if not isinstance(value, str) or len(value) < min_run or previous.get(name) == value:
