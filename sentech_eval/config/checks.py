@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import typing
@@ -252,6 +253,13 @@ def number_setting(
     return value
 
 
+@functools.cache
+def schema_node(schema: type) -> DictConfig:
+    """``OmegaConf.structured(schema)``, built once per schema (1-2 ms each at every start otherwise):
+    only ever merged into, which copies it."""
+    return OmegaConf.structured(schema)
+
+
 def checked_section(cfg: DictConfig, name: str) -> dict[str, Any]:
     """The ``name`` section checked against its schema (keys and types), as plain data."""
     node = cfg.get(name)
@@ -260,7 +268,7 @@ def checked_section(cfg: DictConfig, name: str) -> dict[str, Any]:
     try:
         # as plain data first: a node Hydra typed with the schema already may carry keys added with +
         plain = {} if node is None else OmegaConf.to_container(node, resolve=True)
-        checked = OmegaConf.merge(OmegaConf.structured(SCHEMAS[name][0]), plain)
+        checked = OmegaConf.merge(schema_node(SCHEMAS[name][0]), plain)
         return OmegaConf.to_container(checked, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise config_error(exc, name) from None
@@ -287,7 +295,7 @@ def backend_settings(node: Any, schema: type) -> Any:
     if plain.get("price") is None:
         plain.pop("price", None)
     try:
-        checked = OmegaConf.merge(OmegaConf.structured(schema), plain)
+        checked = OmegaConf.merge(schema_node(schema), plain)
         settings: Any = OmegaConf.to_object(checked)
     except OmegaConfBaseException as exc:
         raise config_error(exc, "backend") from None
