@@ -154,48 +154,39 @@ def test_top_level_help_lists_subcommands():
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
 
 
-def test_a_run_above_the_servers_advertised_capacity_warns_once(tmp_path):
-    """`serve --capacity 2` says so in every answer; a run sending 8 at once is told that latency includes queueing."""
+def _capacity_lines(tmp_path, capacity: int, limits: dict[str, tuple[int, int]]) -> dict[str, list[str]]:
+    """Runs against `serve --capacity CAPACITY`, one per name -> (rows, runner.concurrency): each run's
+    stderr lines about the server's X-Sentech-Capacity header."""
     from sentech_eval.server.testing import running_server
 
-    with running_server(api_key=TEST_KEY, capacity=2, latency_ms=20) as url:
-        above = call_cli(
-            *remote_args(url, tmp_path / "above", "dataset.limit=12", "runner.concurrency=8", "runner.progress=false"),
-            env={"SENTECH_API_KEY": TEST_KEY},
-        )
-        within = call_cli(
-            *remote_args(url, tmp_path / "within", "dataset.limit=4", "runner.concurrency=2", "runner.progress=false"),
-            env={"SENTECH_API_KEY": TEST_KEY},
-        )
-    assert above.returncode == 0, above.stderr
-    warnings = [line for line in above.stderr.splitlines() if "X-Sentech-Capacity" in line]
-    assert len(warnings) == 1, above.stderr
-    assert "answers 2 request(s) at a time" in warnings[0] and "runner.concurrency=8" in warnings[0]
-    assert "runner.concurrency=2" in warnings[0]  # the fix
-    assert within.returncode == 0, within.stderr
-    assert "X-Sentech-Capacity" not in within.stderr
+    lines = {}
+    with running_server(api_key=TEST_KEY, capacity=capacity, latency_ms=20) as url:
+        for name, (rows, concurrency) in limits.items():
+            overrides = (f"dataset.limit={rows}", f"runner.concurrency={concurrency}", "runner.progress=false")
+            done = call_cli(*remote_args(url, tmp_path / name, *overrides), env={"SENTECH_API_KEY": TEST_KEY})
+            assert done.returncode == 0, done.stderr
+            lines[name] = [line for line in done.stderr.splitlines() if "X-Sentech-Capacity" in line]
+    return lines
+
+
+def test_a_run_above_the_servers_advertised_capacity_warns_once(tmp_path):
+    """`serve --capacity 2` says so in every answer; a run sending 8 at once is told that latency includes queueing."""
+    lines = _capacity_lines(tmp_path, 2, {"above": (12, 8), "within": (4, 2)})
+    assert len(lines["above"]) == 1, lines
+    warning = lines["above"][0]
+    assert "answers 2 request(s) at a time" in warning and "runner.concurrency=8" in warning
+    assert "runner.concurrency=2" in warning  # the fix
+    assert lines["within"] == []
 
 
 def test_a_run_below_the_servers_advertised_capacity_is_told_its_slots_stay_idle(tmp_path):
     """`serve --parallel 4` (here `--capacity 4`) answers 4 at once: a run sending 1 at a time is told how to use them."""
-    from sentech_eval.server.testing import running_server
-
-    with running_server(api_key=TEST_KEY, capacity=4) as url:
-        below = call_cli(
-            *remote_args(url, tmp_path / "below", "dataset.limit=3", "runner.concurrency=1", "runner.progress=false"),
-            env={"SENTECH_API_KEY": TEST_KEY},
-        )
-        matched = call_cli(
-            *remote_args(url, tmp_path / "matched", "dataset.limit=3", "runner.concurrency=4", "runner.progress=false"),
-            env={"SENTECH_API_KEY": TEST_KEY},
-        )
-    assert below.returncode == 0, below.stderr
-    notes = [line for line in below.stderr.splitlines() if "X-Sentech-Capacity" in line]
-    assert len(notes) == 1, below.stderr
-    assert "answers 4 requests at a time" in notes[0] and "left 3 of them idle" in notes[0]
-    assert "runner.concurrency=4 uses them all" in notes[0]
-    assert matched.returncode == 0, matched.stderr
-    assert "X-Sentech-Capacity" not in matched.stderr
+    lines = _capacity_lines(tmp_path, 4, {"below": (3, 1), "matched": (3, 4)})
+    assert len(lines["below"]) == 1, lines
+    note = lines["below"][0]
+    assert "answers 4 requests at a time" in note and "left 3 of them idle" in note
+    assert "runner.concurrency=4 uses them all" in note
+    assert lines["matched"] == []
 
 
 # What a remote run has no use for; importing any of it only delays the start (benchmarks/bench_startup.py).
